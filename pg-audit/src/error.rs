@@ -1,0 +1,123 @@
+use std::fmt;
+
+/// A configuration that cannot produce valid SQL.
+///
+/// Every variant names the offending value, so the message alone tells the user what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// An identifier (table, column, schema, ...) was empty.
+    EmptyIdentifier {
+        /// What the identifier names, e.g. `"column"`.
+        what: &'static str,
+    },
+    /// An identifier is longer than PostgreSQL's limit of 63 bytes, which PostgreSQL would
+    /// silently truncate.
+    IdentifierTooLong {
+        /// What the identifier names.
+        what: &'static str,
+        /// The identifier as given.
+        name: String,
+    },
+    /// A name or value contains a NUL byte, which PostgreSQL text cannot hold.
+    NulByte {
+        /// What the text is, e.g. `"column"` or `"condition"`.
+        what: &'static str,
+    },
+    /// A list option (`track_only`, `exclude_fields`, `primary_key`) was given but empty.
+    EmptyList {
+        /// The option's name.
+        option: &'static str,
+    },
+    /// A column appears twice in one list.
+    DuplicateColumn {
+        /// The option's name.
+        option: &'static str,
+        /// The repeated column.
+        column: String,
+    },
+    /// `track_only` and `exclude_fields` were both given.
+    TrackOnlyWithExclude,
+    /// A primary-key column is listed in `exclude_fields`: its value is always stored in the
+    /// log's `record_pk`, so it cannot also be kept out of the log.
+    ExcludedPrimaryKey {
+        /// The primary-key column.
+        column: String,
+    },
+    /// No operation was selected for auditing.
+    NoOperations,
+    /// An operation name is not one of insert, update, delete, truncate.
+    UnknownOperation {
+        /// The name as given.
+        name: String,
+    },
+    /// A partition period name is not one of daily, weekly, monthly.
+    UnknownPeriod {
+        /// The name as given.
+        name: String,
+    },
+    /// A trigger level name is not `row` or `statement`.
+    UnknownLevel {
+        /// The name as given.
+        name: String,
+    },
+    /// The condition is empty or only whitespace and comments.
+    EmptyCondition,
+    /// The condition is not a well-formed SQL expression.
+    InvalidCondition {
+        /// The condition as given.
+        condition: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::EmptyIdentifier { what } => write!(f, "{what} name is empty"),
+            Error::IdentifierTooLong { what, name } => write!(
+                f,
+                "{what} name `{name}` is {} bytes long; PostgreSQL names are at most 63 bytes",
+                name.len()
+            ),
+            Error::NulByte { what } => {
+                write!(f, "{what} contains a NUL byte, which PostgreSQL text cannot hold")
+            }
+            Error::EmptyList { option } => {
+                write!(f, "`{option}` is empty; list at least one column or leave it out")
+            }
+            Error::DuplicateColumn { option, column } => {
+                write!(f, "column `{column}` is listed twice in `{option}`")
+            }
+            Error::TrackOnlyWithExclude => f.write_str(
+                "`track_only` and `exclude_fields` cannot be used together; \
+                 use `track_only` to name the audited columns, or `exclude_fields` to name the others",
+            ),
+            Error::ExcludedPrimaryKey { column } => write!(
+                f,
+                "primary-key column `{column}` cannot be excluded: the log stores every record's key"
+            ),
+            Error::NoOperations => f.write_str(
+                "no operation to audit; choose at least one of insert, update, delete, truncate",
+            ),
+            Error::UnknownOperation { name } => write!(
+                f,
+                "unknown operation `{name}`, expected one of insert, update, delete, truncate"
+            ),
+            Error::UnknownPeriod { name } => write!(
+                f,
+                "unknown partition period `{name}`, expected one of daily, weekly, monthly"
+            ),
+            Error::UnknownLevel { name } => {
+                write!(f, "unknown trigger level `{name}`, expected `row` or `statement`")
+            }
+            Error::EmptyCondition => f.write_str("the condition is empty"),
+            Error::InvalidCondition { condition, reason } => {
+                write!(f, "invalid condition `{condition}`: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}

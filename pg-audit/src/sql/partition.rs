@@ -1,0 +1,327 @@
+//! Partition maintenance: functions installed beside the log that create partitions ahead,
+//! list them, and detach or drop the old ones.
+//!
+//! They are SQL functions rather than Rust code so that every client (psql, `pg_cron`, the
+//! `pg-audit` program, an application) maintains partitions the same way:
+//!
+//! ```sql
+//! SELECT * FROM audit.auditlog_ensure_partitions(3);      -- current period and 3 ahead
+//! SELECT * FROM audit.auditlog_partitions();              -- name, range, size
+//! SELECT * FROM audit.auditlog_prune_partitions('90 days', drop_partitions => false);
+//! ```
+//!
+//! Periods are aligned in UTC. A partition is named after its first day: `auditlog_p20261101`.
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use crate::Error;
+use crate::ident::{dollar_quote, quote_literal};
+use crate::sql::table::AuditLog;
+
+/// How much time one partition covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PartitionPeriod {
+    /// One partition per UTC day.
+    Daily,
+    /// One partition per ISO week (Monday to Sunday, UTC).
+    Weekly,
+    /// One partition per calendar month (UTC).
+    #[default]
+    Monthly,
+}
+
+impl PartitionPeriod {
+    /// `daily`, `weekly` or `monthly`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PartitionPeriod::Daily => "daily",
+            PartitionPeriod::Weekly => "weekly",
+            PartitionPeriod::Monthly => "monthly",
+        }
+    }
+
+    fn date_trunc_field(self) -> &'static str {
+        match self {
+            PartitionPeriod::Daily => "day",
+            PartitionPeriod::Weekly => "week",
+            PartitionPeriod::Monthly => "month",
+        }
+    }
+
+    fn interval(self) -> &'static str {
+        match self {
+            PartitionPeriod::Daily => "1 day",
+            PartitionPeriod::Weekly => "7 days",
+            PartitionPeriod::Monthly => "1 month",
+        }
+    }
+}
+
+impl FromStr for PartitionPeriod {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "daily" | "day" => Ok(PartitionPeriod::Daily),
+            "weekly" | "week" => Ok(PartitionPeriod::Weekly),
+            "monthly" | "month" => Ok(PartitionPeriod::Monthly),
+            _ => Err(Error::UnknownPeriod { name: s.to_owned() }),
+        }
+    }
+}
+
+/// What pruning does with a partition past the retention period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Retention {
+    /// Detach it: it leaves the log but stays in the database as a plain table, to archive
+    /// (for example with `pg_dump -t`) and drop by hand. Nothing is deleted.
+    Detach,
+    /// Detach and drop it, and delete the DEFAULT partition's rows older than the cutoff.
+    Drop,
+}
+
+impl AuditLog {
+    /// SQL that creates the partition of the current period and of the next `ahead` periods
+    /// where missing, and returns one row per partition created: `partition_name`,
+    /// `range_start`, `range_end`, `moved_rows` (rows moved into it from the DEFAULT partition).
+    pub fn ensure_partitions_sql(&self, ahead: u32) -> String {
+        format!(
+            "SELECT * FROM {}({ahead})",
+            self.function("ensure_partitions")
+        )
+    }
+
+    /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`
+    /// (NULL for the DEFAULT partition), `is_default`, `total_bytes`; oldest first, DEFAULT first.
+    pub fn list_partitions_sql(&self) -> String {
+        format!("SELECT * FROM {}()", self.function("partitions"))
+    }
+
+    /// SQL that detaches or drops every partition whose range ended more than `older_than` ago
+    /// (a PostgreSQL interval such as `'90 days'` or `'1 year'`, checked by the server), and
+    /// returns one row per partition touched: `partition_name`, `range_start`, `range_end`,
+    /// `action`, `rows`.
+    pub fn prune_partitions_sql(
+        &self,
+        older_than: &str,
+        retention: Retention,
+    ) -> Result<String, Error> {
+        Ok(format!(
+            "SELECT * FROM {}({}::interval, {})",
+            self.function("prune_partitions"),
+            quote_literal(older_than)?,
+            retention == Retention::Drop
+        ))
+    }
+
+    /// The maintenance functions' names and argument types, for dropping them.
+    pub(crate) fn function_signatures(&self) -> [(crate::QualifiedName, &'static str); 3] {
+        [
+            (self.function("prune_partitions"), "interval, boolean"),
+            (self.function("ensure_partitions"), "integer"),
+            (self.function("partitions"), ""),
+        ]
+    }
+
+    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
+    fn partition_prefix(&self) -> String {
+        const DATE: &str = "00000000";
+        let template = crate::Ident::generated(self.table().name.as_str(), &format!("_p{DATE}"));
+        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
+    }
+
+    pub(crate) fn partition_functions_sql(&self) -> String {
+        let table = self.table();
+        let table_lit = self.table_literal();
+        let default_lit = quote_literal(&self.default_partition().to_string()).expect("no NUL");
+        let schema_lit = self.schema_literal();
+        let prefix_lit = quote_literal(&self.partition_prefix()).expect("no NUL");
+        let partitions = self.function("partitions");
+        let ensure = self.function("ensure_partitions");
+        let prune = self.function("prune_partitions");
+        let field = self.partition_period().date_trunc_field();
+        let step = self.partition_period().interval();
+        let mut sql = String::new();
+
+        let list_body = format!(
+            r#"
+    SELECT c.oid::regclass::text,
+           (pg_catalog.regexp_match(b.bound, 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+           (pg_catalog.regexp_match(b.bound, 'TO \(''([^'']*)''\)'))[1]::timestamptz,
+           b.bound = 'DEFAULT',
+           pg_catalog.pg_total_relation_size(c.oid)
+      FROM pg_catalog.pg_inherits AS i
+      JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+     CROSS JOIN LATERAL (SELECT pg_catalog.pg_get_expr(c.relpartbound, c.oid) AS bound) AS b
+     WHERE i.inhparent = {table_lit}::regclass
+     ORDER BY 2 NULLS FIRST, 1
+"#
+        );
+        let _ = writeln!(
+            sql,
+            "CREATE OR REPLACE FUNCTION {partitions}()
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean, total_bytes bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS {};
+",
+            dollar_quote(&list_body)
+        );
+
+        let ensure_body = format!(
+            r#"
+DECLARE
+    default_part constant text := {default_lit};
+    part_schema constant text := {schema_lit};
+    prefix constant text := {prefix_lit};
+    step constant interval := '{step}';
+    lo timestamptz;
+    hi timestamptz;
+    part text;
+    n bigint;
+BEGIN
+    IF ahead IS NULL OR ahead < 0 THEN
+        RAISE EXCEPTION 'pg-audit: ahead must be zero or more, not %', ahead;
+    END IF;
+    -- One maintenance run at a time. This lock does not block audited writes.
+    LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE;
+    lo := pg_catalog.date_trunc('{field}', pg_catalog.clock_timestamp() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+    FOR i IN 0..ahead LOOP
+        hi := ((lo AT TIME ZONE 'UTC') + step) AT TIME ZONE 'UTC';
+        IF NOT EXISTS (SELECT FROM {partitions}() AS p
+                        WHERE NOT p.is_default AND p.range_start < hi AND p.range_end > lo) THEN
+            part := prefix || pg_catalog.to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD');
+            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE changed_at >= $1 AND changed_at < $2', default_part)
+               INTO n USING lo, hi;
+            IF n > 0 OR lo <= pg_catalog.clock_timestamp() THEN
+                -- Rows of this range are in, or may be on their way to, the DEFAULT partition.
+                -- Hold audited writes (they wait, they do not fail) while the rows move, so
+                -- none lands in the DEFAULT partition once the new partition covers the range.
+                RAISE NOTICE 'pg-audit: creating %.% and moving % rows into it from %', part_schema, part, n, default_part;
+                LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
+                EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                                          part_schema, part, {table_lit});
+                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE changed_at >= $1 AND changed_at < $2 RETURNING *) '
+                                          'INSERT INTO %I.%I SELECT * FROM moved', default_part, part_schema, part)
+                   USING lo, hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                                          {table_lit}, part_schema, part, lo, hi);
+            ELSE
+                EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                                          part_schema, part, {table_lit}, lo, hi);
+            END IF;
+            partition_name := pg_catalog.format('%I.%I', part_schema, part);
+            range_start := lo;
+            range_end := hi;
+            moved_rows := n;
+            RETURN NEXT;
+        END IF;
+        lo := hi;
+    END LOOP;
+END
+"#
+        );
+        let _ = writeln!(
+            sql,
+            "CREATE OR REPLACE FUNCTION {ensure}(ahead integer DEFAULT 3)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, moved_rows bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS {};
+",
+            dollar_quote(&ensure_body)
+        );
+
+        let prune_body = format!(
+            r#"
+DECLARE
+    default_part constant text := {default_lit};
+    cutoff timestamptz;
+    p record;
+    n bigint;
+BEGIN
+    IF older_than IS NULL OR older_than < interval '0' THEN
+        RAISE EXCEPTION 'pg-audit: older_than must be a positive interval, not %', older_than;
+    END IF;
+    cutoff := pg_catalog.clock_timestamp() - older_than;
+    LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE;
+    FOR p IN SELECT * FROM {partitions}() AS l
+              WHERE NOT l.is_default AND l.range_end <= cutoff
+              ORDER BY l.range_start LOOP
+        EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
+        EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
+        IF drop_partitions THEN
+            EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
+            action := 'dropped';
+        ELSE
+            action := 'detached';
+        END IF;
+        partition_name := p.partition_name;
+        range_start := p.range_start;
+        range_end := p.range_end;
+        "rows" := n;
+        RETURN NEXT;
+    END LOOP;
+    IF drop_partitions THEN
+        EXECUTE pg_catalog.format('DELETE FROM %s WHERE changed_at < $1', default_part) USING cutoff;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            partition_name := default_part::regclass::text;
+            range_start := NULL;
+            range_end := cutoff;
+            action := 'deleted old rows';
+            "rows" := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+END
+"#
+        );
+        let _ = writeln!(
+            sql,
+            "CREATE OR REPLACE FUNCTION {prune}(older_than interval, drop_partitions boolean DEFAULT false)
+RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, action text, \"rows\" bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS {};",
+            dollar_quote(&prune_body)
+        );
+        sql
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!("weekly".parse(), Ok(PartitionPeriod::Weekly));
+        assert_eq!(
+            "yearly".parse::<PartitionPeriod>(),
+            Err(Error::UnknownPeriod {
+                name: "yearly".into()
+            })
+        );
+    }
+
+    #[test]
+    fn partition_prefix_leaves_room_for_the_date() {
+        assert_eq!(AuditLog::new().partition_prefix(), "auditlog_p");
+        let long = AuditLog::named("audit", &"x".repeat(63)).unwrap();
+        assert_eq!(long.partition_prefix().len() + 8, 63);
+    }
+
+    #[test]
+    fn retention_interval_is_quoted() {
+        let sql = AuditLog::new()
+            .prune_partitions_sql("90 days'; DROP TABLE x; --", Retention::Detach)
+            .unwrap();
+        assert_eq!(
+            sql,
+            "SELECT * FROM \"audit\".\"auditlog_prune_partitions\"('90 days''; DROP TABLE x; --'::interval, false)"
+        );
+    }
+}
