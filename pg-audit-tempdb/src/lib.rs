@@ -1,0 +1,609 @@
+//! Throwaway PostgreSQL for pg-audit's tests, examples and benchmarks.
+//!
+//! [`shared`] gives a server every test process on the machine can share: with `DATABASE_URL`
+//! set it is that server; otherwise a cluster is created (once) from the local PostgreSQL
+//! binaries under the system temp directory and started on a free loopback port, then reused by
+//! later runs. [`Server::create_database`] gives each test a database of its own, dropped when
+//! the handle is, so tests run in parallel without seeing each other.
+//!
+//! The binaries are found through `PG_BINDIR`, `pg_config --bindir`, `initdb` on `PATH`, or the
+//! newest `/usr/lib/postgresql/*/bin`. PostgreSQL refuses to run as root: when run as root, the
+//! server runs as the `postgres` system user (no sudo needed).
+//!
+//! The shared cluster keeps running after the tests, so the next run starts in milliseconds.
+//! Stop it with `pg_ctl stop -D <dir>/data` (the directory is printed when it starts), or
+//! delete the directory to start afresh.
+//!
+//! [`Cluster::start_private`] starts a server of one's own (benchmarks, crash tests), stopped
+//! and deleted on drop.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::Write as _;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// What went wrong starting or using a throwaway server, in words that say how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+fn err(message: impl Into<String>) -> Error {
+    Error(message.into())
+}
+
+/// Settings for test and example servers: durability off (a test database is thrown away, and
+/// a crashed server still recovers from the WAL the OS holds), room for parallel tests.
+pub const TEST_SETTINGS: &[(&str, &str)] = &[
+    ("fsync", "off"),
+    ("synchronous_commit", "off"),
+    ("full_page_writes", "off"),
+    ("max_connections", "300"),
+    ("shared_buffers", "256MB"),
+    ("max_wal_size", "4GB"),
+    ("log_min_messages", "warning"),
+    ("log_min_error_statement", "panic"),
+];
+
+/// A PostgreSQL server to create databases in.
+#[derive(Debug)]
+pub struct Server {
+    /// `postgres://` URL of a database to run administrative statements from.
+    admin_url: String,
+    bindir: Option<PathBuf>,
+    local: bool,
+}
+
+/// The server shared by every test on this machine (see the crate docs).
+pub fn shared() -> Result<&'static Server, Error> {
+    static SHARED: OnceLock<Result<Server, Error>> = OnceLock::new();
+    SHARED
+        .get_or_init(|| match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.is_empty() => Ok(Server {
+                admin_url: url,
+                bindir: find_bindir().ok(),
+                local: false,
+            }),
+            _ => start_shared_cluster(),
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+impl Server {
+    /// The URL administrative statements run against.
+    pub fn admin_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    /// The directory of the server binaries (`psql`, `pgbench`, ...), when known.
+    pub fn bindir(&self) -> Option<&Path> {
+        self.bindir.as_deref()
+    }
+
+    /// Creates an empty database named after `hint` (and this process), dropped when the handle
+    /// is dropped.
+    pub fn create_database(&self, hint: &str) -> Result<TempDatabase<'_>, Error> {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let hint: String = hint
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut name = format!("{DB_PREFIX}{}_{n}_{hint}", std::process::id());
+        name.truncate(63);
+        self.psql(&self.admin_url, &format!("CREATE DATABASE \"{name}\""))?;
+        Ok(TempDatabase {
+            url: url_with_database(&self.admin_url, &name)?,
+            name,
+            server: self,
+        })
+    }
+
+    /// Runs `sql` with `psql` against `url`, stopping at the first error; returns what it
+    /// printed, unaligned, one row per line.
+    pub fn psql(&self, url: &str, sql: &str) -> Result<String, Error> {
+        psql(self.bindir.as_deref(), url, sql)
+    }
+}
+
+const DB_PREFIX: &str = "pg_audit_test_";
+
+/// A database of one's own, dropped (with its connections) when this is dropped.
+#[derive(Debug)]
+pub struct TempDatabase<'a> {
+    url: String,
+    name: String,
+    server: &'a Server,
+}
+
+impl TempDatabase<'_> {
+    /// The database's `postgres://` URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The server it is on.
+    pub fn server(&self) -> &Server {
+        self.server
+    }
+
+    /// Runs `sql` in this database with `psql` (see [`Server::psql`]).
+    pub fn psql(&self, sql: &str) -> Result<String, Error> {
+        self.server.psql(&self.url, sql)
+    }
+}
+
+impl Drop for TempDatabase<'_> {
+    fn drop(&mut self) {
+        let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        if let Err(e) = self.server.psql(&self.server.admin_url, &drop) {
+            eprintln!(
+                "pg-audit-tempdb: could not drop database {}: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// Replaces the database of a `postgres://` or `postgresql://` URL.
+pub fn url_with_database(url: &str, database: &str) -> Result<String, Error> {
+    let scheme_end = url
+        .find("://")
+        .filter(|_| url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        .ok_or_else(|| {
+            err(format!(
+                "DATABASE_URL must be a postgres:// URL, not `{url}`"
+            ))
+        })?
+        + 3;
+    let (base, query) = match url.find('?') {
+        Some(q) => url.split_at(q),
+        None => (url, ""),
+    };
+    let authority_end = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| scheme_end + i);
+    Ok(format!("{}/{database}{query}", &base[..authority_end]))
+}
+
+/// A PostgreSQL cluster run from the local binaries.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    bindir: PathBuf,
+    port: u16,
+    run_as: Option<(u32, u32)>,
+    remove_on_drop: bool,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster in a new directory, with [`TEST_SETTINGS`] overridden by
+    /// `settings`. It is stopped and its directory deleted when dropped.
+    pub fn start_private(name: &str, settings: &[(&str, &str)]) -> Result<Cluster, Error> {
+        let bindir = find_bindir()?;
+        let dir = std::env::temp_dir().join(format!(
+            "pg-audit-{name}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let mut cluster = Cluster {
+            dir,
+            bindir,
+            port: 0,
+            run_as: run_as()?,
+            remove_on_drop: true,
+        };
+        cluster.init(settings)?;
+        cluster.start()?;
+        Ok(cluster)
+    }
+
+    /// The cluster's directory (data in `data/`, server log in `server.log`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The loopback port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server binaries' directory.
+    pub fn bindir(&self) -> &Path {
+        &self.bindir
+    }
+
+    /// The URL of `database` on this cluster, as the `postgres` superuser.
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A [`Server`] handle on this cluster for creating databases.
+    pub fn server(&self) -> Server {
+        Server {
+            admin_url: self.url("postgres"),
+            bindir: Some(self.bindir.clone()),
+            local: true,
+        }
+    }
+
+    /// The postmaster's process id, while it runs.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        fs::read_to_string(self.dir.join("data/postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.current_dir(&self.dir);
+        if let Some((uid, gid)) = self.run_as {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    fn init(&mut self, settings: &[(&str, &str)]) -> Result<(), Error> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", self.dir.display())))?;
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(&self.dir, Some(uid), Some(gid)).map_err(|e| {
+                err(format!(
+                    "cannot hand {} to the postgres user: {e}",
+                    self.dir.display()
+                ))
+            })?;
+        }
+        let data = self.data();
+        if data.exists() {
+            fs::remove_dir_all(&data).map_err(|e| {
+                err(format!(
+                    "cannot remove a half-made cluster at {}: {e}",
+                    data.display()
+                ))
+            })?;
+        }
+        let output = self
+            .command("initdb")
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
+            .arg(&data)
+            .output()
+            .map_err(|e| err(format!("cannot run initdb: {e}")))?;
+        check(&output, "initdb")?;
+        let mut conf = String::from("\n# pg-audit-tempdb\nlisten_addresses = '127.0.0.1'\n");
+        conf.push_str(&format!(
+            "unix_socket_directories = '{}'\n",
+            self.dir.display()
+        ));
+        for (name, value) in TEST_SETTINGS
+            .iter()
+            .filter(|(n, _)| !settings.iter().any(|(m, _)| m == n))
+        {
+            conf.push_str(&format!("{name} = '{value}'\n"));
+        }
+        for (name, value) in settings {
+            conf.push_str(&format!("{name} = '{value}'\n"));
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .map_err(|e| err(format!("cannot write postgresql.conf: {e}")))
+    }
+
+    /// Starts the server on a free loopback port, retrying if another process takes the port
+    /// first.
+    pub fn start(&mut self) -> Result<(), Error> {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port()?;
+            let output = self
+                .command("pg_ctl")
+                .args(["start", "-w", "-t", "120", "-D"])
+                .arg(self.data())
+                .arg("-l")
+                .arg(self.dir.join("server.log"))
+                .args(["-o", &format!("-p {port}")])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| err(format!("cannot run pg_ctl: {e}")))?;
+            if output.status.success() {
+                self.port = port;
+                return Ok(());
+            }
+            last = format!(
+                "{}{}\nserver log ({}):\n{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr),
+                self.dir.join("server.log").display(),
+                fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+            );
+        }
+        Err(err(format!("PostgreSQL did not start: {last}")))
+    }
+
+    /// Stops the server (`mode`: `smart`, `fast` or `immediate`).
+    pub fn stop(&self, mode: &str) -> Result<(), Error> {
+        let output = self
+            .command("pg_ctl")
+            .args(["stop", "-w", "-m", mode, "-D"])
+            .arg(self.data())
+            .output()
+            .map_err(|e| err(format!("cannot run pg_ctl: {e}")))?;
+        check(&output, "pg_ctl stop")
+    }
+
+    fn is_running(&self) -> bool {
+        self.command("pg_ctl")
+            .args(["status", "-D"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = self.stop("immediate");
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn start_shared_cluster() -> Result<Server, Error> {
+    let bindir = find_bindir()?;
+    let major = major_version(&bindir)?;
+    let run_as = run_as()?;
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("pg-audit-tempdb-{uid}-pg{major}"));
+    // One process at a time creates or starts the cluster; the others then find it running.
+    let lock_path = std::env::temp_dir().join(format!("pg-audit-tempdb-{uid}-pg{major}.lock"));
+    let lock = File::create(&lock_path)
+        .map_err(|e| err(format!("cannot create {}: {e}", lock_path.display())))?;
+    lock.lock()
+        .map_err(|e| err(format!("cannot lock {}: {e}", lock_path.display())))?;
+
+    let port_file = dir.join("port");
+    let mut cluster = Cluster {
+        port: fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(0),
+        dir,
+        bindir: bindir.clone(),
+        run_as,
+        remove_on_drop: false,
+    };
+    let server = cluster.server();
+    let reachable = cluster.port != 0
+        && cluster.is_running()
+        && server.psql(&server.admin_url, "SELECT 1").is_ok();
+    if !reachable {
+        if cluster.is_running() {
+            let _ = cluster.stop("fast");
+        }
+        if !cluster.data().join("PG_VERSION").exists() {
+            eprintln!(
+                "pg-audit-tempdb: creating a PostgreSQL {major} cluster for tests in {}",
+                cluster.dir.display()
+            );
+            cluster.init(&[])?;
+        }
+        cluster.start()?;
+        fs::write(&port_file, cluster.port.to_string())
+            .map_err(|e| err(format!("cannot write {}: {e}", port_file.display())))?;
+        eprintln!(
+            "pg-audit-tempdb: PostgreSQL {major} running on 127.0.0.1:{} (data in {}; it keeps running for the next test run)",
+            cluster.port,
+            cluster.dir.display()
+        );
+    }
+    let server = cluster.server();
+    drop_stale_databases(&server);
+    drop(lock);
+    Ok(server)
+}
+
+/// Drops test databases left by processes that died before dropping them.
+fn drop_stale_databases(server: &Server) {
+    if !server.local {
+        return;
+    }
+    let Ok(names) = server.psql(
+        &server.admin_url,
+        &format!("SELECT datname FROM pg_database WHERE datname LIKE '{DB_PREFIX}%'"),
+    ) else {
+        return;
+    };
+    for name in names.lines() {
+        let pid = name[DB_PREFIX.len()..].split('_').next().unwrap_or("");
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = server.psql(
+                &server.admin_url,
+                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+fn psql(bindir: Option<&Path>, url: &str, sql: &str) -> Result<String, Error> {
+    let program = bindir.map_or_else(|| PathBuf::from("psql"), |b| b.join("psql"));
+    let mut child = Command::new(&program)
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(sql.as_bytes())
+        .map_err(|e| err(format!("cannot write to psql: {e}")))?;
+    let output = child
+        .wait_with_output()
+        .map_err(|e| err(format!("psql failed: {e}")))?;
+    check(&output, "psql")?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn check(output: &Output, what: &str) -> Result<(), Error> {
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(err(format!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&output.stdout)
+        )))
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| err(format!("cannot find a free loopback port: {e}")))
+}
+
+/// When running as root, the uid and gid of the `postgres` system user to run the server as.
+fn run_as() -> Result<Option<(u32, u32)>, Error> {
+    let uid = fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if uid != 0 {
+        return Ok(None);
+    }
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
+        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
+        .map(Some)
+        .ok_or_else(|| {
+            err("running as root, and PostgreSQL refuses to run as root, but there is no `postgres` \
+                 user to run it as: create one (useradd -r postgres) or run as another user")
+        })
+}
+
+/// Finds the directory holding `initdb`, `pg_ctl` and `psql`.
+pub fn find_bindir() -> Result<PathBuf, Error> {
+    let has_initdb = |dir: &Path| dir.join("initdb").is_file();
+    if let Some(dir) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
+        return if has_initdb(&dir) {
+            Ok(dir)
+        } else {
+            Err(err(format!("PG_BINDIR={} has no initdb", dir.display())))
+        };
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if out.status.success() && has_initdb(&dir) {
+            return Ok(dir);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_initdb(d))
+    {
+        return Ok(dir);
+    }
+    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, dir)| has_initdb(dir))
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, dir)| dir).ok_or_else(|| {
+        err("no PostgreSQL server binaries (initdb) found: install PostgreSQL 13 or newer, \
+             set PG_BINDIR to the directory holding initdb, or set DATABASE_URL to a running server")
+    })
+}
+
+fn major_version(bindir: &Path) -> Result<u32, Error> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| err(format!("cannot run postgres --version: {e}")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.split('.').next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| err(format!("cannot read the PostgreSQL version from `{text}`")))?;
+    if version < 13 {
+        return Err(err(format!(
+            "PostgreSQL {version} in {} is too old: pg-audit needs 13 or newer",
+            bindir.display()
+        )));
+    }
+    Ok(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_get_their_database_replaced() {
+        let u = |url| url_with_database(url, "t1").unwrap();
+        assert_eq!(u("postgres://u:p@h:5/db"), "postgres://u:p@h:5/t1");
+        assert_eq!(u("postgresql://h"), "postgresql://h/t1");
+        assert_eq!(
+            u("postgres://h/db?sslmode=disable"),
+            "postgres://h/t1?sslmode=disable"
+        );
+        assert!(url_with_database("mysql://h/db", "x").is_err());
+    }
+}
