@@ -1,0 +1,139 @@
+//! `pg-audit sql ...`: print installation SQL.
+
+use clap::{Args, Subcommand};
+use pg_audit::{
+    AuditLog, Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec,
+};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SqlCommand {
+    /// SQL that creates the audit log: its schema, the partitioned table with its DEFAULT
+    /// partition and indexes, the partition-maintenance functions, and the first partitions.
+    /// Safe to run again: it creates only what is missing and replaces the functions.
+    Table(TableArgs),
+    /// SQL that installs (or with --uninstall removes) the audit triggers of one table. It
+    /// first checks the table, its key and every named column, and fails with a message naming
+    /// the problem. Installing again replaces the previous configuration.
+    Trigger(TriggerArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// Schema of the audit log.
+    #[arg(long = "schema", value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]
+    schema: String,
+    /// Name of the audit log table.
+    #[arg(long = "name", value_name = "NAME", default_value = pg_audit::sql::table::DEFAULT_TABLE)]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TableArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// Time covered by one partition: daily, weekly or monthly.
+    #[arg(long, value_name = "PERIOD", default_value = "monthly")]
+    period: PartitionPeriod,
+    /// How many partitions after the current one to create now. Run
+    /// `SELECT * FROM <schema>.<name>_ensure_partitions(N)` regularly (cron, pg_cron) to keep
+    /// creating them ahead; writes never fail for want of one (a DEFAULT partition takes them).
+    #[arg(long, value_name = "N", default_value_t = pg_audit::sql::table::DEFAULT_PREMAKE)]
+    premake: u32,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TriggerArgs {
+    /// The audited table, as `table` or `schema.table`. Names are taken exactly as written
+    /// (case-sensitive, no quotes). A table name containing a dot needs --table-schema.
+    #[arg(long, value_name = "TABLE")]
+    table: String,
+    /// The audited table's schema, when --table must be taken whole.
+    #[arg(long, value_name = "SCHEMA")]
+    table_schema: Option<String>,
+    /// Columns identifying a row: the primary key, or the columns of a unique index.
+    #[arg(
+        long,
+        value_name = "COLUMNS",
+        value_delimiter = ',',
+        default_value = "id"
+    )]
+    primary_key: Vec<String>,
+    /// Log only these columns; an UPDATE changing none of them logs nothing.
+    #[arg(
+        long,
+        value_name = "COLUMNS",
+        value_delimiter = ',',
+        conflicts_with = "exclude_fields"
+    )]
+    track_only: Option<Vec<String>>,
+    /// Log every column but these; their values never reach the log in any form.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    exclude_fields: Option<Vec<String>>,
+    /// Log only rows for which this SQL boolean is true. `NEW` is the row after the change and
+    /// `OLD` the row before; on INSERT both are the inserted row, on DELETE both the deleted
+    /// row. Example: "NEW.is_active".
+    #[arg(long, value_name = "EXPR")]
+    condition: Option<String>,
+    /// Operations to log: insert, update, delete, truncate.
+    #[arg(
+        long,
+        value_name = "OPS",
+        value_delimiter = ',',
+        default_value = "insert,update,delete"
+    )]
+    operations: Vec<Operation>,
+    /// `row`: one trigger call per logged row, rows not logged filtered before any call;
+    /// `statement`: one call per statement over transition tables.
+    #[arg(long, value_name = "LEVEL", default_value = "row")]
+    level: TriggerLevel,
+    /// Schema of the audit log the triggers write to.
+    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]
+    log_schema: String,
+    /// Name of the audit log the triggers write to.
+    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::table::DEFAULT_TABLE)]
+    log_name: String,
+    /// Print SQL that removes the triggers instead (the log keeps its rows).
+    #[arg(long)]
+    uninstall: bool,
+}
+
+pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
+    let sql = match cmd {
+        SqlCommand::Table(args) => AuditLog::named(&args.log.schema, &args.log.name)?
+            .period(args.period)
+            .premake(args.premake)
+            .create_sql(),
+        SqlCommand::Trigger(args) => {
+            let log = AuditLog::named(&args.log_schema, &args.log_name)?;
+            let table = match &args.table_schema {
+                Some(schema) => QualifiedName::new(
+                    Some(Ident::with_kind(schema.as_str(), "schema")?),
+                    Ident::with_kind(args.table.as_str(), "table")?,
+                ),
+                None => QualifiedName::parse(&args.table)?,
+            };
+            let mut spec = TriggerSpec::builder(table)
+                .primary_key(args.primary_key)
+                .operations(args.operations)
+                .level(args.level);
+            if let Some(cols) = args.track_only {
+                spec = spec.track_only(cols);
+            }
+            if let Some(cols) = args.exclude_fields {
+                spec = spec.exclude_fields(cols);
+            }
+            if let Some(condition) = args.condition {
+                spec = spec.condition(condition);
+            }
+            let spec = spec.build()?;
+            if args.uninstall {
+                spec.uninstall_sql(&log)
+            } else {
+                spec.install_sql(&log)
+            }
+        }
+    };
+    // One transaction: a failed check leaves nothing half-installed.
+    print!("BEGIN;\n\n{sql}\nCOMMIT;\n");
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The `pg-audit` program: its SQL runs as is in psql, and bad arguments are refused clearly.
+
+use std::process::{Command, Output};
+
+fn pg_audit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(args)
+        .output()
+        .expect("run pg-audit")
+}
+
+fn stdout(args: &[&str]) -> String {
+    let out = pg_audit(args);
+    assert!(
+        out.status.success(),
+        "pg-audit {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn refused(args: &[&str]) -> String {
+    let out = pg_audit(args);
+    assert!(!out.status.success(), "pg-audit {args:?} should fail");
+    assert!(out.stdout.is_empty(), "nothing should be printed to run");
+    String::from_utf8(out.stderr).expect("utf-8")
+}
+
+#[test]
+fn printed_sql_installs_with_psql_and_logs_plain_sql_changes() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("cli_install").expect("database");
+    db.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text, email text, password_hash text)",
+    )
+    .expect("create table");
+
+    db.psql(&stdout(&["sql", "table"]))
+        .expect("install the log");
+    db.psql(&stdout(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--track-only",
+        "name,email",
+    ]))
+    .expect("install the trigger");
+
+    db.psql(
+        "INSERT INTO users (name, email, password_hash) VALUES ('Ann', 'ann@x', 'h');
+         UPDATE users SET password_hash = 'h2';
+         UPDATE users SET email = 'ann@y';",
+    )
+    .expect("changes");
+    let log = db
+        .psql("SELECT operation, record_pk, old_values, new_values FROM audit.auditlog ORDER BY id")
+        .expect("read the log");
+    assert_eq!(
+        log,
+        "INSERT|{\"id\": 1}||{\"name\": \"Ann\", \"email\": \"ann@x\"}\n\
+         UPDATE|{\"id\": 1}|{\"email\": \"ann@x\"}|{\"email\": \"ann@y\"}\n"
+    );
+
+    // Uninstalling removes the triggers; the log keeps its rows.
+    db.psql(&stdout(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--uninstall",
+    ]))
+    .expect("uninstall");
+    db.psql("DELETE FROM users").expect("delete");
+    let count = db
+        .psql("SELECT count(*) FROM audit.auditlog")
+        .expect("count");
+    assert_eq!(count, "2\n");
+}
+
+#[test]
+fn every_option_reaches_the_sql() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("cli_options").expect("database");
+    db.psql(
+        "CREATE SCHEMA billing;
+         CREATE TABLE billing.subscriptions (org text, plan text, is_active boolean, secret text,
+                                             PRIMARY KEY (org, plan));",
+    )
+    .expect("create table");
+    db.psql(&stdout(&[
+        "sql",
+        "table",
+        "--schema",
+        "history",
+        "--name",
+        "changes",
+        "--period",
+        "daily",
+        "--premake",
+        "1",
+    ]))
+    .expect("install the log");
+    db.psql(&stdout(&[
+        "sql",
+        "trigger",
+        "--table",
+        "billing.subscriptions",
+        "--primary-key",
+        "org,plan",
+        "--exclude-fields",
+        "secret",
+        "--condition",
+        "NEW.is_active",
+        "--operations",
+        "insert,delete,truncate",
+        "--level",
+        "statement",
+        "--log-schema",
+        "history",
+        "--log-name",
+        "changes",
+    ]))
+    .expect("install the trigger");
+    db.psql(
+        "INSERT INTO billing.subscriptions VALUES ('a', 'pro', true, 's'), ('b', 'free', false, 's');
+         UPDATE billing.subscriptions SET plan = 'max';
+         DELETE FROM billing.subscriptions WHERE org = 'a';
+         TRUNCATE billing.subscriptions;",
+    )
+    .expect("changes");
+    let log = db
+        .psql("SELECT operation, record_pk, coalesce(new_values, old_values) FROM history.changes ORDER BY id")
+        .expect("read the log");
+    assert_eq!(
+        log,
+        "INSERT|{\"org\": \"a\", \"plan\": \"pro\"}|{\"org\": \"a\", \"plan\": \"pro\", \"is_active\": true}\n\
+         DELETE|{\"org\": \"a\", \"plan\": \"max\"}|{\"org\": \"a\", \"plan\": \"max\", \"is_active\": true}\n\
+         TRUNCATE||\n"
+    );
+    let partitions = db
+        .psql("SELECT count(*) FROM history.changes_partitions() WHERE NOT is_default")
+        .expect("partitions");
+    assert_eq!(partitions, "2\n");
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_clear_message() {
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--track-only",
+        "a",
+        "--exclude-fields",
+        "b",
+    ]);
+    assert!(e.contains("cannot be used with"), "{e}");
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--operations",
+        "insert,upsert",
+    ]);
+    assert!(
+        e.contains("unknown operation `upsert`, expected one of insert, update, delete, truncate"),
+        "{e}"
+    );
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--condition",
+        "NEW.a) OR (true",
+    ]);
+    assert!(
+        e.contains("error: invalid condition `NEW.a) OR (true`: `)` without a matching `(`"),
+        "{e}"
+    );
+    let e = refused(&["sql", "trigger", "--table", "users", "--track-only", "a,a"]);
+    assert!(
+        e.contains("error: column `a` is listed twice in `track_only`"),
+        "{e}"
+    );
+    let long = "x".repeat(64);
+    let e = refused(&["sql", "trigger", "--table", &long]);
+    assert!(
+        e.contains("is 64 bytes long; PostgreSQL names are at most 63 bytes"),
+        "{e}"
+    );
+    let e = refused(&["sql", "table", "--period", "yearly"]);
+    assert!(e.contains("unknown partition period `yearly`"), "{e}");
+    let e = refused(&["sql", "trigger"]);
+    assert!(e.contains("--table <TABLE>"), "{e}");
+}
+
+#[test]
+fn help_explains_each_option() {
+    let help = stdout(&["sql", "trigger", "--help"]);
+    for option in [
+        "--table",
+        "--primary-key",
+        "--track-only",
+        "--exclude-fields",
+        "--condition",
+        "--operations",
+        "--level",
+        "--uninstall",
+    ] {
+        assert!(help.contains(option), "{option} missing from:\n{help}");
+    }
+    assert!(stdout(&["sql", "table", "--help"]).contains("--period"));
+}
