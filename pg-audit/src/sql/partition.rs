@@ -198,7 +198,9 @@ BEGIN
                 -- Rows of this range are in, or may be on their way to, the DEFAULT partition.
                 -- Hold audited writes (they wait, they do not fail) while the rows move, so
                 -- none lands in the DEFAULT partition once the new partition covers the range.
-                RAISE NOTICE 'pg-audit: creating %.% and moving % rows into it from %', part_schema, part, n, default_part;
+                IF n > 0 THEN
+                    RAISE NOTICE 'pg-audit: moving % rows from % into new partition %.%', n, default_part, part_schema, part;
+                END IF;
                 LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
                 EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
                                           part_schema, part, {table_lit});
