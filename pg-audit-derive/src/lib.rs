@@ -1,3 +1,19 @@
 //! The `#[pg_audit(...)]` attribute of pg-audit. Use it through `pg-audit-diesel`, which
-//! re-exports it together with the runtime the generated code needs.
+//! re-exports it together with the runtime the generated code names; its documentation is the
+//! attribute's reference.
 #![warn(missing_docs)]
+
+use proc_macro::TokenStream;
+
+mod ast;
+mod attr;
+mod check;
+mod ctxt;
+mod expand;
+mod symbol;
+
+/// Audits a Diesel model's table. See `pg_audit_diesel` for the reference.
+#[proc_macro_attribute]
+pub fn pg_audit(args: TokenStream, input: TokenStream) -> TokenStream {
+    expand::pg_audit_inner(args.into(), input.into()).into()
+}

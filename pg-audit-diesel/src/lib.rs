@@ -1,4 +1,85 @@
-//! Diesel integration of pg-audit. The SQL engine it builds on is re-exported as [`sql`].
+//! Diesel integration of pg-audit: mark models with `#[pg_audit(...)]`, and their tables are
+//! audited by triggers into one partitioned audit log.
+//!
+//! The SQL engine this builds on is re-exported as [`sql`].
+//!
+//! # The `#[pg_audit(...)]` attribute
+//!
+//! ```ignore
+//! use pg_audit_diesel::pg_audit;
+//!
+//! #[pg_audit(track_only = ["name", "email"])]
+//! #[derive(Queryable, Selectable)]
+//! #[diesel(table_name = users)]
+//! pub struct User { pub id: i32, pub name: String, pub email: String, pub password_hash: String }
+//!
+//! #[pg_audit(exclude_fields = [created_at, updated_at])]
+//! #[derive(Queryable)]
+//! pub struct Product { /* table `products`, Diesel's default name */ }
+//!
+//! #[pg_audit(condition = "NEW.is_active = TRUE", operations = [insert, update])]
+//! #[derive(Queryable)]
+//! #[diesel(table_name = subscriptions)] // table! { billing.subscriptions (id) { ... } }
+//! pub struct Subscription { /* ... */ }
+//! ```
+//!
+//! The table is the one Diesel uses for the struct: `#[diesel(table_name = path)]` (a path to
+//! the `table!` module, such as `users` or `crate::schema::users`), or Diesel's default, the
+//! struct's name in snake case plus `s`. Its SQL schema and name and its primary key (composite
+//! keys included) come from the `table!` declaration.
+//!
+//! | key | value | meaning |
+//! |---|---|---|
+//! | `track_only` | `["name", "email"]` or `[name, email]` | log only these columns; an UPDATE changing none of them logs nothing |
+//! | `exclude_fields` | same | log every column but these; their values never reach the log, in any form |
+//! | `condition` | `"NEW.is_active = TRUE"` | log only rows for which this SQL boolean is true (see below) |
+//! | `operations` | `[insert, update, delete, truncate]` | the operations to log; default insert, update, delete |
+//!
+//! Columns in `track_only` and `exclude_fields` are named as in `table!` (the Rust column
+//! names); the log and the triggers use their SQL names, so `#[sql_name = "..."]` is respected.
+//! The condition is SQL, so it names columns by their SQL names. In it, on UPDATE `NEW` is the
+//! row after and `OLD` the row before; on INSERT both mean the inserted row, and on DELETE both
+//! mean the deleted row.
+//!
+//! Everything is checked at compile time, and all mistakes of one attribute are reported in
+//! one compile:
+//!
+//! - a misspelled or foreign column in `track_only` or `exclude_fields`: rustc's "cannot find
+//!   type `nmae` in module `users::columns`", on the misspelled name;
+//! - a `NEW.col`/`OLD.col` in `condition` that is not a column of the table: "`NEW.col` in
+//!   `condition`: `users` has no column with that SQL name", on the condition;
+//! - an unknown key (with a suggestion), a duplicate key, `track_only` together with
+//!   `exclude_fields`, an empty list, a column listed twice, an unknown operation, an empty
+//!   condition, and a condition that is not well-formed (unbalanced parentheses or quotes, `;`).
+//!
+//! What only the database knows — the table exists, its key is a primary key or unique index,
+//! the condition's SQL compiles — is checked when the triggers are installed, with a message
+//! naming the table and the problem. The macro reads no files and opens no database.
+//!
+//! # Finding the models
+//!
+//! Every annotated model is entered in a registry ([`ModelSet::registered`]). The linker drops
+//! crates a program never refers to, so a model defined in such a crate is silently absent;
+//! [`ModelSet::registered`] fails with an explanation when the registry is empty, and
+//! [`ModelSet::with`] lists models explicitly.
 #![warn(missing_docs)]
 
+mod error;
+mod model;
+mod names;
+
 pub use pg_audit as sql;
+pub use pg_audit_derive::pg_audit;
+
+pub use error::Error;
+pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+
+/// What generated code names; not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use diesel;
+    pub use inventory;
+    pub use pg_audit::Operation;
+
+    pub use crate::names::{ColumnNames, has_column};
+}

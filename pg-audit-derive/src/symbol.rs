@@ -1,0 +1,12 @@
+//! The keywords of `#[pg_audit(...)]`, in one place.
+
+pub(crate) const TRACK_ONLY: &str = "track_only";
+pub(crate) const EXCLUDE_FIELDS: &str = "exclude_fields";
+pub(crate) const CONDITION: &str = "condition";
+pub(crate) const OPERATIONS: &str = "operations";
+
+/// Every key, in the order error messages list them.
+pub(crate) const KEYS: [&str; 4] = [TRACK_ONLY, EXCLUDE_FIELDS, CONDITION, OPERATIONS];
+
+/// The operation names `operations = [...]` accepts.
+pub(crate) const OPERATION_NAMES: [&str; 4] = ["insert", "update", "delete", "truncate"];

@@ -1,0 +1,25 @@
+use pg_audit_diesel::pg_audit;
+
+diesel::table! {
+    users (id) {
+        id -> Int4,
+        name -> Text,
+        email -> Text,
+        password_hash -> Text,
+        is_active -> Bool,
+    }
+}
+
+diesel::table! {
+    products (id) {
+        id -> Int4,
+        title -> Text,
+    }
+}
+
+#[pg_audit(track_only = ["name"])]
+pub enum User {
+    Active,
+}
+
+fn main() {}
