@@ -437,8 +437,7 @@ DECLARE
     actual text;
 BEGIN
     IF tbl IS NULL THEN
-        RAISE EXCEPTION 'pg-audit: table % does not exist', {table_lit}
-            USING HINT = 'Create the table (run the application''s own migrations) before installing its audit triggers.';
+        RAISE EXCEPTION 'pg-audit: table % does not exist; create it (run the application''s own migrations) before installing its audit triggers', {table_lit};
     END IF;
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO missing
       FROM pg_catalog.unnest(ARRAY[{columns}]::text[]) AS c
