@@ -64,14 +64,25 @@
 //! [`ModelSet::with`] lists models explicitly.
 #![warn(missing_docs)]
 
+pub mod audit_context;
+mod connection;
+mod context;
 mod error;
+mod files;
+mod migration;
 mod model;
 mod names;
 
 pub use pg_audit as sql;
 pub use pg_audit_derive::pg_audit;
 
+pub use connection::AuditConnectionExt;
+pub use context::{AuditContext, InvalidContext, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
+pub use files::{WriteError, write_migration_files};
+pub use migration::{
+    AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
+};
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
 
 /// What generated code names; not public API.

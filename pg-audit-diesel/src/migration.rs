@@ -1,0 +1,320 @@
+//! Embedded migrations: the audit log, then one migration per audited model, run at startup
+//! with Diesel's migration harness.
+//!
+//! ```ignore
+//! conn.run_pending_migrations(MIGRATIONS)?;                    // the application's tables
+//! conn.run_pending_migrations(pg_audit_diesel::migrations())?; // the log and the triggers
+//! ```
+//!
+//! Each migration's version carries a hash of its SQL, so a changed configuration (a column
+//! added to `track_only`, a new condition) or a new pg-audit release is a new, pending
+//! migration on the next start, and installing replaces what the previous one installed.
+//! Versions begin with `00000000000001` (the log) and `00000000000002` (models): they sort
+//! after Diesel's initial setup and before dated application migrations, so Diesel's
+//! `revert_last_migration` on the application's migrations still finds the application's.
+//!
+//! **Several instances starting at once.** Every migration first takes a transaction-level
+//! advisory lock, so installs are serialised. An instance that waited while another applied
+//! the same migration finds it recorded, skips the install, and lets Diesel's harness record
+//! it again in the same transaction (it deletes the row the other instance wrote first), so
+//! it neither fails on the duplicate version nor installs twice.
+
+use std::fmt;
+
+use diesel::migration::{
+    Migration, MigrationMetadata, MigrationName, MigrationSource, MigrationVersion,
+};
+use diesel::pg::Pg;
+use pg_audit::{AuditLog, TriggerSpec, dollar_quote, quote_literal};
+
+use crate::{Error, ModelSet};
+
+/// The advisory lock key pg-audit's migrations serialise on ("pgaudit" in ASCII).
+pub const MIGRATION_LOCK_KEY: i64 = 0x0070_6761_7564_6974;
+
+/// The migrations of the audit log and of every registered `#[pg_audit]` model, into
+/// `audit.auditlog`. See [`AuditMigrations`] to choose the log or list the models.
+pub fn migrations() -> AuditMigrations {
+    AuditMigrations::registered()
+}
+
+/// Runs `source`'s pending migrations holding a session-level advisory lock, so that even
+/// Diesel's own bookkeeping table is created by one process at a time. Use this instead of
+/// `conn.run_pending_migrations(source)` when several instances may start against a brand-new
+/// database: Diesel creates `__diesel_schema_migrations` with `CREATE TABLE IF NOT EXISTS`,
+/// which PostgreSQL does not make safe against concurrent creation. Returns the versions
+/// applied.
+pub fn run_migrations<C>(
+    conn: &mut C,
+    source: AuditMigrations,
+) -> diesel::migration::Result<Vec<String>>
+where
+    C: diesel_migrations::MigrationHarness<Pg> + diesel::Connection<Backend = Pg>,
+{
+    conn.batch_execute(&format!(
+        "SELECT pg_catalog.pg_advisory_lock({MIGRATION_LOCK_KEY})"
+    ))?;
+    let result = conn
+        .run_pending_migrations(source)
+        .map(|versions| versions.iter().map(ToString::to_string).collect());
+    let unlock = conn.batch_execute(&format!(
+        "SELECT pg_catalog.pg_advisory_unlock({MIGRATION_LOCK_KEY})"
+    ));
+    let versions = result?;
+    unlock?;
+    Ok(versions)
+}
+
+/// A Diesel [`MigrationSource`]: the log's migration, then one per model.
+#[derive(Debug, Clone)]
+pub struct AuditMigrations {
+    log: AuditLog,
+    models: Option<ModelSet>,
+}
+
+impl AuditMigrations {
+    /// Every model in the registry (checked when the migrations are listed: an empty
+    /// registry is an error explaining why).
+    pub fn registered() -> Self {
+        AuditMigrations {
+            log: AuditLog::new(),
+            models: None,
+        }
+    }
+
+    /// These models.
+    pub fn models(models: ModelSet) -> Self {
+        AuditMigrations {
+            log: AuditLog::new(),
+            models: Some(models),
+        }
+    }
+
+    /// Uses `log` (its schema, name and partitioning) instead of `audit.auditlog`.
+    #[must_use]
+    pub fn log(mut self, log: AuditLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The audit log the migrations install.
+    pub fn audit_log(&self) -> &AuditLog {
+        &self.log
+    }
+
+    /// The migrations, in the order they run: the log, then the models by table.
+    pub fn sql_migrations(&self) -> Result<Vec<SqlMigration>, Error> {
+        let models = match &self.models {
+            Some(models) => models.clone(),
+            None => ModelSet::registered()?,
+        };
+        let mut out = vec![SqlMigration::new(
+            "00000000000001",
+            "log",
+            "log".to_owned(),
+            format!("pg-audit: the audit log {}", self.log.table()),
+            self.log.create_sql(),
+            drop_log_if_empty(&self.log),
+        )];
+        let mut specs = models.specs()?;
+        specs.sort_by(|(_, a), (_, b)| a.table().cmp(b.table()));
+        for (model, spec) in specs {
+            out.push(model_migration(model, &spec, &self.log));
+        }
+        Ok(out)
+    }
+}
+
+fn model_migration(model: &str, spec: &TriggerSpec, log: &AuditLog) -> SqlMigration {
+    let table = spec.table();
+    let key = format!(
+        "{}.{}",
+        table.schema.as_ref().map_or("", |s| s.as_str()),
+        table.name.as_str()
+    );
+    let slug: String = table
+        .name
+        .as_str()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    SqlMigration::new(
+        "00000000000002",
+        &hash(&key),
+        slug,
+        format!("pg-audit: audit triggers on {table} (model `{model}`)"),
+        spec.install_sql(log),
+        spec.uninstall_sql(log),
+    )
+}
+
+/// Dropping the log would destroy the audit trail: only an empty log is dropped.
+fn drop_log_if_empty(log: &AuditLog) -> String {
+    let check = format!(
+        "
+DECLARE
+    tbl regclass := pg_catalog.to_regclass({table_lit});
+    n bigint;
+BEGIN
+    IF tbl IS NOT NULL THEN
+        EXECUTE 'SELECT count(*) FROM ' || tbl::text INTO n;
+        IF n > 0 THEN
+            RAISE EXCEPTION 'pg-audit: the audit log % holds % rows; it is not dropped by a migration revert', tbl, n
+                USING HINT = 'Archive the rows (pg_dump -t), then drop the log by hand if that is really meant.';
+        END IF;
+    END IF;
+END
+",
+        table_lit = quote_literal(&log.table().to_string()).expect("no NUL"),
+    );
+    format!("DO {};\n{}", dollar_quote(&check), log.drop_sql())
+}
+
+fn hash(text: &str) -> String {
+    // FNV-1a, 32 bits: short, stable across releases and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// One migration: SQL to install and SQL to remove.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlMigration {
+    version: String,
+    slug: String,
+    description: String,
+    up: String,
+    down: String,
+}
+
+impl SqlMigration {
+    fn new(
+        prefix: &str,
+        subject: &str,
+        slug: String,
+        description: String,
+        up: String,
+        down: String,
+    ) -> Self {
+        // Diesel stores versions in a varchar(50): 14 + 10 + 8 + 1 + 8 = 41 characters.
+        SqlMigration {
+            version: format!("{prefix}_pg_audit_{subject}_{}", hash(&up)),
+            slug,
+            description,
+            up,
+            down,
+        }
+    }
+
+    /// The version Diesel records.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// A short name for what it is about: `log`, or the audited table's name.
+    pub fn slug(&self) -> &str {
+        &self.slug
+    }
+
+    /// What it installs, in words.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The SQL that installs.
+    pub fn up_sql(&self) -> &str {
+        &self.up
+    }
+
+    /// The SQL that removes what `up_sql` installed.
+    pub fn down_sql(&self) -> &str {
+        &self.down
+    }
+
+    /// `up_sql` guarded for concurrent runs (see the module documentation).
+    fn guarded_up(&self) -> String {
+        let version = quote_literal(&self.version).expect("no NUL");
+        let body = format!(
+            "
+BEGIN
+    IF EXISTS (SELECT FROM __diesel_schema_migrations WHERE version = {version}) THEN
+        -- Applied by another instance while this one waited for the lock: do not install
+        -- again; Diesel's harness records the version again in this transaction.
+        DELETE FROM __diesel_schema_migrations WHERE version = {version};
+    ELSE
+        EXECUTE {};
+    END IF;
+END
+",
+            dollar_quote(&self.up)
+        );
+        format!(
+            "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\nDO {};",
+            dollar_quote(&body)
+        )
+    }
+}
+
+struct Metadata;
+
+impl MigrationMetadata for Metadata {}
+
+impl Migration<Pg> for SqlMigration {
+    fn run(
+        &self,
+        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
+    ) -> diesel::migration::Result<()> {
+        conn.batch_execute(&self.guarded_up())?;
+        Ok(())
+    }
+
+    fn revert(
+        &self,
+        conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
+    ) -> diesel::migration::Result<()> {
+        conn.batch_execute(&format!(
+            "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}",
+            self.down
+        ))?;
+        Ok(())
+    }
+
+    fn metadata(&self) -> &dyn MigrationMetadata {
+        &Metadata
+    }
+
+    fn name(&self) -> &dyn MigrationName {
+        self
+    }
+}
+
+impl fmt::Display for SqlMigration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.version, self.description)
+    }
+}
+
+impl MigrationName for SqlMigration {
+    fn version(&self) -> MigrationVersion<'_> {
+        MigrationVersion::from(self.version.as_str())
+    }
+}
+
+impl MigrationSource<Pg> for AuditMigrations {
+    fn migrations(&self) -> diesel::migration::Result<Vec<Box<dyn Migration<Pg>>>> {
+        Ok(self
+            .sql_migrations()?
+            .into_iter()
+            .map(|m| Box::new(m) as Box<dyn Migration<Pg>>)
+            .collect())
+    }
+}
