@@ -7,6 +7,7 @@ use proc_macro::TokenStream;
 
 mod ast;
 mod attr;
+mod change_reason;
 mod check;
 mod ctxt;
 mod expand;
@@ -16,4 +17,11 @@ mod symbol;
 #[proc_macro_attribute]
 pub fn pg_audit(args: TokenStream, input: TokenStream) -> TokenStream {
     expand::pg_audit_inner(args.into(), input.into()).into()
+}
+
+/// Runs a function's body with an ambient change reason. See
+/// `pg_audit_diesel::audit_context` for the reference.
+#[proc_macro_attribute]
+pub fn with_change_reason(args: TokenStream, input: TokenStream) -> TokenStream {
+    change_reason::with_change_reason_inner(args.into(), input.into()).into()
 }

@@ -74,7 +74,7 @@ mod model;
 mod names;
 
 pub use pg_audit as sql;
-pub use pg_audit_derive::pg_audit;
+pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 pub use connection::AuditConnectionExt;
 pub use context::{AuditContext, InvalidContext, MAX_VALUE_LEN, REASON_SEPARATOR};
