@@ -50,7 +50,7 @@ fn expand(reason: &LitStr, mut function: ItemFn) -> TokenStream {
             #block
         })
     };
-    function.block = Box::new(syn::parse2(body).expect("a block"));
+    *function.block = syn::parse2(body).expect("a block");
     quote!(#function)
 }
 

@@ -72,6 +72,8 @@ mod files;
 mod migration;
 mod model;
 mod names;
+#[cfg(feature = "connection-wrapper")]
+pub mod wrapper;
 
 pub use pg_audit as sql;
 pub use pg_audit_derive::{pg_audit, with_change_reason};
@@ -84,6 +86,8 @@ pub use migration::{
     AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
 };
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+#[cfg(feature = "connection-wrapper")]
+pub use wrapper::AuditedConnection;
 
 /// What generated code names; not public API.
 #[doc(hidden)]
