@@ -221,12 +221,12 @@ impl TransactionManager<AuditedConnection> for AuditedTransactionManager {
 
     fn commit_transaction(conn: &mut AuditedConnection) -> QueryResult<()> {
         let inner_ctx = conn.levels.pop();
-        if let (Some(inner_ctx), Some(outer)) = (&inner_ctx, conn.levels.last()) {
-            if inner_ctx != outer {
-                // Releasing a savepoint keeps its settings: put the outer context back.
-                let restore = outer.set_sql(true).expect("all fields");
-                conn.inner.batch_execute(&restore)?;
-            }
+        if let (Some(inner_ctx), Some(outer)) = (&inner_ctx, conn.levels.last())
+            && inner_ctx != outer
+        {
+            // Releasing a savepoint keeps its settings: put the outer context back.
+            let restore = outer.set_sql(true).expect("all fields");
+            conn.inner.batch_execute(&restore)?;
         }
         AnsiTransactionManager::commit_transaction(&mut conn.inner)
     }
