@@ -111,7 +111,7 @@ where
 }
 
 #[derive(QueryableByName)]
-struct Settings {
+pub(crate) struct Settings {
     #[diesel(sql_type = Nullable<Text>)]
     user_id: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -126,32 +126,44 @@ struct Settings {
     metadata: Option<String>,
 }
 
+impl Settings {
+    /// The query that reads the context settings in force.
+    pub(crate) fn query() -> diesel::query_builder::SqlQuery {
+        let columns: Vec<String> = FIELDS
+            .iter()
+            .map(|f| {
+                format!(
+                    "pg_catalog.current_setting({}, true) AS {}",
+                    quote_literal(f.setting).expect("no NUL"),
+                    f.column
+                )
+            })
+            .collect();
+        diesel::sql_query(format!("SELECT {}", columns.join(", ")))
+    }
+
+    /// The raw values, in [`FIELDS`] order.
+    pub(crate) fn into_values(self) -> [Option<String>; 6] {
+        [
+            self.user_id,
+            self.request_id,
+            self.change_reason,
+            self.client_addr,
+            self.source,
+            self.metadata,
+        ]
+    }
+}
+
 /// The context settings in force, raw, in [`FIELDS`] order.
 fn read_settings(conn: &mut PgConnection) -> QueryResult<[Option<String>; 6]> {
-    let columns: Vec<String> = FIELDS
-        .iter()
-        .map(|f| {
-            format!(
-                "pg_catalog.current_setting({}, true) AS {}",
-                quote_literal(f.setting).expect("no NUL"),
-                f.column
-            )
-        })
-        .collect();
-    let s: Settings =
-        diesel::sql_query(format!("SELECT {}", columns.join(", "))).get_result(conn)?;
-    Ok([
-        s.user_id,
-        s.request_id,
-        s.change_reason,
-        s.client_addr,
-        s.source,
-        s.metadata,
-    ])
+    Settings::query()
+        .get_result::<Settings>(conn)
+        .map(Settings::into_values)
 }
 
 /// Sets the context settings back to exactly these raw values.
-fn restore_sql(values: &[Option<String>; 6]) -> String {
+pub(crate) fn restore_sql(values: &[Option<String>; 6]) -> String {
     let calls: Vec<String> = FIELDS
         .iter()
         .zip(values)

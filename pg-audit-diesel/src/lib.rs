@@ -64,6 +64,8 @@
 //! [`ModelSet::with`] lists models explicitly.
 #![warn(missing_docs)]
 
+#[cfg(feature = "async")]
+mod async_conn;
 pub mod audit_context;
 mod connection;
 mod context;
@@ -78,6 +80,8 @@ pub mod wrapper;
 pub use pg_audit as sql;
 pub use pg_audit_derive::{pg_audit, with_change_reason};
 
+#[cfg(feature = "async")]
+pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
 pub use connection::AuditConnectionExt;
 pub use context::{AuditContext, InvalidContext, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
