@@ -59,7 +59,7 @@ fn printed_sql_installs_with_psql_and_logs_plain_sql_changes() {
     assert_eq!(
         log,
         "INSERT|{\"id\": 1}||{\"name\": \"Ann\", \"email\": \"ann@x\"}\n\
-         UPDATE|{\"id\": 1}|{\"email\": \"ann@x\"}|{\"email\": \"ann@y\"}\n"
+         UPDATE|{\"id\": 1}|{\"name\": \"Ann\", \"email\": \"ann@x\"}|{\"name\": \"Ann\", \"email\": \"ann@y\"}\n"
     );
 
     // Uninstalling removes the triggers; the log keeps its rows.

@@ -141,7 +141,8 @@ struct Entry {
 
 fn print_audit_trail(conn: &mut PgConnection) -> QueryResult<()> {
     let entries: Vec<Entry> = diesel::sql_query(
-        "SELECT id, operation, table_name, record_pk, old_values, new_values, user_id, change_reason
+        "SELECT id, operation, table_name, record_pk, old_values, new_values,
+                context ->> 'user_id' AS user_id, context ->> 'change_reason' AS change_reason
            FROM audit.auditlog ORDER BY id",
     )
     .load(conn)?;
@@ -210,8 +211,10 @@ fn scalar(value: &Value) -> String {
 /// What changed, in one line: `email: a → b` for updates, the values for inserts and deletes.
 fn changes(e: &Entry) -> String {
     match (&e.old_values, &e.new_values) {
+        // The log keeps whole rows; show the columns that differ.
         (Some(Value::Object(old)), Some(Value::Object(new))) => old
             .iter()
+            .filter(|(k, v)| new.get(*k) != Some(*v))
             .map(|(k, v)| {
                 format!(
                     "{k}: {} → {}",

@@ -125,8 +125,8 @@ where
     let outer = Settings::query()
         .get_result::<Settings>(conn)
         .await?
-        .into_values();
-    let inner = AuditContext::from_settings(outer.clone()).merged(ctx);
+        .into_value();
+    let inner = AuditContext::from_setting(outer.as_deref()).merged(ctx);
     inner.validate().map_err(invalid)?;
     conn.batch_execute(&inner.set_sql(true).expect("all fields"))
         .await?;

@@ -4,11 +4,11 @@ use diesel::connection::{AnsiTransactionManager, SimpleConnection as _, Transact
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
-use pg_audit::context::FIELDS;
+use pg_audit::context::SETTING;
 use pg_audit::quote_literal;
 
 use crate::audit_context;
-use crate::context::{AuditContext, InvalidContext};
+use crate::context::{AuditContext, InvalidContext, set_setting_sql};
 
 /// Transactions whose audit rows carry a context. Implemented for [`PgConnection`], and so
 /// usable on pooled connections (an r2d2 `PooledConnection` derefs to one).
@@ -78,7 +78,7 @@ impl AuditConnectionExt for PgConnection {
             Ok(()) => finish_transaction(self, f),
             Err(diesel::result::Error::AlreadyInTransaction) => self.transaction(|conn| {
                 let outer = read_settings(conn)?;
-                let nested = AuditContext::from_settings(outer.clone()).merged(ctx);
+                let nested = AuditContext::from_setting(outer.as_deref()).merged(ctx);
                 nested.validate().map_err(invalid)?;
                 conn.batch_execute(&nested.set_sql(true).expect("all fields"))?;
                 let value = f(conn)?;
@@ -113,67 +113,32 @@ where
 #[derive(QueryableByName)]
 pub(crate) struct Settings {
     #[diesel(sql_type = Nullable<Text>)]
-    user_id: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    request_id: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    change_reason: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    client_addr: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    source: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    metadata: Option<String>,
+    context: Option<String>,
 }
 
 impl Settings {
-    /// The query that reads the context settings in force.
+    /// The query that reads the context setting in force.
     pub(crate) fn query() -> diesel::query_builder::SqlQuery {
-        let columns: Vec<String> = FIELDS
-            .iter()
-            .map(|f| {
-                format!(
-                    "pg_catalog.current_setting({}, true) AS {}",
-                    quote_literal(f.setting).expect("no NUL"),
-                    f.column
-                )
-            })
-            .collect();
-        diesel::sql_query(format!("SELECT {}", columns.join(", ")))
+        diesel::sql_query(format!(
+            "SELECT pg_catalog.current_setting({}, true) AS context",
+            quote_literal(SETTING).expect("no NUL")
+        ))
     }
 
-    /// The raw values, in [`FIELDS`] order.
-    pub(crate) fn into_values(self) -> [Option<String>; 6] {
-        [
-            self.user_id,
-            self.request_id,
-            self.change_reason,
-            self.client_addr,
-            self.source,
-            self.metadata,
-        ]
+    /// The raw value.
+    pub(crate) fn into_value(self) -> Option<String> {
+        self.context
     }
 }
 
-/// The context settings in force, raw, in [`FIELDS`] order.
-fn read_settings(conn: &mut PgConnection) -> QueryResult<[Option<String>; 6]> {
+/// The context setting in force, raw.
+fn read_settings(conn: &mut PgConnection) -> QueryResult<Option<String>> {
     Settings::query()
         .get_result::<Settings>(conn)
-        .map(Settings::into_values)
+        .map(Settings::into_value)
 }
 
-/// Sets the context settings back to exactly these raw values.
-pub(crate) fn restore_sql(values: &[Option<String>; 6]) -> String {
-    let calls: Vec<String> = FIELDS
-        .iter()
-        .zip(values)
-        .map(|(f, v)| {
-            format!(
-                "pg_catalog.set_config({}, {}, true)",
-                quote_literal(f.setting).expect("no NUL"),
-                quote_literal(v.as_deref().unwrap_or("")).expect("read from the server: no NUL")
-            )
-        })
-        .collect();
-    format!("SELECT {}", calls.join(", "))
+/// Sets the context setting back to exactly this raw value.
+pub(crate) fn restore_sql(value: &Option<String>) -> String {
+    set_setting_sql(value.as_deref().unwrap_or(""))
 }

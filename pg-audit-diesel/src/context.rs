@@ -1,12 +1,10 @@
 //! The audit context: who, why and from where a change is made.
 
-use std::fmt::Write as _;
-
 use pg_audit::context::{
-    CHANGE_REASON, CLIENT_ADDR, ContextField, METADATA, REQUEST_ID, SOURCE, USER_ID,
+    CHANGE_REASON, CLIENT_ADDR, METADATA, REQUEST_ID, SETTING, SOURCE, USER_ID,
 };
 use pg_audit::quote_literal;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// The longest context value accepted, in bytes (the metadata counts as its JSON text).
 /// Longer values are refused before anything is sent, so a change never runs without its
@@ -145,7 +143,7 @@ impl AuditContext {
     pub fn validate(&self) -> Result<(), InvalidContext> {
         for (field, value) in self.text_fields() {
             if let Some(value) = value {
-                check_text(field.column, value)?;
+                check_text(field, value)?;
             }
         }
         if let Some(metadata) = &self.metadata {
@@ -158,7 +156,7 @@ impl AuditContext {
         Ok(())
     }
 
-    fn text_fields(&self) -> [(ContextField, Option<&str>); 5] {
+    fn text_fields(&self) -> [(&'static str, Option<&str>); 5] {
         [
             (USER_ID, self.user_id.as_deref()),
             (REQUEST_ID, self.request_id.as_deref()),
@@ -168,61 +166,63 @@ impl AuditContext {
         ]
     }
 
-    /// Every field with its value as the setting will hold it (`None`: unset).
-    fn settings(&self) -> Vec<(ContextField, Option<String>)> {
-        let mut settings: Vec<(ContextField, Option<String>)> = self
-            .text_fields()
-            .into_iter()
-            .map(|(field, value)| (field, value.map(str::to_owned)))
-            .collect();
-        settings.push((METADATA, self.metadata.as_ref().map(Value::to_string)));
-        settings
+    /// The context as the JSON object the triggers store (`None` when empty).
+    pub fn to_json(&self) -> Option<Value> {
+        let mut object = Map::new();
+        for (key, value) in self.text_fields() {
+            if let Some(value) = value {
+                object.insert(key.to_owned(), Value::String(value.to_owned()));
+            }
+        }
+        if let Some(metadata) = &self.metadata {
+            object.insert(METADATA.to_owned(), metadata.clone());
+        }
+        (!object.is_empty()).then_some(Value::Object(object))
     }
 
-    /// `SELECT set_config(...), ...` for the set fields (all fields with `all`, unset ones as
-    /// empty strings, which the log stores as NULL); `None` when there is nothing to set.
-    /// Values go through the one quoting function. Call [`AuditContext::validate`] first.
+    /// `SELECT set_config('pg_audit.context', '<json>', true)`, the value quoted by the one
+    /// quoting function; with `all`, an empty context is set as an empty string (stored as
+    /// NULL), otherwise `None`. Call [`AuditContext::validate`] first.
     pub(crate) fn set_sql(&self, all: bool) -> Option<String> {
-        let calls: Vec<String> = self
-            .settings()
-            .into_iter()
-            .filter(|(_, value)| all || value.is_some())
-            .map(|(field, value)| {
-                format!(
-                    "pg_catalog.set_config({}, {}, true)",
-                    quote_literal(field.setting).expect("no NUL"),
-                    quote_literal(value.as_deref().unwrap_or("")).expect("validated: no NUL")
-                )
-            })
-            .collect();
-        if calls.is_empty() {
+        let json = self.to_json().map(|v| v.to_string());
+        if json.is_none() && !all {
             return None;
         }
-        let mut sql = String::from("SELECT ");
-        let _ = write!(sql, "{}", calls.join(", "));
-        Some(sql)
+        Some(set_setting_sql(json.as_deref().unwrap_or("")))
     }
 
-    /// Builds a context from the settings' current values, in [`pg_audit::context::FIELDS`]
-    /// order (empty: unset). Metadata that is not valid JSON is kept as a JSON string.
-    pub(crate) fn from_settings(values: [Option<String>; 6]) -> AuditContext {
-        let [
-            user_id,
-            request_id,
-            change_reason,
-            client_addr,
-            source,
-            metadata,
-        ] = values.map(|v| v.filter(|v| !v.is_empty()));
+    /// Builds a context from the raw setting (empty or unset: no context). A value that is not
+    /// a JSON object (set by hand) is kept whole as metadata rather than dropped.
+    pub(crate) fn from_setting(raw: Option<&str>) -> AuditContext {
+        let Some(raw) = raw.filter(|r| !r.is_empty()) else {
+            return AuditContext::default();
+        };
+        let Ok(Value::Object(mut object)) = serde_json::from_str::<Value>(raw) else {
+            return AuditContext::default().metadata(Value::String(raw.to_owned()));
+        };
+        let mut text = |key: &str| match object.remove(key) {
+            Some(Value::String(s)) => Some(s),
+            Some(other) => Some(other.to_string()),
+            None => None,
+        };
         AuditContext {
-            user_id,
-            request_id,
-            change_reason,
-            client_addr,
-            source,
-            metadata: metadata.map(|m| serde_json::from_str(&m).unwrap_or(Value::String(m))),
+            user_id: text(USER_ID),
+            request_id: text(REQUEST_ID),
+            change_reason: text(CHANGE_REASON),
+            client_addr: text(CLIENT_ADDR),
+            source: text(SOURCE),
+            metadata: object.remove(METADATA),
         }
     }
+}
+
+/// `SELECT set_config('pg_audit.context', value, true)`.
+pub(crate) fn set_setting_sql(value: &str) -> String {
+    format!(
+        "SELECT pg_catalog.set_config({}, {}, true)",
+        quote_literal(SETTING).expect("no NUL"),
+        quote_literal(value).expect("validated: no NUL")
+    )
 }
 
 fn too_long(field: &'static str, len: usize) -> InvalidContext {
@@ -326,23 +326,33 @@ mod tests {
     }
 
     #[test]
-    fn set_sql_quotes_every_value() {
-        let sql = AuditContext::new()
-            .change_reason("it's \\ $$")
-            .set_sql(false)
-            .unwrap();
+    fn set_sql_sets_one_json_setting_quoted() {
+        let ctx = AuditContext::new().change_reason("it's \\ $$");
+        let json = ctx.to_json().unwrap().to_string();
+        assert_eq!(json, r#"{"change_reason":"it's \\ $$"}"#);
         assert_eq!(
-            sql,
-            "SELECT pg_catalog.set_config('pg_audit.change_reason', E'it''s \\\\ $$', true)"
+            ctx.set_sql(false).unwrap(),
+            format!(
+                "SELECT pg_catalog.set_config('pg_audit.context', {}, true)",
+                quote_literal(&json).unwrap()
+            )
         );
         assert_eq!(AuditContext::new().set_sql(false), None);
         assert_eq!(
-            AuditContext::new()
-                .set_sql(true)
-                .unwrap()
-                .matches("set_config")
-                .count(),
-            6
+            AuditContext::new().set_sql(true).unwrap(),
+            "SELECT pg_catalog.set_config('pg_audit.context', '', true)"
+        );
+    }
+
+    #[test]
+    fn contexts_read_back_from_the_setting() {
+        let ctx = AuditContext::new().user_id("u").metadata(json!({"a": [1]}));
+        let raw = ctx.to_json().unwrap().to_string();
+        assert_eq!(AuditContext::from_setting(Some(&raw)), ctx);
+        assert_eq!(AuditContext::from_setting(Some("")), AuditContext::new());
+        assert_eq!(
+            AuditContext::from_setting(Some("not json")),
+            AuditContext::new().metadata(json!("not json"))
         );
     }
 }

@@ -33,8 +33,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     db.psql(
         "INSERT INTO users (name, email, password_hash) VALUES ('Ann', 'ann@example.com', 'secret');
          BEGIN;
-         SELECT set_config('pg_audit.user_id', 'admin-7', true),
-                set_config('pg_audit.change_reason', 'User asked to change their e-mail', true);
+         SELECT set_config('pg_audit.context',
+                json_build_object('user_id', 'admin-7',
+                                  'change_reason', 'User asked to change their e-mail')::text,
+                true);
          UPDATE users SET email = 'ann@example.org', password_hash = 'new secret' WHERE name = 'Ann';
          COMMIT;
          DELETE FROM users;",
@@ -42,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 3. The log.
     let rows = db.psql(&format!(
-        "SELECT operation, record_pk, coalesce(user_id, '-'), coalesce(change_reason, '-'),
+        "SELECT operation, record_pk, coalesce(context ->> 'user_id', '-'), coalesce(context ->> 'change_reason', '-'),
                 coalesce(old_values::text, '-'), coalesce(new_values::text, '-')
            FROM {} ORDER BY id",
         log.table()

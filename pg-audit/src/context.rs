@@ -1,75 +1,43 @@
 //! The audit context: who, why and from where, carried from the application to the triggers in
-//! transaction-local settings.
+//! one transaction-local setting.
 //!
-//! The application sets them with `set_config(name, value, true)` (the `true` makes the value
-//! local to the current transaction, so a pooled connection never carries one request's context
-//! into the next transaction); the audit log's column defaults read them with
-//! `current_setting(name, true)`. An unset or empty setting is stored as NULL.
+//! The application sets [`SETTING`] to a JSON object with `set_config(name, value, true)` (the
+//! `true` makes it local to the current transaction, so a pooled connection never carries one
+//! request's context into the next transaction); the triggers copy it into the log's `context`
+//! column. Unset or empty, the column is NULL.
 //!
 //! ```sql
 //! BEGIN;
-//! SELECT set_config('pg_audit.user_id', 'alice', true),
-//!        set_config('pg_audit.change_reason', 'ticket #42', true);
+//! SELECT set_config('pg_audit.context',
+//!                   json_build_object('user_id', 'alice', 'change_reason', 'ticket #42')::text,
+//!                   true);
 //! UPDATE users SET email = 'alice@example.com' WHERE id = 1;
 //! COMMIT;
 //! ```
+//!
+//! One setting rather than one per field because setting is on every audited transaction's
+//! path: one `set_config` costs about a sixth of six (see `docs/performance.md`). The value must
+//! be a JSON object: anything else fails the audited write, so a change never goes unlogged
+//! because of its context.
 
-/// One context value: its setting name and the audit-log column it fills.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ContextField {
-    /// The transaction-local setting, e.g. `pg_audit.user_id`.
-    pub setting: &'static str,
-    /// The audit-log column that records it.
-    pub column: &'static str,
-    /// The column's SQL type.
-    pub(crate) sql_type: &'static str,
-}
+/// The transaction-local setting holding the context, as a JSON object.
+pub const SETTING: &str = "pg_audit.context";
 
 /// The application user who made the change.
-pub const USER_ID: ContextField = ContextField {
-    setting: "pg_audit.user_id",
-    column: "user_id",
-    sql_type: "text",
-};
-
+pub const USER_ID: &str = "user_id";
 /// The request (HTTP request, job, message) the change belongs to.
-pub const REQUEST_ID: ContextField = ContextField {
-    setting: "pg_audit.request_id",
-    column: "request_id",
-    sql_type: "text",
-};
-
+pub const REQUEST_ID: &str = "request_id";
 /// Why the change was made, in words.
-pub const CHANGE_REASON: ContextField = ContextField {
-    setting: "pg_audit.change_reason",
-    column: "change_reason",
-    sql_type: "text",
-};
-
+pub const CHANGE_REASON: &str = "change_reason";
 /// The address of the end user's client (not of the application server).
-pub const CLIENT_ADDR: ContextField = ContextField {
-    setting: "pg_audit.client_addr",
-    column: "client_addr",
-    sql_type: "text",
-};
-
+pub const CLIENT_ADDR: &str = "client_addr";
 /// What made the change: an application, a job, a command (`http GET /users`, `cron`, ...).
-pub const SOURCE: ContextField = ContextField {
-    setting: "pg_audit.source",
-    column: "source",
-    sql_type: "text",
-};
+pub const SOURCE: &str = "source";
+/// Free-form JSON.
+pub const METADATA: &str = "metadata";
 
-/// Free-form JSON. The setting must hold valid JSON: an invalid value fails the audited write
-/// (and so the change) rather than dropping the metadata silently.
-pub const METADATA: ContextField = ContextField {
-    setting: "pg_audit.metadata",
-    column: "metadata",
-    sql_type: "jsonb",
-};
-
-/// Every context field, in audit-log column order.
-pub const FIELDS: [ContextField; 6] = [
+/// Every key of the context object, in documentation order.
+pub const KEYS: [&str; 6] = [
     USER_ID,
     REQUEST_ID,
     CHANGE_REASON,
@@ -78,16 +46,11 @@ pub const FIELDS: [ContextField; 6] = [
     METADATA,
 ];
 
-impl ContextField {
-    /// The SQL expression that reads this setting inside a transaction: NULL when unset or empty.
-    pub(crate) fn read_expr(&self) -> String {
-        let read = format!(
-            "NULLIF(pg_catalog.current_setting({}, true), '')",
-            crate::ident::quote_literal(self.setting).expect("setting names hold no NUL")
-        );
-        match self.sql_type {
-            "text" => read,
-            other => format!("({read})::{other}"),
-        }
-    }
+/// The SQL expression that reads the context in a trigger: the setting as `json`, NULL when
+/// unset or empty.
+pub(crate) fn read_expr() -> String {
+    format!(
+        "NULLIF(pg_catalog.current_setting({}, true), '')::pg_catalog.json",
+        crate::ident::quote_literal(SETTING).expect("no NUL")
+    )
 }

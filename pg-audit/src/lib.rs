@@ -37,7 +37,7 @@
 //!
 //! ```sql
 //! BEGIN;
-//! SELECT set_config('pg_audit.user_id', 'alice', true);
+//! SELECT set_config('pg_audit.context', json_build_object('user_id', 'alice')::text, true);
 //! UPDATE users SET email = 'alice@example.com' WHERE id = 1;
 //! COMMIT;
 //! ```

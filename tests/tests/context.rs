@@ -134,8 +134,10 @@ fn nested_helpers_override_fields_chain_reasons_and_restore_the_outer_context() 
 fn a_helper_inside_a_plain_transaction_keeps_what_was_set_there() {
     let (_db, mut conn, log) = setup("ctx_in_plain_tx");
     conn.transaction(|conn| {
-        diesel::sql_query("SELECT set_config('pg_audit.user_id', 'raw-sql-user', true)")
-            .execute(conn)?;
+        diesel::sql_query(
+            "SELECT set_config('pg_audit.context', '{\"user_id\": \"raw-sql-user\"}', true)",
+        )
+        .execute(conn)?;
         conn.with_change_reason("helper", |conn| insert(conn, "inside"))?;
         insert(conn, "after")
     })

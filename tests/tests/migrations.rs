@@ -9,7 +9,7 @@ use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 use pg_audit_diesel::{AuditMigrations, ModelSet, pg_audit};
-use pg_audit_tests::{TestDb, audit_rows, exec, exec_err, rows, value};
+use pg_audit_tests::{TestDb, audit_rows, changed, exec, rows, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -155,7 +155,7 @@ fn a_changed_configuration_installs_on_the_next_start() {
     let updates: Vec<Value> = audit_rows(&mut conn, &pg_audit::AuditLog::new())
         .into_iter()
         .filter(|r| r["operation"] == "UPDATE")
-        .map(|r| r["new_values"].clone())
+        .map(|r| changed(&r["old_values"], &r["new_values"]).1)
         .collect();
     assert_eq!(updates, [json!({"email": "c@x"})]);
 }
@@ -351,7 +351,7 @@ fn migration_files_match_the_embedded_migrations_and_are_written_once() {
 }
 
 #[test]
-fn installing_twice_by_hand_is_refused_by_nothing_and_changes_nothing() {
+fn running_the_migration_sql_twice_by_hand_changes_nothing() {
     // The migration SQL itself is idempotent, so a team that also ran it by hand is safe.
     let (_db, mut conn) = app_db("mig_idempotent");
     let source = AuditMigrations::models(ModelSet::new().with::<Note>());
@@ -363,9 +363,9 @@ fn installing_twice_by_hand_is_refused_by_nothing_and_changes_nothing() {
         triggers(&mut conn, "notes"),
         json!(["pg_audit_delete", "pg_audit_insert", "pg_audit_update"])
     );
-    let e = exec_err(
+    let functions = value(
         &mut conn,
-        "INSERT INTO audit.auditlog (operation, schema_name, table_name) VALUES ('MERGE', 's', 't')",
+        "SELECT count(*) FROM pg_proc WHERE proname LIKE 'auditlog_notes_%'",
     );
-    assert!(e.contains("auditlog_operation_check"), "{e}");
+    assert_eq!(functions, json!(1));
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use diesel::prelude::*;
 use pg_audit::{AuditLog, Columns, Operation};
 use pg_audit_diesel::{Audited, ModelSet, pg_audit};
-use pg_audit_tests::{TestDb, audit_rows, exec};
+use pg_audit_tests::{TestDb, audit_rows, change, exec};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -128,16 +128,9 @@ fn installed(hint: &str) -> (TestDb, PgConnection, AuditLog) {
 
 fn changes(conn: &mut PgConnection, log: &AuditLog, table: &str) -> Vec<Value> {
     audit_rows(conn, log)
-        .into_iter()
+        .iter()
         .filter(|r| r["table_name"] == table)
-        .map(|r| {
-            json!([
-                r["operation"],
-                r["record_pk"],
-                r["old_values"],
-                r["new_values"]
-            ])
-        })
+        .map(change)
         .collect()
 }
 

@@ -3,7 +3,7 @@
 
 use diesel::pg::PgConnection;
 use pg_audit::{AuditLog, Operation, QualifiedName, TriggerLevel, TriggerSpec, TriggerSpecBuilder};
-use pg_audit_tests::{TestDb, audit_rows, exec, exec_err, rows, value};
+use pg_audit_tests::{TestDb, audit_rows, change, exec, exec_err, rows, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -20,19 +20,10 @@ impl Audited {
         audit_rows(&mut self.conn, &self.log)
     }
 
-    /// The log's rows reduced to `[operation, record_pk, old_values, new_values]`.
+    /// The log's rows as `[operation, record_pk, old_values, new_values]`, UPDATEs reduced to
+    /// what changed.
     fn changes(&mut self) -> Vec<Value> {
-        self.rows()
-            .into_iter()
-            .map(|r| {
-                json!([
-                    r["operation"],
-                    r["record_pk"],
-                    r["old_values"],
-                    r["new_values"]
-                ])
-            })
-            .collect()
+        self.rows().iter().map(change).collect()
     }
 
     fn exec(&mut self, sql: &str) {
@@ -95,6 +86,9 @@ fn each_operation_logs_its_row_values() {
             rows.iter()
                 .all(|r| r["schema_name"] == "public" && r["table_name"] == "users")
         );
+        // The UPDATE stores the whole audited row before and after.
+        assert_eq!(rows[1]["old_values"], row, "{level:?}");
+        assert_eq!(rows[1]["new_values"], deleted, "{level:?}");
     }
 }
 
@@ -145,17 +139,20 @@ fn bulk_statements_log_every_row() {
             ],
             "{level:?}"
         );
+        // Every UPDATE pairs a row's old and new versions: the name is unchanged by the key
+        // change, and the logged key is the new one.
         let mismatched = value(
             &mut a.conn,
             "SELECT count(*) FROM audit.auditlog
-              WHERE operation = 'UPDATE' AND old_values ? 'id'
-                AND ((old_values->>'id')::int + 1000 <> (new_values->>'id')::int
+              WHERE operation = 'UPDATE'
+                AND (rtrim(old_values->>'name', '!') <> rtrim(new_values->>'name', '!')
                      OR (record_pk->>'id')::int <> (new_values->>'id')::int)",
         );
         assert_eq!(mismatched, json!(0), "{level:?}");
         let renamed = value(
             &mut a.conn,
-            "SELECT count(*) FROM audit.auditlog WHERE operation = 'UPDATE' AND old_values ? 'id'",
+            "SELECT count(*) FROM audit.auditlog
+              WHERE operation = 'UPDATE' AND (old_values->>'id')::int + 1000 = (new_values->>'id')::int",
         );
         assert_eq!(renamed, json!(100), "{level:?}");
     }
@@ -308,6 +305,14 @@ fn composite_and_non_id_keys() {
               WHERE table_name = 'lines' AND record_pk = jsonb_build_object('org', 'acme', 'line_no', 1)",
         );
         assert_eq!(history, json!(2));
+        // ... and through the indexed record_key, which hashes the key seeded by the table.
+        let by_key = value(
+            &mut a.conn,
+            "SELECT count(*) FROM audit.auditlog
+              WHERE record_key = jsonb_hash_extended(jsonb_build_object('org', 'acme', 'line_no', 1), hashtext('billing.lines'))
+                AND table_name = 'lines' AND schema_name = 'billing'",
+        );
+        assert_eq!(by_key, json!(2));
     }
 }
 
@@ -319,12 +324,10 @@ fn context_is_captured_per_transaction_and_never_leaks() {
         });
         a.exec(
             "BEGIN;
-             SELECT set_config('pg_audit.user_id', 'alice', true),
-                    set_config('pg_audit.request_id', 'req-1', true),
-                    set_config('pg_audit.change_reason', 'it''s a \"test\" \\ $$ ünï', true),
-                    set_config('pg_audit.client_addr', '203.0.113.9', true),
-                    set_config('pg_audit.source', 'http POST /users', true),
-                    set_config('pg_audit.metadata', '{\"ticket\": 42}', true);
+             SELECT set_config('pg_audit.context', json_build_object(
+                        'user_id', 'alice', 'request_id', 'req-1',
+                        'change_reason', 'it''s a \"test\" \\ $$ ünï', 'client_addr', '203.0.113.9',
+                        'source', 'http POST /users', 'metadata', json_build_object('ticket', 42))::text, true);
              INSERT INTO users (id, name) VALUES (1, 'a');
              COMMIT;",
         );
@@ -333,7 +336,7 @@ fn context_is_captured_per_transaction_and_never_leaks() {
         // Empty values are stored as NULL.
         a.exec(
             "BEGIN;
-             SELECT set_config('pg_audit.user_id', '', true);
+             SELECT set_config('pg_audit.context', '', true);
              UPDATE users SET name = 'c';
              COMMIT;",
         );
@@ -345,13 +348,8 @@ fn context_is_captured_per_transaction_and_never_leaks() {
         assert_eq!(rows[0]["source"], "http POST /users");
         assert_eq!(rows[0]["metadata"], json!({"ticket": 42}));
         for row in &rows[1..] {
-            for field in pg_audit::context::FIELDS {
-                assert_eq!(
-                    row[field.column],
-                    Value::Null,
-                    "{level:?}: {} leaked: {row}",
-                    field.column
-                );
+            for key in pg_audit::context::KEYS {
+                assert_eq!(row[key], Value::Null, "{level:?}: {key} leaked: {row}");
             }
         }
         let who = rows_db_user(&mut a.conn);

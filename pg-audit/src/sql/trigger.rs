@@ -7,10 +7,12 @@
 //! clauses keep rows that are not logged from calling any function, and statement-level
 //! triggers reading transition tables, which log a whole statement with one `INSERT ... SELECT`.
 //!
-//! What an UPDATE logs: the audited columns whose JSON value changed, before (`old_values`) and
-//! after (`new_values`). An UPDATE that changes no audited column logs nothing; setting a column
-//! to NULL is a change. `UPDATE OF column` lists are not used: PostgreSQL skips such triggers when
-//! a `BEFORE` trigger, not the statement, changed the column, and that change would be lost.
+//! What an UPDATE logs: the audited columns of the row before (`old_values`) and after
+//! (`new_values`); readers compute which changed. An UPDATE that changes no audited column (the
+//! two JSON objects are equal) logs nothing; setting a column to NULL is a change. With
+//! `track_only`, the row-level UPDATE trigger is `UPDATE OF` the tracked columns with a `WHEN`
+//! comparing their byte images, so other updates cost no function call — unless the table has
+//! a BEFORE UPDATE trigger or a generated tracked column, which `UPDATE OF` would miss.
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -492,6 +494,21 @@ END
         json_object(row, &self.primary_key)
     }
 
+    /// The `record_key` and `record_pk` expressions for the row `row`.
+    fn key_exprs(&self, row: &str) -> (String, String) {
+        let pk = self.key_json(row);
+        (
+            crate::sql::table::record_key_expr("TG_TABLE_SCHEMA", "TG_TABLE_NAME", &pk),
+            pk,
+        )
+    }
+
+    /// `record_key, record_pk` for the row `row`, as a VALUES or SELECT list fragment.
+    fn key_values(&self, row: &str) -> String {
+        let (key, pk) = self.key_exprs(row);
+        format!("{key}, {pk}")
+    }
+
     /// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
     /// [`crate::Condition`] for INSERT and DELETE).
     fn condition_for(&self, op: Operation, new: &str, old: &str) -> Option<String> {
@@ -508,50 +525,58 @@ END
         }))
     }
 
-    /// The SQL that computes the changed audited columns as `(old_values, new_values)`, NULL
-    /// when nothing audited changed.
-    fn diff_query(&self, old: &str, new: &str) -> String {
+    /// The tracked columns' byte images differ: a filter that works for every type, including
+    /// those without `=` (json, point, ...).
+    fn tracked_changed(&self, cols: &[Ident]) -> String {
+        let list = |row: &str| {
+            cols.iter()
+                .map(|c| format!("{row}.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!(
-            "SELECT pg_catalog.jsonb_object_agg(o.key, o.value) AS old_values,
-                 pg_catalog.jsonb_object_agg(o.key, n.value) AS new_values
-            FROM pg_catalog.jsonb_each({}) AS o
-            JOIN pg_catalog.jsonb_each({}) AS n ON n.key = o.key
-           WHERE o.value IS DISTINCT FROM n.value",
-            self.values_json(old),
-            self.values_json(new)
+            "pg_catalog.record_image_ne(ROW({}), ROW({}))",
+            list("OLD"),
+            list("NEW")
         )
     }
 
     fn function_body(&self, log: &AuditLog) -> String {
         let insert_into = format!(
-            "INSERT INTO {} (operation, schema_name, table_name, record_pk, old_values, new_values)",
+            "INSERT INTO {} (operation, schema_name, table_name, record_key, record_pk, old_values, new_values, context)",
             log.table()
         );
+        let context = crate::context::read_expr();
         let mut branches = Vec::new();
         for &op in &self.operations {
             let kw = op.keyword();
             let branch = match (self.level, op) {
                 (_, Operation::Truncate) => format!(
-                    "{insert_into}\n        VALUES ('TRUNCATE', TG_TABLE_SCHEMA, TG_TABLE_NAME, NULL, NULL, NULL);"
+                    "{insert_into}\n        VALUES ('TRUNCATE', TG_TABLE_SCHEMA, TG_TABLE_NAME, NULL, NULL, NULL, NULL, {context});"
                 ),
                 (TriggerLevel::Row, Operation::Insert) => format!(
-                    "{insert_into}\n        VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, NULL, {});",
-                    self.key_json("NEW"),
+                    "{insert_into}\n        VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, NULL, {}, {context});",
+                    self.key_values("NEW"),
                     self.values_json("NEW")
                 ),
                 (TriggerLevel::Row, Operation::Delete) => format!(
-                    "{insert_into}\n        VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, {}, NULL);",
-                    self.key_json("OLD"),
+                    "{insert_into}\n        VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, {}, NULL, {context});",
+                    self.key_values("OLD"),
                     self.values_json("OLD")
                 ),
+                // Whole audited rows before and after: cheaper than computing a diff in the
+                // trigger (docs/performance.md); readers compute the diff. A JSON-equal pair
+                // (an update that changed nothing audited) is not logged.
                 (TriggerLevel::Row, Operation::Update) => format!(
-                    "SELECT d.old_values, d.new_values INTO v_old, v_new FROM ({}) AS d;
-        IF v_old IS NOT NULL THEN
+                    "v_old := {};
+        v_new := {};
+        IF v_old OPERATOR(pg_catalog.<>) v_new THEN
             {insert_into}
-            VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, v_old, v_new);
+            VALUES ('{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, v_old, v_new, {context});
         END IF;",
-                    self.diff_query("OLD", "NEW"),
-                    self.key_json("NEW")
+                    self.values_json("OLD"),
+                    self.values_json("NEW"),
+                    self.key_values("NEW"),
                 ),
                 (TriggerLevel::Statement, Operation::Insert | Operation::Delete) => {
                     let (rows, alias) = if op == Operation::Insert {
@@ -570,9 +595,9 @@ END
                         .unwrap_or_default();
                     format!(
                         "{insert_into}
-        SELECT '{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, {old_values}, {new_values}
+        SELECT '{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, {old_values}, {new_values}, v_context
           FROM {rows} AS {alias}{filter};",
-                        self.key_json(alias),
+                        self.key_values(alias),
                     )
                 }
                 (TriggerLevel::Statement, Operation::Update) => {
@@ -585,23 +610,38 @@ END
                         .unwrap_or_default();
                     format!(
                         "{insert_into}
-        SELECT '{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, {}, d.old_values, d.new_values
-          FROM (SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {OLD_ROWS} AS t) AS pg_audit_old
-          JOIN (SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {NEW_ROWS} AS t) AS pg_audit_new
-            ON pg_audit_new.ordinal = pg_audit_old.ordinal
-         CROSS JOIN LATERAL ({}) AS d
-         WHERE d.old_values IS NOT NULL{filter};",
-                        self.key_json(new),
-                        self.diff_query(old, new)
+        SELECT '{kw}', TG_TABLE_SCHEMA, TG_TABLE_NAME, c.record_key, c.record_pk, c.old_values, c.new_values, v_context
+          FROM (SELECT {}, {} AS old_values, {} AS new_values
+                  FROM (SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {OLD_ROWS} AS t) AS pg_audit_old
+                  JOIN (SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {NEW_ROWS} AS t) AS pg_audit_new
+                    ON pg_audit_new.ordinal OPERATOR(pg_catalog.=) pg_audit_old.ordinal
+                 WHERE TRUE{filter}
+                OFFSET 0) AS c
+         WHERE c.old_values OPERATOR(pg_catalog.<>) c.new_values;",
+                        {
+                            let (key, pk) = self.key_exprs(new);
+                            format!("{key} AS record_key, {pk} AS record_pk")
+                        },
+                        self.values_json(old),
+                        self.values_json(new),
                     )
                 }
             };
             branches.push((kw, branch));
         }
-        let mut body = String::from("\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\nBEGIN\n");
+        let mut body = String::from(
+            "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_context json;\nBEGIN\n",
+        );
+        if self.level == TriggerLevel::Statement {
+            // Read once per statement, not once per row.
+            let _ = writeln!(body, "    v_context := {context};");
+        }
         for (i, (kw, branch)) in branches.iter().enumerate() {
             let keyword = if i == 0 { "IF" } else { "ELSIF" };
-            let _ = writeln!(body, "    {keyword} TG_OP = '{kw}' THEN\n        {branch}");
+            let _ = writeln!(
+                body,
+                "    {keyword} TG_OP OPERATOR(pg_catalog.=) '{kw}' THEN\n        {branch}"
+            );
         }
         body.push_str("    END IF;\n    RETURN NULL;\nEND\n");
         body
@@ -619,17 +659,8 @@ END
         match self.level {
             TriggerLevel::Row => {
                 let mut when = Vec::new();
-                if op == Operation::Update {
-                    when.push(match self.columns {
-                        // A cheap byte-wise test that also works for types without `=` (json,
-                        // point, ...); the function then compares JSON values.
-                        Columns::All => "OLD.* OPERATOR(pg_catalog.*<>) NEW.*".to_owned(),
-                        _ => format!(
-                            "{} OPERATOR(pg_catalog.<>) {}",
-                            self.values_json("OLD"),
-                            self.values_json("NEW")
-                        ),
-                    });
+                if let (Operation::Update, Columns::TrackOnly(cols)) = (op, &self.columns) {
+                    when.push(self.tracked_changed(cols));
                 }
                 if let Some(c) = self.condition_for(op, "NEW", "OLD") {
                     when.push(format!("({c})"));
@@ -639,9 +670,25 @@ END
                 } else {
                     format!("\n    WHEN ({})", when.join(" AND "))
                 };
-                format!(
-                    "CREATE TRIGGER {name} AFTER {kw} ON {table}\n    FOR EACH ROW{when}\n    EXECUTE FUNCTION {function}();"
-                )
+                let create = |event: &str| {
+                    format!(
+                        "CREATE TRIGGER {name} AFTER {event} ON {table}\n    FOR EACH ROW{when}\n    EXECUTE FUNCTION {function}();"
+                    )
+                };
+                match (op, &self.columns) {
+                    (Operation::Update, Columns::TrackOnly(cols)) => self.update_of(
+                        cols,
+                        &create(kw),
+                        &create(&format!(
+                            "UPDATE OF {}",
+                            cols.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )),
+                    ),
+                    _ => create(kw),
+                }
             }
             TriggerLevel::Statement => {
                 let referencing = match op {
@@ -654,6 +701,43 @@ END
                 )
             }
         }
+    }
+
+    /// Creates the UPDATE trigger with `UPDATE OF` the tracked columns, so an UPDATE whose SET
+    /// list names none of them skips the trigger at no cost; unless the table has another
+    /// BEFORE UPDATE row trigger or a tracked column is generated: PostgreSQL then decides
+    /// `UPDATE OF` from the SET list alone and would miss a change made by the trigger or the
+    /// generation expression, so the plain form (filtered by `WHEN`) is created instead.
+    fn update_of(&self, cols: &[Ident], plain: &str, column_list: &str) -> String {
+        let table_lit = self.table_literal();
+        let names = cols
+            .iter()
+            .map(ident_literal)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let body = format!(
+            r#"
+DECLARE
+    tbl regclass := pg_catalog.to_regclass({table_lit});
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
+                WHERE t.tgrelid OPERATOR(pg_catalog.=) tbl AND NOT t.tgisinternal
+                  AND t.tgname OPERATOR(pg_catalog.<>) ALL (ARRAY['pg_audit_insert', 'pg_audit_update', 'pg_audit_delete', 'pg_audit_truncate']::name[])
+                  AND (t.tgtype::int OPERATOR(pg_catalog.&) 19) OPERATOR(pg_catalog.=) 19)
+       OR EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                   WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attgenerated OPERATOR(pg_catalog.<>) ''
+                     AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY[{names}]::name[])) THEN
+        RAISE NOTICE 'pg-audit: % has a BEFORE UPDATE trigger or a generated tracked column; its UPDATE trigger fires on every UPDATE', tbl;
+        EXECUTE {};
+    ELSE
+        EXECUTE {};
+    END IF;
+END
+"#,
+            quote_literal(plain).expect("no NUL"),
+            quote_literal(column_list).expect("no NUL"),
+        );
+        format!("DO {};", dollar_quote(&body))
     }
 }
 
@@ -717,19 +801,27 @@ mod tests {
             .build()
             .unwrap();
         let function = spec.function_name(&AuditLog::new());
-        assert_eq!(
-            spec.create_trigger(Operation::Update, &function),
-            format!(
-                "CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON \"public\".\"users\"
-    FOR EACH ROW
-    WHEN (pg_catalog.jsonb_build_object('name', OLD.\"name\", 'email', OLD.\"email\") OPERATOR(pg_catalog.<>) pg_catalog.jsonb_build_object('name', NEW.\"name\", 'email', NEW.\"email\") AND (NEW.active  ))
-    EXECUTE FUNCTION {function}();"
-            )
+        let update = spec.create_trigger(Operation::Update, &function);
+        // UPDATE OF the tracked columns, unless the table's other triggers make it unsafe.
+        assert!(update.contains(
+            "AFTER UPDATE OF \"name\", \"email\" ON \"public\".\"users\"\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\"), ROW(NEW.\"name\", NEW.\"email\")) AND (NEW.active  ))"
+        ), "{update}");
+        assert!(
+            update.contains("AFTER UPDATE ON \"public\".\"users\""),
+            "{update}"
         );
         // On DELETE the condition reads the deleted row.
         assert!(
             spec.create_trigger(Operation::Delete, &function)
                 .contains("WHEN ((OLD.active  ))")
+        );
+        // All columns: no WHEN, the function compares the rows.
+        let all = users().build().unwrap();
+        assert_eq!(
+            all.create_trigger(Operation::Update, &function),
+            format!(
+                "CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON \"public\".\"users\"\n    FOR EACH ROW\n    EXECUTE FUNCTION {function}();"
+            )
         );
     }
 
