@@ -60,6 +60,14 @@ pub(crate) const FLOOR: Variant = Variant {
     },
 };
 
+/// The default design: `TriggerLevel::Auto`.
+pub(crate) const AUTO: Variant = Variant {
+    name: "pg-audit",
+    audited: true,
+    suffix: "auto",
+    install: |t| pg_audit(t, |s| s),
+};
+
 pub(crate) const ROW: Variant = Variant {
     name: "pg-audit row",
     audited: true,
@@ -72,6 +80,13 @@ pub(crate) const STATEMENT: Variant = Variant {
     audited: true,
     suffix: "statement",
     install: |t| pg_audit(t, |s| s.level(TriggerLevel::Statement)),
+};
+
+const AUTO_TRACKED: Variant = Variant {
+    name: "pg-audit",
+    audited: true,
+    suffix: "auto_tracked",
+    install: |t| pg_audit(t, |s| s.track_only(["name", "email"])),
 };
 
 const ROW_TRACKED: Variant = Variant {
@@ -97,12 +112,20 @@ const STATEMENT_TRACKED: Variant = Variant {
     },
 };
 
-/// The variants of the main workloads; with `designs`, also the designs not chosen.
-pub(crate) fn variants(_designs: bool) -> Vec<Variant> {
-    vec![PLAIN, FLOOR, ROW, STATEMENT]
+/// The variants of the main workloads; with `designs`, also each trigger level on its own.
+pub(crate) fn variants(designs: bool) -> Vec<Variant> {
+    if designs {
+        vec![PLAIN, FLOOR, AUTO, ROW, STATEMENT]
+    } else {
+        vec![PLAIN, FLOOR, AUTO]
+    }
 }
 
 /// The variants of the "UPDATE of no audited column" workload (tracking `name`, `email`).
-pub(crate) fn tracked_variants() -> Vec<Variant> {
-    vec![PLAIN, ROW_TRACKED, STATEMENT_TRACKED]
+pub(crate) fn tracked_variants(designs: bool) -> Vec<Variant> {
+    if designs {
+        vec![PLAIN, AUTO_TRACKED, ROW_TRACKED, STATEMENT_TRACKED]
+    } else {
+        vec![PLAIN, AUTO_TRACKED]
+    }
 }

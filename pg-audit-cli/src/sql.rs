@@ -82,9 +82,10 @@ pub(crate) struct TriggerArgs {
         default_value = "insert,update,delete"
     )]
     operations: Vec<Operation>,
-    /// `row`: one trigger call per logged row, rows not logged filtered before any call;
-    /// `statement`: one call per statement over transition tables.
-    #[arg(long, value_name = "LEVEL", default_value = "row")]
+    /// `auto`: per operation, the level measured fastest (docs/performance.md); `row`: one
+    /// trigger call per logged row, rows not logged filtered before any call; `statement`: one
+    /// call per statement over transition tables.
+    #[arg(long, value_name = "LEVEL", default_value = "auto")]
     level: TriggerLevel,
     /// Schema of the audit log the triggers write to.
     #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]

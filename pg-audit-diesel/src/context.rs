@@ -180,9 +180,9 @@ impl AuditContext {
         (!object.is_empty()).then_some(Value::Object(object))
     }
 
-    /// `SELECT set_config('pg_audit.context', '<json>', true)`, the value quoted by the one
-    /// quoting function; with `all`, an empty context is set as an empty string (stored as
-    /// NULL), otherwise `None`. Call [`AuditContext::validate`] first.
+    /// `SET LOCAL pg_audit.context = '<json>'`, the value quoted by the one quoting function;
+    /// with `all`, an empty context is set as an empty string (stored as NULL), otherwise
+    /// `None`. Call [`AuditContext::validate`] first.
     pub(crate) fn set_sql(&self, all: bool) -> Option<String> {
         let json = self.to_json().map(|v| v.to_string());
         if json.is_none() && !all {
@@ -216,11 +216,12 @@ impl AuditContext {
     }
 }
 
-/// `SELECT set_config('pg_audit.context', value, true)`.
+/// `SET LOCAL pg_audit.context = value`: transaction-local like `set_config(..., true)`, and a
+/// utility statement, so nothing is planned and no row goes back to the client (measured ~25%
+/// cheaper per transaction than `SELECT set_config`, see docs/performance.md).
 pub(crate) fn set_setting_sql(value: &str) -> String {
     format!(
-        "SELECT pg_catalog.set_config({}, {}, true)",
-        quote_literal(SETTING).expect("no NUL"),
+        "SET LOCAL {SETTING} = {}",
         quote_literal(value).expect("validated: no NUL")
     )
 }
@@ -332,16 +333,10 @@ mod tests {
         assert_eq!(json, r#"{"change_reason":"it's \\ $$"}"#);
         assert_eq!(
             ctx.set_sql(false).unwrap(),
-            format!(
-                "SELECT pg_catalog.set_config('pg_audit.context', {}, true)",
-                quote_literal(&json).unwrap()
-            )
+            format!("SET LOCAL pg_audit.context = {}", quote_literal(&json).unwrap())
         );
         assert_eq!(AuditContext::new().set_sql(false), None);
-        assert_eq!(
-            AuditContext::new().set_sql(true).unwrap(),
-            "SELECT pg_catalog.set_config('pg_audit.context', '', true)"
-        );
+        assert_eq!(AuditContext::new().set_sql(true).unwrap(), "SET LOCAL pg_audit.context = ''");
     }
 
     #[test]
