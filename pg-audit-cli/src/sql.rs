@@ -15,6 +15,19 @@ pub(crate) enum SqlCommand {
     /// first checks the table, its key and every named column, and fails with a message naming
     /// the problem. Installing again replaces the previous configuration.
     Trigger(TriggerArgs),
+    /// SQL that lets an application role read the audit log (to show history) and nothing
+    /// more: it cannot change audit rows or run maintenance. Writing audited tables needs no
+    /// privilege on the log.
+    Grant(GrantArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GrantArgs {
+    #[command(flatten)]
+    log: LogArgs,
+    /// The role to grant read access to, exactly as named in PostgreSQL.
+    #[arg(long, value_name = "ROLE")]
+    role: String,
 }
 
 #[derive(Debug, Args)]
@@ -104,6 +117,8 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
             .period(args.period)
             .premake(args.premake)
             .create_sql(),
+        SqlCommand::Grant(args) => AuditLog::named(&args.log.schema, &args.log.name)?
+            .grant_read_sql(&Ident::with_kind(args.role.as_str(), "role")?),
         SqlCommand::Trigger(args) => {
             let log = AuditLog::named(&args.log_schema, &args.log_name)?;
             let table = match &args.table_schema {

@@ -333,10 +333,16 @@ mod tests {
         assert_eq!(json, r#"{"change_reason":"it's \\ $$"}"#);
         assert_eq!(
             ctx.set_sql(false).unwrap(),
-            format!("SET LOCAL pg_audit.context = {}", quote_literal(&json).unwrap())
+            format!(
+                "SET LOCAL pg_audit.context = {}",
+                quote_literal(&json).unwrap()
+            )
         );
         assert_eq!(AuditContext::new().set_sql(false), None);
-        assert_eq!(AuditContext::new().set_sql(true).unwrap(), "SET LOCAL pg_audit.context = ''");
+        assert_eq!(
+            AuditContext::new().set_sql(true).unwrap(),
+            "SET LOCAL pg_audit.context = ''"
+        );
     }
 
     #[test]

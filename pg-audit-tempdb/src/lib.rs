@@ -376,6 +376,55 @@ impl Cluster {
         check(&output, "pg_ctl stop")
     }
 
+    /// Kills the server like a crash: SIGKILL to the postmaster and every one of its
+    /// children, then waits for them to be gone. [`Cluster::start`] then recovers from the WAL.
+    pub fn kill(&self) -> Result<(), Error> {
+        let postmaster = self
+            .postmaster_pid()
+            .ok_or_else(|| err("the server is not running"))?;
+        let mut pids = vec![postmaster];
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            let parent = fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
+                .and_then(|rest| {
+                    rest.split_whitespace()
+                        .nth(1)
+                        .and_then(|p| p.parse::<u32>().ok())
+                });
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        let status = Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(ToString::to_string))
+            .status()
+            .map_err(|e| err(format!("cannot run kill: {e}")))?;
+        if !status.success() {
+            return Err(err(format!("kill -KILL {pids:?} failed")));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pids
+            .iter()
+            .any(|p| Path::new("/proc").join(p.to_string()).exists())
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(err("the killed server processes did not exit"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     fn is_running(&self) -> bool {
         self.command("pg_ctl")
             .args(["status", "-D"])
@@ -450,25 +499,35 @@ fn start_shared_cluster() -> Result<Server, Error> {
     Ok(server)
 }
 
-/// Drops test databases left by processes that died before dropping them.
+/// Drops test databases and roles left by processes that died before dropping them. Test
+/// roles are named `audit_test_role_<pid>_...`.
 fn drop_stale_databases(server: &Server) {
     if !server.local {
         return;
     }
-    let Ok(names) = server.psql(
-        &server.admin_url,
-        &format!("SELECT datname FROM pg_database WHERE datname LIKE '{DB_PREFIX}%'"),
-    ) else {
-        return;
+    let stale = |catalog: &str, column: &str, prefix: &str| -> Vec<String> {
+        let query = format!("SELECT {column} FROM {catalog} WHERE {column} LIKE '{prefix}%'");
+        let Ok(names) = server.psql(&server.admin_url, &query) else {
+            return Vec::new();
+        };
+        names
+            .lines()
+            .filter(|name| {
+                let pid = name[prefix.len()..].split('_').next().unwrap_or("");
+                !pid.is_empty() && !Path::new("/proc").join(pid).exists()
+            })
+            .map(str::to_owned)
+            .collect()
     };
-    for name in names.lines() {
-        let pid = name[DB_PREFIX.len()..].split('_').next().unwrap_or("");
-        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-            let _ = server.psql(
-                &server.admin_url,
-                &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-            );
-        }
+    for name in stale("pg_database", "datname", DB_PREFIX) {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = server.psql(&server.admin_url, &drop);
+    }
+    for name in stale("pg_roles", "rolname", "audit_test_role_") {
+        let _ = server.psql(
+            &server.admin_url,
+            &format!("DROP ROLE IF EXISTS \"{name}\""),
+        );
     }
 }
 

@@ -28,6 +28,11 @@ impl TestDb {
         self.db.url()
     }
 
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        self.db.name()
+    }
+
     /// A new connection to the database.
     pub fn conn(&self) -> PgConnection {
         PgConnection::establish(self.url()).unwrap_or_else(|e| panic!("cannot connect: {e}"))
@@ -38,6 +43,62 @@ impl TestDb {
         self.db.psql(sql)
     }
 }
+
+/// Database roles of the test's own, dropped (after the test's databases, if declared before
+/// them) when this is dropped. Roles are cluster-wide, so names carry the process and a
+/// counter to keep parallel tests apart.
+pub struct Roles {
+    names: Vec<(String, String)>,
+}
+
+impl Roles {
+    /// Creates a LOGIN role for each of `keys`.
+    pub fn new(hint: &str, keys: &[&str]) -> Roles {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let server = pg_audit_tempdb::shared().unwrap_or_else(|e| panic!("no test server: {e}"));
+        let names: Vec<(String, String)> = keys
+            .iter()
+            .map(|k| {
+                let mut name = format!("{ROLE_PREFIX}{}_{n}_{hint}_{k}", std::process::id());
+                name.truncate(63);
+                ((*k).to_owned(), name)
+            })
+            .collect();
+        for (_, name) in &names {
+            server
+                .psql(server.admin_url(), &format!("CREATE ROLE \"{name}\" LOGIN"))
+                .unwrap_or_else(|e| panic!("cannot create role {name}: {e}"));
+        }
+        Roles { names }
+    }
+
+    /// The role created for `key`, quoted for SQL.
+    pub fn name(&self, key: &str) -> String {
+        let (_, name) = self
+            .names
+            .iter()
+            .find(|(k, _)| k == key)
+            .expect("a role of this test");
+        format!("\"{name}\"")
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        let server = pg_audit_tempdb::shared().expect("test server");
+        for (_, name) in &self.names {
+            let _ = server.psql(
+                server.admin_url(),
+                &format!("DROP ROLE IF EXISTS \"{name}\""),
+            );
+        }
+    }
+}
+
+/// Prefix of test roles; `pg_audit_tempdb` drops those of dead processes.
+pub const ROLE_PREFIX: &str = "audit_test_role_";
 
 /// Runs one or more statements, panicking with the server's message on failure.
 pub fn exec(conn: &mut PgConnection, sql: &str) {
@@ -128,4 +189,93 @@ pub fn change(row: &Value) -> Value {
         (row["old_values"].clone(), row["new_values"].clone())
     };
     serde_json::json!([row["operation"], row["record_pk"], old, new])
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*), so load tests repeat exactly.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    /// A number in `0..n`.
+    pub fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n as u64) as usize
+    }
+}
+
+/// The rows of `table` as the log records them, keyed by their primary key object
+/// (`{"id": 1}`): what [`replay`] should rebuild.
+pub fn table_rows(
+    conn: &mut PgConnection,
+    table: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    rows(conn, &format!("SELECT to_jsonb(t) AS r FROM {table} AS t"))
+        .into_iter()
+        .map(|r| {
+            (
+                serde_json::json!({"id": r["r"]["id"]}).to_string(),
+                r["r"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// Rebuilds `table` from its audit rows alone, in log order: the rows it must hold if nothing
+/// was lost or duplicated. Keys are the `record_pk` objects.
+pub fn replay(
+    conn: &mut PgConnection,
+    log: &pg_audit::AuditLog,
+    table: &str,
+) -> std::collections::BTreeMap<String, Value> {
+    let entries = rows(
+        conn,
+        &format!(
+            "SELECT operation, record_pk, old_values, new_values FROM {} WHERE table_name = '{table}' ORDER BY id",
+            log.table()
+        ),
+    );
+    let mut state = std::collections::BTreeMap::new();
+    for e in entries {
+        let key = e["record_pk"].to_string();
+        match e["operation"].as_str() {
+            Some("INSERT") => {
+                assert!(
+                    state.insert(key, e["new_values"].clone()).is_none(),
+                    "inserted twice: {e}"
+                );
+            }
+            Some("UPDATE") => {
+                // The key may have changed: the old row is found by the key columns' old values.
+                let old_key: serde_json::Map<String, Value> = e["record_pk"]
+                    .as_object()
+                    .expect("a key object")
+                    .keys()
+                    .map(|k| (k.clone(), e["old_values"][k].clone()))
+                    .collect();
+                let old = state.remove(&Value::Object(old_key).to_string());
+                assert_eq!(
+                    old.as_ref(),
+                    Some(&e["old_values"]),
+                    "update of a row not in the log: {e}"
+                );
+                state.insert(key, e["new_values"].clone());
+            }
+            Some("DELETE") => {
+                let old = state.remove(&key);
+                assert_eq!(
+                    old.as_ref(),
+                    Some(&e["old_values"]),
+                    "delete of a row not in the log: {e}"
+                );
+            }
+            other => panic!("unexpected operation {other:?}"),
+        }
+    }
+    state
 }

@@ -7,7 +7,11 @@ use pg_audit_tests::{TestDb, audit_rows, change, exec, exec_err, rows, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
-const LEVELS: [TriggerLevel; 3] = [TriggerLevel::Auto, TriggerLevel::Row, TriggerLevel::Statement];
+const LEVELS: [TriggerLevel; 3] = [
+    TriggerLevel::Auto,
+    TriggerLevel::Row,
+    TriggerLevel::Statement,
+];
 
 struct Audited {
     conn: PgConnection,

@@ -250,7 +250,31 @@ impl AuditLog {
             Ident::generated(table.name.as_str(), "_changed_at_idx")
         );
         sql.push_str(&self.partition_functions_sql());
+        // Append-only: only the owner (the role running this) writes the log, and only through
+        // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
+        let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
+        for (function, args) in self.function_signatures() {
+            let _ = writeln!(
+                sql,
+                "REVOKE ALL ON FUNCTION {function}({args}) FROM PUBLIC;"
+            );
+        }
         let _ = writeln!(sql, "\n{};", self.ensure_partitions_sql(self.premake));
+        sql
+    }
+
+    /// SQL that lets `role` read the log (and list its partitions), and nothing more: it can
+    /// neither change audit rows nor run maintenance. Grant this to application roles that
+    /// show history; writing audited tables needs no privilege on the log.
+    pub fn grant_read_sql(&self, role: &Ident) -> String {
+        let mut sql = String::new();
+        let _ = writeln!(sql, "GRANT USAGE ON SCHEMA {} TO {role};", self.schema());
+        let _ = writeln!(sql, "GRANT SELECT ON TABLE {} TO {role};", self.table);
+        let _ = writeln!(
+            sql,
+            "GRANT EXECUTE ON FUNCTION {}() TO {role};",
+            self.function("partitions")
+        );
         sql
     }
 

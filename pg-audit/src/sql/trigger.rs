@@ -357,6 +357,9 @@ SET search_path = pg_catalog, pg_temp
 AS {};\n",
             dollar_quote(&self.function_body(log))
         );
+        // Triggers run their function whatever the writer's privileges; revoking EXECUTE only
+        // stops other roles attaching it to tables of their own to forge audit rows.
+        let _ = writeln!(sql, "REVOKE ALL ON FUNCTION {function}() FROM PUBLIC;");
         let _ = writeln!(
             sql,
             "COMMENT ON FUNCTION {function}() IS {};\n",
