@@ -115,10 +115,35 @@ impl AuditLog {
         ))
     }
 
+    /// Like [`AuditLog::prune_partitions_sql`], for the one partition `partition` (as
+    /// `partition_name` lists it) if it is past the retention period, so a caller can report
+    /// progress partition by partition. The DEFAULT partition's old rows are not touched.
+    pub fn prune_partition_sql(
+        &self,
+        older_than: &str,
+        retention: Retention,
+        partition: &str,
+    ) -> Result<String, Error> {
+        Ok(format!(
+            "SELECT * FROM {}({}::interval, {}, {})",
+            self.function("prune_partitions"),
+            quote_literal(older_than)?,
+            retention == Retention::Drop,
+            quote_literal(partition)?
+        ))
+    }
+
+    /// SQL listing the problems [`AuditLog::check_sql`] finds: rows of `table_schema`,
+    /// `table_name`, `problem`; none when every recorded audit trigger is installed as it was.
+    pub fn check_sql(&self) -> String {
+        format!("SELECT * FROM {}()", self.function("check"))
+    }
+
     /// The maintenance functions' names and argument types, for dropping them.
-    pub(crate) fn function_signatures(&self) -> [(crate::QualifiedName, &'static str); 3] {
+    pub(crate) fn function_signatures(&self) -> [(crate::QualifiedName, &'static str); 4] {
         [
-            (self.function("prune_partitions"), "interval, boolean"),
+            (self.function("check"), ""),
+            (self.function("prune_partitions"), "interval, boolean, text"),
             (self.function("ensure_partitions"), "integer"),
             (self.function("partitions"), ""),
         ]
@@ -251,6 +276,7 @@ BEGIN
     LOCK TABLE {table} IN SHARE UPDATE EXCLUSIVE MODE;
     FOR p IN SELECT * FROM {partitions}() AS l
               WHERE NOT l.is_default AND l.range_end <= cutoff
+                AND (only_partition IS NULL OR l.partition_name OPERATOR(pg_catalog.=) only_partition)
               ORDER BY l.range_start LOOP
         EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
         EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
@@ -266,7 +292,7 @@ BEGIN
         "rows" := n;
         RETURN NEXT;
     END LOOP;
-    IF drop_partitions THEN
+    IF drop_partitions AND only_partition IS NULL THEN
         EXECUTE pg_catalog.format('DELETE FROM %s WHERE changed_at < $1', default_part) USING cutoff;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN
@@ -283,7 +309,7 @@ END
         );
         let _ = writeln!(
             sql,
-            "CREATE OR REPLACE FUNCTION {prune}(older_than interval, drop_partitions boolean DEFAULT false)
+            "CREATE OR REPLACE FUNCTION {prune}(older_than interval, drop_partitions boolean DEFAULT false, only_partition text DEFAULT NULL)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, action text, \"rows\" bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

@@ -246,13 +246,20 @@ impl AuditLog {
         // maintain on append-only data, narrows within one.
         let _ = writeln!(
             sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} USING brin (\"changed_at\");\n",
-            Ident::generated(table.name.as_str(), "_changed_at_idx")
+            "CREATE INDEX IF NOT EXISTS {} ON {table} USING brin (\"changed_at\", \"txid\");\n",
+            Ident::generated(table.name.as_str(), "_time_idx")
         );
         sql.push_str(&self.partition_functions_sql());
+        sql.push('\n');
+        sql.push_str(&self.check_objects_sql());
         // Append-only: only the owner (the role running this) writes the log, and only through
         // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
         let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
+        let _ = writeln!(
+            sql,
+            "REVOKE ALL ON TABLE {} FROM PUBLIC;",
+            self.config_table()
+        );
         for (function, args) in self.function_signatures() {
             let _ = writeln!(
                 sql,
@@ -286,6 +293,7 @@ impl AuditLog {
         for (name, args) in self.function_signatures() {
             let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
         }
+        let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.table);
         sql
     }

@@ -377,6 +377,7 @@ AS {};\n",
         for &op in &self.operations {
             let _ = writeln!(sql, "{}", self.create_trigger(op, &function));
         }
+        let _ = writeln!(sql, "\n{}", self.record_install_sql(log, &function));
         sql
     }
 
@@ -396,6 +397,7 @@ AS {};\n",
             "DROP FUNCTION IF EXISTS {}();",
             self.function_name(log)
         );
+        let _ = writeln!(sql, "{}", self.record_uninstall_sql(log));
         sql
     }
 
@@ -404,7 +406,7 @@ AS {};\n",
     }
 
     /// Every column the spec names, deduplicated, in order of first mention.
-    fn named_columns(&self) -> Vec<String> {
+    pub(crate) fn named_columns(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .primary_key
             .iter()
