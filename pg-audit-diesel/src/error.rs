@@ -23,6 +23,27 @@ pub enum Error {
         /// The other.
         second: &'static str,
     },
+    /// A database error.
+    Database(diesel::result::Error),
+    /// A key given for a model does not fit its primary key.
+    BadKey {
+        /// The model.
+        model: &'static str,
+        /// What does not fit.
+        problem: String,
+    },
+    /// The entry to revert to is not in the record's history.
+    NotInHistory {
+        /// The entry id.
+        entry: i64,
+        /// The record's key.
+        key: serde_json::Value,
+    },
+    /// A restore was asked for a record whose last change is not a DELETE.
+    NotDeleted {
+        /// The record's key.
+        key: serde_json::Value,
+    },
     /// Diesel wrote a model's table or key in a form pg-audit does not read.
     Rendering {
         /// The model.
@@ -50,6 +71,18 @@ impl fmt::Display for Error {
                 f,
                 "`{first}` and `{second}` both audit table {table}; keep #[pg_audit] on one of them"
             ),
+            Error::Database(e) => write!(f, "{e}"),
+            Error::BadKey { model, problem } => write!(f, "bad key for `{model}`: {problem}"),
+            Error::NotInHistory { entry, key } => {
+                write!(
+                    f,
+                    "audit entry {entry} is not in the history of record {key}"
+                )
+            }
+            Error::NotDeleted { key } => write!(
+                f,
+                "record {key} cannot be restored: its last logged change is not a DELETE"
+            ),
             Error::Rendering { model, sql } => write!(
                 f,
                 "cannot read the table or primary key of `{model}` from Diesel's SQL `{sql}`"
@@ -62,7 +95,14 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Config { source, .. } => Some(source),
+            Error::Database(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Error::Database(e)
     }
 }

@@ -71,6 +71,7 @@ mod connection;
 mod context;
 mod error;
 mod files;
+pub mod log;
 mod migration;
 mod model;
 mod names;

@@ -1,0 +1,580 @@
+//! The audit log as Diesel sees it: its `table!`, a typed entry, and the queries that answer
+//! "what happened to this record, who did it, why, and what did it look like then".
+//!
+//! ```ignore
+//! use pg_audit_diesel::log::{AuditReader, Page};
+//!
+//! let reader = AuditReader::new();                       // audit.auditlog
+//! let history = reader.history::<User>(&mut conn, 42, Page::first(20))?;
+//! for entry in &history {
+//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.get_user_id(), entry.changes());
+//! }
+//! let then = reader.state_at::<User>(&mut conn, 42, yesterday)?;     // the row as it was
+//! reader.revert::<User>(&mut conn, 42, history[3].id, "Undo vandalism")?;
+//! ```
+//!
+//! Queries name the log through [`pg_audit::AuditLog`], so a log with another schema or name
+//! works the same; [`schema::auditlog`] is the `table!` of the default one, for Diesel's query
+//! builder.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::prelude::*;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
+use serde_json::{Map, Value};
+
+use crate::{AuditConnectionExt, AuditContext, Audited, Error};
+
+/// The `table!` of the default audit log, `audit.auditlog`.
+pub mod schema {
+    diesel::table! {
+        /// The audit log: one row per audited change.
+        audit.auditlog (id) {
+            /// Increasing id.
+            id -> Int8,
+            /// Start of the statement that made the change (the partition key).
+            changed_at -> Timestamptz,
+            /// Start of the transaction.
+            tx_started_at -> Timestamptz,
+            /// Transaction id.
+            txid -> Int8,
+            /// INSERT, UPDATE, DELETE or TRUNCATE.
+            operation -> Text,
+            /// Schema of the changed table.
+            schema_name -> Text,
+            /// Name of the changed table.
+            table_name -> Text,
+            /// Indexed hash of table and key.
+            record_key -> Nullable<Int8>,
+            /// The row's key as a JSON object.
+            record_pk -> Nullable<Jsonb>,
+            /// The audited columns before (UPDATE, DELETE).
+            old_values -> Nullable<Jsonb>,
+            /// The audited columns after (INSERT, UPDATE).
+            new_values -> Nullable<Jsonb>,
+            /// The database role that connected.
+            db_user -> Text,
+            /// The audit context.
+            context -> Nullable<Json>,
+        }
+    }
+}
+
+/// A `timestamptz` as a [`SystemTime`], without a date-time crate: PostgreSQL sends
+/// microseconds since 2000-01-01 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Timestamptz)]
+pub struct LogTime(pub SystemTime);
+
+const PG_EPOCH_SECS: u64 = 946_684_800;
+
+impl FromSql<Timestamptz, Pg> for LogTime {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let micros = <i64 as FromSql<BigInt, Pg>>::from_sql(value)?;
+        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
+        let offset = Duration::from_micros(micros.unsigned_abs());
+        Ok(LogTime(if micros >= 0 {
+            epoch + offset
+        } else {
+            epoch - offset
+        }))
+    }
+}
+
+impl ToSql<Timestamptz, Pg> for LogTime {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
+        let micros = match self.0.duration_since(epoch) {
+            Ok(d) => i64::try_from(d.as_micros())?,
+            Err(e) => -i64::try_from(e.duration().as_micros())?,
+        };
+        <i64 as ToSql<BigInt, Pg>>::to_sql(&micros, &mut out.reborrow())
+    }
+}
+
+impl From<LogTime> for SystemTime {
+    fn from(t: LogTime) -> SystemTime {
+        t.0
+    }
+}
+
+/// The `operation` column, read into [`Operation`].
+#[derive(Debug, FromSqlRow)]
+#[doc(hidden)]
+pub struct OperationText(Operation);
+
+impl FromSql<Text, Pg> for OperationText {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Pg>>::from_sql(value)?;
+        Ok(OperationText(text.parse()?))
+    }
+}
+
+impl From<OperationText> for Operation {
+    fn from(o: OperationText) -> Operation {
+        o.0
+    }
+}
+
+impl From<Option<Value>> for AuditContext {
+    fn from(value: Option<Value>) -> AuditContext {
+        AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
+    }
+}
+
+/// One audit row, typed.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct AuditEntry {
+    /// Increasing id; also the version to [`AuditReader::revert`] to.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// When the statement that made the change started.
+    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    pub changed_at: SystemTime,
+    /// When its transaction started.
+    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    pub tx_started_at: SystemTime,
+    /// The transaction id.
+    #[diesel(sql_type = BigInt)]
+    pub txid: i64,
+    /// What happened.
+    #[diesel(sql_type = Text, deserialize_as = OperationText)]
+    pub operation: Operation,
+    /// The changed table's schema.
+    #[diesel(sql_type = Text)]
+    pub schema_name: String,
+    /// The changed table.
+    #[diesel(sql_type = Text)]
+    pub table_name: String,
+    /// The record's key (`None` for TRUNCATE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub record_pk: Option<Value>,
+    /// The audited columns before (UPDATE, DELETE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub old_values: Option<Value>,
+    /// The audited columns after (INSERT, UPDATE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub new_values: Option<Value>,
+    /// The database role that connected.
+    #[diesel(sql_type = Text)]
+    pub db_user: String,
+    /// Who, why and from where.
+    #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
+    pub context: AuditContext,
+}
+
+impl AuditEntry {
+    /// The audited columns this change touched, with their values before and after (`Null`
+    /// where there was no row): for an UPDATE the columns that differ, for an INSERT or DELETE
+    /// every audited column.
+    pub fn changes(&self) -> BTreeMap<String, (Value, Value)> {
+        changed_columns(self.old_values.as_ref(), self.new_values.as_ref())
+    }
+}
+
+/// The columns whose values differ between two versions of a row (`None`: no row).
+pub fn changed_columns(
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> BTreeMap<String, (Value, Value)> {
+    let empty = Map::new();
+    let before = before.and_then(Value::as_object).unwrap_or(&empty);
+    let after = after.and_then(Value::as_object).unwrap_or(&empty);
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            let value = |side: &Map<String, Value>| side.get(k).cloned().unwrap_or(Value::Null);
+            (k.clone(), (value(before), value(after)))
+        })
+        .collect()
+}
+
+/// Which entries of a newest-first listing to return: at most `limit`, older than entry
+/// `before` when set (keyset paging: pass the last id of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// The most entries to return.
+    pub limit: i64,
+    /// Only entries with a smaller id.
+    pub before: Option<i64>,
+}
+
+impl Page {
+    /// The newest `limit` entries.
+    pub fn first(limit: i64) -> Page {
+        Page {
+            limit,
+            before: None,
+        }
+    }
+
+    /// The page after the one that ended with `entries`, or `None` when that was the last.
+    pub fn after(self, entries: &[AuditEntry]) -> Option<Page> {
+        (entries.len() as i64 == self.limit).then(|| Page {
+            limit: self.limit,
+            before: entries.last().map(|e| e.id),
+        })
+    }
+}
+
+/// A time range; either end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeRange {
+    /// From (inclusive).
+    pub from: Option<SystemTime>,
+    /// Until (exclusive).
+    pub until: Option<SystemTime>,
+}
+
+/// A record's state at two points in time, and what differs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff {
+    /// The record at the first point (`None`: it did not exist, or was not audited yet).
+    pub before: Option<Value>,
+    /// The record at the second point.
+    pub after: Option<Value>,
+    /// The columns that differ, with their two values.
+    pub changed: BTreeMap<String, (Value, Value)>,
+}
+
+/// Reads the audit log. Cheap to build; holds only the log's name.
+#[derive(Debug, Clone, Default)]
+pub struct AuditReader {
+    log: AuditLog,
+}
+
+const COLUMNS: &str = "l.id, l.changed_at, l.tx_started_at, l.txid, l.operation, l.schema_name, l.table_name, \
+                       l.record_pk, l.old_values, l.new_values, l.db_user, l.context";
+
+impl AuditReader {
+    /// A reader of `audit.auditlog`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A reader of `log`.
+    pub fn with_log(log: AuditLog) -> Self {
+        AuditReader { log }
+    }
+
+    /// The history of model `T`'s record with primary key `key` (a value, or a tuple for a
+    /// composite key, in key order), newest first.
+    pub fn history<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        page: Page,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.history_of(conn, &table, &key, page)?)
+    }
+
+    /// The history of the record of `table` whose key is the JSON object `key`
+    /// (`{"id": 42}`), newest first. Goes through the log's `record_key` index.
+    pub fn history_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        page: Page,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM {log} AS l, ({resolve}) AS r
+              WHERE {record} AND ($4::bigint IS NULL OR l.id < $4)
+              ORDER BY l.changed_at DESC, l.id DESC
+              LIMIT $5",
+            log = self.log.table(),
+            resolve = RESOLVE_TABLE,
+            record = RECORD_MATCH,
+        ))
+        .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+        .bind::<Text, _>(table.name.as_str())
+        .bind::<Jsonb, _>(key)
+        .bind::<Nullable<BigInt>, _>(page.before)
+        .bind::<BigInt, _>(page.limit)
+        .load(conn)
+    }
+
+    /// Everything one transaction did, in order.
+    pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
+        diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM {} AS l WHERE l.txid = $1 ORDER BY l.id",
+            self.log.table()
+        ))
+        .bind::<BigInt, _>(txid)
+        .load(conn)
+    }
+
+    /// Everything done in one request (its `request_id`), in order.
+    pub fn request(
+        &self,
+        conn: &mut PgConnection,
+        request_id: &str,
+        range: TimeRange,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.by_context(conn, "request_id", request_id, range)
+    }
+
+    /// Everything one user did in a time range, in order.
+    pub fn by_user(
+        &self,
+        conn: &mut PgConnection,
+        user_id: &str,
+        range: TimeRange,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.by_context(conn, "user_id", user_id, range)
+    }
+
+    fn by_context(
+        &self,
+        conn: &mut PgConnection,
+        field: &str,
+        value: &str,
+        range: TimeRange,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        // The time range prunes partitions and uses the BRIN index; give one on large logs.
+        diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM {} AS l
+              WHERE l.context ->> $1 = $2
+                AND ($3::timestamptz IS NULL OR l.changed_at >= $3)
+                AND ($4::timestamptz IS NULL OR l.changed_at < $4)
+              ORDER BY l.id",
+            self.log.table()
+        ))
+        .bind::<Text, _>(field)
+        .bind::<Text, _>(value)
+        .bind::<Nullable<Timestamptz>, _>(range.from.map(LogTime))
+        .bind::<Nullable<Timestamptz>, _>(range.until.map(LogTime))
+        .load(conn)
+    }
+
+    /// Model `T`'s record with key `key` as it was at `at` (its audited columns), rebuilt from
+    /// the log; `None` if it did not exist then, or its history starts later.
+    pub fn state_at<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        at: SystemTime,
+    ) -> Result<Option<Value>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.state_of_at(conn, &table, &key, at)?)
+    }
+
+    /// [`AuditReader::state_at`] for a table and key object.
+    pub fn state_of_at(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        at: SystemTime,
+    ) -> QueryResult<Option<Value>> {
+        let last: Vec<AuditEntry> = diesel::sql_query(format!(
+            "SELECT {COLUMNS} FROM {log} AS l, ({resolve}) AS r
+              WHERE {record} AND l.changed_at <= $4
+              ORDER BY l.changed_at DESC, l.id DESC
+              LIMIT 1",
+            log = self.log.table(),
+            resolve = RESOLVE_TABLE,
+            record = RECORD_MATCH,
+        ))
+        .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+        .bind::<Text, _>(table.name.as_str())
+        .bind::<Jsonb, _>(key)
+        .bind::<Timestamptz, _>(LogTime(at))
+        .load(conn)?;
+        Ok(last.into_iter().next().and_then(|e| e.new_values))
+    }
+
+    /// Model `T`'s record at `from` and at `to`, and the columns that differ.
+    pub fn diff<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Diff, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        let before = self.state_of_at(conn, &table, &key, from)?;
+        let after = self.state_of_at(conn, &table, &key, to)?;
+        let changed = changed_columns(before.as_ref(), after.as_ref());
+        Ok(Diff {
+            before,
+            after,
+            changed,
+        })
+    }
+
+    /// Puts model `T`'s record back as it was right after audit entry `entry` (an id from its
+    /// history): updated, re-inserted or deleted as needed, in a transaction whose audit rows
+    /// carry `reason`. Only audited columns are set; others keep their values (or their
+    /// defaults, when the row is re-inserted).
+    pub fn revert<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        entry: i64,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (table, key) = model_key::<T>(key)?;
+        let target = self
+            .history_of(
+                conn,
+                &table,
+                &key,
+                Page {
+                    limit: i64::MAX,
+                    before: None,
+                },
+            )?
+            .into_iter()
+            .find(|e| e.id == entry)
+            .ok_or(Error::NotInHistory {
+                entry,
+                key: key.clone(),
+            })?;
+        apply(conn, &table, &key, target.new_values.as_ref(), reason)
+    }
+
+    /// Re-inserts model `T`'s record as it was when it was last deleted, in a transaction whose
+    /// audit rows carry `reason`.
+    pub fn restore<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (table, key) = model_key::<T>(key)?;
+        let history = self.history_of(conn, &table, &key, Page::first(1))?;
+        let deleted = match history.first() {
+            Some(e) if e.operation == Operation::Delete => e.old_values.clone(),
+            _ => return Err(Error::NotDeleted { key }),
+        };
+        apply(conn, &table, &key, deleted.as_ref(), reason)
+    }
+}
+
+/// `r`: the table's schema (given, or resolved through the search path, or the current one)
+/// and name, from parameters $1 and $2.
+const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
+                  (SELECT n.nspname::text FROM pg_catalog.pg_class AS c
+                     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                    WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
+                  pg_catalog.current_schema()::text) AS schema_name,
+              $2::text AS table_name";
+
+/// The rows of one record (key in $3), through the `record_key` hash index.
+const RECORD_MATCH: &str = "l.record_key = pg_catalog.jsonb_hash_extended($3::jsonb, pg_catalog.hashtext(r.schema_name || '.' || r.table_name))
+                AND l.schema_name = r.schema_name AND l.table_name = r.table_name AND l.record_pk = $3::jsonb";
+
+/// The model's table and the key object for `key`.
+fn model_key<T: Audited>(key: impl serde::Serialize) -> Result<(QualifiedName, Value), Error> {
+    let spec = T::trigger_spec()?;
+    let columns: Vec<&str> = spec.primary_key().iter().map(Ident::as_str).collect();
+    let value = serde_json::to_value(key).map_err(|e| Error::BadKey {
+        model: T::MODEL,
+        problem: e.to_string(),
+    })?;
+    let values = match value {
+        Value::Array(values) if columns.len() > 1 => values,
+        Value::Object(object) => return Ok((spec.table().clone(), Value::Object(object))),
+        value => vec![value],
+    };
+    if values.len() != columns.len() {
+        return Err(Error::BadKey {
+            model: T::MODEL,
+            problem: format!(
+                "the key has {} columns ({}), {} values were given",
+                columns.len(),
+                columns.join(", "),
+                values.len()
+            ),
+        });
+    }
+    let object = columns.iter().map(|c| c.to_string()).zip(values).collect();
+    Ok((spec.table().clone(), Value::Object(object)))
+}
+
+/// Makes the record with `key` equal to `target` (`None`: absent) through ordinary audited
+/// statements, under `reason`.
+fn apply(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    key: &Value,
+    target: Option<&Value>,
+    reason: &str,
+) -> Result<(), Error> {
+    let key_columns: Vec<Ident> = key
+        .as_object()
+        .map(|o| {
+            o.keys()
+                .map(|k| Ident::with_kind(k.as_str(), "column"))
+                .collect::<Result<_, _>>()
+        })
+        .transpose()
+        .map_err(|source| Error::Config {
+            model: "history",
+            source,
+        })?
+        .unwrap_or_default();
+    let matches = |alias: &str| {
+        key_columns
+            .iter()
+            .map(|c| format!("t.{c} = {alias}.{c}"))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    conn.with_change_reason(reason, |conn| -> Result<(), Error> {
+        let exists = diesel::sql_query(format!(
+            "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+            matches("k")
+        ))
+        .bind::<Jsonb, _>(key)
+        .execute(conn)?
+            > 0;
+        match (target, exists) {
+            (Some(values), exists) => {
+                let columns: Vec<Ident> = values
+                    .as_object()
+                    .map(|o| o.keys().map(|k| Ident::with_kind(k.as_str(), "column")).collect::<Result<_, _>>())
+                    .transpose()
+                    .map_err(|source| Error::Config { model: "history", source })?
+                    .unwrap_or_default();
+                let sql = if exists {
+                    let set: Vec<String> = columns.iter().map(|c| format!("{c} = r.{c}")).collect();
+                    format!(
+                        "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r WHERE {}",
+                        set.join(", "),
+                        matches("r")
+                    )
+                } else {
+                    let list: Vec<String> = columns.iter().map(ToString::to_string).collect();
+                    let from_r: Vec<String> = columns.iter().map(|c| format!("r.{c}")).collect();
+                    format!(
+                        "INSERT INTO {table} ({}) SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r",
+                        list.join(", "),
+                        from_r.join(", ")
+                    )
+                };
+                diesel::sql_query(sql).bind::<Jsonb, _>(values).execute(conn)?;
+            }
+            (None, true) => {
+                diesel::sql_query(format!(
+                    "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+                    matches("k")
+                ))
+                .bind::<Jsonb, _>(key)
+                .execute(conn)?;
+            }
+            (None, false) => {}
+        }
+        Ok(())
+    })
+}

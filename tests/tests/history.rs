@@ -1,0 +1,344 @@
+//! Reading the log: history of a record (paged, composite keys), transactions, requests, users,
+//! time travel, diffs, revert and restore — against a real server.
+
+use std::time::{Duration, SystemTime};
+
+use diesel::prelude::*;
+use pg_audit::Operation;
+use pg_audit_diesel::log::{AuditReader, Page, TimeRange};
+use pg_audit_diesel::{AuditConnectionExt, AuditContext, AuditMigrations, ModelSet, pg_audit};
+use pg_audit_tests::{TestDb, exec, rows, value};
+use pretty_assertions::assert_eq;
+use serde_json::{Value, json};
+
+mod schema {
+    diesel::table! {
+        people (id) {
+            id -> Int4,
+            name -> Text,
+            email -> Nullable<Text>,
+        }
+    }
+
+    diesel::table! {
+        lines (org, line_no) {
+            org -> Text,
+            line_no -> Int4,
+            qty -> Int4,
+        }
+    }
+}
+
+use schema::{lines, people};
+
+#[pg_audit]
+#[derive(Queryable)]
+#[diesel(table_name = people)]
+pub struct Person {
+    pub id: i32,
+}
+
+#[pg_audit]
+#[derive(Queryable)]
+#[diesel(table_name = lines)]
+pub struct Line {
+    pub org: String,
+}
+
+fn setup(hint: &str) -> (TestDb, PgConnection) {
+    let db = TestDb::new(hint);
+    let mut conn = db.conn();
+    exec(
+        &mut conn,
+        "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text);
+         CREATE TABLE lines (org text, line_no int, qty int NOT NULL, PRIMARY KEY (org, line_no));",
+    );
+    use diesel_migrations::MigrationHarness;
+    conn.run_pending_migrations(AuditMigrations::models(
+        ModelSet::new().with::<Person>().with::<Line>(),
+    ))
+    .unwrap();
+    (db, conn)
+}
+
+fn ops(entries: &[pg_audit_diesel::log::AuditEntry]) -> Vec<Operation> {
+    entries.iter().map(|e| e.operation).collect()
+}
+
+#[test]
+fn history_is_newest_first_paged_and_typed() {
+    let (_db, mut conn) = setup("hist_paged");
+    exec(
+        &mut conn,
+        "INSERT INTO people VALUES (1, 'Ann', 'a@x'), (2, 'Bob', NULL)",
+    );
+    for i in 0..5 {
+        conn.with_audit_context(
+            &AuditContext::new()
+                .user_id("admin")
+                .change_reason(format!("edit {i}")),
+            |c| {
+                diesel::sql_query(format!("UPDATE people SET name = 'Ann {i}' WHERE id = 1"))
+                    .execute(c)
+            },
+        )
+        .unwrap();
+    }
+    let reader = AuditReader::new();
+    let first = reader
+        .history::<Person>(&mut conn, 1, Page::first(4))
+        .unwrap();
+    assert_eq!(ops(&first), [Operation::Update; 4]);
+    assert_eq!(first[0].context.get_change_reason(), Some("edit 4"));
+    assert_eq!(first[0].context.get_user_id(), Some("admin"));
+    assert_eq!(
+        first[0].changes(),
+        [("name".to_owned(), (json!("Ann 3"), json!("Ann 4")))].into()
+    );
+    assert!(
+        first[0].changed_at <= SystemTime::now()
+            && first[0].changed_at > SystemTime::now() - Duration::from_secs(60)
+    );
+    assert_eq!(
+        (first[0].schema_name.as_str(), first[0].table_name.as_str()),
+        ("public", "people")
+    );
+    let second = reader
+        .history::<Person>(&mut conn, 1, Page::first(4).after(&first).unwrap())
+        .unwrap();
+    assert_eq!(ops(&second), [Operation::Update, Operation::Insert]);
+    assert_eq!(Page::first(4).after(&second), None);
+    // Other records and tables stay out.
+    assert_eq!(
+        reader
+            .history::<Person>(&mut conn, 2, Page::first(10))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        reader
+            .history::<Line>(&mut conn, ("x", 1), Page::first(10))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn transactions_requests_and_users() {
+    let (_db, mut conn) = setup("hist_tx");
+    let txid = conn
+        .with_audit_context(
+            &AuditContext::new().user_id("u1").request_id("req-1"),
+            |c| {
+                diesel::sql_query("INSERT INTO people VALUES (1, 'Ann', NULL), (2, 'Bob', NULL)")
+                    .execute(c)?;
+                diesel::sql_query("INSERT INTO lines VALUES ('acme', 1, 5)").execute(c)?;
+                Ok::<_, diesel::result::Error>(value(c, "SELECT txid_current()").as_i64().unwrap())
+            },
+        )
+        .unwrap();
+    conn.with_audit_context(
+        &AuditContext::new().user_id("u2").request_id("req-2"),
+        |c| diesel::sql_query("DELETE FROM people WHERE id = 2").execute(c),
+    )
+    .unwrap();
+    let reader = AuditReader::new();
+    let tx = reader.transaction(&mut conn, txid).unwrap();
+    assert_eq!(
+        ops(&tx),
+        [Operation::Insert, Operation::Insert, Operation::Insert]
+    );
+    assert_eq!(
+        reader
+            .request(&mut conn, "req-2", TimeRange::default())
+            .unwrap()
+            .len(),
+        1
+    );
+    let hour = Duration::from_secs(3600);
+    let recent = TimeRange {
+        from: Some(SystemTime::now() - hour),
+        until: Some(SystemTime::now() + hour),
+    };
+    assert_eq!(reader.by_user(&mut conn, "u1", recent).unwrap().len(), 3);
+    let past = TimeRange {
+        from: None,
+        until: Some(SystemTime::now() - hour),
+    };
+    assert!(reader.by_user(&mut conn, "u1", past).unwrap().is_empty());
+}
+
+#[test]
+fn time_travel_across_null_updates_deletes_and_reinserts() {
+    let (_db, mut conn) = setup("hist_travel");
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'Ann', 'a@x')");
+    exec(&mut conn, "UPDATE people SET email = NULL");
+    exec(&mut conn, "DELETE FROM people");
+    exec(
+        &mut conn,
+        "INSERT INTO people VALUES (1, 'Ann again', 'new@x')",
+    );
+    let reader = AuditReader::new();
+    let history = reader
+        .history::<Person>(&mut conn, 1, Page::first(10))
+        .unwrap();
+    assert_eq!(
+        ops(&history),
+        [
+            Operation::Insert,
+            Operation::Delete,
+            Operation::Update,
+            Operation::Insert
+        ]
+    );
+    let at = |i: usize| history[history.len() - 1 - i].changed_at;
+    let state = |conn: &mut PgConnection, t| reader.state_at::<Person>(conn, 1, t).unwrap();
+    assert_eq!(state(&mut conn, at(0) - Duration::from_micros(1)), None);
+    assert_eq!(
+        state(&mut conn, at(0)),
+        Some(json!({"id": 1, "name": "Ann", "email": "a@x"}))
+    );
+    assert_eq!(
+        state(&mut conn, at(1)),
+        Some(json!({"id": 1, "name": "Ann", "email": null}))
+    );
+    assert_eq!(state(&mut conn, at(2)), None);
+    assert_eq!(
+        state(&mut conn, at(3)),
+        Some(json!({"id": 1, "name": "Ann again", "email": "new@x"}))
+    );
+
+    let diff = reader.diff::<Person>(&mut conn, 1, at(0), at(1)).unwrap();
+    assert_eq!(
+        diff.changed,
+        [("email".to_owned(), (json!("a@x"), Value::Null))].into()
+    );
+    let across_delete = reader.diff::<Person>(&mut conn, 1, at(1), at(2)).unwrap();
+    assert_eq!(across_delete.after, None);
+    assert_eq!(across_delete.changed.len(), 3);
+}
+
+#[test]
+fn composite_keys() {
+    let (_db, mut conn) = setup("hist_composite");
+    exec(
+        &mut conn,
+        "INSERT INTO lines VALUES ('acme', 1, 5), ('acme', 2, 7)",
+    );
+    exec(&mut conn, "UPDATE lines SET qty = 6 WHERE line_no = 1");
+    let reader = AuditReader::new();
+    let history = reader
+        .history::<Line>(&mut conn, ("acme", 1), Page::first(10))
+        .unwrap();
+    assert_eq!(ops(&history), [Operation::Update, Operation::Insert]);
+    assert_eq!(
+        history[0].record_pk,
+        Some(json!({"org": "acme", "line_no": 1}))
+    );
+    let now = reader
+        .state_at::<Line>(&mut conn, ("acme", 1), SystemTime::now())
+        .unwrap();
+    assert_eq!(now, Some(json!({"org": "acme", "line_no": 1, "qty": 6})));
+    let e = reader
+        .history::<Line>(&mut conn, "acme", Page::first(1))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "bad key for `Line`: the key has 2 columns (org, line_no), 1 values were given"
+    );
+}
+
+#[test]
+fn revert_and_restore_are_themselves_audited() {
+    let (_db, mut conn) = setup("hist_revert");
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'Ann', 'a@x')");
+    exec(&mut conn, "UPDATE people SET name = 'Vandal', email = NULL");
+    let reader = AuditReader::new();
+    let history = reader
+        .history::<Person>(&mut conn, 1, Page::first(10))
+        .unwrap();
+    let inserted = history.last().unwrap().id;
+    reader
+        .revert::<Person>(&mut conn, 1, inserted, "Undo vandalism")
+        .unwrap();
+    let row = rows(&mut conn, "SELECT name, email FROM people");
+    assert_eq!(row, [json!({"name": "Ann", "email": "a@x"})]);
+    let latest = &reader
+        .history::<Person>(&mut conn, 1, Page::first(1))
+        .unwrap()[0];
+    assert_eq!(latest.operation, Operation::Update);
+    assert_eq!(latest.context.get_change_reason(), Some("Undo vandalism"));
+
+    exec(&mut conn, "DELETE FROM people");
+    reader
+        .restore::<Person>(&mut conn, 1, "Deleted by mistake")
+        .unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT name, email FROM people"),
+        [json!({"name": "Ann", "email": "a@x"})]
+    );
+    let latest = &reader
+        .history::<Person>(&mut conn, 1, Page::first(1))
+        .unwrap()[0];
+    assert_eq!(
+        (latest.operation, latest.context.get_change_reason()),
+        (Operation::Insert, Some("Deleted by mistake"))
+    );
+    // Nothing to restore now, and an entry of another record is refused.
+    let e = reader.restore::<Person>(&mut conn, 1, "again").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("its last logged change is not a DELETE"),
+        "{e}"
+    );
+    let e = reader
+        .revert::<Person>(&mut conn, 2, inserted, "wrong record")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("is not in the history of record {\"id\":2}"),
+        "{e}"
+    );
+    // Reverting to a DELETE deletes the record.
+    let deleted = reader
+        .history::<Person>(&mut conn, 1, Page::first(10))
+        .unwrap()
+        .into_iter()
+        .find(|e| e.operation == Operation::Delete)
+        .unwrap()
+        .id;
+    reader
+        .revert::<Person>(&mut conn, 1, deleted, "Back to deleted")
+        .unwrap();
+    assert_eq!(value(&mut conn, "SELECT count(*) FROM people"), json!(0));
+}
+
+#[test]
+fn the_history_lookup_uses_the_record_key_index() {
+    let (_db, mut conn) = setup("hist_plan");
+    exec(
+        &mut conn,
+        "INSERT INTO people SELECT g, 'p' || g, NULL FROM generate_series(1, 2000) g; ANALYZE audit.auditlog;",
+    );
+    #[derive(QueryableByName)]
+    struct PlanLine {
+        #[diesel(sql_type = diesel::sql_types::Text, column_name = "QUERY PLAN")]
+        line: String,
+    }
+    let plan: Vec<String> = diesel::sql_query(
+        "EXPLAIN SELECT * FROM audit.auditlog
+          WHERE record_key = jsonb_hash_extended('{\"id\": 7}'::jsonb, hashtext('public.people'))
+            AND record_pk = '{\"id\": 7}'",
+    )
+    .load::<PlanLine>(&mut conn)
+    .unwrap()
+    .into_iter()
+    .map(|l| l.line)
+    .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("Index") && l.contains("record_key")),
+        "{plan:#?}"
+    );
+}
