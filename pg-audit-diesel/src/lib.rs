@@ -75,6 +75,7 @@ pub mod log;
 mod migration;
 mod model;
 mod names;
+mod time;
 #[cfg(feature = "connection-wrapper")]
 pub mod wrapper;
 
@@ -91,6 +92,7 @@ pub use migration::{
     AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
 };
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+pub use time::utc_string;
 #[cfg(feature = "connection-wrapper")]
 pub use wrapper::AuditedConnection;
 
