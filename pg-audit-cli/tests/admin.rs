@@ -1,0 +1,291 @@
+//! The administration commands against a real server: history, tx, partitions, check.
+
+use std::process::{Command, Output};
+
+use pg_audit_tempdb::TempDatabase;
+use serde_json::{Value, json};
+
+fn pg_audit(args: &[&str], url: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pg-audit"));
+    cmd.args(args).env_remove("DATABASE_URL");
+    if let Some(url) = url {
+        cmd.env("DATABASE_URL", url);
+    }
+    cmd.output().expect("run pg-audit")
+}
+
+fn ok(args: &[&str], url: &str) -> String {
+    let out = pg_audit(args, Some(url));
+    assert!(
+        out.status.success(),
+        "pg-audit {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json_out(args: &[&str], url: &str) -> Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    serde_json::from_str(&ok(&args, url)).expect("JSON output")
+}
+
+/// A database with the log, `users` (track_only name, email) and `lines` (composite key).
+fn setup(hint: &str) -> TempDatabase<'static> {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database(hint).expect("database");
+    db.psql(
+        "CREATE TABLE users (id serial PRIMARY KEY, name text, email text);
+         CREATE TABLE lines (org text, line_no int, qty int, PRIMARY KEY (org, line_no));",
+    )
+    .unwrap();
+    let sql = |args: &[&str]| ok(args, db.url());
+    db.psql(&sql(&["sql", "table"])).unwrap();
+    db.psql(&sql(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--track-only",
+        "name,email",
+    ]))
+    .unwrap();
+    db.psql(&sql(&[
+        "sql",
+        "trigger",
+        "--table",
+        "lines",
+        "--primary-key",
+        "org,line_no",
+    ]))
+    .unwrap();
+    db.psql(
+        "INSERT INTO users (name, email) VALUES ('Ann', 'a@x');
+         BEGIN;
+         SET LOCAL pg_audit.context = '{\"user_id\": \"admin-7\", \"change_reason\": \"fix email\"}';
+         UPDATE users SET email = 'b@x';
+         COMMIT;
+         UPDATE users SET name = 'Anna';
+         INSERT INTO lines VALUES ('acme', 1, 5), ('acme', 2, 6);",
+    )
+    .unwrap();
+    db
+}
+
+#[test]
+fn history_as_a_table_and_as_json() {
+    let db = setup("admin_history");
+    let out = ok(&["history", "users", "1"], db.url());
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("id  changed_at"), "{out}");
+    assert!(
+        lines[2].contains("UPDATE") && lines[2].contains("name: Ann → Anna"),
+        "{out}"
+    );
+    assert!(
+        lines[3].contains("admin-7")
+            && lines[3].contains("fix email")
+            && lines[3].contains("email: a@x → b@x"),
+        "{out}"
+    );
+    assert!(
+        lines[4].contains("INSERT") && lines[4].contains("email=a@x, name=Ann"),
+        "{out}"
+    );
+
+    let entries = json_out(&["history", "public.users", "1", "--limit", "2"], db.url());
+    assert_eq!(entries.as_array().unwrap().len(), 2);
+    assert_eq!(
+        entries[1]["context"],
+        json!({"user_id": "admin-7", "change_reason": "fix email"})
+    );
+    assert_eq!(
+        entries[1]["new_values"],
+        json!({"name": "Ann", "email": "b@x"})
+    );
+    let next = entries[1]["id"].to_string();
+    let rest = json_out(&["history", "users", "1", "--before", &next], db.url());
+    assert_eq!(rest.as_array().unwrap().len(), 1);
+    assert_eq!(rest[0]["operation"], "INSERT");
+
+    // Composite keys: values in key order, or a JSON object.
+    let by_values = json_out(&["history", "lines", "acme,2"], db.url());
+    let by_object = json_out(
+        &["history", "lines", r#"{"org": "acme", "line_no": 2}"#],
+        db.url(),
+    );
+    assert_eq!(by_values, by_object);
+    assert_eq!(
+        by_values[0]["new_values"],
+        json!({"org": "acme", "line_no": 2, "qty": 6})
+    );
+    let e = pg_audit(&["history", "lines", "acme"], Some(db.url()));
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&e.stderr)
+            .contains("\"lines\" is keyed by (org, line_no): give 2 values")
+    );
+}
+
+#[test]
+fn everything_a_transaction_did() {
+    let db = setup("admin_tx");
+    let txid = db
+        .psql("BEGIN; INSERT INTO users (name) VALUES ('x'), ('y'); SELECT txid_current(); COMMIT;")
+        .unwrap()
+        .trim()
+        .to_owned();
+    let entries = json_out(&["tx", &txid], db.url());
+    let names: Vec<Value> = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["new_values"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("x"), json!("y")]);
+}
+
+#[test]
+fn partitions_list_ensure_and_prune_with_progress() {
+    let db = setup("admin_partitions");
+    let listed = json_out(&["partitions", "list"], db.url());
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        5,
+        "DEFAULT, current and three ahead: {listed}"
+    );
+    let out = ok(&["partitions", "ensure", "--ahead", "5"], db.url());
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("created audit.auditlog_p"))
+            .count(),
+        2,
+        "{out}"
+    );
+    assert_eq!(
+        ok(&["partitions", "ensure", "--ahead", "5"], db.url()).trim(),
+        "every partition up to 5 periods ahead exists"
+    );
+
+    db.psql(
+        "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01 UTC') TO ('2020-02-01 UTC');
+         CREATE TABLE audit.auditlog_p20200201 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-02-01 UTC') TO ('2020-03-01 UTC');
+         INSERT INTO audit.auditlog (changed_at, operation, schema_name, table_name) VALUES ('2020-01-05 UTC', 'INSERT', 'x', 'y');",
+    )
+    .unwrap();
+    let out = ok(&["partitions", "prune", "--older-than", "1 year"], db.url());
+    assert!(
+        out.contains(
+            "[1/2] audit.auditlog_p20200101 ...\ndetached audit.auditlog_p20200101 (1 rows)"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("[2/2] audit.auditlog_p20200201 ..."), "{out}");
+    assert_eq!(
+        db.psql("SELECT count(*) FROM audit.auditlog_p20200101")
+            .unwrap()
+            .trim(),
+        "1",
+        "detached, kept"
+    );
+    assert_eq!(
+        ok(
+            &["partitions", "prune", "--older-than", "1 year", "--drop"],
+            db.url()
+        )
+        .trim(),
+        "nothing is older than 1 year"
+    );
+    let e = pg_audit(
+        &["partitions", "prune", "--older-than", "soon"],
+        Some(db.url()),
+    );
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("invalid input syntax for type interval"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn check_reports_drift_and_exits_non_zero() {
+    let db = setup("admin_check");
+    let out = pg_audit(&["check"], Some(db.url()));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "ok: 2 audited table(s), installed as recorded"
+    );
+
+    let function = db
+        .psql("SELECT trigger_function FROM audit.auditlog_tables WHERE table_name = 'lines'")
+        .unwrap()
+        .trim()
+        .to_owned();
+    db.psql(&format!(
+        "ALTER TABLE users DISABLE TRIGGER pg_audit_insert;
+         ALTER TABLE users DROP COLUMN email CASCADE;
+         CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+         CREATE TABLE other (id int PRIMARY KEY);
+         CREATE TRIGGER pg_audit_insert AFTER INSERT ON other FOR EACH ROW EXECUTE FUNCTION {function}();"
+    ))
+    .unwrap();
+    let problems = pg_audit(&["check", "--json"], Some(db.url()));
+    assert_eq!(problems.status.code(), Some(1));
+    let problems: Vec<Value> = serde_json::from_slice::<Value>(&problems.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone();
+    let text: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}: {}",
+                p["table"].as_str().unwrap(),
+                p["problem"].as_str().unwrap()
+            )
+        })
+        .collect();
+    for expected in [
+        "public.users: trigger pg_audit_insert is disabled",
+        "public.users: trigger pg_audit_update is missing",
+        "public.users: audited column email was dropped or renamed",
+        "public.lines: trigger function",
+        "public.other: trigger pg_audit_insert was not installed by pg-audit",
+    ] {
+        assert!(
+            text.iter().any(|t| t.starts_with(expected)),
+            "{expected} missing from {text:#?}"
+        );
+    }
+    assert!(
+        text.iter()
+            .any(|t| t.contains("was edited after it was installed")),
+        "{text:#?}"
+    );
+}
+
+#[test]
+fn database_errors_are_clear() {
+    let e = pg_audit(&["check"], None);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&e.stderr)
+            .contains("no database to connect to: pass --database-url or set DATABASE_URL")
+    );
+    let e = pg_audit(
+        &[
+            "tx",
+            "1",
+            "--database-url",
+            "postgres://nobody@127.0.0.1:1/nowhere",
+        ],
+        None,
+    );
+    assert_eq!(e.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&e.stderr).contains("error: cannot connect to the database"),
+        "{e:?}"
+    );
+}
