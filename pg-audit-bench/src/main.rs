@@ -25,6 +25,7 @@ use pg_audit_diesel::{AuditConnectionExt, AuditContext};
 use pg_audit_tempdb::Cluster;
 
 mod designs;
+mod history;
 mod report;
 
 use designs::Variant;
@@ -56,6 +57,8 @@ struct Options {
     diesel_txns: u32,
     only: Option<String>,
     designs: bool,
+    /// Rows of the log for the history-lookup benchmark; 0: not run.
+    history_rows: u64,
 }
 
 impl Options {
@@ -66,6 +69,7 @@ impl Options {
             diesel_txns: 4_000,
             only: None,
             designs: false,
+            history_rows: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -88,6 +92,13 @@ impl Options {
                 }
                 "--only" => opts.only = Some(args.next().unwrap_or_else(|| usage())),
                 "--designs" => opts.designs = true,
+                "--history" => {
+                    opts.history_rows = args
+                        .next()
+                        .filter(|n| !n.starts_with("--"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(10_000_000);
+                }
                 "-h" | "--help" => usage(),
                 other => {
                     eprintln!("unknown argument `{other}`");
@@ -106,10 +117,13 @@ impl Options {
 fn usage() -> ! {
     eprintln!(
         "usage: pg-audit-bench [--quick | --smoke] [--reps N] [--only WORKLOAD-SUBSTRING] [--designs]\n\
+         \x20      pg-audit-bench --history [ROWS]\n\
          \n\
          --quick    3 repetitions of shorter runs\n\
          --smoke    1 tiny repetition: checks the benchmark works (used by CI)\n\
-         --designs  also measure the trigger designs that were not chosen (docs/performance.md)"
+         --designs  also measure the trigger designs that were not chosen (docs/performance.md)\n\
+         --history  only the history lookup: fill the log with ROWS rows (default 10 million)\n\
+         \x20          and time reading one record's history"
     );
     std::process::exit(2);
 }
@@ -148,6 +162,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scripts,
         opts,
     };
+    if bench.opts.history_rows > 0 {
+        return history::run(&mut bench.conn, &bench.url, bench.opts.history_rows);
+    }
     let variants = designs::variants(bench.opts.designs);
     for v in &variants {
         bench.create_table(&v.table())?;

@@ -1,0 +1,104 @@
+//! The history of one record among millions of audit rows: it must come back in milliseconds,
+//! through the `record_key` index, without scanning partitions.
+
+use std::io::Write as _;
+use std::time::Instant;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::Text;
+use pg_audit::{AuditLog, Ident, QualifiedName};
+use pg_audit_diesel::log::{AuditReader, Page};
+use serde_json::json;
+
+const TABLES: u64 = 20;
+const RECORDS: u64 = 500_000;
+
+#[derive(QueryableByName)]
+struct PlanLine {
+    #[diesel(sql_type = Text, column_name = "QUERY PLAN")]
+    line: String,
+}
+
+pub(crate) fn run(
+    conn: &mut PgConnection,
+    url: &str,
+    rows: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let log = AuditLog::new();
+    // Monthly partitions back to the oldest row (one second apart), as a log running that long
+    // would have them.
+    let months = rows / (30 * 86_400) + 1;
+    conn.batch_execute(&format!(
+        "DO $$ BEGIN FOR m IN 1..{months} LOOP
+           EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.auditlog FOR VALUES FROM (%L) TO (%L)',
+             'auditlog_p' || to_char(date_trunc('month', now() AT TIME ZONE 'UTC') - m * interval '1 month', 'YYYYMMDD'),
+             (date_trunc('month', now() AT TIME ZONE 'UTC') - m * interval '1 month') AT TIME ZONE 'UTC',
+             (date_trunc('month', now() AT TIME ZONE 'UTC') - (m - 1) * interval '1 month') AT TIME ZONE 'UTC');
+         END LOOP; END $$;"
+    ))?;
+    eprintln!(
+        "filling the log with {rows} rows ({TABLES} tables, {RECORDS} records each, one change a second)..."
+    );
+    let batch = 1_000_000;
+    let start = Instant::now();
+    for from in (0..rows).step_by(batch as usize) {
+        let to = (from + batch).min(rows);
+        conn.batch_execute(&format!(
+            "INSERT INTO audit.auditlog (changed_at, tx_started_at, txid, operation, schema_name, table_name,
+                                         record_key, record_pk, old_values, new_values, context)
+             SELECT ts, ts, 1000000 + g / 3, (ARRAY['INSERT', 'UPDATE', 'DELETE'])[1 + g % 3], 'public', 't' || (g % {TABLES}),
+                    jsonb_hash_extended(k, hashtext('public.t' || (g % {TABLES}))), k,
+                    NULL, k || jsonb_build_object('name', 'name ' || g, 'price', g % 1000),
+                    '{{\"user_id\": \"user-1\", \"request_id\": \"r\"}}'::json
+               FROM generate_series({from}, {to} - 1) AS g,
+                    LATERAL (SELECT now() - ({rows} - g) * interval '1 second' AS ts,
+                                    jsonb_build_object('id', (g / {TABLES}) % {RECORDS}) AS k) AS x"
+        ))?;
+        eprint!("\r  {to} rows, {:.0} s", start.elapsed().as_secs_f64());
+        let _ = std::io::stderr().flush();
+    }
+    eprintln!();
+    conn.batch_execute("ANALYZE audit.auditlog")?;
+
+    let reader = AuditReader::with_log(log.clone());
+    let mut conn = PgConnection::establish(url)?;
+    let mut latencies = Vec::new();
+    let mut found = 0;
+    for i in 0..1000u64 {
+        let table = QualifiedName::new(
+            Some(Ident::new("public")?),
+            Ident::new(format!("t{}", i * 7 % TABLES))?,
+        );
+        let key = json!({"id": (i * 7919) % RECORDS});
+        let start = Instant::now();
+        let entries = reader.history_of(&mut conn, &table, &key, Page::first(50))?;
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        found += entries.len();
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+    println!(
+        "\nHistory of one record among {rows} audit rows ({} partitions), 1000 lookups of random records \
+         ({:.1} entries each): median {:.2} ms, p95 {:.2} ms, max {:.2} ms.\n",
+        months + 4,
+        found as f64 / 1000.0,
+        pct(0.5),
+        pct(0.95),
+        pct(1.0)
+    );
+    let plan: Vec<PlanLine> = diesel::sql_query(
+        "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON)
+         SELECT * FROM audit.auditlog
+          WHERE record_key = jsonb_hash_extended('{\"id\": 4242}'::jsonb, hashtext('public.t2'))
+            AND schema_name = 'public' AND table_name = 't2' AND record_pk = '{\"id\": 4242}'
+          ORDER BY changed_at DESC, id DESC LIMIT 50",
+    )
+    .load(&mut conn)?;
+    println!("```text");
+    for l in plan {
+        println!("{}", l.line);
+    }
+    println!("```");
+    Ok(())
+}
