@@ -8,7 +8,7 @@ use diesel::sql_types::{Jsonb, Nullable, Text};
 use pg_audit::{AuditLog, QualifiedName, Retention};
 use pg_audit_diesel::log::{AuditEntry, AuditReader, Page};
 use pg_audit_diesel::utc_string;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::output::Table;
 
@@ -169,7 +169,7 @@ fn print_entries(entries: &[AuditEntry], json: bool) {
                 json!(format!("{}.{}", e.schema_name, e.table_name)),
                 e.record_pk
                     .as_ref()
-                    .map_or(Value::Null, |k| json!(k.to_string())),
+                    .map_or(Value::Null, |k| json!(key_text(k))),
                 json!(e.context.get_user_id()),
                 json!(e.context.get_change_reason()),
                 json!(changes.join(", ")),
@@ -180,6 +180,18 @@ fn print_entries(entries: &[AuditEntry], json: bool) {
     table.print(json);
 }
 
+/// `id=1`, `order_id=7,line_no=1`: the form `pg-audit history` takes back.
+fn key_text(key: &Value) -> String {
+    match key {
+        Value::Object(columns) => columns
+            .iter()
+            .map(|(column, value)| format!("{column}={}", scalar(value)))
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    }
+}
+
 fn scalar(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
@@ -187,8 +199,9 @@ fn scalar(value: &Value) -> String {
     }
 }
 
-/// The record key object for `key` as given on the command line: a JSON object, or values in
-/// key order separated by commas, matched to the key columns recorded at install.
+/// The record key object for `key` as given on the command line: a JSON object, `name=value`
+/// pairs separated by commas, or values in key order separated by commas, matched to the key
+/// columns recorded at install.
 fn key_object(
     conn: &mut PgConnection,
     log: &AuditLog,
@@ -226,6 +239,25 @@ fn key_object(
             .into());
         }
     };
+    // A number, boolean or quoted string as JSON; anything else as a string.
+    let scalar = |v: &str| match serde_json::from_str::<Value>(v.trim()) {
+        Ok(value @ (Value::Number(_) | Value::Bool(_) | Value::String(_))) => value,
+        _ => Value::String(v.to_owned()),
+    };
+    // `id=1` or `order_id=7,line_no=1`, as the history table prints keys, in any order.
+    let named: Option<Map<String, Value>> = key
+        .split(',')
+        .map(|part| {
+            let (name, value) = part.split_once('=')?;
+            columns
+                .iter()
+                .any(|c| c == name.trim())
+                .then(|| (name.trim().to_owned(), scalar(value)))
+        })
+        .collect();
+    if let Some(named) = named.filter(|n| n.len() == columns.len()) {
+        return Ok(Value::Object(named));
+    }
     let values: Vec<&str> = if columns.len() == 1 {
         vec![key]
     } else {
@@ -233,7 +265,7 @@ fn key_object(
     };
     if values.len() != columns.len() {
         return Err(format!(
-            "{table} is keyed by ({}): give {} values separated by commas, or a JSON object",
+            "{table} is keyed by ({}): give {} values separated by commas, name=value pairs, or a JSON object",
             columns.join(", "),
             columns.len()
         )
@@ -242,14 +274,7 @@ fn key_object(
     let object = columns
         .into_iter()
         .zip(values)
-        .map(|(c, v)| {
-            // A number, boolean or quoted string as JSON; anything else as a string.
-            let value = match serde_json::from_str::<Value>(v.trim()) {
-                Ok(value @ (Value::Number(_) | Value::Bool(_) | Value::String(_))) => value,
-                _ => Value::String(v.to_owned()),
-            };
-            (c, value)
-        })
+        .map(|(c, v)| (c, scalar(v)))
         .collect();
     Ok(Value::Object(object))
 }

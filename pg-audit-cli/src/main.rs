@@ -32,7 +32,8 @@ enum Command {
     History {
         /// The table, as `table` or `schema.table`.
         table: String,
-        /// The record's key: a value, comma-separated values in key order, or a JSON object.
+        /// The record's key: a value, comma-separated values in key order, `name=value` pairs
+        /// (`order_id=7,line_no=1`, as the output prints keys), or a JSON object.
         key: String,
         /// At most this many entries.
         #[arg(long, default_value_t = 50)]

@@ -115,6 +115,18 @@ fn history_as_a_table_and_as_json() {
         db.url(),
     );
     assert_eq!(by_values, by_object);
+    // The key as the table prints it, columns in any order.
+    let printed = ok(&["history", "lines", "acme,2"], db.url());
+    assert!(printed.contains(" line_no=2,org=acme "), "{printed}");
+    let by_names = json_out(&["history", "lines", "line_no=2,org=acme"], db.url());
+    assert_eq!(by_names, by_object);
+    assert_eq!(
+        json_out(&["history", "users", "id=1"], db.url())
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(
         by_values[0]["new_values"],
         json!({"org": "acme", "line_no": 2, "qty": 6})
