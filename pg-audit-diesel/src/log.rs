@@ -541,6 +541,13 @@ fn apply(
             > 0;
         match (target, exists) {
             (Some(values), exists) => {
+                // A re-inserted row takes its key from the history even when the key columns
+                // are not audited (track_only), rather than a new one from a sequence.
+                let mut values = values.clone();
+                if let (Value::Object(row), Some(key)) = (&mut values, key.as_object()) {
+                    row.extend(key.clone());
+                }
+                let values = &values;
                 let columns: Vec<Ident> = values
                     .as_object()
                     .map(|o| o.keys().map(|k| Ident::with_kind(k.as_str(), "column")).collect::<Result<_, _>>())
@@ -548,7 +555,14 @@ fn apply(
                     .map_err(|source| Error::Config { model: "history", source })?
                     .unwrap_or_default();
                 let sql = if exists {
-                    let set: Vec<String> = columns.iter().map(|c| format!("{c} = r.{c}")).collect();
+                    let set: Vec<String> = columns
+                        .iter()
+                        .filter(|c| !key_columns.contains(c))
+                        .map(|c| format!("{c} = r.{c}"))
+                        .collect();
+                    if set.is_empty() {
+                        return Ok(()); // only the key is audited, and the row has it
+                    }
                     format!(
                         "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r WHERE {}",
                         set.join(", "),

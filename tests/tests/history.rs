@@ -21,6 +21,14 @@ mod schema {
     }
 
     diesel::table! {
+        products (id) {
+            id -> Int4,
+            title -> Text,
+            price_cents -> Int4,
+        }
+    }
+
+    diesel::table! {
         lines (org, line_no) {
             org -> Text,
             line_no -> Int4,
@@ -29,7 +37,15 @@ mod schema {
     }
 }
 
-use schema::{lines, people};
+use schema::{lines, people, products};
+
+/// The key is not audited, and comes from a sequence.
+#[pg_audit(track_only = [title, price_cents])]
+#[derive(Queryable)]
+#[diesel(table_name = products)]
+pub struct Product {
+    pub id: i32,
+}
 
 #[pg_audit]
 #[derive(Queryable)]
@@ -51,11 +67,15 @@ fn setup(hint: &str) -> (TestDb, PgConnection) {
     exec(
         &mut conn,
         "CREATE TABLE people (id int PRIMARY KEY, name text NOT NULL, email text);
-         CREATE TABLE lines (org text, line_no int, qty int NOT NULL, PRIMARY KEY (org, line_no));",
+         CREATE TABLE lines (org text, line_no int, qty int NOT NULL, PRIMARY KEY (org, line_no));
+         CREATE TABLE products (id serial PRIMARY KEY, title text NOT NULL, price_cents int NOT NULL);",
     );
     use diesel_migrations::MigrationHarness;
     conn.run_pending_migrations(AuditMigrations::models(
-        ModelSet::new().with::<Person>().with::<Line>(),
+        ModelSet::new()
+            .with::<Person>()
+            .with::<Line>()
+            .with::<Product>(),
     ))
     .unwrap();
     (db, conn)
@@ -312,6 +332,51 @@ fn revert_and_restore_are_themselves_audited() {
         .revert::<Person>(&mut conn, 1, deleted, "Back to deleted")
         .unwrap();
     assert_eq!(value(&mut conn, "SELECT count(*) FROM people"), json!(0));
+}
+
+#[test]
+fn a_restored_record_keeps_its_key_when_the_key_is_not_audited() {
+    let (_db, mut conn) = setup("hist_restore_key");
+    exec(
+        &mut conn,
+        "INSERT INTO products (title, price_cents) VALUES ('Lamp', 2500), ('Desk', 12000)",
+    );
+    exec(&mut conn, "DELETE FROM products WHERE id = 2");
+    let reader = AuditReader::new();
+    reader
+        .restore::<Product>(&mut conn, 2, "Back in the catalogue")
+        .unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT id, title FROM products ORDER BY id"),
+        [
+            json!({"id": 1, "title": "Lamp"}),
+            json!({"id": 2, "title": "Desk"})
+        ]
+    );
+    // Reverting a record that exists sets the audited columns, never the key.
+    exec(
+        &mut conn,
+        "UPDATE products SET price_cents = 1 WHERE id = 2",
+    );
+    let history = reader
+        .history::<Product>(&mut conn, 2, Page::first(10))
+        .unwrap();
+    assert_eq!(
+        ops(&history),
+        [
+            Operation::Update,
+            Operation::Insert,
+            Operation::Delete,
+            Operation::Insert
+        ]
+    );
+    reader
+        .revert::<Product>(&mut conn, 2, history[1].id, "Price typo")
+        .unwrap();
+    assert_eq!(
+        value(&mut conn, "SELECT price_cents FROM products WHERE id = 2"),
+        json!(12000)
+    );
 }
 
 #[test]
