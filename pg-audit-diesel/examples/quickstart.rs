@@ -1,5 +1,5 @@
 //! pg-audit quickstart: two audited Diesel models, migrations at startup, changes with and
-//! without context, and the audit trail they leave.
+//! without context, the audit trail they leave, and a deleted record's history and restore.
 //!
 //! ```sh
 //! cargo run --example quickstart
@@ -9,8 +9,8 @@
 //! `CREATEDB`); otherwise it starts a throwaway PostgreSQL from the local binaries.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use pg_audit_diesel::log::{AuditEntry, AuditReader, Page};
 use pg_audit_diesel::{AuditConnectionExt, AuditContext, pg_audit};
 use serde_json::Value;
 
@@ -116,46 +116,47 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     })?;
 
     print_audit_trail(&mut conn)?;
+
+    // What happened to the desk, who did it and why; then put it back.
+    let reader = AuditReader::new();
+    let desk = 2;
+    println!("\nThe history of product {desk}, newest first:\n");
+    for e in reader.history::<Product>(&mut conn, desk, Page::first(10))? {
+        println!(
+            "  {:<6}  by {:<7}  {:<14}  {}",
+            e.operation.keyword(),
+            e.context.get_user_id().unwrap_or("-"),
+            e.context.get_change_reason().unwrap_or("-"),
+            changes(&e)
+        );
+    }
+    reader.restore::<Product>(&mut conn, desk, "Back in the catalogue")?;
+    let restored = reader.history::<Product>(&mut conn, desk, Page::first(1))?;
+    let title: String = products::table
+        .find(desk)
+        .select(products::title)
+        .first(&mut conn)?;
+    println!(
+        "\nRestored {title}, and logged it: {} \"{}\"",
+        restored[0].operation.keyword(),
+        restored[0].context.get_change_reason().unwrap_or_default()
+    );
     Ok(())
 }
 
-#[derive(QueryableByName)]
-struct Entry {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    operation: String,
-    #[diesel(sql_type = Text)]
-    table_name: String,
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    record_pk: Option<Value>,
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    old_values: Option<Value>,
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    new_values: Option<Value>,
-    #[diesel(sql_type = Nullable<Text>)]
-    user_id: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    change_reason: Option<String>,
-}
-
 fn print_audit_trail(conn: &mut PgConnection) -> QueryResult<()> {
-    let entries: Vec<Entry> = diesel::sql_query(
-        "SELECT id, operation, table_name, record_pk, old_values, new_values,
-                context ->> 'user_id' AS user_id, context ->> 'change_reason' AS change_reason
-           FROM audit.auditlog ORDER BY id",
-    )
-    .load(conn)?;
+    let entries: Vec<AuditEntry> =
+        diesel::sql_query("SELECT * FROM audit.auditlog ORDER BY id").load(conn)?;
     let rows: Vec<[String; 7]> = entries
         .iter()
         .map(|e| {
             [
                 e.id.to_string(),
-                e.operation.clone(),
+                e.operation.keyword().to_owned(),
                 e.table_name.clone(),
                 e.record_pk.as_ref().map_or_else(String::new, compact),
-                e.user_id.clone().unwrap_or_else(|| "-".to_owned()),
-                e.change_reason.clone().unwrap_or_else(|| "-".to_owned()),
+                e.context.get_user_id().unwrap_or("-").to_owned(),
+                e.context.get_change_reason().unwrap_or("-").to_owned(),
                 changes(e),
             ]
         })
@@ -209,22 +210,16 @@ fn scalar(value: &Value) -> String {
 }
 
 /// What changed, in one line: `email: a → b` for updates, the values for inserts and deletes.
-fn changes(e: &Entry) -> String {
-    match (&e.old_values, &e.new_values) {
-        // The log keeps whole rows; show the columns that differ.
-        (Some(Value::Object(old)), Some(Value::Object(new))) => old
-            .iter()
-            .filter(|(k, v)| new.get(*k) != Some(*v))
-            .map(|(k, v)| {
-                format!(
-                    "{k}: {} → {}",
-                    scalar(v),
-                    new.get(k).map_or_else(String::new, scalar)
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", "),
-        (None, Some(values)) | (Some(values), None) => compact(values),
-        _ => String::new(),
-    }
+fn changes(e: &AuditEntry) -> String {
+    e.changes()
+        .into_iter()
+        .map(
+            |(column, (old, new))| match (&e.old_values, &e.new_values) {
+                (Some(_), Some(_)) => format!("{column}: {} → {}", scalar(&old), scalar(&new)),
+                (None, _) => format!("{column}={}", scalar(&new)),
+                (_, None) => format!("{column}={}", scalar(&old)),
+            },
+        )
+        .collect::<Vec<_>>()
+        .join(" ")
 }
