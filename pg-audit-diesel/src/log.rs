@@ -286,7 +286,20 @@ impl AuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        diesel::sql_query(format!(
+        diesel::sql_query(self.history_sql())
+            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+            .bind::<Text, _>(table.name.as_str())
+            .bind::<Jsonb, _>(key)
+            .bind::<Nullable<BigInt>, _>(page.before)
+            .bind::<BigInt, _>(page.limit)
+            .load(conn)
+    }
+
+    /// The query [`AuditReader::history_of`] runs, to `EXPLAIN` it: parameters `$1` the schema
+    /// (text, NULL for the search path's), `$2` the table, `$3` the key object (jsonb), `$4`
+    /// the id to page before (bigint, NULL for the first page), `$5` the limit.
+    pub fn history_sql(&self) -> String {
+        format!(
             "SELECT {COLUMNS} FROM {log} AS l, ({resolve}) AS r
               WHERE {record} AND ($4::bigint IS NULL OR l.id < $4)
               ORDER BY l.changed_at DESC, l.id DESC
@@ -294,13 +307,7 @@ impl AuditReader {
             log = self.log.table(),
             resolve = RESOLVE_TABLE,
             record = RECORD_MATCH,
-        ))
-        .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
-        .bind::<Text, _>(table.name.as_str())
-        .bind::<Jsonb, _>(key)
-        .bind::<Nullable<BigInt>, _>(page.before)
-        .bind::<BigInt, _>(page.limit)
-        .load(conn)
+        )
     }
 
     /// Everything one transaction did, in order.
