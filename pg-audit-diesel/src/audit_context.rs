@@ -27,7 +27,7 @@
 //! tokio::task::spawn_blocking(move || ctx.enter(|| { /* ... */ }));
 //! ```
 //!
-//! or, with the `tokio` feature, [`spawn`] and [`spawn_blocking`], which do exactly that.
+//! or, with the `tokio` feature, `spawn` and `spawn_blocking`, which do exactly that.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Diesel integration of pg-audit: mark models with `#[pg_audit(...)]`, and their tables are
 //! audited by triggers into one partitioned audit log.
 //!
-//! The SQL engine this builds on is re-exported as [`sql`].
+//! The SQL engine this builds on is re-exported as [`mod@sql`].
 //!
 //! # The `#[pg_audit(...)]` attribute
 //!
@@ -62,6 +62,17 @@
 //! crates a program never refers to, so a model defined in such a crate is silently absent;
 //! [`ModelSet::registered`] fails with an explanation when the registry is empty, and
 //! [`ModelSet::with`] lists models explicitly.
+//!
+//! # Features
+//!
+//! - `tokio`: `audit_context::spawn` and `spawn_blocking`, which carry the ambient context
+//!   into new tasks and threads.
+//! - `async`: the helpers on diesel-async's `AsyncPgConnection` (`AsyncAuditConnectionExt`).
+//! - `connection-wrapper` (and `r2d2` for pools): `AuditedConnection`.
+//! - `tower`, `axum`: `web::AuditLayer`, the audit context of each HTTP request
+//!   (`examples/axum_app.rs` is a whole service).
+//!
+//! The log itself is read with [`log::AuditReader`].
 #![warn(missing_docs)]
 
 #[cfg(feature = "async")]
@@ -76,6 +87,8 @@ mod migration;
 mod model;
 mod names;
 mod time;
+#[cfg(feature = "tower")]
+pub mod web;
 #[cfg(feature = "connection-wrapper")]
 pub mod wrapper;
 
