@@ -1,6 +1,8 @@
 //! Support for pg-audit's integration tests: a database per test on a real server, and
 //! helpers that read results as JSON.
 
+pub mod http;
+
 use diesel::connection::SimpleConnection as _;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;

@@ -1,0 +1,414 @@
+//! End to end: the example service (`pg-audit-diesel/examples/axum_app.rs`, included as it is)
+//! on a loopback port, real HTTP requests, and the audit rows they leave.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pg_audit_tests::http::{HttpResponse, request, send};
+use pg_audit_tests::{TestDb, rows};
+use pretty_assertions::assert_eq;
+use serde_json::{Value, json};
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../pg-audit-diesel/examples/axum_app.rs"]
+mod axum_app;
+
+/// The example service on a loopback port, with a database of its own.
+struct Service {
+    // Dropped first: the server and its pool go before the database.
+    _runtime: tokio::runtime::Runtime,
+    addr: SocketAddr,
+    db: TestDb,
+}
+
+fn start(hint: &str, trusted_proxies: &[&str]) -> Service {
+    let db = TestDb::new(hint);
+    let pool = axum_app::connect(db.url()).expect("set up the service's database");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum_app::app(
+        pool,
+        trusted_proxies.iter().map(|p| p.parse().unwrap()).collect(),
+    );
+    runtime.spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    Service {
+        _runtime: runtime,
+        addr,
+        db,
+    }
+}
+
+impl Service {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> HttpResponse {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        request(self.addr, method, path, &headers, body.as_ref())
+    }
+
+    /// The log's rows, oldest first: operation, table, key and the context's fields.
+    fn audit(&self) -> Vec<Value> {
+        rows(
+            &mut self.db.conn(),
+            "SELECT operation, table_name, record_pk, new_values, context FROM audit.auditlog ORDER BY id",
+        )
+    }
+}
+
+fn bearer(user: &str) -> String {
+    format!("Bearer {user}-token")
+}
+
+#[test]
+fn writes_carry_the_request_id_client_user_agent_user_and_reason() {
+    let service = start("web_context", &[]);
+    let alice = bearer("alice");
+    let created = service.call(
+        "POST",
+        "/products",
+        &[
+            ("Authorization", &alice),
+            ("X-Request-ID", "req-e2e-1"),
+            ("User-Agent", "e2e-test/1.0"),
+        ],
+        Some(json!({"title": "Lamp", "price_cents": 2500})),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert_eq!(created.header("x-request-id"), Some("req-e2e-1"));
+    let id = created.json()["id"].clone();
+
+    // No request id given: one is made, echoed, and logged.
+    let bob = bearer("bob");
+    let updated = service.call(
+        "PATCH",
+        &format!("/products/{id}"),
+        &[("Authorization", &bob), ("X-Change-Reason", "Spring sale")],
+        Some(json!({"price_cents": 2200})),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let generated = updated.header("x-request-id").unwrap().to_owned();
+    assert_eq!(generated.len(), 36, "a UUID: {generated}");
+
+    // A write refused by the application logs nothing.
+    let refused = service.call(
+        "PATCH",
+        &format!("/products/{id}"),
+        &[("Authorization", &bob)],
+        Some(json!({"price_cents": -1})),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+
+    let audit = service.audit();
+    assert_eq!(
+        audit,
+        [
+            json!({
+                "operation": "INSERT", "table_name": "products", "record_pk": {"id": id},
+                "new_values": {"title": "Lamp", "price_cents": 2500},
+                "context": {
+                    "user_id": "alice", "request_id": "req-e2e-1", "client_addr": "127.0.0.1",
+                    "source": "http POST /products", "metadata": {"user_agent": "e2e-test/1.0"},
+                },
+            }),
+            json!({
+                "operation": "UPDATE", "table_name": "products", "record_pk": {"id": id},
+                "new_values": {"title": "Lamp", "price_cents": 2200},
+                "context": {
+                    "user_id": "bob", "request_id": generated, "client_addr": "127.0.0.1",
+                    "source": "http PATCH /products/{id}", "change_reason": "Spring sale",
+                },
+            }),
+        ]
+    );
+
+    // The history route tells the same story, newest first.
+    let history = service
+        .call("GET", &format!("/products/{id}/history"), &[], None)
+        .json();
+    assert_eq!(history[0]["user_id"], "bob");
+    assert_eq!(history[0]["change_reason"], "Spring sale");
+    assert_eq!(history[0]["changes"], json!({"price_cents": [2500, 2200]}));
+    assert_eq!(history[1]["request_id"], "req-e2e-1");
+    assert_eq!(history[1]["user_agent"], "e2e-test/1.0");
+}
+
+#[test]
+fn delete_restore_and_an_excluded_password_through_the_api() {
+    let service = start("web_restore", &[]);
+    let carol = bearer("carol");
+    let auth = [("Authorization", carol.as_str())];
+    let id = service
+        .call(
+            "POST",
+            "/products",
+            &auth,
+            Some(json!({"title": "Desk", "price_cents": 12000})),
+        )
+        .json()["id"]
+        .clone();
+    let deleted = service.call("DELETE", &format!("/products/{id}"), &auth, None);
+    assert_eq!(deleted.status, 204);
+    let restored = service.call(
+        "POST",
+        &format!("/products/{id}/restore"),
+        &[
+            ("Authorization", &carol),
+            ("X-Change-Reason", "Deleted by mistake"),
+        ],
+        None,
+    );
+    assert_eq!(restored.status, 200, "{}", restored.body);
+    assert_eq!(restored.json()["title"], "Desk");
+    let history = service
+        .call("GET", &format!("/products/{id}/history"), &[], None)
+        .json();
+    let ops: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["operation"])
+        .collect();
+    assert_eq!(ops, ["INSERT", "DELETE", "INSERT"]);
+    assert_eq!(history[0]["change_reason"], "Deleted by mistake; restored");
+    assert_eq!(history[0]["source"], "http POST /products/{id}/restore");
+
+    let customer = service.call(
+        "POST",
+        "/customers",
+        &auth,
+        Some(json!({"name": "Ann", "email": "a@x", "password": "hunter2"})),
+    );
+    assert_eq!(customer.status, 201, "{}", customer.body);
+    let cid = customer.json()["id"].clone();
+    service.call(
+        "PATCH",
+        &format!("/customers/{cid}"),
+        &auth,
+        Some(json!({"password": "correct horse"})),
+    );
+    let log = service
+        .audit()
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    assert!(
+        !log.contains("demo-hash") && !log.contains("password"),
+        "{log}"
+    );
+    // Changing only the password changed no audited column: nothing logged.
+    let history = service
+        .call("GET", &format!("/customers/{cid}/history"), &[], None)
+        .json();
+    assert_eq!(history.as_array().unwrap().len(), 1, "{history}");
+
+    // Writes need a user; reads do not.
+    let anonymous = service.call(
+        "POST",
+        "/products",
+        &[],
+        Some(json!({"title": "x", "price_cents": 1})),
+    );
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        service
+            .call("GET", &format!("/products/{id}"), &[], None)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let post = |service: &Service, xff: &str| {
+        let alice = bearer("alice");
+        let r = service.call(
+            "POST",
+            "/products",
+            &[("Authorization", &alice), ("X-Forwarded-For", xff)],
+            Some(json!({"title": "t", "price_cents": 1})),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        service.audit().last().unwrap()["context"]["client_addr"].clone()
+    };
+    // Not behind a trusted proxy: the header is the client's word, and ignored.
+    let direct = start("web_xff_direct", &[]);
+    assert_eq!(post(&direct, "203.0.113.9"), "127.0.0.1");
+    // Behind one (loopback, here): the nearest untrusted hop; forged hops to its left are not.
+    let proxied = start("web_xff_proxied", &["127.0.0.1/32", "10.0.0.0/8"]);
+    assert_eq!(
+        post(&proxied, "198.51.100.1, 203.0.113.9, 10.1.2.3"),
+        "203.0.113.9"
+    );
+    assert_eq!(post(&proxied, "not-an-address"), "127.0.0.1");
+}
+
+#[test]
+fn malformed_and_oversized_headers_never_fail_a_request() {
+    let service = start("web_bad_headers", &["127.0.0.1/32", "10.0.0.0/8"]);
+    let body = json!({"title": "t", "price_cents": 1});
+    let cases: Vec<Vec<(&str, Vec<u8>)>> = vec![
+        vec![("X-Request-ID", b"has spaces and 'quotes'".to_vec())],
+        vec![("X-Request-ID", vec![b'r'; 500])],
+        vec![
+            ("X-Request-ID", b"one".to_vec()),
+            ("X-Request-ID", b"two".to_vec()),
+        ],
+        vec![("X-Request-ID", b"\xff\xfe".to_vec())],
+        vec![(
+            "User-Agent",
+            [b"agent \xff\t".to_vec(), vec![b'u'; 8000]].concat(),
+        )],
+        vec![("X-Change-Reason", vec![b'w'; 20_000])],
+        vec![("X-Change-Reason", b"\xe2\x82".to_vec())],
+        vec![("X-Forwarded-For", b"\xff, , ::::, 999.1.1.1".to_vec())],
+        (0..40)
+            .map(|i| ("X-Forwarded-For", format!("10.0.0.{i}").into_bytes()))
+            .collect(),
+    ];
+    for case in &cases {
+        let mut headers: Vec<(&str, &[u8])> = vec![("Authorization", b"Bearer alice-token")];
+        headers.extend(case.iter().map(|(n, v)| (*n, v.as_slice())));
+        let r = request(service.addr, "POST", "/products", &headers, Some(&body));
+        assert_eq!(r.status, 201, "{case:?}: {}", r.body);
+        let echoed = r.header("x-request-id").unwrap();
+        let context = service.audit().last().unwrap()["context"].clone();
+        assert_eq!(context["request_id"], echoed, "{case:?}");
+        assert!(echoed.len() <= 128, "{echoed}");
+        for (field, max) in [("change_reason", 1024), ("source", 300)] {
+            let n = context[field].as_str().map_or(0, |s| s.chars().count());
+            assert!(n <= max, "{field} is {n} characters: {case:?}");
+        }
+        let agent = context["metadata"]["user_agent"].as_str().unwrap_or("");
+        assert!(agent.chars().count() <= 256, "{agent}");
+        assert!(!agent.contains('\t'), "{agent:?}");
+    }
+    let audit = service.audit();
+    assert_eq!(audit.len(), cases.len());
+    // The malformed request ids were replaced by generated ones; the others are bounded.
+    for row in &audit[..4] {
+        assert_eq!(
+            row["context"]["request_id"].as_str().unwrap().len(),
+            36,
+            "{row}"
+        );
+    }
+    assert!(
+        audit[4]["context"]["metadata"]["user_agent"]
+            .as_str()
+            .unwrap()
+            .starts_with("agent \u{fffd}uuu")
+    );
+    assert_eq!(
+        audit[5]["context"]["change_reason"].as_str().unwrap().len(),
+        1024
+    );
+    assert_eq!(audit[7]["context"]["client_addr"], "127.0.0.1");
+    // 40 trusted hops: the walk stops after 32, at a trusted address.
+    assert_eq!(audit[8]["context"]["client_addr"], "10.0.0.8");
+
+    // Bytes the HTTP parser itself refuses get its 400, and the service keeps serving.
+    let garbage = send(
+        service.addr,
+        b"POST /products HTTP/1.1\r\nHost: x\r\nX-Bad\x00: y\r\n\r\n",
+    );
+    assert_eq!(garbage.status, 400);
+    assert_eq!(service.call("GET", "/products/1", &[], None).status, 200);
+}
+
+#[test]
+fn concurrent_users_never_see_each_others_context() {
+    let service = Arc::new(start("web_concurrent", &[]));
+    let users = ["alice", "bob", "carol"];
+    // One product per user, each then updated by its user many times at once.
+    let ids: Vec<Value> = users
+        .iter()
+        .map(|u| {
+            service
+                .call(
+                    "POST",
+                    "/products",
+                    &[("Authorization", &bearer(u))],
+                    Some(json!({"title": u, "price_cents": 0})),
+                )
+                .json()["id"]
+                .clone()
+        })
+        .collect();
+    const PER_CLIENT: usize = 25;
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let service = service.clone();
+            let user = users[client % users.len()];
+            let id = ids[client % users.len()].clone();
+            std::thread::spawn(move || {
+                for i in 0..PER_CLIENT {
+                    let request_id = format!("{user}-{client}-{i}");
+                    let reason = format!("reason of {request_id}");
+                    let r = service.call(
+                        "PATCH",
+                        &format!("/products/{id}"),
+                        &[
+                            ("Authorization", &bearer(user)),
+                            ("X-Request-ID", &request_id),
+                            ("X-Change-Reason", &reason),
+                            ("User-Agent", &format!("client {client}")),
+                        ],
+                        Some(json!({"price_cents": client * 1000 + i + 1})),
+                    );
+                    assert_eq!(r.status, 200, "{}", r.body);
+                    assert_eq!(r.header("x-request-id"), Some(request_id.as_str()));
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let updates: Vec<Value> = service
+        .audit()
+        .into_iter()
+        .filter(|r| r["operation"] == "UPDATE")
+        .collect();
+    assert_eq!(updates.len(), 6 * PER_CLIENT);
+    let mut seen = std::collections::BTreeSet::new();
+    for row in &updates {
+        let ctx = &row["context"];
+        let request_id = ctx["request_id"].as_str().unwrap();
+        let mut parts = request_id.split('-');
+        let (user, client) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(ctx["user_id"], user, "{row}");
+        assert_eq!(
+            ctx["change_reason"],
+            format!("reason of {request_id}"),
+            "{row}"
+        );
+        assert_eq!(
+            ctx["metadata"]["user_agent"],
+            format!("client {client}"),
+            "{row}"
+        );
+        assert_eq!(row["new_values"]["title"], user, "{row}");
+        assert!(
+            seen.insert(request_id.to_owned()),
+            "{request_id} logged twice"
+        );
+    }
+}
