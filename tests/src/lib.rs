@@ -144,6 +144,40 @@ pub fn value(conn: &mut PgConnection, query: &str) -> Value {
     object.values().next().cloned().expect("one column")
 }
 
+/// A database with the default audit log and an audited `items (id serial, name text)` table:
+/// the fixture of the context tests.
+pub fn audited_items(hint: &str) -> (TestDb, PgConnection) {
+    let db = TestDb::new(hint);
+    let mut conn = db.conn();
+    let log = pg_audit::AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(
+        &mut conn,
+        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)",
+    );
+    let spec = pg_audit::TriggerSpec::builder(
+        pg_audit::QualifiedName::parse("public.items").expect("a valid name"),
+    )
+    .build()
+    .expect("a valid spec");
+    exec(&mut conn, &spec.install_sql(&log));
+    (db, conn)
+}
+
+/// Drops the log's one time partition (a log made with `premake(0)`), so that writes land in
+/// DEFAULT until partition maintenance runs.
+pub fn drop_current_partition(conn: &mut PgConnection, log: &pg_audit::AuditLog) {
+    let current = value(
+        conn,
+        &format!(
+            "SELECT partition_name FROM ({}) p WHERE NOT is_default",
+            log.list_partitions_sql()
+        ),
+    );
+    let current = current.as_str().expect("a partition name");
+    exec(conn, &format!("DROP TABLE {current}"));
+}
+
 /// The audit log's rows as `{operation, table_name, record_pk, old_values, new_values, ...}` with
 /// the context's fields as columns, oldest first, leaving out the columns that vary from run to
 /// run.

@@ -3,26 +3,16 @@
 
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
-use pg_audit::{AuditLog, QualifiedName, TriggerSpec};
+use pg_audit::AuditLog;
 use pg_audit_diesel::{AuditConnectionExt, AuditContext, audit_context, with_change_reason};
-use pg_audit_tests::{TestDb, audit_rows, exec};
+use pg_audit_tests::{TestDb, audit_rows, audited_items};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
 type PgPool = Pool<ConnectionManager<PgConnection>>;
 
 fn setup(hint: &str) -> (TestDb, PgPool) {
-    let db = TestDb::new(hint);
-    let mut conn = db.conn();
-    exec(&mut conn, &AuditLog::new().create_sql());
-    exec(
-        &mut conn,
-        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)",
-    );
-    let spec = TriggerSpec::builder(QualifiedName::parse("public.items").unwrap())
-        .build()
-        .unwrap();
-    exec(&mut conn, &spec.install_sql(&AuditLog::new()));
+    let (db, _conn) = audited_items(hint);
     let pool = Pool::builder()
         .max_size(4)
         .build(ConnectionManager::<PgConnection>::new(db.url()))

@@ -8,9 +8,9 @@ use diesel::prelude::*;
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool::Pool;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use pg_audit::{AuditLog, QualifiedName, TriggerSpec};
+use pg_audit::AuditLog;
 use pg_audit_diesel::{AsyncAuditConnectionExt, AuditContext, with_change_reason};
-use pg_audit_tests::{TestDb, audit_rows, exec};
+use pg_audit_tests::{TestDb, audit_rows, audited_items};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -24,17 +24,7 @@ diesel::table! {
 type AsyncPool = Pool<AsyncPgConnection>;
 
 fn setup(hint: &str) -> (TestDb, AsyncPool) {
-    let db = TestDb::new(hint);
-    let mut conn = db.conn();
-    exec(&mut conn, &AuditLog::new().create_sql());
-    exec(
-        &mut conn,
-        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)",
-    );
-    let spec = TriggerSpec::builder(QualifiedName::parse("public.items").unwrap())
-        .build()
-        .unwrap();
-    exec(&mut conn, &spec.install_sql(&AuditLog::new()));
+    let (db, _conn) = audited_items(hint);
     let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(db.url());
     let pool = Pool::builder(manager).max_size(1).build().unwrap();
     (db, pool)

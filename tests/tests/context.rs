@@ -7,28 +7,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use diesel::connection::InstrumentationEvent;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
-use pg_audit::{AuditLog, QualifiedName, TriggerSpec};
+use pg_audit::AuditLog;
 use pg_audit_diesel::{
     AuditConnectionExt, AuditContext, InvalidContext, MAX_VALUE_LEN, audit_context,
 };
-use pg_audit_tests::{TestDb, audit_rows, exec, value};
+use pg_audit_tests::{TestDb, audit_rows, audited_items, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
 fn setup(hint: &str) -> (TestDb, PgConnection, AuditLog) {
-    let db = TestDb::new(hint);
-    let mut conn = db.conn();
-    let log = AuditLog::new();
-    exec(&mut conn, &log.create_sql());
-    exec(
-        &mut conn,
-        "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL)",
-    );
-    let spec = TriggerSpec::builder(QualifiedName::parse("public.items").unwrap())
-        .build()
-        .unwrap();
-    exec(&mut conn, &spec.install_sql(&log));
-    (db, conn, log)
+    let (db, conn) = audited_items(hint);
+    (db, conn, AuditLog::new())
 }
 
 fn insert(conn: &mut PgConnection, name: &str) -> QueryResult<usize> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::sql_types::Integer;
 use pg_audit::{AuditLog, QualifiedName, Retention, TriggerSpec};
-use pg_audit_tests::{TestDb, exec, rows, value};
+use pg_audit_tests::{TestDb, drop_current_partition, exec, rows, value};
 use serde_json::json;
 
 #[test]
@@ -28,17 +28,7 @@ fn partitions_are_created_and_pruned_while_writes_continue() {
     );
     // Lose the current partition, so writes land in DEFAULT until maintenance runs; and keep an
     // old partition for retention to remove.
-    let current = value(
-        &mut conn,
-        &format!(
-            "SELECT partition_name FROM ({}) p WHERE NOT is_default",
-            log.list_partitions_sql()
-        ),
-    );
-    exec(
-        &mut conn,
-        &format!("DROP TABLE {}", current.as_str().unwrap()),
-    );
+    drop_current_partition(&mut conn, &log);
     exec(
         &mut conn,
         "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01 UTC') TO ('2020-02-01 UTC');",

@@ -3,7 +3,7 @@
 
 use diesel::pg::PgConnection;
 use pg_audit::{AuditLog, PartitionPeriod, Retention};
-use pg_audit_tests::{TestDb, exec, rows, value};
+use pg_audit_tests::{TestDb, drop_current_partition, exec, rows, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -162,17 +162,7 @@ fn missing_current_partition_is_created_over_a_non_empty_default() {
     let log = AuditLog::new().premake(0);
     exec(&mut conn, &log.create_sql());
     // Lose the current partition: its rows would go to DEFAULT.
-    let current = value(
-        &mut conn,
-        &format!(
-            "SELECT partition_name FROM ({}) p WHERE NOT is_default",
-            log.list_partitions_sql()
-        ),
-    );
-    exec(
-        &mut conn,
-        &format!("DROP TABLE {}", current.as_str().unwrap()),
-    );
+    drop_current_partition(&mut conn, &log);
     insert_rows_at(&mut conn, 100, "now()");
     let created = rows(&mut conn, &log.ensure_partitions_sql(0));
     assert_eq!(created.len(), 1);
