@@ -7,6 +7,24 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// Serves `app` on a free loopback port from `runtime`, giving handlers the peer address as
+/// `ConnectInfo<SocketAddr>`, and returns the address.
+pub fn serve(runtime: &tokio::runtime::Runtime, app: axum::Router) -> SocketAddr {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("the bound address");
+    runtime.spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("the server runs");
+    });
+    addr
+}
+
 /// A response: status, headers (names lower-cased, in order), body.
 #[derive(Debug, Clone)]
 pub struct HttpResponse {

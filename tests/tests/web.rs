@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pg_audit_tests::http::{HttpResponse, request, send};
+use pg_audit_tests::http::{self, HttpResponse, request, send};
 use pg_audit_tests::{TestDb, rows};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -29,22 +29,11 @@ fn start(hint: &str, trusted_proxies: &[&str]) -> Service {
         .enable_all()
         .build()
         .unwrap();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
     let app = axum_app::app(
         pool,
         trusted_proxies.iter().map(|p| p.parse().unwrap()).collect(),
     );
-    runtime.spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = http::serve(&runtime, app);
     Service {
         _runtime: runtime,
         addr,

@@ -2,8 +2,6 @@
 //! sync Diesel through `spawn_blocking`, `AuditedConnection` from an r2d2 pool, diesel-async
 //! from a deadpool pool — and what happens without it (tokio's own `spawn_blocking`).
 
-use std::net::SocketAddr;
-
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -19,7 +17,7 @@ use pg_audit_diesel::{
     AsyncAuditConnectionExt, AuditConnectionExt, AuditMigrations, AuditedConnection, ModelSet,
     audit_context, pg_audit,
 };
-use pg_audit_tests::http::request;
+use pg_audit_tests::http::{self, request};
 use pg_audit_tests::{TestDb, exec, rows};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -162,18 +160,7 @@ fn each_kind_of_connection_carries_the_request_context() {
                 .map(str::to_owned)
         }))
         .with_state(pools);
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    runtime.spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = http::serve(&runtime, app);
 
     for (id, path) in [(1, "sync"), (2, "wrapper"), (3, "async"), (4, "tokio")] {
         let request_id = format!("req-{path}");
