@@ -21,10 +21,10 @@ pub(crate) struct Db {
     #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
     database_url: Option<String>,
     /// Schema of the audit log.
-    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]
+    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::log::DEFAULT_SCHEMA)]
     log_schema: String,
     /// Name of the audit log.
-    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::table::DEFAULT_TABLE)]
+    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::log::DEFAULT_TABLE)]
     log_name: String,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -51,7 +51,7 @@ pub(crate) enum PartitionsCommand {
     /// holds for their ranges; prints each partition as it is made.
     Ensure {
         /// How many periods after the current one.
-        #[arg(long, value_name = "N", default_value_t = pg_audit::sql::table::DEFAULT_PREMAKE)]
+        #[arg(long, value_name = "N", default_value_t = pg_audit::sql::log::DEFAULT_PREMAKE)]
         ahead: u32,
         #[command(flatten)]
         db: Db,

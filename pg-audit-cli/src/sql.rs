@@ -33,10 +33,10 @@ pub(crate) struct GrantArgs {
 #[derive(Debug, Args)]
 pub(crate) struct LogArgs {
     /// Schema of the audit log.
-    #[arg(long = "schema", value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]
+    #[arg(long = "schema", value_name = "SCHEMA", default_value = pg_audit::sql::log::DEFAULT_SCHEMA)]
     schema: String,
     /// Name of the audit log table.
-    #[arg(long = "name", value_name = "NAME", default_value = pg_audit::sql::table::DEFAULT_TABLE)]
+    #[arg(long = "name", value_name = "NAME", default_value = pg_audit::sql::log::DEFAULT_TABLE)]
     name: String,
 }
 
@@ -50,7 +50,7 @@ pub(crate) struct TableArgs {
     /// How many partitions after the current one to create now. Run
     /// `SELECT * FROM <schema>.<name>_ensure_partitions(N)` regularly (cron, pg_cron) to keep
     /// creating them ahead; writes never fail for want of one (a DEFAULT partition takes them).
-    #[arg(long, value_name = "N", default_value_t = pg_audit::sql::table::DEFAULT_PREMAKE)]
+    #[arg(long, value_name = "N", default_value_t = pg_audit::sql::log::DEFAULT_PREMAKE)]
     premake: u32,
 }
 
@@ -101,10 +101,10 @@ pub(crate) struct TriggerArgs {
     #[arg(long, value_name = "LEVEL", default_value = "auto")]
     level: TriggerLevel,
     /// Schema of the audit log the triggers write to.
-    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::table::DEFAULT_SCHEMA)]
+    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::log::DEFAULT_SCHEMA)]
     log_schema: String,
     /// Name of the audit log the triggers write to.
-    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::table::DEFAULT_TABLE)]
+    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::log::DEFAULT_TABLE)]
     log_name: String,
     /// Print SQL that removes the triggers instead (the log keeps its rows).
     #[arg(long)]

@@ -51,6 +51,6 @@ pub const KEYS: [&str; 6] = [
 pub(crate) fn read_expr() -> String {
     format!(
         "NULLIF(pg_catalog.current_setting({}, true), '')::pg_catalog.json",
-        crate::ident::quote_literal(SETTING).expect("no NUL")
+        crate::ident::text_literal(SETTING)
     )
 }

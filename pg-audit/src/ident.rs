@@ -65,6 +65,11 @@ impl Ident {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name's text as a string literal, for catalog lookups (`attname = 'id'`).
+    pub(crate) fn literal(&self) -> String {
+        text_literal(&self.0)
+    }
 }
 
 impl fmt::Display for Ident {
@@ -111,6 +116,12 @@ impl QualifiedName {
         }
     }
 
+    /// The quoted name as a string literal, for `to_regclass` and messages:
+    /// `'"public"."users"'`.
+    pub(crate) fn literal(&self) -> String {
+        text_literal(&self.to_string())
+    }
+
     /// A name pg-audit creates next to this one, in the same schema (see [`Ident::generated`]).
     pub fn sibling(&self, suffix: &str) -> QualifiedName {
         QualifiedName {
@@ -143,6 +154,13 @@ pub fn quote_literal(value: &str) -> Result<String, Error> {
     if value.contains('\0') {
         return Err(Error::NulByte { what: "literal" });
     }
+    Ok(text_literal(value))
+}
+
+/// [`quote_literal`] for text pg-audit composes itself from [`Ident`]s and fixed words, which
+/// holds no NUL by construction, so its uses need no error path.
+pub(crate) fn text_literal(value: &str) -> String {
+    debug_assert!(!value.contains('\0'), "internal text holds no NUL");
     let mut out = String::with_capacity(value.len() + 3);
     if value.contains('\\') {
         out.push('E');
@@ -156,12 +174,7 @@ pub fn quote_literal(value: &str) -> Result<String, Error> {
         }
     }
     out.push('\'');
-    Ok(out)
-}
-
-/// Quotes an identifier's text as a string literal (an identifier never holds a NUL).
-pub(crate) fn ident_literal(ident: &Ident) -> String {
-    quote_literal(ident.as_str()).expect("identifiers hold no NUL")
+    out
 }
 
 /// Wraps `body` in dollar quotes with a tag that does not occur in it, so any body (including

@@ -1,7 +1,8 @@
-//! SQL generation: the log table, its partitions, and the triggers that fill it.
+//! SQL generation: the log's shape, the log table with its partitions, the triggers that fill
+//! it, and the record of what was installed that the drift check reads.
 
-pub mod check;
 pub mod condition;
-pub mod partition;
-pub mod table;
+pub mod drift;
+pub mod log;
+pub mod shape;
 pub mod trigger;

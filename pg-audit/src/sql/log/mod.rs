@@ -1,10 +1,20 @@
-//! The audit log table: one table, range-partitioned by time, with a DEFAULT partition.
+//! The audit log: one table, range-partitioned by time, with a DEFAULT partition, its
+//! partition-maintenance functions ([`partition`]) and its drift check
+//! ([`crate::sql::drift`]).
+//!
+//! [`AuditLog`] holds where the log lives and how it is partitioned, and every method that
+//! renders SQL about it; the child modules render the function bodies.
 
 use std::fmt::Write as _;
 
 use crate::Error;
-use crate::ident::{Ident, QualifiedName, ident_literal};
-use crate::sql::partition::PartitionPeriod;
+use crate::ident::{Ident, QualifiedName, quote_literal, text_literal};
+use crate::sql::drift;
+use crate::sql::shape::{LOG_COLUMNS, PARTITION_COLUMN};
+
+pub mod partition;
+
+pub use partition::{PartitionPeriod, Retention};
 
 /// The default schema of the audit log.
 pub const DEFAULT_SCHEMA: &str = "audit";
@@ -12,95 +22,6 @@ pub const DEFAULT_SCHEMA: &str = "audit";
 pub const DEFAULT_TABLE: &str = "auditlog";
 /// How many partitions past the current one are created by default.
 pub const DEFAULT_PREMAKE: u32 = 3;
-
-/// One column of the audit log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LogColumn {
-    /// The column name.
-    pub name: &'static str,
-    /// Its SQL type.
-    pub sql_type: &'static str,
-    /// What it records.
-    pub doc: &'static str,
-}
-
-/// The audit log's columns, in table order.
-pub const LOG_COLUMNS: [LogColumn; 13] = [
-    LogColumn {
-        name: "id",
-        sql_type: "bigint",
-        doc: "increasing id; orders rows written in the same statement",
-    },
-    LogColumn {
-        name: "changed_at",
-        sql_type: "timestamptz",
-        doc: "start of the statement that made the change (the partition key)",
-    },
-    LogColumn {
-        name: "tx_started_at",
-        sql_type: "timestamptz",
-        doc: "start of the transaction that made the change",
-    },
-    LogColumn {
-        name: "txid",
-        sql_type: "bigint",
-        doc: "transaction id (`txid_current()`)",
-    },
-    LogColumn {
-        name: "operation",
-        sql_type: "text",
-        doc: "INSERT, UPDATE, DELETE or TRUNCATE",
-    },
-    LogColumn {
-        name: "schema_name",
-        sql_type: "text",
-        doc: "schema of the changed table",
-    },
-    LogColumn {
-        name: "table_name",
-        sql_type: "text",
-        doc: "name of the changed table",
-    },
-    LogColumn {
-        name: "record_key",
-        sql_type: "bigint",
-        doc: "hash of the table and `record_pk`, the indexed key of a record's history; NULL for TRUNCATE",
-    },
-    LogColumn {
-        name: "record_pk",
-        sql_type: "jsonb",
-        doc: "primary key of the changed row, as a JSON object `{\"column\": value}`; NULL for TRUNCATE",
-    },
-    LogColumn {
-        name: "old_values",
-        sql_type: "jsonb",
-        doc: "UPDATE and DELETE: the audited columns of the row before",
-    },
-    LogColumn {
-        name: "new_values",
-        sql_type: "jsonb",
-        doc: "INSERT and UPDATE: the audited columns of the row after",
-    },
-    LogColumn {
-        name: "db_user",
-        sql_type: "text",
-        doc: "the database role that connected (`session_user`)",
-    },
-    LogColumn {
-        name: "context",
-        sql_type: "json",
-        doc: "the `pg_audit.context` setting: user_id, request_id, change_reason, client_addr, source, metadata",
-    },
-];
-
-/// The SQL expression of the key that indexes a record's history: a hash of the primary-key
-/// JSON seeded with a hash of `schema.table`, so one table's record `{"id": 1}` does not share
-/// index entries with every other table's.
-pub fn record_key_expr(schema: &str, table: &str, record_pk: &str) -> String {
-    format!(
-        "pg_catalog.jsonb_hash_extended({record_pk}, pg_catalog.hashtext({schema} OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) {table}))"
-    )
-}
 
 /// The audit log: where it lives and how it is partitioned.
 ///
@@ -128,8 +49,8 @@ impl AuditLog {
     pub fn new() -> Self {
         AuditLog {
             table: QualifiedName::new(
-                Some(Ident::new(DEFAULT_SCHEMA).expect("valid")),
-                Ident::new(DEFAULT_TABLE).expect("valid"),
+                Some(Ident::generated(DEFAULT_SCHEMA, "")),
+                Ident::generated(DEFAULT_TABLE, ""),
             ),
             period: PartitionPeriod::Monthly,
             premake: DEFAULT_PREMAKE,
@@ -182,9 +103,31 @@ impl AuditLog {
         self.table.sibling("_default")
     }
 
+    /// The table recording each audited table's installed configuration.
+    pub fn config_table(&self) -> QualifiedName {
+        self.function("tables")
+    }
+
     /// A function pg-audit installs beside the log, named `<log>_<suffix>`.
     pub(crate) fn function(&self, suffix: &str) -> QualifiedName {
         self.table.sibling(&format!("_{suffix}"))
+    }
+
+    /// The maintenance functions' names and argument types, for revoking and dropping them.
+    fn function_signatures(&self) -> [(QualifiedName, &'static str); 4] {
+        [
+            (self.function("check"), ""),
+            (self.function("prune_partitions"), "interval, boolean, text"),
+            (self.function("ensure_partitions"), "integer"),
+            (self.function("partitions"), ""),
+        ]
+    }
+
+    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
+    fn partition_prefix(&self) -> String {
+        const DATE: &str = "00000000";
+        let template = Ident::generated(self.table.name.as_str(), &format!("_p{DATE}"));
+        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
     }
 
     /// SQL that creates the schema, the log table, its DEFAULT partition, its indexes and its
@@ -196,38 +139,22 @@ impl AuditLog {
         let mut sql = String::new();
         let _ = writeln!(sql, "-- pg-audit: the audit log {table}");
         let _ = writeln!(sql, "CREATE SCHEMA IF NOT EXISTS {};\n", self.schema());
-        let _ = writeln!(sql, "CREATE TABLE IF NOT EXISTS {table} (");
-        let _ = writeln!(sql, "    \"id\" bigserial NOT NULL,");
+        let columns: Vec<String> = LOG_COLUMNS
+            .iter()
+            .map(|c| format!("    {}", c.definition()))
+            .collect();
         let _ = writeln!(
             sql,
-            "    \"changed_at\" timestamptz NOT NULL DEFAULT pg_catalog.statement_timestamp(),"
+            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n) PARTITION BY RANGE (\"{PARTITION_COLUMN}\");\n",
+            columns.join(",\n")
         );
-        let _ = writeln!(
-            sql,
-            "    \"tx_started_at\" timestamptz NOT NULL DEFAULT pg_catalog.transaction_timestamp(),"
-        );
-        let _ = writeln!(
-            sql,
-            "    \"txid\" bigint NOT NULL DEFAULT pg_catalog.txid_current(),"
-        );
-        let _ = writeln!(sql, "    \"operation\" text NOT NULL,");
-        let _ = writeln!(sql, "    \"schema_name\" text NOT NULL,");
-        let _ = writeln!(sql, "    \"table_name\" text NOT NULL,");
-        let _ = writeln!(sql, "    \"record_key\" bigint,");
-        let _ = writeln!(sql, "    \"record_pk\" jsonb,");
-        let _ = writeln!(sql, "    \"old_values\" jsonb,");
-        let _ = writeln!(sql, "    \"new_values\" jsonb,");
-        let _ = writeln!(sql, "    \"db_user\" text NOT NULL DEFAULT session_user,");
-        let _ = writeln!(sql, "    \"context\" json");
-        let _ = writeln!(sql, ") PARTITION BY RANGE (\"changed_at\");\n");
         let _ = writeln!(
             sql,
             "COMMENT ON TABLE {table} IS {};\n",
-            crate::ident::quote_literal(&format!(
-                "pg-audit log: one row per audited change; append-only; partitioned {} by changed_at",
+            text_literal(&format!(
+                "pg-audit log: one row per audited change; append-only; partitioned {} by {PARTITION_COLUMN}",
                 self.period.name()
             ))
-            .expect("no NUL")
         );
         let _ = writeln!(
             sql,
@@ -246,12 +173,15 @@ impl AuditLog {
         // maintain on append-only data, narrows within one.
         let _ = writeln!(
             sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} USING brin (\"changed_at\", \"txid\");\n",
+            "CREATE INDEX IF NOT EXISTS {} ON {table} USING brin (\"{PARTITION_COLUMN}\", \"txid\");\n",
             Ident::generated(table.name.as_str(), "_time_idx")
         );
-        sql.push_str(&self.partition_functions_sql());
+        sql.push_str(&partition::functions_sql(self));
         sql.push('\n');
-        sql.push_str(&self.check_objects_sql());
+        sql.push_str(&drift::objects_sql(
+            &self.config_table(),
+            &self.function("check"),
+        ));
         // Append-only: only the owner (the role running this) writes the log, and only through
         // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
         let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
@@ -298,13 +228,69 @@ impl AuditLog {
         sql
     }
 
-    /// A literal naming the log table, for use in generated function bodies.
-    pub(crate) fn table_literal(&self) -> String {
-        crate::ident::quote_literal(&self.table.to_string()).expect("no NUL")
+    /// SQL that creates the partition of the current period and of the next `ahead` periods
+    /// where missing, and returns one row per partition created: `partition_name`,
+    /// `range_start`, `range_end`, `moved_rows` (rows moved into it from the DEFAULT partition).
+    pub fn ensure_partitions_sql(&self, ahead: u32) -> String {
+        format!(
+            "SELECT * FROM {}({ahead})",
+            self.function("ensure_partitions")
+        )
     }
 
-    pub(crate) fn schema_literal(&self) -> String {
-        ident_literal(self.schema())
+    /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`
+    /// (NULL for the DEFAULT partition), `is_default`, `total_bytes`; oldest first, DEFAULT first.
+    pub fn list_partitions_sql(&self) -> String {
+        format!("SELECT * FROM {}()", self.function("partitions"))
+    }
+
+    /// SQL that detaches or drops every partition whose range ended more than `older_than` ago
+    /// (a PostgreSQL interval such as `'90 days'` or `'1 year'`, checked by the server), and
+    /// returns one row per partition touched: `partition_name`, `range_start`, `range_end`,
+    /// `action`, `rows`.
+    pub fn prune_partitions_sql(
+        &self,
+        older_than: &str,
+        retention: Retention,
+    ) -> Result<String, Error> {
+        Ok(format!(
+            "SELECT * FROM {}({}::interval, {})",
+            self.function("prune_partitions"),
+            quote_literal(older_than)?,
+            retention == Retention::Drop
+        ))
+    }
+
+    /// Like [`AuditLog::prune_partitions_sql`], for the one partition `partition` (as
+    /// `partition_name` lists it) if it is past the retention period, so a caller can report
+    /// progress partition by partition. The DEFAULT partition's old rows are not touched.
+    pub fn prune_partition_sql(
+        &self,
+        older_than: &str,
+        retention: Retention,
+        partition: &str,
+    ) -> Result<String, Error> {
+        Ok(format!(
+            "SELECT * FROM {}({}::interval, {}, {})",
+            self.function("prune_partitions"),
+            quote_literal(older_than)?,
+            retention == Retention::Drop,
+            quote_literal(partition)?
+        ))
+    }
+
+    /// SQL listing the problems the drift check finds: rows of `table_schema`, `table_name`,
+    /// `problem`; none when every recorded audit trigger is installed as it was (see
+    /// [`crate::sql::drift`]).
+    pub fn check_sql(&self) -> String {
+        format!("SELECT * FROM {}()", self.function("check"))
+    }
+
+    /// SQL returning the key columns recorded at install for a table, as a JSON array in key
+    /// order (`primary_key`): parameters `$1` the table name (text), `$2` its schema (text, NULL
+    /// for any). One row per audited table of that name.
+    pub fn recorded_key_sql(&self) -> String {
+        drift::recorded_key_sql(&self.config_table())
     }
 }
 
@@ -336,5 +322,23 @@ mod tests {
                 column.name
             );
         }
+    }
+
+    #[test]
+    fn partition_prefix_leaves_room_for_the_date() {
+        assert_eq!(AuditLog::new().partition_prefix(), "auditlog_p");
+        let long = AuditLog::named("audit", &"x".repeat(63)).unwrap();
+        assert_eq!(long.partition_prefix().len() + 8, 63);
+    }
+
+    #[test]
+    fn retention_interval_is_quoted() {
+        let sql = AuditLog::new()
+            .prune_partitions_sql("90 days'; DROP TABLE x; --", Retention::Detach)
+            .unwrap();
+        assert_eq!(
+            sql,
+            "SELECT * FROM \"audit\".\"auditlog_prune_partitions\"('90 days''; DROP TABLE x; --'::interval, false)"
+        );
     }
 }

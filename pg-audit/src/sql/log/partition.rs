@@ -15,9 +15,9 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
+use super::AuditLog;
 use crate::Error;
-use crate::ident::{dollar_quote, quote_literal};
-use crate::sql::table::AuditLog;
+use crate::ident::{dollar_quote, text_literal};
 
 /// How much time one partition covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -81,96 +81,23 @@ pub enum Retention {
     Drop,
 }
 
-impl AuditLog {
-    /// SQL that creates the partition of the current period and of the next `ahead` periods
-    /// where missing, and returns one row per partition created: `partition_name`,
-    /// `range_start`, `range_end`, `moved_rows` (rows moved into it from the DEFAULT partition).
-    pub fn ensure_partitions_sql(&self, ahead: u32) -> String {
-        format!(
-            "SELECT * FROM {}({ahead})",
-            self.function("ensure_partitions")
-        )
-    }
+/// The maintenance functions' DDL: `<log>_partitions()`, `<log>_ensure_partitions(ahead)` and
+/// `<log>_prune_partitions(older_than, drop_partitions, only_partition)`.
+pub(super) fn functions_sql(log: &AuditLog) -> String {
+    let table = log.table();
+    let table_lit = table.literal();
+    let default_lit = log.default_partition().literal();
+    let schema_lit = log.schema().literal();
+    let prefix_lit = text_literal(&log.partition_prefix());
+    let partitions = log.function("partitions");
+    let ensure = log.function("ensure_partitions");
+    let prune = log.function("prune_partitions");
+    let field = log.partition_period().date_trunc_field();
+    let step = log.partition_period().interval();
+    let mut sql = String::new();
 
-    /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`
-    /// (NULL for the DEFAULT partition), `is_default`, `total_bytes`; oldest first, DEFAULT first.
-    pub fn list_partitions_sql(&self) -> String {
-        format!("SELECT * FROM {}()", self.function("partitions"))
-    }
-
-    /// SQL that detaches or drops every partition whose range ended more than `older_than` ago
-    /// (a PostgreSQL interval such as `'90 days'` or `'1 year'`, checked by the server), and
-    /// returns one row per partition touched: `partition_name`, `range_start`, `range_end`,
-    /// `action`, `rows`.
-    pub fn prune_partitions_sql(
-        &self,
-        older_than: &str,
-        retention: Retention,
-    ) -> Result<String, Error> {
-        Ok(format!(
-            "SELECT * FROM {}({}::interval, {})",
-            self.function("prune_partitions"),
-            quote_literal(older_than)?,
-            retention == Retention::Drop
-        ))
-    }
-
-    /// Like [`AuditLog::prune_partitions_sql`], for the one partition `partition` (as
-    /// `partition_name` lists it) if it is past the retention period, so a caller can report
-    /// progress partition by partition. The DEFAULT partition's old rows are not touched.
-    pub fn prune_partition_sql(
-        &self,
-        older_than: &str,
-        retention: Retention,
-        partition: &str,
-    ) -> Result<String, Error> {
-        Ok(format!(
-            "SELECT * FROM {}({}::interval, {}, {})",
-            self.function("prune_partitions"),
-            quote_literal(older_than)?,
-            retention == Retention::Drop,
-            quote_literal(partition)?
-        ))
-    }
-
-    /// SQL listing the problems [`AuditLog::check_sql`] finds: rows of `table_schema`,
-    /// `table_name`, `problem`; none when every recorded audit trigger is installed as it was.
-    pub fn check_sql(&self) -> String {
-        format!("SELECT * FROM {}()", self.function("check"))
-    }
-
-    /// The maintenance functions' names and argument types, for dropping them.
-    pub(crate) fn function_signatures(&self) -> [(crate::QualifiedName, &'static str); 4] {
-        [
-            (self.function("check"), ""),
-            (self.function("prune_partitions"), "interval, boolean, text"),
-            (self.function("ensure_partitions"), "integer"),
-            (self.function("partitions"), ""),
-        ]
-    }
-
-    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
-    fn partition_prefix(&self) -> String {
-        const DATE: &str = "00000000";
-        let template = crate::Ident::generated(self.table().name.as_str(), &format!("_p{DATE}"));
-        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
-    }
-
-    pub(crate) fn partition_functions_sql(&self) -> String {
-        let table = self.table();
-        let table_lit = self.table_literal();
-        let default_lit = quote_literal(&self.default_partition().to_string()).expect("no NUL");
-        let schema_lit = self.schema_literal();
-        let prefix_lit = quote_literal(&self.partition_prefix()).expect("no NUL");
-        let partitions = self.function("partitions");
-        let ensure = self.function("ensure_partitions");
-        let prune = self.function("prune_partitions");
-        let field = self.partition_period().date_trunc_field();
-        let step = self.partition_period().interval();
-        let mut sql = String::new();
-
-        let list_body = format!(
-            r#"
+    let list_body = format!(
+        r#"
     SELECT c.oid::regclass::text,
            (pg_catalog.regexp_match(b.bound, 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
            (pg_catalog.regexp_match(b.bound, 'TO \(''([^'']*)''\)'))[1]::timestamptz,
@@ -182,8 +109,8 @@ impl AuditLog {
      WHERE i.inhparent = {table_lit}::regclass
      ORDER BY 2 NULLS FIRST, 1
 "#
-        );
-        let _ = writeln!(
+    );
+    let _ = writeln!(
             sql,
             "CREATE OR REPLACE FUNCTION {partitions}()
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean, total_bytes bigint)
@@ -194,8 +121,8 @@ AS {};
             dollar_quote(&list_body)
         );
 
-        let ensure_body = format!(
-            r#"
+    let ensure_body = format!(
+        r#"
 DECLARE
     default_part constant text := {default_lit};
     part_schema constant text := {schema_lit};
@@ -249,8 +176,8 @@ BEGIN
     END LOOP;
 END
 "#
-        );
-        let _ = writeln!(
+    );
+    let _ = writeln!(
             sql,
             "CREATE OR REPLACE FUNCTION {ensure}(ahead integer DEFAULT 3)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, moved_rows bigint)
@@ -261,8 +188,8 @@ AS {};
             dollar_quote(&ensure_body)
         );
 
-        let prune_body = format!(
-            r#"
+    let prune_body = format!(
+        r#"
 DECLARE
     default_part constant text := {default_lit};
     cutoff timestamptz;
@@ -306,8 +233,8 @@ BEGIN
     END IF;
 END
 "#
-        );
-        let _ = writeln!(
+    );
+    let _ = writeln!(
             sql,
             "CREATE OR REPLACE FUNCTION {prune}(older_than interval, drop_partitions boolean DEFAULT false, only_partition text DEFAULT NULL)
 RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, action text, \"rows\" bigint)
@@ -316,8 +243,7 @@ SET search_path = pg_catalog, pg_temp
 AS {};",
             dollar_quote(&prune_body)
         );
-        sql
-    }
+    sql
 }
 
 #[cfg(test)]
@@ -332,24 +258,6 @@ mod tests {
             Err(Error::UnknownPeriod {
                 name: "yearly".into()
             })
-        );
-    }
-
-    #[test]
-    fn partition_prefix_leaves_room_for_the_date() {
-        assert_eq!(AuditLog::new().partition_prefix(), "auditlog_p");
-        let long = AuditLog::named("audit", &"x".repeat(63)).unwrap();
-        assert_eq!(long.partition_prefix().len() + 8, 63);
-    }
-
-    #[test]
-    fn retention_interval_is_quoted() {
-        let sql = AuditLog::new()
-            .prune_partitions_sql("90 days'; DROP TABLE x; --", Retention::Detach)
-            .unwrap();
-        assert_eq!(
-            sql,
-            "SELECT * FROM \"audit\".\"auditlog_prune_partitions\"('90 days''; DROP TABLE x; --'::interval, false)"
         );
     }
 }

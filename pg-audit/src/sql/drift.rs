@@ -1,0 +1,268 @@
+//! Drift detection: every install records what it installed in the log's `<log>_tables`, and
+//! `<log>_check()` compares that record with what the database holds now. The record's shape is
+//! written and read only here.
+//!
+//! ```sql
+//! SELECT * FROM audit.auditlog_check();
+//! --  table_schema | table_name | problem
+//! --  public       | users      | trigger pg_audit_update is disabled
+//! ```
+//!
+//! Problems found: the audited table is gone; the trigger function is missing or its body was
+//! edited since the install; a trigger is missing, disabled (or enabled only for replicas), or
+//! calls another function; a column the configuration names (key, `track_only`,
+//! `exclude_fields`, condition) was dropped or renamed; a BEFORE UPDATE trigger was added to a
+//! table whose UPDATE trigger relies on `UPDATE OF`, and could change a tracked column unseen;
+//! and `pg_audit_*` triggers that no install recorded.
+
+use std::fmt::Write as _;
+
+use crate::ident::{QualifiedName, dollar_quote, text_literal};
+use crate::sql::shape::{Operation, tgtype};
+
+/// The install record's field holding the key columns, in key order.
+const KEY_FIELD: &str = "primary_key";
+/// The field listing the triggers the install created.
+const TRIGGERS_FIELD: &str = "triggers";
+/// The field listing every column the configuration names.
+const COLUMNS_FIELD: &str = "columns";
+
+/// What one install recorded: the configuration as JSON, what `check` compares and what
+/// readers need (the key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InstallRecord {
+    /// The key columns, in key order.
+    pub(crate) primary_key: Vec<String>,
+    /// `"all"`, `{"track_only": [...]}` or `{"exclude_fields": [...]}`, as JSON.
+    pub(crate) audited: Audited,
+    /// The condition as written.
+    pub(crate) condition: Option<String>,
+    /// The audited operations' keywords.
+    pub(crate) operations: Vec<String>,
+    /// `insert:statement`, ...: the level each operation's trigger was created at.
+    pub(crate) levels: Vec<String>,
+    /// The triggers created.
+    pub(crate) triggers: Vec<String>,
+    /// Every column the configuration names, for the dropped-column check.
+    pub(crate) columns: Vec<String>,
+}
+
+/// Which columns an install audits, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Audited {
+    All,
+    TrackOnly(Vec<String>),
+    Exclude(Vec<String>),
+}
+
+impl InstallRecord {
+    /// The record as a JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        let audited = match &self.audited {
+            Audited::All => "\"all\"".to_owned(),
+            Audited::TrackOnly(cols) => format!("{{\"track_only\":{}}}", json_list(cols)),
+            Audited::Exclude(cols) => format!("{{\"exclude_fields\":{}}}", json_list(cols)),
+        };
+        let condition = self
+            .condition
+            .as_deref()
+            .map_or_else(|| "null".to_owned(), json_string);
+        format!(
+            "{{{}:{},\"audited\":{audited},\"condition\":{condition},\"operations\":{},\"levels\":{},{}:{},{}:{}}}",
+            json_string(KEY_FIELD),
+            json_list(&self.primary_key),
+            json_list(&self.operations),
+            json_list(&self.levels),
+            json_string(TRIGGERS_FIELD),
+            json_list(&self.triggers),
+            json_string(COLUMNS_FIELD),
+            json_list(&self.columns),
+        )
+    }
+
+    /// SQL recording this install of `table`'s trigger function `function` in `config`,
+    /// replacing an earlier record of the same table.
+    pub(crate) fn insert_sql(
+        &self,
+        config: &QualifiedName,
+        table: &QualifiedName,
+        function: &QualifiedName,
+    ) -> String {
+        let table_lit = table.literal();
+        let function_lit = function.literal();
+        format!(
+            "INSERT INTO {config} AS r (table_schema, table_name, trigger_function, config, function_md5)
+SELECT n.nspname, c.relname, {function_lit}::regproc::text, {config_json}::jsonb, pg_catalog.md5(p.prosrc)
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  JOIN pg_catalog.pg_proc AS p ON p.oid OPERATOR(pg_catalog.=) {function_lit}::regproc
+ WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})
+ON CONFLICT (table_schema, table_name) DO UPDATE
+   SET trigger_function = EXCLUDED.trigger_function, config = EXCLUDED.config,
+       function_md5 = EXCLUDED.function_md5, installed_at = pg_catalog.now();",
+            config_json = text_literal(&self.to_json()),
+        )
+    }
+}
+
+/// SQL removing `table`'s record from `config`.
+pub(crate) fn delete_sql(config: &QualifiedName, table: &QualifiedName) -> String {
+    format!(
+        "DELETE FROM {config} AS r
+ USING pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({})
+   AND r.table_schema OPERATOR(pg_catalog.=) n.nspname::text AND r.table_name OPERATOR(pg_catalog.=) c.relname::text;",
+        table.literal(),
+    )
+}
+
+/// SQL returning the key columns recorded in `config` for a table, as a JSON array in key order
+/// (`primary_key`): parameters `$1` the table name (text), `$2` its schema (text, NULL for any).
+pub(crate) fn recorded_key_sql(config: &QualifiedName) -> String {
+    format!(
+        "SELECT r.config OPERATOR(pg_catalog.->) {} AS primary_key FROM {config} AS r
+ WHERE r.table_name OPERATOR(pg_catalog.=) $1::text
+   AND ($2::text IS NULL OR r.table_schema OPERATOR(pg_catalog.=) $2::text)",
+        text_literal(KEY_FIELD),
+    )
+}
+
+/// DDL of the record table `config` and of the check function `check`.
+pub(crate) fn objects_sql(config: &QualifiedName, check: &QualifiedName) -> String {
+    let mut sql = String::new();
+    let _ = writeln!(
+        sql,
+        "CREATE TABLE IF NOT EXISTS {config} (
+    table_schema text NOT NULL,
+    table_name text NOT NULL,
+    trigger_function text NOT NULL,
+    config jsonb NOT NULL,
+    function_md5 text NOT NULL,
+    installed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (table_schema, table_name)
+);
+COMMENT ON TABLE {config} IS {comment};
+",
+        comment = text_literal(&format!(
+            "pg-audit: the audit triggers installed, as installed; see {check}()"
+        )),
+    );
+    let body = format!(
+        r#"
+    SELECT t.table_schema, t.table_name, p.problem
+      FROM {config} AS t
+     CROSS JOIN LATERAL (
+            SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name)) AS rel,
+                   pg_catalog.to_regprocedure(t.trigger_function OPERATOR(pg_catalog.||) '()') AS fn
+           ) AS o
+     CROSS JOIN LATERAL (
+            SELECT 'the table is missing' AS problem
+             WHERE o.rel IS NULL
+            UNION ALL
+            SELECT pg_catalog.format('trigger function %s is missing', t.trigger_function)
+             WHERE o.fn IS NULL
+            UNION ALL
+            SELECT pg_catalog.format('trigger function %s was edited after it was installed', t.trigger_function)
+              FROM pg_catalog.pg_proc AS f
+             WHERE f.oid OPERATOR(pg_catalog.=) o.fn AND pg_catalog.md5(f.prosrc) OPERATOR(pg_catalog.<>) t.function_md5
+            UNION ALL
+            SELECT CASE
+                       WHEN tg.oid IS NULL THEN pg_catalog.format('trigger %s is missing', e.name)
+                       WHEN tg.tgenabled OPERATOR(pg_catalog.=) 'D' THEN pg_catalog.format('trigger %s is disabled', e.name)
+                       WHEN tg.tgenabled OPERATOR(pg_catalog.=) 'R' THEN pg_catalog.format('trigger %s is enabled only for replicas', e.name)
+                       ELSE pg_catalog.format('trigger %s calls another function', e.name)
+                   END
+              FROM pg_catalog.jsonb_array_elements_text(t.config -> {triggers_field}) AS e(name)
+              LEFT JOIN pg_catalog.pg_trigger AS tg
+                ON tg.tgrelid OPERATOR(pg_catalog.=) o.rel AND tg.tgname OPERATOR(pg_catalog.=) e.name
+             WHERE o.rel IS NOT NULL
+               AND (tg.oid IS NULL OR tg.tgenabled OPERATOR(pg_catalog.=) ANY (ARRAY['D', 'R']::"char"[])
+                    OR tg.tgfoid OPERATOR(pg_catalog.<>) o.fn)
+            UNION ALL
+            SELECT pg_catalog.format('audited column %s was dropped or renamed', pg_catalog.quote_ident(c.name))
+              FROM pg_catalog.jsonb_array_elements_text(t.config -> {columns_field}) AS c(name)
+             WHERE o.rel IS NOT NULL
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                                WHERE a.attrelid OPERATOR(pg_catalog.=) o.rel AND a.attname OPERATOR(pg_catalog.=) c.name
+                                  AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+            UNION ALL
+            SELECT pg_catalog.format('BEFORE UPDATE trigger %s can change tracked columns unseen by the UPDATE OF trigger; reinstall', b.tgname)
+              FROM pg_catalog.pg_trigger AS u
+              JOIN pg_catalog.pg_trigger AS b ON b.tgrelid OPERATOR(pg_catalog.=) u.tgrelid
+             WHERE u.tgrelid OPERATOR(pg_catalog.=) o.rel AND u.tgname OPERATOR(pg_catalog.=) {update_trigger}
+               AND pg_catalog.array_length(u.tgattr::int2[], 1) OPERATOR(pg_catalog.>) 0
+               AND NOT b.tgisinternal
+               AND (b.tgtype::int OPERATOR(pg_catalog.&) {before_update_row}) OPERATOR(pg_catalog.=) {before_update_row}
+           ) AS p
+    UNION ALL
+    SELECT n.nspname::text, c.relname::text,
+           pg_catalog.format('trigger %s was not installed by pg-audit (no record in %s)', tg.tgname, {config_lit})
+      FROM pg_catalog.pg_trigger AS tg
+      JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) tg.tgrelid
+      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+     WHERE tg.tgname OPERATOR(pg_catalog.=) ANY ({trigger_names})
+       AND NOT EXISTS (SELECT FROM {config} AS r
+                        WHERE r.table_schema OPERATOR(pg_catalog.=) n.nspname::text
+                          AND r.table_name OPERATOR(pg_catalog.=) c.relname::text)
+     ORDER BY 1, 2, 3
+"#,
+        config_lit = config.literal(),
+        triggers_field = text_literal(TRIGGERS_FIELD),
+        columns_field = text_literal(COLUMNS_FIELD),
+        before_update_row = tgtype::BEFORE_UPDATE_ROW,
+        trigger_names = Operation::trigger_names_array(),
+        update_trigger = Operation::Update.trigger_name().literal(),
+    );
+    let _ = writeln!(
+        sql,
+        "CREATE OR REPLACE FUNCTION {check}()
+RETURNS TABLE (table_schema text, table_name text, problem text)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS {};",
+        dollar_quote(&body)
+    );
+    sql
+}
+
+fn json_list(items: &[String]) -> String {
+    format!(
+        "[{}]",
+        items
+            .iter()
+            .map(|s| json_string(s))
+            .collect::<Vec<_>>()
+            .join(",")
+    )
+}
+
+/// `value` as a JSON string literal.
+fn json_string(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_are_escaped() {
+        assert_eq!(
+            json_string("a\"b\\c\n\u{1}é"),
+            "\"a\\\"b\\\\c\\u000a\\u0001é\""
+        );
+    }
+}

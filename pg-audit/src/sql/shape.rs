@@ -1,0 +1,328 @@
+//! The log's shape, defined once: its columns, the record-key formula, the operations with
+//! their trigger names, and the trigger-type bits the drift check reads.
+//!
+//! Everything that writes or reads the log derives from here: the log's DDL, the triggers'
+//! `INSERT` column list, the reader's select list and the CLI's JSON. The Diesel `table!` of
+//! the log in `pg-audit-diesel` is tested against [`LOG_COLUMNS`].
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use crate::Error;
+use crate::ident::Ident;
+
+/// How a log column gets its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filled {
+    /// By a sequence (`bigserial`).
+    Sequence,
+    /// By this SQL default expression, evaluated in the writing transaction.
+    Default(&'static str),
+    /// By the trigger (or the capture worker), which names it in its `INSERT`.
+    Writer,
+}
+
+/// One column of the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogColumn {
+    /// The column name.
+    pub name: &'static str,
+    /// Its SQL type, as `format_type` spells it.
+    pub sql_type: &'static str,
+    /// Whether it may be NULL.
+    pub nullable: bool,
+    /// How it gets its value.
+    pub filled: Filled,
+    /// Whether readers load it into an entry (`record_key` is only an index key, derived from
+    /// the table and `record_pk`).
+    pub in_entry: bool,
+    /// What it records.
+    pub doc: &'static str,
+}
+
+/// The audit log's columns, in table order.
+pub const LOG_COLUMNS: [LogColumn; 13] = [
+    LogColumn {
+        name: "id",
+        sql_type: "bigint",
+        nullable: false,
+        filled: Filled::Sequence,
+        in_entry: true,
+        doc: "increasing id; orders rows written in the same statement",
+    },
+    LogColumn {
+        name: "changed_at",
+        sql_type: "timestamptz",
+        nullable: false,
+        filled: Filled::Default("pg_catalog.statement_timestamp()"),
+        in_entry: true,
+        doc: "start of the statement that made the change (the partition key)",
+    },
+    LogColumn {
+        name: "tx_started_at",
+        sql_type: "timestamptz",
+        nullable: false,
+        filled: Filled::Default("pg_catalog.transaction_timestamp()"),
+        in_entry: true,
+        doc: "start of the transaction that made the change",
+    },
+    LogColumn {
+        name: "txid",
+        sql_type: "bigint",
+        nullable: false,
+        filled: Filled::Default("pg_catalog.txid_current()"),
+        in_entry: true,
+        doc: "transaction id (`txid_current()`)",
+    },
+    LogColumn {
+        name: "operation",
+        sql_type: "text",
+        nullable: false,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "INSERT, UPDATE, DELETE or TRUNCATE",
+    },
+    LogColumn {
+        name: "schema_name",
+        sql_type: "text",
+        nullable: false,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "schema of the changed table",
+    },
+    LogColumn {
+        name: "table_name",
+        sql_type: "text",
+        nullable: false,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "name of the changed table",
+    },
+    LogColumn {
+        name: "record_key",
+        sql_type: "bigint",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: false,
+        doc: "hash of the table and `record_pk`, the indexed key of a record's history; NULL for TRUNCATE",
+    },
+    LogColumn {
+        name: "record_pk",
+        sql_type: "jsonb",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "primary key of the changed row, as a JSON object `{\"column\": value}`; NULL for TRUNCATE",
+    },
+    LogColumn {
+        name: "old_values",
+        sql_type: "jsonb",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "UPDATE and DELETE: the audited columns of the row before",
+    },
+    LogColumn {
+        name: "new_values",
+        sql_type: "jsonb",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "INSERT and UPDATE: the audited columns of the row after",
+    },
+    LogColumn {
+        name: "db_user",
+        sql_type: "text",
+        nullable: false,
+        filled: Filled::Default("session_user"),
+        in_entry: true,
+        doc: "the database role that connected (`session_user`)",
+    },
+    LogColumn {
+        name: "context",
+        sql_type: "json",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: true,
+        doc: "the `pg_audit.context` setting: user_id, request_id, change_reason, client_addr, source, metadata",
+    },
+];
+
+/// The partition key.
+pub const PARTITION_COLUMN: &str = "changed_at";
+
+impl LogColumn {
+    /// The column's definition in `CREATE TABLE`.
+    pub(crate) fn definition(&self) -> String {
+        let mut def = format!("\"{}\" ", self.name);
+        match self.filled {
+            Filled::Sequence => def.push_str("bigserial"),
+            _ => def.push_str(self.sql_type),
+        }
+        if !self.nullable {
+            def.push_str(" NOT NULL");
+        }
+        if let Filled::Default(expr) = self.filled {
+            let _ = write!(def, " DEFAULT {expr}");
+        }
+        def
+    }
+}
+
+/// The columns a writer names in its `INSERT` (the others fill themselves), in table order.
+pub fn written_columns() -> impl Iterator<Item = &'static LogColumn> {
+    LOG_COLUMNS.iter().filter(|c| c.filled == Filled::Writer)
+}
+
+/// The columns an entry holds, in table order.
+pub fn entry_columns() -> impl Iterator<Item = &'static LogColumn> {
+    LOG_COLUMNS.iter().filter(|c| c.in_entry)
+}
+
+/// The select list of an entry from the log aliased `alias`: `l.id, l.changed_at, ...`.
+pub fn entry_select_list(alias: &str) -> String {
+    entry_columns()
+        .map(|c| format!("{alias}.{}", c.name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The SQL expression of the key that indexes a record's history: a hash of the primary-key
+/// JSON seeded with a hash of `schema.table`, so one table's record `{"id": 1}` does not share
+/// index entries with every other table's. Its arguments are SQL expressions of the schema
+/// name, the table name (both text) and the key object (jsonb). Every operator is
+/// schema-qualified, so objects on the caller's search path are never called.
+pub fn record_key_expr(schema: &str, table: &str, record_pk: &str) -> String {
+    format!(
+        "pg_catalog.jsonb_hash_extended({record_pk}, pg_catalog.hashtext({schema} OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) {table}))"
+    )
+}
+
+/// A change that can be audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Operation {
+    /// `INSERT` (including the insert arm of `INSERT ... ON CONFLICT` and `MERGE`).
+    Insert,
+    /// `UPDATE`.
+    Update,
+    /// `DELETE`.
+    Delete,
+    /// `TRUNCATE`: one log row per statement, with no row values.
+    Truncate,
+}
+
+impl Operation {
+    /// Every operation.
+    pub const ALL: [Operation; 4] = [
+        Operation::Insert,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Truncate,
+    ];
+
+    /// The operations audited when none are chosen: INSERT, UPDATE and DELETE.
+    pub const DEFAULT: [Operation; 3] = [Operation::Insert, Operation::Update, Operation::Delete];
+
+    /// The SQL keyword, as stored in the log's `operation` column.
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Operation::Insert => "INSERT",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Truncate => "TRUNCATE",
+        }
+    }
+
+    /// The name of this operation's trigger on the audited table.
+    pub fn trigger_name(self) -> Ident {
+        Ident::generated(self.trigger_name_str(), "")
+    }
+
+    fn trigger_name_str(self) -> &'static str {
+        match self {
+            Operation::Insert => "pg_audit_insert",
+            Operation::Update => "pg_audit_update",
+            Operation::Delete => "pg_audit_delete",
+            Operation::Truncate => "pg_audit_truncate",
+        }
+    }
+
+    /// `ARRAY['pg_audit_insert', ...]::name[]`: every audit trigger's name, for catalog queries.
+    pub(crate) fn trigger_names_array() -> String {
+        let names: Vec<String> = Operation::ALL
+            .iter()
+            .map(|op| op.trigger_name().literal())
+            .collect();
+        format!("ARRAY[{}]::name[]", names.join(", "))
+    }
+}
+
+impl FromStr for Operation {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Operation::ALL
+            .into_iter()
+            .find(|op| op.keyword().eq_ignore_ascii_case(s))
+            .ok_or_else(|| Error::UnknownOperation { name: s.to_owned() })
+    }
+}
+
+/// Bits of `pg_trigger.tgtype` (PostgreSQL's `TRIGGER_TYPE_*`, `catalog/pg_trigger.h`).
+pub(crate) mod tgtype {
+    /// `FOR EACH ROW`.
+    pub(crate) const ROW: u8 = 1;
+    /// `BEFORE`.
+    pub(crate) const BEFORE: u8 = 2;
+    /// `UPDATE` among the events.
+    pub(crate) const UPDATE: u8 = 16;
+    /// A BEFORE UPDATE row trigger: one that can change a row's columns unseen by an
+    /// `UPDATE OF` trigger.
+    pub(crate) const BEFORE_UPDATE_ROW: u8 = ROW | BEFORE | UPDATE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_name_the_columns_without_defaults() {
+        let written: Vec<&str> = written_columns().map(|c| c.name).collect();
+        assert_eq!(
+            written,
+            [
+                "operation",
+                "schema_name",
+                "table_name",
+                "record_key",
+                "record_pk",
+                "old_values",
+                "new_values",
+                "context"
+            ]
+        );
+        assert_eq!(
+            entry_select_list("l"),
+            "l.id, l.changed_at, l.tx_started_at, l.txid, l.operation, l.schema_name, l.table_name, \
+             l.record_pk, l.old_values, l.new_values, l.db_user, l.context"
+        );
+    }
+
+    #[test]
+    fn the_partition_column_is_a_column() {
+        assert!(
+            LOG_COLUMNS
+                .iter()
+                .any(|c| c.name == PARTITION_COLUMN && !c.nullable)
+        );
+    }
+
+    #[test]
+    fn trigger_bits_match_postgres() {
+        assert_eq!(tgtype::BEFORE_UPDATE_ROW, 19);
+        assert_eq!(
+            Operation::trigger_names_array(),
+            "ARRAY['pg_audit_insert', 'pg_audit_update', 'pg_audit_delete', 'pg_audit_truncate']::name[]"
+        );
+    }
+}

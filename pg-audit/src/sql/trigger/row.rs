@@ -1,0 +1,96 @@
+//! SQL expressions over one row of the audited table: its audited values and its key as JSON,
+//! the condition as it applies to an operation, and whether tracked columns changed. Both the
+//! trigger function ([`super::body`]) and the trigger definitions ([`super::create`]) use them.
+
+use super::{Columns, TriggerSpec};
+use crate::ident::Ident;
+use crate::sql::condition::RowRef;
+use crate::sql::shape::{Operation, record_key_expr};
+
+/// The JSON object of the audited columns of `row` (an expression of the table's row type).
+pub(super) fn values_json(spec: &TriggerSpec, row: &str) -> String {
+    match spec.columns() {
+        Columns::All => format!("pg_catalog.to_jsonb({row})"),
+        Columns::TrackOnly(cols) => json_object(row, cols),
+        Columns::Exclude(cols) => format!(
+            "(pg_catalog.to_jsonb({row}) OPERATOR(pg_catalog.-) ARRAY[{}]::text[])",
+            cols.iter()
+                .map(Ident::literal)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// The key object of `row`: `{"id": row.id}`.
+pub(super) fn key_json(spec: &TriggerSpec, row: &str) -> String {
+    json_object(row, spec.primary_key())
+}
+
+/// The log's `record_key` of the key object `record_pk`, for the table the trigger fires on.
+pub(super) fn record_key(record_pk: &str) -> String {
+    record_key_expr("TG_TABLE_SCHEMA", "TG_TABLE_NAME", record_pk)
+}
+
+/// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
+/// [`crate::Condition`] for INSERT and DELETE); `None` without a condition, and for TRUNCATE.
+pub(super) fn condition_for(
+    spec: &TriggerSpec,
+    op: Operation,
+    new: &str,
+    old: &str,
+) -> Option<String> {
+    let condition = spec.condition()?;
+    let (new, old) = match op {
+        Operation::Insert => (new, new),
+        Operation::Delete => (old, old),
+        Operation::Update => (new, old),
+        Operation::Truncate => return None,
+    };
+    Some(condition.render(|row| match row {
+        RowRef::New => new.to_owned(),
+        RowRef::Old => old.to_owned(),
+    }))
+}
+
+/// The tracked columns' byte images differ between `OLD` and `NEW`: a filter that works for
+/// every type, including those without `=` (json, point, ...).
+pub(super) fn tracked_changed(cols: &[Ident]) -> String {
+    let list = |row: &str| {
+        cols.iter()
+            .map(|c| format!("{row}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "pg_catalog.record_image_ne(ROW({}), ROW({}))",
+        list("OLD"),
+        list("NEW")
+    )
+}
+
+fn json_object(row: &str, columns: &[Ident]) -> String {
+    let args: Vec<String> = columns
+        .iter()
+        .map(|c| format!("{}, {row}.{c}", c.literal()))
+        .collect();
+    format!("pg_catalog.jsonb_build_object({})", args.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::QualifiedName;
+
+    #[test]
+    fn excluded_columns_are_removed_before_anything_is_stored() {
+        let spec = TriggerSpec::builder(QualifiedName::parse("public.users").unwrap())
+            .exclude_fields(["password_hash"])
+            .build()
+            .unwrap();
+        assert_eq!(
+            values_json(&spec, "NEW"),
+            "(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) ARRAY['password_hash']::text[])"
+        );
+    }
+}
