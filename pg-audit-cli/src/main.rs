@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod admin;
+mod options;
 mod output;
 mod sql;
 
@@ -42,21 +43,21 @@ enum Command {
         #[arg(long, value_name = "ID")]
         before: Option<i64>,
         #[command(flatten)]
-        db: admin::Db,
+        db: options::Db,
     },
     /// Everything one transaction changed, in order.
     Tx {
         /// The transaction id (the log's `txid`).
         txid: i64,
         #[command(flatten)]
-        db: admin::Db,
+        db: options::Db,
     },
     /// List, create ahead, and prune the log's partitions.
     #[command(subcommand)]
     Partitions(admin::PartitionsCommand),
     /// Compare the installed triggers with what was recorded at install: a trigger missing,
     /// disabled or edited, an audited column dropped. Exits 1 on drift.
-    Check(#[command(flatten)] admin::Db),
+    Check(#[command(flatten)] options::Db),
 }
 
 fn main() -> ExitCode {
@@ -81,7 +82,14 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // The error and its causes, each printed once (as `anyhow`'s `{:#}` does).
+            let mut message = format!("error: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("{message}");
             ExitCode::from(2)
         }
     }

@@ -1,9 +1,9 @@
 //! `pg-audit sql ...`: print installation SQL.
 
 use clap::{Args, Subcommand};
-use pg_audit::{
-    AuditLog, Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec,
-};
+use pg_audit::{Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec};
+
+use crate::options::LogArgs;
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SqlCommand {
@@ -28,16 +28,6 @@ pub(crate) struct GrantArgs {
     /// The role to grant read access to, exactly as named in PostgreSQL.
     #[arg(long, value_name = "ROLE")]
     role: String,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct LogArgs {
-    /// Schema of the audit log.
-    #[arg(long = "schema", value_name = "SCHEMA", default_value = pg_audit::sql::log::DEFAULT_SCHEMA)]
-    schema: String,
-    /// Name of the audit log table.
-    #[arg(long = "name", value_name = "NAME", default_value = pg_audit::sql::log::DEFAULT_TABLE)]
-    name: String,
 }
 
 #[derive(Debug, Args)]
@@ -100,12 +90,8 @@ pub(crate) struct TriggerArgs {
     /// call per statement over transition tables.
     #[arg(long, value_name = "LEVEL", default_value = "auto")]
     level: TriggerLevel,
-    /// Schema of the audit log the triggers write to.
-    #[arg(long, value_name = "SCHEMA", default_value = pg_audit::sql::log::DEFAULT_SCHEMA)]
-    log_schema: String,
-    /// Name of the audit log the triggers write to.
-    #[arg(long, value_name = "NAME", default_value = pg_audit::sql::log::DEFAULT_TABLE)]
-    log_name: String,
+    #[command(flatten)]
+    log: LogArgs,
     /// Print SQL that removes the triggers instead (the log keeps its rows).
     #[arg(long)]
     uninstall: bool,
@@ -113,14 +99,18 @@ pub(crate) struct TriggerArgs {
 
 pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
     let sql = match cmd {
-        SqlCommand::Table(args) => AuditLog::named(&args.log.schema, &args.log.name)?
+        SqlCommand::Table(args) => args
+            .log
+            .log()?
             .period(args.period)
             .premake(args.premake)
             .create_sql(),
-        SqlCommand::Grant(args) => AuditLog::named(&args.log.schema, &args.log.name)?
+        SqlCommand::Grant(args) => args
+            .log
+            .log()?
             .grant_read_sql(&Ident::with_kind(args.role.as_str(), "role")?),
         SqlCommand::Trigger(args) => {
-            let log = AuditLog::named(&args.log_schema, &args.log_name)?;
+            let log = args.log.log()?;
             let table = match &args.table_schema {
                 Some(schema) => QualifiedName::new(
                     Some(Ident::with_kind(schema.as_str(), "schema")?),

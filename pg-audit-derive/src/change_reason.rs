@@ -42,11 +42,11 @@ fn expand(reason: &LitStr, mut function: ItemFn) -> TokenStream {
     let body = if function.sig.asyncness.is_some() {
         // The reason is installed around every poll, so it survives `.await`.
         quote!({
-            ::pg_audit_diesel::audit_context::scope_change_reason(#reason, async move #block).await
+            ::pg_audit_diesel::ambient::scope_change_reason(#reason, async move #block).await
         })
     } else {
         quote!({
-            let __pg_audit_change_reason = ::pg_audit_diesel::audit_context::use_change_reason(#reason);
+            let __pg_audit_change_reason = ::pg_audit_diesel::ambient::use_change_reason(#reason);
             #block
         })
     };

@@ -20,7 +20,7 @@ pub fn pg_audit(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 /// Runs a function's body with an ambient change reason. See
-/// `pg_audit_diesel::audit_context` for the reference.
+/// `pg_audit_diesel::ambient` for the reference.
 #[proc_macro_attribute]
 pub fn with_change_reason(args: TokenStream, input: TokenStream) -> TokenStream {
     change_reason::with_change_reason_inner(args.into(), input.into()).into()

@@ -39,7 +39,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PoolError};
 use diesel_migrations::MigrationHarness;
 use pg_audit_diesel::log::{AuditEntry, AuditReader, Page};
 use pg_audit_diesel::web::{AuditLayer, IpNet};
-use pg_audit_diesel::{AuditConnectionExt, Audited, audit_context, pg_audit, utc_string};
+use pg_audit_diesel::{AuditConnectionExt, Audited, ambient, pg_audit, utc_string};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -187,7 +187,7 @@ async fn db<T: Send + 'static>(
     f: impl FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
 ) -> Result<T, AppError> {
     let pool = pool.clone();
-    audit_context::spawn_blocking(move || f(&mut *pool.get()?))
+    ambient::spawn_blocking(move || f(&mut *pool.get()?))
         .await
         .map_err(|e| AppError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
 }

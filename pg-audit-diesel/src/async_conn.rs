@@ -10,8 +10,9 @@
 //! .await?;
 //! ```
 //!
-//! They behave as [`crate::AuditConnectionExt`]'s: the context goes with `BEGIN` in one round
-//! trip, nesting opens a savepoint, and the ambient context ([`crate::audit_context`]) of the
+//! They drive the same protocol as [`crate::AuditConnectionExt`]'s ([`crate::transaction`]):
+//! the context goes with `BEGIN` in one round trip, nesting opens a savepoint, and the ambient
+//! context ([`crate::ambient`]) of the
 //! task is merged in, so `#[with_change_reason]` on an `async fn` applies to the transactions
 //! it opens with these helpers.
 
@@ -23,9 +24,9 @@ use diesel_async::{
     TransactionManager,
 };
 
-use crate::audit_context;
-use crate::connection::{Settings, begin_sql, invalid, restore_sql};
+use crate::ambient;
 use crate::context::AuditContext;
+use crate::transaction::{Savepoint, Setting, begin_sql, outcome, read_setting_query};
 
 /// An async closure taking the connection, whose future can be required to be `Send`
 /// (`AsyncFnOnce` alone cannot say so on stable Rust; diesel-async uses the same device).
@@ -98,16 +99,15 @@ impl AsyncAuditConnectionExt for AsyncPgConnection {
         let ctx = ctx.clone();
         async move {
             // Read when first polled: inside the caller's scope.
-            let top = audit_context::current().merged(&ctx);
-            top.validate().map_err(invalid)?;
-            match AnsiTransactionManager::begin_transaction_sql(self, &begin_sql(&top)).await {
+            let top = ambient::current().merged(&ctx);
+            match AnsiTransactionManager::begin_transaction_sql(self, &begin_sql(&top)?).await {
                 Ok(()) => {
                     let result = f(&mut *self).await;
                     finish(self, result).await
                 }
                 Err(Error::AlreadyInTransaction) => {
                     AnsiTransactionManager::begin_transaction(self).await?;
-                    let result = nested(self, &ctx, f).await;
+                    let result = in_savepoint(self, &ctx, f).await;
                     finish(self, result).await
                 }
                 Err(e) => Err(e.into()),
@@ -116,39 +116,41 @@ impl AsyncAuditConnectionExt for AsyncPgConnection {
     }
 }
 
-/// Inside a savepoint: nest `ctx` in the context in force, run `f`, restore.
-async fn nested<R, E, F>(conn: &mut AsyncPgConnection, ctx: &AuditContext, f: F) -> Result<R, E>
+/// Inside a savepoint: nest `ctx` in the context in force, run `f`, put the outer one back.
+async fn in_savepoint<R, E, F>(
+    conn: &mut AsyncPgConnection,
+    ctx: &AuditContext,
+    f: F,
+) -> Result<R, E>
 where
     for<'r> F: AuditFn<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>,
     E: From<Error>,
 {
-    let outer = Settings::query()
-        .get_result::<Settings>(conn)
+    let outer = read_setting_query()
+        .get_result::<Setting>(conn)
         .await?
         .into_value();
     let inner = AuditContext::from_setting(outer.as_deref()).merged(ctx);
-    inner.validate().map_err(invalid)?;
-    conn.batch_execute(&inner.set_sql(true).expect("all fields"))
-        .await?;
+    let (savepoint, set) = Savepoint::enter(outer, &inner)?;
+    if let Some(set) = set {
+        conn.batch_execute(&set).await?;
+    }
     let value = f(&mut *conn).await?;
-    conn.batch_execute(&restore_sql(&outer)).await?;
+    if let Some(restore) = savepoint.leave() {
+        conn.batch_execute(&restore).await?;
+    }
     Ok(value)
 }
 
-/// Commits on success, rolls back on failure (keeping the caller's error), as diesel-async's
-/// own transaction helper does.
+/// Commits when `result` is `Ok`, rolls back otherwise: the async driver of
+/// [`crate::transaction`]'s last step.
 async fn finish<R, E: From<Error>>(
     conn: &mut AsyncPgConnection,
     result: Result<R, E>,
 ) -> Result<R, E> {
-    match result {
-        Ok(value) => {
-            AnsiTransactionManager::commit_transaction(conn).await?;
-            Ok(value)
-        }
-        Err(user_error) => match AnsiTransactionManager::rollback_transaction(conn).await {
-            Ok(()) | Err(Error::BrokenTransactionManager) => Err(user_error),
-            Err(rollback_error) => Err(rollback_error.into()),
-        },
-    }
+    let end = match result {
+        Ok(_) => AnsiTransactionManager::commit_transaction(conn).await,
+        Err(_) => AnsiTransactionManager::rollback_transaction(conn).await,
+    };
+    outcome(result, end)
 }

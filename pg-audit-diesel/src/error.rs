@@ -1,6 +1,10 @@
 use std::fmt;
 
 /// What went wrong auditing models, naming the model or table concerned and the fix.
+///
+/// Each variant prints its cause once: a configuration mistake is part of the message (it is
+/// the message), a database error is passed through as it is (`source()` goes on to its own
+/// cause), so `anyhow`'s `{:#}` reads cleanly.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -23,7 +27,7 @@ pub enum Error {
         /// The other.
         second: &'static str,
     },
-    /// A database error.
+    /// A database error, displayed as it is.
     Database(diesel::result::Error),
     /// A key given for a model does not fit its primary key.
     BadKey {
@@ -94,8 +98,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Config { source, .. } => Some(source),
-            Error::Database(e) => Some(e),
+            // Transparent: the message is the database error's own, so its cause comes next.
+            Error::Database(e) => e.source(),
+            // `Config` prints its configuration error in its message.
             _ => None,
         }
     }
@@ -104,5 +109,94 @@ impl std::error::Error for Error {
 impl From<diesel::result::Error> for Error {
     fn from(e: diesel::result::Error) -> Self {
         Error::Database(e)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// An error and its causes as `anyhow`'s `{:#}` prints them, one message per cause.
+    pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+        let mut messages = vec![e.to_string()];
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            messages.push(c.to_string());
+            cause = c.source();
+        }
+        messages
+    }
+
+    /// No message of the chain repeats a later one.
+    pub(crate) fn assert_prints_once(e: &(dyn std::error::Error + 'static)) {
+        let messages = chain(e);
+        for (i, outer) in messages.iter().enumerate() {
+            for inner in &messages[i + 1..] {
+                assert!(
+                    !outer.contains(inner.as_str()),
+                    "`{inner}` is printed twice in {messages:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_error_prints_its_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such thing");
+        let errors: Vec<Box<dyn std::error::Error>> = vec![
+            Box::new(Error::Config {
+                model: "User",
+                source: pg_audit::Error::TrackOnlyWithExclude,
+            }),
+            Box::new(Error::NoModels),
+            Box::new(Error::SameTable {
+                table: "users".into(),
+                first: "A",
+                second: "B",
+            }),
+            Box::new(Error::Database(diesel::result::Error::NotFound)),
+            Box::new(Error::Database(
+                diesel::result::Error::DeserializationError(Box::new(io)),
+            )),
+            Box::new(Error::BadKey {
+                model: "User",
+                problem: "two values".into(),
+            }),
+            Box::new(Error::NotInHistory {
+                entry: 1,
+                key: serde_json::json!({"id": 1}),
+            }),
+            Box::new(Error::NotDeleted {
+                key: serde_json::json!({"id": 1}),
+            }),
+            Box::new(Error::Rendering {
+                model: "User",
+                sql: "x".into(),
+            }),
+            Box::new(crate::WriteError::Models(Error::Config {
+                model: "User",
+                source: pg_audit::Error::NoOperations,
+            })),
+            Box::new(crate::WriteError::Io {
+                path: "migrations".into(),
+                source: std::io::Error::other("disk full"),
+            }),
+            Box::new(crate::InvalidContext {
+                field: "user_id",
+                problem: "is too long".into(),
+            }),
+        ];
+        for e in &errors {
+            assert_prints_once(e.as_ref());
+        }
+        assert_eq!(
+            chain(errors[3].as_ref()),
+            ["Record not found"],
+            "a database error reads as itself"
+        );
+        assert_eq!(
+            chain(errors[10].as_ref()),
+            ["cannot write migrations", "disk full"]
+        );
     }
 }

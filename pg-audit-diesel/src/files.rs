@@ -111,7 +111,7 @@ fn timestamp(secs: u64) -> String {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum WriteError {
-    /// The models' configuration.
+    /// The models' configuration, displayed as it is.
     Models(crate::Error),
     /// A file or directory.
     Io {
@@ -141,9 +141,7 @@ impl std::fmt::Display for WriteError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WriteError::Models(e) => e.fmt(f),
-            WriteError::Io { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
-            }
+            WriteError::Io { path, .. } => write!(f, "cannot write {}", path.display()),
         }
     }
 }
@@ -151,7 +149,8 @@ impl std::fmt::Display for WriteError {
 impl std::error::Error for WriteError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            WriteError::Models(e) => Some(e),
+            // Transparent: the message is the configuration error's own.
+            WriteError::Models(e) => e.source(),
             WriteError::Io { source, .. } => Some(source),
         }
     }

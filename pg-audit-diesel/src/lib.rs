@@ -65,7 +65,7 @@
 //!
 //! # Features
 //!
-//! - `tokio`: `audit_context::spawn` and `spawn_blocking`, which carry the ambient context
+//! - `tokio`: `ambient::spawn` and `spawn_blocking`, which carry the ambient context
 //!   into new tasks and threads.
 //! - `async`: the helpers on diesel-async's `AsyncPgConnection` (`AsyncAuditConnectionExt`).
 //! - `connection-wrapper` (and `r2d2` for pools): `AuditedConnection`.
@@ -75,18 +75,20 @@
 //! The log itself is read with [`log::AuditReader`].
 #![warn(missing_docs)]
 
+pub mod ambient;
 #[cfg(feature = "async")]
 mod async_conn;
-pub mod audit_context;
-mod connection;
 mod context;
 mod error;
 mod files;
+mod key;
 pub mod log;
 mod migration;
 mod model;
 mod names;
+mod sync_conn;
 mod time;
+mod transaction;
 #[cfg(feature = "tower")]
 pub mod web;
 #[cfg(feature = "connection-wrapper")]
@@ -97,7 +99,6 @@ pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]
 pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
-pub use connection::AuditConnectionExt;
 pub use context::{AuditContext, InvalidContext, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};
@@ -105,6 +106,7 @@ pub use migration::{
     AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
 };
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+pub use sync_conn::AuditConnectionExt;
 pub use time::utc_string;
 #[cfg(feature = "connection-wrapper")]
 pub use wrapper::AuditedConnection;

@@ -26,10 +26,13 @@ use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
 use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
 use serde_json::{Map, Value};
 
 use crate::{AuditConnectionExt, AuditContext, Audited, Error};
+
+pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
 
 /// The `table!` of the default audit log, `audit.auditlog`.
 pub mod schema {
@@ -251,9 +254,6 @@ pub struct AuditReader {
     log: AuditLog,
 }
 
-const COLUMNS: &str = "l.id, l.changed_at, l.tx_started_at, l.txid, l.operation, l.schema_name, l.table_name, \
-                       l.record_pk, l.old_values, l.new_values, l.db_user, l.context";
-
 impl AuditReader {
     /// A reader of `audit.auditlog`.
     pub fn new() -> Self {
@@ -299,21 +299,76 @@ impl AuditReader {
     /// (text, NULL for the search path's), `$2` the table, `$3` the key object (jsonb), `$4`
     /// the id to page before (bigint, NULL for the first page), `$5` the limit.
     pub fn history_sql(&self) -> String {
-        format!(
-            "SELECT {COLUMNS} FROM {log} AS l, ({resolve}) AS r
-              WHERE {record} AND ($4::bigint IS NULL OR l.id < $4)
+        self.record_sql(
+            "($4::bigint IS NULL OR l.id < $4)
               ORDER BY l.changed_at DESC, l.id DESC
               LIMIT $5",
-            log = self.log.table(),
-            resolve = RESOLVE_TABLE,
-            record = RECORD_MATCH,
         )
+    }
+
+    /// Entries of one record: parameters `$1` the schema (text, NULL for the search path's),
+    /// `$2` the table, `$3` the key object (jsonb); `rest` continues the `WHERE` clause with
+    /// parameters from `$4` on. Goes through the log's `record_key` index.
+    fn record_sql(&self, rest: &str) -> String {
+        format!(
+            "SELECT {columns} FROM {log} AS l, ({RESOLVE_TABLE}) AS r
+              WHERE l.record_key = {key}
+                AND l.schema_name = r.schema_name AND l.table_name = r.table_name AND l.record_pk = $3::jsonb
+                AND {rest}",
+            columns = entry_select_list("l"),
+            log = self.log.table(),
+            key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb"),
+        )
+    }
+
+    /// One entry of the record of `table` whose key is `key`, or `None` when `entry` is not in
+    /// its history.
+    fn entry_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        entry: i64,
+    ) -> QueryResult<Option<AuditEntry>> {
+        diesel::sql_query(self.record_sql("l.id = $4"))
+            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+            .bind::<Text, _>(table.name.as_str())
+            .bind::<Jsonb, _>(key)
+            .bind::<BigInt, _>(entry)
+            .get_result(conn)
+            .optional()
+    }
+
+    /// The key columns recorded at install for each audited table named `table` (one entry
+    /// per schema when `table` is unqualified and several schemas have one), in key order.
+    pub fn recorded_keys(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+    ) -> Result<Vec<Vec<String>>, Error> {
+        #[derive(QueryableByName)]
+        struct Key {
+            #[diesel(sql_type = Jsonb)]
+            primary_key: Value,
+        }
+        let keys: Vec<Key> = diesel::sql_query(self.log.recorded_key_sql())
+            .bind::<Text, _>(table.name.as_str())
+            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+            .load(conn)?;
+        keys.into_iter()
+            .map(|k| {
+                serde_json::from_value(k.primary_key).map_err(|e| {
+                    Error::Database(diesel::result::Error::DeserializationError(Box::new(e)))
+                })
+            })
+            .collect()
     }
 
     /// Everything one transaction did, in order.
     pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
         diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM {} AS l WHERE l.txid = $1 ORDER BY l.id",
+            "SELECT {} FROM {} AS l WHERE l.txid = $1 ORDER BY l.id",
+            entry_select_list("l"),
             self.log.table()
         ))
         .bind::<BigInt, _>(txid)
@@ -349,11 +404,12 @@ impl AuditReader {
     ) -> QueryResult<Vec<AuditEntry>> {
         // The time range prunes partitions and uses the BRIN index; give one on large logs.
         diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM {} AS l
+            "SELECT {} FROM {} AS l
               WHERE l.context ->> $1 = $2
                 AND ($3::timestamptz IS NULL OR l.changed_at >= $3)
                 AND ($4::timestamptz IS NULL OR l.changed_at < $4)
               ORDER BY l.id",
+            entry_select_list("l"),
             self.log.table()
         ))
         .bind::<Text, _>(field)
@@ -383,14 +439,10 @@ impl AuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
-        let last: Vec<AuditEntry> = diesel::sql_query(format!(
-            "SELECT {COLUMNS} FROM {log} AS l, ({resolve}) AS r
-              WHERE {record} AND l.changed_at <= $4
+        let last: Vec<AuditEntry> = diesel::sql_query(self.record_sql(
+            "l.changed_at <= $4
               ORDER BY l.changed_at DESC, l.id DESC
               LIMIT 1",
-            log = self.log.table(),
-            resolve = RESOLVE_TABLE,
-            record = RECORD_MATCH,
         ))
         .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
         .bind::<Text, _>(table.name.as_str())
@@ -432,17 +484,7 @@ impl AuditReader {
     ) -> Result<(), Error> {
         let (table, key) = model_key::<T>(key)?;
         let target = self
-            .history_of(
-                conn,
-                &table,
-                &key,
-                Page {
-                    limit: i64::MAX,
-                    before: None,
-                },
-            )?
-            .into_iter()
-            .find(|e| e.id == entry)
+            .entry_of(conn, &table, &key, entry)?
             .ok_or(Error::NotInHistory {
                 entry,
                 key: key.clone(),
@@ -477,36 +519,28 @@ const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
                   pg_catalog.current_schema()::text) AS schema_name,
               $2::text AS table_name";
 
-/// The rows of one record (key in $3), through the `record_key` hash index.
-const RECORD_MATCH: &str = "l.record_key = pg_catalog.jsonb_hash_extended($3::jsonb, pg_catalog.hashtext(r.schema_name || '.' || r.table_name))
-                AND l.schema_name = r.schema_name AND l.table_name = r.table_name AND l.record_pk = $3::jsonb";
-
 /// The model's table and the key object for `key`.
 fn model_key<T: Audited>(key: impl serde::Serialize) -> Result<(QualifiedName, Value), Error> {
     let spec = T::trigger_spec()?;
-    let columns: Vec<&str> = spec.primary_key().iter().map(Ident::as_str).collect();
-    let value = serde_json::to_value(key).map_err(|e| Error::BadKey {
+    let columns: Vec<String> = spec
+        .primary_key()
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    let bad_key = |problem: String| Error::BadKey {
         model: T::MODEL,
-        problem: e.to_string(),
-    })?;
-    let values = match value {
-        Value::Array(values) if columns.len() > 1 => values,
-        Value::Object(object) => return Ok((spec.table().clone(), Value::Object(object))),
-        value => vec![value],
+        problem,
     };
-    if values.len() != columns.len() {
-        return Err(Error::BadKey {
-            model: T::MODEL,
-            problem: format!(
-                "the key has {} columns ({}), {} values were given",
-                columns.len(),
-                columns.join(", "),
-                values.len()
-            ),
-        });
-    }
-    let object = columns.iter().map(|c| c.to_string()).zip(values).collect();
-    Ok((spec.table().clone(), Value::Object(object)))
+    let value = serde_json::to_value(key).map_err(|e| bad_key(e.to_string()))?;
+    let key = key_object(&columns, value).map_err(|m| {
+        bad_key(format!(
+            "the key has {} columns ({}), {} values were given",
+            m.columns.len(),
+            m.columns.join(", "),
+            m.given
+        ))
+    })?;
+    Ok((spec.table().clone(), key))
 }
 
 /// Makes the record with `key` equal to `target` (`None`: absent) through ordinary audited
@@ -598,4 +632,91 @@ fn apply(
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+    use diesel::{Column, Expression, QueryDsl};
+    use pg_audit::LOG_COLUMNS;
+
+    use super::schema::auditlog;
+
+    /// A Diesel SQL type as the engine names it.
+    trait SqlName {
+        const NAME: &'static str;
+        const NULLABLE: bool = false;
+    }
+    impl SqlName for BigInt {
+        const NAME: &'static str = "bigint";
+    }
+    impl SqlName for Timestamptz {
+        const NAME: &'static str = "timestamptz";
+    }
+    impl SqlName for Text {
+        const NAME: &'static str = "text";
+    }
+    impl SqlName for Jsonb {
+        const NAME: &'static str = "jsonb";
+    }
+    impl SqlName for Json {
+        const NAME: &'static str = "json";
+    }
+    impl<T: SqlName> SqlName for Nullable<T> {
+        const NAME: &'static str = T::NAME;
+        const NULLABLE: bool = true;
+    }
+
+    macro_rules! described {
+        ($($column:ident),* $(,)?) => {
+            vec![$((
+                <auditlog::$column as Column>::NAME,
+                <<auditlog::$column as Expression>::SqlType as SqlName>::NAME,
+                <<auditlog::$column as Expression>::SqlType as SqlName>::NULLABLE,
+            )),*]
+        };
+    }
+
+    #[test]
+    fn the_table_macro_matches_the_engines_log() {
+        let engine: Vec<(&str, &str, bool)> = LOG_COLUMNS
+            .iter()
+            .map(|c| (c.name, c.sql_type, c.nullable))
+            .collect();
+        let diesel = described!(
+            id,
+            changed_at,
+            tx_started_at,
+            txid,
+            operation,
+            schema_name,
+            table_name,
+            record_key,
+            record_pk,
+            old_values,
+            new_values,
+            db_user,
+            context,
+        );
+        let sorted = |mut v: Vec<(&'static str, &'static str, bool)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(diesel), sorted(engine.clone()), "columns and types");
+        // The order too: `SELECT *` through the table! reads columns in table order.
+        let query = diesel::debug_query::<diesel::pg::Pg, _>(
+            &auditlog::table.select(auditlog::all_columns),
+        )
+        .to_string();
+        let names: Vec<&str> = engine.iter().map(|c| c.0).collect();
+        let listed: Vec<&str> = query
+            .split(" FROM ")
+            .next()
+            .unwrap()
+            .trim_start_matches("SELECT ")
+            .split(", ")
+            .map(|c| c.rsplit('.').next().unwrap().trim_matches('"'))
+            .collect();
+        assert_eq!(listed, names);
+    }
 }

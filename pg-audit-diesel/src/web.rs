@@ -42,7 +42,7 @@
 //!
 //! Writes made in the handler carry the context, one line each:
 //!
-//! - sync Diesel on a blocking thread: [`crate::audit_context::spawn_blocking`] (feature
+//! - sync Diesel on a blocking thread: [`crate::ambient::spawn_blocking`] (feature
 //!   `tokio`) instead of `tokio::task::spawn_blocking`, then `conn.audited_transaction(..)` or
 //!   `conn.with_change_reason(..)`;
 //! - [`crate::AuditedConnection`] from a pool: the same `spawn_blocking`, then plain Diesel;
@@ -61,7 +61,7 @@ use http::{Request, Response};
 use serde_json::json;
 
 use crate::AuditContext;
-use crate::audit_context::Scoped;
+use crate::ambient::Scoped;
 
 /// An IP network, for [`AuditLayer::trusted_proxies`]: `"10.0.0.0/8".parse()?`.
 pub use ipnet::IpNet;
@@ -123,7 +123,7 @@ impl AuditLayer {
 
     /// The user id of a request, from its head: typically an extension an authentication
     /// layer (placed outside this one) inserted. A user known only inside the handler is set
-    /// there: `audit_context::current().user_id(id).scope(async { .. })`.
+    /// there: `ambient::current().user_id(id).scope(async { .. })`.
     pub fn user_id(
         mut self,
         f: impl Fn(&http::request::Parts) -> Option<String> + Send + Sync + 'static,

@@ -7,15 +7,16 @@
 //! which turns that on; it is built and tested against **Diesel 2.3.14**, and pg-audit-diesel
 //! accepts only Diesel 2.3 (`>=2.3.14, <2.4`). Applications enabling it should pin Diesel to
 //! the same version (`diesel = "=2.3.14"`). Everything else in pg-audit-diesel — the helpers of
-//! [`crate::AuditConnectionExt`], the guards and scopes of [`crate::audit_context`], the
+//! [`crate::AuditConnectionExt`], the guards and scopes of [`crate::ambient`], the
 //! migrations — works on plain `PgConnection` without this feature.
 //!
 //! What it does:
 //! - a transaction it opens (`conn.transaction(...)`, `build_transaction()`, and any helper
-//!   that opens one) sends the ambient context ([`crate::audit_context::current`]) with
+//!   that opens one) sends the ambient context ([`crate::ambient::current`]) with
 //!   `BEGIN`, in the same round trip;
 //! - a savepoint opened while the ambient context differs from the one in force sets the new
 //!   context, and restores the outer one when it is released (a rollback restores it anyway);
+//!   this is [`crate::transaction`]'s protocol, shared with the helpers;
 //! - a statement run outside any transaction while an ambient context is set runs in a
 //!   transaction of its own carrying it: `BEGIN` + context, the statement, `COMMIT` — two
 //!   round trips more than the bare statement. With no ambient context, statements run as on a
@@ -32,17 +33,25 @@ use diesel::pg::{GetPgMetadataCache, Pg, PgConnection, PgMetadataCache};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::{ConnectionResult, QueryResult};
 
-use crate::audit_context;
-use crate::connection::{begin_sql, invalid};
+use crate::ambient;
 use crate::context::AuditContext;
+use crate::transaction::{Savepoint, begin_sql, finish};
 
 /// A `PgConnection` that carries the ambient audit context (see the module documentation).
 /// Usable wherever Diesel takes a connection, including an r2d2
 /// `Pool<ConnectionManager<AuditedConnection>>` (with the `r2d2` feature).
 pub struct AuditedConnection {
     inner: PgConnection,
-    /// The context in force at each open transaction level, outermost first.
-    levels: Vec<AuditContext>,
+    /// Each open transaction level, outermost first.
+    levels: Vec<Level>,
+}
+
+/// One open transaction level: the context in force in it, and for a savepoint what to put
+/// back when it is released.
+#[derive(Debug)]
+struct Level {
+    ctx: AuditContext,
+    savepoint: Option<Savepoint>,
 }
 
 impl std::fmt::Debug for AuditedConnection {
@@ -83,13 +92,13 @@ impl AuditedConnection {
     /// Runs `op` on the inner connection, in a transaction carrying the ambient context when
     /// there is one and no transaction is open.
     fn write<T>(&mut self, op: impl FnOnce(&mut PgConnection) -> QueryResult<T>) -> QueryResult<T> {
-        let ctx = audit_context::current();
+        let ctx = ambient::current();
         if ctx.is_empty() || self.in_transaction()? {
             return op(&mut self.inner);
         }
-        ctx.validate().map_err(invalid)?;
-        AnsiTransactionManager::begin_transaction_sql(&mut self.inner, &begin_sql(&ctx))?;
-        crate::connection::finish_transaction(&mut self.inner, op)
+        AnsiTransactionManager::begin_transaction_sql(&mut self.inner, &begin_sql(&ctx)?)?;
+        let result = op(&mut self.inner);
+        finish(&mut self.inner, result)
     }
 }
 
@@ -183,7 +192,7 @@ impl crate::AuditConnectionExt for AuditedConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let _guard = audit_context::use_context(ctx);
+        let _guard = ambient::use_context(ctx);
         self.transaction(f)
     }
 }
@@ -197,19 +206,26 @@ impl TransactionManager<AuditedConnection> for AuditedTransactionManager {
     type TransactionStateData = AnsiTransactionManager;
 
     fn begin_transaction(conn: &mut AuditedConnection) -> QueryResult<()> {
-        let ctx = audit_context::current();
-        ctx.validate().map_err(invalid)?;
-        if !conn.in_transaction()? {
-            AnsiTransactionManager::begin_transaction_sql(&mut conn.inner, &begin_sql(&ctx))?;
+        let ctx = ambient::current();
+        let savepoint = if !conn.in_transaction()? {
+            AnsiTransactionManager::begin_transaction_sql(&mut conn.inner, &begin_sql(&ctx)?)?;
             conn.levels.clear();
+            None
         } else {
             AnsiTransactionManager::begin_transaction(&mut conn.inner)?;
-            if conn.levels.last() != Some(&ctx) {
-                conn.inner
-                    .batch_execute(&ctx.set_sql(true).expect("all fields"))?;
+            // The context in force is known: the one this connection set at the level below.
+            let outer = conn
+                .levels
+                .last()
+                .and_then(|level| level.ctx.to_json())
+                .map(|json| json.to_string());
+            let (savepoint, set) = Savepoint::enter(outer, &ctx)?;
+            if let Some(set) = set {
+                conn.inner.batch_execute(&set)?;
             }
-        }
-        conn.levels.push(ctx);
+            Some(savepoint)
+        };
+        conn.levels.push(Level { ctx, savepoint });
         Ok(())
     }
 
@@ -220,12 +236,12 @@ impl TransactionManager<AuditedConnection> for AuditedTransactionManager {
     }
 
     fn commit_transaction(conn: &mut AuditedConnection) -> QueryResult<()> {
-        let inner_ctx = conn.levels.pop();
-        if let (Some(inner_ctx), Some(outer)) = (&inner_ctx, conn.levels.last())
-            && inner_ctx != outer
+        if let Some(restore) = conn
+            .levels
+            .pop()
+            .and_then(|level| level.savepoint)
+            .and_then(Savepoint::leave)
         {
-            // Releasing a savepoint keeps its settings: put the outer context back.
-            let restore = outer.set_sql(true).expect("all fields");
             conn.inner.batch_execute(&restore)?;
         }
         AnsiTransactionManager::commit_transaction(&mut conn.inner)

@@ -4,7 +4,7 @@
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use pg_audit::AuditLog;
-use pg_audit_diesel::{AuditConnectionExt, AuditContext, audit_context, with_change_reason};
+use pg_audit_diesel::{AuditConnectionExt, AuditContext, ambient, with_change_reason};
 use pg_audit_tests::{TestDb, audit_rows, audited_items};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -47,16 +47,16 @@ async fn cleanup(pool: PgPool) -> Result<(), Box<dyn std::error::Error + Send + 
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let p = pool.clone();
     // Blocking work gets the context only when it is passed on.
-    audit_context::spawn_blocking(move || insert(&p, "spawn_blocking helper")).await??;
+    ambient::spawn_blocking(move || insert(&p, "spawn_blocking helper")).await??;
     let p = pool.clone();
     tokio::task::spawn_blocking(move || insert(&p, "plain spawn_blocking")).await??;
     let p = pool.clone();
-    audit_context::spawn(async move {
-        audit_context::spawn_blocking(move || insert(&p, "spawn helper")).await
-    })
+    ambient::spawn(
+        async move { ambient::spawn_blocking(move || insert(&p, "spawn helper")).await },
+    )
     .await???;
     let p = pool.clone();
-    let ctx = audit_context::current();
+    let ctx = ambient::current();
     tokio::task::spawn_blocking(move || ctx.enter(|| insert(&p, "entered by hand"))).await??;
     Ok(())
 }
@@ -129,12 +129,10 @@ fn concurrent_tasks_never_see_each_others_context() {
                             for step in 0..3 {
                                 tokio::task::yield_now().await;
                                 let p = pool.clone();
-                                audit_context::spawn_blocking(move || {
-                                    insert(&p, &format!("{i}-{step}"))
-                                })
-                                .await
-                                .unwrap()
-                                .unwrap();
+                                ambient::spawn_blocking(move || insert(&p, &format!("{i}-{step}")))
+                                    .await
+                                    .unwrap()
+                                    .unwrap();
                             }
                         },
                     ))

@@ -8,9 +8,7 @@ use diesel::connection::InstrumentationEvent;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use pg_audit::AuditLog;
-use pg_audit_diesel::{
-    AuditConnectionExt, AuditContext, InvalidContext, MAX_VALUE_LEN, audit_context,
-};
+use pg_audit_diesel::{AuditConnectionExt, AuditContext, InvalidContext, MAX_VALUE_LEN, ambient};
 use pg_audit_tests::{TestDb, audit_rows, audited_items, value};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
@@ -144,8 +142,8 @@ fn a_helper_inside_a_plain_transaction_keeps_what_was_set_there() {
 fn ambient_context_from_guards_is_carried_by_audited_transactions() {
     let (_db, mut conn, log) = setup("ctx_ambient");
     {
-        let _guard = audit_context::use_change_reason("Bulk update for compliance");
-        let _user = audit_context::use_context(&AuditContext::new().user_id("batch"));
+        let _guard = ambient::use_change_reason("Bulk update for compliance");
+        let _user = ambient::use_context(&AuditContext::new().user_id("batch"));
         conn.audited_transaction(|conn| insert(conn, "a")).unwrap();
         conn.with_change_reason("row 2", |conn| insert(conn, "b"))
             .unwrap();

@@ -15,7 +15,7 @@ use diesel_migrations::MigrationHarness;
 use pg_audit_diesel::web::AuditLayer;
 use pg_audit_diesel::{
     AsyncAuditConnectionExt, AuditConnectionExt, AuditMigrations, AuditedConnection, ModelSet,
-    audit_context, pg_audit,
+    ambient, pg_audit,
 };
 use pg_audit_tests::http::{self, request};
 use pg_audit_tests::{TestDb, exec, rows};
@@ -55,7 +55,7 @@ fn failed(e: impl std::fmt::Display) -> Failure {
 
 /// Sync Diesel: pg-audit's `spawn_blocking`, then a helper transaction.
 async fn sync(State(p): State<Pools>, Path(id): Path<i32>) -> Result<StatusCode, Failure> {
-    audit_context::spawn_blocking(move || {
+    ambient::spawn_blocking(move || {
         let mut conn = p.sync.get().map_err(failed)?;
         conn.audited_transaction(|conn| {
             diesel::insert_into(notes::table)
@@ -71,7 +71,7 @@ async fn sync(State(p): State<Pools>, Path(id): Path<i32>) -> Result<StatusCode,
 
 /// `AuditedConnection`: pg-audit's `spawn_blocking`, then plain Diesel.
 async fn wrapped(State(p): State<Pools>, Path(id): Path<i32>) -> Result<StatusCode, Failure> {
-    audit_context::spawn_blocking(move || {
+    ambient::spawn_blocking(move || {
         diesel::insert_into(notes::table)
             .values((notes::id.eq(id), notes::via.eq("wrapper")))
             .execute(&mut p.wrapped.get().map_err(failed)?)

@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use diesel_migrations::MigrationHarness;
 use pg_audit_diesel::{
-    AuditConnectionExt, AuditContext, AuditedConnection, ModelSet, audit_context, pg_audit,
+    AuditConnectionExt, AuditContext, AuditedConnection, ModelSet, ambient, pg_audit,
 };
 use pg_audit_tests::{TestDb, audit_rows, exec};
 use pretty_assertions::assert_eq;
@@ -71,8 +71,8 @@ fn writes_outside_transactions_carry_the_ambient_context() {
     let (db, pool) = setup("wrapper_plain");
     let mut conn = pool.get().unwrap();
     {
-        let _who = audit_context::use_context(&AuditContext::new().user_id("alice"));
-        let _why = audit_context::use_change_reason("Bulk update for compliance");
+        let _who = ambient::use_context(&AuditContext::new().user_id("alice"));
+        let _why = ambient::use_change_reason("Bulk update for compliance");
         let item = add(&mut conn, "a").unwrap();
         diesel::update(items::table.find(item.id))
             .set(items::name.eq("b"))
@@ -98,11 +98,11 @@ fn writes_outside_transactions_carry_the_ambient_context() {
 fn transactions_and_savepoints_carry_the_context_in_force_when_they_open() {
     let (db, pool) = setup("wrapper_tx");
     let mut conn = pool.get().unwrap();
-    let _outer = audit_context::use_context(&AuditContext::new().user_id("ops"));
+    let _outer = ambient::use_context(&AuditContext::new().user_id("ops"));
     conn.transaction(|conn| {
         add(conn, "outer")?;
         {
-            let _inner = audit_context::use_change_reason("inner reason");
+            let _inner = ambient::use_change_reason("inner reason");
             conn.transaction(|conn| add(conn, "savepoint"))?;
         }
         add(conn, "outer again")?;
@@ -131,7 +131,7 @@ fn pooled_wrapped_connections_do_not_leak_context() {
     let (db, pool) = setup("wrapper_pool");
     {
         let mut conn = pool.get().unwrap();
-        let _g = audit_context::use_change_reason("first checkout");
+        let _g = ambient::use_change_reason("first checkout");
         add(&mut conn, "a").unwrap();
     }
     for _ in 0..3 {
@@ -169,7 +169,7 @@ fn no_ambient_context_costs_nothing_and_a_transaction_costs_no_extra_round_trip(
     );
     conn.transaction(|conn| add(conn, "tx")).unwrap();
     let plain_tx = count.swap(0, Ordering::SeqCst);
-    let _g = audit_context::use_context(&AuditContext::new().user_id("u").change_reason("r"));
+    let _g = ambient::use_context(&AuditContext::new().user_id("u").change_reason("r"));
     conn.transaction(|conn| add(conn, "tx with context"))
         .unwrap();
     assert_eq!(
@@ -189,7 +189,7 @@ fn no_ambient_context_costs_nothing_and_a_transaction_costs_no_extra_round_trip(
 fn an_invalid_ambient_value_is_refused_before_the_write() {
     let (db, pool) = setup("wrapper_invalid");
     let mut conn = pool.get().unwrap();
-    let _g = audit_context::use_change_reason("nul\0");
+    let _g = ambient::use_change_reason("nul\0");
     let e = add(&mut conn, "never").unwrap_err();
     assert!(e.to_string().contains("contains a NUL byte"), "{e}");
     drop(_g);

@@ -2,9 +2,9 @@
 //! scope carries it.
 //!
 //! ```ignore
-//! use pg_audit_diesel::audit_context;
+//! use pg_audit_diesel::ambient;
 //!
-//! let _guard = audit_context::use_change_reason("Bulk update for compliance");
+//! let _guard = ambient::use_change_reason("Bulk update for compliance");
 //! conn.audited_transaction(|conn| { /* rows logged with that reason */ Ok(()) })?;
 //! ```
 //!
@@ -22,8 +22,8 @@
 //! carry it. Pass it on with [`current`]:
 //!
 //! ```ignore
-//! tokio::spawn(audit_context::current().scope(async move { /* ... */ }));
-//! let ctx = audit_context::current();
+//! tokio::spawn(ambient::current().scope(async move { /* ... */ }));
+//! let ctx = ambient::current();
 //! tokio::task::spawn_blocking(move || ctx.enter(|| { /* ... */ }));
 //! ```
 //!

@@ -1,0 +1,54 @@
+//! The options several commands share, defined once: where the log lives, and where to connect.
+
+use clap::Args;
+use diesel::prelude::*;
+use pg_audit::AuditLog;
+use pg_audit::sql::log::{DEFAULT_SCHEMA, DEFAULT_TABLE};
+
+/// Errors of the commands, printed by `main` with their causes.
+pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Which audit log: its schema and name.
+#[derive(Debug, Args)]
+pub(crate) struct LogArgs {
+    /// Schema of the audit log.
+    #[arg(long, value_name = "SCHEMA", default_value = DEFAULT_SCHEMA, alias = "schema")]
+    log_schema: String,
+    /// Name of the audit log table.
+    #[arg(long, value_name = "NAME", default_value = DEFAULT_TABLE, alias = "name")]
+    log_name: String,
+}
+
+impl LogArgs {
+    /// The log these options name.
+    pub(crate) fn log(&self) -> std::result::Result<AuditLog, pg_audit::Error> {
+        AuditLog::named(&self.log_schema, &self.log_name)
+    }
+}
+
+/// Where to connect, which log to read, and how to print.
+#[derive(Debug, Args)]
+pub(crate) struct Db {
+    /// PostgreSQL URL, e.g. postgres://user@host/db.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+impl Db {
+    /// A connection to the database, and the log.
+    pub(crate) fn connect(&self) -> Result<(PgConnection, AuditLog)> {
+        let log = self.log.log()?;
+        let url = self
+            .database_url
+            .as_deref()
+            .ok_or("no database to connect to: pass --database-url or set DATABASE_URL")?;
+        let conn = PgConnection::establish(url)
+            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        Ok((conn, log))
+    }
+}
