@@ -286,10 +286,7 @@ impl AuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        diesel::sql_query(self.history_sql())
-            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
-            .bind::<Text, _>(table.name.as_str())
-            .bind::<Jsonb, _>(key)
+        record_query(self.history_sql(), table, key)
             .bind::<Nullable<BigInt>, _>(page.before)
             .bind::<BigInt, _>(page.limit)
             .load(conn)
@@ -330,10 +327,7 @@ impl AuditReader {
         key: &Value,
         entry: i64,
     ) -> QueryResult<Option<AuditEntry>> {
-        diesel::sql_query(self.record_sql("l.id = $4"))
-            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
-            .bind::<Text, _>(table.name.as_str())
-            .bind::<Jsonb, _>(key)
+        record_query(self.record_sql("l.id = $4"), table, key)
             .bind::<BigInt, _>(entry)
             .get_result(conn)
             .optional()
@@ -439,14 +433,15 @@ impl AuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
-        let last: Vec<AuditEntry> = diesel::sql_query(self.record_sql(
-            "l.changed_at <= $4
+        let last: Vec<AuditEntry> = record_query(
+            self.record_sql(
+                "l.changed_at <= $4
               ORDER BY l.changed_at DESC, l.id DESC
               LIMIT 1",
-        ))
-        .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
-        .bind::<Text, _>(table.name.as_str())
-        .bind::<Jsonb, _>(key)
+            ),
+            table,
+            key,
+        )
         .bind::<Timestamptz, _>(LogTime(at))
         .load(conn)?;
         Ok(last.into_iter().next().and_then(|e| e.new_values))
@@ -518,6 +513,19 @@ const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
                     WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
                   pg_catalog.current_schema()::text) AS schema_name,
               $2::text AS table_name";
+
+/// `sql`, a query of [`AuditReader::record_sql`]'s form, with the record's parameters bound.
+fn record_query<'a>(
+    sql: String,
+    table: &'a QualifiedName,
+    key: &'a Value,
+) -> diesel::query_builder::BoxedSqlQuery<'a, Pg, diesel::query_builder::SqlQuery> {
+    diesel::sql_query(sql)
+        .into_boxed()
+        .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
+        .bind::<Text, _>(table.name.as_str())
+        .bind::<Jsonb, _>(key)
+}
 
 /// The model's table and the key object for `key`.
 fn model_key<T: Audited>(key: impl serde::Serialize) -> Result<(QualifiedName, Value), Error> {

@@ -16,7 +16,7 @@
 //!   `BEGIN`, in the same round trip;
 //! - a savepoint opened while the ambient context differs from the one in force sets the new
 //!   context, and restores the outer one when it is released (a rollback restores it anyway);
-//!   this is [`crate::transaction`]'s protocol, shared with the helpers;
+//!   this is the same protocol as the helpers';
 //! - a statement run outside any transaction while an ambient context is set runs in a
 //!   transaction of its own carrying it: `BEGIN` + context, the statement, `COMMIT` — two
 //!   round trips more than the bare statement. With no ambient context, statements run as on a

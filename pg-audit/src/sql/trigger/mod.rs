@@ -15,8 +15,8 @@
 //! a BEFORE UPDATE trigger or a generated tracked column, which `UPDATE OF` would miss.
 //!
 //! The spec and its methods live here; each part of the install is rendered by a module of
-//! its own: [`guard`] (the install's checks of the table), [`body`] (the trigger function),
-//! [`create`] (the `CREATE TRIGGER` statements) and [`row`] (expressions over one row), and
+//! its own: `guard` (the install's checks of the table), `body` (the trigger function),
+//! `create` (the `CREATE TRIGGER` statements) and `row` (expressions over one row), and
 //! the install record by [`crate::sql::drift`].
 
 use std::fmt::Write as _;
