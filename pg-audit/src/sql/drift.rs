@@ -17,7 +17,8 @@
 
 use std::fmt::Write as _;
 
-use crate::ident::{QualifiedName, dollar_quote, text_literal};
+use crate::ident::{QualifiedName, text_literal};
+use crate::sql::create_function;
 use crate::sql::shape::{Operation, tgtype};
 
 /// The install record's field holding the key columns, in key order.
@@ -215,12 +216,14 @@ COMMENT ON TABLE {config} IS {comment};
     );
     let _ = writeln!(
         sql,
-        "CREATE OR REPLACE FUNCTION {check}()
-RETURNS TABLE (table_schema text, table_name text, problem text)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS {};",
-        dollar_quote(&body)
+        "{}",
+        create_function(
+            &format!("{check}()"),
+            "TABLE (table_schema text, table_name text, problem text)",
+            "sql STABLE",
+            false,
+            &body
+        )
     );
     sql
 }

@@ -17,7 +17,8 @@ use std::str::FromStr;
 
 use super::AuditLog;
 use crate::Error;
-use crate::ident::{dollar_quote, text_literal};
+use crate::ident::text_literal;
+use crate::sql::create_function;
 
 /// How much time one partition covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -111,15 +112,16 @@ pub(super) fn functions_sql(log: &AuditLog) -> String {
 "#
     );
     let _ = writeln!(
-            sql,
-            "CREATE OR REPLACE FUNCTION {partitions}()
-RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean, total_bytes bigint)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS {};
-",
-            dollar_quote(&list_body)
-        );
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{partitions}()"),
+            "TABLE (partition_name text, range_start timestamptz, range_end timestamptz, is_default boolean, total_bytes bigint)",
+            "sql STABLE",
+            false,
+            &list_body
+        )
+    );
 
     let ensure_body = format!(
         r#"
@@ -178,15 +180,16 @@ END
 "#
     );
     let _ = writeln!(
-            sql,
-            "CREATE OR REPLACE FUNCTION {ensure}(ahead integer DEFAULT 3)
-RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, moved_rows bigint)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS {};
-",
-            dollar_quote(&ensure_body)
-        );
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{ensure}(ahead integer DEFAULT 3)"),
+            "TABLE (partition_name text, range_start timestamptz, range_end timestamptz, moved_rows bigint)",
+            "plpgsql",
+            false,
+            &ensure_body
+        )
+    );
 
     let prune_body = format!(
         r#"
@@ -235,14 +238,18 @@ END
 "#
     );
     let _ = writeln!(
-            sql,
-            "CREATE OR REPLACE FUNCTION {prune}(older_than interval, drop_partitions boolean DEFAULT false, only_partition text DEFAULT NULL)
-RETURNS TABLE (partition_name text, range_start timestamptz, range_end timestamptz, action text, \"rows\" bigint)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-AS {};",
-            dollar_quote(&prune_body)
-        );
+        sql,
+        "{}",
+        create_function(
+            &format!(
+                "{prune}(older_than interval, drop_partitions boolean DEFAULT false, only_partition text DEFAULT NULL)"
+            ),
+            "TABLE (partition_name text, range_start timestamptz, range_end timestamptz, action text, \"rows\" bigint)",
+            "plpgsql",
+            false,
+            &prune_body
+        )
+    );
     sql
 }
 

@@ -25,6 +25,7 @@ use std::str::FromStr;
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, dollar_quote, short_hash, text_literal};
 use crate::sql::condition::Condition;
+use crate::sql::create_function;
 use crate::sql::drift::{self, Audited, InstallRecord};
 use crate::sql::log::AuditLog;
 use crate::sql::shape::Operation;
@@ -304,13 +305,14 @@ impl TriggerSpec {
         let _ = writeln!(sql, "DO {};\n", dollar_quote(&guard::check_body(self)));
         let _ = writeln!(
             sql,
-            "CREATE OR REPLACE FUNCTION {function}()
-RETURNS trigger
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS {};\n",
-            dollar_quote(&body::function_body(self, log))
+            "{}\n",
+            create_function(
+                &format!("{function}()"),
+                "trigger",
+                "plpgsql",
+                true,
+                &body::function_body(self, log)
+            )
         );
         // Triggers run their function whatever the writer's privileges; revoking EXECUTE only
         // stops other roles attaching it to tables of their own to forge audit rows.
