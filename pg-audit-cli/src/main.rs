@@ -63,7 +63,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Sql(cmd) => sql::run(cmd).map_err(Into::into),
+        Command::Sql(cmd) => sql::run(cmd),
         Command::History {
             table,
             key,

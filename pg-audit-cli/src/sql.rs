@@ -3,7 +3,11 @@
 use clap::{Args, Subcommand};
 use pg_audit::{Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec};
 
-use crate::options::LogArgs;
+use diesel::prelude::*;
+use diesel::sql_types::{Bool, Nullable, Text};
+use pg_audit::sql::catalog::PRIMARY_KEY_SQL;
+
+use crate::options::{LogArgs, Result};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum SqlCommand {
@@ -53,14 +57,13 @@ pub(crate) struct TriggerArgs {
     /// The audited table's schema, when --table must be taken whole.
     #[arg(long, value_name = "SCHEMA")]
     table_schema: Option<String>,
-    /// Columns identifying a row: the primary key, or the columns of a unique index.
-    #[arg(
-        long,
-        value_name = "COLUMNS",
-        value_delimiter = ',',
-        default_value = "id"
-    )]
-    primary_key: Vec<String>,
+    /// Columns identifying a row: the primary key, or the columns of a unique index. Without
+    /// it, the table's primary key is read from the database (--database-url or DATABASE_URL).
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    primary_key: Option<Vec<String>>,
+    /// The database to read the table's primary key from, when --primary-key is not given.
+    #[arg(long, env = "DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    database_url: Option<String>,
     /// Log only these columns; an UPDATE changing none of them logs nothing.
     #[arg(
         long,
@@ -82,7 +85,7 @@ pub(crate) struct TriggerArgs {
         long,
         value_name = "OPS",
         value_delimiter = ',',
-        default_value = "insert,update,delete"
+        default_value = "insert,update,delete,truncate"
     )]
     operations: Vec<Operation>,
     /// `auto`: per operation, the level measured fastest (docs/performance.md); `row`: one
@@ -97,7 +100,7 @@ pub(crate) struct TriggerArgs {
     uninstall: bool,
 }
 
-pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
+pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
     let sql = match cmd {
         SqlCommand::Table(args) => args
             .log
@@ -118,20 +121,36 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
                 ),
                 None => QualifiedName::parse(&args.table)?,
             };
-            let mut spec = TriggerSpec::builder(table)
-                .primary_key(args.primary_key)
-                .operations(args.operations)
-                .level(args.level);
-            if let Some(cols) = args.track_only {
-                spec = spec.track_only(cols);
-            }
-            if let Some(cols) = args.exclude_fields {
-                spec = spec.exclude_fields(cols);
-            }
-            if let Some(condition) = args.condition {
-                spec = spec.condition(condition);
-            }
-            let spec = spec.build()?;
+            let spec = |primary_key: Vec<String>| {
+                let mut spec = TriggerSpec::builder(table.clone())
+                    .primary_key(primary_key)
+                    .operations(args.operations.clone())
+                    .level(args.level);
+                if let Some(cols) = &args.track_only {
+                    spec = spec.track_only(cols.clone());
+                }
+                if let Some(cols) = &args.exclude_fields {
+                    spec = spec.exclude_fields(cols.clone());
+                }
+                if let Some(condition) = &args.condition {
+                    spec = spec.condition(condition.clone());
+                }
+                spec.build()
+            };
+            let spec = match &args.primary_key {
+                Some(columns) => spec(columns.clone())?,
+                // Removing triggers needs no key.
+                None if args.uninstall => spec(vec!["id".to_owned()])?,
+                None => {
+                    // Mistakes in the other options first, before asking the database; the
+                    // key itself is checked against the real one below.
+                    match spec(vec!["id".to_owned()]) {
+                        Ok(_) | Err(pg_audit::Error::ExcludedPrimaryKey { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                    spec(table_primary_key(&table, args.database_url.as_deref())?)?
+                }
+            };
             if args.uninstall {
                 spec.uninstall_sql(&log)
             } else {
@@ -142,4 +161,42 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<(), pg_audit::Error> {
     // One transaction: a failed check leaves nothing half-installed.
     print!("BEGIN;\n\n{sql}\nCOMMIT;\n");
     Ok(())
+}
+
+/// The primary-key columns of `table`, read from the database at `url`.
+fn table_primary_key(table: &QualifiedName, url: Option<&str>) -> Result<Vec<String>> {
+    let url = url.ok_or_else(|| {
+        format!(
+            "no key for {table}: pass --primary-key, or --database-url (or DATABASE_URL) to read \
+             the table's primary key"
+        )
+    })?;
+    let mut conn = PgConnection::establish(url).map_err(|e| {
+        format!("cannot connect to the database to read {table}'s primary key: {e}")
+    })?;
+    #[derive(QueryableByName)]
+    struct KeyColumn {
+        #[diesel(sql_type = Nullable<Text>)]
+        column_name: Option<String>,
+        #[diesel(sql_type = Bool)]
+        table_exists: bool,
+    }
+    let columns: Vec<KeyColumn> = diesel::sql_query(PRIMARY_KEY_SQL)
+        .bind::<Text, _>(table.to_string())
+        .load(&mut conn)?;
+    if columns.iter().any(|c| !c.table_exists) {
+        return Err(format!(
+            "table {table} does not exist; create it (run the application's own migrations) \
+             before installing its audit triggers"
+        )
+        .into());
+    }
+    if columns.is_empty() {
+        return Err(format!(
+            "table {table} has no primary key: add one, or pass --primary-key with the columns of \
+             a unique index"
+        )
+        .into());
+    }
+    Ok(columns.into_iter().filter_map(|c| c.column_name).collect())
 }

@@ -37,6 +37,7 @@ fn printed_sql_installs_with_psql_and_logs_plain_sql_changes() {
 
     db.psql(&stdout(&["sql", "table"]))
         .expect("install the log");
+    // The key is read from the table.
     db.psql(&stdout(&[
         "sql",
         "trigger",
@@ -44,6 +45,10 @@ fn printed_sql_installs_with_psql_and_logs_plain_sql_changes() {
         "users",
         "--track-only",
         "name,email",
+        "--operations",
+        "insert,update,delete",
+        "--database-url",
+        db.url(),
     ]))
     .expect("install the trigger");
 
@@ -142,6 +147,78 @@ fn every_option_reaches_the_sql() {
         .psql("SELECT count(*) FROM history.changes_partitions() WHERE NOT is_default")
         .expect("partitions");
     assert_eq!(partitions, "2\n");
+}
+
+#[test]
+fn without_primary_key_the_tables_own_key_is_used() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("cli_detect_key").expect("database");
+    db.psql(
+        "CREATE TABLE lines (line_no int, org text, body text, PRIMARY KEY (org, line_no));
+         CREATE TABLE loose (id int, body text);",
+    )
+    .expect("create tables");
+    db.psql(&stdout(&["sql", "table"]))
+        .expect("install the log");
+    let sql = stdout(&[
+        "sql",
+        "trigger",
+        "--table",
+        "lines",
+        "--database-url",
+        db.url(),
+    ]);
+    // Key order is the primary key's, not the table's column order.
+    assert!(
+        sql.contains(r#"'{"primary_key":["org","line_no"],"#),
+        "{sql}"
+    );
+    db.psql(&sql).expect("install");
+    db.psql("INSERT INTO lines VALUES (1, 'acme', 'x')")
+        .expect("insert");
+    assert_eq!(
+        db.psql("SELECT record_pk FROM audit.auditlog")
+            .expect("read"),
+        "{\"org\": \"acme\", \"line_no\": 1}\n"
+    );
+
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "loose",
+        "--database-url",
+        db.url(),
+    ]);
+    assert!(
+        e.contains("error: table \"loose\" has no primary key: add one, or pass --primary-key with the columns of a unique index"),
+        "{e}"
+    );
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "nosuch",
+        "--database-url",
+        db.url(),
+    ]);
+    assert!(e.contains("error: table \"nosuch\" does not exist"), "{e}");
+    let e = pg_audit_without_database(&["sql", "trigger", "--table", "lines"]);
+    assert!(
+        e.contains("pass --primary-key, or --database-url (or DATABASE_URL)"),
+        "{e}"
+    );
+}
+
+/// `pg-audit` refusing `args` with DATABASE_URL unset.
+fn pg_audit_without_database(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .output()
+        .expect("run pg-audit");
+    assert_eq!(out.status.code(), Some(2), "pg-audit {args:?} should fail");
+    String::from_utf8(out.stderr).expect("utf-8")
 }
 
 #[test]

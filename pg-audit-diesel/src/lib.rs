@@ -33,7 +33,7 @@
 //! | `track_only` | `["name", "email"]` or `[name, email]` | log only these columns; an UPDATE changing none of them logs nothing |
 //! | `exclude_fields` | same | log every column but these; their values never reach the log, in any form |
 //! | `condition` | `"NEW.is_active = TRUE"` | log only rows for which this SQL boolean is true (see below) |
-//! | `operations` | `[insert, update, delete, truncate]` | the operations to log; default insert, update, delete |
+//! | `operations` | `[insert, update, delete, truncate]` | the operations to log; default all four |
 //!
 //! Columns in `track_only` and `exclude_fields` are named as in `table!` (the Rust column
 //! names); the log and the triggers use their SQL names, so `#[sql_name = "..."]` is respected.

@@ -168,7 +168,12 @@ fn reverting_removes_what_was_installed_but_never_the_audit_trail() {
     let migrations = MigrationSource::<Pg>::migrations(&source).unwrap();
     assert_eq!(
         triggers(&mut conn, "users"),
-        json!(["pg_audit_delete", "pg_audit_insert", "pg_audit_update"])
+        json!([
+            "pg_audit_delete",
+            "pg_audit_insert",
+            "pg_audit_truncate",
+            "pg_audit_update"
+        ])
     );
 
     conn.revert_migration(&*migrations[1]).unwrap();
@@ -280,7 +285,12 @@ fn migrate_concurrently(hint: &str, mode: &'static str, diesel_table_exists: boo
     assert_eq!(recorded.len(), 2, "one row per migration: {recorded:?}");
     assert_eq!(
         triggers(&mut conn, "accounts"),
-        json!(["pg_audit_delete", "pg_audit_insert", "pg_audit_update"])
+        json!([
+            "pg_audit_delete",
+            "pg_audit_insert",
+            "pg_audit_truncate",
+            "pg_audit_update"
+        ])
     );
     // Installed once: one trigger function for the table.
     let functions = value(
@@ -361,7 +371,12 @@ fn running_the_migration_sql_twice_by_hand_changes_nothing() {
     }
     assert_eq!(
         triggers(&mut conn, "notes"),
-        json!(["pg_audit_delete", "pg_audit_insert", "pg_audit_update"])
+        json!([
+            "pg_audit_delete",
+            "pg_audit_insert",
+            "pg_audit_truncate",
+            "pg_audit_update"
+        ])
     );
     let functions = value(
         &mut conn,

@@ -450,7 +450,12 @@ fn reinstalling_with_fewer_operations_removes_triggers_and_uninstall_removes_all
     };
     assert_eq!(
         triggers(&mut a.conn),
-        json!(["pg_audit_delete", "pg_audit_insert", "pg_audit_update"])
+        json!([
+            "pg_audit_delete",
+            "pg_audit_insert",
+            "pg_audit_truncate",
+            "pg_audit_update"
+        ])
     );
     let spec = TriggerSpec::builder(QualifiedName::parse("public.users").unwrap())
         .operations([Operation::Delete])
@@ -580,4 +585,61 @@ fn hostile_identifiers_are_quoted() {
         assert_eq!(rows[0]["record_pk"], json!({"Id \"1\"": 1}));
         assert_eq!(rows[0]["new_values"], json!({"$$col$$": "v", "x'y": 2}));
     }
+}
+
+#[test]
+fn truncate_is_logged_by_default_for_every_table_it_empties() {
+    let db = TestDb::new("truncate_default");
+    let mut conn = db.conn();
+    let log = AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(
+        &mut conn,
+        "CREATE TABLE users (id int PRIMARY KEY, name text);
+         CREATE TABLE orders (id int PRIMARY KEY, user_id int REFERENCES users);
+         INSERT INTO users VALUES (1, 'Ann'); INSERT INTO orders VALUES (10, 1);",
+    );
+    // Default operations: no `operations` given.
+    for table in ["public.users", "public.orders"] {
+        let spec = TriggerSpec::builder(QualifiedName::parse(table).unwrap())
+            .build()
+            .unwrap();
+        exec(&mut conn, &spec.install_sql(&log));
+    }
+    exec(
+        &mut conn,
+        "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"dba\"}';
+         TRUNCATE users CASCADE; COMMIT;",
+    );
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT json_agg(json_build_array(operation, table_name, record_pk, old_values,
+                                              new_values, context ->> 'user_id')
+                             ORDER BY table_name)
+               FROM audit.auditlog"
+        ),
+        json!([
+            ["TRUNCATE", "orders", null, null, null, "dba"],
+            ["TRUNCATE", "users", null, null, null, "dba"],
+        ])
+    );
+    // `operations` can still leave it out.
+    let spec = TriggerSpec::builder(QualifiedName::parse("public.users").unwrap())
+        .operations(
+            Operation::ALL
+                .into_iter()
+                .filter(|&op| op != Operation::Truncate),
+        )
+        .build()
+        .unwrap();
+    exec(&mut conn, &spec.install_sql(&log));
+    exec(&mut conn, "TRUNCATE users CASCADE");
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT count(*) FROM audit.auditlog WHERE table_name = 'users'"
+        ),
+        json!(1)
+    );
 }

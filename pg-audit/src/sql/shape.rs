@@ -220,8 +220,10 @@ impl Operation {
         Operation::Truncate,
     ];
 
-    /// The operations audited when none are chosen: INSERT, UPDATE and DELETE.
-    pub const DEFAULT: [Operation; 3] = [Operation::Insert, Operation::Update, Operation::Delete];
+    /// The operations audited when none are chosen: all four. A TRUNCATE removes rows as surely
+    /// as a DELETE, so it is logged (one entry per truncated table, without row values) unless
+    /// `operations` leaves it out.
+    pub const DEFAULT: [Operation; 4] = Operation::ALL;
 
     /// The SQL keyword, as stored in the log's `operation` column.
     pub fn keyword(self) -> &'static str {

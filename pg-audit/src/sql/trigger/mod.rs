@@ -152,7 +152,7 @@ impl TriggerSpecBuilder {
         self
     }
 
-    /// The operations to audit (default: INSERT, UPDATE, DELETE).
+    /// The operations to audit (default: all four, [`Operation::DEFAULT`]).
     pub fn operations<I: IntoIterator<Item = Operation>>(mut self, operations: I) -> Self {
         self.operations = Some(operations.into_iter().collect());
         self
@@ -512,7 +512,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             spec.config_json(),
-            r#"{"primary_key":["id"],"audited":{"track_only":["name"]},"condition":"NEW.\"x\" > 1","operations":["INSERT","UPDATE","DELETE"],"levels":["insert:statement","update:row","delete:statement"],"triggers":["pg_audit_insert","pg_audit_update","pg_audit_delete"],"columns":["id","name","x"]}"#
+            r#"{"primary_key":["id"],"audited":{"track_only":["name"]},"condition":"NEW.\"x\" > 1","operations":["INSERT","UPDATE","DELETE","TRUNCATE"],"levels":["insert:statement","update:row","delete:statement","truncate:statement"],"triggers":["pg_audit_insert","pg_audit_update","pg_audit_delete","pg_audit_truncate"],"columns":["id","name","x"]}"#
         );
     }
 }
