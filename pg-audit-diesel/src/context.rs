@@ -9,7 +9,11 @@ use serde_json::{Map, Value};
 /// The longest context value accepted, in bytes (the metadata counts as its JSON text).
 /// Longer values are refused before anything is sent, so a change never runs without its
 /// context.
-pub const MAX_VALUE_LEN: usize = 64 * 1024;
+pub const MAX_VALUE_LEN: usize = 60 * 1024;
+
+/// The longest context accepted as a whole, in bytes of its JSON text: the triggers refuse a
+/// longer one ([`pg_audit::context::MAX_LEN`]), so it is refused here before anything is sent.
+pub const MAX_CONTEXT_LEN: usize = pg_audit::context::MAX_LEN;
 
 /// Separates change reasons when contexts nest: the outer reason comes first.
 pub const REASON_SEPARATOR: &str = "; ";
@@ -139,7 +143,7 @@ impl AuditContext {
     }
 
     /// Checks every value: no NUL byte (PostgreSQL text cannot hold one) and at most
-    /// [`MAX_VALUE_LEN`] bytes.
+    /// [`MAX_VALUE_LEN`] bytes; and the whole context: at most [`MAX_CONTEXT_LEN`] bytes of JSON.
     pub fn validate(&self) -> Result<(), InvalidContext> {
         for (field, value) in self.text_fields() {
             if let Some(value) = value {
@@ -151,6 +155,17 @@ impl AuditContext {
             let text = metadata.to_string();
             if text.len() > MAX_VALUE_LEN {
                 return Err(too_long("metadata", text.len()));
+            }
+        }
+        if let Some(json) = self.to_json() {
+            let len = json.to_string().len();
+            if len > MAX_CONTEXT_LEN {
+                return Err(InvalidContext {
+                    field: "context",
+                    problem: format!(
+                        "is {len} bytes long as JSON; the limit is {MAX_CONTEXT_LEN} bytes"
+                    ),
+                });
             }
         }
         Ok(())

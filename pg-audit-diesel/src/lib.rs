@@ -99,7 +99,7 @@ pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]
 pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
-pub use context::{AuditContext, InvalidContext, MAX_VALUE_LEN, REASON_SEPARATOR};
+pub use context::{AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};
 pub use migration::{

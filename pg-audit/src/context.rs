@@ -46,11 +46,45 @@ pub const KEYS: [&str; 6] = [
     METADATA,
 ];
 
-/// The SQL expression that reads the context in a trigger: the setting as `json`, NULL when
-/// unset or empty.
-pub(crate) fn read_expr() -> String {
-    format!(
-        "NULLIF(pg_catalog.current_setting({}, true), '')::pg_catalog.json",
-        crate::ident::text_literal(SETTING)
-    )
+/// The largest context the triggers accept, in bytes of its JSON text.
+pub const MAX_LEN: usize = 64 * 1024;
+
+/// PL/pgSQL statements that read the context into `v_context` (json; NULL when unset or empty)
+/// from `v_raw` (text), refusing — so the write fails and nothing unreadable is stored — a
+/// context that is over [`MAX_LEN`], is not JSON, is not a JSON object, or holds `\u0000`,
+/// which PostgreSQL's `jsonb` and text cannot hold (every reader that extracts a field of a
+/// stored context would fail on it). `indent` starts each line after the first.
+pub(crate) fn read_statements(indent: &str) -> String {
+    let setting = crate::ident::text_literal(SETTING);
+    [
+        format!("v_raw := pg_catalog.current_setting({setting}, true);"),
+        "IF v_raw OPERATOR(pg_catalog.<>) '' THEN".to_owned(),
+        format!("    IF pg_catalog.octet_length(v_raw) OPERATOR(pg_catalog.>) {MAX_LEN} THEN"),
+        format!(
+            "        RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) is % bytes long; the limit is {MAX_LEN} bytes', pg_catalog.octet_length(v_raw)"
+        ),
+        "            USING ERRCODE = 'program_limit_exceeded', HINT = 'Keep large data out of the context: store it elsewhere and put its id in the metadata.';".to_owned(),
+        "    END IF;".to_owned(),
+        "    v_context := v_raw::pg_catalog.json;".to_owned(),
+        "    IF pg_catalog.json_typeof(v_context) OPERATOR(pg_catalog.<>) 'object' THEN".to_owned(),
+        format!(
+            "        RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) must be a JSON object, not a JSON %', pg_catalog.json_typeof(v_context)"
+        ),
+        "            USING ERRCODE = 'invalid_parameter_value', HINT = 'Set it to an object such as {\"user_id\": \"alice\", \"change_reason\": \"...\"}.';".to_owned(),
+        "    END IF;".to_owned(),
+        // Cheap test first; the exact one (a jsonb cast, in a subtransaction) only when the
+        // text holds the escape.
+        "    IF pg_catalog.strpos(v_raw, E'\\\\u0000') OPERATOR(pg_catalog.>) 0 THEN".to_owned(),
+        "        BEGIN".to_owned(),
+        "            PERFORM v_raw::pg_catalog.jsonb;".to_owned(),
+        "        EXCEPTION WHEN OTHERS THEN".to_owned(),
+        format!(
+            "            RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) holds \\u0000, which PostgreSQL text cannot hold'"
+        ),
+        "                USING ERRCODE = 'untranslatable_character', HINT = 'Remove NUL characters from the context''s values.';".to_owned(),
+        "        END;".to_owned(),
+        "    END IF;".to_owned(),
+        "END IF;".to_owned(),
+    ]
+    .join(&format!("\n{indent}"))
 }

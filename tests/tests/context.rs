@@ -325,3 +325,66 @@ fn context_costs_no_extra_round_trip() {
     assert_eq!(plain, 3, "BEGIN, INSERT, COMMIT");
     assert_eq!(audited, plain, "the context travels with BEGIN");
 }
+
+#[test]
+fn contexts_readers_could_not_read_are_refused_by_the_trigger() {
+    use pg_audit_diesel::log::{AuditReader, TimeRange};
+    let (_db, mut conn, log) = setup("ctx_refused");
+    let big = format!("{{\"metadata\": \"{}\"}}", "x".repeat(70 * 1024));
+    let refused = [
+        ("[1, 2]", "must be a JSON object, not a JSON array"),
+        ("\"alice\"", "must be a JSON object, not a JSON string"),
+        ("42", "must be a JSON object, not a JSON number"),
+        ("null", "must be a JSON object, not a JSON null"),
+        (r#"{"user_id": "a\u0000b"}"#, "holds \\u0000"),
+        (r#"{"metadata": {"deep": ["\u0000"]}}"#, "holds \\u0000"),
+        (big.as_str(), "bytes long; the limit is 65536 bytes"),
+        ("{not json", "invalid input syntax for type json"),
+    ];
+    for (context, message) in refused {
+        let e = pg_audit_tests::exec_err(
+            &mut conn,
+            &format!(
+                "BEGIN; SELECT set_config('pg_audit.context', {}, true);
+                 INSERT INTO items (name) VALUES ('x'); COMMIT;",
+                pg_audit::quote_literal(context).unwrap()
+            ),
+        );
+        assert!(e.contains(message), "{context:.40}: {e}");
+        pg_audit_tests::exec(&mut conn, "ROLLBACK");
+    }
+    // Nothing was written, and the readers work.
+    assert_eq!(value(&mut conn, "SELECT count(*) FROM items"), json!(0));
+    // An escaped backslash followed by `u0000` is ordinary text, and is kept.
+    pg_audit_tests::exec(
+        &mut conn,
+        r#"BEGIN; SET LOCAL pg_audit.context = '{"user_id": "a\\u0000b"}';
+           INSERT INTO items (name) VALUES ('y'); COMMIT;"#,
+    );
+    let reader = AuditReader::with_log(log);
+    let by_user = reader
+        .by_user(&mut conn, r"a\u0000b", TimeRange::default())
+        .unwrap();
+    assert_eq!(by_user.len(), 1);
+    assert!(
+        reader
+            .request(&mut conn, "r", TimeRange::default())
+            .unwrap()
+            .is_empty()
+    );
+    // The Rust side refuses an over-long context before sending anything.
+    let e = conn
+        .with_audit_context(
+            &AuditContext::new()
+                .user_id("u".repeat(MAX_VALUE_LEN))
+                .change_reason("r".repeat(10 * 1024)),
+            |conn| insert(conn, "z"),
+        )
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "audit context `context` is 71713 bytes long as JSON; the limit is 65536 bytes"
+        ),
+        "{e}"
+    );
+}

@@ -15,9 +15,11 @@ use crate::sql::shape::{Operation, written_columns};
 pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     let columns: Vec<&str> = written_columns().map(|c| c.name).collect();
     let insert_into = format!("INSERT INTO {} ({})", log.table(), columns.join(", "));
-    let context = crate::context::read_expr();
-    let mut body =
-        String::from("\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_context json;\nBEGIN\n");
+    // The context is read once per call, before any branch, into `v_context`.
+    let mut body = format!(
+        "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_raw text;\n    v_context json;\nBEGIN\n    {}\n",
+        crate::context::read_statements("    ")
+    );
     for (i, &op) in spec.operations().iter().enumerate() {
         let keyword = if i == 0 { "IF" } else { "ELSIF" };
         let rows = Rows::of(spec, op);
@@ -25,7 +27,7 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
             body,
             "    {keyword} TG_OP OPERATOR(pg_catalog.=) '{}' THEN\n        {}",
             op.keyword(),
-            rows.insert(spec, op, &insert_into, &context)
+            rows.insert(spec, op, &insert_into)
         );
     }
     body.push_str("    END IF;\n    RETURN NULL;\nEND\n");
@@ -86,14 +88,9 @@ impl Rows {
     }
 
     /// The branch's statements: one `INSERT` into the log.
-    fn insert(
-        &self,
-        spec: &TriggerSpec,
-        op: Operation,
-        insert_into: &str,
-        context: &str,
-    ) -> String {
+    fn insert(&self, spec: &TriggerSpec, op: Operation, insert_into: &str) -> String {
         let keyword = format!("'{}'", op.keyword());
+        let context = CONTEXT;
         match self {
             Rows::None => {
                 let row = LogRow::without_key(&keyword, context);
@@ -161,7 +158,7 @@ impl Rows {
                     record_pk: "c.record_pk".into(),
                     old_values: "c.old_values".into(),
                     new_values: "c.new_values".into(),
-                    context: "v_context",
+                    context: CONTEXT,
                 };
                 let changed = if *pair {
                     "\n         WHERE c.old_values OPERATOR(pg_catalog.<>) c.new_values"
@@ -171,8 +168,7 @@ impl Rows {
                 // The key is built once per row (OFFSET 0 keeps the subquery from being
                 // flattened, which would build it twice).
                 format!(
-                    "v_context := {context};
-        {insert_into}
+                    "{insert_into}
         SELECT {}
           FROM (SELECT {} AS record_pk, {old} AS old_values, {new} AS new_values
                   FROM {from}{filter}
@@ -184,6 +180,9 @@ impl Rows {
         }
     }
 }
+
+/// The variable holding the context, read once per call.
+const CONTEXT: &str = "v_context";
 
 /// The paired rows of a statement-level UPDATE, as row expressions.
 const NEW_ROW: &str = "(pg_audit_new.r)";
