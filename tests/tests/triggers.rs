@@ -643,3 +643,91 @@ fn truncate_is_logged_by_default_for_every_table_it_empties() {
         json!(1)
     );
 }
+
+#[test]
+fn conditions_are_compiled_at_install_and_may_read_only_the_row() {
+    let db = TestDb::new("condition_compiled");
+    let mut conn = db.conn();
+    let log = AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(&mut conn, USERS);
+    exec(
+        &mut conn,
+        "CREATE TABLE vip (id int);
+         CREATE FUNCTION is_vip(int) RETURNS boolean LANGUAGE sql STABLE AS 'SELECT true';",
+    );
+    let install = |conn: &mut PgConnection, condition: &str| {
+        let spec = TriggerSpec::builder(QualifiedName::parse("users").unwrap())
+            .condition(condition)
+            .build()
+            .unwrap();
+        exec_err(
+            conn,
+            &format!("BEGIN;\n{}\nCOMMIT;", spec.install_sql(&log)),
+        )
+    };
+    for (condition, message) in [
+        (
+            "nosuchfunc(NEW.id)",
+            "pg-audit: the condition nosuchfunc(NEW.id) does not compile against table users: function nosuchfunc(integer) does not exist",
+        ),
+        (
+            "NEW.name + 1 > 0",
+            "pg-audit: the condition NEW.name + 1 > 0 does not compile against table users: operator does not exist: text + integer",
+        ),
+        // Unqualified, a relation is looked up as the trigger would: not on the caller's path.
+        (
+            "NEW.id IN (SELECT id FROM vip)",
+            "does not compile against table users: relation \"vip\" does not exist",
+        ),
+        (
+            "NEW.id IN (SELECT id FROM public.vip)",
+            "pg-audit: the condition NEW.id IN (SELECT id FROM public.vip) reads public.vip; a condition may read only the audited row",
+        ),
+        (
+            "random() > 0.5",
+            "pg-audit: the condition random() > 0.5 calls volatile random; a condition must decide the same way for the same row",
+        ),
+        (
+            "public.is_vip(NEW.id)",
+            "pg-audit: the condition public.is_vip(NEW.id) calls function public.is_vip(integer); a condition may call only built-in functions and operators",
+        ),
+        (
+            "NEW.name",
+            "pg-audit: the condition NEW.name is of type text, not boolean",
+        ),
+    ] {
+        let e = install(&mut conn, condition);
+        assert!(e.contains(message), "{condition}: {e}");
+        exec(&mut conn, "ROLLBACK");
+        // Nothing was installed, and writes go on.
+        assert_eq!(
+            value(
+                &mut conn,
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'users'::regclass"
+            ),
+            json!(0),
+            "{condition}"
+        );
+    }
+    exec(&mut conn, "INSERT INTO users (id) VALUES (1)");
+    // A temporary table of the writer's cannot decide what is logged either: names resolve
+    // through pg_catalog first, and relations are refused.
+    exec(&mut conn, "CREATE TEMP TABLE vip (id int)");
+    assert!(install(&mut conn, "NEW.id IN (SELECT id FROM pg_temp.vip)").contains("reads"));
+    exec(&mut conn, "ROLLBACK");
+    // Stable functions and casts are fine.
+    let ok = TriggerSpec::builder(QualifiedName::parse("users").unwrap())
+        .condition("NEW.active AND now() > '2000-01-01'::timestamptz")
+        .build()
+        .unwrap();
+    exec(&mut conn, &ok.install_sql(&log));
+    exec(
+        &mut conn,
+        "INSERT INTO users (id, active) VALUES (2, true), (3, false)",
+    );
+    assert_eq!(
+        value(&mut conn, "SELECT json_agg(record_pk) FROM audit.auditlog"),
+        json!([{"id": 2}])
+    );
+}

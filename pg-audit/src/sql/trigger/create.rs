@@ -1,24 +1,72 @@
 //! The `CREATE TRIGGER` statements: one `AFTER` trigger per audited operation, row-level with
 //! `WHEN` filters or statement-level over transition tables ([`super::TriggerLevel`]).
 
+use std::fmt::Write as _;
+
+use super::guard::{PIN_PATH, RESTORE_PATH};
 use super::row::{condition_for, tracked_changed};
 use super::{Columns, NEW_ROWS, OLD_ROWS, TriggerSpec};
-use crate::ident::{Ident, QualifiedName, dollar_quote, text_literal};
+use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::shape::{Operation, tgtype};
 
-/// `CREATE TRIGGER` for `op`, calling `function`.
-pub(super) fn create_trigger(
-    spec: &TriggerSpec,
-    op: Operation,
-    function: &QualifiedName,
-) -> String {
-    let name = op.trigger_name();
-    let table = spec.table();
-    let kw = op.keyword();
-    if op == Operation::Truncate {
-        return format!(
-            "CREATE TRIGGER {name} AFTER TRUNCATE ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {function}();"
+/// The body of the `DO` block that drops every audit trigger of the table and creates one per
+/// audited operation, calling `function`. The table is resolved through the caller's
+/// `search_path`; the triggers are then created with the path the trigger function runs with,
+/// so the names in their `WHEN` clauses resolve to `pg_catalog`'s objects, never to one on the
+/// caller's path.
+pub(super) fn triggers_body(spec: &TriggerSpec, function: &QualifiedName) -> String {
+    let mut body = format!(
+        "
+DECLARE
+    tbl regclass := pg_catalog.to_regclass({});
+    caller_path text;
+BEGIN
+    {PIN_PATH}
+",
+        spec.table().literal()
+    );
+    for op in Operation::ALL {
+        let _ = writeln!(
+            body,
+            "    EXECUTE {};",
+            on_table(
+                &format!("DROP TRIGGER IF EXISTS {} ON ", op.trigger_name()),
+                ""
+            )
         );
+    }
+    for &op in spec.operations() {
+        body.push_str(&create_trigger(spec, op, function));
+    }
+    let _ = write!(body, "    {RESTORE_PATH}\nEND\n");
+    body
+}
+
+/// A statement naming the table: `before`, the table (`tbl`, written schema-qualified under
+/// the pinned path), `after`, as an expression for `EXECUTE`.
+fn on_table(before: &str, after: &str) -> String {
+    let mut expr = format!("{} OPERATOR(pg_catalog.||) tbl::text", text_literal(before));
+    if !after.is_empty() {
+        let _ = write!(expr, " OPERATOR(pg_catalog.||) {}", text_literal(after));
+    }
+    expr
+}
+
+/// The statements creating `op`'s trigger, calling `function`.
+fn create_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> String {
+    let name = op.trigger_name();
+    let kw = op.keyword();
+    let execute = |event: &str, rest: &str| {
+        format!(
+            "    EXECUTE {};\n",
+            on_table(
+                &format!("CREATE TRIGGER {name} AFTER {event} ON "),
+                &format!("{rest}\n    EXECUTE FUNCTION {function}()")
+            )
+        )
+    };
+    if op == Operation::Truncate {
+        return execute("TRUNCATE", " FOR EACH STATEMENT");
     }
     if !spec.is_row_level(op) {
         let referencing = match op {
@@ -26,8 +74,9 @@ pub(super) fn create_trigger(
             Operation::Delete => format!("OLD TABLE AS {OLD_ROWS}"),
             _ => format!("OLD TABLE AS {OLD_ROWS} NEW TABLE AS {NEW_ROWS}"),
         };
-        return format!(
-            "CREATE TRIGGER {name} AFTER {kw} ON {table}\n    REFERENCING {referencing}\n    FOR EACH STATEMENT\n    EXECUTE FUNCTION {function}();"
+        return execute(
+            kw,
+            &format!("\n    REFERENCING {referencing}\n    FOR EACH STATEMENT"),
         );
     }
     let tracked = match (op, spec.columns()) {
@@ -41,15 +90,10 @@ pub(super) fn create_trigger(
     if let Some(c) = condition_for(spec, op, "NEW", "OLD") {
         when.push(format!("({c})"));
     }
-    let when = if when.is_empty() {
-        String::new()
+    let rest = if when.is_empty() {
+        "\n    FOR EACH ROW".to_owned()
     } else {
-        format!("\n    WHEN ({})", when.join(" AND "))
-    };
-    let create = |event: &str| {
-        format!(
-            "CREATE TRIGGER {name} AFTER {event} ON {table}\n    FOR EACH ROW{when}\n    EXECUTE FUNCTION {function}();"
-        )
+        format!("\n    FOR EACH ROW\n    WHEN ({})", when.join(" AND "))
     };
     match tracked {
         Some(cols) => {
@@ -59,13 +103,12 @@ pub(super) fn create_trigger(
                 .collect::<Vec<_>>()
                 .join(", ");
             update_of(
-                spec,
                 cols,
-                &create(kw),
-                &create(&format!("UPDATE OF {column_list}")),
+                &execute(kw, &rest),
+                &execute(&format!("UPDATE OF {column_list}"), &rest),
             )
         }
-        None => create(kw),
+        None => execute(kw, &rest),
     }
 }
 
@@ -74,19 +117,14 @@ pub(super) fn create_trigger(
 /// BEFORE UPDATE row trigger or a tracked column is generated: PostgreSQL then decides
 /// `UPDATE OF` from the SET list alone and would miss a change made by the trigger or the
 /// generation expression, so the plain form (filtered by `WHEN`) is created instead.
-fn update_of(spec: &TriggerSpec, cols: &[Ident], plain: &str, column_list: &str) -> String {
-    let table_lit = spec.table().literal();
+fn update_of(cols: &[Ident], plain: &str, column_list: &str) -> String {
     let names = cols
         .iter()
         .map(Ident::literal)
         .collect::<Vec<_>>()
         .join(", ");
-    let body = format!(
-        r#"
-DECLARE
-    tbl regclass := pg_catalog.to_regclass({table_lit});
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
+    format!(
+        "    IF EXISTS (SELECT FROM pg_catalog.pg_trigger AS t
                 WHERE t.tgrelid OPERATOR(pg_catalog.=) tbl AND NOT t.tgisinternal
                   AND t.tgname OPERATOR(pg_catalog.<>) ALL ({audit_triggers})
                   AND (t.tgtype::int OPERATOR(pg_catalog.&) {bits}) OPERATOR(pg_catalog.=) {bits})
@@ -94,18 +132,12 @@ BEGIN
                    WHERE a.attrelid OPERATOR(pg_catalog.=) tbl AND a.attgenerated OPERATOR(pg_catalog.<>) ''
                      AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY[{names}]::name[])) THEN
         RAISE NOTICE 'pg-audit: % has a BEFORE UPDATE trigger or a generated tracked column; its UPDATE trigger fires on every UPDATE', tbl;
-        EXECUTE {};
-    ELSE
-        EXECUTE {};
-    END IF;
-END
-"#,
-        text_literal(plain),
-        text_literal(column_list),
+    {plain}    ELSE
+    {column_list}    END IF;
+",
         audit_triggers = Operation::trigger_names_array(),
         bits = tgtype::BEFORE_UPDATE_ROW,
-    );
-    format!("DO {};", dollar_quote(&body))
+    )
 }
 
 #[cfg(test)]
@@ -113,7 +145,6 @@ mod tests {
     use super::*;
     use crate::sql::log::AuditLog;
     use crate::sql::trigger::{TriggerLevel, TriggerSpecBuilder};
-    use pretty_assertions::assert_eq;
 
     fn users() -> TriggerSpecBuilder {
         TriggerSpec::builder(QualifiedName::parse("public.users").unwrap())
@@ -129,24 +160,32 @@ mod tests {
             .unwrap();
         let function = spec.function_name(&AuditLog::new());
         let update = create_trigger(&spec, Operation::Update, &function);
+        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\"), ROW(NEW.\"name\", NEW.\"email\")) AND (NEW.active  ))";
         // UPDATE OF the tracked columns, unless the table's other triggers make it unsafe.
-        assert!(update.contains(
-            "AFTER UPDATE OF \"name\", \"email\" ON \"public\".\"users\"\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\"), ROW(NEW.\"name\", NEW.\"email\")) AND (NEW.active  ))"
-        ), "{update}");
         assert!(
-            update.contains("AFTER UPDATE ON \"public\".\"users\""),
+            update.contains(&format!(
+                "EXECUTE 'CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE OF \"name\", \"email\" ON ' OPERATOR(pg_catalog.||) tbl::text OPERATOR(pg_catalog.||) '{when}"
+            )),
+            "{update}"
+        );
+        assert!(
+            update.contains(&format!(
+                "EXECUTE 'CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON ' OPERATOR(pg_catalog.||) tbl::text OPERATOR(pg_catalog.||) '{when}"
+            )),
             "{update}"
         );
         // On DELETE the condition reads the deleted row.
         assert!(
-            create_trigger(&spec, Operation::Delete, &function).contains("WHEN ((OLD.active  ))")
+            create_trigger(&spec, Operation::Delete, &function)
+                .contains("FOR EACH ROW\n    WHEN ((OLD.active  ))")
         );
         // All columns: no WHEN, the function compares the rows.
         let all = users().level(TriggerLevel::Row).build().unwrap();
         assert_eq!(
             create_trigger(&all, Operation::Update, &function),
             format!(
-                "CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON \"public\".\"users\"\n    FOR EACH ROW\n    EXECUTE FUNCTION {function}();"
+                "    EXECUTE 'CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON ' OPERATOR(pg_catalog.||) tbl::text OPERATOR(pg_catalog.||) '\n    FOR EACH ROW\n    EXECUTE FUNCTION {}()';\n",
+                function.to_string().replace('\'', "''")
             )
         );
     }
@@ -155,13 +194,9 @@ mod tests {
     fn statement_level_triggers_reference_transition_tables() {
         let spec = users().level(TriggerLevel::Statement).build().unwrap();
         let function = spec.function_name(&AuditLog::new());
-        assert_eq!(
-            create_trigger(&spec, Operation::Update, &function),
-            format!(
-                "CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE ON \"public\".\"users\"
-    REFERENCING OLD TABLE AS pg_audit_old_rows NEW TABLE AS pg_audit_new_rows
-    FOR EACH STATEMENT
-    EXECUTE FUNCTION {function}();"
+        assert!(
+            create_trigger(&spec, Operation::Update, &function).contains(
+                "REFERENCING OLD TABLE AS pg_audit_old_rows NEW TABLE AS pg_audit_new_rows\n    FOR EACH STATEMENT"
             )
         );
     }

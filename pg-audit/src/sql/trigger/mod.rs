@@ -89,7 +89,7 @@ impl FromStr for TriggerLevel {
 ///     .condition("NEW.is_active")
 ///     .build()?;
 /// let sql = spec.install_sql(&AuditLog::new());
-/// assert!(sql.contains(r#"CREATE TRIGGER "pg_audit_update" AFTER UPDATE ON "public"."users""#));
+/// assert!(sql.contains(r#"CREATE TRIGGER "pg_audit_update" AFTER UPDATE OF "name", "email" ON "#));
 /// # Ok::<(), pg_audit::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,10 +322,11 @@ impl TriggerSpec {
             "COMMENT ON FUNCTION {function}() IS {};\n",
             text_literal(&format!("pg-audit trigger function for {}", self.table))
         );
-        sql.push_str(&self.drop_triggers_sql());
-        for &op in &self.operations {
-            let _ = writeln!(sql, "{}", create::create_trigger(self, op, &function));
-        }
+        let _ = writeln!(
+            sql,
+            "DO {};",
+            dollar_quote(&create::triggers_body(self, &function))
+        );
         let _ = writeln!(
             sql,
             "\n{}",
