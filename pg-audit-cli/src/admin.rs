@@ -273,7 +273,8 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             }
             let candidates: Vec<Candidate> = diesel::sql_query(format!(
                 "SELECT partition_name FROM ({}) AS p
-                  WHERE NOT is_default AND range_end <= pg_catalog.clock_timestamp() - $1::interval
+                  WHERE NOT is_default
+                    AND range_end OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::interval)
                   ORDER BY range_start",
                 log.list_partitions_sql()
             ))

@@ -297,7 +297,7 @@ impl AuditReader {
     /// the id to page before (bigint, NULL for the first page), `$5` the limit.
     pub fn history_sql(&self) -> String {
         self.record_sql(
-            "($4::bigint IS NULL OR l.id < $4)
+            "($4::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $4)
               ORDER BY l.changed_at DESC, l.id DESC
               LIMIT $5",
         )
@@ -309,8 +309,10 @@ impl AuditReader {
     fn record_sql(&self, rest: &str) -> String {
         format!(
             "SELECT {columns} FROM {log} AS l, ({RESOLVE_TABLE}) AS r
-              WHERE l.record_key = {key}
-                AND l.schema_name = r.schema_name AND l.table_name = r.table_name AND l.record_pk = $3::jsonb
+              WHERE l.record_key OPERATOR(pg_catalog.=) {key}
+                AND l.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                AND l.table_name OPERATOR(pg_catalog.=) r.table_name
+                AND l.record_pk OPERATOR(pg_catalog.=) $3::jsonb
                 AND {rest}",
             columns = entry_select_list("l"),
             log = self.log.table(),
@@ -327,10 +329,14 @@ impl AuditReader {
         key: &Value,
         entry: i64,
     ) -> QueryResult<Option<AuditEntry>> {
-        record_query(self.record_sql("l.id = $4"), table, key)
-            .bind::<BigInt, _>(entry)
-            .get_result(conn)
-            .optional()
+        record_query(
+            self.record_sql("l.id OPERATOR(pg_catalog.=) $4"),
+            table,
+            key,
+        )
+        .bind::<BigInt, _>(entry)
+        .get_result(conn)
+        .optional()
     }
 
     /// The key columns recorded at install for each audited table named `table` (one entry
@@ -361,7 +367,7 @@ impl AuditReader {
     /// Everything one transaction did, in order.
     pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
         diesel::sql_query(format!(
-            "SELECT {} FROM {} AS l WHERE l.txid = $1 ORDER BY l.id",
+            "SELECT {} FROM {} AS l WHERE l.txid OPERATOR(pg_catalog.=) $1 ORDER BY l.id",
             entry_select_list("l"),
             self.log.table()
         ))
@@ -399,9 +405,9 @@ impl AuditReader {
         // The time range prunes partitions and uses the BRIN index; give one on large logs.
         diesel::sql_query(format!(
             "SELECT {} FROM {} AS l
-              WHERE l.context ->> $1 = $2
-                AND ($3::timestamptz IS NULL OR l.changed_at >= $3)
-                AND ($4::timestamptz IS NULL OR l.changed_at < $4)
+              WHERE (l.context OPERATOR(pg_catalog.->>) $1) OPERATOR(pg_catalog.=) $2
+                AND ($3::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $3)
+                AND ($4::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.<) $4)
               ORDER BY l.id",
             entry_select_list("l"),
             self.log.table()
@@ -435,7 +441,7 @@ impl AuditReader {
     ) -> QueryResult<Option<Value>> {
         let last: Vec<AuditEntry> = record_query(
             self.record_sql(
-                "l.changed_at <= $4
+                "l.changed_at OPERATOR(pg_catalog.<=) $4
               ORDER BY l.changed_at DESC, l.id DESC
               LIMIT 1",
             ),
@@ -509,8 +515,8 @@ impl AuditReader {
 /// and name, from parameters $1 and $2.
 const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
                   (SELECT n.nspname::text FROM pg_catalog.pg_class AS c
-                     JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-                    WHERE c.oid = pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
+                     JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                    WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
                   pg_catalog.current_schema()::text) AS schema_name,
               $2::text AS table_name";
 
