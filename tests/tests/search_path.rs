@@ -114,7 +114,7 @@ fn objects_planted_on_the_owners_path_never_run() {
             traps = traps()
         ),
     );
-    let mut step = |conn: &mut PgConnection, what: &str, sql: &str| {
+    let step = |conn: &mut PgConnection, what: &str, sql: &str| {
         exec(conn, sql);
         assert_eq!(calls(conn), json!(0), "a planted object ran during {what}");
     };
