@@ -114,9 +114,10 @@ impl AuditLog {
     }
 
     /// The maintenance functions' names and argument types, for revoking and dropping them.
-    fn function_signatures(&self) -> [(QualifiedName, &'static str); 4] {
+    fn function_signatures(&self) -> [(QualifiedName, &'static str); 5] {
         [
             (self.function("check"), ""),
+            (self.function("strip_grants"), "regclass, boolean"),
             (self.function("prune_partitions"), "interval, boolean, text"),
             (self.function("ensure_partitions"), "integer"),
             (self.function("partitions"), ""),
@@ -194,6 +195,21 @@ impl AuditLog {
             let _ = writeln!(
                 sql,
                 "REVOKE ALL ON FUNCTION {function}({args}) FROM PUBLIC;"
+            );
+        }
+        // Only the owner writes them, whatever the schema's default privileges granted at
+        // creation (`ALTER DEFAULT PRIVILEGES ... GRANT INSERT ...`); reads granted with
+        // `grant_read_sql` stay.
+        for (relation, keep_select) in [
+            (table.clone(), true),
+            (self.default_partition(), false),
+            (self.config_table(), true),
+        ] {
+            let _ = writeln!(
+                sql,
+                "SELECT {}({}::regclass, {keep_select});",
+                self.function("strip_grants"),
+                relation.literal()
             );
         }
         let _ = writeln!(sql, "\n{};", self.ensure_partitions_sql(self.premake));

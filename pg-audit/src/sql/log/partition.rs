@@ -82,6 +82,34 @@ pub enum Retention {
     Drop,
 }
 
+/// How long maintenance waits for a lock that audited writes would queue behind, per attempt:
+/// a write waits at most this long for maintenance.
+pub const LOCK_TIMEOUT: &str = "100ms";
+/// How long maintenance keeps trying before it gives up, with an error naming the cause.
+pub const MAX_WAIT: &str = "10 minutes";
+
+/// Sets the short lock timeout for one attempt (the subtransaction's rollback undoes it).
+fn lock_wait() -> String {
+    format!("PERFORM pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true);")
+}
+
+/// After an attempt timed out on a lock: give up past [`MAX_WAIT`], else sleep (backing off
+/// from 0.1 s to 1 s) and try again.
+fn retry() -> String {
+    format!(
+        "attempt := attempt OPERATOR(pg_catalog.+) 1;
+                    IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started OPERATOR(pg_catalog.>) interval '{MAX_WAIT}' THEN
+                        RAISE EXCEPTION 'pg-audit: the audit log stayed locked by other transactions for {MAX_WAIT}; maintenance gave up rather than block audited writes'
+                            USING ERRCODE = 'lock_not_available',
+                                  HINT = 'Find the long transaction holding it in pg_stat_activity (a report, pg_dump) and run maintenance again when it ends.';
+                    END IF;
+                    IF attempt OPERATOR(pg_catalog.=) 1 THEN
+                        RAISE NOTICE 'pg-audit: the audit log is held by another transaction; retrying without blocking audited writes';
+                    END IF;
+                    PERFORM pg_catalog.pg_sleep(LEAST(0.05 * 2 ^ LEAST(attempt, 5), 1.0));"
+    )
+}
+
 /// The maintenance functions' DDL: `<log>_partitions()`, `<log>_ensure_partitions(ahead)` and
 /// `<log>_prune_partitions(older_than, drop_partitions, only_partition)`.
 pub(super) fn functions_sql(log: &AuditLog) -> String {
@@ -93,6 +121,8 @@ pub(super) fn functions_sql(log: &AuditLog) -> String {
     let partitions = log.function("partitions");
     let ensure = log.function("ensure_partitions");
     let prune = log.function("prune_partitions");
+    let strip = log.function("strip_grants");
+    let (lock_wait, retry) = (lock_wait(), retry());
     let field = log.partition_period().date_trunc_field();
     let step = log.partition_period().interval();
     let mut sql = String::new();
@@ -130,10 +160,13 @@ DECLARE
     part_schema constant text := {schema_lit};
     prefix constant text := {prefix_lit};
     step constant interval := '{step}';
+    started constant timestamptz := pg_catalog.clock_timestamp();
+    caller_lock_timeout constant text := pg_catalog.current_setting('lock_timeout');
     lo timestamptz;
     hi timestamptz;
     part text;
     n bigint;
+    attempt integer;
 BEGIN
     IF ahead IS NULL OR ahead < 0 THEN
         RAISE EXCEPTION 'pg-audit: ahead must be zero or more, not %', ahead;
@@ -146,28 +179,40 @@ BEGIN
         IF NOT EXISTS (SELECT FROM {partitions}() AS p
                         WHERE NOT p.is_default AND p.range_start < hi AND p.range_end > lo) THEN
             part := prefix || pg_catalog.to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD');
-            EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE changed_at >= $1 AND changed_at < $2', default_part)
-               INTO n USING lo, hi;
-            IF n > 0 OR lo <= pg_catalog.clock_timestamp() THEN
-                -- Rows of this range are in, or may be on their way to, the DEFAULT partition.
-                -- Hold audited writes (they wait, they do not fail) while the rows move, so
-                -- none lands in the DEFAULT partition once the new partition covers the range.
-                IF n > 0 THEN
-                    RAISE NOTICE 'pg-audit: moving % rows from % into new partition %.%', n, default_part, part_schema, part;
-                END IF;
-                LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
-                EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                                          part_schema, part, {table_lit});
-                EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE changed_at >= $1 AND changed_at < $2 RETURNING *) '
-                                          'INSERT INTO %I.%I SELECT * FROM moved', default_part, part_schema, part)
-                   USING lo, hi;
-                GET DIAGNOSTICS n = ROW_COUNT;
-                EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
-                                          {table_lit}, part_schema, part, lo, hi);
-            ELSE
-                EXECUTE pg_catalog.format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
-                                          part_schema, part, {table_lit}, lo, hi);
-            END IF;
+            attempt := 0;
+            LOOP
+                BEGIN
+                    {lock_wait}
+                    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                                              part_schema, part, {table_lit});
+                    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE changed_at >= $1 AND changed_at < $2', default_part)
+                       INTO n USING lo, hi;
+                    IF n > 0 OR lo <= pg_catalog.clock_timestamp() THEN
+                        -- Rows of this range are in, or may be on their way to, the DEFAULT
+                        -- partition. Hold audited writes (they wait, they do not fail) while
+                        -- the rows move, so none lands in the DEFAULT partition once the new
+                        -- partition covers the range.
+                        IF n > 0 THEN
+                            RAISE NOTICE 'pg-audit: moving % rows from % into new partition %.%', n, default_part, part_schema, part;
+                        END IF;
+                        LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
+                        EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE changed_at >= $1 AND changed_at < $2 RETURNING *) '
+                                                  'INSERT INTO %I.%I SELECT * FROM moved', default_part, part_schema, part)
+                           USING lo, hi;
+                        GET DIAGNOSTICS n = ROW_COUNT;
+                    END IF;
+                    -- ATTACH rather than CREATE TABLE ... PARTITION OF: it takes only a SHARE
+                    -- UPDATE EXCLUSIVE lock on the log, which audited writes never wait for.
+                    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                                              {table_lit}, part_schema, part, lo, hi);
+                    PERFORM pg_catalog.set_config('lock_timeout', caller_lock_timeout, true);
+                    EXIT;
+                EXCEPTION WHEN lock_not_available THEN
+                    {retry}
+                END;
+            END LOOP;
+            -- Only the owner may write it, whatever the schema's default privileges grant.
+            PERFORM {strip}(pg_catalog.format('%I.%I', part_schema, part)::regclass, false);
             partition_name := pg_catalog.format('%I.%I', part_schema, part);
             range_start := lo;
             range_end := hi;
@@ -191,13 +236,43 @@ END
         )
     );
 
+    let strip_body = r#"
+DECLARE
+    g record;
+BEGIN
+    FOR g IN SELECT DISTINCT a.grantee, a.privilege_type
+               FROM pg_catalog.pg_class AS c
+              CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+              WHERE c.oid OPERATOR(pg_catalog.=) rel AND a.grantee OPERATOR(pg_catalog.<>) c.relowner
+                AND NOT (keep_select AND a.privilege_type OPERATOR(pg_catalog.=) 'SELECT') LOOP
+        EXECUTE pg_catalog.format('REVOKE %s ON TABLE %s FROM %s', g.privilege_type, rel,
+                                  CASE WHEN g.grantee OPERATOR(pg_catalog.=) 0 THEN 'PUBLIC'
+                                       ELSE g.grantee::regrole::text END);
+    END LOOP;
+END
+"#;
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{strip}(rel regclass, keep_select boolean DEFAULT false)"),
+            "void",
+            "plpgsql",
+            false,
+            strip_body
+        )
+    );
+
     let prune_body = format!(
         r#"
 DECLARE
     default_part constant text := {default_lit};
+    started constant timestamptz := pg_catalog.clock_timestamp();
+    caller_lock_timeout constant text := pg_catalog.current_setting('lock_timeout');
     cutoff timestamptz;
     p record;
     n bigint;
+    attempt integer;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'pg-audit: older_than must be a positive interval, not %', older_than;
@@ -208,14 +283,26 @@ BEGIN
               WHERE NOT l.is_default AND l.range_end <= cutoff
                 AND (only_partition IS NULL OR l.partition_name OPERATOR(pg_catalog.=) only_partition)
               ORDER BY l.range_start LOOP
-        EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
-        EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
-        IF drop_partitions THEN
-            EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
-            action := 'dropped';
-        ELSE
-            action := 'detached';
-        END IF;
+        attempt := 0;
+        LOOP
+            BEGIN
+                {lock_wait}
+                -- DETACH takes an ACCESS EXCLUSIVE lock on the log, which audited writes wait
+                -- for: it waits at most lock_timeout, then lets them through and tries again.
+                EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
+                EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
+                IF drop_partitions THEN
+                    EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
+                    action := 'dropped';
+                ELSE
+                    action := 'detached';
+                END IF;
+                PERFORM pg_catalog.set_config('lock_timeout', caller_lock_timeout, true);
+                EXIT;
+            EXCEPTION WHEN lock_not_available THEN
+                {retry}
+            END;
+        END LOOP;
         partition_name := p.partition_name;
         range_start := p.range_start;
         range_end := p.range_end;
