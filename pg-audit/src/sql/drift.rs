@@ -17,9 +17,12 @@
 
 use std::fmt::Write as _;
 
-use crate::ident::{QualifiedName, text_literal};
+use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::create_function;
 use crate::sql::shape::{Operation, tgtype};
+
+/// The field listing the audited operations' keywords, in the order of [`TRIGGERS_FIELD`].
+const OPERATIONS_FIELD: &str = "operations";
 
 /// The install record's field holding the key columns, in key order.
 const KEY_FIELD: &str = "primary_key";
@@ -69,9 +72,10 @@ impl InstallRecord {
             .as_deref()
             .map_or_else(|| "null".to_owned(), json_string);
         format!(
-            "{{{}:{},\"audited\":{audited},\"condition\":{condition},\"operations\":{},\"levels\":{},{}:{},{}:{}}}",
+            "{{{}:{},\"audited\":{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}}}",
             json_string(KEY_FIELD),
             json_list(&self.primary_key),
+            json_string(OPERATIONS_FIELD),
             json_list(&self.operations),
             json_list(&self.levels),
             json_string(TRIGGERS_FIELD),
@@ -205,6 +209,13 @@ COMMENT ON TABLE {config} IS {comment};
        AND NOT EXISTS (SELECT FROM {config} AS r
                         WHERE r.table_schema OPERATOR(pg_catalog.=) n.nspname::text
                           AND r.table_name OPERATOR(pg_catalog.=) c.relname::text)
+       -- A partition of a recorded table carries its table's triggers.
+       AND NOT (c.relispartition AND EXISTS (
+                SELECT FROM {config} AS r
+                  JOIN pg_catalog.pg_namespace AS rn ON rn.nspname OPERATOR(pg_catalog.=) r.table_schema
+                  JOIN pg_catalog.pg_class AS rc ON rc.relnamespace OPERATOR(pg_catalog.=) rn.oid
+                                                AND rc.relname OPERATOR(pg_catalog.=) r.table_name
+                 WHERE rc.oid OPERATOR(pg_catalog.=) pg_catalog.pg_partition_root(c.oid)))
      ORDER BY 1, 2, 3
 "#,
         config_lit = config.literal(),
@@ -226,6 +237,144 @@ COMMENT ON TABLE {config} IS {comment};
         )
     );
     sql
+}
+
+/// The functions that keep a partitioned table's partitions audited: `guard`, the trigger
+/// function of the row-level guard cloned onto every partition, which refuses writes to a
+/// partition that has no audit triggers of its own; and `adopt(only_table)`, which gives every
+/// such partition of the recorded tables (or of `only_table`, all of them) the statement-level
+/// triggers of its table, logging under the table's name, and disables its guard. When a
+/// superuser installs the log, an event trigger runs `adopt` after every `CREATE TABLE` and
+/// `ALTER TABLE`, so a partition created or attached later is audited from its first write.
+pub(crate) fn partition_functions_sql(
+    config: &QualifiedName,
+    guard: &QualifiedName,
+    adopt: &QualifiedName,
+    on_ddl: &QualifiedName,
+    event_trigger: &Ident,
+) -> String {
+    let guard_name = crate::sql::trigger::guard_trigger_name();
+    let referencing: Vec<String> = Operation::ALL
+        .iter()
+        .map(|op| {
+            format!(
+                "WHEN {} THEN {}",
+                text_literal(op.keyword()),
+                text_literal(&format!(" {}", op.referencing()))
+            )
+        })
+        .collect();
+    let drops: Vec<String> = Operation::ALL
+        .iter()
+        .map(|op| {
+            format!(
+                "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, part);",
+                op.trigger_name().literal()
+            )
+        })
+        .collect();
+    let guard_body = format!(
+        r#"
+BEGIN
+    RAISE EXCEPTION 'pg-audit: partition %.% of an audited table has no audit triggers yet, so this write would not be logged', TG_TABLE_SCHEMA, TG_TABLE_NAME
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'As the table''s owner, run SELECT * FROM {adopt}() (installing the triggers again does it too).';
+END
+"#
+    );
+    let adopt_body = format!(
+        r#"
+DECLARE
+    r record;
+    part regclass;
+    op text;
+BEGIN
+    -- The DDL below fires the event trigger again: nothing to do then.
+    IF pg_catalog.current_setting('pg_audit.adopting', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM pg_catalog.set_config('pg_audit.adopting', 'on', true);
+    FOR r IN SELECT t.table_schema, t.table_name, t.trigger_function, t.config, c.oid AS rel
+               FROM {config} AS t
+               JOIN pg_catalog.pg_namespace AS n ON n.nspname = t.table_schema
+               JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = t.table_name
+              WHERE c.relkind = 'p' AND (only_table IS NULL OR c.oid = only_table) LOOP
+        -- Every partition when installing; otherwise those missing a trigger of their own.
+        FOR part IN SELECT p.relid FROM pg_catalog.pg_partition_tree(r.rel) AS p
+                     WHERE p.relid <> r.rel
+                       AND (only_table IS NOT NULL
+                            OR EXISTS (SELECT FROM pg_catalog.jsonb_array_elements_text(r.config -> {triggers}) AS e(name)
+                                        WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                                                           WHERE g.tgrelid = p.relid AND g.tgname = e.name
+                                                             AND g.tgparentid = 0))) LOOP
+            {drops}
+            FOR i IN 0 .. pg_catalog.jsonb_array_length(r.config -> {operations}) - 1 LOOP
+                op := r.config -> {operations} ->> i;
+                EXECUTE pg_catalog.format('CREATE TRIGGER %I AFTER %s ON %s%s FOR EACH STATEMENT EXECUTE FUNCTION %s(%L, %L)',
+                                          r.config -> {triggers} ->> i, op, part,
+                                          CASE op {referencing} ELSE '' END,
+                                          r.trigger_function, r.table_schema, r.table_name);
+            END LOOP;
+            -- The guard fires on leaves only; left enabled on a partitioned partition, its
+            -- clone on a leaf created there later refuses writes until that leaf is adopted.
+            IF (SELECT c.relkind FROM pg_catalog.pg_class AS c WHERE c.oid = part) <> 'p' THEN
+                EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER %I', part, {guard_lit});
+            END IF;
+            table_name := pg_catalog.format('%I.%I', r.table_schema, r.table_name);
+            partition_name := part::text;
+            RETURN NEXT;
+        END LOOP;
+    END LOOP;
+    PERFORM pg_catalog.set_config('pg_audit.adopting', '', true);
+END
+"#,
+        guard_lit = guard_name.literal(),
+        drops = drops.join("\n            "),
+        operations = text_literal(OPERATIONS_FIELD),
+        triggers = text_literal(TRIGGERS_FIELD),
+        referencing = referencing.join(" "),
+    );
+    let on_ddl_body = format!("\nBEGIN\n    PERFORM {adopt}();\nEND\n");
+    let event_trigger_lit = event_trigger.literal();
+    let install_event_trigger = format!(
+        "
+BEGIN
+    IF (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+       AND NOT EXISTS (SELECT FROM pg_catalog.pg_event_trigger AS e WHERE e.evtname OPERATOR(pg_catalog.=) {event_trigger_lit}) THEN
+        CREATE EVENT TRIGGER {event_trigger} ON ddl_command_end
+            WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')
+            EXECUTE FUNCTION {on_ddl}();
+    END IF;
+END
+"
+    );
+    format!(
+        "{}\n\n{}\n\n{}\n\nDO {};\n",
+        create_function(
+            &format!("{guard}()"),
+            "trigger",
+            "plpgsql",
+            false,
+            &guard_body
+        ),
+        create_function(
+            &format!("{adopt}(only_table regclass DEFAULT NULL)"),
+            "TABLE (table_name text, partition_name text)",
+            "plpgsql",
+            false,
+            &adopt_body
+        ),
+        // Runs as its owner (a superuser: only one can create the event trigger), so that the
+        // table owner's DDL can adopt partitions whatever owns the log's functions.
+        create_function(
+            &format!("{on_ddl}()"),
+            "event_trigger",
+            "plpgsql",
+            true,
+            &on_ddl_body
+        ),
+        crate::ident::dollar_quote(&install_event_trigger)
+    )
 }
 
 fn json_list(items: &[String]) -> String {

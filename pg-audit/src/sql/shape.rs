@@ -249,6 +249,19 @@ impl Operation {
         }
     }
 
+    /// The `REFERENCING` clause of this operation's statement-level trigger (empty for
+    /// TRUNCATE): the transition tables the trigger function reads.
+    pub(crate) fn referencing(self) -> String {
+        match self {
+            Operation::Insert => format!("REFERENCING NEW TABLE AS {NEW_ROWS}"),
+            Operation::Delete => format!("REFERENCING OLD TABLE AS {OLD_ROWS}"),
+            Operation::Update => {
+                format!("REFERENCING OLD TABLE AS {OLD_ROWS} NEW TABLE AS {NEW_ROWS}")
+            }
+            Operation::Truncate => String::new(),
+        }
+    }
+
     /// `ARRAY['pg_audit_insert', ...]::name[]`: every audit trigger's name, for catalog queries.
     pub(crate) fn trigger_names_array() -> String {
         let names: Vec<String> = Operation::ALL
@@ -269,6 +282,10 @@ impl FromStr for Operation {
             .ok_or_else(|| Error::UnknownOperation { name: s.to_owned() })
     }
 }
+
+/// The transition tables of statement-level triggers, as the trigger function names them.
+pub(crate) const NEW_ROWS: &str = "pg_audit_new_rows";
+pub(crate) const OLD_ROWS: &str = "pg_audit_old_rows";
 
 /// Bits of `pg_trigger.tgtype` (PostgreSQL's `TRIGGER_TYPE_*`, `catalog/pg_trigger.h`).
 pub(crate) mod tgtype {

@@ -114,14 +114,30 @@ impl AuditLog {
     }
 
     /// The maintenance functions' names and argument types, for revoking and dropping them.
-    fn function_signatures(&self) -> [(QualifiedName, &'static str); 5] {
+    fn function_signatures(&self) -> [(QualifiedName, &'static str); 8] {
         [
+            (self.function("adopt_on_ddl"), ""),
+            (self.function("adopt_partitions"), "regclass"),
+            (self.function("unaudited_partition"), ""),
             (self.function("check"), ""),
             (self.function("strip_grants"), "regclass, boolean"),
             (self.function("prune_partitions"), "interval, boolean, text"),
             (self.function("ensure_partitions"), "integer"),
             (self.function("partitions"), ""),
         ]
+    }
+
+    /// The event trigger that adopts new partitions of audited tables (database-wide, so its
+    /// name carries the log's schema and name).
+    fn event_trigger(&self) -> Ident {
+        Ident::generated(
+            &format!(
+                "pg_audit_{}_{}",
+                self.schema().as_str(),
+                self.table.name.as_str()
+            ),
+            "_partitions",
+        )
     }
 
     /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
@@ -183,6 +199,14 @@ impl AuditLog {
             &self.config_table(),
             &self.function("check"),
         ));
+        sql.push('\n');
+        sql.push_str(&drift::partition_functions_sql(
+            &self.config_table(),
+            &self.function("unaudited_partition"),
+            &self.function("adopt_partitions"),
+            &self.function("adopt_on_ddl"),
+            &self.event_trigger(),
+        ));
         // Append-only: only the owner (the role running this) writes the log, and only through
         // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
         let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
@@ -235,13 +259,20 @@ impl AuditLog {
     /// (see [`crate::TriggerSpec::uninstall_sql`]): a trigger left behind would fail every write
     /// to its table.
     pub fn drop_sql(&self) -> String {
-        let mut sql = String::new();
+        let mut sql = format!("DROP EVENT TRIGGER IF EXISTS {};\n", self.event_trigger());
         for (name, args) in self.function_signatures() {
             let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
         }
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.table);
         sql
+    }
+
+    /// SQL that gives every partition of an audited partitioned table that has none its
+    /// audit triggers (a partition created or attached since the install, when no event
+    /// trigger did it): rows of `table_name`, `partition_name`. Run it as the tables' owner.
+    pub fn adopt_partitions_sql(&self) -> String {
+        format!("SELECT * FROM {}()", self.function("adopt_partitions"))
     }
 
     /// SQL that creates the partition of the current period and of the next `ahead` periods

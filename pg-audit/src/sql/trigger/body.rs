@@ -6,28 +6,41 @@
 
 use std::fmt::Write as _;
 
+use super::TriggerSpec;
 use super::row::{condition_for, key_json, record_key, values_json};
-use super::{NEW_ROWS, OLD_ROWS, TriggerSpec};
 use crate::sql::log::AuditLog;
-use crate::sql::shape::{Operation, written_columns};
+use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, written_columns};
 
 /// The function's body: `DECLARE ... BEGIN IF TG_OP = ... END`.
 pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     let columns: Vec<&str> = written_columns().map(|c| c.name).collect();
     let insert_into = format!("INSERT INTO {} ({})", log.table(), columns.join(", "));
-    // The context is read once per call, before any branch, into `v_context`.
+    // The table's names are read once per call: a partition's triggers pass the audited
+    // table's, so its rows are logged under the table's name. The context is read once, before
+    // any branch, into `v_context`.
     let mut body = format!(
-        "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_raw text;\n    v_context json;\nBEGIN\n    {}\n",
+        "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_raw text;\n    v_context json;\n    \
+         {SCHEMA} text := COALESCE(TG_ARGV[0], TG_TABLE_SCHEMA);\n    \
+         {TABLE} text := COALESCE(TG_ARGV[1], TG_TABLE_NAME);\nBEGIN\n    {}\n",
         crate::context::read_statements("    ")
     );
     for (i, &op) in spec.operations().iter().enumerate() {
         let keyword = if i == 0 { "IF" } else { "ELSIF" };
-        let rows = Rows::of(spec, op);
+        let statement = Rows::of(spec, op, false).insert(spec, op, &insert_into);
+        let branch = if spec.is_row_level(op) {
+            // Row-level as configured; statement-level on a partitioned table, whose
+            // partitions are audited by statement-level triggers of their own.
+            let row = Rows::of(spec, op, true).insert(spec, op, &insert_into);
+            format!(
+                "IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN\n        {row}\n        ELSE\n        {statement}\n        END IF;"
+            )
+        } else {
+            statement
+        };
         let _ = writeln!(
             body,
-            "    {keyword} TG_OP OPERATOR(pg_catalog.=) '{}' THEN\n        {}",
+            "    {keyword} TG_OP OPERATOR(pg_catalog.=) '{}' THEN\n        {branch}",
             op.keyword(),
-            rows.insert(spec, op, &insert_into)
         );
     }
     body.push_str("    END IF;\n    RETURN NULL;\nEND\n");
@@ -50,11 +63,12 @@ enum Rows {
 }
 
 impl Rows {
-    fn of(spec: &TriggerSpec, op: Operation) -> Rows {
+    /// The rows of `op` at a trigger of the given level.
+    fn of(spec: &TriggerSpec, op: Operation, row_level: bool) -> Rows {
         if op == Operation::Truncate {
             return Rows::None;
         }
-        if spec.is_row_level(op) {
+        if row_level {
             return Rows::Trigger;
         }
         match op {
@@ -183,6 +197,9 @@ impl Rows {
 
 /// The variable holding the context, read once per call.
 const CONTEXT: &str = "v_context";
+/// The variables holding the audited table's schema and name.
+pub(super) const SCHEMA: &str = "v_schema";
+pub(super) const TABLE: &str = "v_table";
 
 /// The paired rows of a statement-level UPDATE, as row expressions.
 const NEW_ROW: &str = "(pg_audit_new.r)";
@@ -231,8 +248,8 @@ impl<'a> LogRow<'a> {
     fn value(&self, column: &str) -> &str {
         match column {
             "operation" => self.operation,
-            "schema_name" => "TG_TABLE_SCHEMA",
-            "table_name" => "TG_TABLE_NAME",
+            "schema_name" => SCHEMA,
+            "table_name" => TABLE,
             "record_key" => &self.record_key,
             "record_pk" => &self.record_pk,
             "old_values" => &self.old_values,
@@ -253,7 +270,7 @@ mod tests {
         let row = LogRow::without_key("'TRUNCATE'", "ctx");
         assert_eq!(
             row.list(),
-            "'TRUNCATE', TG_TABLE_SCHEMA, TG_TABLE_NAME, NULL, NULL, NULL, NULL, ctx"
+            "'TRUNCATE', v_schema, v_table, NULL, NULL, NULL, NULL, ctx"
         );
     }
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use super::guard::{PIN_PATH, RESTORE_PATH};
 use super::row::{condition_for, tracked_changed};
-use super::{Columns, NEW_ROWS, OLD_ROWS, TriggerSpec};
+use super::{Columns, TriggerSpec};
 use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::shape::{Operation, tgtype};
 
@@ -14,32 +14,74 @@ use crate::sql::shape::{Operation, tgtype};
 /// `search_path`; the triggers are then created with the path the trigger function runs with,
 /// so the names in their `WHEN` clauses resolve to `pg_catalog`'s objects, never to one on the
 /// caller's path.
-pub(super) fn triggers_body(spec: &TriggerSpec, function: &QualifiedName) -> String {
+///
+/// On a partitioned table every trigger is statement-level: a statement on the table fires
+/// them once, with every partition's rows in its transition tables (a row an UPDATE moves
+/// between partitions is one old and one new row there), while statements on a partition
+/// fire only that partition's own triggers, which the log's `adopt_partitions` creates. A
+/// row-level guard calling `guard` is cloned by PostgreSQL onto every partition, present and
+/// future; it is disabled on each partition that has its triggers, so a partition created
+/// later refuses writes until it has them.
+pub(super) fn triggers_body(
+    spec: &TriggerSpec,
+    function: &QualifiedName,
+    guard: &QualifiedName,
+) -> String {
     let mut body = format!(
         "
 DECLARE
     tbl regclass := pg_catalog.to_regclass({});
+    partitioned boolean;
     caller_path text;
 BEGIN
     {PIN_PATH}
+    partitioned := (SELECT c.relkind OPERATOR(pg_catalog.=) 'p' FROM pg_catalog.pg_class AS c
+                     WHERE c.oid OPERATOR(pg_catalog.=) tbl);
 ",
         spec.table().literal()
     );
-    for op in Operation::ALL {
+    for name in Operation::ALL
+        .iter()
+        .map(|op| op.trigger_name())
+        .chain([guard_trigger_name()])
+    {
         let _ = writeln!(
             body,
             "    EXECUTE {};",
-            on_table(
-                &format!("DROP TRIGGER IF EXISTS {} ON ", op.trigger_name()),
-                ""
-            )
+            on_table(&format!("DROP TRIGGER IF EXISTS {name} ON "), "")
         );
     }
     for &op in spec.operations() {
-        body.push_str(&create_trigger(spec, op, function));
+        let statement = statement_trigger(op, function);
+        if spec.is_row_level(op) {
+            let _ = write!(
+                body,
+                "    IF partitioned THEN\n    {statement}    ELSE\n{}    END IF;\n",
+                row_trigger(spec, op, function)
+            );
+        } else {
+            body.push_str(&statement);
+        }
     }
+    let _ = writeln!(
+        body,
+        "    IF partitioned THEN\n        EXECUTE {};\n    END IF;",
+        on_table(
+            &format!(
+                "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON ",
+                guard_trigger_name()
+            ),
+            &format!(" FOR EACH ROW EXECUTE FUNCTION {guard}()")
+        )
+    );
     let _ = write!(body, "    {RESTORE_PATH}\nEND\n");
     body
+}
+
+/// The row-level trigger on a partitioned table that refuses writes to partitions without
+/// audit triggers of their own.
+pub(crate) fn guard_trigger_name() -> Ident {
+    Ident::generated("pg_audit_guard", "")
 }
 
 /// A statement naming the table: `before`, the table (`tbl`, written schema-qualified under
@@ -52,33 +94,45 @@ fn on_table(before: &str, after: &str) -> String {
     expr
 }
 
-/// The statements creating `op`'s trigger, calling `function`.
+/// `EXECUTE` of `CREATE TRIGGER name AFTER event ON <table>rest EXECUTE FUNCTION function()`.
+fn execute(name: &Ident, event: &str, rest: &str, function: &QualifiedName) -> String {
+    format!(
+        "    EXECUTE {};\n",
+        on_table(
+            &format!("CREATE TRIGGER {name} AFTER {event} ON "),
+            &format!("{rest}\n    EXECUTE FUNCTION {function}()")
+        )
+    )
+}
+
+/// The statement-level trigger of `op`, over transition tables.
+fn statement_trigger(op: Operation, function: &QualifiedName) -> String {
+    let referencing = match op.referencing() {
+        clause if clause.is_empty() => clause,
+        clause => format!("\n    {clause}"),
+    };
+    execute(
+        &op.trigger_name(),
+        op.keyword(),
+        &format!("{referencing}\n    FOR EACH STATEMENT"),
+        function,
+    )
+}
+
+/// The statements creating `op`'s trigger at its configured level, calling `function`.
+#[cfg(test)]
 fn create_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> String {
+    if spec.is_row_level(op) {
+        row_trigger(spec, op, function)
+    } else {
+        statement_trigger(op, function)
+    }
+}
+
+/// The row-level trigger of `op`, with its `WHEN` filters.
+fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> String {
     let name = op.trigger_name();
     let kw = op.keyword();
-    let execute = |event: &str, rest: &str| {
-        format!(
-            "    EXECUTE {};\n",
-            on_table(
-                &format!("CREATE TRIGGER {name} AFTER {event} ON "),
-                &format!("{rest}\n    EXECUTE FUNCTION {function}()")
-            )
-        )
-    };
-    if op == Operation::Truncate {
-        return execute("TRUNCATE", " FOR EACH STATEMENT");
-    }
-    if !spec.is_row_level(op) {
-        let referencing = match op {
-            Operation::Insert => format!("NEW TABLE AS {NEW_ROWS}"),
-            Operation::Delete => format!("OLD TABLE AS {OLD_ROWS}"),
-            _ => format!("OLD TABLE AS {OLD_ROWS} NEW TABLE AS {NEW_ROWS}"),
-        };
-        return execute(
-            kw,
-            &format!("\n    REFERENCING {referencing}\n    FOR EACH STATEMENT"),
-        );
-    }
     let tracked = match (op, spec.columns()) {
         (Operation::Update, Columns::TrackOnly(cols)) => Some(cols),
         _ => None,
@@ -104,11 +158,11 @@ fn create_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -
                 .join(", ");
             update_of(
                 cols,
-                &execute(kw, &rest),
-                &execute(&format!("UPDATE OF {column_list}"), &rest),
+                &execute(&name, kw, &rest, function),
+                &execute(&name, &format!("UPDATE OF {column_list}"), &rest, function),
             )
         }
-        None => execute(kw, &rest),
+        None => execute(&name, kw, &rest, function),
     }
 }
 

@@ -63,6 +63,13 @@ BEGIN
     -- The table as the caller names it, for messages.
     shown := tbl::text;
     {PIN_PATH}
+    SELECT pg_catalog.string_agg(i.inhrelid::regclass::text, ', ') INTO missing
+      FROM pg_catalog.pg_inherits AS i JOIN pg_catalog.pg_class AS c ON c.oid = i.inhrelid
+     WHERE i.inhparent = tbl AND NOT c.relispartition;
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: table % has inheritance children (%), whose writes its triggers would not see', shown, missing
+            USING HINT = 'Audit each child table on its own, or make the children partitions of a partitioned table.';
+    END IF;
     SELECT pg_catalog.string_agg(pg_catalog.quote_ident(c), ', ') INTO missing
       FROM pg_catalog.unnest(ARRAY[{columns}]::text[]) AS c
      WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a

@@ -32,12 +32,10 @@ use crate::sql::shape::Operation;
 
 mod body;
 mod create;
+
+pub(crate) use create::guard_trigger_name;
 mod guard;
 mod row;
-
-/// Names of the transition tables in statement-level triggers.
-const NEW_ROWS: &str = "pg_audit_new_rows";
-const OLD_ROWS: &str = "pg_audit_old_rows";
 
 /// Which columns of the audited table reach the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -325,7 +323,11 @@ impl TriggerSpec {
         let _ = writeln!(
             sql,
             "DO {};",
-            dollar_quote(&create::triggers_body(self, &function))
+            dollar_quote(&create::triggers_body(
+                self,
+                &function,
+                &log.function("unaudited_partition")
+            ))
         );
         let _ = writeln!(
             sql,
@@ -333,12 +335,48 @@ impl TriggerSpec {
             self.install_record()
                 .insert_sql(&log.config_table(), &self.table, &function)
         );
+        // A partitioned table's partitions get triggers of their own (after the record, which
+        // says which).
+        let _ = writeln!(
+            sql,
+            "SELECT pg_catalog.count(*) FROM {}(pg_catalog.to_regclass({}));",
+            log.function("adopt_partitions"),
+            self.table.literal()
+        );
         sql
     }
 
     /// SQL that removes this spec's triggers and function. The log keeps its rows.
     pub fn uninstall_sql(&self, log: &AuditLog) -> String {
         let mut sql = self.drop_triggers_sql();
+        let drops: Vec<String> = Operation::ALL
+            .iter()
+            .map(|op| {
+                format!(
+                    "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, part);",
+                    op.trigger_name().literal()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            sql,
+            "DO {};",
+            dollar_quote(&format!(
+                "
+DECLARE
+    part regclass;
+BEGIN
+    -- The triggers of a partitioned table's partitions (the guard's clones go with it).
+    FOR part IN SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass({table})) AS p
+                 WHERE p.relid OPERATOR(pg_catalog.<>) pg_catalog.to_regclass({table}) LOOP
+        {}
+    END LOOP;
+END
+",
+                drops.join("\n        "),
+                table = self.table.literal()
+            ))
+        );
         let _ = writeln!(
             sql,
             "DROP FUNCTION IF EXISTS {}();",
@@ -352,16 +390,15 @@ impl TriggerSpec {
         sql
     }
 
-    /// `DROP TRIGGER IF EXISTS` for every operation's trigger.
+    /// `DROP TRIGGER IF EXISTS` for every operation's trigger and the partition guard.
     fn drop_triggers_sql(&self) -> String {
         let mut sql = String::new();
-        for op in Operation::ALL {
-            let _ = writeln!(
-                sql,
-                "DROP TRIGGER IF EXISTS {} ON {};",
-                op.trigger_name(),
-                self.table
-            );
+        for name in Operation::ALL
+            .iter()
+            .map(|op| op.trigger_name())
+            .chain([create::guard_trigger_name()])
+        {
+            let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {};", self.table);
         }
         sql
     }

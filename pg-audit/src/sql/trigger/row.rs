@@ -29,7 +29,7 @@ pub(super) fn key_json(spec: &TriggerSpec, row: &str) -> String {
 
 /// The log's `record_key` of the key object `record_pk`, for the table the trigger fires on.
 pub(super) fn record_key(record_pk: &str) -> String {
-    record_key_expr("TG_TABLE_SCHEMA", "TG_TABLE_NAME", record_pk)
+    record_key_expr(super::body::SCHEMA, super::body::TABLE, record_pk)
 }
 
 /// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
