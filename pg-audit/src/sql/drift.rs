@@ -87,24 +87,34 @@ impl InstallRecord {
 
     /// SQL recording this install of `table`'s trigger function `function` in `config`,
     /// replacing an earlier record of the same table.
+    /// The function's name is recorded as written (schema-qualified), not as `regproc`
+    /// prints it, which leaves out a schema on the installer's search_path; and each trigger's
+    /// full definition as `definitions` (a function of the log's, with a pinned search_path)
+    /// gives it.
     pub(crate) fn insert_sql(
         &self,
-        config: &QualifiedName,
+        objects: &LogObjects,
         table: &QualifiedName,
         function: &QualifiedName,
     ) -> String {
         let table_lit = table.literal();
         let function_lit = function.literal();
+        let LogObjects {
+            config,
+            definitions,
+            ..
+        } = objects;
         format!(
-            "INSERT INTO {config} AS r (table_schema, table_name, trigger_function, config, function_md5)
-SELECT n.nspname, c.relname, {function_lit}::regproc::text, {config_json}::jsonb, pg_catalog.md5(p.prosrc)
+            "INSERT INTO {config} AS r (table_schema, table_name, trigger_function, config, function_md5, definitions)
+SELECT n.nspname, c.relname, {function_lit}, {config_json}::jsonb, pg_catalog.md5(p.prosrc), {definitions}(c.oid)
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
   JOIN pg_catalog.pg_proc AS p ON p.oid OPERATOR(pg_catalog.=) {function_lit}::regproc
  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})
 ON CONFLICT (table_schema, table_name) DO UPDATE
    SET trigger_function = EXCLUDED.trigger_function, config = EXCLUDED.config,
-       function_md5 = EXCLUDED.function_md5, installed_at = pg_catalog.now();",
+       function_md5 = EXCLUDED.function_md5, definitions = EXCLUDED.definitions,
+       installed_at = pg_catalog.now();",
             config_json = text_literal(&self.to_json()),
         )
     }
@@ -132,8 +142,35 @@ pub(crate) fn recorded_key_sql(config: &QualifiedName) -> String {
     )
 }
 
-/// DDL of the record table `config` and of the check function `check`.
-pub(crate) fn objects_sql(config: &QualifiedName, check: &QualifiedName) -> String {
+/// The log's objects the record and the check involve.
+pub(crate) struct LogObjects {
+    /// The log table.
+    pub(crate) log: QualifiedName,
+    /// The install records.
+    pub(crate) config: QualifiedName,
+    /// The check function.
+    pub(crate) check: QualifiedName,
+    /// The function returning a table's audit triggers' definitions.
+    pub(crate) definitions: QualifiedName,
+    /// The function adopting new partitions of audited tables.
+    pub(crate) adopt: QualifiedName,
+    /// Every maintenance function, with its argument types.
+    pub(crate) functions: Vec<(QualifiedName, &'static str)>,
+    /// The one maintenance function readers may run (listing partitions).
+    pub(crate) readable: QualifiedName,
+}
+
+/// DDL of the record table, of the definitions function and of the check function.
+pub(crate) fn objects_sql(objects: &LogObjects) -> String {
+    let LogObjects {
+        log,
+        config,
+        check,
+        definitions,
+        adopt,
+        functions,
+        readable,
+    } = objects;
     let mut sql = String::new();
     let _ = writeln!(
         sql,
@@ -146,12 +183,65 @@ pub(crate) fn objects_sql(config: &QualifiedName, check: &QualifiedName) -> Stri
     installed_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     PRIMARY KEY (table_schema, table_name)
 );
+ALTER TABLE {config} ADD COLUMN IF NOT EXISTS definitions jsonb;
 COMMENT ON TABLE {config} IS {comment};
 ",
         comment = text_literal(&format!(
             "pg-audit: the audit triggers installed, as installed; see {check}()"
         )),
     );
+    let all_triggers = format!(
+        "ARRAY[{}]::name[]",
+        Operation::ALL
+            .iter()
+            .map(|op| op.trigger_name())
+            .chain([crate::sql::trigger::guard_trigger_name()])
+            .map(|name| name.literal())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let definitions_body = format!(
+        "
+    SELECT pg_catalog.jsonb_object_agg(tg.tgname, pg_catalog.pg_get_triggerdef(tg.oid))
+      FROM pg_catalog.pg_trigger AS tg
+     WHERE tg.tgrelid = rel AND tg.tgname = ANY ({all_triggers})
+"
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{definitions}(rel regclass)"),
+            "jsonb",
+            "sql STABLE",
+            false,
+            &definitions_body
+        )
+    );
+    // A partition's trigger of each operation: statement-level AFTER, on that one event.
+    let partition_tgtype = format!(
+        "CASE e.op {} END",
+        Operation::ALL
+            .iter()
+            .map(|op| format!(
+                "WHEN {} THEN {}",
+                text_literal(op.keyword()),
+                op.tgtype_event()
+            ))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let maintenance = functions
+        .iter()
+        .map(|(name, args)| {
+            format!(
+                "pg_catalog.to_regprocedure({})",
+                text_literal(&format!("{name}({args})"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let grantee = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END";
     let body = format!(
         r#"
     SELECT t.table_schema, t.table_name, p.problem
@@ -198,6 +288,56 @@ COMMENT ON TABLE {config} IS {comment};
                AND pg_catalog.array_length(u.tgattr::int2[], 1) OPERATOR(pg_catalog.>) 0
                AND NOT b.tgisinternal
                AND (b.tgtype::int OPERATOR(pg_catalog.&) {before_update_row}) OPERATOR(pg_catalog.=) {before_update_row}
+            UNION ALL
+            -- Each trigger as the install created it: events, level, column list, WHEN.
+            SELECT pg_catalog.format('trigger %s was changed since the install: it is now %s', tg.tgname, pg_catalog.pg_get_triggerdef(tg.oid))
+              FROM pg_catalog.pg_trigger AS tg
+              JOIN pg_catalog.jsonb_each_text(t.definitions) AS d(name, def) ON d.name = tg.tgname
+             WHERE tg.tgrelid = o.rel AND tg.tgfoid = o.fn AND pg_catalog.pg_get_triggerdef(tg.oid) <> d.def
+            UNION ALL
+            SELECT pg_catalog.format('trigger %s was not created by the install', tg.tgname)
+              FROM pg_catalog.pg_trigger AS tg
+             WHERE tg.tgrelid = o.rel AND tg.tgname = ANY ({all_triggers}) AND NOT (t.definitions ? tg.tgname)
+               AND t.definitions IS NOT NULL
+            UNION ALL
+            -- The trigger function runs as the log's owner, with a pinned search_path, for the
+            -- triggers alone.
+            SELECT x.problem
+              FROM pg_catalog.pg_proc AS f
+              JOIN pg_catalog.pg_class AS lg ON lg.oid = {log_lit}::regclass
+             CROSS JOIN LATERAL (
+                    SELECT pg_catalog.format('trigger function %s is no longer SECURITY DEFINER', t.trigger_function) AS problem
+                     WHERE NOT f.prosecdef
+                    UNION ALL
+                    SELECT pg_catalog.format('trigger function %s no longer runs with search_path = pg_catalog, pg_temp', t.trigger_function)
+                     WHERE NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (f.proconfig), false)
+                    UNION ALL
+                    SELECT pg_catalog.format('trigger function %s is owned by %s, not by the log''s owner %s', t.trigger_function, f.proowner::regrole, lg.relowner::regrole)
+                     WHERE f.proowner <> lg.relowner
+                    UNION ALL
+                    SELECT pg_catalog.format('EXECUTE on trigger function %s is granted to %s, who could attach it to a table of their own to forge audit rows', t.trigger_function, {grantee})
+                      FROM pg_catalog.aclexplode(f.proacl) AS a
+                     WHERE a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
+                   ) AS x
+             WHERE f.oid = o.fn
+            UNION ALL
+            SELECT pg_catalog.format('the table is owned by %s, not by the log''s owner %s: %s can drop or disable its audit triggers', c.relowner::regrole, lg.relowner::regrole, c.relowner::regrole)
+              FROM pg_catalog.pg_class AS c
+              JOIN pg_catalog.pg_class AS lg ON lg.oid = {log_lit}::regclass
+             WHERE c.oid = o.rel AND c.relowner <> lg.relowner
+            UNION ALL
+            -- A partitioned table's partitions: each has the table's triggers of its own.
+            SELECT CASE WHEN tg.oid IS NULL
+                        THEN pg_catalog.format('partition %s has no trigger %s, so writes straight into it are not logged; run SELECT * FROM %s()', pt.relid::regclass, e.name, {adopt_lit})
+                        ELSE pg_catalog.format('trigger %s on partition %s was changed since the install: it is now %s', e.name, pt.relid::regclass, pg_catalog.pg_get_triggerdef(tg.oid))
+                   END
+              FROM pg_catalog.pg_partition_tree(o.rel) AS pt
+             CROSS JOIN LATERAL (SELECT t.config -> {triggers_field} ->> (i.n - 1) AS name, t.config -> {operations_field} ->> (i.n - 1) AS op
+                                   FROM pg_catalog.generate_series(1, pg_catalog.jsonb_array_length(t.config -> {triggers_field})) AS i(n)) AS e
+              LEFT JOIN pg_catalog.pg_trigger AS tg ON tg.tgrelid = pt.relid AND tg.tgname = e.name AND tg.tgparentid = 0
+             WHERE pt.relid <> o.rel
+               AND (tg.oid IS NULL OR tg.tgenabled IN ('D', 'R') OR tg.tgfoid <> o.fn OR tg.tgqual IS NOT NULL
+                    OR tg.tgtype::int <> {partition_tgtype})
            ) AS p
     UNION ALL
     SELECT n.nspname::text, c.relname::text,
@@ -216,8 +356,36 @@ COMMENT ON TABLE {config} IS {comment};
                   JOIN pg_catalog.pg_class AS rc ON rc.relnamespace OPERATOR(pg_catalog.=) rn.oid
                                                 AND rc.relname OPERATOR(pg_catalog.=) r.table_name
                  WHERE rc.oid OPERATOR(pg_catalog.=) pg_catalog.pg_partition_root(c.oid)))
+    UNION ALL
+    -- Only the owner writes the log, its partitions and the records; readers may SELECT the
+    -- log and the records, and run nothing but the partition listing.
+    SELECT {log_schema}, {log_name},
+           pg_catalog.format('%s grants %s to %s', c.oid::regclass, a.privilege_type, {grantee})
+      FROM (SELECT {log_lit}::regclass AS rel, true AS readable
+            UNION ALL SELECT {config_lit}::regclass, true
+            UNION ALL SELECT pt.relid, false FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+                       WHERE pt.relid <> {log_lit}::regclass) AS r
+      JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
+     CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+     WHERE a.grantee <> c.relowner AND NOT (r.readable AND a.privilege_type = 'SELECT')
+    UNION ALL
+    SELECT {log_schema}, {log_name},
+           pg_catalog.format('EXECUTE on %s is granted to %s', f.oid::regprocedure, {grantee})
+      FROM pg_catalog.pg_proc AS f
+     CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) AS a
+     WHERE f.oid = ANY (ARRAY[{maintenance}]) AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
+       AND f.oid IS DISTINCT FROM pg_catalog.to_regprocedure({readable_lit})
      ORDER BY 1, 2, 3
 "#,
+        log_lit = log.literal(),
+        adopt_lit = adopt.literal(),
+        log_schema = log
+            .schema
+            .as_ref()
+            .map_or_else(|| "NULL".to_owned(), Ident::literal),
+        log_name = log.name.literal(),
+        readable_lit = text_literal(&format!("{readable}()")),
+        operations_field = text_literal(OPERATIONS_FIELD),
         config_lit = config.literal(),
         triggers_field = text_literal(TRIGGERS_FIELD),
         columns_field = text_literal(COLUMNS_FIELD),
@@ -278,9 +446,12 @@ pub(crate) fn partition_functions_sql(
 BEGIN
     RAISE EXCEPTION 'pg-audit: partition %.% of an audited table has no audit triggers yet, so this write would not be logged', TG_TABLE_SCHEMA, TG_TABLE_NAME
         USING ERRCODE = 'object_not_in_prerequisite_state',
-              HINT = 'As the table''s owner, run SELECT * FROM {adopt}() (installing the triggers again does it too).';
+              HINT = {hint};
 END
-"#
+"#,
+        hint = text_literal(&format!(
+            "As the table's owner, run SELECT * FROM {adopt}() (installing the triggers again does it too)."
+        ))
     );
     let adopt_body = format!(
         r#"

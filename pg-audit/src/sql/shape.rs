@@ -262,6 +262,17 @@ impl Operation {
         }
     }
 
+    /// This operation's event bit in `pg_trigger.tgtype`: the whole `tgtype` of its
+    /// statement-level AFTER trigger.
+    pub(crate) fn tgtype_event(self) -> u8 {
+        match self {
+            Operation::Insert => tgtype::INSERT,
+            Operation::Delete => tgtype::DELETE,
+            Operation::Update => tgtype::UPDATE,
+            Operation::Truncate => tgtype::TRUNCATE,
+        }
+    }
+
     /// `ARRAY['pg_audit_insert', ...]::name[]`: every audit trigger's name, for catalog queries.
     pub(crate) fn trigger_names_array() -> String {
         let names: Vec<String> = Operation::ALL
@@ -293,8 +304,14 @@ pub(crate) mod tgtype {
     pub(crate) const ROW: u8 = 1;
     /// `BEFORE`.
     pub(crate) const BEFORE: u8 = 2;
+    /// `INSERT` among the events.
+    pub(crate) const INSERT: u8 = 4;
+    /// `DELETE` among the events.
+    pub(crate) const DELETE: u8 = 8;
     /// `UPDATE` among the events.
     pub(crate) const UPDATE: u8 = 16;
+    /// `TRUNCATE` among the events.
+    pub(crate) const TRUNCATE: u8 = 32;
     /// A BEFORE UPDATE row trigger: one that can change a row's columns unseen by an
     /// `UPDATE OF` trigger.
     pub(crate) const BEFORE_UPDATE_ROW: u8 = ROW | BEFORE | UPDATE;

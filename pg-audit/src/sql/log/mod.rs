@@ -114,8 +114,9 @@ impl AuditLog {
     }
 
     /// The maintenance functions' names and argument types, for revoking and dropping them.
-    fn function_signatures(&self) -> [(QualifiedName, &'static str); 8] {
+    fn function_signatures(&self) -> [(QualifiedName, &'static str); 9] {
         [
+            (self.function("trigger_definitions"), "regclass"),
             (self.function("adopt_on_ddl"), ""),
             (self.function("adopt_partitions"), "regclass"),
             (self.function("unaudited_partition"), ""),
@@ -125,6 +126,19 @@ impl AuditLog {
             (self.function("ensure_partitions"), "integer"),
             (self.function("partitions"), ""),
         ]
+    }
+
+    /// The objects the install record and the drift check involve.
+    pub(crate) fn objects(&self) -> drift::LogObjects {
+        drift::LogObjects {
+            log: self.table.clone(),
+            config: self.config_table(),
+            check: self.function("check"),
+            definitions: self.function("trigger_definitions"),
+            adopt: self.function("adopt_partitions"),
+            functions: self.function_signatures().to_vec(),
+            readable: self.function("partitions"),
+        }
     }
 
     /// The event trigger that adopts new partitions of audited tables (database-wide, so its
@@ -195,10 +209,7 @@ impl AuditLog {
         );
         sql.push_str(&partition::functions_sql(self));
         sql.push('\n');
-        sql.push_str(&drift::objects_sql(
-            &self.config_table(),
-            &self.function("check"),
-        ));
+        sql.push_str(&drift::objects_sql(&self.objects()));
         sql.push('\n');
         sql.push_str(&drift::partition_functions_sql(
             &self.config_table(),

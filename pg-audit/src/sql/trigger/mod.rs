@@ -333,7 +333,7 @@ impl TriggerSpec {
             sql,
             "\n{}",
             self.install_record()
-                .insert_sql(&log.config_table(), &self.table, &function)
+                .insert_sql(&log.objects(), &self.table, &function)
         );
         // A partitioned table's partitions get triggers of their own (after the record, which
         // says which).
