@@ -65,6 +65,10 @@ pub mod schema {
             db_user -> Text,
             /// The audit context.
             context -> Nullable<Json>,
+            /// An UPDATE that changed the key: the key before.
+            old_record_pk -> Nullable<Jsonb>,
+            /// Indexed hash of table and the key before.
+            old_record_key -> Nullable<Int8>,
         }
     }
 }
@@ -170,6 +174,10 @@ pub struct AuditEntry {
     /// Who, why and from where.
     #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
     pub context: AuditContext,
+    /// An UPDATE that changed the record's key: the key before (`record_pk` is the key after).
+    /// Such an entry is the last of the old key's history and the first of the new key's.
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub old_record_pk: Option<Value>,
 }
 
 impl AuditEntry {
@@ -278,7 +286,9 @@ impl AuditReader {
     }
 
     /// The history of the record of `table` whose key is the JSON object `key`
-    /// (`{"id": 42}`), newest first. Goes through the log's `record_key` index.
+    /// (`{"id": 42}`), newest first, followed back across UPDATEs that changed its key: an
+    /// entry that changed the key is the first of the new key's history and the last of the
+    /// old key's. Goes through the log's `record_key` and `old_record_key` indexes.
     pub fn history_of(
         &self,
         conn: &mut PgConnection,
@@ -286,38 +296,136 @@ impl AuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        record_query(self.history_sql(), table, key)
-            .bind::<Nullable<BigInt>, _>(page.before)
-            .bind::<BigInt, _>(page.limit)
-            .load(conn)
+        let mut entries = Vec::new();
+        let (mut key, mut upper) = self.segment_of(conn, table, key, page.before)?;
+        loop {
+            let limit = page.limit - entries.len() as i64;
+            if limit <= 0 {
+                break;
+            }
+            entries.extend(
+                record_query(self.history_sql(), table, &key)
+                    .bind::<Nullable<BigInt>, _>(upper)
+                    .bind::<BigInt, _>(limit)
+                    .load::<AuditEntry>(conn)?,
+            );
+            // This key's part is exhausted: on to the key the record had before, if any.
+            match self.key_change(conn, table, &key, upper)? {
+                Some((change, before)) => (key, upper) = (before, Some(change)),
+                None => break,
+            }
+        }
+        Ok(entries)
     }
 
-    /// The query [`AuditReader::history_of`] runs, to `EXPLAIN` it: parameters `$1` the schema
-    /// (text, NULL for the search path's), `$2` the table, `$3` the key object (jsonb), `$4`
-    /// the id to page before (bigint, NULL for the first page), `$5` the limit.
+    /// The query [`AuditReader::history_of`] runs for one key, to `EXPLAIN` it: parameters
+    /// `$1` the schema (text, NULL for the search path's), `$2` the table, `$3` the key object
+    /// (jsonb), `$4` the id to page before (bigint, NULL for the first page), `$5` the limit.
+    /// It returns the entries since the key was given to the record (if an UPDATE gave it).
     pub fn history_sql(&self) -> String {
         self.record_sql(
-            "($4::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $4)
-              ORDER BY l.changed_at DESC, l.id DESC
+            "ORDER BY l.changed_at DESC, l.id DESC
               LIMIT $5",
         )
     }
 
-    /// Entries of one record: parameters `$1` the schema (text, NULL for the search path's),
-    /// `$2` the table, `$3` the key object (jsonb); `rest` continues the `WHERE` clause with
-    /// parameters from `$4` on. Goes through the log's `record_key` index.
+    /// Entries of one record under one key: parameters `$1` the schema (text, NULL for the
+    /// search path's), `$2` the table, `$3` the key object (jsonb), `$4` the id to stay below
+    /// (bigint, NULL for none); `rest` follows the `WHERE` clause (ordering, more conditions
+    /// with parameters from `$5` on). An entry is the record's under the key when the key is
+    /// its key after (`record_pk`) or before (`old_record_pk`), and it is not older than the
+    /// UPDATE that gave the record the key: older entries of the key belong to whatever had it
+    /// before. Each side goes through its own hash index.
     fn record_sql(&self, rest: &str) -> String {
+        let log = self.log.table();
+        let key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb");
+        let same_table = |alias: &str| {
+            format!(
+                "{alias}.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                   AND {alias}.table_name OPERATOR(pg_catalog.=) r.table_name"
+            )
+        };
+        let (same_c, same_l) = (same_table("c"), same_table("l"));
+        let since = format!(
+            "l.id OPERATOR(pg_catalog.>=) coalesce((
+                    SELECT pg_catalog.max(c.id) FROM {log} AS c
+                     WHERE c.record_key OPERATOR(pg_catalog.=) {key} AND {same_c}
+                       AND c.record_pk OPERATOR(pg_catalog.=) $3::jsonb AND c.old_record_pk IS NOT NULL
+                       AND ($4::bigint IS NULL OR c.id OPERATOR(pg_catalog.<) $4)), 0)
+               AND ($4::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $4)"
+        );
         format!(
-            "SELECT {columns} FROM {log} AS l, ({RESOLVE_TABLE}) AS r
-              WHERE l.record_key OPERATOR(pg_catalog.=) {key}
-                AND l.schema_name OPERATOR(pg_catalog.=) r.schema_name
-                AND l.table_name OPERATOR(pg_catalog.=) r.table_name
-                AND l.record_pk OPERATOR(pg_catalog.=) $3::jsonb
-                AND {rest}",
+            "SELECT {columns} FROM (
+                SELECT l.* FROM {log} AS l, ({RESOLVE_TABLE}) AS r
+                 WHERE l.record_key OPERATOR(pg_catalog.=) {key} AND {same_l}
+                   AND l.record_pk OPERATOR(pg_catalog.=) $3::jsonb AND {since}
+                UNION ALL
+                SELECT l.* FROM {log} AS l, ({RESOLVE_TABLE}) AS r
+                 WHERE l.old_record_key OPERATOR(pg_catalog.=) {key} AND {same_l}
+                   AND l.old_record_pk OPERATOR(pg_catalog.=) $3::jsonb AND {since}
+            ) AS l
+            {rest}",
             columns = entry_select_list("l"),
-            log = self.log.table(),
-            key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb"),
         )
+    }
+
+    /// The newest UPDATE below entry `upper` that gave the record of `table` the key `key`:
+    /// its id and the key before.
+    fn key_change(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        upper: Option<i64>,
+    ) -> QueryResult<Option<(i64, Value)>> {
+        #[derive(QueryableByName)]
+        struct Change {
+            #[diesel(sql_type = BigInt)]
+            id: i64,
+            #[diesel(sql_type = Jsonb)]
+            old_record_pk: Value,
+        }
+        let change: Option<Change> = record_query(
+            format!(
+                "SELECT c.id, c.old_record_pk FROM {log} AS c, ({RESOLVE_TABLE}) AS r
+                  WHERE c.record_key OPERATOR(pg_catalog.=) {key}
+                    AND c.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                    AND c.table_name OPERATOR(pg_catalog.=) r.table_name
+                    AND c.record_pk OPERATOR(pg_catalog.=) $3::jsonb AND c.old_record_pk IS NOT NULL
+                    AND ($4::bigint IS NULL OR c.id OPERATOR(pg_catalog.<) $4)
+                  ORDER BY c.id DESC LIMIT 1",
+                log = self.log.table(),
+                key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb"),
+            ),
+            table,
+            key,
+        )
+        .bind::<Nullable<BigInt>, _>(upper)
+        .get_result(conn)
+        .optional()?;
+        Ok(change.map(|c| (c.id, c.old_record_pk)))
+    }
+
+    /// The key the record of `table` now keyed `key` had below entry `before` (the key itself
+    /// unless an UPDATE at or after `before` gave it), with the bound to stay below.
+    fn segment_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        before: Option<i64>,
+    ) -> QueryResult<(Value, Option<i64>)> {
+        let (mut key, mut upper) = (key.clone(), None);
+        let Some(before) = before else {
+            return Ok((key, None));
+        };
+        while let Some((change, old)) = self.key_change(conn, table, &key, upper)? {
+            if change < before {
+                break;
+            }
+            (key, upper) = (old, Some(change));
+        }
+        Ok((key, Some(upper.map_or(before, |u| u.min(before)))))
     }
 
     /// One entry of the record of `table` whose key is `key`, or `None` when `entry` is not in
@@ -329,11 +437,13 @@ impl AuditReader {
         key: &Value,
         entry: i64,
     ) -> QueryResult<Option<AuditEntry>> {
+        let (key, upper) = self.segment_of(conn, table, key, entry.checked_add(1))?;
         record_query(
-            self.record_sql("l.id OPERATOR(pg_catalog.=) $4"),
+            self.record_sql("WHERE l.id OPERATOR(pg_catalog.=) $5"),
             table,
-            key,
+            &key,
         )
+        .bind::<Nullable<BigInt>, _>(upper)
         .bind::<BigInt, _>(entry)
         .get_result(conn)
         .optional()
@@ -439,18 +549,33 @@ impl AuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
-        let last: Vec<AuditEntry> = record_query(
-            self.record_sql(
-                "l.changed_at OPERATOR(pg_catalog.<=) $4
-              ORDER BY l.changed_at DESC, l.id DESC
-              LIMIT 1",
-            ),
-            table,
-            key,
-        )
-        .bind::<Timestamptz, _>(LogTime(at))
-        .load(conn)?;
-        Ok(last.into_iter().next().and_then(|e| e.new_values))
+        // Newest key first, back across the UPDATEs that changed it.
+        let (mut key, mut upper) = (key.clone(), None);
+        loop {
+            let last: Option<AuditEntry> = record_query(
+                self.record_sql(
+                    "WHERE l.changed_at OPERATOR(pg_catalog.<=) $5
+                  ORDER BY l.changed_at DESC, l.id DESC
+                  LIMIT 1",
+                ),
+                table,
+                &key,
+            )
+            .bind::<Nullable<BigInt>, _>(upper)
+            .bind::<Timestamptz, _>(LogTime(at))
+            .get_result(conn)
+            .optional()?;
+            if let Some(last) = last {
+                // An UPDATE that took the record away from this key ends it under the key.
+                return Ok(Some(last)
+                    .filter(|e| e.old_record_pk.as_ref() != Some(&key))
+                    .and_then(|e| e.new_values));
+            }
+            match self.key_change(conn, table, &key, upper)? {
+                Some((change, before)) => (key, upper) = (before, Some(change)),
+                None => return Ok(None),
+            }
+        }
     }
 
     /// Model `T`'s record at `from` and at `to`, and the columns that differ.
@@ -490,7 +615,16 @@ impl AuditReader {
                 entry,
                 key: key.clone(),
             })?;
-        apply(conn, &table, &key, target.new_values.as_ref(), reason)
+        // The record as it was then, with the key it had then (the key may have changed since).
+        let mut values = target.new_values;
+        if let (Some(Value::Object(row)), Some(Value::Object(then))) =
+            (&mut values, &target.record_pk)
+        {
+            for (column, value) in then {
+                row.entry(column.clone()).or_insert_with(|| value.clone());
+            }
+        }
+        apply(conn, &table, &key, values.as_ref(), reason)
     }
 
     /// Re-inserts model `T`'s record as it was when it was last deleted, in a transaction whose
@@ -600,7 +734,9 @@ fn apply(
                 // are not audited (track_only), rather than a new one from a sequence.
                 let mut values = values.clone();
                 if let (Value::Object(row), Some(key)) = (&mut values, key.as_object()) {
-                    row.extend(key.clone());
+                    for (column, value) in key {
+                        row.entry(column.clone()).or_insert_with(|| value.clone());
+                    }
                 }
                 let values = &values;
                 let columns: Vec<Ident> = values
@@ -610,18 +746,25 @@ fn apply(
                     .map_err(|source| Error::Config { model: "history", source })?
                     .unwrap_or_default();
                 let sql = if exists {
+                    // Key columns are set only where the target's key differs (a revert across
+                    // a key change), so identity columns are left alone otherwise.
                     let set: Vec<String> = columns
                         .iter()
-                        .filter(|c| !key_columns.contains(c))
+                        .filter(|c| {
+                            !key_columns.contains(c)
+                                || values.get(c.as_str()) != key.get(c.as_str())
+                        })
                         .map(|c| format!("{c} = r.{c}"))
                         .collect();
                     if set.is_empty() {
                         return Ok(()); // only the key is audited, and the row has it
                     }
+                    // The row is found by its key now (`k`), which the target may change.
                     format!(
-                        "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r WHERE {}",
+                        "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r,
+                                pg_catalog.jsonb_populate_record(NULL::{table}, $2::jsonb) AS k WHERE {}",
                         set.join(", "),
-                        matches("r")
+                        matches("k")
                     )
                 } else {
                     let list: Vec<String> = columns.iter().map(ToString::to_string).collect();
@@ -632,7 +775,11 @@ fn apply(
                         from_r.join(", ")
                     )
                 };
-                diesel::sql_query(sql).bind::<Jsonb, _>(values).execute(conn)?;
+                let mut query = diesel::sql_query(sql).into_boxed().bind::<Jsonb, _>(values);
+                if exists {
+                    query = query.bind::<Jsonb, _>(key);
+                }
+                query.execute(conn)?;
             }
             (None, true) => {
                 diesel::sql_query(format!(
@@ -711,6 +858,8 @@ mod tests {
             new_values,
             db_user,
             context,
+            old_record_pk,
+            old_record_key,
         );
         let sorted = |mut v: Vec<(&'static str, &'static str, bool)>| {
             v.sort();

@@ -425,3 +425,110 @@ fn the_history_lookup_uses_the_record_key_index() {
         );
     }
 }
+
+#[test]
+fn a_key_change_carries_both_keys_and_the_record_is_followed_across_it() {
+    let (_db, mut conn) = setup("history_key_change");
+    let reader = AuditReader::new();
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'Ann', 'a@x')");
+    exec(&mut conn, "UPDATE people SET email = 'a@y' WHERE id = 1");
+    std::thread::sleep(Duration::from_millis(20));
+    let before_change = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    // The key changes, and nothing else does: still one entry, with both keys.
+    exec(&mut conn, "UPDATE people SET id = 2 WHERE id = 1");
+    exec(&mut conn, "UPDATE people SET name = 'Anna' WHERE id = 2");
+    // Another record takes the old key afterwards: not part of this record's history.
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'Bob', NULL)");
+
+    let change = value(
+        &mut conn,
+        "SELECT json_build_array(operation, record_pk, old_record_pk) FROM audit.auditlog
+          WHERE old_record_pk IS NOT NULL",
+    );
+    assert_eq!(change, json!(["UPDATE", {"id": 2}, {"id": 1}]));
+
+    let ops = |entries: &[pg_audit_diesel::log::AuditEntry]| -> Vec<(Operation, Value)> {
+        entries
+            .iter()
+            .map(|e| (e.operation, e.record_pk.clone().unwrap()))
+            .collect()
+    };
+    // The new key's history: its own entries, the change, then the old key's before it.
+    let history = reader
+        .history::<Person>(&mut conn, 2, Page::first(10))
+        .unwrap();
+    assert_eq!(
+        ops(&history),
+        [
+            (Operation::Update, json!({"id": 2})),
+            (Operation::Update, json!({"id": 2})),
+            (Operation::Update, json!({"id": 1})),
+            (Operation::Insert, json!({"id": 1})),
+        ]
+    );
+    assert_eq!(history[1].old_record_pk, Some(json!({"id": 1})));
+    // Paged two at a time, the same entries in the same order.
+    let mut paged = Vec::new();
+    let mut page = Some(Page::first(2));
+    while let Some(p) = page {
+        let entries = reader.history::<Person>(&mut conn, 2, p).unwrap();
+        page = p.after(&entries);
+        paged.extend(entries);
+    }
+    assert_eq!(ops(&paged), ops(&history));
+
+    // The old key's history: the record until the change took it away, then the next record
+    // given the key.
+    let old = reader
+        .history::<Person>(&mut conn, 1, Page::first(10))
+        .unwrap();
+    assert_eq!(
+        ops(&old),
+        [
+            (Operation::Insert, json!({"id": 1})),
+            (Operation::Update, json!({"id": 2})),
+            (Operation::Update, json!({"id": 1})),
+            (Operation::Insert, json!({"id": 1})),
+        ]
+    );
+    assert_eq!(old[0].new_values.as_ref().unwrap()["name"], json!("Bob"));
+    assert_eq!(old[1].id, history[1].id, "the change is in both histories");
+    let after_change = old[1].changed_at + Duration::from_micros(1);
+    assert_eq!(
+        reader
+            .state_at::<Person>(&mut conn, 1, after_change)
+            .unwrap(),
+        None,
+        "under the old key the record is gone after the change"
+    );
+
+    // Time travel follows the record back to its old key...
+    assert_eq!(
+        reader
+            .state_at::<Person>(&mut conn, 2, before_change)
+            .unwrap(),
+        Some(json!({"id": 1, "name": "Ann", "email": "a@y"}))
+    );
+    let diff = reader
+        .diff::<Person>(&mut conn, 2, before_change, SystemTime::now())
+        .unwrap();
+    assert_eq!(diff.changed.keys().collect::<Vec<_>>(), ["id", "name"]);
+    // ...and so does revert: back to the record as it was before the key changed.
+    exec(&mut conn, "DELETE FROM people WHERE name = 'Bob'");
+    reader
+        .revert::<Person>(&mut conn, 2, history[2].id, "Undo the renumbering")
+        .unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT id, name, email FROM people"),
+        [json!({"id": 1, "name": "Ann", "email": "a@y"})]
+    );
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT json_build_array(record_pk, old_record_pk, context ->> 'change_reason')
+               FROM audit.auditlog ORDER BY id DESC LIMIT 1"
+        ),
+        json!([{"id": 1}, {"id": 2}, "Undo the renumbering"])
+    );
+}

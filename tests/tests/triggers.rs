@@ -731,3 +731,49 @@ fn conditions_are_compiled_at_install_and_may_read_only_the_row() {
         json!([{"id": 2}])
     );
 }
+
+#[test]
+fn a_key_change_is_one_entry_with_both_keys_at_every_level() {
+    for level in LEVELS {
+        for track_only in [false, true] {
+            let mut a = audited(
+                &format!("key_change_{track_only}"),
+                USERS,
+                "public.users",
+                level,
+                |s| {
+                    if track_only {
+                        s.track_only(["name"])
+                    } else {
+                        s
+                    }
+                },
+            );
+            a.exec("INSERT INTO users (id, name) VALUES (1, 'Ann'), (5, 'Eve')");
+            // Only the key changes (and for track_only, the key is not even audited).
+            a.exec("UPDATE users SET id = id + 1");
+            a.exec("UPDATE users SET email = 'x' WHERE id = 2");
+            assert_eq!(
+                value(
+                    &mut a.conn,
+                    "SELECT json_agg(json_build_array(operation, record_pk, old_record_pk,
+                                                      old_record_key IS NOT NULL) ORDER BY id)
+                       FROM audit.auditlog WHERE operation = 'UPDATE'"
+                ),
+                if track_only {
+                    json!([
+                        ["UPDATE", {"id": 2}, {"id": 1}, true],
+                        ["UPDATE", {"id": 6}, {"id": 5}, true],
+                    ])
+                } else {
+                    json!([
+                        ["UPDATE", {"id": 2}, {"id": 1}, true],
+                        ["UPDATE", {"id": 6}, {"id": 5}, true],
+                        ["UPDATE", {"id": 2}, null, false],
+                    ])
+                },
+                "{level:?}, track_only {track_only}"
+            );
+        }
+    }
+}

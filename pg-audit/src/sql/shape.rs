@@ -36,18 +36,22 @@ pub struct LogColumn {
     /// Whether readers load it into an entry (`record_key` is only an index key, derived from
     /// the table and `record_pk`).
     pub in_entry: bool,
+    /// Whether logs installed before it existed get it from `ALTER TABLE ... ADD COLUMN`
+    /// (such columns come last, in the order they were added).
+    pub added_later: bool,
     /// What it records.
     pub doc: &'static str,
 }
 
 /// The audit log's columns, in table order.
-pub const LOG_COLUMNS: [LogColumn; 13] = [
+pub const LOG_COLUMNS: [LogColumn; 15] = [
     LogColumn {
         name: "id",
         sql_type: "bigint",
         nullable: false,
         filled: Filled::Sequence,
         in_entry: true,
+        added_later: false,
         doc: "increasing id; orders rows written in the same statement",
     },
     LogColumn {
@@ -56,6 +60,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Default("pg_catalog.statement_timestamp()"),
         in_entry: true,
+        added_later: false,
         doc: "start of the statement that made the change (the partition key)",
     },
     LogColumn {
@@ -64,6 +69,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Default("pg_catalog.transaction_timestamp()"),
         in_entry: true,
+        added_later: false,
         doc: "start of the transaction that made the change",
     },
     LogColumn {
@@ -72,6 +78,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Default("pg_catalog.txid_current()"),
         in_entry: true,
+        added_later: false,
         doc: "transaction id (`txid_current()`)",
     },
     LogColumn {
@@ -80,6 +87,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "INSERT, UPDATE, DELETE or TRUNCATE",
     },
     LogColumn {
@@ -88,6 +96,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "schema of the changed table",
     },
     LogColumn {
@@ -96,6 +105,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "name of the changed table",
     },
     LogColumn {
@@ -104,6 +114,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: true,
         filled: Filled::Writer,
         in_entry: false,
+        added_later: false,
         doc: "hash of the table and `record_pk`, the indexed key of a record's history; NULL for TRUNCATE",
     },
     LogColumn {
@@ -112,6 +123,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: true,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "primary key of the changed row, as a JSON object `{\"column\": value}`; NULL for TRUNCATE",
     },
     LogColumn {
@@ -120,6 +132,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: true,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "UPDATE and DELETE: the audited columns of the row before",
     },
     LogColumn {
@@ -128,6 +141,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: true,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "INSERT and UPDATE: the audited columns of the row after",
     },
     LogColumn {
@@ -136,6 +150,7 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: false,
         filled: Filled::Default("session_user"),
         in_entry: true,
+        added_later: false,
         doc: "the database role that connected (`session_user`)",
     },
     LogColumn {
@@ -144,7 +159,26 @@ pub const LOG_COLUMNS: [LogColumn; 13] = [
         nullable: true,
         filled: Filled::Writer,
         in_entry: true,
+        added_later: false,
         doc: "the `pg_audit.context` setting: user_id, request_id, change_reason, client_addr, source, metadata",
+    },
+    LogColumn {
+        name: "old_record_pk",
+        sql_type: "jsonb",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: true,
+        added_later: true,
+        doc: "UPDATE that changed the key: the key before (`record_pk` is the key after); NULL otherwise",
+    },
+    LogColumn {
+        name: "old_record_key",
+        sql_type: "bigint",
+        nullable: true,
+        filled: Filled::Writer,
+        in_entry: false,
+        added_later: true,
+        doc: "hash of the table and `old_record_pk`, indexed, so the old key's history finds the change",
     },
 ];
 
@@ -334,13 +368,15 @@ mod tests {
                 "record_pk",
                 "old_values",
                 "new_values",
-                "context"
+                "context",
+                "old_record_pk",
+                "old_record_key"
             ]
         );
         assert_eq!(
             entry_select_list("l"),
             "l.id, l.changed_at, l.tx_started_at, l.txid, l.operation, l.schema_name, l.table_name, \
-             l.record_pk, l.old_values, l.new_values, l.db_user, l.context"
+             l.record_pk, l.old_values, l.new_values, l.db_user, l.context, l.old_record_pk"
         );
     }
 

@@ -176,9 +176,18 @@ impl AuditLog {
             .collect();
         let _ = writeln!(
             sql,
-            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n) PARTITION BY RANGE (\"{PARTITION_COLUMN}\");\n",
+            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n) PARTITION BY RANGE (\"{PARTITION_COLUMN}\");",
             columns.join(",\n")
         );
+        // A log made by an earlier release gets the columns added since.
+        for column in LOG_COLUMNS.iter().filter(|c| c.added_later) {
+            let _ = writeln!(
+                sql,
+                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {};",
+                column.definition()
+            );
+        }
+        sql.push('\n');
         let _ = writeln!(
             sql,
             "COMMENT ON TABLE {table} IS {};\n",
@@ -192,13 +201,20 @@ impl AuditLog {
             "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} DEFAULT;\n",
             self.default_partition()
         );
-        // Two indexes and no more: every index is maintained on every audited write.
+        // Two indexes maintained on every audited write, and no more (a third, partial one,
+        // only for the rare UPDATE that changes a key).
         // History of one record: a hash index on a 64-bit hash of table and key, far cheaper
         // to maintain than a btree on (table_name, record_pk) (see docs/performance.md).
         let _ = writeln!(
             sql,
             "CREATE INDEX IF NOT EXISTS {} ON {table} USING hash (\"record_key\");",
             Ident::generated(table.name.as_str(), "_record_idx")
+        );
+        // The history of a key an UPDATE changed: only such rows have an entry.
+        let _ = writeln!(
+            sql,
+            "CREATE INDEX IF NOT EXISTS {} ON {table} USING hash (\"old_record_key\") WHERE \"old_record_key\" IS NOT NULL;",
+            Ident::generated(table.name.as_str(), "_old_record_idx")
         );
         // Time ranges: partitions prune whole periods; a BRIN index, tiny and nearly free to
         // maintain on append-only data, narrows within one.

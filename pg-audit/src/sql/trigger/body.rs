@@ -19,7 +19,7 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     // table's, so its rows are logged under the table's name. The context is read once, before
     // any branch, into `v_context`.
     let mut body = format!(
-        "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_raw text;\n    v_context json;\n    \
+        "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_pk jsonb;\n    v_old_pk jsonb;\n    v_raw text;\n    v_context json;\n    \
          {SCHEMA} text := COALESCE(TG_ARGV[0], TG_TABLE_SCHEMA);\n    \
          {TABLE} text := COALESCE(TG_ARGV[1], TG_TABLE_NAME);\nBEGIN\n    {}\n",
         crate::context::read_statements("    ")
@@ -124,21 +124,33 @@ impl Rows {
                     old_values: old.to_owned(),
                     new_values: new.to_owned(),
                     context,
+                    old_record: None,
                 };
                 match op {
                     // Whole audited rows before and after: cheaper than computing a diff in
                     // the trigger (docs/performance.md); readers compute the diff. A JSON-equal
-                    // pair (an update that changed nothing audited) is not logged.
+                    // pair (an update that changed nothing audited) is not logged, unless the
+                    // key changed: the entry then carries both keys.
                     Operation::Update => format!(
                         "v_old := {};
         v_new := {};
-        IF v_old OPERATOR(pg_catalog.<>) v_new THEN
+        v_pk := {};
+        v_old_pk := {};
+        IF v_old OPERATOR(pg_catalog.<>) v_new OR v_old_pk OPERATOR(pg_catalog.<>) v_pk THEN
             {insert_into}
             VALUES ({});
         END IF;",
                         values_json(spec, "OLD"),
                         values_json(spec, "NEW"),
-                        row("v_old", "v_new").list()
+                        key_json(spec, "NEW"),
+                        key_json(spec, "OLD"),
+                        LogRow {
+                            record_key: record_key("v_pk"),
+                            record_pk: "v_pk".into(),
+                            old_record: Some(("v_old_pk".into(), "v_pk".into())),
+                            ..row("v_old", "v_new")
+                        }
+                        .list()
                     ),
                     Operation::Delete => format!(
                         "{insert_into}\n        VALUES ({});",
@@ -173,18 +185,22 @@ impl Rows {
                     old_values: "c.old_values".into(),
                     new_values: "c.new_values".into(),
                     context: CONTEXT,
+                    old_record: pair.then(|| ("c.old_pk".into(), "c.record_pk".into())),
                 };
-                let changed = if *pair {
-                    "\n         WHERE c.old_values OPERATOR(pg_catalog.<>) c.new_values"
+                let (old_pk, changed) = if *pair {
+                    (
+                        format!(", {} AS old_pk", key_json(spec, OLD_ROW)),
+                        "\n         WHERE c.old_values OPERATOR(pg_catalog.<>) c.new_values OR c.old_pk OPERATOR(pg_catalog.<>) c.record_pk",
+                    )
                 } else {
-                    ""
+                    (String::new(), "")
                 };
                 // The key is built once per row (OFFSET 0 keeps the subquery from being
                 // flattened, which would build it twice).
                 format!(
                     "{insert_into}
         SELECT {}
-          FROM (SELECT {} AS record_pk, {old} AS old_values, {new} AS new_values
+          FROM (SELECT {} AS record_pk, {old} AS old_values, {new} AS new_values{old_pk}
                   FROM {from}{filter}
                 OFFSET 0) AS c{changed};",
                     row.list(),
@@ -222,6 +238,9 @@ struct LogRow<'a> {
     old_values: String,
     new_values: String,
     context: &'a str,
+    /// For an UPDATE: the key before and the key after, so that the key before is logged when
+    /// it differs.
+    old_record: Option<(String, String)>,
 }
 
 impl<'a> LogRow<'a> {
@@ -234,6 +253,7 @@ impl<'a> LogRow<'a> {
             old_values: "NULL".into(),
             new_values: "NULL".into(),
             context,
+            old_record: None,
         }
     }
 
@@ -245,8 +265,14 @@ impl<'a> LogRow<'a> {
             .join(", ")
     }
 
-    fn value(&self, column: &str) -> &str {
-        match column {
+    fn value(&self, column: &str) -> String {
+        let changed_key = |value: &str| match &self.old_record {
+            Some((before, after)) => {
+                format!("CASE WHEN {before} OPERATOR(pg_catalog.<>) {after} THEN {value} END")
+            }
+            None => "NULL".to_owned(),
+        };
+        let value = match column {
             "operation" => self.operation,
             "schema_name" => SCHEMA,
             "table_name" => TABLE,
@@ -255,9 +281,21 @@ impl<'a> LogRow<'a> {
             "old_values" => &self.old_values,
             "new_values" => &self.new_values,
             "context" => self.context,
+            "old_record_pk" => {
+                return changed_key(self.old_record.as_ref().map_or("", |(before, _)| before));
+            }
+            "old_record_key" => {
+                return changed_key(
+                    &self
+                        .old_record
+                        .as_ref()
+                        .map_or_else(String::new, |(before, _)| record_key(before)),
+                );
+            }
             // The test below fails first when a column is added to the log's shape.
             other => panic!("log column `{other}` has no value in the trigger"),
-        }
+        };
+        value.to_owned()
     }
 }
 
@@ -270,7 +308,7 @@ mod tests {
         let row = LogRow::without_key("'TRUNCATE'", "ctx");
         assert_eq!(
             row.list(),
-            "'TRUNCATE', v_schema, v_table, NULL, NULL, NULL, NULL, ctx"
+            "'TRUNCATE', v_schema, v_table, NULL, NULL, NULL, NULL, ctx, NULL, NULL"
         );
     }
 }

@@ -133,12 +133,24 @@ fn create_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -
 fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> String {
     let name = op.trigger_name();
     let kw = op.keyword();
-    let tracked = match (op, spec.columns()) {
-        (Operation::Update, Columns::TrackOnly(cols)) => Some(cols),
+    // An UPDATE of the tracked columns, or of the key: a key change is logged (with both
+    // keys) even when the key is not audited.
+    let tracked: Option<Vec<Ident>> = match (op, spec.columns()) {
+        (Operation::Update, Columns::TrackOnly(cols)) => {
+            let mut cols = cols.clone();
+            cols.extend(
+                spec.primary_key()
+                    .iter()
+                    .filter(|k| !cols.contains(k))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+            Some(cols)
+        }
         _ => None,
     };
     let mut when = Vec::new();
-    if let Some(cols) = tracked {
+    if let Some(cols) = &tracked {
         when.push(tracked_changed(cols));
     }
     if let Some(c) = condition_for(spec, op, "NEW", "OLD") {
@@ -157,7 +169,7 @@ fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> S
                 .collect::<Vec<_>>()
                 .join(", ");
             update_of(
-                cols,
+                &cols,
                 &execute(&name, kw, &rest, function),
                 &execute(&name, &format!("UPDATE OF {column_list}"), &rest, function),
             )
@@ -214,11 +226,12 @@ mod tests {
             .unwrap();
         let function = spec.function_name(&AuditLog::new());
         let update = create_trigger(&spec, Operation::Update, &function);
-        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\"), ROW(NEW.\"name\", NEW.\"email\")) AND (NEW.active  ))";
-        // UPDATE OF the tracked columns, unless the table's other triggers make it unsafe.
+        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\", OLD.\"id\"), ROW(NEW.\"name\", NEW.\"email\", NEW.\"id\")) AND (NEW.active  ))";
+        // UPDATE OF the tracked columns and the key, unless the table's other triggers make it
+        // unsafe.
         assert!(
             update.contains(&format!(
-                "EXECUTE 'CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE OF \"name\", \"email\" ON ' OPERATOR(pg_catalog.||) tbl::text OPERATOR(pg_catalog.||) '{when}"
+                "EXECUTE 'CREATE TRIGGER \"pg_audit_update\" AFTER UPDATE OF \"name\", \"email\", \"id\" ON ' OPERATOR(pg_catalog.||) tbl::text OPERATOR(pg_catalog.||) '{when}"
             )),
             "{update}"
         );

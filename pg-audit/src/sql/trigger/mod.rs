@@ -87,7 +87,7 @@ impl FromStr for TriggerLevel {
 ///     .condition("NEW.is_active")
 ///     .build()?;
 /// let sql = spec.install_sql(&AuditLog::new());
-/// assert!(sql.contains(r#"CREATE TRIGGER "pg_audit_update" AFTER UPDATE OF "name", "email" ON "#));
+/// assert!(sql.contains(r#"CREATE TRIGGER "pg_audit_update" AFTER UPDATE OF "name", "email", "id" ON "#));
 /// # Ok::<(), pg_audit::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
