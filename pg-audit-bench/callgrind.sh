@@ -50,10 +50,10 @@ EOF
         echo "CREATE TABLE t_$t (LIKE src INCLUDING ALL); INSERT INTO t_$t SELECT * FROM src;"
     done
     echo "CREATE TRIGGER floor AFTER INSERT OR UPDATE OR DELETE ON t_floor FOR EACH ROW EXECUTE FUNCTION floor_trigger();"
-    "$cli" sql trigger --table t_auto
-    "$cli" sql trigger --table t_row --level row
-    "$cli" sql trigger --table t_statement --level statement
-    "$cli" sql trigger --table t_tracked --track-only name,email
+    "$cli" sql trigger --table t_auto --primary-key id
+    "$cli" sql trigger --table t_row --primary-key id --level row
+    "$cli" sql trigger --table t_statement --primary-key id --level statement
+    "$cli" sql trigger --table t_tracked --primary-key id --track-only name,email
 } >"$work/setup.sql"
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
 "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -U postgres -d postgres -f "$work/setup.sql" >/dev/null 2>"$work/setup.err" ||

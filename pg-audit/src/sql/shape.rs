@@ -227,9 +227,20 @@ pub fn entry_select_list(alias: &str) -> String {
 /// name, the table name (both text) and the key object (jsonb). Every operator is
 /// schema-qualified, so objects on the caller's search path are never called.
 pub fn record_key_expr(schema: &str, table: &str, record_pk: &str) -> String {
+    record_key_from_seed(&record_key_seed_expr(schema, table), record_pk)
+}
+
+/// The seed of a table's record keys: a hash of `schema.table` (an `integer`), computed once per
+/// call by the trigger function rather than once per row.
+pub(crate) fn record_key_seed_expr(schema: &str, table: &str) -> String {
     format!(
-        "pg_catalog.jsonb_hash_extended({record_pk}, pg_catalog.hashtext({schema} OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) {table}))"
+        "pg_catalog.hashtext({schema} OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) {table})"
     )
+}
+
+/// A record key from a seed of [`record_key_seed_expr`] and a key object.
+pub(crate) fn record_key_from_seed(seed: &str, record_pk: &str) -> String {
+    format!("pg_catalog.jsonb_hash_extended({record_pk}, {seed})")
 }
 
 /// A change that can be audited.

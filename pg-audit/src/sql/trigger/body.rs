@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use super::TriggerSpec;
 use super::row::{condition_for, key_json, record_key, values_json};
 use crate::sql::log::AuditLog;
-use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, written_columns};
+use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, record_key_seed_expr, written_columns};
 
 /// The function's body: `DECLARE ... BEGIN IF TG_OP = ... END`.
 pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
@@ -21,7 +21,9 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     let mut body = format!(
         "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_pk jsonb;\n    v_old_pk jsonb;\n    v_raw text;\n    v_context json;\n    \
          {SCHEMA} text := COALESCE(TG_ARGV[0], TG_TABLE_SCHEMA);\n    \
-         {TABLE} text := COALESCE(TG_ARGV[1], TG_TABLE_NAME);\nBEGIN\n    {}\n",
+         {TABLE} text := COALESCE(TG_ARGV[1], TG_TABLE_NAME);\n    \
+         {SEED} integer := {};\nBEGIN\n    {}\n",
+        record_key_seed_expr(SCHEMA, TABLE),
         crate::context::read_statements("    ")
     );
     for (i, &op) in spec.operations().iter().enumerate() {
@@ -216,6 +218,8 @@ const CONTEXT: &str = "v_context";
 /// The variables holding the audited table's schema and name.
 pub(super) const SCHEMA: &str = "v_schema";
 pub(super) const TABLE: &str = "v_table";
+/// The variable holding the seed of the table's record keys.
+pub(super) const SEED: &str = "v_seed";
 
 /// The paired rows of a statement-level UPDATE, as row expressions.
 const NEW_ROW: &str = "(pg_audit_new.r)";

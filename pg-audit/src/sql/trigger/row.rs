@@ -5,7 +5,7 @@
 use super::{Columns, TriggerSpec};
 use crate::ident::Ident;
 use crate::sql::condition::RowRef;
-use crate::sql::shape::{Operation, record_key_expr};
+use crate::sql::shape::{Operation, record_key_from_seed};
 
 /// The JSON object of the audited columns of `row` (an expression of the table's row type).
 pub(super) fn values_json(spec: &TriggerSpec, row: &str) -> String {
@@ -29,7 +29,7 @@ pub(super) fn key_json(spec: &TriggerSpec, row: &str) -> String {
 
 /// The log's `record_key` of the key object `record_pk`, for the table the trigger fires on.
 pub(super) fn record_key(record_pk: &str) -> String {
-    record_key_expr(super::body::SCHEMA, super::body::TABLE, record_pk)
+    record_key_from_seed(super::body::SEED, record_pk)
 }
 
 /// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
