@@ -1,7 +1,5 @@
 //! The administration commands, run against a database: history, tx, partitions, check.
 
-use std::io::Write as _;
-
 use clap::Subcommand;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
@@ -31,7 +29,7 @@ pub(crate) enum PartitionsCommand {
     /// retention period; prints each as it goes.
     Prune {
         /// The retention period, a PostgreSQL interval: '90 days', '1 year'.
-        #[arg(long, value_name = "INTERVAL")]
+        #[arg(long, value_name = "INTERVAL", allow_hyphen_values = true)]
         older_than: String,
         /// Drop the partitions, and delete the DEFAULT partition's older rows, instead of
         /// detaching (detached partitions stay as tables to archive).
@@ -241,11 +239,10 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                     diesel::sql_query(log.ensure_partitions_sql(k)).load(&mut conn)?;
                 for c in created {
                     if !db.json {
-                        println!(
+                        crate::output::line(&format!(
                             "created {} (moved {} rows from the DEFAULT partition)",
                             c.partition_name, c.moved_rows
-                        );
-                        let _ = std::io::stdout().flush();
+                        ));
                     }
                     table.push(vec![json!(c.partition_name), json!(c.moved_rows)]);
                 }
@@ -253,7 +250,9 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             if db.json {
                 table.print(true);
             } else if table.is_empty() {
-                println!("every partition up to {ahead} periods ahead exists");
+                crate::output::line(&format!(
+                    "every partition up to {ahead} periods ahead exists"
+                ));
             }
         }
         PartitionsCommand::Prune {
@@ -294,8 +293,10 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             let report = |pruned: Vec<Pruned>, table: &mut Table| {
                 for p in pruned {
                     if !db.json {
-                        println!("{} {} ({} rows)", p.action, p.partition_name, p.rows);
-                        let _ = std::io::stdout().flush();
+                        crate::output::line(&format!(
+                            "{} {} ({} rows)",
+                            p.action, p.partition_name, p.rows
+                        ));
                     }
                     table.push(vec![
                         json!(p.partition_name),
@@ -306,7 +307,12 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             };
             for (i, c) in candidates.iter().enumerate() {
                 if !db.json {
-                    println!("[{}/{}] {} ...", i + 1, candidates.len(), c.partition_name);
+                    crate::output::line(&format!(
+                        "[{}/{}] {} ...",
+                        i + 1,
+                        candidates.len(),
+                        c.partition_name
+                    ));
                 }
                 let pruned = diesel::sql_query(log.prune_partition_sql(
                     &older_than,
@@ -325,7 +331,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             if db.json {
                 table.print(true);
             } else if table.is_empty() {
-                println!("nothing is older than {older_than}");
+                crate::output::line(&format!("nothing is older than {older_than}"));
             }
         }
     }
@@ -363,13 +369,16 @@ pub(crate) fn check(db: &Db) -> Result<bool> {
     if db.json {
         table.print(true);
     } else if problems.is_empty() {
-        println!("ok: {} audited table(s), installed as recorded", audited.n);
+        crate::output::line(&format!(
+            "ok: {} audited table(s), installed as recorded",
+            audited.n
+        ));
     } else {
         table.print(false);
-        println!(
+        crate::output::line(&format!(
             "\n{} problem(s); re-run the pg-audit migrations (or `pg-audit sql trigger`) to reinstall",
             problems.len()
-        );
+        ));
     }
     Ok(problems.is_empty())
 }

@@ -35,6 +35,7 @@ enum Command {
         table: String,
         /// The record's key: a value, comma-separated values in key order, `name=value` pairs
         /// (`order_id=7,line_no=1`, as the output prints keys), or a JSON object.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// At most this many entries.
         #[arg(long, default_value_t = 50)]

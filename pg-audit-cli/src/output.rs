@@ -1,6 +1,35 @@
-//! Printing results: an aligned table for people, JSON for scripts.
+//! Printing results: an aligned table for people, JSON for scripts; and standard output that
+//! a closed pipe (`pg-audit check | head -1`) ends quietly.
+
+use std::io::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
+
+/// Set once standard output is a closed pipe: nothing more is written.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `text` to standard output. A closed pipe is not an error: what follows is dropped,
+/// and the program still ends with the exit status its work decided.
+pub(crate) fn print(text: &str) {
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            CLOSED.store(true, Ordering::Relaxed);
+        } else {
+            eprintln!("error: cannot write to standard output: {e}");
+            CLOSED.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// [`print`] of a line.
+pub(crate) fn line(text: &str) {
+    print(&format!("{text}\n"));
+}
 
 /// Rows to print, either as an aligned table or as a JSON array of objects.
 pub(crate) struct Table {
@@ -40,10 +69,7 @@ impl Table {
                     )
                 })
                 .collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&objects).expect("serialisable")
-            );
+            line(&serde_json::to_string_pretty(&objects).expect("serialisable"));
             return;
         }
         let cells: Vec<Vec<String>> = self
@@ -63,7 +89,7 @@ impl Table {
                 .zip(&widths)
                 .map(|(v, w)| format!("{v:<w$}"))
                 .collect();
-            println!("{}", padded.join("  ").trim_end());
+            line(padded.join("  ").trim_end());
         };
         line(self.columns.iter().map(|c| (*c).to_owned()).collect());
         line(widths.iter().map(|w| "-".repeat(*w)).collect());
@@ -73,11 +99,50 @@ impl Table {
     }
 }
 
-/// A value as a table cell: strings bare, NULL empty, the rest as JSON.
+/// A value as a table cell: strings bare, NULL empty, the rest as JSON; control characters
+/// escaped either way, so a value from the log cannot move the cursor, recolour the terminal
+/// or reorder what is shown.
 fn cell(value: &Value) -> String {
     match value {
         Value::Null => String::new(),
-        Value::String(s) => s.replace('\n', "\\n"),
-        other => other.to_string(),
+        Value::String(s) => escape_controls(s),
+        other => escape_controls(&other.to_string()),
+    }
+}
+
+/// `text` with every control character (C0, DEL, C1) and bidirectional control written as an
+/// escape: `\n`, `\t`, `\r`, `\u{1b}`, `\u{202e}`.
+pub(crate) fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&c.escape_unicode().to_string());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Unicode's bidirectional formatting characters (they reorder the text around them).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_in_cells() {
+        assert_eq!(
+            cell(&Value::String("a\u{1b}[2Jb\nc\u{202e}d\u{7f}".into())),
+            "a\\u{1b}[2Jb\\nc\\u{202e}d\\u{7f}"
+        );
+        assert_eq!(cell(&Value::String("ünïcödé 日本".into())), "ünïcödé 日本");
     }
 }

@@ -159,7 +159,7 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
         }
     };
     // One transaction: a failed check leaves nothing half-installed.
-    print!("BEGIN;\n\n{sql}\nCOMMIT;\n");
+    crate::output::print(&format!("BEGIN;\n\n{sql}\nCOMMIT;\n"));
     Ok(())
 }
 

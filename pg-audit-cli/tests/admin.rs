@@ -301,3 +301,90 @@ fn database_errors_are_clear() {
         "{e:?}"
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_quietly_with_the_intended_exit_code() {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    let db = setup("admin_pipe");
+    // Reports longer than a pipe's buffer: drift on many tables, a long history.
+    db.psql(
+        "CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NULL; END';
+         DO $$ BEGIN
+           FOR i IN 1..800 LOOP
+             EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY)', i);
+             EXECUTE format('CREATE TRIGGER pg_audit_insert AFTER INSERT ON t%s FOR EACH ROW EXECUTE FUNCTION f()', i);
+           END LOOP;
+           FOR i IN 1..3000 LOOP
+             UPDATE users SET name = 'name ' || i WHERE id = 1;
+           END LOOP;
+         END $$;",
+    )
+    .unwrap();
+    for args in [
+        vec!["check"],
+        vec!["history", "users", "1", "--limit", "5000"],
+        vec!["history", "users", "1", "--limit", "5000", "--json"],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+            .args(&args)
+            .env("DATABASE_URL", db.url())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one byte, then close the pipe, as `| head -c1` does.
+        let mut stdout = child.stdout.take().unwrap();
+        let mut first = [0u8; 1];
+        let _ = stdout.read(&mut first);
+        drop(stdout);
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        let expected = if args[0] == "check" { 1 } else { 0 };
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn control_characters_from_the_log_are_escaped_in_tables_but_exact_in_json() {
+    let db = setup("admin_escape");
+    db.psql(
+        "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"mal\\u001b[2J\\u202eory\", \"change_reason\": \"a\\nb\"}';
+         INSERT INTO users (name) VALUES (E'x\\x1b[31mred'); COMMIT;",
+    )
+    .unwrap();
+    let table = ok(&["history", "users", "2"], db.url());
+    assert!(!table.contains('\u{1b}'), "{table:?}");
+    assert!(!table.contains('\u{202e}'), "{table:?}");
+    assert!(table.contains(r"mal\u{1b}[2J\u{202e}ory"), "{table}");
+    assert!(table.contains(r"a\nb"), "{table}");
+    assert!(table.contains(r"name=x\u{1b}[31mred"), "{table}");
+    let json = json_out(&["history", "users", "2"], db.url());
+    assert_eq!(
+        json[0]["context"]["user_id"],
+        json!("mal\u{1b}[2J\u{202e}ory")
+    );
+    assert_eq!(json[0]["new_values"]["name"], json!("x\u{1b}[31mred"));
+}
+
+#[test]
+fn negative_values_are_values_not_flags() {
+    let db = setup("admin_negative");
+    let out = pg_audit(
+        &["partitions", "prune", "--older-than", "-1 year"],
+        Some(db.url()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("older_than must be a positive interval, not -1 years"),
+        "{stderr}"
+    );
+    let out = pg_audit(&["history", "users", "-5"], Some(db.url()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
