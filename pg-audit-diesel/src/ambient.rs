@@ -127,12 +127,31 @@ impl<F: Future> Future for Scoped<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let ctx = self.ctx.take().unwrap_or_default();
-        let outside = replace(ctx);
-        let result = self.future.as_mut().poll(cx);
-        // Keep what the poll left (a guard held across an await in a !Send future).
-        self.ctx = Some(replace(outside));
+        let this = &mut *self;
+        let ctx = this.ctx.take().unwrap_or_default();
+        let restore = RestoreOnExit {
+            outside: Some(replace(ctx)),
+            inside: &mut this.ctx,
+        };
+        let result = this.future.as_mut().poll(cx);
+        drop(restore);
         result
+    }
+}
+
+/// Puts the context from outside a poll back when the poll ends — returning or unwinding, so
+/// a panicking future never leaves its context to the next task on the thread — and keeps
+/// what the poll left for the next poll (a guard held across an await in a !Send future).
+struct RestoreOnExit<'a> {
+    outside: Option<AuditContext>,
+    inside: &'a mut Option<AuditContext>,
+}
+
+impl Drop for RestoreOnExit<'_> {
+    fn drop(&mut self) {
+        if let Some(outside) = self.outside.take() {
+            *self.inside = Some(replace(outside));
+        }
     }
 }
 

@@ -150,3 +150,43 @@ fn concurrent_tasks_never_see_each_others_context() {
         assert_eq!(row["user_id"], json!(format!("user-{task}")), "{row}");
     }
 }
+
+#[test]
+fn a_panic_never_leaves_its_context_to_the_next_work_on_the_thread() {
+    let ctx = || AuditContext::new().user_id("alice").request_id("req-A");
+    // A scoped future that panics, then an unrelated task on the same (only) thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let seen = runtime.block_on(async {
+        let failed = tokio::spawn(ctx().scope(async {
+            tokio::task::yield_now().await;
+            panic!("the handler failed");
+        }))
+        .await;
+        assert!(failed.unwrap_err().is_panic());
+        tokio::spawn(async { ambient::current() }).await.unwrap()
+    });
+    assert!(seen.is_empty(), "the next task saw {seen:?}");
+    assert!(ambient::current().is_empty());
+
+    // A guard unwinding.
+    let unwound = std::panic::catch_unwind(|| {
+        let _guard = ambient::use_context(&ctx());
+        panic!("the closure failed");
+    });
+    assert!(unwound.is_err());
+    assert!(ambient::current().is_empty());
+
+    // A blocking task that panics, then the next one on the same blocking thread.
+    let seen = runtime.block_on(async {
+        let failed = ctx()
+            .scope(async { ambient::spawn_blocking(|| panic!("the job failed")).await })
+            .await;
+        assert!(failed.unwrap_err().is_panic());
+        tokio::task::spawn_blocking(ambient::current).await.unwrap()
+    });
+    assert!(seen.is_empty(), "the next blocking task saw {seen:?}");
+}
