@@ -322,9 +322,15 @@ impl AuditReader {
     /// `$1` the schema (text, NULL for the search path's), `$2` the table, `$3` the key object
     /// (jsonb), `$4` the id to page before (bigint, NULL for the first page), `$5` the limit.
     /// It returns the entries since the key was given to the record (if an UPDATE gave it).
+    ///
+    /// Entries come newest first in the order the changes were made: the log's `id`. A
+    /// record's changes are serialised by its row lock, and an entry's id is taken when its
+    /// change is made, while `changed_at` is its statement's start, which is earlier for a
+    /// change that waited for the lock; so ordering by `changed_at` would disagree with the
+    /// ids that pages continue from.
     pub fn history_sql(&self) -> String {
         self.record_sql(
-            "ORDER BY l.changed_at DESC, l.id DESC
+            "ORDER BY l.id DESC
               LIMIT $5",
         )
     }

@@ -532,3 +532,43 @@ fn a_key_change_carries_both_keys_and_the_record_is_followed_across_it() {
         json!([{"id": 1}, {"id": 2}, "Undo the renumbering"])
     );
 }
+
+#[test]
+fn paging_under_concurrent_writes_returns_every_entry_once_in_order() {
+    let (db, mut conn) = setup("history_paging_concurrent");
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'p', NULL)");
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let url = db.url().to_owned();
+            std::thread::spawn(move || {
+                let mut conn = PgConnection::establish(&url).unwrap();
+                for i in 0..100 {
+                    exec(
+                        &mut conn,
+                        &format!("UPDATE people SET name = 'w{w} {i}' WHERE id = 1"),
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let reader = AuditReader::new();
+    let mut ids = Vec::new();
+    let mut page = Some(Page::first(7));
+    while let Some(p) = page {
+        let entries = reader.history::<Person>(&mut conn, 1, p).unwrap();
+        page = p.after(&entries);
+        ids.extend(entries.iter().map(|e| e.id));
+    }
+    assert_eq!(ids.len(), 401);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "in order, each once");
+    let all: Vec<i64> = reader
+        .history::<Person>(&mut conn, 1, Page::first(1000))
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids, all);
+}
