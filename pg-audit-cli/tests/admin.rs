@@ -388,3 +388,54 @@ fn negative_values_are_values_not_flags() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_read_only_role_of_sql_grant_can_run_every_read_command() {
+    let db = setup("admin_reader");
+    db.psql("INSERT INTO lines VALUES ('zeta', 9, 5); UPDATE lines SET qty = 6 WHERE org = 'zeta';")
+        .unwrap();
+    let role = format!("audit_test_role_{}_cli_reader", std::process::id());
+    db.psql(&format!(
+        "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"
+    ))
+    .unwrap();
+    db.psql(&ok(&["sql", "grant", "--role", &role], db.url()))
+        .unwrap();
+    // The same database, connected as the reader.
+    let url = db.url();
+    let at = url.find("://").unwrap() + 3;
+    let host = &url[at..][url[at..].find('@').map_or(0, |i| i + 1)..];
+    let reader_url = format!("{}{role}@{host}", &url[..at]);
+    let txid = json_out(&["history", "lines", "zeta,9"], &reader_url)[0]["txid"].clone();
+    assert_eq!(
+        json_out(&["history", "lines", "line_no=9,org=zeta"], &reader_url)
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        json_out(&["tx", &txid.to_string()], &reader_url)
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    ok(&["partitions", "list"], &reader_url);
+    assert!(ok(&["check"], &reader_url).starts_with("ok: 2 audited table(s)"));
+    // ...and nothing more.
+    let out = pg_audit(&["partitions", "ensure"], Some(&reader_url));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    db.psql(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA audit FROM {role};
+         REVOKE ALL ON ALL FUNCTIONS IN SCHEMA audit FROM {role};
+         REVOKE ALL ON SCHEMA audit FROM {role};"
+    ))
+    .unwrap();
+    let server = pg_audit_tempdb::shared().unwrap();
+    drop(db);
+    server
+        .psql(server.admin_url(), &format!("DROP ROLE {role}"))
+        .unwrap();
+}

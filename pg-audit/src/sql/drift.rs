@@ -156,8 +156,8 @@ pub(crate) struct LogObjects {
     pub(crate) adopt: QualifiedName,
     /// Every maintenance function, with its argument types.
     pub(crate) functions: Vec<(QualifiedName, &'static str)>,
-    /// The one maintenance function readers may run (listing partitions).
-    pub(crate) readable: QualifiedName,
+    /// The functions readers may run (the partition listing, the check).
+    pub(crate) readable: Vec<QualifiedName>,
 }
 
 /// DDL of the record table, of the definitions function and of the check function.
@@ -374,7 +374,7 @@ COMMENT ON TABLE {config} IS {comment};
       FROM pg_catalog.pg_proc AS f
      CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) AS a
      WHERE f.oid = ANY (ARRAY[{maintenance}]) AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
-       AND f.oid IS DISTINCT FROM pg_catalog.to_regprocedure({readable_lit})
+       AND f.oid <> ALL (ARRAY[{readable_list}]::oid[])
      ORDER BY 1, 2, 3
 "#,
         log_lit = log.literal(),
@@ -384,7 +384,14 @@ COMMENT ON TABLE {config} IS {comment};
             .as_ref()
             .map_or_else(|| "NULL".to_owned(), Ident::literal),
         log_name = log.name.literal(),
-        readable_lit = text_literal(&format!("{readable}()")),
+        readable_list = readable
+            .iter()
+            .map(|f| format!(
+                "coalesce(pg_catalog.to_regprocedure({})::oid, 0)",
+                text_literal(&format!("{f}()"))
+            ))
+            .collect::<Vec<_>>()
+            .join(", "),
         operations_field = text_literal(OPERATIONS_FIELD),
         config_lit = config.literal(),
         triggers_field = text_literal(TRIGGERS_FIELD),

@@ -137,7 +137,7 @@ impl AuditLog {
             definitions: self.function("trigger_definitions"),
             adopt: self.function("adopt_partitions"),
             functions: self.function_signatures().to_vec(),
-            readable: self.function("partitions"),
+            readable: self.readable_functions().to_vec(),
         }
     }
 
@@ -267,19 +267,26 @@ impl AuditLog {
         sql
     }
 
-    /// SQL that lets `role` read the log (and list its partitions), and nothing more: it can
-    /// neither change audit rows nor run maintenance. Grant this to application roles that
-    /// show history; writing audited tables needs no privilege on the log.
+    /// SQL that lets `role` read the log — every reader method and every reading command of
+    /// the `pg-audit` program: the log, the install records (a table's key), the partition
+    /// listing and the drift check — and nothing more: it can neither change audit rows nor
+    /// run maintenance. Grant this to application roles that show history; writing audited
+    /// tables needs no privilege on the log.
     pub fn grant_read_sql(&self, role: &Ident) -> String {
         let mut sql = String::new();
         let _ = writeln!(sql, "GRANT USAGE ON SCHEMA {} TO {role};", self.schema());
-        let _ = writeln!(sql, "GRANT SELECT ON TABLE {} TO {role};", self.table);
-        let _ = writeln!(
-            sql,
-            "GRANT EXECUTE ON FUNCTION {}() TO {role};",
-            self.function("partitions")
-        );
+        for table in [self.table.clone(), self.config_table()] {
+            let _ = writeln!(sql, "GRANT SELECT ON TABLE {table} TO {role};");
+        }
+        for function in self.readable_functions() {
+            let _ = writeln!(sql, "GRANT EXECUTE ON FUNCTION {function}() TO {role};");
+        }
         sql
+    }
+
+    /// The functions readers may run: the partition listing and the drift check.
+    fn readable_functions(&self) -> [QualifiedName; 2] {
+        [self.function("partitions"), self.function("check")]
     }
 
     /// SQL that drops the log, its partitions and its functions. Drop the audit triggers first
