@@ -392,8 +392,10 @@ fn negative_values_are_values_not_flags() {
 #[test]
 fn the_read_only_role_of_sql_grant_can_run_every_read_command() {
     let db = setup("admin_reader");
-    db.psql("INSERT INTO lines VALUES ('zeta', 9, 5); UPDATE lines SET qty = 6 WHERE org = 'zeta';")
-        .unwrap();
+    db.psql(
+        "INSERT INTO lines VALUES ('zeta', 9, 5); UPDATE lines SET qty = 6 WHERE org = 'zeta';",
+    )
+    .unwrap();
     let role = format!("audit_test_role_{}_cli_reader", std::process::id());
     db.psql(&format!(
         "DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN"

@@ -48,6 +48,14 @@ pub enum Error {
         /// The record's key.
         key: serde_json::Value,
     },
+    /// A record cannot be re-inserted from the log: columns the log does not hold (excluded
+    /// or not tracked) are `NOT NULL` without a default.
+    MissingValues {
+        /// The table.
+        table: String,
+        /// The columns.
+        columns: Vec<String>,
+    },
     /// Diesel wrote a model's table or key in a form pg-audit does not read.
     Rendering {
         /// The model.
@@ -86,6 +94,14 @@ impl fmt::Display for Error {
             Error::NotDeleted { key } => write!(
                 f,
                 "record {key} cannot be restored: its last logged change is not a DELETE"
+            ),
+            Error::MissingValues { table, columns } => write!(
+                f,
+                "cannot re-insert the record into {table}: {} {} NOT NULL without a default and \
+                 not in the log (excluded or not tracked); give values for them with \
+                 `AuditReader::restore_with`",
+                columns.join(", "),
+                if columns.len() == 1 { "is" } else { "are" }
             ),
             Error::Rendering { model, sql } => write!(
                 f,
@@ -169,6 +185,10 @@ pub(crate) mod tests {
             Box::new(Error::NotDeleted {
                 key: serde_json::json!({"id": 1}),
             }),
+            Box::new(Error::MissingValues {
+                table: "users".into(),
+                columns: vec!["password_hash".into()],
+            }),
             Box::new(Error::Rendering {
                 model: "User",
                 sql: "x".into(),
@@ -195,7 +215,7 @@ pub(crate) mod tests {
             "a database error reads as itself"
         );
         assert_eq!(
-            chain(errors[10].as_ref()),
+            chain(errors[11].as_ref()),
             ["cannot write migrations", "disk full"]
         );
     }

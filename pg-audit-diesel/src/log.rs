@@ -630,16 +630,33 @@ impl AuditReader {
                 row.entry(column.clone()).or_insert_with(|| value.clone());
             }
         }
-        apply(conn, &table, &key, values.as_ref(), reason)
+        apply(conn, &table, &key, values.as_ref(), &Map::new(), reason)
     }
 
     /// Re-inserts model `T`'s record as it was when it was last deleted, in a transaction whose
     /// audit rows carry `reason`.
+    ///
+    /// A column the log does not hold (excluded, or not tracked) that is `NOT NULL` without a
+    /// default cannot be re-inserted from the log: the restore is refused before anything is
+    /// written, with [`Error::MissingValues`] naming the columns; give their values with
+    /// [`AuditReader::restore_with`].
     pub fn restore<T: Audited>(
         &self,
         conn: &mut PgConnection,
         key: impl serde::Serialize,
         reason: &str,
+    ) -> Result<(), Error> {
+        self.restore_with::<T>(conn, key, reason, serde_json::Map::new())
+    }
+
+    /// [`AuditReader::restore`], with `values` (column name → value) for the columns the log
+    /// does not hold: `json!({"password_hash": "!reset"})`.
+    pub fn restore_with<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+        reason: &str,
+        values: serde_json::Map<String, Value>,
     ) -> Result<(), Error> {
         let (table, key) = model_key::<T>(key)?;
         let history = self.history_of(conn, &table, &key, Page::first(1))?;
@@ -647,7 +664,7 @@ impl AuditReader {
             Some(e) if e.operation == Operation::Delete => e.old_values.clone(),
             _ => return Err(Error::NotDeleted { key }),
         };
-        apply(conn, &table, &key, deleted.as_ref(), reason)
+        apply(conn, &table, &key, deleted.as_ref(), &values, reason)
     }
 }
 
@@ -659,6 +676,35 @@ const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
                     WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
                   pg_catalog.current_schema()::text) AS schema_name,
               $2::text AS table_name";
+
+/// The columns of `table` that are `NOT NULL` without a default (nor identity, nor generated)
+/// and have no value in `values`.
+fn missing_required(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    values: &Value,
+) -> Result<Vec<String>, Error> {
+    #[derive(QueryableByName)]
+    struct Column {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let required: Vec<Column> = diesel::sql_query(
+        "SELECT a.attname::text AS name FROM pg_catalog.pg_attribute AS a
+          WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1::text)
+            AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND a.attnotnull
+            AND NOT a.atthasdef AND a.attidentity OPERATOR(pg_catalog.=) ''
+            AND a.attgenerated OPERATOR(pg_catalog.=) ''
+          ORDER BY a.attnum",
+    )
+    .bind::<Text, _>(table.to_string())
+    .load(conn)?;
+    Ok(required
+        .into_iter()
+        .map(|c| c.name)
+        .filter(|name| values.get(name).is_none_or(Value::is_null))
+        .collect())
+}
 
 /// `sql`, a query of [`AuditReader::record_sql`]'s form, with the record's parameters bound.
 fn record_query<'a>(
@@ -704,6 +750,7 @@ fn apply(
     table: &QualifiedName,
     key: &Value,
     target: Option<&Value>,
+    supplied: &Map<String, Value>,
     reason: &str,
 ) -> Result<(), Error> {
     let key_columns: Vec<Ident> = key
@@ -742,6 +789,23 @@ fn apply(
                 if let (Value::Object(row), Some(key)) = (&mut values, key.as_object()) {
                     for (column, value) in key {
                         row.entry(column.clone()).or_insert_with(|| value.clone());
+                    }
+                    // A re-inserted row takes the caller's values for what the log lacks.
+                    if !exists {
+                        for (column, value) in supplied {
+                            row.entry(column.clone()).or_insert_with(|| value.clone());
+                        }
+                    }
+                }
+                if !exists {
+                    // What the log does not hold and the table requires: refuse now, before
+                    // anything is written, rather than fail on PostgreSQL's not-null error.
+                    let missing = missing_required(conn, table, &values)?;
+                    if !missing.is_empty() {
+                        return Err(Error::MissingValues {
+                            table: table.to_string(),
+                            columns: missing,
+                        });
                     }
                 }
                 let values = &values;

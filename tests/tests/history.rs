@@ -572,3 +572,56 @@ fn paging_under_concurrent_writes_returns_every_entry_once_in_order() {
         .collect();
     assert_eq!(ids, all);
 }
+
+/// `exclude_fields` keeps a NOT NULL column without a default out of the log.
+#[pg_audit(exclude_fields = [secret])]
+#[derive(Queryable)]
+#[diesel(table_name = accounts)]
+pub struct Account {
+    pub id: i32,
+}
+
+diesel::table! {
+    accounts (id) {
+        id -> Int4,
+        name -> Text,
+        secret -> Text,
+    }
+}
+
+#[test]
+fn restore_names_the_columns_the_log_cannot_give_and_takes_them_from_the_caller() {
+    let db = TestDb::new("history_restore_missing");
+    let mut conn = db.conn();
+    exec(
+        &mut conn,
+        "CREATE TABLE accounts (id int PRIMARY KEY, name text NOT NULL, secret text NOT NULL);",
+    );
+    use diesel_migrations::MigrationHarness;
+    conn.run_pending_migrations(AuditMigrations::models(ModelSet::new().with::<Account>()))
+        .unwrap();
+    exec(
+        &mut conn,
+        "INSERT INTO accounts VALUES (1, 'Ann', 'h'); DELETE FROM accounts;",
+    );
+    let reader = AuditReader::new();
+    let logged = |conn: &mut PgConnection| value(conn, "SELECT count(*) FROM audit.auditlog");
+    let before = logged(&mut conn);
+    let e = reader
+        .restore::<Account>(&mut conn, 1, "Deleted by mistake")
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot re-insert the record into \"accounts\": secret is NOT NULL without a default and not in the log (excluded or not tracked); give values for them with `AuditReader::restore_with`"
+    );
+    assert_eq!(logged(&mut conn), before, "nothing was written");
+    let mut values = serde_json::Map::new();
+    values.insert("secret".into(), json!("!reset"));
+    reader
+        .restore_with::<Account>(&mut conn, 1, "Deleted by mistake", values)
+        .unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT id, name, secret FROM accounts"),
+        [json!({"id": 1, "name": "Ann", "secret": "!reset"})]
+    );
+}
