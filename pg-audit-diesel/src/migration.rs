@@ -8,7 +8,10 @@
 //!
 //! Each migration's version carries a hash of its SQL, so a changed configuration (a column
 //! added to `track_only`, a new condition) or a new pg-audit release is a new, pending
-//! migration on the next start, and installing replaces what the previous one installed.
+//! migration on the next start, and installing replaces what the previous one installed —
+//! and forgets the previous version, so that going back to an earlier configuration (a
+//! deploy rolled back) is pending again and reinstalls it: the installed triggers always
+//! follow the configuration the running release declares.
 //! Versions begin with `00000000000001` (the log) and `00000000000002` (models): they sort
 //! after Diesel's initial setup and before dated application migrations, so Diesel's
 //! `revert_last_migration` on the application's migrations still finds the application's.
@@ -189,6 +192,8 @@ fn hash(text: &str) -> String {
 /// One migration: SQL to install and SQL to remove.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqlMigration {
+    /// What every version of this migration starts with: the same log, or the same table.
+    family: String,
     version: String,
     slug: String,
     description: String,
@@ -206,8 +211,10 @@ impl SqlMigration {
         down: String,
     ) -> Self {
         // Diesel stores versions in a varchar(50): 14 + 10 + 8 + 1 + 8 = 41 characters.
+        let family = format!("{prefix}_pg_audit_{subject}_");
         SqlMigration {
-            version: format!("{prefix}_pg_audit_{subject}_{}", hash(&up)),
+            version: format!("{family}{}", hash(&up)),
+            family,
             slug,
             description,
             up,
@@ -240,9 +247,13 @@ impl SqlMigration {
         &self.down
     }
 
-    /// `up_sql` guarded for concurrent runs (see the module documentation).
+    /// `up_sql` guarded for concurrent runs (see the module documentation). Installing also
+    /// forgets the other recorded versions of the same migration: what is installed is this
+    /// one, so a later release declaring an earlier configuration again (a deploy rolled
+    /// back) finds its version pending and installs it.
     fn guarded_up(&self) -> String {
         let version = quote_literal(&self.version).expect("no NUL");
+        let family = quote_literal(&self.family).expect("no NUL");
         let body = format!(
             "
 BEGIN
@@ -252,6 +263,8 @@ BEGIN
         DELETE FROM __diesel_schema_migrations WHERE version = {version};
     ELSE
         EXECUTE {};
+        DELETE FROM __diesel_schema_migrations
+         WHERE pg_catalog.starts_with(version, {family}) AND version <> {version};
     END IF;
 END
 ",

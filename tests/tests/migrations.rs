@@ -384,3 +384,39 @@ fn running_the_migration_sql_twice_by_hand_changes_nothing() {
     );
     assert_eq!(functions, json!(1));
 }
+
+#[test]
+fn a_configuration_rolled_back_is_installed_again() {
+    let (_db, mut conn) = app_db("mig_rollback");
+    let tracked = |conn: &mut PgConnection| {
+        value(
+            conn,
+            "SELECT config -> 'audited' FROM audit.auditlog_tables WHERE table_name = 'users'",
+        )
+    };
+    let v1 = || AuditMigrations::models(ModelSet::new().with::<UserV1>());
+    let v2 = || AuditMigrations::models(ModelSet::new().with::<UserV2>());
+    conn.run_pending_migrations(v1()).unwrap();
+    assert_eq!(tracked(&mut conn), json!({"track_only": ["name"]}));
+    conn.run_pending_migrations(v2()).unwrap();
+    assert_eq!(tracked(&mut conn), json!({"track_only": ["name", "email"]}));
+    // The deploy is rolled back: A again.
+    let applied = conn.run_pending_migrations(v1()).unwrap();
+    assert_eq!(applied.len(), 1, "A is pending again");
+    assert_eq!(tracked(&mut conn), json!({"track_only": ["name"]}));
+    exec(
+        &mut conn,
+        "INSERT INTO users VALUES (1, 'Ann', 'a@x'); UPDATE users SET email = 'b@x';",
+    );
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT count(*) FROM audit.auditlog WHERE operation = 'UPDATE'"
+        ),
+        json!(0),
+        "A's triggers: email is not tracked"
+    );
+    // And forward again.
+    assert_eq!(conn.run_pending_migrations(v2()).unwrap().len(), 1);
+    assert!(conn.run_pending_migrations(v2()).unwrap().is_empty());
+}
