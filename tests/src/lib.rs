@@ -2,6 +2,7 @@
 //! helpers that read results as JSON.
 
 pub mod http;
+pub mod pgbouncer;
 
 use diesel::connection::SimpleConnection as _;
 use diesel::pg::PgConnection;
