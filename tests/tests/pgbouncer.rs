@@ -22,9 +22,9 @@ fn ctx(client: usize, n: usize) -> AuditContext {
         .request_id(format!("r{client}-{n}"))
 }
 
-fn insert<C: Connection<Backend = diesel::pg::Pg>>(conn: &mut C, name: &str) -> QueryResult<usize>
+fn insert<C>(conn: &mut C, name: &str) -> QueryResult<usize>
 where
-    C: diesel::connection::LoadConnection,
+    C: Connection<Backend = diesel::pg::Pg> + diesel::connection::LoadConnection,
 {
     diesel::sql_query("INSERT INTO items (name) VALUES ($1)")
         .bind::<diesel::sql_types::Text, _>(name)
