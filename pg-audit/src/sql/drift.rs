@@ -439,15 +439,7 @@ pub(crate) fn partition_functions_sql(
             )
         })
         .collect();
-    let drops: Vec<String> = Operation::ALL
-        .iter()
-        .map(|op| {
-            format!(
-                "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, part);",
-                op.trigger_name().literal()
-            )
-        })
-        .collect();
+    let drops = Operation::drop_triggers_plpgsql("part", "            ");
     let guard_body = format!(
         r#"
 BEGIN
@@ -507,7 +499,7 @@ BEGIN
 END
 "#,
         guard_lit = guard_name.literal(),
-        drops = drops.join("\n            "),
+        drops = drops,
         operations = text_literal(OPERATIONS_FIELD),
         triggers = text_literal(TRIGGERS_FIELD),
         referencing = referencing.join(" "),

@@ -318,6 +318,21 @@ impl Operation {
         }
     }
 
+    /// PL/pgSQL statements dropping every operation's audit trigger from the relation held in
+    /// the `regclass` variable `relation`, one per line after `indent`.
+    pub(crate) fn drop_triggers_plpgsql(relation: &str, indent: &str) -> String {
+        Operation::ALL
+            .iter()
+            .map(|op| {
+                format!(
+                    "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, {relation});",
+                    op.trigger_name().literal()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(&format!("\n{indent}"))
+    }
+
     /// `ARRAY['pg_audit_insert', ...]::name[]`: every audit trigger's name, for catalog queries.
     pub(crate) fn trigger_names_array() -> String {
         let names: Vec<String> = Operation::ALL

@@ -349,15 +349,7 @@ impl TriggerSpec {
     /// SQL that removes this spec's triggers and function. The log keeps its rows.
     pub fn uninstall_sql(&self, log: &AuditLog) -> String {
         let mut sql = self.drop_triggers_sql();
-        let drops: Vec<String> = Operation::ALL
-            .iter()
-            .map(|op| {
-                format!(
-                    "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, part);",
-                    op.trigger_name().literal()
-                )
-            })
-            .collect();
+        let drops = Operation::drop_triggers_plpgsql("part", "        ");
         let _ = writeln!(
             sql,
             "DO {};",
@@ -373,7 +365,7 @@ BEGIN
     END LOOP;
 END
 ",
-                drops.join("\n        "),
+                drops,
                 table = self.table.literal()
             ))
         );
