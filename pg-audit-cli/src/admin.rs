@@ -376,7 +376,7 @@ pub(crate) fn check(db: &Db) -> Result<bool> {
     } else {
         table.print(false);
         crate::output::line(&format!(
-            "\n{} problem(s); re-run the pg-audit migrations (or `pg-audit sql trigger`) to reinstall",
+            "\n{} problem(s); reinstall: AuditMigrations::reinstall from the application, or `pg-audit sql trigger ... | psql`",
             problems.len()
         ));
     }

@@ -45,21 +45,30 @@ pub fn migrations() -> AuditMigrations {
 /// Diesel's own bookkeeping table is created by one process at a time. Use this instead of
 /// `conn.run_pending_migrations(source)` when several instances may start against a brand-new
 /// database: Diesel creates `__diesel_schema_migrations` with `CREATE TABLE IF NOT EXISTS`,
-/// which PostgreSQL does not make safe against concurrent creation. Returns the versions
-/// applied.
+/// which PostgreSQL does not make safe against concurrent creation. Then, under the same lock,
+/// it reinstalls every model whose installed configuration is not the one it declares (a
+/// configuration installed by hand or by the `pg-audit` program since): the triggers follow
+/// the running release. Returns the versions applied, and `reinstalled <table>` for each.
 pub fn run_migrations<C>(
     conn: &mut C,
     source: AuditMigrations,
 ) -> diesel::migration::Result<Vec<String>>
 where
-    C: diesel_migrations::MigrationHarness<Pg> + diesel::Connection<Backend = Pg>,
+    C: diesel_migrations::MigrationHarness<Pg>
+        + diesel::Connection<Backend = Pg>
+        + diesel::connection::LoadConnection,
 {
     conn.batch_execute(&format!(
         "SELECT pg_catalog.pg_advisory_lock({MIGRATION_LOCK_KEY})"
     ))?;
+    let reconcile = source.clone();
     let result = conn
         .run_pending_migrations(source)
-        .map(|versions| versions.iter().map(ToString::to_string).collect());
+        .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+        .and_then(|mut versions| {
+            versions.extend(reconcile.reinstall_differing(conn)?);
+            Ok(versions)
+        });
     let unlock = conn.batch_execute(&format!(
         "SELECT pg_catalog.pg_advisory_unlock({MIGRATION_LOCK_KEY})"
     ));
@@ -103,6 +112,69 @@ impl AuditMigrations {
     /// The audit log the migrations install.
     pub fn audit_log(&self) -> &AuditLog {
         &self.log
+    }
+
+    /// Installs the log and every model's triggers again, whatever Diesel has recorded, in one
+    /// transaction under the migrations' advisory lock: the repair for what `pg-audit check`
+    /// reports (a trigger disabled, dropped or edited, a function changed), since migrations
+    /// Diesel has recorded do not run again. Returns how many migrations' SQL ran.
+    pub fn reinstall<C>(&self, conn: &mut C) -> diesel::migration::Result<usize>
+    where
+        C: diesel::Connection<Backend = Pg>,
+    {
+        let migrations = self.sql_migrations()?;
+        conn.transaction(|conn| {
+            conn.batch_execute(&format!(
+                "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
+            ))?;
+            for m in &migrations {
+                conn.batch_execute(m.up_sql())?;
+            }
+            Ok::<_, diesel::result::Error>(migrations.len())
+        })
+        .map_err(Into::into)
+    }
+
+    /// Reinstalls each model whose recorded configuration differs from the one it declares;
+    /// returns `reinstalled <table>` for each.
+    fn reinstall_differing<C>(&self, conn: &mut C) -> diesel::migration::Result<Vec<String>>
+    where
+        C: diesel::Connection<Backend = Pg> + diesel::connection::LoadConnection,
+    {
+        use diesel::prelude::*;
+        use diesel::sql_types::{Bool, Jsonb, Text};
+        #[derive(QueryableByName)]
+        struct Same {
+            #[diesel(sql_type = Bool)]
+            same: bool,
+        }
+        let models = match &self.models {
+            Some(models) => models.clone(),
+            None => ModelSet::registered()?,
+        };
+        let mut reinstalled = Vec::new();
+        for (model, spec) in models.specs()? {
+            let declared: serde_json::Value =
+                serde_json::from_str(&spec.config_json()).expect("the engine writes valid JSON");
+            let recorded: Option<Same> = diesel::sql_query(format!(
+                "SELECT r.config OPERATOR(pg_catalog.=) $1::jsonb AS same
+                   FROM {} AS r
+                   JOIN pg_catalog.pg_namespace AS n ON n.nspname OPERATOR(pg_catalog.=) r.table_schema
+                   JOIN pg_catalog.pg_class AS c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid
+                                                AND c.relname OPERATOR(pg_catalog.=) r.table_name
+                  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2::text)",
+                self.log.config_table()
+            ))
+            .bind::<Jsonb, _>(&declared)
+            .bind::<Text, _>(spec.table().to_string())
+            .get_result(conn)
+            .optional()?;
+            if recorded.is_some_and(|r| !r.same) {
+                conn.batch_execute(model_migration(model, &spec, &self.log).up_sql())?;
+                reinstalled.push(format!("reinstalled {}", spec.table()));
+            }
+        }
+        Ok(reinstalled)
     }
 
     /// The migrations, in the order they run: the log, then the models by table.

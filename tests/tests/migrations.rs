@@ -420,3 +420,41 @@ fn a_configuration_rolled_back_is_installed_again() {
     assert_eq!(conn.run_pending_migrations(v2()).unwrap().len(), 1);
     assert!(conn.run_pending_migrations(v2()).unwrap().is_empty());
 }
+
+#[test]
+fn run_migrations_follows_the_release_and_reinstall_repairs_drift() {
+    let (_db, mut conn) = app_db("mig_reconcile");
+    let source = || AuditMigrations::models(ModelSet::new().with::<UserV1>());
+    pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    // Someone installs another configuration by hand (as the pg-audit program would).
+    let other =
+        pg_audit::TriggerSpec::builder(pg_audit::QualifiedName::parse("public.users").unwrap())
+            .track_only(["email"])
+            .build()
+            .unwrap();
+    exec(&mut conn, &other.install_sql(&pg_audit::AuditLog::new()));
+    let applied = pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    assert_eq!(applied, ["reinstalled \"users\""]);
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT config -> 'audited' FROM audit.auditlog_tables WHERE table_name = 'users'"
+        ),
+        json!({"track_only": ["name"]})
+    );
+    assert!(
+        pg_audit_diesel::run_migrations(&mut conn, source())
+            .unwrap()
+            .is_empty()
+    );
+    // A disabled trigger is drift no migration repairs; reinstall does.
+    exec(
+        &mut conn,
+        "ALTER TABLE users DISABLE TRIGGER pg_audit_update",
+    );
+    let problems =
+        |conn: &mut PgConnection| value(conn, "SELECT count(*) FROM audit.auditlog_check()");
+    assert_eq!(problems(&mut conn), json!(1));
+    assert_eq!(source().reinstall(&mut conn).unwrap(), 2);
+    assert_eq!(problems(&mut conn), json!(0));
+}
