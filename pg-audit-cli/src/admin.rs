@@ -5,7 +5,9 @@ use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 use pg_audit::sql::shape::entry_columns;
 use pg_audit::{QualifiedName, Retention};
-use pg_audit_diesel::log::{AuditEntry, AuditReader, Page, key_text, parse_key, value_text};
+use pg_audit_diesel::log::{
+    AuditEntry, AuditReader, KeyMismatch, Page, key_text, parse_key, value_text,
+};
 use pg_audit_diesel::utc_string;
 use serde_json::{Value, json};
 
@@ -154,12 +156,7 @@ fn key_object(
     table: &QualifiedName,
     key: &str,
 ) -> Result<Value> {
-    // A JSON object names its columns: no need to read the install records.
-    let recorded = if serde_json::from_str::<Value>(key).is_ok_and(|k| k.is_object()) {
-        vec![Vec::new()]
-    } else {
-        reader.recorded_keys(conn, table)?
-    };
+    let recorded = reader.recorded_keys(conn, table)?;
     let columns: Vec<String> = match <[_; 1]>::try_from(recorded) {
         Ok([one]) => one,
         Err(recorded) if recorded.is_empty() => {
@@ -176,13 +173,14 @@ fn key_object(
             .into());
         }
     };
-    parse_key(&columns, key).map_err(|m| {
-        format!(
+    parse_key(&columns, key).map_err(|m| match m {
+        KeyMismatch::Count { columns, .. } => format!(
             "{table} is keyed by ({}): give {} values separated by commas, name=value pairs, or a JSON object",
-            m.columns.join(", "),
-            m.columns.len()
+            columns.join(", "),
+            columns.len()
         )
-        .into()
+        .into(),
+        other => format!("bad key for {table}: {other}").into(),
     })
 }
 

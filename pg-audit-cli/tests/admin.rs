@@ -441,3 +441,23 @@ fn the_read_only_role_of_sql_grant_can_run_every_read_command() {
         .psql(server.admin_url(), &format!("DROP ROLE {role}"))
         .unwrap();
 }
+
+#[test]
+fn keys_that_do_not_fit_the_table_are_refused_naming_the_key() {
+    let db = setup("admin_bad_keys");
+    for (key, expected) in [
+        (
+            r#"{"nope": 3}"#,
+            "error: bad key for \"users\": nope is not a key column; the key is (id)",
+        ),
+        (
+            "user_id=1",
+            "error: bad key for \"users\": user_id is not a key column; the key is (id)",
+        ),
+    ] {
+        let out = pg_audit(&["history", "users", key], Some(db.url()));
+        assert_eq!(out.status.code(), Some(2), "{key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expected), "{key}: {stderr}");
+    }
+}

@@ -43,6 +43,11 @@ pub enum Error {
         /// The record's key.
         key: serde_json::Value,
     },
+    /// A restore was asked for a record the log has no entry of.
+    NoHistory {
+        /// The record's key.
+        key: serde_json::Value,
+    },
     /// A restore was asked for a record whose last change is not a DELETE.
     NotDeleted {
         /// The record's key.
@@ -91,6 +96,10 @@ impl fmt::Display for Error {
                     "audit entry {entry} is not in the history of record {key}"
                 )
             }
+            Error::NoHistory { key } => write!(
+                f,
+                "record {key} has no audit entries, so there is nothing to restore; check the key"
+            ),
             Error::NotDeleted { key } => write!(
                 f,
                 "record {key} cannot be restored: its last logged change is not a DELETE"

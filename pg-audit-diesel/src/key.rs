@@ -4,13 +4,87 @@
 
 use serde_json::{Map, Value};
 
-/// The values given for a key do not match its columns.
+/// A key given that does not fit the table's key columns.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyMismatch {
-    /// The key's columns, in key order.
-    pub columns: Vec<String>,
-    /// How many values were given.
-    pub given: usize,
+#[non_exhaustive]
+pub enum KeyMismatch {
+    /// Another number of values than the key has columns.
+    Count {
+        /// The key's columns, in key order.
+        columns: Vec<String>,
+        /// How many values were given.
+        given: usize,
+    },
+    /// Columns named that are not the key's.
+    Columns {
+        /// The key's columns, in key order.
+        columns: Vec<String>,
+        /// The columns named that are not among them.
+        unknown: Vec<String>,
+    },
+    /// A value no key column holds: an array, an object or null.
+    Value {
+        /// The value.
+        value: Value,
+    },
+}
+
+impl KeyMismatch {
+    /// The key's columns, when the mismatch is about them.
+    pub fn columns(&self) -> &[String] {
+        match self {
+            KeyMismatch::Count { columns, .. } | KeyMismatch::Columns { columns, .. } => columns,
+            KeyMismatch::Value { .. } => &[],
+        }
+    }
+}
+
+impl std::fmt::Display for KeyMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyMismatch::Count { columns, given } => write!(
+                f,
+                "the key has {} columns ({}), {given} values were given",
+                columns.len(),
+                columns.join(", ")
+            ),
+            KeyMismatch::Columns { columns, unknown } => write!(
+                f,
+                "{} {} not a key column; the key is ({})",
+                unknown.join(", "),
+                if unknown.len() == 1 { "is" } else { "are" },
+                columns.join(", ")
+            ),
+            KeyMismatch::Value { value } => write!(
+                f,
+                "{value} cannot be a key value: give a number, a string or a boolean"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyMismatch {}
+
+/// Checks that an object names the key's columns (when they are known).
+fn check_object(columns: &[String], object: Map<String, Value>) -> Result<Value, KeyMismatch> {
+    let unknown: Vec<String> = object
+        .keys()
+        .filter(|k| !columns.is_empty() && !columns.contains(k))
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        return Err(KeyMismatch::Columns {
+            columns: columns.to_vec(),
+            unknown,
+        });
+    }
+    if !columns.is_empty() && object.len() != columns.len() {
+        return Err(KeyMismatch::Count {
+            columns: columns.to_vec(),
+            given: object.len(),
+        });
+    }
+    Ok(Value::Object(object))
 }
 
 /// The key object of a record whose table is keyed by `columns` (in key order), from `key`:
@@ -18,14 +92,22 @@ pub struct KeyMismatch {
 /// value.
 pub fn key_object(columns: &[String], key: Value) -> Result<Value, KeyMismatch> {
     let values = match key {
-        Value::Object(object) => return Ok(Value::Object(object)),
+        Value::Object(object) => return check_object(columns, object),
         Value::Array(values) if columns.len() > 1 => values,
         value => vec![value],
     };
     if values.len() != columns.len() {
-        return Err(KeyMismatch {
+        return Err(KeyMismatch::Count {
             columns: columns.to_vec(),
             given: values.len(),
+        });
+    }
+    if let Some(value) = values
+        .iter()
+        .find(|v| matches!(v, Value::Array(_) | Value::Object(_) | Value::Null))
+    {
+        return Err(KeyMismatch::Value {
+            value: value.clone(),
         });
     }
     Ok(Value::Object(columns.iter().cloned().zip(values).collect()))
@@ -37,7 +119,7 @@ pub fn key_object(columns: &[String], key: Value) -> Result<Value, KeyMismatch> 
 /// Each value is a JSON number, boolean or quoted string, or else the text itself.
 pub fn parse_key(columns: &[String], text: &str) -> Result<Value, KeyMismatch> {
     if let Ok(Value::Object(object)) = serde_json::from_str::<Value>(text) {
-        return Ok(Value::Object(object));
+        return check_object(columns, object);
     }
     let named: Option<Map<String, Value>> = text
         .split(',')
@@ -51,6 +133,25 @@ pub fn parse_key(columns: &[String], text: &str) -> Result<Value, KeyMismatch> {
         .collect();
     if let Some(named) = named.filter(|n| n.len() == columns.len()) {
         return Ok(Value::Object(named));
+    }
+    // `name=value` pairs naming something else than the key's columns.
+    let pairs: Vec<&str> = text.split(',').collect();
+    if !columns.is_empty()
+        && pairs
+            .iter()
+            .all(|p| p.split_once('=').is_some_and(|(n, _)| is_name(n.trim())))
+    {
+        let unknown: Vec<String> = pairs
+            .iter()
+            .filter_map(|p| p.split_once('=').map(|(n, _)| n.trim().to_owned()))
+            .filter(|n| !columns.contains(n))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(KeyMismatch::Columns {
+                columns: columns.to_vec(),
+                unknown,
+            });
+        }
     }
     let key = if columns.len() == 1 {
         scalar(text)
@@ -80,6 +181,11 @@ pub fn value_text(value: &Value) -> String {
     }
 }
 
+/// Whether `text` looks like a column name (so `a=b` reads as a pair, not as a value).
+fn is_name(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_alphanumeric() || c == '_')
+}
+
 /// A number, boolean or quoted string as JSON; anything else as a string.
 fn scalar(text: &str) -> Value {
     match serde_json::from_str::<Value>(text.trim()) {
@@ -107,15 +213,25 @@ mod tests {
             Ok(json!({"org": "acme", "line_no": 1}))
         );
         assert_eq!(
-            key_object(&two, json!({"org": "x"})),
-            Ok(json!({"org": "x"}))
+            key_object(&two, json!({"org": "x", "line_no": 2})),
+            Ok(json!({"org": "x", "line_no": 2}))
         );
         assert_eq!(
             key_object(&two, json!("acme")),
-            Err(KeyMismatch {
+            Err(KeyMismatch::Count {
                 columns: two.clone(),
                 given: 1
             })
+        );
+        assert_eq!(
+            key_object(&one, json!([3, 4])).unwrap_err().to_string(),
+            "[3,4] cannot be a key value: give a number, a string or a boolean"
+        );
+        assert_eq!(
+            key_object(&one, json!({"nope": 3}))
+                .unwrap_err()
+                .to_string(),
+            "nope is not a key column; the key is (id)"
         );
     }
 
@@ -134,6 +250,21 @@ mod tests {
             parse_key(&cols(&["name"]), "a,b"),
             Ok(json!({"name": "a,b"}))
         );
-        assert_eq!(parse_key(&two, "a").unwrap_err().given, 1);
+        assert!(matches!(
+            parse_key(&two, "a"),
+            Err(KeyMismatch::Count { given: 1, .. })
+        ));
+        assert_eq!(
+            parse_key(&cols(&["id"]), "id=1,foo=2")
+                .unwrap_err()
+                .to_string(),
+            "foo is not a key column; the key is (id)"
+        );
+        assert_eq!(
+            parse_key(&cols(&["id"]), "user_id=1")
+                .unwrap_err()
+                .to_string(),
+            "user_id is not a key column; the key is (id)"
+        );
     }
 }

@@ -662,7 +662,8 @@ impl AuditReader {
         let history = self.history_of(conn, &table, &key, Page::first(1))?;
         let deleted = match history.first() {
             Some(e) if e.operation == Operation::Delete => e.old_values.clone(),
-            _ => return Err(Error::NotDeleted { key }),
+            Some(_) => return Err(Error::NotDeleted { key }),
+            None => return Err(Error::NoHistory { key }),
         };
         apply(conn, &table, &key, deleted.as_ref(), &values, reason)
     }
@@ -732,14 +733,7 @@ fn model_key<T: Audited>(key: impl serde::Serialize) -> Result<(QualifiedName, V
         problem,
     };
     let value = serde_json::to_value(key).map_err(|e| bad_key(e.to_string()))?;
-    let key = key_object(&columns, value).map_err(|m| {
-        bad_key(format!(
-            "the key has {} columns ({}), {} values were given",
-            m.columns.len(),
-            m.columns.join(", "),
-            m.given
-        ))
-    })?;
+    let key = key_object(&columns, value).map_err(|m| bad_key(m.to_string()))?;
     Ok((spec.table().clone(), key))
 }
 
