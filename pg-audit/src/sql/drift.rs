@@ -190,16 +190,7 @@ COMMENT ON TABLE {config} IS {comment};
             "pg-audit: the audit triggers installed, as installed; see {check}()"
         )),
     );
-    let all_triggers = format!(
-        "ARRAY[{}]::name[]",
-        Operation::ALL
-            .iter()
-            .map(|op| op.trigger_name())
-            .chain([crate::sql::trigger::guard_trigger_name()])
-            .map(|name| name.literal())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    let all_triggers = crate::sql::trigger::all_trigger_names_array();
     let definitions_body = format!(
         "
     SELECT pg_catalog.jsonb_object_agg(tg.tgname, pg_catalog.pg_get_triggerdef(tg.oid))
@@ -439,7 +430,8 @@ pub(crate) fn partition_functions_sql(
             )
         })
         .collect();
-    let drops = Operation::drop_triggers_plpgsql("part", "            ");
+    let drops =
+        Operation::drop_triggers_plpgsql("part", &Operation::trigger_names_array(), "            ");
     let guard_body = format!(
         r#"
 BEGIN
@@ -458,6 +450,7 @@ DECLARE
     r record;
     part regclass;
     op text;
+    pg_audit_trigger name;
 BEGIN
     -- The DDL below fires the event trigger again: nothing to do then.
     IF pg_catalog.current_setting('pg_audit.adopting', true) = 'on' THEN

@@ -318,19 +318,17 @@ impl Operation {
         }
     }
 
-    /// PL/pgSQL statements dropping every operation's audit trigger from the relation held in
-    /// the `regclass` variable `relation`, one per line after `indent`.
-    pub(crate) fn drop_triggers_plpgsql(relation: &str, indent: &str) -> String {
-        Operation::ALL
-            .iter()
-            .map(|op| {
-                format!(
-                    "EXECUTE pg_catalog.format('DROP TRIGGER IF EXISTS %I ON %s', {}, {relation});",
-                    op.trigger_name().literal()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(&format!("\n{indent}"))
+    /// PL/pgSQL dropping the triggers named in the `name[]` expression `names` that the
+    /// relation in the `regclass` variable `relation` has of its own (not clones), so that no
+    /// NOTICE is printed for one it lacks; the caller declares `pg_audit_trigger name`.
+    pub(crate) fn drop_triggers_plpgsql(relation: &str, names: &str, indent: &str) -> String {
+        format!(
+            "FOR pg_audit_trigger IN SELECT t.tgname FROM pg_catalog.pg_trigger AS t
+{indent}                         WHERE t.tgrelid OPERATOR(pg_catalog.=) {relation} AND t.tgparentid OPERATOR(pg_catalog.=) 0
+{indent}                           AND t.tgname OPERATOR(pg_catalog.=) ANY ({names}) LOOP
+{indent}    EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', pg_audit_trigger, {relation});
+{indent}END LOOP;"
+        )
     }
 
     /// `ARRAY['pg_audit_insert', ...]::name[]`: every audit trigger's name, for catalog queries.

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 
 use crate::Error;
-use crate::ident::{Ident, QualifiedName, quote_literal, text_literal};
+use crate::ident::{Ident, QualifiedName, dollar_quote, quote_literal, text_literal};
 use crate::sql::drift;
 use crate::sql::shape::{LOG_COLUMNS, PARTITION_COLUMN};
 
@@ -179,15 +179,28 @@ impl AuditLog {
             "CREATE TABLE IF NOT EXISTS {table} (\n{}\n) PARTITION BY RANGE (\"{PARTITION_COLUMN}\");",
             columns.join(",\n")
         );
-        // A log made by an earlier release gets the columns added since.
-        for column in LOG_COLUMNS.iter().filter(|c| c.added_later) {
-            let _ = writeln!(
-                sql,
-                "ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {};",
-                column.definition()
-            );
-        }
-        sql.push('\n');
+        // A log made by an earlier release gets the columns added since (checked first, so
+        // that psql prints no NOTICE for each column already there).
+        let added: Vec<String> = LOG_COLUMNS
+            .iter()
+            .filter(|c| c.added_later)
+            .map(|c| {
+                format!(
+                    "    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid OPERATOR(pg_catalog.=) {lit}::regclass AND a.attname OPERATOR(pg_catalog.=) {name} AND NOT a.attisdropped) THEN
+        ALTER TABLE {table} ADD COLUMN {def};
+    END IF;",
+                    lit = table.literal(),
+                    name = text_literal(c.name),
+                    def = c.definition()
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            sql,
+            "DO {};\n",
+            dollar_quote(&format!("\nBEGIN\n{}\nEND\n", added.join("\n")))
+        );
         let _ = writeln!(
             sql,
             "COMMENT ON TABLE {table} IS {};\n",
@@ -251,18 +264,25 @@ impl AuditLog {
         // Only the owner writes them, whatever the schema's default privileges granted at
         // creation (`ALTER DEFAULT PRIVILEGES ... GRANT INSERT ...`); reads granted with
         // `grant_read_sql` stay.
-        for (relation, keep_select) in [
+        let strips: Vec<String> = [
             (table.clone(), true),
             (self.default_partition(), false),
             (self.config_table(), true),
-        ] {
-            let _ = writeln!(
-                sql,
-                "SELECT {}({}::regclass, {keep_select});",
+        ]
+        .iter()
+        .map(|(relation, keep_select)| {
+            format!(
+                "    PERFORM {}({}::regclass, {keep_select});",
                 self.function("strip_grants"),
                 relation.literal()
-            );
-        }
+            )
+        })
+        .collect();
+        let _ = writeln!(
+            sql,
+            "DO {};",
+            dollar_quote(&format!("\nBEGIN\n{}\nEND\n", strips.join("\n")))
+        );
         let _ = writeln!(sql, "\n{};", self.ensure_partitions_sql(self.premake));
         sql
     }

@@ -33,6 +33,7 @@ DECLARE
     tbl regclass := pg_catalog.to_regclass({});
     partitioned boolean;
     caller_path text;
+    pg_audit_trigger name;
 BEGIN
     {PIN_PATH}
     partitioned := (SELECT c.relkind OPERATOR(pg_catalog.=) 'p' FROM pg_catalog.pg_class AS c
@@ -40,17 +41,11 @@ BEGIN
 ",
         spec.table().literal()
     );
-    for name in Operation::ALL
-        .iter()
-        .map(|op| op.trigger_name())
-        .chain([guard_trigger_name()])
-    {
-        let _ = writeln!(
-            body,
-            "    EXECUTE {};",
-            on_table(&format!("DROP TRIGGER IF EXISTS {name} ON "), "")
-        );
-    }
+    let _ = writeln!(
+        body,
+        "    {}",
+        Operation::drop_triggers_plpgsql("tbl", &all_trigger_names_array(), "    ")
+    );
     for &op in spec.operations() {
         let statement = statement_trigger(op, function);
         if spec.is_row_level(op) {
@@ -76,6 +71,20 @@ BEGIN
     );
     let _ = write!(body, "    {RESTORE_PATH}\nEND\n");
     body
+}
+
+/// `ARRAY[...]::name[]` of every trigger an install creates: each operation's and the guard.
+pub(crate) fn all_trigger_names_array() -> String {
+    format!(
+        "ARRAY[{}]::name[]",
+        Operation::ALL
+            .iter()
+            .map(|op| op.trigger_name())
+            .chain([guard_trigger_name()])
+            .map(|name| name.literal())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// The row-level trigger on a partitioned table that refuses writes to partitions without

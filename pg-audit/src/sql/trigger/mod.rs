@@ -33,7 +33,7 @@ use crate::sql::shape::Operation;
 mod body;
 mod create;
 
-pub(crate) use create::guard_trigger_name;
+pub(crate) use create::{all_trigger_names_array, guard_trigger_name};
 mod guard;
 mod row;
 
@@ -339,17 +339,19 @@ impl TriggerSpec {
         // says which).
         let _ = writeln!(
             sql,
-            "SELECT pg_catalog.count(*) FROM {}(pg_catalog.to_regclass({}));",
-            log.function("adopt_partitions"),
-            self.table.literal()
+            "DO {};",
+            dollar_quote(&format!(
+                "\nBEGIN\n    PERFORM {}(pg_catalog.to_regclass({}));\nEND\n",
+                log.function("adopt_partitions"),
+                self.table.literal()
+            ))
         );
         sql
     }
 
     /// SQL that removes this spec's triggers and function. The log keeps its rows.
     pub fn uninstall_sql(&self, log: &AuditLog) -> String {
-        let mut sql = self.drop_triggers_sql();
-        let drops = Operation::drop_triggers_plpgsql("part", "        ");
+        let mut sql = String::new();
         let _ = writeln!(
             sql,
             "DO {};",
@@ -357,15 +359,18 @@ impl TriggerSpec {
                 "
 DECLARE
     part regclass;
+    pg_audit_trigger name;
 BEGIN
-    -- The triggers of a partitioned table's partitions (the guard's clones go with it).
-    FOR part IN SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass({table})) AS p
-                 WHERE p.relid OPERATOR(pg_catalog.<>) pg_catalog.to_regclass({table}) LOOP
+    -- The table's triggers, and its partitions' own (the guard's clones go with the table's).
+    FOR part IN SELECT t.rel FROM (SELECT pg_catalog.to_regclass({table}) AS rel
+                                   UNION
+                                   SELECT p.relid FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass({table})) AS p) AS t
+                 WHERE t.rel IS NOT NULL LOOP
         {}
     END LOOP;
 END
 ",
-                drops,
+                Operation::drop_triggers_plpgsql("part", &create::all_trigger_names_array(), "        "),
                 table = self.table.literal()
             ))
         );
@@ -379,19 +384,6 @@ END
             "{}",
             drift::delete_sql(&log.config_table(), &self.table)
         );
-        sql
-    }
-
-    /// `DROP TRIGGER IF EXISTS` for every operation's trigger and the partition guard.
-    fn drop_triggers_sql(&self) -> String {
-        let mut sql = String::new();
-        for name in Operation::ALL
-            .iter()
-            .map(|op| op.trigger_name())
-            .chain([create::guard_trigger_name()])
-        {
-            let _ = writeln!(sql, "DROP TRIGGER IF EXISTS {name} ON {};", self.table);
-        }
         sql
     }
 
