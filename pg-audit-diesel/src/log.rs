@@ -747,6 +747,60 @@ fn apply(
     supplied: &Map<String, Value>,
     reason: &str,
 ) -> Result<(), Error> {
+    conn.with_change_reason(reason, |conn| -> Result<(), Error> {
+        // The table's own name, resolved through the caller's search_path; then every
+        // statement runs with the path the triggers run with, so the key columns' `=` can
+        // never be an operator a writer planted on that path (the reader may run as the log's
+        // owner).
+        #[derive(QueryableByName)]
+        struct Resolved {
+            #[diesel(sql_type = Nullable<Text>)]
+            schema: Option<String>,
+            #[diesel(sql_type = Nullable<Text>)]
+            name: Option<String>,
+            #[diesel(sql_type = Text)]
+            path: String,
+        }
+        let resolved: Resolved = diesel::sql_query(
+            "SELECT n.nspname::text AS schema, c.relname::text AS name,
+                    pg_catalog.current_setting('search_path') AS path
+               FROM (SELECT pg_catalog.to_regclass($1::text) AS oid) AS o
+               LEFT JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) o.oid
+               LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
+        )
+        .bind::<Text, _>(table.to_string())
+        .get_result(conn)?;
+        let config = |source| Error::Config {
+            model: "history",
+            source,
+        };
+        let table = match (resolved.schema, resolved.name) {
+            (Some(schema), Some(name)) => QualifiedName::new(
+                Some(Ident::with_kind(schema, "schema").map_err(config)?),
+                Ident::with_kind(name, "table").map_err(config)?,
+            ),
+            _ => table.clone(),
+        };
+        diesel::connection::SimpleConnection::batch_execute(
+            conn,
+            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
+        )?;
+        apply_pinned(conn, &table, key, target, supplied)?;
+        diesel::sql_query("SELECT pg_catalog.set_config('search_path', $1, true)")
+            .bind::<Text, _>(resolved.path)
+            .execute(conn)?;
+        Ok(())
+    })
+}
+
+/// [`apply`]'s statements, with the search_path pinned and the table schema-qualified.
+fn apply_pinned(
+    conn: &mut PgConnection,
+    table: &QualifiedName,
+    key: &Value,
+    target: Option<&Value>,
+    supplied: &Map<String, Value>,
+) -> Result<(), Error> {
     let key_columns: Vec<Ident> = key
         .as_object()
         .map(|o| {
@@ -767,96 +821,101 @@ fn apply(
             .collect::<Vec<_>>()
             .join(" AND ")
     };
-    conn.with_change_reason(reason, |conn| -> Result<(), Error> {
-        let exists = diesel::sql_query(format!(
-            "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
-            matches("k")
-        ))
-        .bind::<Jsonb, _>(key)
-        .execute(conn)?
-            > 0;
-        match (target, exists) {
-            (Some(values), exists) => {
-                // A re-inserted row takes its key from the history even when the key columns
-                // are not audited (track_only), rather than a new one from a sequence.
-                let mut values = values.clone();
-                if let (Value::Object(row), Some(key)) = (&mut values, key.as_object()) {
-                    for (column, value) in key {
+
+    let exists = diesel::sql_query(format!(
+        "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+        matches("k")
+    ))
+    .bind::<Jsonb, _>(key)
+    .execute(conn)?
+        > 0;
+    match (target, exists) {
+        (Some(values), exists) => {
+            // A re-inserted row takes its key from the history even when the key columns
+            // are not audited (track_only), rather than a new one from a sequence.
+            let mut values = values.clone();
+            if let (Value::Object(row), Some(key)) = (&mut values, key.as_object()) {
+                for (column, value) in key {
+                    row.entry(column.clone()).or_insert_with(|| value.clone());
+                }
+                // A re-inserted row takes the caller's values for what the log lacks.
+                if !exists {
+                    for (column, value) in supplied {
                         row.entry(column.clone()).or_insert_with(|| value.clone());
                     }
-                    // A re-inserted row takes the caller's values for what the log lacks.
-                    if !exists {
-                        for (column, value) in supplied {
-                            row.entry(column.clone()).or_insert_with(|| value.clone());
-                        }
-                    }
                 }
-                if !exists {
-                    // What the log does not hold and the table requires: refuse now, before
-                    // anything is written, rather than fail on PostgreSQL's not-null error.
-                    let missing = missing_required(conn, table, &values)?;
-                    if !missing.is_empty() {
-                        return Err(Error::MissingValues {
-                            table: table.to_string(),
-                            columns: missing,
-                        });
-                    }
-                }
-                let values = &values;
-                let columns: Vec<Ident> = values
-                    .as_object()
-                    .map(|o| o.keys().map(|k| Ident::with_kind(k.as_str(), "column")).collect::<Result<_, _>>())
-                    .transpose()
-                    .map_err(|source| Error::Config { model: "history", source })?
-                    .unwrap_or_default();
-                let sql = if exists {
-                    // Key columns are set only where the target's key differs (a revert across
-                    // a key change), so identity columns are left alone otherwise.
-                    let set: Vec<String> = columns
-                        .iter()
-                        .filter(|c| {
-                            !key_columns.contains(c)
-                                || values.get(c.as_str()) != key.get(c.as_str())
-                        })
-                        .map(|c| format!("{c} = r.{c}"))
-                        .collect();
-                    if set.is_empty() {
-                        return Ok(()); // only the key is audited, and the row has it
-                    }
-                    // The row is found by its key now (`k`), which the target may change.
-                    format!(
-                        "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r,
-                                pg_catalog.jsonb_populate_record(NULL::{table}, $2::jsonb) AS k WHERE {}",
-                        set.join(", "),
-                        matches("k")
-                    )
-                } else {
-                    let list: Vec<String> = columns.iter().map(ToString::to_string).collect();
-                    let from_r: Vec<String> = columns.iter().map(|c| format!("r.{c}")).collect();
-                    format!(
-                        "INSERT INTO {table} ({}) SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r",
-                        list.join(", "),
-                        from_r.join(", ")
-                    )
-                };
-                let mut query = diesel::sql_query(sql).into_boxed().bind::<Jsonb, _>(values);
-                if exists {
-                    query = query.bind::<Jsonb, _>(key);
-                }
-                query.execute(conn)?;
             }
-            (None, true) => {
-                diesel::sql_query(format!(
-                    "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+            if !exists {
+                // What the log does not hold and the table requires: refuse now, before
+                // anything is written, rather than fail on PostgreSQL's not-null error.
+                let missing = missing_required(conn, table, &values)?;
+                if !missing.is_empty() {
+                    return Err(Error::MissingValues {
+                        table: table.to_string(),
+                        columns: missing,
+                    });
+                }
+            }
+            let values = &values;
+            let columns: Vec<Ident> = values
+                .as_object()
+                .map(|o| {
+                    o.keys()
+                        .map(|k| Ident::with_kind(k.as_str(), "column"))
+                        .collect::<Result<_, _>>()
+                })
+                .transpose()
+                .map_err(|source| Error::Config {
+                    model: "history",
+                    source,
+                })?
+                .unwrap_or_default();
+            let sql = if exists {
+                // Key columns are set only where the target's key differs (a revert across
+                // a key change), so identity columns are left alone otherwise.
+                let set: Vec<String> = columns
+                    .iter()
+                    .filter(|c| {
+                        !key_columns.contains(c) || values.get(c.as_str()) != key.get(c.as_str())
+                    })
+                    .map(|c| format!("{c} = r.{c}"))
+                    .collect();
+                if set.is_empty() {
+                    return Ok(()); // only the key is audited, and the row has it
+                }
+                // The row is found by its key now (`k`), which the target may change.
+                format!(
+                    "UPDATE {table} AS t SET {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r,
+                            pg_catalog.jsonb_populate_record(NULL::{table}, $2::jsonb) AS k WHERE {}",
+                    set.join(", "),
                     matches("k")
-                ))
-                .bind::<Jsonb, _>(key)
-                .execute(conn)?;
+                )
+            } else {
+                let list: Vec<String> = columns.iter().map(ToString::to_string).collect();
+                let from_r: Vec<String> = columns.iter().map(|c| format!("r.{c}")).collect();
+                format!(
+                    "INSERT INTO {table} ({}) SELECT {} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS r",
+                    list.join(", "),
+                    from_r.join(", ")
+                )
+            };
+            let mut query = diesel::sql_query(sql).into_boxed().bind::<Jsonb, _>(values);
+            if exists {
+                query = query.bind::<Jsonb, _>(key);
             }
-            (None, false) => {}
+            query.execute(conn)?;
         }
-        Ok(())
-    })
+        (None, true) => {
+            diesel::sql_query(format!(
+                "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+                matches("k")
+            ))
+            .bind::<Jsonb, _>(key)
+            .execute(conn)?;
+        }
+        (None, false) => {}
+    }
+    Ok(())
 }
 
 #[cfg(test)]

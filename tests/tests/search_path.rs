@@ -6,6 +6,7 @@
 use diesel::prelude::*;
 use pg_audit::{AuditLog, Ident, QualifiedName, Retention, TriggerLevel, TriggerSpec};
 use pg_audit_diesel::log::{AuditReader, Page, TimeRange};
+use pg_audit_diesel::{Audited, pg_audit};
 use pg_audit_tests::{Roles, TestDb, exec, value};
 use serde_json::json;
 use std::time::{Duration, SystemTime};
@@ -13,7 +14,8 @@ use std::time::{Duration, SystemTime};
 const OPERATORS: [&str; 13] = [
     "=", "<>", "<", "<=", ">", ">=", "||", "&", "-", "->", "->>", "~~", "+",
 ];
-const TYPES: [&str; 17] = [
+const TYPES: [&str; 18] = [
+    "character varying",
     "oid",
     "regclass",
     "regproc",
@@ -80,6 +82,23 @@ fn traps() -> String {
     sql
 }
 
+mod schema {
+    diesel::table! {
+        app.codes (code) {
+            code -> Varchar,
+            label -> Text,
+        }
+    }
+}
+
+/// A model keyed by a `varchar`, whose `=` the application plants too.
+#[pg_audit]
+#[derive(Queryable)]
+#[diesel(table_name = schema::codes)]
+pub struct Code {
+    pub code: String,
+}
+
 fn calls(conn: &mut PgConnection) -> serde_json::Value {
     value(
         conn,
@@ -102,8 +121,9 @@ fn objects_planted_on_the_owners_path_never_run() {
              CREATE SCHEMA app;
              CREATE TABLE app.items (id serial PRIMARY KEY, name text NOT NULL, price numeric);
              CREATE TABLE app.tracked (id int PRIMARY KEY, name text, other text);
+             CREATE TABLE app.codes (code varchar PRIMARY KEY, label text NOT NULL);
              GRANT USAGE ON SCHEMA app TO {app};
-             GRANT SELECT, INSERT, UPDATE, DELETE ON app.items, app.tracked TO {app};
+             GRANT SELECT, INSERT, UPDATE, DELETE ON app.items, app.tracked, app.codes TO {app};
              GRANT USAGE ON SEQUENCE app.items_id_seq TO {app};
              SET ROLE {app};
              {traps}
@@ -152,6 +172,11 @@ fn objects_planted_on_the_owners_path_never_run() {
     }
     step(
         &mut conn,
+        "the triggers' install on app.codes",
+        &owner_sql(&Code::trigger_spec().unwrap().install_sql(&log)),
+    );
+    step(
+        &mut conn,
         "the grant",
         &owner_sql(&log.grant_read_sql(&Ident::new(app.trim_matches('"')).unwrap())),
     );
@@ -167,7 +192,10 @@ fn objects_planted_on_the_owners_path_never_run() {
              INSERT INTO app.tracked VALUES (1, 'n', 'o');
              UPDATE app.tracked SET name = 'm';
              DELETE FROM app.items WHERE name = 'c' AND price > 10;
+             INSERT INTO app.codes VALUES ('A1', 'first');
+             UPDATE app.codes SET label = 'second';
              COMMIT;
+             DELETE FROM app.codes;
              RESET ROLE;"
         ),
     );
@@ -217,14 +245,14 @@ fn objects_planted_on_the_owners_path_never_run() {
             .transaction(&mut conn, history[0].txid)
             .unwrap()
             .len(),
-        7
+        9
     );
     assert_eq!(
         reader
             .request(&mut conn, "r", TimeRange::default())
             .unwrap()
             .len(),
-        7
+        9
     );
     assert_eq!(
         reader
@@ -238,7 +266,7 @@ fn objects_planted_on_the_owners_path_never_run() {
             )
             .unwrap()
             .len(),
-        7
+        9
     );
     assert!(
         reader
@@ -250,7 +278,27 @@ fn objects_planted_on_the_owners_path_never_run() {
         reader.recorded_keys(&mut conn, &unqualified).unwrap(),
         vec![vec!["id".to_owned()]]
     );
+    assert_eq!(calls(&mut conn), json!(0), "a planted object ran in the reader's queries");
+    // Restore and revert, as the owner, on the varchar-keyed table.
+    reader
+        .restore::<Code>(&mut conn, "A1", "Deleted by mistake")
+        .unwrap();
+    assert_eq!(calls(&mut conn), json!(0), "a planted object ran in restore");
+    let first = reader
+        .history::<Code>(&mut conn, "A1", Page::first(10))
+        .unwrap()
+        .last()
+        .unwrap()
+        .id;
+    reader
+        .revert::<Code>(&mut conn, "A1", first, "Back to the first label")
+        .unwrap();
     exec(&mut conn, "RESET search_path; RESET ROLE");
+    assert_eq!(
+        // (Not `code = 'A1'`: that is the planted varchar `=`, on this session's path.)
+        value(&mut conn, "SELECT label FROM app.codes"),
+        json!("first")
+    );
     assert_eq!(
         calls(&mut conn),
         json!(0),
