@@ -56,37 +56,39 @@ pub const MAX_LEN: usize = 64 * 1024;
 /// stored context would fail on it). `indent` starts each line after the first.
 pub(crate) fn read_statements(indent: &str) -> String {
     let setting = crate::ident::text_literal(SETTING);
-    // One test on the common path; the detailed diagnosis only when it fails.
+    // The common path: one test for size and `\u0000`, then the jsonb cast readers make when
+    // they extract a field, which refuses what they could not read (not JSON, lone surrogates,
+    // numbers out of range).
     [
         format!("v_raw := pg_catalog.current_setting({setting}, true);"),
         "IF v_raw OPERATOR(pg_catalog.<>) '' THEN".to_owned(),
-        "    v_context := v_raw::pg_catalog.json;".to_owned(),
         format!(
-            "    IF pg_catalog.octet_length(v_raw) OPERATOR(pg_catalog.>) {MAX_LEN} OR pg_catalog.json_typeof(v_context) OPERATOR(pg_catalog.<>) 'object'"
+            "    IF pg_catalog.octet_length(v_raw) OPERATOR(pg_catalog.>) {MAX_LEN} OR pg_catalog.strpos(v_raw, E'\\\\u0000') OPERATOR(pg_catalog.>) 0 THEN"
         ),
-        "       OR pg_catalog.strpos(v_raw, E'\\\\u0000') OPERATOR(pg_catalog.>) 0 THEN".to_owned(),
         format!("        IF pg_catalog.octet_length(v_raw) OPERATOR(pg_catalog.>) {MAX_LEN} THEN"),
         format!(
             "            RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) is % bytes long; the limit is {MAX_LEN} bytes', pg_catalog.octet_length(v_raw)"
         ),
         "                USING ERRCODE = 'program_limit_exceeded', HINT = 'Keep large data out of the context: store it elsewhere and put its id in the metadata.';".to_owned(),
-        "        ELSIF pg_catalog.json_typeof(v_context) OPERATOR(pg_catalog.<>) 'object' THEN".to_owned(),
-        format!(
-            "            RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) must be a JSON object, not a JSON %', pg_catalog.json_typeof(v_context)"
-        ),
-        "                USING ERRCODE = 'invalid_parameter_value', HINT = 'Set it to an object such as {\"user_id\": \"alice\", \"change_reason\": \"...\"}.';".to_owned(),
         "        END IF;".to_owned(),
         // The text holds the escape: the exact test (a jsonb cast, in a subtransaction) tells
         // `\u0000` from an escaped backslash followed by `u0000`.
         "        BEGIN".to_owned(),
         "            PERFORM v_raw::pg_catalog.jsonb;".to_owned(),
-        "        EXCEPTION WHEN OTHERS THEN".to_owned(),
+        "        EXCEPTION WHEN untranslatable_character THEN".to_owned(),
         format!(
             "            RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) holds \\u0000, which PostgreSQL text cannot hold'"
         ),
         "                USING ERRCODE = 'untranslatable_character', HINT = 'Remove NUL characters from the context''s values.';".to_owned(),
         "        END;".to_owned(),
         "    END IF;".to_owned(),
+        "    IF pg_catalog.jsonb_typeof(v_raw::pg_catalog.jsonb) OPERATOR(pg_catalog.<>) 'object' THEN".to_owned(),
+        format!(
+            "        RAISE EXCEPTION 'pg-audit: the audit context ({SETTING}) must be a JSON object, not a JSON %', pg_catalog.jsonb_typeof(v_raw::pg_catalog.jsonb)"
+        ),
+        "            USING ERRCODE = 'invalid_parameter_value', HINT = 'Set it to an object such as {\"user_id\": \"alice\", \"change_reason\": \"...\"}.';".to_owned(),
+        "    END IF;".to_owned(),
+        "    v_context := v_raw::pg_catalog.json;".to_owned(),
         "END IF;".to_owned(),
     ]
     .join(&format!("\n{indent}"))

@@ -197,3 +197,58 @@ fn uninstall_removes_the_partitions_triggers() {
         json!(0)
     );
 }
+
+#[test]
+fn check_sees_a_partition_logging_elsewhere_or_refusing_writes() {
+    let (_db, mut conn, log) = setup("parted_check", TriggerLevel::Auto);
+    let problems = |conn: &mut PgConnection| {
+        value(
+            conn,
+            &format!(
+                "SELECT coalesce(json_agg(problem ORDER BY problem), '[]') FROM ({}) c",
+                log.check_sql()
+            ),
+        )
+    };
+    // A partition trigger recreated to log under another name.
+    let function = TriggerSpec::builder(QualifiedName::parse("events").unwrap())
+        .primary_key(["id", "region"])
+        .build()
+        .unwrap()
+        .function_name(&log);
+    exec(
+        &mut conn,
+        &format!(
+            "DROP TRIGGER pg_audit_insert ON events_eu;
+             CREATE TRIGGER pg_audit_insert AFTER INSERT ON events_eu REFERENCING NEW TABLE AS pg_audit_new_rows
+               FOR EACH STATEMENT EXECUTE FUNCTION {function}('public', 'decoy');"
+        ),
+    );
+    let found = problems(&mut conn).to_string();
+    assert!(
+        found.contains(
+            "trigger pg_audit_insert on partition public.events_eu was changed since the install"
+        ),
+        "{found}"
+    );
+    // Detached and attached again: its guard is back, and it refuses writes.
+    exec(
+        &mut conn,
+        "ALTER TABLE events DETACH PARTITION events_us;
+         ALTER EVENT TRIGGER pg_audit_audit_auditlog_partitions DISABLE;
+         ALTER TABLE events ATTACH PARTITION events_us FOR VALUES IN ('us');",
+    );
+    let found = problems(&mut conn).to_string();
+    assert!(
+        found.contains("partition public.events_us refuses writes: its guard is enabled"),
+        "{found}"
+    );
+    // adopt_partitions repairs both.
+    value(
+        &mut conn,
+        &format!("SELECT count(*) FROM ({}) a", log.adopt_partitions_sql()),
+    );
+    exec(&mut conn, "INSERT INTO events_us VALUES (9, 'us', 'x')");
+    let found = problems(&mut conn);
+    assert!(!found.to_string().contains("refuses writes"), "{found}");
+}

@@ -340,6 +340,12 @@ fn contexts_readers_could_not_read_are_refused_by_the_trigger() {
         (r#"{"metadata": {"deep": ["\u0000"]}}"#, "holds \\u0000"),
         (big.as_str(), "bytes long; the limit is 65536 bytes"),
         ("{not json", "invalid input syntax for type json"),
+        // What json takes but jsonb, which readers extract fields with, does not.
+        (
+            r#"{"user_id": "\ud800"}"#,
+            "invalid input syntax for type json",
+        ),
+        (r#"{"n": 1e1000000}"#, "value overflows numeric format"),
     ];
     for (context, message) in refused {
         let e = pg_audit_tests::exec_err(

@@ -278,12 +278,20 @@ fn objects_planted_on_the_owners_path_never_run() {
         reader.recorded_keys(&mut conn, &unqualified).unwrap(),
         vec![vec!["id".to_owned()]]
     );
-    assert_eq!(calls(&mut conn), json!(0), "a planted object ran in the reader's queries");
+    assert_eq!(
+        calls(&mut conn),
+        json!(0),
+        "a planted object ran in the reader's queries"
+    );
     // Restore and revert, as the owner, on the varchar-keyed table.
     reader
         .restore::<Code>(&mut conn, "A1", "Deleted by mistake")
         .unwrap();
-    assert_eq!(calls(&mut conn), json!(0), "a planted object ran in restore");
+    assert_eq!(
+        calls(&mut conn),
+        json!(0),
+        "a planted object ran in restore"
+    );
     let first = reader
         .history::<Code>(&mut conn, "A1", Page::first(10))
         .unwrap()

@@ -686,7 +686,15 @@ fn conditions_are_compiled_at_install_and_may_read_only_the_row() {
         ),
         (
             "random() > 0.5",
-            "pg-audit: the condition random() > 0.5 calls volatile random; a condition must decide the same way for the same row",
+            "pg-audit: the condition random() > 0.5 calls volatile random(); a condition must decide the same way for the same row",
+        ),
+        (
+            "ts_rewrite('a'::tsquery, 'SELECT q, s FROM public.vip') = 'a'::tsquery",
+            "calls ts_rewrite(tsquery,text), which reads more than the row",
+        ),
+        (
+            "current_setting('app.skip', true) IS NULL",
+            "calls current_setting(text,boolean), which reads more than the row",
         ),
         (
             "public.is_vip(NEW.id)",

@@ -145,28 +145,6 @@ impl Condition {
         refs
     }
 
-    /// The names the condition calls as functions (a word or quoted name directly followed by
-    /// `(`), as PostgreSQL folds them, deduplicated. Keywords used like calls (`IN (`, `AND (`)
-    /// are listed too; they match no function.
-    pub fn called_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for i in 0..self.tokens.len() {
-            let token = &self.tokens[i];
-            let raw = &self.text[token.span.clone()];
-            let name = match token.kind {
-                Kind::Word => raw.to_ascii_lowercase(),
-                Kind::QuotedIdent => raw[1..raw.len() - 1].replace("\"\"", "\""),
-                _ => continue,
-            };
-            if self.significant_after(i).next().map(|t| t.kind) == Some(Kind::Punct('('))
-                && !names.contains(&name)
-            {
-                names.push(name);
-            }
-        }
-        names
-    }
-
     /// Whether the condition mentions `NEW` or `OLD` at all.
     pub fn mentions(&self, row: RowRef) -> bool {
         (0..self.tokens.len()).any(|i| self.row_ref(i) == Some(row))

@@ -328,7 +328,17 @@ COMMENT ON TABLE {config} IS {comment};
               LEFT JOIN pg_catalog.pg_trigger AS tg ON tg.tgrelid = pt.relid AND tg.tgname = e.name AND tg.tgparentid = 0
              WHERE pt.relid <> o.rel
                AND (tg.oid IS NULL OR tg.tgenabled IN ('D', 'R') OR tg.tgfoid <> o.fn OR tg.tgqual IS NOT NULL
-                    OR tg.tgtype::int <> {partition_tgtype})
+                    OR tg.tgtype::int <> {partition_tgtype}
+                    -- It logs under the table's name, passed as its two arguments.
+                    OR tg.tgnargs <> 2
+                    OR tg.tgargs <> pg_catalog.convert_to(t.table_schema, 'UTF8') || '\x00'::bytea
+                                    || pg_catalog.convert_to(t.table_name, 'UTF8') || '\x00'::bytea)
+            UNION ALL
+            SELECT pg_catalog.format('partition %s refuses writes: its guard is enabled (the partition was attached again, or its triggers enabled by hand); run SELECT * FROM %s()', pt.relid::regclass, {adopt_lit})
+              FROM pg_catalog.pg_partition_tree(o.rel) AS pt
+              JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid AND c.relkind <> 'p'
+              JOIN pg_catalog.pg_trigger AS g ON g.tgrelid = pt.relid AND g.tgname = {guard_lit} AND g.tgenabled <> 'D'
+             WHERE pt.relid <> o.rel
            ) AS p
     UNION ALL
     SELECT n.nspname::text, c.relname::text,
@@ -370,6 +380,7 @@ COMMENT ON TABLE {config} IS {comment};
 "#,
         log_lit = log.literal(),
         adopt_lit = adopt.literal(),
+        guard_lit = crate::sql::trigger::guard_trigger_name().literal(),
         log_schema = log
             .schema
             .as_ref()
@@ -462,14 +473,19 @@ BEGIN
                JOIN pg_catalog.pg_namespace AS n ON n.nspname = t.table_schema
                JOIN pg_catalog.pg_class AS c ON c.relnamespace = n.oid AND c.relname = t.table_name
               WHERE c.relkind = 'p' AND (only_table IS NULL OR c.oid = only_table) LOOP
-        -- Every partition when installing; otherwise those missing a trigger of their own.
+        -- Every partition when installing; otherwise those missing a trigger of their own, and
+        -- leaves whose guard is enabled (attached again, or enabled by hand).
         FOR part IN SELECT p.relid FROM pg_catalog.pg_partition_tree(r.rel) AS p
                      WHERE p.relid <> r.rel
                        AND (only_table IS NOT NULL
                             OR EXISTS (SELECT FROM pg_catalog.jsonb_array_elements_text(r.config -> {triggers}) AS e(name)
                                         WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
                                                            WHERE g.tgrelid = p.relid AND g.tgname = e.name
-                                                             AND g.tgparentid = 0))) LOOP
+                                                             AND g.tgparentid = 0))
+                            OR EXISTS (SELECT FROM pg_catalog.pg_trigger AS g
+                                         JOIN pg_catalog.pg_class AS c ON c.oid = g.tgrelid
+                                        WHERE g.tgrelid = p.relid AND g.tgname = {guard_lit}
+                                          AND g.tgenabled <> 'D' AND c.relkind <> 'p')) LOOP
             {drops}
             FOR i IN 0 .. pg_catalog.jsonb_array_length(r.config -> {operations}) - 1 LOOP
                 op := r.config -> {operations} ->> i;

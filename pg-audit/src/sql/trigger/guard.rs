@@ -13,6 +13,36 @@ use super::row::condition_for;
 use crate::ident::{Ident, text_literal};
 use crate::sql::shape::Operation;
 
+/// Built-in functions a condition may not call: they run SQL given as text, read files or
+/// large objects, or read settings the writer controls — any of which would let something
+/// else than the row decide what is logged, and run it as the log's owner.
+const DENIED: [&str; 24] = [
+    "ts_rewrite",
+    "ts_stat",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "current_setting",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "lo_get",
+    "lo_import",
+    "lo_export",
+];
+
 /// The temporary view the condition is compiled into, to read what it depends on.
 const CONDITION_VIEW: &str = "pg_audit_condition_check";
 
@@ -114,8 +144,7 @@ fn condition_check(spec: &TriggerSpec) -> String {
     let rendered = condition_for(spec, Operation::Update, "pg_audit_new", "pg_audit_old")
         .expect("a condition applies to UPDATE");
     let as_written = text_literal(condition.as_str());
-    let called = condition
-        .called_names()
+    let denied = DENIED
         .iter()
         .map(|n| text_literal(n))
         .collect::<Vec<_>>()
@@ -156,13 +185,25 @@ fn condition_check(spec: &TriggerSpec) -> String {
         RAISE EXCEPTION 'pg-audit: the condition % calls %; a condition may call only built-in functions and operators', {as_written}, missing
             USING HINT = 'The trigger function runs as the log''s owner: a function another role can replace would run as the owner.';
     END IF;
-    SELECT pg_catalog.string_agg(f.name, ', ' ORDER BY f.name) INTO missing
-      FROM pg_catalog.unnest(ARRAY[{called}]::text[]) AS f(name)
-     WHERE EXISTS (SELECT FROM pg_catalog.pg_proc AS p
-                    WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = f.name)
-       AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc AS p
-                        WHERE p.pronamespace = 'pg_catalog'::regnamespace AND p.proname = f.name
-                          AND p.provolatile <> 'v');
+    -- Every function the compiled condition calls, read from its query tree: built-in ones
+    -- are not dependencies, and a name could be any of its overloads.
+    SELECT pg_catalog.string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO missing
+      FROM pg_catalog.pg_rewrite AS r
+     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':(funcid|opno) ([0-9]+)', 'g') AS m
+      LEFT JOIN pg_catalog.pg_operator AS o ON m[1] = 'opno' AND o.oid = m[2]::oid
+      JOIN pg_catalog.pg_proc AS p ON p.oid = CASE WHEN m[1] = 'funcid' THEN m[2]::oid ELSE o.oprcode::oid END
+     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass
+       AND (p.pronamespace <> 'pg_catalog'::regnamespace OR p.proname = ANY (ARRAY[{denied}]::name[]));
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: the condition % calls %, which reads more than the row', {as_written}, missing
+            USING HINT = 'A condition may not run SQL given as text (ts_rewrite, query_to_xml, ...) or read settings a writer could set (current_setting).';
+    END IF;
+    SELECT pg_catalog.string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO missing
+      FROM pg_catalog.pg_rewrite AS r
+     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':(funcid|opno) ([0-9]+)', 'g') AS m
+      LEFT JOIN pg_catalog.pg_operator AS o ON m[1] = 'opno' AND o.oid = m[2]::oid
+      JOIN pg_catalog.pg_proc AS p ON p.oid = CASE WHEN m[1] = 'funcid' THEN m[2]::oid ELSE o.oprcode::oid END
+     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass AND p.provolatile = 'v';
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'pg-audit: the condition % calls volatile %; a condition must decide the same way for the same row', {as_written}, missing
             USING HINT = 'Use stable or immutable functions: now() rather than clock_timestamp(), no random() or nextval().';
