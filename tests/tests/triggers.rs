@@ -483,7 +483,7 @@ fn install_explains_what_is_wrong_with_the_table() {
     exec(&mut conn, USERS);
     exec(
         &mut conn,
-        "CREATE TABLE nokey (a int, b int); CREATE TABLE coded (code text PRIMARY KEY, n int UNIQUE)",
+        "CREATE TABLE nokey (a int, b int); CREATE TABLE coded (code text PRIMARY KEY, n int UNIQUE, m int UNIQUE NOT NULL)",
     );
     let install = |table: &str, f: &dyn Fn(TriggerSpecBuilder) -> TriggerSpecBuilder| {
         f(TriggerSpec::builder(QualifiedName::parse(table).unwrap()))
@@ -533,10 +533,16 @@ fn install_explains_what_is_wrong_with_the_table() {
         e.contains(r#"table nokey has no primary key or unique index on ("a")"#),
         "{e}"
     );
-    // A unique index is a usable key.
-    exec(
+    // A unique index on a column that may be NULL is not: rows with NULL would share a key.
+    let e = exec_err(
         &mut conn,
         &install("public.coded", &|s| s.primary_key(["n"])),
+    );
+    assert!(e.contains("key column n of table coded may be NULL"), "{e}");
+    // A unique index on NOT NULL columns is a usable key.
+    exec(
+        &mut conn,
+        &install("public.coded", &|s| s.primary_key(["m"])),
     );
     // A condition the server cannot compile fails the install, naming the problem.
     let e = exec_err(

@@ -128,6 +128,14 @@ BEGIN
             RAISE EXCEPTION 'pg-audit: (%) is not a key of table %', {key_text}, shown
                 USING HINT = pg_catalog.format('Its primary key is (%s): give that as the audit key.', actual);
         END IF;
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ') INTO missing
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND NOT a.attnotnull
+       AND a.attname = ANY (ARRAY[{key_list}]::text[]);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: key column % of table % may be NULL, so rows without a key could not be told apart in the log', missing, shown
+            USING HINT = 'Audit the table by its primary key, or by the columns of a unique index that are NOT NULL.';
     END IF;{condition}
     {RESTORE_PATH}
 END
