@@ -8,7 +8,7 @@ use pg_audit::{QualifiedName, Retention};
 use pg_audit_diesel::log::{
     AuditEntry, AuditReader, KeyMismatch, Page, key_text, parse_key, value_text,
 };
-use pg_audit_diesel::utc_string;
+use pg_audit_diesel::{rfc3339, utc_string};
 use serde_json::{Value, json};
 
 use crate::options::{Db, Result};
@@ -131,8 +131,8 @@ fn entry_field(e: &AuditEntry, column: &str) -> Value {
     let json = |v: &Option<Value>| v.clone().unwrap_or(Value::Null);
     match column {
         "id" => json!(e.id),
-        "changed_at" => json!(utc_string(e.changed_at)),
-        "tx_started_at" => json!(utc_string(e.tx_started_at)),
+        "changed_at" => json!(rfc3339(e.changed_at)),
+        "tx_started_at" => json!(rfc3339(e.tx_started_at)),
         "txid" => json!(e.txid),
         "operation" => json!(e.operation.keyword()),
         "schema_name" => json!(e.schema_name),
@@ -198,8 +198,11 @@ struct Partition {
     total_bytes: i64,
 }
 
-fn time(t: Option<pg_audit_diesel::log::LogTime>) -> Value {
-    t.map_or(Value::Null, |t| json!(utc_string(t.0)))
+/// A partition bound: RFC 3339 in JSON, readable in a table.
+fn time(t: Option<pg_audit_diesel::log::LogTime>, json: bool) -> Value {
+    t.map_or(Value::Null, |t| {
+        json!(if json { rfc3339(t.0) } else { utc_string(t.0) })
+    })
 }
 
 /// `pg-audit partitions ...`.
@@ -213,8 +216,8 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
             for p in parts {
                 table.push(vec![
                     json!(p.partition_name),
-                    time(p.range_start),
-                    time(p.range_end),
+                    time(p.range_start, db.json),
+                    time(p.range_end, db.json),
                     json!(p.is_default),
                     json!(p.total_bytes),
                 ]);

@@ -461,3 +461,17 @@ fn keys_that_do_not_fit_the_table_are_refused_naming_the_key() {
         assert!(stderr.contains(expected), "{key}: {stderr}");
     }
 }
+
+#[test]
+fn json_times_are_rfc3339() {
+    let db = setup("admin_rfc3339");
+    let entries = json_out(&["history", "users", "1"], db.url());
+    for field in ["changed_at", "tx_started_at"] {
+        let t = entries[0][field].as_str().unwrap();
+        assert_eq!(t.len(), "2026-11-28T06:15:00.000000Z".len(), "{t}");
+        assert!(t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+    }
+    let parts = json_out(&["partitions", "list"], db.url());
+    let from = parts[1]["from"].as_str().unwrap();
+    assert!(from.ends_with("T00:00:00.000000Z"), "{from}");
+}

@@ -107,7 +107,7 @@ pub use migration::{
 };
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
 pub use sync_conn::AuditConnectionExt;
-pub use time::utc_string;
+pub use time::{rfc3339, utc_string};
 #[cfg(feature = "connection-wrapper")]
 pub use wrapper::AuditedConnection;
 

@@ -18,16 +18,31 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 /// `t` as `YYYY-MM-DD HH:MM:SS.ffffff UTC` (times before 1970 print as the epoch).
 pub fn utc_string(t: SystemTime) -> String {
+    let (date, time) = date_and_time(t);
+    format!("{date} {time} UTC")
+}
+
+/// `t` as RFC 3339 in UTC with microseconds, `2026-11-28T06:15:00.000000Z`: for JSON.
+pub fn rfc3339(t: SystemTime) -> String {
+    let (date, time) = date_and_time(t);
+    format!("{date}T{time}Z")
+}
+
+/// `YYYY-MM-DD` and `HH:MM:SS.ffffff` of `t` in UTC.
+fn date_and_time(t: SystemTime) -> (String, String) {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06} UTC",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        since.subsec_micros()
+    (
+        format!("{year:04}-{month:02}-{day:02}"),
+        format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            rem / 3_600,
+            rem % 3_600 / 60,
+            rem % 60,
+            since.subsec_micros()
+        ),
     )
 }
 
@@ -40,6 +55,7 @@ mod tests {
     #[test]
     fn utc_strings() {
         assert_eq!(utc_string(UNIX_EPOCH), "1970-01-01 00:00:00.000000 UTC");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let t = UNIX_EPOCH + Duration::from_micros(1_795_846_500_123_456);
         assert_eq!(utc_string(t), "2026-11-28 06:15:00.123456 UTC");
     }
