@@ -678,6 +678,21 @@ const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
                   pg_catalog.current_schema()::text) AS schema_name,
               $2::text AS table_name";
 
+/// The keys of a JSON object of column values, as column names.
+fn column_names(object: &Value) -> Result<Vec<Ident>, Error> {
+    object
+        .as_object()
+        .map_or(Ok(Vec::new()), |o| {
+            o.keys()
+                .map(|k| Ident::with_kind(k.as_str(), "column"))
+                .collect()
+        })
+        .map_err(|source| Error::Config {
+            model: "history",
+            source,
+        })
+}
+
 /// The columns of `table` that are `NOT NULL` without a default (nor identity, nor generated)
 /// and have no value in `values`.
 fn missing_required(
@@ -801,19 +816,7 @@ fn apply_pinned(
     target: Option<&Value>,
     supplied: &Map<String, Value>,
 ) -> Result<(), Error> {
-    let key_columns: Vec<Ident> = key
-        .as_object()
-        .map(|o| {
-            o.keys()
-                .map(|k| Ident::with_kind(k.as_str(), "column"))
-                .collect::<Result<_, _>>()
-        })
-        .transpose()
-        .map_err(|source| Error::Config {
-            model: "history",
-            source,
-        })?
-        .unwrap_or_default();
+    let key_columns = column_names(key)?;
     let matches = |alias: &str| {
         key_columns
             .iter()
@@ -857,19 +860,7 @@ fn apply_pinned(
                 }
             }
             let values = &values;
-            let columns: Vec<Ident> = values
-                .as_object()
-                .map(|o| {
-                    o.keys()
-                        .map(|k| Ident::with_kind(k.as_str(), "column"))
-                        .collect::<Result<_, _>>()
-                })
-                .transpose()
-                .map_err(|source| Error::Config {
-                    model: "history",
-                    source,
-                })?
-                .unwrap_or_default();
+            let columns = column_names(values)?;
             let sql = if exists {
                 // Key columns are set only where the target's key differs (a revert across
                 // a key change), so identity columns are left alone otherwise.

@@ -35,25 +35,7 @@ fn partitions_are_created_and_pruned_while_writes_continue() {
     );
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers: Vec<_> = (0..3)
-        .map(|t| {
-            let (url, stop) = (db.url().to_owned(), Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut conn = PgConnection::establish(&url).expect("connect");
-                let mut written = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    diesel::sql_query("INSERT INTO events VALUES ($1)")
-                        .bind::<Integer, _>(t * 1_000_000 + written)
-                        .execute(&mut conn)
-                        .unwrap_or_else(|e| {
-                            panic!("an audited write failed during maintenance: {e}")
-                        });
-                    written += 1;
-                }
-                written
-            })
-        })
-        .collect();
+    let writers = writers(db.url(), &stop, None);
 
     std::thread::sleep(Duration::from_millis(700));
     let created = rows(&mut conn, &log.ensure_partitions_sql(2));
@@ -99,25 +81,35 @@ fn partitions_are_created_and_pruned_while_writes_continue() {
     assert_eq!(stranded, json!(0));
 }
 
-/// Writers with a 1 s statement_timeout insert while `until` is false; returns how many rows
-/// each wrote. Any failed write panics the writer.
-fn timed_writers(url: &str, until: &Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<i32>> {
+/// Three writers inserting into `events` until `until` is set, each with `statement_timeout`
+/// when given (and then pausing 5 ms between writes); returns how many rows each wrote. A
+/// failed write panics its writer.
+fn writers(
+    url: &str,
+    until: &Arc<AtomicBool>,
+    statement_timeout: Option<&str>,
+) -> Vec<std::thread::JoinHandle<i32>> {
     (0..3)
         .map(|t| {
             let (url, stop) = (url.to_owned(), Arc::clone(until));
+            let statement_timeout = statement_timeout.map(str::to_owned);
             std::thread::spawn(move || {
                 let mut conn = PgConnection::establish(&url).expect("connect");
-                exec(&mut conn, "SET statement_timeout = '1s'");
+                if let Some(timeout) = &statement_timeout {
+                    exec(&mut conn, &format!("SET statement_timeout = '{timeout}'"));
+                }
                 let mut written = 0;
                 while !stop.load(Ordering::Relaxed) {
                     diesel::sql_query("INSERT INTO events VALUES ($1)")
                         .bind::<Integer, _>(t * 1_000_000 + written)
                         .execute(&mut conn)
                         .unwrap_or_else(|e| {
-                            panic!("an audited write failed while maintenance waited: {e}")
+                            panic!("an audited write failed during maintenance: {e}")
                         });
                     written += 1;
-                    std::thread::sleep(Duration::from_millis(5));
+                    if statement_timeout.is_some() {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
                 }
                 written
             })
@@ -149,7 +141,7 @@ fn maintenance_waiting_on_a_long_reader_never_stalls_writes() {
     exec(&mut reader, "BEGIN; SELECT count(*) FROM audit.auditlog;");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writers = timed_writers(db.url(), &stop);
+    let writers = writers(db.url(), &stop, Some("1s"));
     std::thread::sleep(Duration::from_millis(300));
     // Maintenance runs meanwhile: it must create the current period's partition (moving rows
     // out of DEFAULT) and detach an old one, both of which need the reader gone.
