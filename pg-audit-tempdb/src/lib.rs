@@ -1,4 +1,14 @@
-//! Throwaway PostgreSQL for pg-audit's tests, examples and benchmarks.
+//! Throwaway PostgreSQL servers and databases for tests, examples and benchmarks.
+//!
+//! Unix only (Linux and macOS).
+//!
+//! ```no_run
+//! let server = pg_audit_tempdb::shared()?;
+//! let db = server.create_database("my_test")?; // dropped with `db`
+//! // connect any client to db.url() ...
+//! db.execute("CREATE TABLE t (id int PRIMARY KEY)")?;
+//! # Ok::<(), pg_audit_tempdb::Error>(())
+//! ```
 //!
 //! [`shared`] gives a server every test process on the machine can share: with `DATABASE_URL`
 //! set it is that server; otherwise a cluster is created (once) from the local PostgreSQL
@@ -6,9 +16,13 @@
 //! later runs. [`Server::create_database`] gives each test a database of its own, dropped when
 //! the handle is, so tests run in parallel without seeing each other.
 //!
-//! The binaries are found through `PG_BINDIR`, `pg_config --bindir`, `initdb` on `PATH`, or the
-//! newest `/usr/lib/postgresql/*/bin`. PostgreSQL refuses to run as root: when run as root, the
-//! server runs as the `postgres` system user (no sudo needed).
+//! The binaries are found through `PG_BINDIR`, `pg_config --bindir`, `initdb` on `PATH`, the
+//! newest `/usr/lib/postgresql/*/bin` (Debian, Ubuntu), `/usr/pgsql-*/bin` (Red Hat), Homebrew's
+//! `postgresql@*` kegs, or Postgres.app. PostgreSQL refuses to run as root: when run as root,
+//! the server runs as the `postgres` system user (no sudo needed).
+//!
+//! Databases are created and dropped over the wire protocol, so with `DATABASE_URL` nothing but
+//! the server is needed; [`Server::psql`] alone runs the `psql` program.
 //!
 //! The shared cluster keeps running after the tests, so the next run starts in milliseconds.
 //! Stop it with `pg_ctl stop -D <dir>/data` (the directory is printed when it starts), or
@@ -21,18 +35,28 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::Write as _;
 use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use nix::sys::signal::Signal;
+
 /// What went wrong starting or using a throwaway server, in words that say how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Its `Debug` output is the message too, so `.unwrap()` and `fn main() -> Result<..>` print
+/// the words rather than a struct.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Error(String);
 
 impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -110,7 +134,7 @@ impl Server {
             .collect();
         let mut name = format!("{DB_PREFIX}{}_{n}_{hint}", std::process::id());
         name.truncate(63);
-        self.psql(&self.admin_url, &format!("CREATE DATABASE \"{name}\""))?;
+        self.execute(&self.admin_url, &format!("CREATE DATABASE \"{name}\""))?;
         Ok(TempDatabase {
             url: url_with_database(&self.admin_url, &name)?,
             name,
@@ -118,10 +142,75 @@ impl Server {
         })
     }
 
-    /// Runs `sql` with `psql` against `url`, stopping at the first error; returns what it
-    /// printed, unaligned, one row per line.
+    /// Runs `sql` (one or more statements, as one simple query) against `url` over the wire
+    /// protocol. Several statements run in one implicit transaction.
+    pub fn execute(&self, url: &str, sql: &str) -> Result<(), Error> {
+        let mut client = connect(url)?;
+        client
+            .batch_execute(sql)
+            .map_err(|e| err(format!("{}: {}", first_line(sql), db_message(&e))))
+    }
+
+    /// Runs `sql` with the `psql` program against `url`, statement by statement, stopping at
+    /// the first error; returns what it printed, unaligned, one row per line. Needs `psql`
+    /// (from the server's binaries, else on `PATH`).
     pub fn psql(&self, url: &str, sql: &str) -> Result<String, Error> {
         psql(self.bindir.as_deref(), url, sql)
+    }
+}
+
+fn connect(url: &str) -> Result<postgres::Client, Error> {
+    postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
+        err(format!(
+            "cannot connect to {}: {}",
+            redact(url),
+            db_message(&e)
+        ))
+    })
+}
+
+/// The server's message (with its detail and hint) rather than the client's summary of it.
+fn db_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            for extra in [db.detail(), db.hint()].into_iter().flatten() {
+                text.push_str("; ");
+                text.push_str(extra);
+            }
+            text
+        }
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    }
+}
+
+fn first_line(sql: &str) -> &str {
+    sql.trim().lines().next().unwrap_or("")
+}
+
+/// A URL with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    let Some(start) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let Some(at) = url[start..end].rfind('@').map(|i| start + i) else {
+        return url.to_owned();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -151,7 +240,12 @@ impl TempDatabase<'_> {
         self.server
     }
 
-    /// Runs `sql` in this database with `psql` (see [`Server::psql`]).
+    /// Runs `sql` in this database over the wire protocol (see [`Server::execute`]).
+    pub fn execute(&self, sql: &str) -> Result<(), Error> {
+        self.server.execute(&self.url, sql)
+    }
+
+    /// Runs `sql` in this database with the `psql` program (see [`Server::psql`]).
     pub fn psql(&self, sql: &str) -> Result<String, Error> {
         self.server.psql(&self.url, sql)
     }
@@ -160,7 +254,7 @@ impl TempDatabase<'_> {
 impl Drop for TempDatabase<'_> {
     fn drop(&mut self) {
         let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        if let Err(e) = self.server.psql(&self.server.admin_url, &drop) {
+        if let Err(e) = self.server.execute(&self.server.admin_url, &drop) {
             eprintln!(
                 "pg-audit-tempdb: could not drop database {}: {e}",
                 self.name
@@ -383,42 +477,17 @@ impl Cluster {
             .postmaster_pid()
             .ok_or_else(|| err("the server is not running"))?;
         let mut pids = vec![postmaster];
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // /proc/<pid>/stat: "pid (comm) state ppid ..."; comm may hold spaces.
-            let parent = fs::read_to_string(entry.path().join("stat"))
-                .ok()
-                .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.to_owned()))
-                .and_then(|rest| {
-                    rest.split_whitespace()
-                        .nth(1)
-                        .and_then(|p| p.parse::<u32>().ok())
-                });
-            if parent == Some(postmaster) {
-                pids.push(pid);
-            }
-        }
-        let status = Command::new("kill")
-            .arg("-KILL")
-            .args(pids.iter().map(ToString::to_string))
-            .status()
-            .map_err(|e| err(format!("cannot run kill: {e}")))?;
-        if !status.success() {
-            return Err(err(format!("kill -KILL {pids:?} failed")));
+        pids.extend(children_of(postmaster)?);
+        for &pid in &pids {
+            // A child may exit on its own between the listing and the signal.
+            let _ = signal(pid, Some(Signal::SIGKILL));
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while pids
-            .iter()
-            .any(|p| Path::new("/proc").join(p.to_string()).exists())
-        {
+        while pids.iter().any(|&p| is_alive(p)) {
             if std::time::Instant::now() > deadline {
-                return Err(err("the killed server processes did not exit"));
+                return Err(err(format!(
+                    "the killed server processes {pids:?} did not exit"
+                )));
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
@@ -449,7 +518,7 @@ fn start_shared_cluster() -> Result<Server, Error> {
     let bindir = find_bindir()?;
     let major = major_version(&bindir)?;
     let run_as = run_as()?;
-    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    let uid = nix::unistd::getuid().as_raw();
     let dir = std::env::temp_dir().join(format!("pg-audit-tempdb-{uid}-pg{major}"));
     // One process at a time creates or starts the cluster; the others then find it running.
     let lock_path = std::env::temp_dir().join(format!("pg-audit-tempdb-{uid}-pg{major}.lock"));
@@ -472,7 +541,7 @@ fn start_shared_cluster() -> Result<Server, Error> {
     let server = cluster.server();
     let reachable = cluster.port != 0
         && cluster.is_running()
-        && server.psql(&server.admin_url, "SELECT 1").is_ok();
+        && server.execute(&server.admin_url, "SELECT 1").is_ok();
     if !reachable {
         if cluster.is_running() {
             let _ = cluster.stop("fast");
@@ -505,30 +574,60 @@ fn drop_stale_databases(server: &Server) {
     if !server.local {
         return;
     }
-    let stale = |catalog: &str, column: &str, prefix: &str| -> Vec<String> {
-        let query = format!("SELECT {column} FROM {catalog} WHERE {column} LIKE '{prefix}%'");
-        let Ok(names) = server.psql(&server.admin_url, &query) else {
+    let Ok(mut client) = connect(&server.admin_url) else {
+        return;
+    };
+    let mut stale = |catalog: &str, column: &str, prefix: &str| -> Vec<String> {
+        let query = format!("SELECT {column}::text FROM {catalog} WHERE {column} LIKE $1");
+        let Ok(rows) = client.query(&query, &[&format!("{prefix}%")]) else {
             return Vec::new();
         };
-        names
-            .lines()
+        rows.iter()
+            .map(|row| row.get::<_, String>(0))
             .filter(|name| {
                 let pid = name[prefix.len()..].split('_').next().unwrap_or("");
-                !pid.is_empty() && !Path::new("/proc").join(pid).exists()
+                pid.parse::<u32>().is_ok_and(|pid| !is_alive(pid))
             })
-            .map(str::to_owned)
             .collect()
     };
-    for name in stale("pg_database", "datname", DB_PREFIX) {
+    let databases = stale("pg_database", "datname", DB_PREFIX);
+    let roles = stale("pg_roles", "rolname", "audit_test_role_");
+    for name in databases {
         let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-        let _ = server.psql(&server.admin_url, &drop);
+        let _ = client.batch_execute(&drop);
     }
-    for name in stale("pg_roles", "rolname", "audit_test_role_") {
-        let _ = server.psql(
-            &server.admin_url,
-            &format!("DROP ROLE IF EXISTS \"{name}\""),
-        );
+    for name in roles {
+        let _ = client.batch_execute(&format!("DROP ROLE IF EXISTS \"{name}\""));
     }
+}
+
+/// Whether a process with this id exists (signal 0 reaches it, or it belongs to another user).
+fn is_alive(pid: u32) -> bool {
+    !matches!(signal(pid, None), Err(nix::errno::Errno::ESRCH))
+}
+
+fn signal(pid: u32, signal: Option<Signal>) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::errno::Errno::ESRCH)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
+/// The processes whose parent is `parent`, from `ps` (POSIX options, so Linux and macOS alike).
+fn children_of(parent: u32) -> Result<Vec<u32>, Error> {
+    let output = Command::new("ps")
+        .args(["-A", "-o", "pid=", "-o", "ppid="])
+        .output()
+        .map_err(|e| err(format!("cannot run ps to list the server's processes: {e}")))?;
+    check(&output, "ps")?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().map(str::parse::<u32>);
+            match (fields.next(), fields.next()) {
+                (Some(Ok(pid)), Some(Ok(ppid))) if ppid == parent => Some(pid),
+                _ => None,
+            }
+        })
+        .collect())
 }
 
 fn psql(bindir: Option<&Path>, url: &str, sql: &str) -> Result<String, Error> {
@@ -575,23 +674,17 @@ fn free_port() -> Result<u16, Error> {
 
 /// When running as root, the uid and gid of the `postgres` system user to run the server as.
 fn run_as() -> Result<Option<(u32, u32)>, Error> {
-    let uid = fs::metadata("/proc/self")
-        .map(|m| m.uid())
-        .unwrap_or(u32::MAX);
-    if uid != 0 {
+    if !nix::unistd::getuid().is_root() {
         return Ok(None);
     }
-    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
-    passwd
-        .lines()
-        .map(|line| line.split(':').collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&"postgres") && f.len() > 3)
-        .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-        .map(Some)
-        .ok_or_else(|| {
-            err("running as root, and PostgreSQL refuses to run as root, but there is no `postgres` \
-                 user to run it as: create one (useradd -r postgres) or run as another user")
-        })
+    match nix::unistd::User::from_name("postgres") {
+        Ok(Some(user)) => Ok(Some((user.uid.as_raw(), user.gid.as_raw()))),
+        Ok(None) => Err(err(
+            "running as root, and PostgreSQL refuses to run as root, but there is no `postgres` \
+             user to run it as: create one (useradd -r postgres) or run as another user",
+        )),
+        Err(e) => Err(err(format!("cannot look up the `postgres` user: {e}"))),
+    }
 }
 
 /// Finds the directory holding `initdb`, `pg_ctl` and `psql`.
@@ -615,11 +708,21 @@ pub fn find_bindir() -> Result<PathBuf, Error> {
     {
         return Ok(dir);
     }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+    let mut versions: Vec<(u32, PathBuf)> = KNOWN_LOCATIONS
+        .iter()
+        .flat_map(|(parent, prefix, bin)| {
+            fs::read_dir(parent)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(move |e| {
+                    let name = e.file_name().into_string().ok()?;
+                    let version = name.strip_prefix(prefix)?;
+                    // "15", "15.4", "@15": the major version orders them.
+                    let major = version.split('.').next()?.parse().ok()?;
+                    Some((major, e.path().join(bin)))
+                })
+        })
         .filter(|(_, dir)| has_initdb(dir))
         .collect();
     versions.sort();
@@ -628,6 +731,20 @@ pub fn find_bindir() -> Result<PathBuf, Error> {
              set PG_BINDIR to the directory holding initdb, or set DATABASE_URL to a running server")
     })
 }
+
+/// Where packages put versioned server binaries: (directory, entry prefix before the version,
+/// binaries inside the entry).
+const KNOWN_LOCATIONS: &[(&str, &str, &str)] = &[
+    // Debian and Ubuntu: /usr/lib/postgresql/15/bin
+    ("/usr/lib/postgresql", "", "bin"),
+    // Red Hat's PGDG packages: /usr/pgsql-15/bin
+    ("/usr", "pgsql-", "bin"),
+    // Homebrew on Apple silicon and on Intel: /opt/homebrew/opt/postgresql@15/bin
+    ("/opt/homebrew/opt", "postgresql@", "bin"),
+    ("/usr/local/opt", "postgresql@", "bin"),
+    // Postgres.app: /Applications/Postgres.app/Contents/Versions/15/bin
+    ("/Applications/Postgres.app/Contents/Versions", "", "bin"),
+];
 
 fn major_version(bindir: &Path) -> Result<u32, Error> {
     let out = Command::new(bindir.join("postgres"))
@@ -664,5 +781,34 @@ mod tests {
             "postgres://h/t1?sslmode=disable"
         );
         assert!(url_with_database("mysql://h/db", "x").is_err());
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://u:secret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("postgres://h/db?x=a:b@c"), "postgres://h/db?x=a:b@c");
+    }
+
+    #[test]
+    fn errors_debug_print_as_their_message() {
+        assert_eq!(format!("{:?}", err("no initdb")), "no initdb");
+    }
+
+    #[test]
+    fn this_process_is_alive_and_its_children_are_listed() {
+        assert!(is_alive(std::process::id()));
+        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(
+            children_of(std::process::id())
+                .unwrap()
+                .contains(&child.id())
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!is_alive(child.id()));
     }
 }
