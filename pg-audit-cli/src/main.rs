@@ -38,8 +38,8 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         key: String,
         /// At most this many entries.
-        #[arg(long, default_value_t = 50)]
-        limit: i64,
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
         /// Only entries older than this entry id (the next page).
         #[arg(long, value_name = "ID")]
         before: Option<i64>,

@@ -39,7 +39,7 @@ use diesel::r2d2::{ConnectionManager, Pool, PoolError};
 use diesel_migrations::MigrationHarness;
 use pg_audit_diesel::log::{AuditEntry, AuditReader, Page};
 use pg_audit_diesel::web::{AuditLayer, IpNet};
-use pg_audit_diesel::{AuditConnectionExt, Audited, ambient, pg_audit, utc_string};
+use pg_audit_diesel::{AuditConnectionExt, Audited, ambient, pg_audit};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -390,8 +390,17 @@ async fn update_customer(
 
 #[derive(Deserialize)]
 struct HistoryQuery {
-    limit: Option<i64>,
+    limit: Option<u32>,
     before: Option<i64>,
+}
+
+/// An entry as the log holds it (times in RFC 3339, the context as its JSON object), with the
+/// columns it changed as `{"column": [before, after]}`.
+#[derive(Serialize)]
+struct HistoryEntry {
+    #[serde(flatten)]
+    entry: AuditEntry,
+    changes: std::collections::BTreeMap<String, (Value, Value)>,
 }
 
 /// A record's history, newest first.
@@ -399,7 +408,7 @@ async fn history<T: Audited + Send + 'static>(
     State(pool): State<DbPool>,
     Path(id): Path<i32>,
     Query(q): Query<HistoryQuery>,
-) -> Result<Json<Vec<Value>>, AppError> {
+) -> Result<Json<Vec<HistoryEntry>>, AppError> {
     let page = Page {
         limit: q.limit.unwrap_or(50).clamp(1, 500),
         before: q.before,
@@ -410,27 +419,15 @@ async fn history<T: Audited + Send + 'static>(
             .map_err(|e| AppError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await?;
-    Ok(Json(entries.iter().map(entry_json).collect()))
-}
-
-fn entry_json(e: &AuditEntry) -> Value {
-    let changes: serde_json::Map<String, Value> = e
-        .changes()
-        .into_iter()
-        .map(|(column, (old, new))| (column, json!([old, new])))
-        .collect();
-    json!({
-        "id": e.id,
-        "changed_at": utc_string(e.changed_at),
-        "operation": e.operation.keyword(),
-        "user_id": e.context.get_user_id(),
-        "change_reason": e.context.get_change_reason(),
-        "request_id": e.context.get_request_id(),
-        "client_addr": e.context.get_client_addr(),
-        "source": e.context.get_source(),
-        "user_agent": e.context.get_metadata().and_then(|m| m.get("user_agent")),
-        "changes": changes,
-    })
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|entry| HistoryEntry {
+                changes: entry.changes(),
+                entry,
+            })
+            .collect(),
+    ))
 }
 
 /// An error as a status and a JSON body.

@@ -125,8 +125,8 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         println!(
             "  {:<6}  by {:<7}  {:<14}  {}",
             e.operation.keyword(),
-            e.context.get_user_id().unwrap_or("-"),
-            e.context.get_change_reason().unwrap_or("-"),
+            e.context.user_id.as_deref().unwrap_or("-"),
+            e.context.change_reason.as_deref().unwrap_or("-"),
             changes(&e)
         );
     }
@@ -139,7 +139,11 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!(
         "\nRestored {title}, and logged it: {} \"{}\"",
         restored[0].operation.keyword(),
-        restored[0].context.get_change_reason().unwrap_or_default()
+        restored[0]
+            .context
+            .change_reason
+            .as_deref()
+            .unwrap_or_default()
     );
     Ok(())
 }
@@ -155,8 +159,8 @@ fn print_audit_trail(conn: &mut PgConnection) -> QueryResult<()> {
                 e.operation.keyword().to_owned(),
                 e.table_name.clone(),
                 e.record_pk.as_ref().map_or_else(String::new, compact),
-                e.context.get_user_id().unwrap_or("-").to_owned(),
-                e.context.get_change_reason().unwrap_or("-").to_owned(),
+                e.context.user_id.as_deref().unwrap_or("-").to_owned(),
+                e.context.change_reason.as_deref().unwrap_or("-").to_owned(),
                 changes(e),
             ]
         })

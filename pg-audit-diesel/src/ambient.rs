@@ -188,11 +188,11 @@ mod tests {
             let _outer = use_change_reason("outer");
             {
                 let _inner = use_context(&AuditContext::new().user_id("u").change_reason("inner"));
-                assert_eq!(current().get_change_reason(), Some("outer; inner"));
-                assert_eq!(current().get_user_id(), Some("u"));
+                assert_eq!(current().change_reason.as_deref(), Some("outer; inner"));
+                assert_eq!(current().user_id.as_deref(), Some("u"));
             }
-            assert_eq!(current().get_change_reason(), Some("outer"));
-            assert_eq!(current().get_user_id(), None);
+            assert_eq!(current().change_reason.as_deref(), Some("outer"));
+            assert_eq!(current().user_id.as_deref(), None);
         }
         assert!(current().is_empty());
     }
@@ -212,7 +212,7 @@ mod tests {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            Poll::Ready(current().get_change_reason().map(str::to_owned))
+            Poll::Ready(current().change_reason.as_deref().map(str::to_owned))
         });
         let mut scoped = std::pin::pin!(scope_change_reason("async reason", future));
         let waker = std::sync::Arc::new(Noop).into();

@@ -1,9 +1,10 @@
 //! The audit context: who, why and from where a change is made.
 
 use pg_audit::context::{
-    CHANGE_REASON, CLIENT_ADDR, METADATA, REQUEST_ID, SETTING, SOURCE, USER_ID,
+    CHANGE_REASON, CLIENT_ADDR, METADATA, REQUEST_ID, SETTING, SOURCE, TRACE_ID, USER_ID,
 };
 use pg_audit::quote_literal;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The longest context value accepted, in bytes (the metadata counts as its JSON text).
@@ -25,22 +26,50 @@ pub const REASON_SEPARATOR: &str = "; ";
 /// (`"Bulk update for compliance; User requested password reset"`), and the metadata, where
 /// two JSON objects are merged key by key (inner keys win).
 ///
+/// Built with the methods named after the fields and read from the fields; it serializes as the
+/// JSON object the log stores (absent fields left out):
+///
 /// ```
 /// use pg_audit_diesel::AuditContext;
 /// let ctx = AuditContext::new()
 ///     .user_id("42")
 ///     .change_reason("User requested password reset")
 ///     .metadata(serde_json::json!({"ticket": "SUP-1"}));
-/// assert_eq!(ctx.get_user_id(), Some("42"));
+/// assert_eq!(ctx.user_id.as_deref(), Some("42"));
+/// assert_eq!(
+///     serde_json::to_string(&ctx)?,
+///     r#"{"user_id":"42","change_reason":"User requested password reset","metadata":{"ticket":"SUP-1"}}"#
+/// );
+/// # Ok::<(), serde_json::Error>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// `#[non_exhaustive]`: later versions may add fields, so build it with [`AuditContext::new`]
+/// and the methods.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct AuditContext {
-    user_id: Option<String>,
-    request_id: Option<String>,
-    change_reason: Option<String>,
-    client_addr: Option<String>,
-    source: Option<String>,
-    metadata: Option<Value>,
+    /// The application user who makes the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The request (HTTP request, job, message) the change belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Why the change is made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_reason: Option<String>,
+    /// The end user's client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_addr: Option<String>,
+    /// What makes the change (`http POST /users`, `cron`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The W3C trace id (32 lowercase hex digits) of the distributed trace the change belongs
+    /// to, so the log joins to the tracing backend. See [`AuditContext::trace_id`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Free-form JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Value>,
 }
 
 /// A context value that cannot be carried: it names the field and what is wrong.
@@ -61,18 +90,13 @@ impl std::fmt::Display for InvalidContext {
 impl std::error::Error for InvalidContext {}
 
 macro_rules! setters {
-    ($($field:ident, $getter:ident: $doc:literal;)*) => {
+    ($($field:ident: $doc:literal;)*) => {
         $(
             #[doc = concat!("Sets ", $doc, ".")]
             #[must_use]
             pub fn $field(mut self, value: impl Into<String>) -> Self {
                 self.$field = Some(value.into());
                 self
-            }
-
-            #[doc = concat!("The ", $doc, ", if set.")]
-            pub fn $getter(&self) -> Option<&str> {
-                self.$field.as_deref()
             }
         )*
     };
@@ -85,11 +109,22 @@ impl AuditContext {
     }
 
     setters! {
-        user_id, get_user_id: "the application user who makes the change";
-        request_id, get_request_id: "the request (HTTP request, job, message) the change belongs to";
-        change_reason, get_change_reason: "why the change is made";
-        client_addr, get_client_addr: "the end user's client address";
-        source, get_source: "what makes the change (`http POST /users`, `cron`, ...)";
+        user_id: "the application user who makes the change";
+        request_id: "the request (HTTP request, job, message) the change belongs to";
+        change_reason: "why the change is made";
+        client_addr: "the end user's client address";
+        source: "what makes the change (`http POST /users`, `cron`, ...)";
+    }
+
+    /// Sets the W3C trace id: 32 lowercase hexadecimal digits, not all zero, as in the second
+    /// field of a `traceparent` header. [`AuditContext::validate`] refuses anything else, so a
+    /// stored trace id always joins. [`AuditContext::trace_id_from_traceparent`] reads one from
+    /// the header; with the feature `opentelemetry`, transactions take it from the current
+    /// span when none is set.
+    #[must_use]
+    pub fn trace_id(mut self, value: impl Into<String>) -> Self {
+        self.trace_id = Some(value.into());
+        self
     }
 
     /// Sets free-form JSON metadata.
@@ -99,9 +134,27 @@ impl AuditContext {
         self
     }
 
-    /// The metadata, if set.
-    pub fn get_metadata(&self) -> Option<&Value> {
-        self.metadata.as_ref()
+    /// The trace id of a W3C `traceparent` header value (`00-<trace id>-<parent id>-<flags>`),
+    /// or `None` when it is malformed or its trace id is all zeros (invalid by the
+    /// specification). Versions other than `00` are read as the specification asks: the first
+    /// three fields the same way, later fields ignored.
+    pub fn trace_id_from_traceparent(header: &str) -> Option<String> {
+        let mut fields = header.trim().split('-');
+        let version = fields.next()?;
+        let trace_id = fields.next()?;
+        let parent_id = fields.next()?;
+        let flags = fields.next()?;
+        let hex = |s: &str, len: usize| {
+            s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        let valid = hex(version, 2)
+            && version != "ff"
+            && (version != "00" || fields.next().is_none())
+            && is_trace_id(trace_id)
+            && hex(parent_id, 16)
+            && parent_id != "0000000000000000"
+            && hex(flags, 2);
+        valid.then(|| trace_id.to_owned())
     }
 
     /// Whether no field is set.
@@ -131,6 +184,7 @@ impl AuditContext {
             },
             client_addr: pick(&self.client_addr, &inner.client_addr),
             source: pick(&self.source, &inner.source),
+            trace_id: pick(&self.trace_id, &inner.trace_id),
             metadata: match (&self.metadata, &inner.metadata) {
                 (Some(Value::Object(outer)), Some(Value::Object(inner))) => {
                     let mut merged = outer.clone();
@@ -149,6 +203,15 @@ impl AuditContext {
             if let Some(value) = value {
                 check_text(field, value)?;
             }
+        }
+        if let Some(trace_id) = &self.trace_id
+            && !is_trace_id(trace_id)
+        {
+            return Err(InvalidContext {
+                field: TRACE_ID,
+                problem: "is not a W3C trace id (32 lowercase hexadecimal digits, not all zero)"
+                    .to_owned(),
+            });
         }
         if let Some(metadata) = &self.metadata {
             check_json(metadata)?;
@@ -171,13 +234,14 @@ impl AuditContext {
         Ok(())
     }
 
-    fn text_fields(&self) -> [(&'static str, Option<&str>); 5] {
+    fn text_fields(&self) -> [(&'static str, Option<&str>); 6] {
         [
             (USER_ID, self.user_id.as_deref()),
             (REQUEST_ID, self.request_id.as_deref()),
             (CHANGE_REASON, self.change_reason.as_deref()),
             (CLIENT_ADDR, self.client_addr.as_deref()),
             (SOURCE, self.source.as_deref()),
+            (TRACE_ID, self.trace_id.as_deref()),
         ]
     }
 
@@ -226,6 +290,7 @@ impl AuditContext {
             change_reason: text(CHANGE_REASON),
             client_addr: text(CLIENT_ADDR),
             source: text(SOURCE),
+            trace_id: text(TRACE_ID),
             metadata: object.remove(METADATA),
         }
     }
@@ -239,6 +304,13 @@ pub(crate) fn set_setting_sql(value: &str) -> String {
         "SET LOCAL {SETTING} = {}",
         quote_literal(value).expect("validated: no NUL")
     )
+}
+
+/// 32 lowercase hexadecimal digits, not all zero: a W3C trace id.
+fn is_trace_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && s.bytes().any(|b| b != b'0')
 }
 
 fn too_long(field: &'static str, len: usize) -> InvalidContext {
@@ -297,20 +369,20 @@ mod tests {
             .change_reason("User requested password reset")
             .metadata(json!({"shard": "b"}));
         let merged = outer.merged(&inner);
-        assert_eq!(merged.get_user_id(), Some("alice"));
-        assert_eq!(merged.get_request_id(), Some("r1"));
+        assert_eq!(merged.user_id.as_deref(), Some("alice"));
+        assert_eq!(merged.request_id.as_deref(), Some("r1"));
         assert_eq!(
-            merged.get_change_reason(),
+            merged.change_reason.as_deref(),
             Some("Bulk update for compliance; User requested password reset")
         );
         assert_eq!(
-            merged.get_metadata(),
+            merged.metadata.as_ref(),
             Some(&json!({"job": 1, "shard": "b"}))
         );
         // The same reason is not repeated.
         let again =
             merged.merged(&AuditContext::new().change_reason("User requested password reset"));
-        assert_eq!(again.get_change_reason(), merged.get_change_reason());
+        assert_eq!(again.change_reason, merged.change_reason);
     }
 
     #[test]
@@ -358,6 +430,49 @@ mod tests {
             AuditContext::new().set_sql(true).unwrap(),
             "SET LOCAL pg_audit.context = ''"
         );
+    }
+
+    #[test]
+    fn trace_ids_come_from_traceparent_headers_and_are_checked() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let header = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(
+            AuditContext::trace_id_from_traceparent(&header).as_deref(),
+            Some(id)
+        );
+        // A later version may add fields; version 00 may not.
+        let later = format!("01-{id}-00f067aa0ba902b7-01-extra");
+        assert!(AuditContext::trace_id_from_traceparent(&later).is_some());
+        for bad in [
+            format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01".to_owned(),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{id}-00f067aa0ba902b7"),
+            format!("00-{id}<script>-00f067aa0ba902b7-01"),
+            String::new(),
+        ] {
+            assert_eq!(AuditContext::trace_id_from_traceparent(&bad), None, "{bad}");
+        }
+        assert!(AuditContext::new().trace_id(id).validate().is_ok());
+        let e = AuditContext::new().trace_id("abc").validate().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "audit context `trace_id` is not a W3C trace id (32 lowercase hexadecimal digits, not all zero)"
+        );
+    }
+
+    #[test]
+    fn contexts_serialize_as_the_stored_object() {
+        let ctx = AuditContext::new()
+            .user_id("u")
+            .trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+            .metadata(json!({"a": [1]}));
+        let value = serde_json::to_value(&ctx).unwrap();
+        assert_eq!(Some(&value), ctx.to_json().as_ref());
+        assert_eq!(serde_json::from_value::<AuditContext>(value).unwrap(), ctx);
+        assert_eq!(serde_json::to_string(&AuditContext::new()).unwrap(), "{}");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! let reader = AuditReader::new();                       // audit.auditlog
 //! let history = reader.history::<User>(&mut conn, 42, Page::first(20))?;
 //! for entry in &history {
-//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.get_user_id(), entry.changes());
+//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.user_id.as_deref(), entry.changes());
 //! }
 //! let then = reader.state_at::<User>(&mut conn, 42, yesterday)?;     // the row as it was
 //! reader.revert::<User>(&mut conn, 42, history[3].id, "Undo vandalism")?;
@@ -28,6 +28,7 @@ use diesel::serialize::{self, Output, ToSql};
 use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::{AuditConnectionExt, AuditContext, Audited, Error};
@@ -129,6 +130,36 @@ impl From<OperationText> for Operation {
     }
 }
 
+/// Serde for [`Operation`] as its SQL name (`INSERT`, ...).
+mod operation_name {
+    use pg_audit::Operation;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(op.keyword())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Serde for an entry's context as the log stores it: its JSON object, or `null` when empty.
+mod context_object {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    use crate::AuditContext;
+
+    pub(super) fn serialize<S: Serializer>(ctx: &AuditContext, s: S) -> Result<S::Ok, S::Error> {
+        ctx.to_json().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AuditContext, D::Error> {
+        Ok(Option::<AuditContext>::deserialize(d)?.unwrap_or_default())
+    }
+}
+
 impl From<Option<Value>> for AuditContext {
     fn from(value: Option<Value>) -> AuditContext {
         AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
@@ -136,22 +167,29 @@ impl From<Option<Value>> for AuditContext {
 }
 
 /// One audit row, typed.
-#[derive(Debug, Clone, PartialEq, QueryableByName)]
+///
+/// It serializes with serde as the CLI's `--json` prints an entry: times as RFC 3339 strings in
+/// UTC, the operation as `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`, the context as its JSON
+/// object.
+#[derive(Debug, Clone, PartialEq, QueryableByName, Serialize, Deserialize)]
 pub struct AuditEntry {
     /// Increasing id; also the version to [`AuditReader::revert`] to.
     #[diesel(sql_type = BigInt)]
     pub id: i64,
     /// When the statement that made the change started.
     #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    #[serde(with = "crate::time::serde_rfc3339")]
     pub changed_at: SystemTime,
     /// When its transaction started.
     #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    #[serde(with = "crate::time::serde_rfc3339")]
     pub tx_started_at: SystemTime,
     /// The transaction id.
     #[diesel(sql_type = BigInt)]
     pub txid: i64,
     /// What happened.
     #[diesel(sql_type = Text, deserialize_as = OperationText)]
+    #[serde(with = "operation_name")]
     pub operation: Operation,
     /// The changed table's schema.
     #[diesel(sql_type = Text)]
@@ -171,8 +209,9 @@ pub struct AuditEntry {
     /// The database role that connected.
     #[diesel(sql_type = Text)]
     pub db_user: String,
-    /// Who, why and from where.
+    /// Who, why and from where (serialized as `null` when empty, as the log stores it).
     #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
+    #[serde(with = "context_object")]
     pub context: AuditContext,
     /// An UPDATE that changed the record's key: the key before (`record_pk` is the key after).
     /// Such an entry is the last of the old key's history and the first of the new key's.
@@ -213,14 +252,14 @@ pub fn changed_columns(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Page {
     /// The most entries to return.
-    pub limit: i64,
+    pub limit: u32,
     /// Only entries with a smaller id.
     pub before: Option<i64>,
 }
 
 impl Page {
     /// The newest `limit` entries.
-    pub fn first(limit: i64) -> Page {
+    pub fn first(limit: u32) -> Page {
         Page {
             limit,
             before: None,
@@ -229,7 +268,7 @@ impl Page {
 
     /// The page after the one that ended with `entries`, or `None` when that was the last.
     pub fn after(self, entries: &[AuditEntry]) -> Option<Page> {
-        (entries.len() as i64 == self.limit).then(|| Page {
+        (entries.len() == self.limit as usize).then(|| Page {
             limit: self.limit,
             before: entries.last().map(|e| e.id),
         })
@@ -299,7 +338,7 @@ impl AuditReader {
         let mut entries = Vec::new();
         let (mut key, mut upper) = self.segment_of(conn, table, key, page.before)?;
         loop {
-            let limit = page.limit - entries.len() as i64;
+            let limit = i64::from(page.limit) - entries.len() as i64;
             if limit <= 0 {
                 break;
             }

@@ -466,7 +466,7 @@ mod tests {
         let (ctx, generated) =
             Config::default().context(&parts(|b| b.header("x-request-id", "bad id")));
         assert_eq!(generated.len(), 36);
-        assert_eq!(ctx.get_request_id(), Some(generated.as_str()));
+        assert_eq!(ctx.request_id.as_deref(), Some(generated.as_str()));
     }
 
     #[test]
@@ -492,11 +492,13 @@ mod tests {
         });
         let (ctx, _) = config.context(&p);
         ctx.validate().unwrap();
-        assert_eq!(ctx.get_user_id(), None);
-        let agent = ctx.get_metadata().unwrap()["user_agent"].as_str().unwrap();
+        assert_eq!(ctx.user_id.as_deref(), None);
+        let agent = ctx.metadata.as_ref().unwrap()["user_agent"]
+            .as_str()
+            .unwrap();
         assert_eq!(agent.chars().count(), MAX_USER_AGENT_CHARS);
         assert!(agent.starts_with("Mozilla/5.0 é"), "{agent}");
-        let source = ctx.get_source().unwrap();
+        let source = ctx.source.as_deref().unwrap();
         assert_eq!(
             source.len(),
             "http ".len() + 16 + 1 + MAX_ROUTE_LEN,
@@ -509,8 +511,8 @@ mod tests {
                 .header("x-change-reason", format!(" Typo\t{}", "r".repeat(5000)))
         });
         let (ctx, _) = config.context(&p);
-        assert_eq!(ctx.get_user_id(), Some("alice"));
-        let reason = ctx.get_change_reason().unwrap();
+        assert_eq!(ctx.user_id.as_deref(), Some("alice"));
+        let reason = ctx.change_reason.as_deref().unwrap();
         assert!(reason.starts_with("Typorrr"), "{reason}");
         // 1024 characters, less the leading space trimmed.
         assert_eq!(reason.chars().count(), MAX_REASON_CHARS - 1);
@@ -519,10 +521,10 @@ mod tests {
             b.header("x-change-reason", "a")
                 .header("x-change-reason", "b")
         });
-        assert_eq!(config.context(&p).0.get_change_reason(), None);
-        assert_eq!(ctx.get_source(), Some("http GET /products/7"));
+        assert_eq!(config.context(&p).0.change_reason.as_deref(), None);
+        assert_eq!(ctx.source.as_deref(), Some("http GET /products/7"));
         assert_eq!(
-            ctx.get_metadata().unwrap()["user_agent"],
+            ctx.metadata.as_ref().unwrap()["user_agent"],
             "\u{fffd}\u{fffd}"
         );
     }

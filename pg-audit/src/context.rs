@@ -33,16 +33,19 @@ pub const CHANGE_REASON: &str = "change_reason";
 pub const CLIENT_ADDR: &str = "client_addr";
 /// What made the change: an application, a job, a command (`http GET /users`, `cron`, ...).
 pub const SOURCE: &str = "source";
+/// The W3C trace id (32 lowercase hex digits) of the distributed trace the change belongs to.
+pub const TRACE_ID: &str = "trace_id";
 /// Free-form JSON.
 pub const METADATA: &str = "metadata";
 
 /// Every key of the context object, in documentation order.
-pub const KEYS: [&str; 6] = [
+pub const KEYS: [&str; 7] = [
     USER_ID,
     REQUEST_ID,
     CHANGE_REASON,
     CLIENT_ADDR,
     SOURCE,
+    TRACE_ID,
     METADATA,
 ];
 

@@ -109,8 +109,8 @@ fn history_is_newest_first_paged_and_typed() {
         .history::<Person>(&mut conn, 1, Page::first(4))
         .unwrap();
     assert_eq!(ops(&first), [Operation::Update; 4]);
-    assert_eq!(first[0].context.get_change_reason(), Some("edit 4"));
-    assert_eq!(first[0].context.get_user_id(), Some("admin"));
+    assert_eq!(first[0].context.change_reason.as_deref(), Some("edit 4"));
+    assert_eq!(first[0].context.user_id.as_deref(), Some("admin"));
     assert_eq!(
         first[0].changes(),
         [("name".to_owned(), (json!("Ann 3"), json!("Ann 4")))].into()
@@ -288,7 +288,10 @@ fn revert_and_restore_are_themselves_audited() {
         .history::<Person>(&mut conn, 1, Page::first(1))
         .unwrap()[0];
     assert_eq!(latest.operation, Operation::Update);
-    assert_eq!(latest.context.get_change_reason(), Some("Undo vandalism"));
+    assert_eq!(
+        latest.context.change_reason.as_deref(),
+        Some("Undo vandalism")
+    );
 
     exec(&mut conn, "DELETE FROM people");
     reader
@@ -302,7 +305,7 @@ fn revert_and_restore_are_themselves_audited() {
         .history::<Person>(&mut conn, 1, Page::first(1))
         .unwrap()[0];
     assert_eq!(
-        (latest.operation, latest.context.get_change_reason()),
+        (latest.operation, latest.context.change_reason.as_deref()),
         (Operation::Insert, Some("Deleted by mistake"))
     );
     // Nothing to restore now, and an entry of another record is refused.

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use pg_audit_diesel::log::AuditEntry;
 use pg_audit_tests::http::{self, HttpResponse, request, send};
 use pg_audit_tests::{TestDb, rows};
 use pretty_assertions::assert_eq;
@@ -132,11 +133,21 @@ fn writes_carry_the_request_id_client_user_agent_user_and_reason() {
     let history = service
         .call("GET", &format!("/products/{id}/history"), &[], None)
         .json();
-    assert_eq!(history[0]["user_id"], "bob");
-    assert_eq!(history[0]["change_reason"], "Spring sale");
+    assert_eq!(history[0]["context"]["user_id"], "bob");
+    assert_eq!(history[0]["context"]["change_reason"], "Spring sale");
     assert_eq!(history[0]["changes"], json!({"price_cents": [2500, 2200]}));
-    assert_eq!(history[1]["request_id"], "req-e2e-1");
-    assert_eq!(history[1]["user_agent"], "e2e-test/1.0");
+    assert_eq!(history[1]["context"]["request_id"], "req-e2e-1");
+    assert_eq!(
+        history[1]["context"]["metadata"]["user_agent"],
+        "e2e-test/1.0"
+    );
+    // The entry serializes as it is stored, and reads back.
+    let first: AuditEntry = serde_json::from_value(history[0].clone()).unwrap();
+    assert_eq!(first.context.user_id.as_deref(), Some("bob"));
+    assert!(
+        history[0]["changed_at"].as_str().unwrap().ends_with('Z'),
+        "{history}"
+    );
 }
 
 #[test]
@@ -176,8 +187,14 @@ fn delete_restore_and_an_excluded_password_through_the_api() {
         .map(|e| &e["operation"])
         .collect();
     assert_eq!(ops, ["INSERT", "DELETE", "INSERT"]);
-    assert_eq!(history[0]["change_reason"], "Deleted by mistake; restored");
-    assert_eq!(history[0]["source"], "http POST /products/{id}/restore");
+    assert_eq!(
+        history[0]["context"]["change_reason"],
+        "Deleted by mistake; restored"
+    );
+    assert_eq!(
+        history[0]["context"]["source"],
+        "http POST /products/{id}/restore"
+    );
 
     let customer = service.call(
         "POST",
