@@ -3,8 +3,12 @@
 //! record's history is one GET away.
 //!
 //! ```sh
-//! cargo run -p pg-audit-diesel --example axum_app --features axum,r2d2
+//! cargo run -p pg-audit-diesel --example axum_app --features axum,r2d2,tracing
 //! ```
+//!
+//! It logs to stderr through `tracing` (`RUST_LOG`, default `pg_audit=info`): each audited
+//! transaction's span closes with its request id, user, trace id and outcome. Send a W3C
+//! `traceparent` header and the audit rows carry its trace id.
 //!
 //! It listens on `127.0.0.1:3000` (`ADDR` to change it), trusts `X-Forwarded-For` from the
 //! proxies in `TRUSTED_PROXIES` (`10.0.0.0/8,127.0.0.1/32`; none by default), and stores its
@@ -459,8 +463,22 @@ impl From<PoolError> for AppError {
     }
 }
 
+/// Logs to stderr: pg-audit's events, and each audited transaction's span when it closes.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::fmt::format::FmtSpan;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("pg_audit=info")),
+        )
+        .with_span_events(FmtSpan::CLOSE)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    init_tracing();
     let addr: SocketAddr = std::env::var("ADDR")
         .unwrap_or_else(|_| "127.0.0.1:3000".to_owned())
         .parse()?;
@@ -486,6 +504,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
        -H 'Content-Type: application/json' -d '{{\"title\": \"Lamp\", \"price_cents\": 2500}}'
   curl -s -X PATCH {base}/products/1 -H 'Authorization: Bearer bob-token' \\
        -H 'X-Change-Reason: Spring sale' -H 'X-Request-ID: req-42' \\
+       -H 'traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01' \\
        -H 'Content-Type: application/json' -d '{{\"price_cents\": 2200}}'
   curl -s -X DELETE {base}/products/1 -H 'Authorization: Bearer carol-token'
   curl -s -X POST {base}/products/1/restore -H 'Authorization: Bearer alice-token'

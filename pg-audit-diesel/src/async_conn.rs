@@ -24,9 +24,9 @@ use diesel_async::{
     TransactionManager,
 };
 
-use crate::ambient;
 use crate::context::AuditContext;
-use crate::transaction::{Savepoint, Setting, begin_sql, outcome, read_setting_query};
+use crate::observe;
+use crate::transaction::{Savepoint, Setting, begin_sql, outcome, read_setting_query, top_context};
 
 /// An async closure taking the connection, whose future can be required to be `Send`
 /// (`AsyncFnOnce` alone cannot say so on stable Rust; diesel-async uses the same device).
@@ -99,19 +99,27 @@ impl AsyncAuditConnectionExt for AsyncPgConnection {
         let ctx = ctx.clone();
         async move {
             // Read when first polled: inside the caller's scope.
-            let top = ambient::current().merged(&ctx);
-            match AnsiTransactionManager::begin_transaction_sql(self, &begin_sql(&top)?).await {
-                Ok(()) => {
-                    let result = f(&mut *self).await;
-                    finish(self, result).await
+            let top = top_context(&ctx);
+            let begin = begin_sql(&top)?;
+            let span = observe::transaction_span(&top);
+            let run = async {
+                match AnsiTransactionManager::begin_transaction_sql(self, &begin).await {
+                    Ok(()) => {
+                        let result = f(&mut *self).await;
+                        finish(self, result).await
+                    }
+                    Err(Error::AlreadyInTransaction) => {
+                        observe::record_nested(&span);
+                        AnsiTransactionManager::begin_transaction(self).await?;
+                        let result = in_savepoint(self, &ctx, f).await;
+                        finish(self, result).await
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(Error::AlreadyInTransaction) => {
-                    AnsiTransactionManager::begin_transaction(self).await?;
-                    let result = in_savepoint(self, &ctx, f).await;
-                    finish(self, result).await
-                }
-                Err(e) => Err(e.into()),
-            }
+            };
+            let result = observe::instrument(span.clone(), run).await;
+            observe::record_outcome(&span, result.is_ok());
+            result
         }
     }
 }

@@ -86,6 +86,7 @@ pub mod log;
 mod migration;
 mod model;
 mod names;
+mod observe;
 mod sync_conn;
 mod time;
 mod transaction;

@@ -58,6 +58,8 @@ where
         + diesel::Connection<Backend = Pg>
         + diesel::connection::LoadConnection,
 {
+    let span = crate::observe::migrations_span("run_migrations");
+    let _entered = span.enter();
     conn.batch_execute(&format!(
         "SELECT pg_catalog.pg_advisory_lock({MIGRATION_LOCK_KEY})"
     ))?;
@@ -123,12 +125,15 @@ impl AuditMigrations {
         C: diesel::Connection<Backend = Pg>,
     {
         let migrations = self.sql_migrations()?;
+        let span = crate::observe::migrations_span("reinstall");
+        let _entered = span.enter();
         conn.transaction(|conn| {
             conn.batch_execute(&format!(
                 "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
             ))?;
             for m in &migrations {
                 conn.batch_execute(m.up_sql())?;
+                crate::observe::migration_ran(m.description(), m.version(), true);
             }
             Ok::<_, diesel::result::Error>(migrations.len())
         })
@@ -171,6 +176,7 @@ impl AuditMigrations {
             .optional()?;
             if recorded.is_some_and(|r| !r.same) {
                 conn.batch_execute(model_migration(model, &spec, &self.log).up_sql())?;
+                crate::observe::model_reinstalled(&spec.table().to_string());
                 reinstalled.push(format!("reinstalled {}", spec.table()));
             }
         }
@@ -359,6 +365,7 @@ impl Migration<Pg> for SqlMigration {
         conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
     ) -> diesel::migration::Result<()> {
         conn.batch_execute(&self.guarded_up())?;
+        crate::observe::migration_ran(&self.description, &self.version, true);
         Ok(())
     }
 
@@ -370,6 +377,7 @@ impl Migration<Pg> for SqlMigration {
             "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}",
             self.down
         ))?;
+        crate::observe::migration_ran(&self.description, &self.version, false);
         Ok(())
     }
 

@@ -5,9 +5,9 @@ use diesel::connection::{AnsiTransactionManager, SimpleConnection as _, Transact
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
-use crate::ambient;
 use crate::context::AuditContext;
-use crate::transaction::{Savepoint, Setting, begin_sql, finish, read_setting_query};
+use crate::observe;
+use crate::transaction::{Savepoint, Setting, begin_sql, finish, read_setting_query, top_context};
 
 /// Transactions whose audit rows carry a context. Implemented for [`PgConnection`], and so
 /// usable on pooled connections (an r2d2 `PooledConnection` derefs to one).
@@ -29,7 +29,7 @@ use crate::transaction::{Savepoint, Setting, begin_sql, finish, read_setting_que
 /// does not run.
 pub trait AuditConnectionExt {
     /// Runs `f` in a transaction whose changes are logged with `ctx` nested inside the ambient
-    /// context ([`ambient::current`]).
+    /// context ([`crate::ambient::current`]).
     fn with_audit_context<T, E, F>(&mut self, ctx: &AuditContext, f: F) -> Result<T, E>
     where
         F: FnOnce(&mut Self) -> Result<T, E>,
@@ -60,19 +60,25 @@ impl AuditConnectionExt for PgConnection {
         F: FnOnce(&mut Self) -> Result<T, E>,
         E: From<diesel::result::Error>,
     {
-        let top = ambient::current().merged(ctx);
-        match AnsiTransactionManager::begin_transaction_sql(self, &begin_sql(&top)?) {
+        let top = top_context(ctx);
+        let begin = begin_sql(&top)?;
+        let span = observe::transaction_span(&top);
+        let _entered = span.enter();
+        let result = match AnsiTransactionManager::begin_transaction_sql(self, &begin) {
             Ok(()) => {
                 let result = f(self);
                 finish(self, result)
             }
             Err(diesel::result::Error::AlreadyInTransaction) => {
+                observe::record_nested(&span);
                 AnsiTransactionManager::begin_transaction(self)?;
                 let result = in_savepoint(self, ctx, f);
                 finish(self, result)
             }
             Err(e) => Err(e.into()),
-        }
+        };
+        observe::record_outcome(&span, result.is_ok());
+        result
     }
 }
 

@@ -16,6 +16,12 @@ use pg_audit::context::SETTING;
 
 use crate::context::{AuditContext, InvalidContext, set_setting_sql};
 
+/// The context of a top-level transaction: `explicit` nested in the ambient context, with the
+/// current OpenTelemetry trace id when it has none (feature `opentelemetry`).
+pub(crate) fn top_context(explicit: &AuditContext) -> AuditContext {
+    crate::observe::with_current_trace_id(crate::ambient::current().merged(explicit))
+}
+
 /// An invalid context as the error Diesel's transaction functions return.
 pub(crate) fn invalid(e: InvalidContext) -> diesel::result::Error {
     diesel::result::Error::QueryBuilderError(Box::new(e))

@@ -22,7 +22,8 @@
 //!
 //! | field | from |
 //! |---|---|
-//! | `request_id` | `X-Request-ID`, when the request has exactly one and it is 1 to 128 of `A-Z a-z 0-9 - _ . : / + = @`; otherwise a new UUID. Echoed in the response's `X-Request-ID`. |
+//! | `request_id` | tower-http's [`RequestId`] extension when a `SetRequestIdLayer` outside this layer set one; else `X-Request-ID`, when the request has exactly one; either only when it is 1 to 128 of `A-Z a-z 0-9 - _ . : / + = @`; otherwise a new UUID. Echoed in the response's `X-Request-ID`, and set as the [`RequestId`] extension when there was none, so tower-http's `PropagateRequestIdLayer`, its `TraceLayer` spans and the handlers see the same id. |
+//! | `trace_id` | the W3C `traceparent` header, when the request has exactly one and it is valid ([`AuditContext::trace_id_from_traceparent`]); with the feature `opentelemetry` and no header, the current OpenTelemetry span's trace id when a transaction begins |
 //! | `client_addr` | the peer's IP address; when the peer is a trusted proxy, the nearest address in `X-Forwarded-For` that is not a trusted proxy (so a client cannot forge it) |
 //! | `source` | `http`, the method, and the route: axum's matched path (`/products/{id}`) or, without it, the request path |
 //! | `user_id` | the function given to [`AuditLayer::user_id`], from the request's head |
@@ -59,6 +60,8 @@ use std::task::{Context, Poll};
 use http::header::{HeaderMap, HeaderName, HeaderValue, USER_AGENT};
 use http::{Request, Response};
 use serde_json::json;
+/// tower-http's request id extension, read and set by the layer.
+pub use tower_http::request_id::RequestId;
 
 use crate::AuditContext;
 use crate::ambient::Scoped;
@@ -69,6 +72,8 @@ pub use ipnet::IpNet;
 /// The request id header, read and echoed.
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The W3C Trace Context header the trace id is read from.
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The longest request id taken from a request.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -185,8 +190,14 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let (ctx, request_id) = self.config.context(&parts);
+        // Later layers and handlers see the same id through tower-http's extension.
+        if parts.extensions.get::<RequestId>().is_none()
+            && let Ok(value) = HeaderValue::from_str(&request_id)
+        {
+            parts.extensions.insert(RequestId::new(value));
+        }
         let request = Request::from_parts(parts, body);
         // Services may start work in `call`: run it with the context too.
         let future = ctx.clone().enter(|| self.inner.call(request));
@@ -233,7 +244,11 @@ where
 impl Config {
     /// The context of a request, and its request id.
     fn context(&self, parts: &http::request::Parts) -> (AuditContext, String) {
-        let request_id = request_id(&parts.headers)
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .and_then(|id| valid_request_id(id.header_value()))
+            .or_else(|| request_id(&parts.headers))
             .unwrap_or_else(|| uuid::Uuid::new_v4().hyphenated().to_string());
         let mut ctx = AuditContext::new()
             .request_id(request_id.clone())
@@ -259,6 +274,12 @@ impl Config {
             .and_then(|name| header_text(&parts.headers, name, MAX_REASON_CHARS))
         {
             ctx = ctx.change_reason(reason);
+        }
+        if let Some(trace_id) = single(&parts.headers, &TRACEPARENT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(AuditContext::trace_id_from_traceparent)
+        {
+            ctx = ctx.trace_id(trace_id);
         }
         (ctx, request_id)
     }
@@ -298,7 +319,12 @@ impl Config {
 
 /// The request's `X-Request-ID`, if it has exactly one and it is well-formed.
 fn request_id(headers: &HeaderMap) -> Option<String> {
-    let value = single(headers, &X_REQUEST_ID)?.to_str().ok()?;
+    valid_request_id(single(headers, &X_REQUEST_ID)?)
+}
+
+/// A request id as the context takes it: 1 to [`MAX_REQUEST_ID_LEN`] of a safe alphabet.
+fn valid_request_id(value: &HeaderValue) -> Option<String> {
+    let value = value.to_str().ok()?;
     let ok = !value.is_empty()
         && value.len() <= MAX_REQUEST_ID_LEN
         && value

@@ -35,7 +35,8 @@ use diesel::result::{ConnectionResult, QueryResult};
 
 use crate::ambient;
 use crate::context::AuditContext;
-use crate::transaction::{Savepoint, begin_sql, finish};
+use crate::observe;
+use crate::transaction::{Savepoint, begin_sql, finish, top_context};
 
 /// A `PgConnection` that carries the ambient audit context (see the module documentation).
 /// Usable wherever Diesel takes a connection, including an r2d2
@@ -92,11 +93,12 @@ impl AuditedConnection {
     /// Runs `op` on the inner connection, in a transaction carrying the ambient context when
     /// there is one and no transaction is open.
     fn write<T>(&mut self, op: impl FnOnce(&mut PgConnection) -> QueryResult<T>) -> QueryResult<T> {
-        let ctx = ambient::current();
+        let ctx = top_context(&AuditContext::new());
         if ctx.is_empty() || self.in_transaction()? {
             return op(&mut self.inner);
         }
         AnsiTransactionManager::begin_transaction_sql(&mut self.inner, &begin_sql(&ctx)?)?;
+        observe::transaction_begun(&ctx);
         let result = op(&mut self.inner);
         finish(&mut self.inner, result)
     }
@@ -206,9 +208,10 @@ impl TransactionManager<AuditedConnection> for AuditedTransactionManager {
     type TransactionStateData = AnsiTransactionManager;
 
     fn begin_transaction(conn: &mut AuditedConnection) -> QueryResult<()> {
-        let ctx = ambient::current();
+        let ctx = top_context(&AuditContext::new());
         let savepoint = if !conn.in_transaction()? {
             AnsiTransactionManager::begin_transaction_sql(&mut conn.inner, &begin_sql(&ctx)?)?;
+            observe::transaction_begun(&ctx);
             conn.levels.clear();
             None
         } else {

@@ -418,3 +418,153 @@ fn concurrent_users_never_see_each_others_context() {
         );
     }
 }
+
+/// Everything `tracing` writes in this test binary, as text. Installed once, globally: the
+/// service's handlers and blocking threads run on the runtime's threads.
+fn trace_output() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static OUTPUT: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    OUTPUT
+        .get_or_init(|| {
+            let output = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let writer = Arc::clone(&output);
+            struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+            impl std::io::Write for Capture {
+                fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                    self.0.lock().unwrap().extend_from_slice(buf);
+                    Ok(buf.len())
+                }
+                fn flush(&mut self) -> std::io::Result<()> {
+                    Ok(())
+                }
+            }
+            tracing_subscriber::fmt()
+                .with_env_filter("pg_audit=info")
+                .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+                .with_ansi(false)
+                .with_writer(move || Capture(Arc::clone(&writer)))
+                .init();
+            output
+        })
+        .clone()
+}
+
+#[test]
+fn a_trace_shows_the_transactions_span_with_its_request_id_and_the_row_keeps_the_trace_id() {
+    let output = trace_output();
+    let service = start("web_trace", &[]);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = service.call(
+        "POST",
+        "/products",
+        &[
+            ("Authorization", &bearer("alice")),
+            ("X-Request-ID", "req-traced-1"),
+            ("traceparent", &format!("00-{trace_id}-00f067aa0ba902b7-01")),
+        ],
+        Some(json!({"title": "Traced", "price_cents": 100})),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+
+    let text = String::from_utf8(output.lock().unwrap().clone()).unwrap();
+    let span = text
+        .lines()
+        .find(|line| line.contains("req-traced-1"))
+        .unwrap_or_else(|| panic!("no span with the request id in the trace:\n{text}"));
+    assert!(span.contains("pg_audit.transaction{"), "{span}");
+    assert!(span.contains("request_id=\"req-traced-1\""), "{span}");
+    assert!(span.contains("user_id=\"alice\""), "{span}");
+    assert!(span.contains(&format!("trace_id=\"{trace_id}\"")), "{span}");
+    assert!(span.contains("outcome=\"commit\""), "{span}");
+    assert!(span.contains("close"), "{span}");
+
+    let row = service.audit().pop().unwrap();
+    assert_eq!(row["context"]["trace_id"], trace_id, "{row}");
+    assert_eq!(row["context"]["request_id"], "req-traced-1", "{row}");
+
+    // A malformed traceparent is left out rather than failing the request.
+    let response = service.call(
+        "POST",
+        "/products",
+        &[
+            ("Authorization", &bearer("alice")),
+            ("traceparent", "00-<script>-00f067aa0ba902b7-01"),
+        ],
+        Some(json!({"title": "Untraced", "price_cents": 100})),
+    );
+    assert_eq!(response.status, 201, "{}", response.body);
+    let row = service.audit().pop().unwrap();
+    assert_eq!(row["context"].get("trace_id"), None, "{row}");
+}
+
+/// tower-http's `SetRequestIdLayer` outside the audit layer: its id is the one logged. Without
+/// it, the audit layer's id is set as the extension for the handlers.
+#[test]
+fn the_layer_reads_and_sets_tower_https_request_id() {
+    use axum::routing::get;
+    use pg_audit_diesel::web::{AuditLayer, RequestId};
+    use tower_http::request_id::{MakeRequestId, SetRequestIdLayer};
+
+    #[derive(Clone)]
+    struct Fixed;
+    impl MakeRequestId for Fixed {
+        fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+            Some(RequestId::new(axum::http::HeaderValue::from_static(
+                "from-tower-http-7",
+            )))
+        }
+    }
+    let seen = |request: axum::extract::Request| async move {
+        let ctx = pg_audit_diesel::ambient::current();
+        let extension = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.header_value().to_str().unwrap().to_owned());
+        format!(
+            "{}|{}",
+            ctx.request_id.unwrap_or_default(),
+            extension.unwrap_or_default()
+        )
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let with_tower_http = axum::Router::new()
+        .route("/", get(seen))
+        .layer(AuditLayer::new())
+        .layer(SetRequestIdLayer::new(
+            axum::http::HeaderName::from_static("x-correlation-id"),
+            Fixed,
+        ));
+    let addr = http::serve(&runtime, with_tower_http);
+    // Under another header name, so only the extension carries tower-http's id here; it wins
+    // over the client's X-Request-ID.
+    let body = request(addr, "GET", "/", &[("X-Request-ID", b"from-client")], None).body;
+    assert_eq!(body, "from-tower-http-7|from-tower-http-7");
+    // tower-http keeps a client's id in its own header; the audit layer logs what it settled on.
+    let body = request(
+        addr,
+        "GET",
+        "/",
+        &[("X-Correlation-ID", b"from-client")],
+        None,
+    )
+    .body;
+    assert_eq!(body, "from-client|from-client");
+
+    let alone = axum::Router::new()
+        .route("/", get(seen))
+        .layer(AuditLayer::new());
+    let addr = http::serve(&runtime, alone);
+    let response = request(addr, "GET", "/", &[], None);
+    let (logged, extension) = response.body.split_once('|').unwrap();
+    assert_eq!(logged.len(), 36, "a new UUID: {}", response.body);
+    assert_eq!(logged, extension);
+    let echoed = response
+        .headers
+        .iter()
+        .find(|(name, _)| name == "x-request-id")
+        .map(|(_, value)| value.as_str());
+    assert_eq!(echoed, Some(logged));
+}

@@ -1,0 +1,160 @@
+//! What pg-audit tells `tracing` (feature `tracing`) and the trace id it takes from
+//! OpenTelemetry (feature `opentelemetry`), in one place. Without the features every function
+//! here does nothing and costs nothing.
+//!
+//! | target `pg_audit` | level | fields |
+//! |---|---|---|
+//! | span `pg_audit.transaction`, around an audited transaction or savepoint | INFO | `request_id`, `user_id`, `trace_id`, `nested`, `outcome` (`commit` or `rollback`) |
+//! | event when `AuditedConnection` begins a transaction | DEBUG | `request_id`, `user_id`, `trace_id` |
+//! | span `pg_audit.migrations` around `run_migrations` and `AuditMigrations::reinstall` | INFO | `run` |
+//! | event per migration run (the log, each model's triggers) | INFO | `version`, `direction`; the message is the migration's description |
+//! | event per model reinstalled because its installed configuration differed | WARN | `table` |
+
+use crate::AuditContext;
+
+/// A span around an audited transaction; without the feature `tracing`, nothing.
+#[cfg(feature = "tracing")]
+pub(crate) type Span = tracing::Span;
+
+/// A span around an audited transaction; without the feature `tracing`, nothing.
+#[cfg(not(feature = "tracing"))]
+#[derive(Debug, Clone)]
+pub(crate) struct Span;
+
+/// The guard of an entered [`Span`]; without the feature `tracing`, nothing.
+#[cfg(not(feature = "tracing"))]
+pub(crate) struct Entered;
+
+#[cfg(not(feature = "tracing"))]
+impl Span {
+    pub(crate) fn enter(&self) -> Entered {
+        Entered
+    }
+}
+
+/// The span of an audited transaction carrying `ctx`.
+pub(crate) fn transaction_span(ctx: &AuditContext) -> Span {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::info_span!(
+            target: "pg_audit",
+            "pg_audit.transaction",
+            request_id = ctx.request_id.as_deref(),
+            user_id = ctx.user_id.as_deref(),
+            trace_id = ctx.trace_id.as_deref(),
+            nested = false,
+            outcome = tracing::field::Empty,
+        )
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = ctx;
+        Span
+    }
+}
+
+/// Records that the transaction is a savepoint inside an open one.
+pub(crate) fn record_nested(span: &Span) {
+    #[cfg(feature = "tracing")]
+    span.record("nested", true);
+    #[cfg(not(feature = "tracing"))]
+    let _ = span;
+}
+
+/// Records whether the transaction committed.
+pub(crate) fn record_outcome(span: &Span, committed: bool) {
+    #[cfg(feature = "tracing")]
+    span.record("outcome", if committed { "commit" } else { "rollback" });
+    #[cfg(not(feature = "tracing"))]
+    let _ = (span, committed);
+}
+
+/// Runs `future` inside `span`.
+#[cfg(feature = "async")]
+pub(crate) async fn instrument<F: std::future::Future>(span: Span, future: F) -> F::Output {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::Instrument::instrument(future, span).await
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = span;
+        future.await
+    }
+}
+
+/// `AuditedConnection` began a transaction carrying `ctx` (it has no closure to wrap in a span).
+#[cfg(feature = "connection-wrapper")]
+pub(crate) fn transaction_begun(ctx: &AuditContext) {
+    #[cfg(feature = "tracing")]
+    tracing::debug!(
+        target: "pg_audit",
+        request_id = ctx.request_id.as_deref(),
+        user_id = ctx.user_id.as_deref(),
+        trace_id = ctx.trace_id.as_deref(),
+        "audited transaction begun"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = ctx;
+}
+
+/// The span of a run of pg-audit's migrations (`run_migrations`, `reinstall`).
+pub(crate) fn migrations_span(what: &'static str) -> Span {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::info_span!(target: "pg_audit", "pg_audit.migrations", run = what)
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        let _ = what;
+        Span
+    }
+}
+
+/// A migration's SQL ran: the log or a model's triggers installed (`up`) or removed.
+pub(crate) fn migration_ran(description: &str, version: &str, up: bool) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(
+        target: "pg_audit",
+        version,
+        direction = if up { "up" } else { "down" },
+        "{description}"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = (description, version, up);
+}
+
+/// A model's triggers were reinstalled because the installed configuration differed.
+pub(crate) fn model_reinstalled(table: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(
+        target: "pg_audit",
+        table,
+        "audit triggers reinstalled: the installed configuration differed from the model's"
+    );
+    #[cfg(not(feature = "tracing"))]
+    let _ = table;
+}
+
+/// `ctx` with the trace id of the current OpenTelemetry span when it has none (feature
+/// `opentelemetry`: the span of the current `tracing` span through tracing-opentelemetry, else
+/// OpenTelemetry's current context); otherwise `ctx` as it is.
+pub(crate) fn with_current_trace_id(ctx: AuditContext) -> AuditContext {
+    #[cfg(feature = "opentelemetry")]
+    if ctx.trace_id.is_none() {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+        let valid = |cx: opentelemetry::Context| {
+            let span = cx.span();
+            let context = span.span_context();
+            context.is_valid().then(|| context.trace_id().to_string())
+        };
+        if let Some(id) = valid(tracing::Span::current().context())
+            .or_else(|| valid(opentelemetry::Context::current()))
+        {
+            return ctx.trace_id(id);
+        }
+    }
+    ctx
+}
