@@ -12,7 +12,7 @@ use pg_audit_diesel::{rfc3339, utc_string};
 use serde_json::{Value, json};
 
 use crate::options::{Db, Result};
-use crate::output::Table;
+use crate::output::{Progress, Table};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum PartitionsCommand {
@@ -224,20 +224,30 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 moved_rows: i64,
             }
             let mut table = Table::new(&["partition", "moved_rows"]);
+            let progress = Progress::new(ahead as usize + 1, "ensuring partitions");
             // One period at a time, so each partition is reported as soon as it exists.
             for k in 0..=ahead {
+                progress.step(&format!("period +{k}"));
                 let created: Vec<Created> =
                     diesel::sql_query(log.ensure_partitions_sql(k)).load(&mut conn)?;
                 for c in created {
+                    tracing::info!(
+                        target: "pg_audit",
+                        partition = c.partition_name,
+                        moved_rows = c.moved_rows,
+                        "partition created"
+                    );
                     if !db.json {
-                        crate::output::line(&format!(
+                        progress.line(&format!(
                             "created {} (moved {} rows from the DEFAULT partition)",
                             c.partition_name, c.moved_rows
                         ));
                     }
                     table.push(vec![json!(c.partition_name), json!(c.moved_rows)]);
                 }
+                progress.done();
             }
+            drop(progress);
             if db.json {
                 table.print(true);
             } else if table.is_empty() {
@@ -281,10 +291,18 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 rows: i64,
             }
             let mut table = Table::new(&["partition", "action", "rows"]);
+            let progress = Progress::new(candidates.len(), "pruning partitions");
             let report = |pruned: Vec<Pruned>, table: &mut Table| {
                 for p in pruned {
+                    tracing::info!(
+                        target: "pg_audit",
+                        partition = p.partition_name,
+                        action = p.action,
+                        rows = p.rows,
+                        "partition pruned"
+                    );
                     if !db.json {
-                        crate::output::line(&format!(
+                        progress.line(&format!(
                             "{} {} ({} rows)",
                             p.action, p.partition_name, p.rows
                         ));
@@ -296,15 +314,8 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                     ]);
                 }
             };
-            for (i, c) in candidates.iter().enumerate() {
-                if !db.json {
-                    crate::output::line(&format!(
-                        "[{}/{}] {} ...",
-                        i + 1,
-                        candidates.len(),
-                        c.partition_name
-                    ));
-                }
+            for c in &candidates {
+                progress.step(&c.partition_name);
                 let pruned = diesel::sql_query(log.prune_partition_sql(
                     &older_than,
                     retention,
@@ -312,6 +323,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 )?)
                 .load(&mut conn)?;
                 report(pruned, &mut table);
+                progress.done();
             }
             if drop {
                 // Old rows in the DEFAULT partition.
@@ -319,6 +331,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                     .load(&mut conn)?;
                 report(pruned, &mut table);
             }
+            std::mem::drop(progress);
             if db.json {
                 table.print(true);
             } else if table.is_empty() {

@@ -3,20 +3,26 @@
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod admin;
 mod options;
 mod output;
 mod sql;
 
-/// pg-audit: an audit log of every INSERT, UPDATE and DELETE on chosen PostgreSQL tables.
+/// pg-audit: an audit log of every INSERT, UPDATE, DELETE and TRUNCATE on chosen PostgreSQL
+/// tables.
 ///
-/// Commands that read a database take --database-url (or DATABASE_URL). Exit status: 0 on
-/// success, 1 when `check` finds drift, 2 on errors.
+/// Commands that read a database take --database-url (or DATABASE_URL). Results go to standard
+/// output; errors, diagnostics (-v, or RUST_LOG) and progress bars (on a terminal) to standard
+/// error. Exit status: 0 on success, 1 when `check` finds drift, 2 on errors.
 #[derive(Debug, Parser)]
 #[command(name = "pg-audit", version, about, long_about)]
 struct Cli {
+    /// Say more on standard error: -v what is done, -vv the statements' details. RUST_LOG, when
+    /// set, chooses instead (e.g. RUST_LOG=pg_audit=debug).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,10 +65,25 @@ enum Command {
     /// Compare the installed triggers with what was recorded at install: a trigger missing,
     /// disabled or edited, an audited column dropped. Exits 1 on drift.
     Check(#[command(flatten)] options::Db),
+    /// Print a shell completion script: `pg-audit completions bash > /etc/bash_completion.d/pg-audit`,
+    /// `pg-audit completions zsh > "${fpath[1]}/_pg-audit"`, `pg-audit completions fish >
+    /// ~/.config/fish/completions/pg-audit.fish`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), or with --out-dir write one page per command:
+    /// `pg-audit man | man -l -`.
+    Man {
+        /// Write pg-audit.1 and a page per subcommand (pg-audit-history.1, ...) here.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Sql(cmd) => sql::run(cmd),
         Command::History {
@@ -79,6 +100,13 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pg-audit", &mut script);
+            output::print(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Command::Man { out_dir } => man(out_dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,4 +122,42 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Diagnostics on standard error: RUST_LOG when set, else warnings, or more with -v.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "pg_audit=info,warn",
+            _ => "pg_audit=debug,info",
+        })
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+}
+
+/// `pg-audit man`.
+fn man(out_dir: Option<&std::path::Path>) -> options::Result<()> {
+    let command = Cli::command();
+    match out_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("cannot write the pages to {}: {e}", dir.display()))?;
+            output::line(&format!("wrote the manual pages to {}", dir.display()));
+        }
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            output::print(&String::from_utf8_lossy(&page));
+        }
+    }
+    Ok(())
 }

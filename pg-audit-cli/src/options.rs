@@ -1,9 +1,10 @@
 //! The options several commands share, defined once: where the log lives, and where to connect.
 
 use clap::Args;
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use diesel::prelude::*;
-use pg_audit::AuditLog;
 use pg_audit::sql::log::{DEFAULT_SCHEMA, DEFAULT_TABLE};
+use pg_audit::{AuditLog, Operation, PartitionPeriod, TriggerLevel};
 
 /// Errors of the commands, printed by `main` with their causes.
 pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -51,4 +52,32 @@ impl Db {
             .map_err(|e| format!("cannot connect to the database: {e}"))?;
         Ok((conn, log))
     }
+}
+
+/// A fixed choice of the engine's as clap's possible values: the engine lists and names them,
+/// so help, completions and errors show exactly what it accepts.
+fn choice<T, const N: usize>(
+    all: [T; N],
+    name: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T>
+where
+    T: std::str::FromStr<Err = pg_audit::Error> + Copy + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(all.map(|value| PossibleValue::new(name(value))))
+        .map(|name| name.parse().expect("the engine parses the names it lists"))
+}
+
+/// `--period`: daily, weekly, monthly.
+pub(crate) fn period() -> impl TypedValueParser<Value = PartitionPeriod> {
+    choice(PartitionPeriod::ALL, PartitionPeriod::name)
+}
+
+/// `--level`: auto, row, statement.
+pub(crate) fn level() -> impl TypedValueParser<Value = TriggerLevel> {
+    choice(TriggerLevel::ALL, TriggerLevel::name)
+}
+
+/// `--operations`: insert, update, delete, truncate.
+pub(crate) fn operation() -> impl TypedValueParser<Value = Operation> {
+    choice(Operation::ALL, Operation::name)
 }

@@ -1,5 +1,6 @@
-//! Printing results: an aligned table for people, JSON for scripts; and standard output that
-//! a closed pipe (`pg-audit check | head -1`) ends quietly.
+//! Printing results: an aligned table for people, JSON for scripts; standard output that a
+//! closed pipe (`pg-audit check | head -1`) ends quietly; and progress, on standard error as a
+//! bar when it is a terminal, silent when it is not.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +30,49 @@ pub(crate) fn print(text: &str) {
 /// [`print`] of a line.
 pub(crate) fn line(text: &str) {
     print(&format!("{text}\n"));
+}
+
+/// Progress through `len` steps of a long operation: a bar on standard error when it is a
+/// terminal, nothing otherwise (so pipes and logs get results only).
+pub(crate) struct Progress(indicatif::ProgressBar);
+
+impl Progress {
+    pub(crate) fn new(len: usize, what: &str) -> Progress {
+        use std::io::IsTerminal as _;
+        let bar = if std::io::stderr().is_terminal() {
+            indicatif::ProgressBar::new(len as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg}")
+                .expect("a valid template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(what.to_owned());
+        Progress(bar)
+    }
+
+    /// Starts the next step, named `step`.
+    pub(crate) fn step(&self, step: &str) {
+        self.0.set_message(escape_controls(step));
+    }
+
+    /// Ends a step.
+    pub(crate) fn done(&self) {
+        self.0.inc(1);
+    }
+
+    /// Prints a result line on standard output without tearing the bar.
+    pub(crate) fn line(&self, text: &str) {
+        self.0.suspend(|| line(text));
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
 }
 
 /// Rows to print, either as an aligned table or as a JSON array of objects.

@@ -38,8 +38,8 @@ pub(crate) struct GrantArgs {
 pub(crate) struct TableArgs {
     #[command(flatten)]
     log: LogArgs,
-    /// Time covered by one partition: daily, weekly or monthly.
-    #[arg(long, value_name = "PERIOD", default_value = "monthly")]
+    /// Time covered by one partition.
+    #[arg(long, value_name = "PERIOD", default_value = "monthly", value_parser = crate::options::period())]
     period: PartitionPeriod,
     /// How many partitions after the current one to create now. Run
     /// `SELECT * FROM <schema>.<name>_ensure_partitions(N)` regularly (cron, pg_cron) to keep
@@ -80,18 +80,19 @@ pub(crate) struct TriggerArgs {
     /// row. Example: "NEW.is_active".
     #[arg(long, value_name = "EXPR")]
     condition: Option<String>,
-    /// Operations to log: insert, update, delete, truncate.
+    /// Operations to log, comma-separated.
     #[arg(
         long,
         value_name = "OPS",
         value_delimiter = ',',
-        default_value = "insert,update,delete,truncate"
+        default_value = "insert,update,delete,truncate",
+        value_parser = crate::options::operation()
     )]
     operations: Vec<Operation>,
     /// `auto`: per operation, the level measured fastest (docs/performance.md); `row`: one
     /// trigger call per logged row, rows not logged filtered before any call; `statement`: one
     /// call per statement over transition tables.
-    #[arg(long, value_name = "LEVEL", default_value = "auto")]
+    #[arg(long, value_name = "LEVEL", default_value = "auto", value_parser = crate::options::level())]
     level: TriggerLevel,
     #[command(flatten)]
     log: LogArgs,

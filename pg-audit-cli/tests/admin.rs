@@ -178,6 +178,16 @@ fn partitions_list_ensure_and_prune_with_progress() {
         ok(&["partitions", "ensure", "--ahead", "5"], db.url()).trim(),
         "every partition up to 5 periods ahead exists"
     );
+    // -v: what was done, on standard error, through tracing.
+    let out = pg_audit(
+        &["partitions", "ensure", "--ahead", "6", "-v"],
+        Some(db.url()),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("partition created") && stderr.contains("partition=\"audit.auditlog_p"),
+        "{stderr}"
+    );
 
     db.psql(
         "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01 UTC') TO ('2020-02-01 UTC');
@@ -185,14 +195,18 @@ fn partitions_list_ensure_and_prune_with_progress() {
          INSERT INTO audit.auditlog (changed_at, operation, schema_name, table_name) VALUES ('2020-01-05 UTC', 'INSERT', 'x', 'y');",
     )
     .unwrap();
-    let out = ok(&["partitions", "prune", "--older-than", "1 year"], db.url());
-    assert!(
-        out.contains(
-            "[1/2] audit.auditlog_p20200101 ...\ndetached audit.auditlog_p20200101 (1 rows)"
-        ),
-        "{out}"
+    // Piped: results on standard output, one line per partition as it goes; no progress (the
+    // bar is drawn on a terminal only), nothing on standard error.
+    let out = pg_audit(
+        &["partitions", "prune", "--older-than", "1 year"],
+        Some(db.url()),
     );
-    assert!(out.contains("[2/2] audit.auditlog_p20200201 ..."), "{out}");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "detached audit.auditlog_p20200101 (1 rows)\ndetached audit.auditlog_p20200201 (0 rows)\n"
+    );
     assert_eq!(
         db.psql("SELECT count(*) FROM audit.auditlog_p20200101")
             .unwrap()

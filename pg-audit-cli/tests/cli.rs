@@ -243,7 +243,9 @@ fn bad_arguments_are_refused_with_a_clear_message() {
         "insert,upsert",
     ]);
     assert!(
-        e.contains("unknown operation `upsert`, expected one of insert, update, delete, truncate"),
+        e.contains("invalid value 'upsert' for '--operations <OPS>'")
+            && e.contains("[possible values: insert, update, delete, truncate]")
+            && e.contains("a similar value exists: 'insert'"),
         "{e}"
     );
     let e = refused(&[
@@ -270,7 +272,23 @@ fn bad_arguments_are_refused_with_a_clear_message() {
         "{e}"
     );
     let e = refused(&["sql", "table", "--period", "yearly"]);
-    assert!(e.contains("unknown partition period `yearly`"), "{e}");
+    assert!(
+        e.contains("invalid value 'yearly' for '--period <PERIOD>'")
+            && e.contains("[possible values: daily, weekly, monthly]"),
+        "{e}"
+    );
+    let e = refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "t",
+        "--operations",
+        "insert,merge",
+    ]);
+    assert!(
+        e.contains("[possible values: insert, update, delete, truncate]"),
+        "{e}"
+    );
     let e = refused(&["sql", "trigger"]);
     assert!(e.contains("--table <TABLE>"), "{e}");
 }
@@ -290,5 +308,64 @@ fn help_explains_each_option() {
     ] {
         assert!(help.contains(option), "{option} missing from:\n{help}");
     }
-    assert!(stdout(&["sql", "table", "--help"]).contains("--period"));
+    assert!(
+        help.contains("[possible values: auto, row, statement]"),
+        "{help}"
+    );
+    let table_help = stdout(&["sql", "table", "--help"]);
+    assert!(
+        table_help.contains("[possible values: daily, weekly, monthly]"),
+        "{table_help}"
+    );
+}
+
+#[test]
+fn completions_and_the_manual_are_generated_from_the_same_definition() {
+    let bash = stdout(&["completions", "bash"]);
+    assert!(bash.contains("_pg__audit()"), "{bash}");
+    for word in [
+        "history",
+        "partitions",
+        "--log-schema",
+        "daily weekly monthly",
+    ] {
+        assert!(
+            bash.contains(word),
+            "{word} missing from the bash completions"
+        );
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            stdout(&["completions", shell]).contains("pg-audit"),
+            "{shell}"
+        );
+    }
+    let e = refused(&["completions", "tcsh"]);
+    assert!(
+        e.contains("[possible values: bash, elvish, fish, powershell, zsh]"),
+        "{e}"
+    );
+
+    let page = stdout(&["man"]);
+    assert!(page.starts_with(".ie"), "{page}");
+    assert!(page.contains(".TH pg-audit 1"), "{page}");
+    assert!(page.contains(r"pg\-audit\-history(1)"), "{page}");
+
+    let dir = std::env::temp_dir().join(format!("pg-audit-man-{}", std::process::id()));
+    let said = stdout(&["man", "--out-dir", dir.to_str().unwrap()]);
+    assert!(said.starts_with("wrote the manual pages to"), "{said}");
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    pages.sort();
+    for page in [
+        "pg-audit.1",
+        "pg-audit-history.1",
+        "pg-audit-sql-trigger.1",
+        "pg-audit-partitions-prune.1",
+    ] {
+        assert!(pages.iter().any(|p| p == page), "{page} not in {pages:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

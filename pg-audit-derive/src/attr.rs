@@ -9,7 +9,7 @@ use syn::spanned::Spanned as _;
 use syn::{Ident, LitStr, Token};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{CONDITION, EXCLUDE_FIELDS, KEYS, OPERATION_NAMES, OPERATIONS, TRACK_ONLY};
+use crate::symbol::{CONDITION, EXCLUDE_FIELDS, KEYS, OPERATIONS, TRACK_ONLY};
 
 /// A column as written in a list: a string literal or an identifier, turned into the Diesel
 /// column identifier it names, carrying the user's span.
@@ -192,7 +192,9 @@ fn columns(meta: &ParseNestedMeta<'_>, key: &str, cx: &mut Ctxt) -> syn::Result<
 
 fn operations(meta: &ParseNestedMeta<'_>, cx: &mut Ctxt) -> syn::Result<Vec<Operation>> {
     let (span, items) = list(meta, OPERATIONS, "insert, update")?;
-    let expected = OPERATION_NAMES.map(|k| format!("`{k}`")).join(", ");
+    let expected = Operation::ALL
+        .map(|op| format!("`{}`", op.name()))
+        .join(", ");
     if items.is_empty() {
         cx.error(
             span,

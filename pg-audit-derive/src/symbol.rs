@@ -7,6 +7,3 @@ pub(crate) const OPERATIONS: &str = "operations";
 
 /// Every key, in the order error messages list them.
 pub(crate) const KEYS: [&str; 4] = [TRACK_ONLY, EXCLUDE_FIELDS, CONDITION, OPERATIONS];
-
-/// The operation names `operations = [...]` accepts.
-pub(crate) const OPERATION_NAMES: [&str; 4] = ["insert", "update", "delete", "truncate"];

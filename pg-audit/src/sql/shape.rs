@@ -270,6 +270,17 @@ impl Operation {
     /// `operations` leaves it out.
     pub const DEFAULT: [Operation; 4] = Operation::ALL;
 
+    /// The lower-case name the `operations` option of the attribute and the program take:
+    /// `insert`, `update`, `delete`, `truncate`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Insert => "insert",
+            Operation::Update => "update",
+            Operation::Delete => "delete",
+            Operation::Truncate => "truncate",
+        }
+    }
+
     /// The SQL keyword, as stored in the log's `operation` column.
     pub fn keyword(self) -> &'static str {
         match self {

@@ -33,6 +33,13 @@ pub enum PartitionPeriod {
 }
 
 impl PartitionPeriod {
+    /// Every period, shortest first.
+    pub const ALL: [PartitionPeriod; 3] = [
+        PartitionPeriod::Daily,
+        PartitionPeriod::Weekly,
+        PartitionPeriod::Monthly,
+    ];
+
     /// `daily`, `weekly` or `monthly`.
     pub fn name(self) -> &'static str {
         match self {

@@ -64,16 +64,32 @@ pub enum TriggerLevel {
     Statement,
 }
 
+impl TriggerLevel {
+    /// Every level.
+    pub const ALL: [TriggerLevel; 3] = [
+        TriggerLevel::Auto,
+        TriggerLevel::Row,
+        TriggerLevel::Statement,
+    ];
+
+    /// `auto`, `row` or `statement`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TriggerLevel::Auto => "auto",
+            TriggerLevel::Row => "row",
+            TriggerLevel::Statement => "statement",
+        }
+    }
+}
+
 impl FromStr for TriggerLevel {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "auto" => Ok(TriggerLevel::Auto),
-            "row" => Ok(TriggerLevel::Row),
-            "statement" => Ok(TriggerLevel::Statement),
-            _ => Err(Error::UnknownLevel { name: s.to_owned() }),
-        }
+        TriggerLevel::ALL
+            .into_iter()
+            .find(|level| level.name() == s)
+            .ok_or_else(|| Error::UnknownLevel { name: s.to_owned() })
     }
 }
 
