@@ -145,10 +145,12 @@ impl Server {
     /// Runs `sql` (one or more statements, as one simple query) against `url` over the wire
     /// protocol. Several statements run in one implicit transaction.
     pub fn execute(&self, url: &str, sql: &str) -> Result<(), Error> {
-        let mut client = connect(url)?;
-        client
-            .batch_execute(sql)
-            .map_err(|e| err(format!("{}: {}", first_line(sql), db_message(&e))))
+        off_runtime(|| {
+            let mut client = connect(url)?;
+            client
+                .batch_execute(sql)
+                .map_err(|e| err(format!("{}: {}", first_line(sql), db_message(&e))))
+        })
     }
 
     /// Runs `sql` with the `psql` program against `url`, statement by statement, stopping at
@@ -157,6 +159,17 @@ impl Server {
     pub fn psql(&self, url: &str, sql: &str) -> Result<String, Error> {
         psql(self.bindir.as_deref(), url, sql)
     }
+}
+
+/// Runs `f` on a thread of its own: the `postgres` client blocks on a runtime of its own,
+/// which tokio refuses inside another (a `#[tokio::test]` creating or dropping a database).
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(f)
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 fn connect(url: &str) -> Result<postgres::Client, Error> {
@@ -574,6 +587,10 @@ fn drop_stale_databases(server: &Server) {
     if !server.local {
         return;
     }
+    off_runtime(|| drop_stale(server));
+}
+
+fn drop_stale(server: &Server) {
     let Ok(mut client) = connect(&server.admin_url) else {
         return;
     };
@@ -796,6 +813,11 @@ mod tests {
     #[test]
     fn errors_debug_print_as_their_message() {
         assert_eq!(format!("{:?}", err("no initdb")), "no initdb");
+    }
+
+    #[test]
+    fn work_off_the_runtime_returns_its_result() {
+        assert_eq!(off_runtime(|| 6 * 7), 42);
     }
 
     #[test]

@@ -45,3 +45,20 @@ fn a_failing_statement_reports_the_servers_message() {
         "SELECT * FROM no_such_table: relation \"no_such_table\" does not exist"
     );
 }
+
+/// From inside an async runtime (a `#[tokio::test]`), where a blocking client would panic.
+#[test]
+fn databases_come_and_go_inside_an_async_runtime() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .build()
+        .unwrap();
+    let name = runtime.block_on(async {
+        let server = pg_audit_tempdb::shared().unwrap();
+        let db = server.create_database("in_runtime").unwrap();
+        db.execute("CREATE TABLE t (id int)").unwrap();
+        db.name().to_owned()
+    });
+    let server = pg_audit_tempdb::shared().unwrap();
+    assert!(!exists(server.admin_url(), &name));
+}

@@ -628,3 +628,129 @@ fn restore_names_the_columns_the_log_cannot_give_and_takes_them_from_the_caller(
         [json!({"id": 1, "name": "Ann", "secret": "!reset"})]
     );
 }
+
+/// The async reader runs the same logic over diesel-async: on one log with a key change, a
+/// delete and a composite key, every answer equals the sync reader's, and its revert and
+/// restore are audited with their reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_async_reader_answers_as_the_sync_one() {
+    use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+    use pg_audit_diesel::log::AsyncAuditReader;
+
+    let (db, mut conn) = setup("history_async_reader");
+    exec(&mut conn, "INSERT INTO people VALUES (1, 'Ann', 'a@x')");
+    conn.with_audit_context(
+        &AuditContext::new().user_id("alice").request_id("req-1"),
+        |conn| {
+            exec(conn, "UPDATE people SET email = 'a@y' WHERE id = 1");
+            exec(conn, "INSERT INTO lines VALUES ('acme', 1, 5)");
+            Ok::<_, diesel::result::Error>(())
+        },
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    let middle = SystemTime::now();
+    std::thread::sleep(Duration::from_millis(20));
+    exec(&mut conn, "UPDATE people SET id = 2 WHERE id = 1");
+    exec(&mut conn, "DELETE FROM lines");
+
+    let sync = AuditReader::new();
+    let reader = AsyncAuditReader::new();
+    let mut aconn = AsyncPgConnection::establish(db.url()).await.unwrap();
+    let now = SystemTime::now();
+
+    let history = sync
+        .history::<Person>(&mut conn, 2, Page::first(10))
+        .unwrap();
+    assert_eq!(history.len(), 3);
+    assert_eq!(
+        reader
+            .history::<Person>(&mut aconn, 2, Page::first(10))
+            .await
+            .unwrap(),
+        history
+    );
+    let page = reader
+        .history::<Person>(&mut aconn, 2, Page::first(2))
+        .await
+        .unwrap();
+    let next = Page::first(2).after(&page).unwrap();
+    assert_eq!(
+        reader.history::<Person>(&mut aconn, 2, next).await.unwrap(),
+        sync.history::<Person>(&mut conn, 2, next).unwrap()
+    );
+    assert_eq!(
+        reader
+            .transaction(&mut aconn, history[1].txid)
+            .await
+            .unwrap(),
+        sync.transaction(&mut conn, history[1].txid).unwrap()
+    );
+    let all = TimeRange::default();
+    let by_alice = reader.by_user(&mut aconn, "alice", all).await.unwrap();
+    assert_eq!(by_alice.len(), 2);
+    assert_eq!(by_alice, sync.by_user(&mut conn, "alice", all).unwrap());
+    assert_eq!(
+        reader.request(&mut aconn, "req-1", all).await.unwrap(),
+        by_alice
+    );
+    assert_eq!(
+        reader
+            .state_at::<Person>(&mut aconn, 2, middle)
+            .await
+            .unwrap(),
+        Some(json!({"id": 1, "name": "Ann", "email": "a@y"}))
+    );
+    assert_eq!(
+        reader
+            .diff::<Person>(&mut aconn, 2, middle, now)
+            .await
+            .unwrap(),
+        sync.diff::<Person>(&mut conn, 2, middle, now).unwrap()
+    );
+    let table = pg_audit::QualifiedName::parse("lines").unwrap();
+    assert_eq!(
+        reader.recorded_keys(&mut aconn, &table).await.unwrap(),
+        [["org", "line_no"]]
+    );
+
+    // Revert across the key change, and restore the deleted line.
+    reader
+        .revert::<Person>(&mut aconn, 2, history[2].id, "Undo async")
+        .await
+        .unwrap();
+    reader
+        .restore::<Line>(&mut aconn, ("acme", 1), "Deleted by mistake")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&mut conn, "SELECT id, name, email FROM people"),
+        [json!({"id": 1, "name": "Ann", "email": "a@x"})]
+    );
+    assert_eq!(
+        rows(&mut conn, "SELECT org, line_no, qty FROM lines"),
+        [json!({"org": "acme", "line_no": 1, "qty": 5})]
+    );
+    assert_eq!(
+        rows(
+            &mut conn,
+            "SELECT operation, context ->> 'change_reason' AS reason FROM audit.auditlog
+              ORDER BY id DESC LIMIT 2"
+        ),
+        [
+            json!({"operation": "INSERT", "reason": "Deleted by mistake"}),
+            json!({"operation": "UPDATE", "reason": "Undo async"})
+        ]
+    );
+    // What cannot be answered fails the same way.
+    let e = reader
+        .restore::<Person>(&mut aconn, 1, "Not deleted")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        sync.restore::<Person>(&mut conn, 1, "Not deleted")
+            .unwrap_err()
+            .to_string()
+    );
+}

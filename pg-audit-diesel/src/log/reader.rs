@@ -1,299 +1,26 @@
-//! The audit log as Diesel sees it: its `table!`, a typed entry, and the queries that answer
-//! "what happened to this record, who did it, why, and what did it look like then".
-//!
-//! ```ignore
-//! use pg_audit_diesel::log::{AuditReader, Page};
-//!
-//! let reader = AuditReader::new();                       // audit.auditlog
-//! let history = reader.history::<User>(&mut conn, 42, Page::first(20))?;
-//! for entry in &history {
-//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.user_id.as_deref(), entry.changes());
-//! }
-//! let then = reader.state_at::<User>(&mut conn, 42, yesterday)?;     // the row as it was
-//! reader.revert::<User>(&mut conn, 42, history[3].id, "Undo vandalism")?;
-//! ```
-//!
-//! Queries name the log through [`pg_audit::AuditLog`], so a log with another schema or name
-//! works the same; [`schema::auditlog`] is the `table!` of the default one, for Diesel's query
-//! builder.
+//! [`AuditReader`]: the queries over the log, written once as async code over a
+//! [`Driver`], and run by the sync API on a `PgConnection` (whose futures are ready at once)
+//! and by [`AsyncAuditReader`] on diesel-async's `AsyncPgConnection` (feature `async`).
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use diesel::deserialize::{self, FromSql, FromSqlRow};
-use diesel::expression::AsExpression;
-use diesel::pg::{Pg, PgValue};
+use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
-use diesel::serialize::{self, Output, ToSql};
-use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
+use pg_audit::context::{REQUEST_ID, USER_ID};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{AuditConnectionExt, AuditContext, Audited, Error};
+#[cfg(feature = "async")]
+use diesel_async::AsyncPgConnection;
 
-pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
-
-/// The `table!` of the default audit log, `audit.auditlog`.
-pub mod schema {
-    diesel::table! {
-        /// The audit log: one row per audited change.
-        audit.auditlog (id) {
-            /// Increasing id.
-            id -> Int8,
-            /// Start of the statement that made the change (the partition key).
-            changed_at -> Timestamptz,
-            /// Start of the transaction.
-            tx_started_at -> Timestamptz,
-            /// Transaction id.
-            txid -> Int8,
-            /// INSERT, UPDATE, DELETE or TRUNCATE.
-            operation -> Text,
-            /// Schema of the changed table.
-            schema_name -> Text,
-            /// Name of the changed table.
-            table_name -> Text,
-            /// Indexed hash of table and key.
-            record_key -> Nullable<Int8>,
-            /// The row's key as a JSON object.
-            record_pk -> Nullable<Jsonb>,
-            /// The audited columns before (UPDATE, DELETE).
-            old_values -> Nullable<Jsonb>,
-            /// The audited columns after (INSERT, UPDATE).
-            new_values -> Nullable<Jsonb>,
-            /// The database role that connected.
-            db_user -> Text,
-            /// The audit context.
-            context -> Nullable<Json>,
-            /// An UPDATE that changed the key: the key before.
-            old_record_pk -> Nullable<Jsonb>,
-            /// Indexed hash of table and the key before.
-            old_record_key -> Nullable<Int8>,
-        }
-    }
-}
-
-/// A `timestamptz` as a [`SystemTime`], without a date-time crate: PostgreSQL sends
-/// microseconds since 2000-01-01 UTC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
-#[diesel(sql_type = Timestamptz)]
-pub struct LogTime(pub SystemTime);
-
-const PG_EPOCH_SECS: u64 = 946_684_800;
-
-impl FromSql<Timestamptz, Pg> for LogTime {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        let micros = <i64 as FromSql<BigInt, Pg>>::from_sql(value)?;
-        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
-        let offset = Duration::from_micros(micros.unsigned_abs());
-        Ok(LogTime(if micros >= 0 {
-            epoch + offset
-        } else {
-            epoch - offset
-        }))
-    }
-}
-
-impl ToSql<Timestamptz, Pg> for LogTime {
-    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
-        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
-        let micros = match self.0.duration_since(epoch) {
-            Ok(d) => i64::try_from(d.as_micros())?,
-            Err(e) => -i64::try_from(e.duration().as_micros())?,
-        };
-        <i64 as ToSql<BigInt, Pg>>::to_sql(&micros, &mut out.reborrow())
-    }
-}
-
-impl From<LogTime> for SystemTime {
-    fn from(t: LogTime) -> SystemTime {
-        t.0
-    }
-}
-
-/// The `operation` column, read into [`Operation`].
-#[derive(Debug, FromSqlRow)]
-#[doc(hidden)]
-pub struct OperationText(Operation);
-
-impl FromSql<Text, Pg> for OperationText {
-    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
-        let text = <String as FromSql<Text, Pg>>::from_sql(value)?;
-        Ok(OperationText(text.parse()?))
-    }
-}
-
-impl From<OperationText> for Operation {
-    fn from(o: OperationText) -> Operation {
-        o.0
-    }
-}
-
-/// Serde for [`Operation`] as its SQL name (`INSERT`, ...).
-mod operation_name {
-    use pg_audit::Operation;
-    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
-
-    pub(super) fn serialize<S: Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(op.keyword())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
-        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        text.parse().map_err(D::Error::custom)
-    }
-}
-
-/// Serde for an entry's context as the log stores it: its JSON object, or `null` when empty.
-mod context_object {
-    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
-
-    use crate::AuditContext;
-
-    pub(super) fn serialize<S: Serializer>(ctx: &AuditContext, s: S) -> Result<S::Ok, S::Error> {
-        ctx.to_json().serialize(s)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AuditContext, D::Error> {
-        Ok(Option::<AuditContext>::deserialize(d)?.unwrap_or_default())
-    }
-}
-
-impl From<Option<Value>> for AuditContext {
-    fn from(value: Option<Value>) -> AuditContext {
-        AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
-    }
-}
-
-/// One audit row, typed.
-///
-/// It serializes with serde as the CLI's `--json` prints an entry: times as RFC 3339 strings in
-/// UTC, the operation as `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`, the context as its JSON
-/// object.
-#[derive(Debug, Clone, PartialEq, QueryableByName, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// Increasing id; also the version to [`AuditReader::revert`] to.
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    /// When the statement that made the change started.
-    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
-    #[serde(with = "crate::time::serde_rfc3339")]
-    pub changed_at: SystemTime,
-    /// When its transaction started.
-    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
-    #[serde(with = "crate::time::serde_rfc3339")]
-    pub tx_started_at: SystemTime,
-    /// The transaction id.
-    #[diesel(sql_type = BigInt)]
-    pub txid: i64,
-    /// What happened.
-    #[diesel(sql_type = Text, deserialize_as = OperationText)]
-    #[serde(with = "operation_name")]
-    pub operation: Operation,
-    /// The changed table's schema.
-    #[diesel(sql_type = Text)]
-    pub schema_name: String,
-    /// The changed table.
-    #[diesel(sql_type = Text)]
-    pub table_name: String,
-    /// The record's key (`None` for TRUNCATE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    pub record_pk: Option<Value>,
-    /// The audited columns before (UPDATE, DELETE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    pub old_values: Option<Value>,
-    /// The audited columns after (INSERT, UPDATE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    pub new_values: Option<Value>,
-    /// The database role that connected.
-    #[diesel(sql_type = Text)]
-    pub db_user: String,
-    /// Who, why and from where (serialized as `null` when empty, as the log stores it).
-    #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
-    #[serde(with = "context_object")]
-    pub context: AuditContext,
-    /// An UPDATE that changed the record's key: the key before (`record_pk` is the key after).
-    /// Such an entry is the last of the old key's history and the first of the new key's.
-    #[diesel(sql_type = Nullable<Jsonb>)]
-    pub old_record_pk: Option<Value>,
-}
-
-impl AuditEntry {
-    /// The audited columns this change touched, with their values before and after (`Null`
-    /// where there was no row): for an UPDATE the columns that differ, for an INSERT or DELETE
-    /// every audited column.
-    pub fn changes(&self) -> BTreeMap<String, (Value, Value)> {
-        changed_columns(self.old_values.as_ref(), self.new_values.as_ref())
-    }
-}
-
-/// The columns whose values differ between two versions of a row (`None`: no row).
-pub fn changed_columns(
-    before: Option<&Value>,
-    after: Option<&Value>,
-) -> BTreeMap<String, (Value, Value)> {
-    let empty = Map::new();
-    let before = before.and_then(Value::as_object).unwrap_or(&empty);
-    let after = after.and_then(Value::as_object).unwrap_or(&empty);
-    before
-        .keys()
-        .chain(after.keys())
-        .filter(|k| before.get(*k) != after.get(*k))
-        .map(|k| {
-            let value = |side: &Map<String, Value>| side.get(k).cloned().unwrap_or(Value::Null);
-            (k.clone(), (value(before), value(after)))
-        })
-        .collect()
-}
-
-/// Which entries of a newest-first listing to return: at most `limit`, older than entry
-/// `before` when set (keyset paging: pass the last id of the previous page).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Page {
-    /// The most entries to return.
-    pub limit: u32,
-    /// Only entries with a smaller id.
-    pub before: Option<i64>,
-}
-
-impl Page {
-    /// The newest `limit` entries.
-    pub fn first(limit: u32) -> Page {
-        Page {
-            limit,
-            before: None,
-        }
-    }
-
-    /// The page after the one that ended with `entries`, or `None` when that was the last.
-    pub fn after(self, entries: &[AuditEntry]) -> Option<Page> {
-        (entries.len() == self.limit as usize).then(|| Page {
-            limit: self.limit,
-            before: entries.last().map(|e| e.id),
-        })
-    }
-}
-
-/// A time range; either end open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TimeRange {
-    /// From (inclusive).
-    pub from: Option<SystemTime>,
-    /// Until (exclusive).
-    pub until: Option<SystemTime>,
-}
-
-/// A record's state at two points in time, and what differs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Diff {
-    /// The record at the first point (`None`: it did not exist, or was not audited yet).
-    pub before: Option<Value>,
-    /// The record at the second point.
-    pub after: Option<Value>,
-    /// The columns that differ, with their two values.
-    pub changed: BTreeMap<String, (Value, Value)>,
-}
+#[cfg(feature = "async")]
+use super::driver::AsyncDriver;
+use super::driver::{Driver, SyncDriver, block_ready, first};
+use super::{AuditEntry, Diff, LogTime, Page, TimeRange, changed_columns};
+use crate::key::key_object;
+use crate::{AuditConnectionExt, Audited, Error};
 
 /// Reads the audit log. Cheap to build; holds only the log's name.
 #[derive(Debug, Clone, Default)]
@@ -335,21 +62,33 @@ impl AuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
+        block_ready(self.history_in(&mut SyncDriver(conn), table, key, page))
+    }
+
+    async fn history_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+        page: Page,
+    ) -> QueryResult<Vec<AuditEntry>> {
         let mut entries = Vec::new();
-        let (mut key, mut upper) = self.segment_of(conn, table, key, page.before)?;
+        let (mut key, mut upper) = self.segment_of(conn, table, key, page.before).await?;
         loop {
             let limit = i64::from(page.limit) - entries.len() as i64;
             if limit <= 0 {
                 break;
             }
             entries.extend(
-                record_query(self.history_sql(), table, &key)
-                    .bind::<Nullable<BigInt>, _>(upper)
-                    .bind::<BigInt, _>(limit)
-                    .load::<AuditEntry>(conn)?,
+                conn.load::<AuditEntry>(
+                    record_query(self.history_sql(), table, &key)
+                        .bind::<Nullable<BigInt>, _>(upper)
+                        .bind::<BigInt, _>(limit),
+                )
+                .await?,
             );
             // This key's part is exhausted: on to the key the record had before, if any.
-            match self.key_change(conn, table, &key, upper)? {
+            match self.key_change(conn, table, &key, upper).await? {
                 Some((change, before)) => (key, upper) = (before, Some(change)),
                 None => break,
             }
@@ -416,9 +155,9 @@ impl AuditReader {
 
     /// The newest UPDATE below entry `upper` that gave the record of `table` the key `key`:
     /// its id and the key before.
-    fn key_change(
+    async fn key_change<D: Driver>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut D,
         table: &QualifiedName,
         key: &Value,
         upper: Option<i64>,
@@ -430,32 +169,35 @@ impl AuditReader {
             #[diesel(sql_type = Jsonb)]
             old_record_pk: Value,
         }
-        let change: Option<Change> = record_query(
-            format!(
-                "SELECT c.id, c.old_record_pk FROM {log} AS c, ({RESOLVE_TABLE}) AS r
+        let change: Option<Change> = first(
+            conn.load(
+                record_query(
+                    format!(
+                        "SELECT c.id, c.old_record_pk FROM {log} AS c, ({RESOLVE_TABLE}) AS r
                   WHERE c.record_key OPERATOR(pg_catalog.=) {key}
                     AND c.schema_name OPERATOR(pg_catalog.=) r.schema_name
                     AND c.table_name OPERATOR(pg_catalog.=) r.table_name
                     AND c.record_pk OPERATOR(pg_catalog.=) $3::jsonb AND c.old_record_pk IS NOT NULL
                     AND ($4::bigint IS NULL OR c.id OPERATOR(pg_catalog.<) $4)
                   ORDER BY c.id DESC LIMIT 1",
-                log = self.log.table(),
-                key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb"),
-            ),
-            table,
-            key,
-        )
-        .bind::<Nullable<BigInt>, _>(upper)
-        .get_result(conn)
-        .optional()?;
+                        log = self.log.table(),
+                        key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb"),
+                    ),
+                    table,
+                    key,
+                )
+                .bind::<Nullable<BigInt>, _>(upper),
+            )
+            .await?,
+        );
         Ok(change.map(|c| (c.id, c.old_record_pk)))
     }
 
     /// The key the record of `table` now keyed `key` had below entry `before` (the key itself
     /// unless an UPDATE at or after `before` gave it), with the bound to stay below.
-    fn segment_of(
+    async fn segment_of<D: Driver>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut D,
         table: &QualifiedName,
         key: &Value,
         before: Option<i64>,
@@ -464,7 +206,7 @@ impl AuditReader {
         let Some(before) = before else {
             return Ok((key, None));
         };
-        while let Some((change, old)) = self.key_change(conn, table, &key, upper)? {
+        while let Some((change, old)) = self.key_change(conn, table, &key, upper).await? {
             if change < before {
                 break;
             }
@@ -475,23 +217,24 @@ impl AuditReader {
 
     /// One entry of the record of `table` whose key is `key`, or `None` when `entry` is not in
     /// its history.
-    fn entry_of(
+    async fn entry_of<D: Driver>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut D,
         table: &QualifiedName,
         key: &Value,
         entry: i64,
     ) -> QueryResult<Option<AuditEntry>> {
-        let (key, upper) = self.segment_of(conn, table, key, entry.checked_add(1))?;
-        record_query(
+        let (key, upper) = self
+            .segment_of(conn, table, key, entry.checked_add(1))
+            .await?;
+        let query = record_query(
             self.record_sql("WHERE l.id OPERATOR(pg_catalog.=) $5"),
             table,
             &key,
         )
         .bind::<Nullable<BigInt>, _>(upper)
-        .bind::<BigInt, _>(entry)
-        .get_result(conn)
-        .optional()
+        .bind::<BigInt, _>(entry);
+        Ok(first(conn.load(query).await?))
     }
 
     /// The key columns recorded at install for each audited table named `table` (one entry
@@ -501,15 +244,27 @@ impl AuditReader {
         conn: &mut PgConnection,
         table: &QualifiedName,
     ) -> Result<Vec<Vec<String>>, Error> {
+        block_ready(self.recorded_keys_in(&mut SyncDriver(conn), table))
+    }
+
+    async fn recorded_keys_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+    ) -> Result<Vec<Vec<String>>, Error> {
         #[derive(QueryableByName)]
         struct Key {
             #[diesel(sql_type = Jsonb)]
             primary_key: Value,
         }
-        let keys: Vec<Key> = diesel::sql_query(self.log.recorded_key_sql())
-            .bind::<Text, _>(table.name.as_str())
-            .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str))
-            .load(conn)?;
+        let keys: Vec<Key> = conn
+            .load(
+                diesel::sql_query(self.log.recorded_key_sql())
+                    .into_boxed()
+                    .bind::<Text, _>(table.name.as_str())
+                    .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str)),
+            )
+            .await?;
         keys.into_iter()
             .map(|k| {
                 serde_json::from_value(k.primary_key).map_err(|e| {
@@ -521,13 +276,24 @@ impl AuditReader {
 
     /// Everything one transaction did, in order.
     pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
-        diesel::sql_query(format!(
-            "SELECT {} FROM {} AS l WHERE l.txid OPERATOR(pg_catalog.=) $1 ORDER BY l.id",
-            entry_select_list("l"),
-            self.log.table()
-        ))
-        .bind::<BigInt, _>(txid)
-        .load(conn)
+        block_ready(self.transaction_in(&mut SyncDriver(conn), txid))
+    }
+
+    async fn transaction_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        txid: i64,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        conn.load(
+            diesel::sql_query(format!(
+                "SELECT {} FROM {} AS l WHERE l.txid OPERATOR(pg_catalog.=) $1 ORDER BY l.id",
+                entry_select_list("l"),
+                self.log.table()
+            ))
+            .into_boxed()
+            .bind::<BigInt, _>(txid),
+        )
+        .await
     }
 
     /// Everything done in one request (its `request_id`), in order.
@@ -537,7 +303,7 @@ impl AuditReader {
         request_id: &str,
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
-        self.by_context(conn, "request_id", request_id, range)
+        block_ready(self.by_context(&mut SyncDriver(conn), REQUEST_ID, request_id, range))
     }
 
     /// Everything one user did in a time range, in order.
@@ -547,18 +313,18 @@ impl AuditReader {
         user_id: &str,
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
-        self.by_context(conn, "user_id", user_id, range)
+        block_ready(self.by_context(&mut SyncDriver(conn), USER_ID, user_id, range))
     }
 
-    fn by_context(
+    async fn by_context<D: Driver>(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut D,
         field: &str,
         value: &str,
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
         // The time range prunes partitions and uses the BRIN index; give one on large logs.
-        diesel::sql_query(format!(
+        let query = diesel::sql_query(format!(
             "SELECT {} FROM {} AS l
               WHERE (l.context OPERATOR(pg_catalog.->>) $1) OPERATOR(pg_catalog.=) $2
                 AND ($3::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $3)
@@ -567,11 +333,12 @@ impl AuditReader {
             entry_select_list("l"),
             self.log.table()
         ))
+        .into_boxed()
         .bind::<Text, _>(field)
         .bind::<Text, _>(value)
         .bind::<Nullable<Timestamptz>, _>(range.from.map(LogTime))
-        .bind::<Nullable<Timestamptz>, _>(range.until.map(LogTime))
-        .load(conn)
+        .bind::<Nullable<Timestamptz>, _>(range.until.map(LogTime));
+        conn.load(query).await
     }
 
     /// Model `T`'s record with key `key` as it was at `at` (its audited columns), rebuilt from
@@ -594,10 +361,20 @@ impl AuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
+        block_ready(self.state_in(&mut SyncDriver(conn), table, key, at))
+    }
+
+    async fn state_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+        at: SystemTime,
+    ) -> QueryResult<Option<Value>> {
         // Newest key first, back across the UPDATEs that changed it.
         let (mut key, mut upper) = (key.clone(), None);
         loop {
-            let last: Option<AuditEntry> = record_query(
+            let query = record_query(
                 self.record_sql(
                     "WHERE l.changed_at OPERATOR(pg_catalog.<=) $5
                   ORDER BY l.changed_at DESC, l.id DESC
@@ -607,16 +384,15 @@ impl AuditReader {
                 &key,
             )
             .bind::<Nullable<BigInt>, _>(upper)
-            .bind::<Timestamptz, _>(LogTime(at))
-            .get_result(conn)
-            .optional()?;
+            .bind::<Timestamptz, _>(LogTime(at));
+            let last: Option<AuditEntry> = first(conn.load(query).await?);
             if let Some(last) = last {
                 // An UPDATE that took the record away from this key ends it under the key.
                 return Ok(Some(last)
                     .filter(|e| e.old_record_pk.as_ref() != Some(&key))
                     .and_then(|e| e.new_values));
             }
-            match self.key_change(conn, table, &key, upper)? {
+            match self.key_change(conn, table, &key, upper).await? {
                 Some((change, before)) => (key, upper) = (before, Some(change)),
                 None => return Ok(None),
             }
@@ -632,8 +408,19 @@ impl AuditReader {
         to: SystemTime,
     ) -> Result<Diff, Error> {
         let (table, key) = model_key::<T>(key)?;
-        let before = self.state_of_at(conn, &table, &key, from)?;
-        let after = self.state_of_at(conn, &table, &key, to)?;
+        block_ready(self.diff_in(&mut SyncDriver(conn), &table, &key, from, to))
+    }
+
+    async fn diff_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Diff, Error> {
+        let before = self.state_in(conn, table, key, from).await?;
+        let after = self.state_in(conn, table, key, to).await?;
         let changed = changed_columns(before.as_ref(), after.as_ref());
         Ok(Diff {
             before,
@@ -654,13 +441,26 @@ impl AuditReader {
         reason: &str,
     ) -> Result<(), Error> {
         let (table, key) = model_key::<T>(key)?;
+        let values = block_ready(self.reverted(&mut SyncDriver(conn), &table, &key, entry))?;
+        apply(conn, &table, &key, values.as_ref(), &Map::new(), reason)
+    }
+
+    /// The record as it was right after `entry`, with the key it had then (the key may have
+    /// changed since): what [`AuditReader::revert`] writes back.
+    async fn reverted<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+        entry: i64,
+    ) -> Result<Option<Value>, Error> {
         let target = self
-            .entry_of(conn, &table, &key, entry)?
+            .entry_of(conn, table, key, entry)
+            .await?
             .ok_or(Error::NotInHistory {
                 entry,
                 key: key.clone(),
             })?;
-        // The record as it was then, with the key it had then (the key may have changed since).
         let mut values = target.new_values;
         if let (Some(Value::Object(row)), Some(Value::Object(then))) =
             (&mut values, &target.record_pk)
@@ -669,7 +469,7 @@ impl AuditReader {
                 row.entry(column.clone()).or_insert_with(|| value.clone());
             }
         }
-        apply(conn, &table, &key, values.as_ref(), &Map::new(), reason)
+        Ok(values)
     }
 
     /// Re-inserts model `T`'s record as it was when it was last deleted, in a transaction whose
@@ -698,13 +498,24 @@ impl AuditReader {
         values: serde_json::Map<String, Value>,
     ) -> Result<(), Error> {
         let (table, key) = model_key::<T>(key)?;
-        let history = self.history_of(conn, &table, &key, Page::first(1))?;
-        let deleted = match history.first() {
-            Some(e) if e.operation == Operation::Delete => e.old_values.clone(),
-            Some(_) => return Err(Error::NotDeleted { key }),
-            None => return Err(Error::NoHistory { key }),
-        };
+        let deleted = block_ready(self.deleted(&mut SyncDriver(conn), &table, &key))?;
         apply(conn, &table, &key, deleted.as_ref(), &values, reason)
+    }
+
+    /// The record as it was when it was last deleted: what [`AuditReader::restore`] writes
+    /// back.
+    async fn deleted<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+    ) -> Result<Option<Value>, Error> {
+        let history = self.history_in(conn, table, key, Page::first(1)).await?;
+        match history.first() {
+            Some(e) if e.operation == Operation::Delete => Ok(e.old_values.clone()),
+            Some(_) => Err(Error::NotDeleted { key: key.clone() }),
+            None => Err(Error::NoHistory { key: key.clone() }),
+        }
     }
 }
 
@@ -734,8 +545,8 @@ fn column_names(object: &Value) -> Result<Vec<Ident>, Error> {
 
 /// The columns of `table` that are `NOT NULL` without a default (nor identity, nor generated)
 /// and have no value in `values`.
-fn missing_required(
-    conn: &mut PgConnection,
+async fn missing_required<D: Driver>(
+    conn: &mut D,
     table: &QualifiedName,
     values: &Value,
 ) -> Result<Vec<String>, Error> {
@@ -744,16 +555,20 @@ fn missing_required(
         #[diesel(sql_type = Text)]
         name: String,
     }
-    let required: Vec<Column> = diesel::sql_query(
-        "SELECT a.attname::text AS name FROM pg_catalog.pg_attribute AS a
+    let required: Vec<Column> = conn
+        .load(
+            diesel::sql_query(
+                "SELECT a.attname::text AS name FROM pg_catalog.pg_attribute AS a
           WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1::text)
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND a.attnotnull
             AND NOT a.atthasdef AND a.attidentity OPERATOR(pg_catalog.=) ''
             AND a.attgenerated OPERATOR(pg_catalog.=) ''
           ORDER BY a.attnum",
-    )
-    .bind::<Text, _>(table.to_string())
-    .load(conn)?;
+            )
+            .into_boxed()
+            .bind::<Text, _>(table.to_string()),
+        )
+        .await?;
     Ok(required
         .into_iter()
         .map(|c| c.name)
@@ -801,7 +616,26 @@ fn apply(
     supplied: &Map<String, Value>,
     reason: &str,
 ) -> Result<(), Error> {
-    conn.with_change_reason(reason, |conn| -> Result<(), Error> {
+    conn.with_change_reason(reason, |conn| {
+        block_ready(apply_in(
+            &mut SyncDriver(conn),
+            table,
+            key,
+            target,
+            supplied,
+        ))
+    })
+}
+
+/// [`apply`]'s work inside its transaction.
+async fn apply_in<D: Driver>(
+    conn: &mut D,
+    table: &QualifiedName,
+    key: &Value,
+    target: Option<&Value>,
+    supplied: &Map<String, Value>,
+) -> Result<(), Error> {
+    {
         // The table's own name, resolved through the caller's search_path; then every
         // statement runs with the path the triggers run with, so the key columns' `=` can
         // never be an operator a writer planted on that path (the reader may run as the log's
@@ -815,15 +649,16 @@ fn apply(
             #[diesel(sql_type = Text)]
             path: String,
         }
-        let resolved: Resolved = diesel::sql_query(
+        let resolved: Resolved = first(conn.load(diesel::sql_query(
             "SELECT n.nspname::text AS schema, c.relname::text AS name,
                     pg_catalog.current_setting('search_path') AS path
                FROM (SELECT pg_catalog.to_regclass($1::text) AS oid) AS o
                LEFT JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) o.oid
                LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
         )
-        .bind::<Text, _>(table.to_string())
-        .get_result(conn)?;
+        .into_boxed()
+        .bind::<Text, _>(table.to_string())).await?)
+        .ok_or(diesel::result::Error::NotFound)?;
         let config = |source| Error::Config {
             model: "history",
             source,
@@ -835,21 +670,27 @@ fn apply(
             ),
             _ => table.clone(),
         };
-        diesel::connection::SimpleConnection::batch_execute(
-            conn,
-            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
-        )?;
-        apply_pinned(conn, &table, key, target, supplied)?;
-        diesel::sql_query("SELECT pg_catalog.set_config('search_path', $1, true)")
-            .bind::<Text, _>(resolved.path)
-            .execute(conn)?;
+        conn.execute(
+            diesel::sql_query(
+                "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
+            )
+            .into_boxed(),
+        )
+        .await?;
+        apply_pinned(conn, &table, key, target, supplied).await?;
+        conn.execute(
+            diesel::sql_query("SELECT pg_catalog.set_config('search_path', $1, true)")
+                .into_boxed()
+                .bind::<Text, _>(resolved.path),
+        )
+        .await?;
         Ok(())
-    })
+    }
 }
 
 /// [`apply`]'s statements, with the search_path pinned and the table schema-qualified.
-fn apply_pinned(
-    conn: &mut PgConnection,
+async fn apply_pinned<D: Driver>(
+    conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     target: Option<&Value>,
@@ -864,12 +705,16 @@ fn apply_pinned(
             .join(" AND ")
     };
 
-    let exists = diesel::sql_query(format!(
-        "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
-        matches("k")
-    ))
-    .bind::<Jsonb, _>(key)
-    .execute(conn)?
+    let exists = conn
+        .execute(
+            diesel::sql_query(format!(
+                "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+                matches("k")
+            ))
+            .into_boxed()
+            .bind::<Jsonb, _>(key),
+        )
+        .await?
         > 0;
     match (target, exists) {
         (Some(values), exists) => {
@@ -890,7 +735,7 @@ fn apply_pinned(
             if !exists {
                 // What the log does not hold and the table requires: refuse now, before
                 // anything is written, rather than fail on PostgreSQL's not-null error.
-                let missing = missing_required(conn, table, &values)?;
+                let missing = missing_required(conn, table, &values).await?;
                 if !missing.is_empty() {
                     return Err(Error::MissingValues {
                         table: table.to_string(),
@@ -933,106 +778,222 @@ fn apply_pinned(
             if exists {
                 query = query.bind::<Jsonb, _>(key);
             }
-            query.execute(conn)?;
+            conn.execute(query).await?;
         }
         (None, true) => {
-            diesel::sql_query(format!(
-                "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
-                matches("k")
-            ))
-            .bind::<Jsonb, _>(key)
-            .execute(conn)?;
+            conn.execute(
+                diesel::sql_query(format!(
+                    "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
+                    matches("k")
+                ))
+                .into_boxed()
+                .bind::<Jsonb, _>(key),
+            )
+            .await?;
         }
         (None, false) => {}
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
-    use diesel::{Column, Expression, QueryDsl};
-    use pg_audit::LOG_COLUMNS;
+/// [`AuditReader`] on diesel-async's `AsyncPgConnection` (feature `async`): the same queries,
+/// awaited.
+///
+/// ```no_run
+/// # async fn f(conn: &mut diesel_async::AsyncPgConnection) -> Result<(), pg_audit_diesel::Error> {
+/// use diesel::QueryResult;
+/// use pg_audit_diesel::log::{AsyncAuditReader, Page, TimeRange};
+///
+/// let reader = AsyncAuditReader::new();
+/// let changed = reader.by_user(conn, "alice", TimeRange::default()).await?;
+/// let one_tx = reader.transaction(conn, changed[0].txid).await?;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "async")]
+#[derive(Debug, Clone, Default)]
+pub struct AsyncAuditReader {
+    reader: AuditReader,
+}
 
-    use super::schema::auditlog;
-
-    /// A Diesel SQL type as the engine names it.
-    trait SqlName {
-        const NAME: &'static str;
-        const NULLABLE: bool = false;
-    }
-    impl SqlName for BigInt {
-        const NAME: &'static str = "bigint";
-    }
-    impl SqlName for Timestamptz {
-        const NAME: &'static str = "timestamptz";
-    }
-    impl SqlName for Text {
-        const NAME: &'static str = "text";
-    }
-    impl SqlName for Jsonb {
-        const NAME: &'static str = "jsonb";
-    }
-    impl SqlName for Json {
-        const NAME: &'static str = "json";
-    }
-    impl<T: SqlName> SqlName for Nullable<T> {
-        const NAME: &'static str = T::NAME;
-        const NULLABLE: bool = true;
+#[cfg(feature = "async")]
+impl AsyncAuditReader {
+    /// A reader of `audit.auditlog`.
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    macro_rules! described {
-        ($($column:ident),* $(,)?) => {
-            vec![$((
-                <auditlog::$column as Column>::NAME,
-                <<auditlog::$column as Expression>::SqlType as SqlName>::NAME,
-                <<auditlog::$column as Expression>::SqlType as SqlName>::NULLABLE,
-            )),*]
-        };
+    /// A reader of `log`.
+    pub fn with_log(log: AuditLog) -> Self {
+        AsyncAuditReader {
+            reader: AuditReader::with_log(log),
+        }
     }
 
-    #[test]
-    fn the_table_macro_matches_the_engines_log() {
-        let engine: Vec<(&str, &str, bool)> = LOG_COLUMNS
-            .iter()
-            .map(|c| (c.name, c.sql_type, c.nullable))
-            .collect();
-        let diesel = described!(
-            id,
-            changed_at,
-            tx_started_at,
-            txid,
-            operation,
-            schema_name,
-            table_name,
-            record_key,
-            record_pk,
-            old_values,
-            new_values,
-            db_user,
-            context,
-            old_record_pk,
-            old_record_key,
-        );
-        let sorted = |mut v: Vec<(&'static str, &'static str, bool)>| {
-            v.sort();
-            v
-        };
-        assert_eq!(sorted(diesel), sorted(engine.clone()), "columns and types");
-        // The order too: `SELECT *` through the table! reads columns in table order.
-        let query = diesel::debug_query::<diesel::pg::Pg, _>(
-            &auditlog::table.select(auditlog::all_columns),
-        )
-        .to_string();
-        let names: Vec<&str> = engine.iter().map(|c| c.0).collect();
-        let listed: Vec<&str> = query
-            .split(" FROM ")
-            .next()
-            .unwrap()
-            .trim_start_matches("SELECT ")
-            .split(", ")
-            .map(|c| c.rsplit('.').next().unwrap().trim_matches('"'))
-            .collect();
-        assert_eq!(listed, names);
+    /// [`AuditReader::history`].
+    pub async fn history<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        page: Page,
+    ) -> Result<Vec<AuditEntry>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.history_of(conn, &table, &key, page).await?)
     }
+
+    /// [`AuditReader::history_of`].
+    pub async fn history_of(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        page: Page,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.reader
+            .history_in(&mut AsyncDriver(conn), table, key, page)
+            .await
+    }
+
+    /// [`AuditReader::recorded_keys`].
+    pub async fn recorded_keys(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &QualifiedName,
+    ) -> Result<Vec<Vec<String>>, Error> {
+        self.reader
+            .recorded_keys_in(&mut AsyncDriver(conn), table)
+            .await
+    }
+
+    /// [`AuditReader::transaction`].
+    pub async fn transaction(
+        &self,
+        conn: &mut AsyncPgConnection,
+        txid: i64,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.reader
+            .transaction_in(&mut AsyncDriver(conn), txid)
+            .await
+    }
+
+    /// [`AuditReader::request`].
+    pub async fn request(
+        &self,
+        conn: &mut AsyncPgConnection,
+        request_id: &str,
+        range: TimeRange,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.reader
+            .by_context(&mut AsyncDriver(conn), REQUEST_ID, request_id, range)
+            .await
+    }
+
+    /// [`AuditReader::by_user`].
+    pub async fn by_user(
+        &self,
+        conn: &mut AsyncPgConnection,
+        user_id: &str,
+        range: TimeRange,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        self.reader
+            .by_context(&mut AsyncDriver(conn), USER_ID, user_id, range)
+            .await
+    }
+
+    /// [`AuditReader::state_at`].
+    pub async fn state_at<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        at: SystemTime,
+    ) -> Result<Option<Value>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.state_of_at(conn, &table, &key, at).await?)
+    }
+
+    /// [`AuditReader::state_of_at`].
+    pub async fn state_of_at(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        at: SystemTime,
+    ) -> QueryResult<Option<Value>> {
+        self.reader
+            .state_in(&mut AsyncDriver(conn), table, key, at)
+            .await
+    }
+
+    /// [`AuditReader::diff`].
+    pub async fn diff<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        from: SystemTime,
+        to: SystemTime,
+    ) -> Result<Diff, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        self.reader
+            .diff_in(&mut AsyncDriver(conn), &table, &key, from, to)
+            .await
+    }
+
+    /// [`AuditReader::revert`], in a transaction of
+    /// [`AsyncAuditConnectionExt::with_change_reason`](crate::AsyncAuditConnectionExt::with_change_reason).
+    pub async fn revert<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        entry: i64,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let (table, key) = model_key::<T>(key)?;
+        let values = self
+            .reader
+            .reverted(&mut AsyncDriver(conn), &table, &key, entry)
+            .await?;
+        apply_async(conn, &table, &key, values.as_ref(), &Map::new(), reason).await
+    }
+
+    /// [`AuditReader::restore`].
+    pub async fn restore<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        reason: &str,
+    ) -> Result<(), Error> {
+        self.restore_with::<T>(conn, key, reason, Map::new()).await
+    }
+
+    /// [`AuditReader::restore_with`].
+    pub async fn restore_with<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+        reason: &str,
+        values: Map<String, Value>,
+    ) -> Result<(), Error> {
+        let (table, key) = model_key::<T>(key)?;
+        let deleted = self
+            .reader
+            .deleted(&mut AsyncDriver(conn), &table, &key)
+            .await?;
+        apply_async(conn, &table, &key, deleted.as_ref(), &values, reason).await
+    }
+}
+
+/// [`apply`] on diesel-async's connection.
+#[cfg(feature = "async")]
+async fn apply_async(
+    conn: &mut AsyncPgConnection,
+    table: &QualifiedName,
+    key: &Value,
+    target: Option<&Value>,
+    supplied: &Map<String, Value>,
+    reason: &str,
+) -> Result<(), Error> {
+    use crate::AsyncAuditConnectionExt as _;
+    conn.with_change_reason(reason, async |conn| {
+        apply_in(&mut AsyncDriver(conn), table, key, target, supplied).await
+    })
+    .await
 }

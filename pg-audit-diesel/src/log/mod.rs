@@ -1,0 +1,390 @@
+//! The audit log as Diesel sees it: its `table!`, a typed entry, and the queries that answer
+//! "what happened to this record, who did it, why, and what did it look like then".
+//!
+//! ```ignore
+//! use pg_audit_diesel::log::{AuditReader, Page};
+//!
+//! let reader = AuditReader::new();                       // audit.auditlog
+//! let history = reader.history::<User>(&mut conn, 42, Page::first(20))?;
+//! for entry in &history {
+//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.user_id.as_deref(), entry.changes());
+//! }
+//! let then = reader.state_at::<User>(&mut conn, 42, yesterday)?;     // the row as it was
+//! reader.revert::<User>(&mut conn, 42, history[3].id, "Undo vandalism")?;
+//! ```
+//!
+//! Queries name the log through [`pg_audit::AuditLog`], so a log with another schema or name
+//! works the same; [`schema::auditlog`] is the `table!` of the default one, for Diesel's query
+//! builder.
+
+mod driver;
+mod reader;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use diesel::deserialize::{self, FromSql, FromSqlRow};
+use diesel::expression::AsExpression;
+use diesel::pg::{Pg, PgValue};
+use diesel::prelude::*;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+use pg_audit::Operation;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::AuditContext;
+
+pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
+#[cfg(feature = "async")]
+pub use reader::AsyncAuditReader;
+pub use reader::AuditReader;
+
+/// The `table!` of the default audit log, `audit.auditlog`.
+pub mod schema {
+    diesel::table! {
+        /// The audit log: one row per audited change.
+        audit.auditlog (id) {
+            /// Increasing id.
+            id -> Int8,
+            /// Start of the statement that made the change (the partition key).
+            changed_at -> Timestamptz,
+            /// Start of the transaction.
+            tx_started_at -> Timestamptz,
+            /// Transaction id.
+            txid -> Int8,
+            /// INSERT, UPDATE, DELETE or TRUNCATE.
+            operation -> Text,
+            /// Schema of the changed table.
+            schema_name -> Text,
+            /// Name of the changed table.
+            table_name -> Text,
+            /// Indexed hash of table and key.
+            record_key -> Nullable<Int8>,
+            /// The row's key as a JSON object.
+            record_pk -> Nullable<Jsonb>,
+            /// The audited columns before (UPDATE, DELETE).
+            old_values -> Nullable<Jsonb>,
+            /// The audited columns after (INSERT, UPDATE).
+            new_values -> Nullable<Jsonb>,
+            /// The database role that connected.
+            db_user -> Text,
+            /// The audit context.
+            context -> Nullable<Json>,
+            /// An UPDATE that changed the key: the key before.
+            old_record_pk -> Nullable<Jsonb>,
+            /// Indexed hash of table and the key before.
+            old_record_key -> Nullable<Int8>,
+        }
+    }
+}
+
+/// A `timestamptz` as a [`SystemTime`], without a date-time crate: PostgreSQL sends
+/// microseconds since 2000-01-01 UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, AsExpression, FromSqlRow)]
+#[diesel(sql_type = Timestamptz)]
+pub struct LogTime(pub SystemTime);
+
+const PG_EPOCH_SECS: u64 = 946_684_800;
+
+impl FromSql<Timestamptz, Pg> for LogTime {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let micros = <i64 as FromSql<BigInt, Pg>>::from_sql(value)?;
+        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
+        let offset = Duration::from_micros(micros.unsigned_abs());
+        Ok(LogTime(if micros >= 0 {
+            epoch + offset
+        } else {
+            epoch - offset
+        }))
+    }
+}
+
+impl ToSql<Timestamptz, Pg> for LogTime {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        let epoch = UNIX_EPOCH + Duration::from_secs(PG_EPOCH_SECS);
+        let micros = match self.0.duration_since(epoch) {
+            Ok(d) => i64::try_from(d.as_micros())?,
+            Err(e) => -i64::try_from(e.duration().as_micros())?,
+        };
+        <i64 as ToSql<BigInt, Pg>>::to_sql(&micros, &mut out.reborrow())
+    }
+}
+
+impl From<LogTime> for SystemTime {
+    fn from(t: LogTime) -> SystemTime {
+        t.0
+    }
+}
+
+/// The `operation` column, read into [`Operation`].
+#[derive(Debug, FromSqlRow)]
+#[doc(hidden)]
+pub struct OperationText(Operation);
+
+impl FromSql<Text, Pg> for OperationText {
+    fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
+        let text = <String as FromSql<Text, Pg>>::from_sql(value)?;
+        Ok(OperationText(text.parse()?))
+    }
+}
+
+impl From<OperationText> for Operation {
+    fn from(o: OperationText) -> Operation {
+        o.0
+    }
+}
+
+/// Serde for [`Operation`] as its SQL name (`INSERT`, ...).
+mod operation_name {
+    use pg_audit::Operation;
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(op: &Operation, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(op.keyword())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        text.parse().map_err(D::Error::custom)
+    }
+}
+
+/// Serde for an entry's context as the log stores it: its JSON object, or `null` when empty.
+mod context_object {
+    use serde::{Deserialize as _, Deserializer, Serialize as _, Serializer};
+
+    use crate::AuditContext;
+
+    pub(super) fn serialize<S: Serializer>(ctx: &AuditContext, s: S) -> Result<S::Ok, S::Error> {
+        ctx.to_json().serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<AuditContext, D::Error> {
+        Ok(Option::<AuditContext>::deserialize(d)?.unwrap_or_default())
+    }
+}
+
+impl From<Option<Value>> for AuditContext {
+    fn from(value: Option<Value>) -> AuditContext {
+        AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
+    }
+}
+
+/// One audit row, typed.
+///
+/// It serializes with serde as the CLI's `--json` prints an entry: times as RFC 3339 strings in
+/// UTC, the operation as `INSERT`, `UPDATE`, `DELETE` or `TRUNCATE`, the context as its JSON
+/// object.
+#[derive(Debug, Clone, PartialEq, QueryableByName, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Increasing id; also the version to [`AuditReader::revert`] to.
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    /// When the statement that made the change started.
+    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub changed_at: SystemTime,
+    /// When its transaction started.
+    #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
+    #[serde(with = "crate::time::serde_rfc3339")]
+    pub tx_started_at: SystemTime,
+    /// The transaction id.
+    #[diesel(sql_type = BigInt)]
+    pub txid: i64,
+    /// What happened.
+    #[diesel(sql_type = Text, deserialize_as = OperationText)]
+    #[serde(with = "operation_name")]
+    pub operation: Operation,
+    /// The changed table's schema.
+    #[diesel(sql_type = Text)]
+    pub schema_name: String,
+    /// The changed table.
+    #[diesel(sql_type = Text)]
+    pub table_name: String,
+    /// The record's key (`None` for TRUNCATE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub record_pk: Option<Value>,
+    /// The audited columns before (UPDATE, DELETE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub old_values: Option<Value>,
+    /// The audited columns after (INSERT, UPDATE).
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub new_values: Option<Value>,
+    /// The database role that connected.
+    #[diesel(sql_type = Text)]
+    pub db_user: String,
+    /// Who, why and from where (serialized as `null` when empty, as the log stores it).
+    #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
+    #[serde(with = "context_object")]
+    pub context: AuditContext,
+    /// An UPDATE that changed the record's key: the key before (`record_pk` is the key after).
+    /// Such an entry is the last of the old key's history and the first of the new key's.
+    #[diesel(sql_type = Nullable<Jsonb>)]
+    pub old_record_pk: Option<Value>,
+}
+
+impl AuditEntry {
+    /// The audited columns this change touched, with their values before and after (`Null`
+    /// where there was no row): for an UPDATE the columns that differ, for an INSERT or DELETE
+    /// every audited column.
+    pub fn changes(&self) -> BTreeMap<String, (Value, Value)> {
+        changed_columns(self.old_values.as_ref(), self.new_values.as_ref())
+    }
+}
+
+/// The columns whose values differ between two versions of a row (`None`: no row).
+pub fn changed_columns(
+    before: Option<&Value>,
+    after: Option<&Value>,
+) -> BTreeMap<String, (Value, Value)> {
+    let empty = Map::new();
+    let before = before.and_then(Value::as_object).unwrap_or(&empty);
+    let after = after.and_then(Value::as_object).unwrap_or(&empty);
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|k| before.get(*k) != after.get(*k))
+        .map(|k| {
+            let value = |side: &Map<String, Value>| side.get(k).cloned().unwrap_or(Value::Null);
+            (k.clone(), (value(before), value(after)))
+        })
+        .collect()
+}
+
+/// Which entries of a newest-first listing to return: at most `limit`, older than entry
+/// `before` when set (keyset paging: pass the last id of the previous page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    /// The most entries to return.
+    pub limit: u32,
+    /// Only entries with a smaller id.
+    pub before: Option<i64>,
+}
+
+impl Page {
+    /// The newest `limit` entries.
+    pub fn first(limit: u32) -> Page {
+        Page {
+            limit,
+            before: None,
+        }
+    }
+
+    /// The page after the one that ended with `entries`, or `None` when that was the last.
+    pub fn after(self, entries: &[AuditEntry]) -> Option<Page> {
+        (entries.len() == self.limit as usize).then(|| Page {
+            limit: self.limit,
+            before: entries.last().map(|e| e.id),
+        })
+    }
+}
+
+/// A time range; either end open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TimeRange {
+    /// From (inclusive).
+    pub from: Option<SystemTime>,
+    /// Until (exclusive).
+    pub until: Option<SystemTime>,
+}
+
+/// A record's state at two points in time, and what differs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diff {
+    /// The record at the first point (`None`: it did not exist, or was not audited yet).
+    pub before: Option<Value>,
+    /// The record at the second point.
+    pub after: Option<Value>,
+    /// The columns that differ, with their two values.
+    pub changed: BTreeMap<String, (Value, Value)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::{BigInt, Json, Jsonb, Nullable, Text, Timestamptz};
+    use diesel::{Column, Expression, QueryDsl};
+    use pg_audit::LOG_COLUMNS;
+
+    use super::schema::auditlog;
+
+    /// A Diesel SQL type as the engine names it.
+    trait SqlName {
+        const NAME: &'static str;
+        const NULLABLE: bool = false;
+    }
+    impl SqlName for BigInt {
+        const NAME: &'static str = "bigint";
+    }
+    impl SqlName for Timestamptz {
+        const NAME: &'static str = "timestamptz";
+    }
+    impl SqlName for Text {
+        const NAME: &'static str = "text";
+    }
+    impl SqlName for Jsonb {
+        const NAME: &'static str = "jsonb";
+    }
+    impl SqlName for Json {
+        const NAME: &'static str = "json";
+    }
+    impl<T: SqlName> SqlName for Nullable<T> {
+        const NAME: &'static str = T::NAME;
+        const NULLABLE: bool = true;
+    }
+
+    macro_rules! described {
+        ($($column:ident),* $(,)?) => {
+            vec![$((
+                <auditlog::$column as Column>::NAME,
+                <<auditlog::$column as Expression>::SqlType as SqlName>::NAME,
+                <<auditlog::$column as Expression>::SqlType as SqlName>::NULLABLE,
+            )),*]
+        };
+    }
+
+    #[test]
+    fn the_table_macro_matches_the_engines_log() {
+        let engine: Vec<(&str, &str, bool)> = LOG_COLUMNS
+            .iter()
+            .map(|c| (c.name, c.sql_type, c.nullable))
+            .collect();
+        let diesel = described!(
+            id,
+            changed_at,
+            tx_started_at,
+            txid,
+            operation,
+            schema_name,
+            table_name,
+            record_key,
+            record_pk,
+            old_values,
+            new_values,
+            db_user,
+            context,
+            old_record_pk,
+            old_record_key,
+        );
+        let sorted = |mut v: Vec<(&'static str, &'static str, bool)>| {
+            v.sort();
+            v
+        };
+        assert_eq!(sorted(diesel), sorted(engine.clone()), "columns and types");
+        // The order too: `SELECT *` through the table! reads columns in table order.
+        let query = diesel::debug_query::<diesel::pg::Pg, _>(
+            &auditlog::table.select(auditlog::all_columns),
+        )
+        .to_string();
+        let names: Vec<&str> = engine.iter().map(|c| c.0).collect();
+        let listed: Vec<&str> = query
+            .split(" FROM ")
+            .next()
+            .unwrap()
+            .trim_start_matches("SELECT ")
+            .split(", ")
+            .map(|c| c.rsplit('.').next().unwrap().trim_matches('"'))
+            .collect();
+        assert_eq!(listed, names);
+    }
+}
