@@ -27,7 +27,7 @@ pub(crate) fn print(text: &str) {
     }
 }
 
-/// [`print`] of a line.
+/// [`print()`] of a line.
 pub(crate) fn line(text: &str) {
     print(&format!("{text}\n"));
 }

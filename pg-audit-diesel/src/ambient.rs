@@ -1,11 +1,13 @@
 //! Ambient audit context: set it for a scope, and every transaction pg-audit opens inside the
 //! scope carries it.
 //!
-//! ```ignore
-//! use pg_audit_diesel::ambient;
+//! ```no_run
+//! use pg_audit_diesel::{AuditConnectionExt as _, ambient};
+//! # fn f(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
 //!
 //! let _guard = ambient::use_change_reason("Bulk update for compliance");
-//! conn.audited_transaction(|conn| { /* rows logged with that reason */ Ok(()) })?;
+//! conn.audited_transaction(|conn| { /* rows logged with that reason */ diesel::QueryResult::Ok(()) })?;
+//! # Ok(()) }
 //! ```
 //!
 //! **Sync code** keeps the context in a thread-local; [`use_context`] and
@@ -21,10 +23,13 @@
 //! A new task or thread starts with no context: `tokio::spawn` and `spawn_blocking` do not
 //! carry it. Pass it on with [`current`]:
 //!
-//! ```ignore
+//! ```no_run
+//! # use pg_audit_diesel::ambient;
+//! # async fn f() {
 //! tokio::spawn(ambient::current().scope(async move { /* ... */ }));
 //! let ctx = ambient::current();
 //! tokio::task::spawn_blocking(move || ctx.enter(|| { /* ... */ }));
+//! # }
 //! ```
 //!
 //! or, with the `tokio` feature, `spawn` and `spawn_blocking`, which do exactly that.

@@ -1,20 +1,4 @@
-//! The context helpers for diesel-async's `AsyncPgConnection` (feature `async`), pooled or not
-//! (deadpool's, bb8's and mobc's pooled connections deref to one).
-//!
-//! ```ignore
-//! use pg_audit_diesel::AsyncAuditConnectionExt;
-//!
-//! conn.with_change_reason("User requested password reset", async |conn| {
-//!     diesel::update(users::table.find(id)).set(users::password_hash.eq(hash)).execute(conn).await
-//! })
-//! .await?;
-//! ```
-//!
-//! They drive the same protocol as [`crate::AuditConnectionExt`]'s ([`crate::transaction`]):
-//! the context goes with `BEGIN` in one round trip, nesting opens a savepoint, and the ambient
-//! context ([`crate::ambient`]) of the
-//! task is merged in, so `#[with_change_reason]` on an `async fn` applies to the transactions
-//! it opens with these helpers.
+//! The context helpers on diesel-async; documented on [`AsyncAuditConnectionExt`].
 
 use std::future::Future;
 
@@ -43,7 +27,32 @@ where
     type Fut = Fut;
 }
 
-/// Context-carrying transactions on an [`AsyncPgConnection`]; see the module documentation.
+/// Context-carrying transactions on an [`AsyncPgConnection`].
+///
+/// # Use
+///
+/// The context helpers for diesel-async's `AsyncPgConnection` (feature `async`), pooled or not
+/// (deadpool's, bb8's and mobc's pooled connections deref to one).
+///
+/// ```no_run
+/// # use diesel::prelude::*;
+/// # use diesel_async::{AsyncPgConnection, RunQueryDsl};
+/// # diesel::table! { users (id) { id -> Int4, password_hash -> Text } }
+/// use pg_audit_diesel::AsyncAuditConnectionExt;
+/// # async fn f(conn: &mut AsyncPgConnection, id: i32, hash: String) -> QueryResult<()> {
+///
+/// conn.with_change_reason("User requested password reset", async |conn| {
+///     diesel::update(users::table.find(id)).set(users::password_hash.eq(hash)).execute(conn).await
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// They drive the same protocol as [`crate::AuditConnectionExt`]'s:
+/// the context goes with `BEGIN` in one round trip, nesting opens a savepoint, and the ambient
+/// context ([`crate::ambient`]) of the
+/// task is merged in, so `#[with_change_reason]` on an `async fn` applies to the transactions
+/// it opens with these helpers.
 pub trait AsyncAuditConnectionExt: Sized {
     /// Runs `f` in a transaction whose changes are logged with `ctx` nested inside the ambient
     /// context.

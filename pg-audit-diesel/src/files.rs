@@ -13,9 +13,10 @@ use crate::migration::AuditMigrations;
 /// their order). Then run them with `diesel migration run` or `embed_migrations!`, instead of
 /// [`crate::migrations`].
 ///
-/// ```ignore
+/// ```no_run
 /// // e.g. in a small bin of the application, run when models change:
 /// pg_audit_diesel::write_migration_files("migrations", &pg_audit_diesel::migrations())?;
+/// # Ok::<(), pg_audit_diesel::WriteError>(())
 /// ```
 pub fn write_migration_files(
     dir: impl AsRef<Path>,

@@ -5,8 +5,12 @@
 //!
 //! # The `#[pg_audit(...)]` attribute
 //!
-//! ```ignore
+//! ```no_run
+//! use diesel::prelude::*;
 //! use pg_audit_diesel::pg_audit;
+//! # diesel::table! { users (id) { id -> Int4, name -> Text, email -> Text, password_hash -> Text } }
+//! # diesel::table! { products (id) { id -> Int4, title -> Text, created_at -> Timestamp, updated_at -> Timestamp } }
+//! # diesel::table! { billing.subscriptions (id) { id -> Int4, is_active -> Bool } }
 //!
 //! #[pg_audit(track_only = ["name", "email"])]
 //! #[derive(Queryable, Selectable)]
@@ -15,12 +19,13 @@
 //!
 //! #[pg_audit(exclude_fields = [created_at, updated_at])]
 //! #[derive(Queryable)]
-//! pub struct Product { /* table `products`, Diesel's default name */ }
+//! pub struct Product { pub id: i32 } // table `products`, Diesel's default name
 //!
 //! #[pg_audit(condition = "NEW.is_active = TRUE", operations = [insert, update])]
 //! #[derive(Queryable)]
 //! #[diesel(table_name = subscriptions)] // table! { billing.subscriptions (id) { ... } }
-//! pub struct Subscription { /* ... */ }
+//! pub struct Subscription { pub id: i32 }
+//! # fn main() {}
 //! ```
 //!
 //! The table is the one Diesel uses for the struct: `#[diesel(table_name = path)]` (a path to
@@ -74,6 +79,7 @@
 //!
 //! The log itself is read with [`log::AuditReader`].
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod ambient;
 #[cfg(feature = "async")]
@@ -95,7 +101,8 @@ pub mod web;
 #[cfg(feature = "connection-wrapper")]
 pub mod wrapper;
 
-pub use pg_audit as sql;
+/// The SQL engine (the `pg-audit` crate): the log, its partitions and the triggers as SQL text.
+pub use ::pg_audit as sql;
 pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]

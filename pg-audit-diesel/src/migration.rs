@@ -1,26 +1,4 @@
-//! Embedded migrations: the audit log, then one migration per audited model, run at startup
-//! with Diesel's migration harness.
-//!
-//! ```ignore
-//! conn.run_pending_migrations(MIGRATIONS)?;                    // the application's tables
-//! conn.run_pending_migrations(pg_audit_diesel::migrations())?; // the log and the triggers
-//! ```
-//!
-//! Each migration's version carries a hash of its SQL, so a changed configuration (a column
-//! added to `track_only`, a new condition) or a new pg-audit release is a new, pending
-//! migration on the next start, and installing replaces what the previous one installed —
-//! and forgets the previous version, so that going back to an earlier configuration (a
-//! deploy rolled back) is pending again and reinstalls it: the installed triggers always
-//! follow the configuration the running release declares.
-//! Versions begin with `00000000000001` (the log) and `00000000000002` (models): they sort
-//! after Diesel's initial setup and before dated application migrations, so Diesel's
-//! `revert_last_migration` on the application's migrations still finds the application's.
-//!
-//! **Several instances starting at once.** Every migration first takes a transaction-level
-//! advisory lock, so installs are serialised. An instance that waited while another applied
-//! the same migration finds it recorded, skips the install, and lets Diesel's harness record
-//! it again in the same transaction (it deletes the row the other instance wrote first), so
-//! it neither fails on the duplicate version nor installs twice.
+//! Embedded migrations; documented on [`AuditMigrations`].
 
 use std::fmt;
 
@@ -80,6 +58,38 @@ where
 }
 
 /// A Diesel [`MigrationSource`]: the log's migration, then one per model.
+///
+/// # How they run
+///
+/// Embedded migrations: the audit log, then one migration per audited model, run at startup
+/// with Diesel's migration harness.
+///
+/// ```no_run
+/// # use diesel::migration::MigrationSource;
+/// # use diesel::pg::Pg;
+/// use diesel_migrations::MigrationHarness as _;
+/// # fn f(conn: &mut diesel::PgConnection, MIGRATIONS: impl MigrationSource<Pg>)
+/// #     -> diesel::migration::Result<()> {
+/// conn.run_pending_migrations(MIGRATIONS)?;                    // the application's tables
+/// conn.run_pending_migrations(pg_audit_diesel::migrations())?; // the log and the triggers
+/// # Ok(()) }
+/// ```
+///
+/// Each migration's version carries a hash of its SQL, so a changed configuration (a column
+/// added to `track_only`, a new condition) or a new pg-audit release is a new, pending
+/// migration on the next start, and installing replaces what the previous one installed —
+/// and forgets the previous version, so that going back to an earlier configuration (a
+/// deploy rolled back) is pending again and reinstalls it: the installed triggers always
+/// follow the configuration the running release declares.
+/// Versions begin with `00000000000001` (the log) and `00000000000002` (models): they sort
+/// after Diesel's initial setup and before dated application migrations, so Diesel's
+/// `revert_last_migration` on the application's migrations still finds the application's.
+///
+/// **Several instances starting at once.** Every migration first takes a transaction-level
+/// advisory lock, so installs are serialised. An instance that waited while another applied
+/// the same migration finds it recorded, skips the install, and lets Diesel's harness record
+/// it again in the same transaction (it deletes the row the other instance wrote first), so
+/// it neither fails on the duplicate version nor installs twice.
 #[derive(Debug, Clone)]
 pub struct AuditMigrations {
     log: AuditLog,

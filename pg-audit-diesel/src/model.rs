@@ -130,8 +130,17 @@ inventory::collect!(AuditedModel);
 /// model defined in such a crate is silently missing from it. When that matters (models in a
 /// separate crate, or to be explicit), list the models:
 ///
-/// ```ignore
+/// ```
+/// # use diesel::prelude::*;
+/// # use pg_audit_diesel::{pg_audit, ModelSet};
+/// # diesel::table! { users (id) { id -> Int4, name -> Text } }
+/// # diesel::table! { products (id) { id -> Int4, title -> Text } }
+/// # #[pg_audit] #[derive(Queryable)] #[diesel(table_name = users)] pub struct User { pub id: i32 }
+/// # #[pg_audit] #[derive(Queryable)] #[diesel(table_name = products)] pub struct Product { pub id: i32 }
+/// # fn main() {
 /// let models = ModelSet::new().with::<User>().with::<Product>();
+/// # let _ = models;
+/// # }
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct ModelSet {

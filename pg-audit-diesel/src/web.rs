@@ -1,7 +1,13 @@
 //! The audit context of each HTTP request: a tower [`Layer`](tower_layer::Layer) (feature
 //! `tower`; feature `axum` adds axum's matched route and peer address).
 //!
-//! ```ignore
+//! ```no_run
+//! # use std::net::SocketAddr;
+//! # use axum::{Router, middleware, routing::patch, http::HeaderName};
+//! # #[derive(Clone)] struct CurrentUser { id: i64 }
+//! # async fn update_product() {}
+//! # async fn authenticate(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response { next.run(req).await }
+//! # async fn f(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
 //! use pg_audit_diesel::web::AuditLayer;
 //!
 //! let app = Router::new()
@@ -14,6 +20,7 @@
 //!     )
 //!     .layer(middleware::from_fn(authenticate)); // outside the audit layer: runs first
 //! axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+//! # Ok(()) }
 //! ```
 //!
 //! For each request the layer builds an [`AuditContext`] and runs the inner service with it as
@@ -43,12 +50,13 @@
 //!
 //! Writes made in the handler carry the context, one line each:
 //!
-//! - sync Diesel on a blocking thread: [`crate::ambient::spawn_blocking`] (feature
+//! - sync Diesel on a blocking thread: `ambient::spawn_blocking` (feature
 //!   `tokio`) instead of `tokio::task::spawn_blocking`, then `conn.audited_transaction(..)` or
 //!   `conn.with_change_reason(..)`;
-//! - [`crate::AuditedConnection`] from a pool: the same `spawn_blocking`, then plain Diesel;
-//! - diesel-async: `conn.audited_transaction(async |conn| ..)` or `with_change_reason`
-//!   ([`crate::AsyncAuditConnectionExt`]), directly in the handler.
+//! - `AuditedConnection` from a pool (feature `connection-wrapper`): the same
+//!   `spawn_blocking`, then plain Diesel;
+//! - diesel-async (feature `async`): `conn.audited_transaction(async |conn| ..)` or
+//!   `with_change_reason` (`AsyncAuditConnectionExt`), directly in the handler.
 
 use std::fmt;
 use std::future::Future;

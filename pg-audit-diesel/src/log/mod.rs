@@ -1,17 +1,34 @@
 //! The audit log as Diesel sees it: its `table!`, a typed entry, and the queries that answer
 //! "what happened to this record, who did it, why, and what did it look like then".
 //!
-//! ```ignore
+//! ```no_run
+//! # use diesel::prelude::*;
+//! # use pg_audit_diesel::pg_audit;
+//! # diesel::table! { users (id) { id -> Int4, name -> Text } }
+//! # #[pg_audit] #[derive(Queryable)] #[diesel(table_name = users)] pub struct User { pub id: i32 }
+//! # fn main() -> Result<(), pg_audit_diesel::Error> {
+//! # let mut conn = PgConnection::establish("").unwrap();
+//! # let yesterday = std::time::SystemTime::now();
 //! use pg_audit_diesel::log::{AuditReader, Page};
 //!
 //! let reader = AuditReader::new();                       // audit.auditlog
 //! let history = reader.history::<User>(&mut conn, 42, Page::first(20))?;
 //! for entry in &history {
-//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.user_id.as_deref(), entry.changes());
+//!     println!("{:?} by {:?}: {:?}", entry.operation, entry.context.user_id, entry.changes());
 //! }
 //! let then = reader.state_at::<User>(&mut conn, 42, yesterday)?;     // the row as it was
 //! reader.revert::<User>(&mut conn, 42, history[3].id, "Undo vandalism")?;
+//! # Ok(()) }
 //! ```
+//!
+#![cfg_attr(
+    feature = "async",
+    doc = "With the feature `async`, [`AsyncAuditReader`] asks the same on diesel-async's connection."
+)]
+#![cfg_attr(
+    not(feature = "async"),
+    doc = "With the feature `async`, `AsyncAuditReader` asks the same on diesel-async's connection."
+)]
 //!
 //! Queries name the log through [`pg_audit::AuditLog`], so a log with another schema or name
 //! works the same; [`schema::auditlog`] is the `table!` of the default one, for Diesel's query
