@@ -128,3 +128,31 @@ pub mod __private {
 
     pub use crate::names::{ColumnNames, has_column};
 }
+
+#[cfg(test)]
+mod api_tests {
+    /// Types users move across threads and tasks (C-SEND-SYNC), and errors that work with
+    /// `?` into `Box<dyn Error + Send + Sync>` and anyhow (C-GOOD-ERR).
+    #[test]
+    fn public_types_are_send_and_sync() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        fn error<T: std::error::Error + Send + Sync + 'static>() {}
+        send_sync::<crate::AuditContext>();
+        send_sync::<crate::log::AuditEntry>();
+        send_sync::<crate::log::AuditReader>();
+        send_sync::<crate::log::Page>();
+        send_sync::<crate::AuditMigrations>();
+        send_sync::<crate::ModelSet>();
+        send_sync::<crate::ambient::AuditContext>();
+        error::<crate::Error>();
+        error::<crate::WriteError>();
+        error::<crate::InvalidContext>();
+        error::<pg_audit::Error>();
+        send_sync::<pg_audit::AuditLog>();
+        send_sync::<pg_audit::TriggerSpec>();
+        #[cfg(feature = "tower")]
+        send_sync::<crate::web::AuditLayer>();
+        #[cfg(feature = "async")]
+        send_sync::<crate::log::AsyncAuditReader>();
+    }
+}
