@@ -172,6 +172,38 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+impl Server {
+    /// The server's version, as `SHOW server_version` gives it up to the first space (`15.20`).
+    pub fn server_version(&self) -> Result<String, Error> {
+        off_runtime(|| {
+            let mut client = connect(&self.admin_url)?;
+            let row = client
+                .query_one("SHOW server_version", &[])
+                .map_err(|e| err(format!("SHOW server_version: {}", db_message(&e))))?;
+            let version: String = row.get(0);
+            Ok(version
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned())
+        })
+    }
+}
+
+/// The version of the server binaries in `bindir` (`15.20`), from `postgres --version`.
+fn binary_version(bindir: &Path) -> Result<String, Error> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| err(format!("cannot run postgres --version: {e}")))?;
+    // "postgres (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)": the third field.
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(2)
+        .map(str::to_owned)
+        .ok_or_else(|| err("cannot read the version from postgres --version"))
+}
+
 fn connect(url: &str) -> Result<postgres::Client, Error> {
     postgres::Client::connect(url, postgres::NoTls).map_err(|e| {
         err(format!(
@@ -552,10 +584,20 @@ fn start_shared_cluster() -> Result<Server, Error> {
         remove_on_drop: false,
     };
     let server = cluster.server();
-    let reachable = cluster.port != 0
-        && cluster.is_running()
-        && server.execute(&server.admin_url, "SELECT 1").is_ok();
-    if !reachable {
+    let running = cluster.port != 0 && cluster.is_running();
+    // A server still running the binaries of before a package upgrade loads the new ones'
+    // libraries (plpgsql) and fails: restart it on the installed version.
+    let current = running
+        && server
+            .server_version()
+            .is_ok_and(|running| running == binary_version(&bindir).unwrap_or_default());
+    if running && !current {
+        eprintln!(
+            "pg-audit-tempdb: the shared server runs other binaries than {}: restarting it",
+            bindir.display()
+        );
+    }
+    if !current {
         if cluster.is_running() {
             let _ = cluster.stop("fast");
         }
@@ -764,17 +806,12 @@ const KNOWN_LOCATIONS: &[(&str, &str, &str)] = &[
 ];
 
 fn major_version(bindir: &Path) -> Result<u32, Error> {
-    let out = Command::new(bindir.join("postgres"))
-        .arg("--version")
-        .output()
-        .map_err(|e| err(format!("cannot run postgres --version: {e}")))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = text
-        .split_whitespace()
-        .last()
-        .and_then(|v| v.split('.').next())
+    let full = binary_version(bindir)?;
+    let version: u32 = full
+        .split('.')
+        .next()
         .and_then(|v| v.parse().ok())
-        .ok_or_else(|| err(format!("cannot read the PostgreSQL version from `{text}`")))?;
+        .ok_or_else(|| err(format!("cannot read the PostgreSQL version from `{full}`")))?;
     if version < 13 {
         return Err(err(format!(
             "PostgreSQL {version} in {} is too old: pg-audit needs 13 or newer",
