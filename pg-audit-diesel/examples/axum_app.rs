@@ -473,6 +473,7 @@ pub fn init_tracing() {
         )
         .with_span_events(FmtSpan::CLOSE)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
