@@ -150,6 +150,23 @@ fn key_object(
     let columns: Vec<String> = match <[_; 1]>::try_from(recorded) {
         Ok([one]) => one,
         Err(recorded) if recorded.is_empty() => {
+            #[derive(QueryableByName)]
+            struct Exists {
+                #[diesel(sql_type = diesel::sql_types::Bool)]
+                exists: bool,
+            }
+            let exists =
+                diesel::sql_query("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL AS exists")
+                    .bind::<Text, _>(table.to_string())
+                    .get_result::<Exists>(conn)?
+                    .exists;
+            if !exists {
+                return Err(format!(
+                    "no table {table}: it is neither audited in this log nor in the database; \
+                     check the name (schema.table), or --log-schema/--log-name"
+                )
+                .into());
+            }
             eprintln!(
                 "note: no pg-audit install is recorded for {table}; taking its key to be `id`"
             );

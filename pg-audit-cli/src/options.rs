@@ -48,8 +48,26 @@ impl Db {
             .database_url
             .as_deref()
             .ok_or("no database to connect to: pass --database-url or set DATABASE_URL")?;
-        let conn = PgConnection::establish(url)
+        let mut conn = PgConnection::establish(url)
             .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        #[derive(QueryableByName)]
+        struct Exists {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            exists: bool,
+        }
+        let exists =
+            diesel::sql_query("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL AS exists")
+                .bind::<diesel::sql_types::Text, _>(log.table().to_string())
+                .get_result::<Exists>(&mut conn)?
+                .exists;
+        if !exists {
+            return Err(format!(
+                "no audit log {} in this database: install it (pg-audit sql table), or name \
+                 the right one with --log-schema/--log-name",
+                log.table()
+            )
+            .into());
+        }
         Ok((conn, log))
     }
 }

@@ -33,13 +33,15 @@ pub(crate) fn line(text: &str) {
 }
 
 /// Progress through `len` steps of a long operation: a bar on standard error when it is a
-/// terminal, nothing otherwise (so pipes and logs get results only).
+/// terminal and `-v` is off, nothing otherwise (so pipes and logs get results only).
 pub(crate) struct Progress(indicatif::ProgressBar);
 
 impl Progress {
     pub(crate) fn new(len: usize, what: &str) -> Progress {
         use std::io::IsTerminal as _;
-        let bar = if std::io::stderr().is_terminal() {
+        // With -v the log lines say what happens, and a bar would interleave with them.
+        let verbose = tracing::enabled!(target: "pg_audit", tracing::Level::INFO);
+        let bar = if std::io::stderr().is_terminal() && !verbose {
             indicatif::ProgressBar::new(len as u64)
         } else {
             indicatif::ProgressBar::hidden()

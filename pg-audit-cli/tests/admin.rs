@@ -317,6 +317,30 @@ fn database_errors_are_clear() {
 }
 
 #[test]
+fn a_misspelled_table_or_log_is_an_error_naming_the_fix() {
+    let db = setup("admin_misspelled");
+    let e = pg_audit(&["history", "userz", "1"], Some(db.url()));
+    assert_eq!(e.status.code(), Some(2), "{e:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&e.stderr).trim(),
+        "error: no table \"userz\": it is neither audited in this log nor in the database; \
+         check the name (schema.table), or --log-schema/--log-name"
+    );
+    let e = pg_audit(&["check", "--log-schema", "nope"], Some(db.url()));
+    assert_eq!(e.status.code(), Some(2), "{e:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&e.stderr).trim(),
+        "error: no audit log \"nope\".\"auditlog\" in this database: install it (pg-audit sql table), \
+         or name the right one with --log-schema/--log-name"
+    );
+    // A table that exists but was never audited: a note, and an empty history.
+    db.psql("CREATE TABLE plain (id int PRIMARY KEY)").unwrap();
+    let out = pg_audit(&["history", "plain", "1"], Some(db.url()));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: no pg-audit install is recorded"));
+}
+
+#[test]
 fn a_closed_pipe_ends_quietly_with_the_intended_exit_code() {
     use std::io::Read as _;
     use std::process::Stdio;

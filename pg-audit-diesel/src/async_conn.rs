@@ -114,11 +114,12 @@ impl AsyncAuditConnectionExt for AsyncPgConnection {
             let run = async {
                 match AnsiTransactionManager::begin_transaction_sql(self, &begin).await {
                     Ok(()) => {
+                        observe::record_nested(&span, false);
                         let result = f(&mut *self).await;
                         finish(self, result).await
                     }
                     Err(Error::AlreadyInTransaction) => {
-                        observe::record_nested(&span);
+                        observe::record_nested(&span, true);
                         AnsiTransactionManager::begin_transaction(self).await?;
                         let result = in_savepoint(self, &ctx, f).await;
                         finish(self, result).await

@@ -4,10 +4,10 @@
 //!
 //! | target `pg_audit` | level | fields |
 //! |---|---|---|
-//! | span `pg_audit.transaction`, around an audited transaction or savepoint | INFO | `request_id`, `user_id`, `trace_id`, `nested`, `outcome` (`commit` or `rollback`) |
+//! | span `pg_audit.transaction`, around an audited transaction or savepoint (a savepoint's span is a child of its transaction's, with the fields its own context sets) | INFO | `request_id`, `user_id`, `trace_id`, `nested`, `outcome` (`commit` or `rollback`) |
 //! | event when `AuditedConnection` begins a transaction | DEBUG | `request_id`, `user_id`, `trace_id` |
 //! | span `pg_audit.migrations` around `run_migrations` and `AuditMigrations::reinstall` | INFO | `run` |
-//! | event per migration run (the log, each model's triggers) | INFO | `version`, `direction`; the message is the migration's description |
+//! | event `migration ran` per migration (the log, each model's triggers) | INFO | `version`, `direction`, `description` |
 //! | event per model reinstalled because its installed configuration differed | WARN | `table` |
 
 use crate::AuditContext;
@@ -42,7 +42,7 @@ pub(crate) fn transaction_span(ctx: &AuditContext) -> Span {
             request_id = ctx.request_id.as_deref(),
             user_id = ctx.user_id.as_deref(),
             trace_id = ctx.trace_id.as_deref(),
-            nested = false,
+            nested = tracing::field::Empty,
             outcome = tracing::field::Empty,
         )
     }
@@ -53,12 +53,13 @@ pub(crate) fn transaction_span(ctx: &AuditContext) -> Span {
     }
 }
 
-/// Records that the transaction is a savepoint inside an open one.
-pub(crate) fn record_nested(span: &Span) {
+/// Records whether the transaction is a savepoint inside an open one (once: a field recorded
+/// twice is printed twice).
+pub(crate) fn record_nested(span: &Span, nested: bool) {
     #[cfg(feature = "tracing")]
-    span.record("nested", true);
+    span.record("nested", nested);
     #[cfg(not(feature = "tracing"))]
-    let _ = span;
+    let _ = (span, nested);
 }
 
 /// Records whether the transaction committed.
@@ -118,7 +119,8 @@ pub(crate) fn migration_ran(description: &str, version: &str, up: bool) {
         target: "pg_audit",
         version,
         direction = if up { "up" } else { "down" },
-        "{description}"
+        description,
+        "migration ran"
     );
     #[cfg(not(feature = "tracing"))]
     let _ = (description, version, up);

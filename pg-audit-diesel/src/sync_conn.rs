@@ -66,11 +66,12 @@ impl AuditConnectionExt for PgConnection {
         let _entered = span.enter();
         let result = match AnsiTransactionManager::begin_transaction_sql(self, &begin) {
             Ok(()) => {
+                observe::record_nested(&span, false);
                 let result = f(self);
                 finish(self, result)
             }
             Err(diesel::result::Error::AlreadyInTransaction) => {
-                observe::record_nested(&span);
+                observe::record_nested(&span, true);
                 AnsiTransactionManager::begin_transaction(self)?;
                 let result = in_savepoint(self, ctx, f);
                 finish(self, result)

@@ -6,7 +6,7 @@
 //! let server = pg_audit_tempdb::shared()?;
 //! let db = server.create_database("my_test")?; // dropped with `db`
 //! // connect any client to db.url() ...
-//! db.execute("CREATE TABLE t (id int PRIMARY KEY)")?;
+//! db.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")?;
 //! # Ok::<(), pg_audit_tempdb::Error>(())
 //! ```
 //!
@@ -134,7 +134,7 @@ impl Server {
             .collect();
         let mut name = format!("{DB_PREFIX}{}_{n}_{hint}", std::process::id());
         name.truncate(63);
-        self.execute(&self.admin_url, &format!("CREATE DATABASE \"{name}\""))?;
+        self.batch_execute(&self.admin_url, &format!("CREATE DATABASE \"{name}\""))?;
         Ok(TempDatabase {
             url: url_with_database(&self.admin_url, &name)?,
             name,
@@ -143,8 +143,10 @@ impl Server {
     }
 
     /// Runs `sql` (one or more statements, as one simple query) against `url` over the wire
-    /// protocol. Several statements run in one implicit transaction.
-    pub fn execute(&self, url: &str, sql: &str) -> Result<(), Error> {
+    /// protocol. Several statements run in one implicit transaction. (Named like diesel's and
+    /// postgres's `batch_execute`, and not `execute`, which diesel-async's `RunQueryDsl`
+    /// would take over for every type.)
+    pub fn batch_execute(&self, url: &str, sql: &str) -> Result<(), Error> {
         off_runtime(|| {
             let mut client = connect(url)?;
             client
@@ -242,10 +244,11 @@ fn first_line(sql: &str) -> &str {
     sql.trim().lines().next().unwrap_or("")
 }
 
-/// A URL with its password replaced, for messages.
+/// A connection string with its password replaced, for messages: a URL's, or a
+/// `key=value` string's `password=...` (quoted or not).
 fn redact(url: &str) -> String {
     let Some(start) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
+        return redact_keyword_password(url);
     };
     let end = url[start..]
         .find(['/', '?'])
@@ -257,6 +260,46 @@ fn redact(url: &str) -> String {
         Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
         None => url.to_owned(),
     }
+}
+
+/// `host=h password=secret user=u` with the password's value replaced.
+fn redact_keyword_password(conninfo: &str) -> String {
+    let mut out = String::with_capacity(conninfo.len());
+    let mut rest = conninfo;
+    while let Some(at) = rest.find("password") {
+        let (before, from) = rest.split_at(at);
+        out.push_str(before);
+        let after_key = from["password".len()..].trim_start();
+        let boundary = before.is_empty() || before.ends_with(char::is_whitespace);
+        let Some(value) = after_key.strip_prefix('=').filter(|_| boundary) else {
+            out.push_str("password");
+            rest = &from["password".len()..];
+            continue;
+        };
+        let value = value.trim_start();
+        let len = if let Some(quoted) = value.strip_prefix('\'') {
+            // Up to the closing quote that is not escaped.
+            let mut end = quoted.len();
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match c {
+                    '\\' if !escaped => escaped = true,
+                    '\'' if !escaped => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => escaped = false,
+                }
+            }
+            1 + end
+        } else {
+            value.find(char::is_whitespace).unwrap_or(value.len())
+        };
+        out.push_str("password=***");
+        rest = &value[len.min(value.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 const DB_PREFIX: &str = "pg_audit_test_";
@@ -285,9 +328,9 @@ impl TempDatabase<'_> {
         self.server
     }
 
-    /// Runs `sql` in this database over the wire protocol (see [`Server::execute`]).
-    pub fn execute(&self, sql: &str) -> Result<(), Error> {
-        self.server.execute(&self.url, sql)
+    /// Runs `sql` in this database over the wire protocol (see [`Server::batch_execute`]).
+    pub fn batch_execute(&self, sql: &str) -> Result<(), Error> {
+        self.server.batch_execute(&self.url, sql)
     }
 
     /// Runs `sql` in this database with the `psql` program (see [`Server::psql`]).
@@ -299,7 +342,7 @@ impl TempDatabase<'_> {
 impl Drop for TempDatabase<'_> {
     fn drop(&mut self) {
         let drop = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        if let Err(e) = self.server.execute(&self.server.admin_url, &drop) {
+        if let Err(e) = self.server.batch_execute(&self.server.admin_url, &drop) {
             eprintln!(
                 "pg-audit-tempdb: could not drop database {}: {e}",
                 self.name
@@ -845,6 +888,15 @@ mod tests {
         );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("postgres://h/db?x=a:b@c"), "postgres://h/db?x=a:b@c");
+        assert_eq!(
+            redact("host=h password=hunter2 user=u"),
+            "host=h password=*** user=u"
+        );
+        assert_eq!(
+            redact(r"password = 'it\'s x' host=h"),
+            "password=*** host=h"
+        );
+        assert_eq!(redact("host=h passwordless=1"), "host=h passwordless=1");
     }
 
     #[test]

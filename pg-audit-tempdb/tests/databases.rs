@@ -20,7 +20,7 @@ fn a_database_lives_as_long_as_its_handle() {
     let db = server.create_database("Lives As Long!").unwrap();
     let name = db.name().to_owned();
     assert!(name.ends_with("_lives_as_long_"), "{name}");
-    db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
+    db.batch_execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)")
         .unwrap();
     let mut client = Client::connect(db.url(), NoTls).unwrap();
     let count: i64 = client
@@ -39,7 +39,7 @@ fn a_database_lives_as_long_as_its_handle() {
 fn a_failing_statement_reports_the_servers_message() {
     let server = pg_audit_tempdb::shared().unwrap();
     let db = server.create_database("failing").unwrap();
-    let error = db.execute("SELECT * FROM no_such_table").unwrap_err();
+    let error = db.batch_execute("SELECT * FROM no_such_table").unwrap_err();
     assert_eq!(
         error.to_string(),
         "SELECT * FROM no_such_table: relation \"no_such_table\" does not exist"
@@ -56,7 +56,7 @@ fn databases_come_and_go_inside_an_async_runtime() {
     let name = runtime.block_on(async {
         let server = pg_audit_tempdb::shared().unwrap();
         let db = server.create_database("in_runtime").unwrap();
-        db.execute("CREATE TABLE t (id int)").unwrap();
+        db.batch_execute("CREATE TABLE t (id int)").unwrap();
         db.name().to_owned()
     });
     let server = pg_audit_tempdb::shared().unwrap();
