@@ -61,6 +61,11 @@ pub enum Error {
         /// The columns.
         columns: Vec<String>,
     },
+    /// A table has no install recorded in the log: it is not audited there.
+    NotAudited {
+        /// The table.
+        table: String,
+    },
     /// Diesel wrote a model's table or key in a form pg-audit does not read.
     Rendering {
         /// The model.
@@ -111,6 +116,11 @@ impl fmt::Display for Error {
                  `AuditReader::restore_with`",
                 columns.join(", "),
                 if columns.len() == 1 { "is" } else { "are" }
+            ),
+            Error::NotAudited { table } => write!(
+                f,
+                "{table} is not audited in this log (no install is recorded for it); check the \
+                 name, or read the log it is audited in"
             ),
             Error::Rendering { model, sql } => write!(
                 f,

@@ -66,8 +66,10 @@ impl Ident {
         &self.0
     }
 
-    /// The name's text as a string literal, for catalog lookups (`attname = 'id'`).
-    pub(crate) fn literal(&self) -> String {
+    /// The name's text as a string literal, for catalog lookups (`attname = 'id'`) and JSON
+    /// keys (`jsonb_build_object('id', t."id")`); an identifier holds no NUL, so this cannot
+    /// fail.
+    pub fn literal(&self) -> String {
         text_literal(&self.0)
     }
 }

@@ -8,6 +8,7 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
 use pg_audit::context::{REQUEST_ID, USER_ID};
+use pg_audit::sql::drift::{AUDITED_FIELD, EXCLUDE_FIELD, KEY_FIELD, TRACK_ONLY_FIELD};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
 use serde_json::{Map, Value};
@@ -502,6 +503,317 @@ impl AuditReader {
         apply(conn, &table, &key, deleted.as_ref(), &values, reason)
     }
 
+    /// For each audited column of model `T`'s record, the entry that last set its value (the
+    /// record's current value, or its last one when it is deleted), newest first; see
+    /// [`Blame`].
+    pub fn blame<T: Audited>(
+        &self,
+        conn: &mut PgConnection,
+        key: impl serde::Serialize,
+    ) -> Result<Vec<Blame>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.blame_of(conn, &table, &key)?)
+    }
+
+    /// [`AuditReader::blame`] for a table and key object.
+    pub fn blame_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+    ) -> QueryResult<Vec<Blame>> {
+        block_ready(self.blame_in(&mut SyncDriver(conn), table, key))
+    }
+
+    async fn blame_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        key: &Value,
+    ) -> QueryResult<Vec<Blame>> {
+        let mut blame: Vec<Blame> = Vec::new();
+        let mut open: Option<Vec<String>> = None; // columns not yet attributed
+        let mut page = Some(Page::first(200));
+        while let Some(p) = page {
+            let entries = self.history_in(conn, table, key, p).await?;
+            page = p.after(&entries);
+            for entry in &entries {
+                let columns = open.get_or_insert_with(|| {
+                    // The newest entry fixes the columns: the values after it, or before a
+                    // DELETE.
+                    entry
+                        .new_values
+                        .as_ref()
+                        .or(entry.old_values.as_ref())
+                        .and_then(Value::as_object)
+                        .map(|row| row.keys().cloned().collect())
+                        .unwrap_or_default()
+                });
+                let set: Vec<String> = match entry.operation {
+                    Operation::Insert => columns.clone(),
+                    Operation::Update => entry.changes().into_keys().collect(),
+                    Operation::Delete | Operation::Truncate => Vec::new(),
+                };
+                columns.retain(|column| {
+                    if !set.contains(column) {
+                        return true;
+                    }
+                    let value = entry
+                        .new_values
+                        .as_ref()
+                        .and_then(|row| row.get(column))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    blame.push(Blame {
+                        column: column.clone(),
+                        value,
+                        entry: entry.clone(),
+                    });
+                    false
+                });
+                if columns.is_empty() {
+                    page = None;
+                    break;
+                }
+            }
+        }
+        blame.sort_by(|a, b| b.entry.id.cmp(&a.entry.id).then(a.column.cmp(&b.column)));
+        Ok(blame)
+    }
+
+    /// The rows of `table` as they were at `at` (each row's audited columns), ordered by key
+    /// (as JSON text), at most `limit` after the key `after`: from the log for every record it
+    /// holds, and from the table itself for rows the log never saw change (which need `SELECT`
+    /// on the table; without it they are left out and [`TableAt::current_rows`] says so). A
+    /// record's key changes are followed; rows removed by TRUNCATE come back only as far as
+    /// the log holds their values.
+    pub fn table_at(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        at: SystemTime,
+        after: Option<&Value>,
+        limit: u32,
+    ) -> Result<TableAt, Error> {
+        block_ready(self.table_at_in(&mut SyncDriver(conn), table, at, after, limit))
+    }
+
+    async fn table_at_in<D: Driver>(
+        &self,
+        conn: &mut D,
+        table: &QualifiedName,
+        at: SystemTime,
+        after: Option<&Value>,
+        limit: u32,
+    ) -> Result<TableAt, Error> {
+        #[derive(QueryableByName)]
+        struct Config {
+            #[diesel(sql_type = Text)]
+            schema_name: String,
+            #[diesel(sql_type = Text)]
+            table_name: String,
+            #[diesel(sql_type = Jsonb)]
+            config: Value,
+        }
+        let config: Config = first(
+            conn.load(
+                record_query(
+                    format!(
+                        "SELECT r.schema_name, r.table_name, c.config
+                           FROM ({RESOLVE_TABLE}) AS r
+                           JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
+                                            AND c.table_name OPERATOR(pg_catalog.=) r.table_name
+                          WHERE $3::jsonb IS NOT NULL",
+                        config = self.log.config_table()
+                    ),
+                    table,
+                    &Value::Null,
+                )
+                .bind::<Nullable<BigInt>, _>(None::<i64>),
+            )
+            .await?,
+        )
+        .ok_or_else(|| Error::NotAudited {
+            table: table.to_string(),
+        })?;
+        let after_text = after.map(Value::to_string);
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = Jsonb)]
+            k: Value,
+            #[diesel(sql_type = Jsonb)]
+            v: Value,
+        }
+        let log = self.log.table();
+        // Each entry as seen from each key it concerns: the state before it and after it
+        // (NULL: no row). A key-changing UPDATE ends the old key's row and starts the new
+        // key's.
+        let logged: Vec<Row> = conn
+            .load(
+                diesel::sql_query(format!(
+                    "WITH ev AS (
+                        SELECT l.record_pk AS k, l.id, l.changed_at,
+                               CASE WHEN l.operation IN ('UPDATE', 'DELETE') AND l.old_record_pk IS NULL
+                                    THEN l.old_values END AS before,
+                               CASE WHEN l.operation IN ('INSERT', 'UPDATE') THEN l.new_values END AS after
+                          FROM {log} AS l
+                         WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                           AND l.record_pk IS NOT NULL
+                        UNION ALL
+                        SELECT l.old_record_pk, l.id, l.changed_at, l.old_values, NULL
+                          FROM {log} AS l
+                         WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                           AND l.old_record_pk IS NOT NULL),
+                     truncated AS (
+                        SELECT pg_catalog.max(l.id) AS id FROM {log} AS l
+                         WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                           AND l.operation OPERATOR(pg_catalog.=) 'TRUNCATE' AND l.changed_at OPERATOR(pg_catalog.<=) $3),
+                     last_before AS (
+                        SELECT DISTINCT ON (ev.k) ev.k, ev.id, ev.after AS v FROM ev
+                         WHERE ev.changed_at OPERATOR(pg_catalog.<=) $3
+                         ORDER BY ev.k, ev.id DESC),
+                     first_after AS (
+                        SELECT DISTINCT ON (ev.k) ev.k, ev.before AS v FROM ev
+                         WHERE ev.changed_at OPERATOR(pg_catalog.>) $3
+                           AND NOT EXISTS (SELECT FROM last_before AS b WHERE b.k OPERATOR(pg_catalog.=) ev.k)
+                         ORDER BY ev.k, ev.id)
+                     SELECT s.k, s.v FROM (
+                        SELECT b.k, b.v FROM last_before AS b, truncated AS t
+                         WHERE t.id IS NULL OR b.id OPERATOR(pg_catalog.>) t.id
+                        UNION ALL
+                        SELECT a.k, a.v FROM first_after AS a) AS s
+                      WHERE s.v IS NOT NULL AND ($4::jsonb IS NULL OR s.k::text OPERATOR(pg_catalog.>) $4::jsonb::text)
+                      ORDER BY s.k::text
+                      LIMIT $5"
+                ))
+                .into_boxed()
+                .bind::<Text, _>(&config.schema_name)
+                .bind::<Text, _>(&config.table_name)
+                .bind::<Timestamptz, _>(LogTime(at))
+                .bind::<Nullable<Text>, _>(after_text.as_deref())
+                .bind::<BigInt, _>(i64::from(limit)),
+            )
+            .await?;
+
+        // Rows the log never saw: the table's own, restricted to the audited columns.
+        let key_columns: Vec<String> =
+            serde_json::from_value(config.config.get(KEY_FIELD).cloned().unwrap_or_default())
+                .unwrap_or_default();
+        let names = |values: &Value| -> Result<Vec<Ident>, Error> {
+            serde_json::from_value::<Vec<String>>(values.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| Ident::with_kind(c, "column"))
+                .collect::<Result<_, _>>()
+                .map_err(|source| Error::Config {
+                    model: "history",
+                    source,
+                })
+        };
+        let key_idents = names(&Value::from(key_columns.clone()))?;
+        let qualified = QualifiedName::new(
+            Some(
+                Ident::with_kind(config.schema_name.as_str(), "schema").map_err(|source| {
+                    Error::Config {
+                        model: "history",
+                        source,
+                    }
+                })?,
+            ),
+            Ident::with_kind(config.table_name.as_str(), "table").map_err(|source| {
+                Error::Config {
+                    model: "history",
+                    source,
+                }
+            })?,
+        );
+        let key_expr = format!(
+            "pg_catalog.jsonb_build_object({})",
+            key_idents
+                .iter()
+                .map(|c| format!("{}, t.{c}", Ident::literal(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let audited = config
+            .config
+            .get(AUDITED_FIELD)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let values_expr = if let Some(track) = audited.get(TRACK_ONLY_FIELD) {
+            let cols = names(track)?;
+            format!(
+                "pg_catalog.jsonb_build_object({})",
+                cols.iter()
+                    .map(|c| format!("{}, t.{c}", Ident::literal(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else if let Some(excluded) = audited.get(EXCLUDE_FIELD) {
+            let cols = names(excluded)?;
+            format!(
+                "pg_catalog.to_jsonb(t) OPERATOR(pg_catalog.-) ARRAY[{}]::text[]",
+                cols.iter()
+                    .map(Ident::literal)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            "pg_catalog.to_jsonb(t)".to_owned()
+        };
+        let current: Result<Vec<Row>, _> = conn
+            .load(
+                diesel::sql_query(format!(
+                    "SELECT s.k, s.v FROM (
+                        SELECT {key_expr} AS k, {values_expr} AS v FROM {qualified} AS t) AS s
+                      WHERE NOT EXISTS (
+                            SELECT FROM {log} AS l
+                             WHERE l.record_key OPERATOR(pg_catalog.=) {record_key}
+                               AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                               AND (l.record_pk OPERATOR(pg_catalog.=) s.k))
+                        AND NOT EXISTS (
+                            SELECT FROM {log} AS l
+                             WHERE l.old_record_key OPERATOR(pg_catalog.=) {record_key}
+                               AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                               AND l.old_record_pk OPERATOR(pg_catalog.=) s.k)
+                        AND ($3::jsonb IS NULL OR s.k::text OPERATOR(pg_catalog.>) $3::jsonb::text)
+                      ORDER BY s.k::text
+                      LIMIT $4",
+                    record_key = record_key_expr("$1", "$2", "s.k"),
+                ))
+                .into_boxed()
+                .bind::<Text, _>(&config.schema_name)
+                .bind::<Text, _>(&config.table_name)
+                .bind::<Nullable<Text>, _>(after_text.as_deref())
+                .bind::<BigInt, _>(i64::from(limit)),
+            )
+            .await;
+        let (current, current_rows) = match current {
+            Ok(rows) => (rows, true),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::Unknown,
+                info,
+            )) if info.message().starts_with("permission denied") => (Vec::new(), false),
+            Err(e) => return Err(e.into()),
+        };
+        let mut rows: Vec<RowAt> = logged
+            .into_iter()
+            .map(|r| RowAt {
+                key: r.k,
+                values: r.v,
+                from_log: true,
+            })
+            .chain(current.into_iter().map(|r| RowAt {
+                key: r.k,
+                values: r.v,
+                from_log: false,
+            }))
+            .collect();
+        rows.sort_by_cached_key(|r| r.key.to_string());
+        rows.truncate(limit as usize);
+        Ok(TableAt { rows, current_rows })
+    }
+
     /// The record as it was when it was last deleted: what [`AuditReader::restore`] writes
     /// back.
     async fn deleted<D: Driver>(
@@ -937,6 +1249,42 @@ impl AsyncAuditReader {
             .await
     }
 
+    /// [`AuditReader::blame`].
+    pub async fn blame<T: Audited>(
+        &self,
+        conn: &mut AsyncPgConnection,
+        key: impl serde::Serialize,
+    ) -> Result<Vec<Blame>, Error> {
+        let (table, key) = model_key::<T>(key)?;
+        Ok(self.blame_of(conn, &table, &key).await?)
+    }
+
+    /// [`AuditReader::blame_of`].
+    pub async fn blame_of(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &QualifiedName,
+        key: &Value,
+    ) -> QueryResult<Vec<Blame>> {
+        self.reader
+            .blame_in(&mut AsyncDriver(conn), table, key)
+            .await
+    }
+
+    /// [`AuditReader::table_at`].
+    pub async fn table_at(
+        &self,
+        conn: &mut AsyncPgConnection,
+        table: &QualifiedName,
+        at: SystemTime,
+        after: Option<&Value>,
+        limit: u32,
+    ) -> Result<TableAt, Error> {
+        self.reader
+            .table_at_in(&mut AsyncDriver(conn), table, at, after, limit)
+            .await
+    }
+
     /// [`AuditReader::revert`], in a transaction of
     /// [`AsyncAuditConnectionExt::with_change_reason`](crate::AsyncAuditConnectionExt::with_change_reason).
     pub async fn revert<T: Audited>(
@@ -996,4 +1344,36 @@ async fn apply_async(
         apply_in(&mut AsyncDriver(conn), table, key, target, supplied).await
     })
     .await
+}
+
+/// One column's last change: the entry that set `value` (see [`AuditReader::blame`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Blame {
+    /// The column.
+    pub column: String,
+    /// The value that entry gave it.
+    pub value: Value,
+    /// The entry.
+    pub entry: AuditEntry,
+}
+
+/// A page of a table as it was at a time (see [`AuditReader::table_at`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TableAt {
+    /// The rows, ordered by key (as JSON text).
+    pub rows: Vec<RowAt>,
+    /// Whether rows the log never saw change were read from the table (false: the reader
+    /// lacks `SELECT` on it, and only rows the log holds are listed).
+    pub current_rows: bool,
+}
+
+/// One row of a [`TableAt`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RowAt {
+    /// Its key object.
+    pub key: Value,
+    /// Its audited columns.
+    pub values: Value,
+    /// From the log (false: from the table, unchanged since before auditing).
+    pub from_log: bool,
 }

@@ -25,7 +25,14 @@ use crate::sql::shape::{Operation, tgtype};
 const OPERATIONS_FIELD: &str = "operations";
 
 /// The install record's field holding the key columns, in key order.
-const KEY_FIELD: &str = "primary_key";
+pub const KEY_FIELD: &str = "primary_key";
+/// The install record's field saying which columns reach the log: `"all"`, or an object with
+/// [`TRACK_ONLY_FIELD`] or [`EXCLUDE_FIELD`] listing columns.
+pub const AUDITED_FIELD: &str = "audited";
+/// In [`AUDITED_FIELD`]: only these columns are logged.
+pub const TRACK_ONLY_FIELD: &str = "track_only";
+/// In [`AUDITED_FIELD`]: these columns are never logged.
+pub const EXCLUDE_FIELD: &str = "exclude_fields";
 /// The field listing the triggers the install created.
 const TRIGGERS_FIELD: &str = "triggers";
 /// The field listing every column the configuration names.
@@ -64,17 +71,22 @@ impl InstallRecord {
     pub(crate) fn to_json(&self) -> String {
         let audited = match &self.audited {
             Audited::All => "\"all\"".to_owned(),
-            Audited::TrackOnly(cols) => format!("{{\"track_only\":{}}}", json_list(cols)),
-            Audited::Exclude(cols) => format!("{{\"exclude_fields\":{}}}", json_list(cols)),
+            Audited::TrackOnly(cols) => {
+                format!("{{{}:{}}}", json_string(TRACK_ONLY_FIELD), json_list(cols))
+            }
+            Audited::Exclude(cols) => {
+                format!("{{{}:{}}}", json_string(EXCLUDE_FIELD), json_list(cols))
+            }
         };
         let condition = self
             .condition
             .as_deref()
             .map_or_else(|| "null".to_owned(), json_string);
         format!(
-            "{{{}:{},\"audited\":{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}}}",
+            "{{{}:{},{}:{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}}}",
             json_string(KEY_FIELD),
             json_list(&self.primary_key),
+            json_string(AUDITED_FIELD),
             json_string(OPERATIONS_FIELD),
             json_list(&self.operations),
             json_list(&self.levels),
