@@ -8,6 +8,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 mod admin;
 mod options;
 mod output;
+mod server;
 mod sql;
 
 /// pg-audit: an audit log of every INSERT, UPDATE, DELETE and TRUNCATE on chosen PostgreSQL
@@ -65,6 +66,29 @@ enum Command {
     /// Compare the installed triggers with what was recorded at install: a trigger missing,
     /// disabled or edited, an audited column dropped. Exits 1 on drift.
     Check(#[command(flatten)] options::Db),
+    /// Serve the audit admin (activity, records with diffs and blame, revert and restore,
+    /// tables, partitions) in a browser. On loopback without credentials it is read-only; with
+    /// --token or --basic-auth every request must sign in and may revert and restore as that
+    /// user; on any other address credentials are required.
+    Admin {
+        /// The address to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// A token (at least 16 characters) requests present as `Authorization: Bearer`, or as
+        /// the basic-auth password.
+        #[arg(long, env = "PG_AUDIT_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// USER:PASSWORD for HTTP basic auth (browsers ask for them).
+        #[arg(
+            long,
+            value_name = "USER:PASSWORD",
+            env = "PG_AUDIT_ADMIN_BASIC_AUTH",
+            hide_env_values = true
+        )]
+        basic_auth: Option<String>,
+        #[command(flatten)]
+        db: options::Db,
+    },
     /// Print a shell completion script: `pg-audit completions bash > /etc/bash_completion.d/pg-audit`,
     /// `pg-audit completions zsh > "${fpath[1]}/_pg-audit"`, `pg-audit completions fish >
     /// ~/.config/fish/completions/pg-audit.fish`.
@@ -107,6 +131,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Admin {
+            listen,
+            token,
+            basic_auth,
+            db,
+        } => server::serve(listen, token, basic_auth, &db),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,13 +41,23 @@ pub(crate) struct Db {
 }
 
 impl Db {
+    /// The database URL, or an error naming how to give one.
+    pub(crate) fn url(&self) -> Result<&str> {
+        Ok(self
+            .database_url
+            .as_deref()
+            .ok_or("no database to connect to: pass --database-url or set DATABASE_URL")?)
+    }
+
+    /// The log these options name.
+    pub(crate) fn log(&self) -> Result<AuditLog> {
+        Ok(self.log.log()?)
+    }
+
     /// A connection to the database, and the log.
     pub(crate) fn connect(&self) -> Result<(PgConnection, AuditLog)> {
         let log = self.log.log()?;
-        let url = self
-            .database_url
-            .as_deref()
-            .ok_or("no database to connect to: pass --database-url or set DATABASE_URL")?;
+        let url = self.url()?;
         let mut conn = PgConnection::establish(url)
             .map_err(|e| format!("cannot connect to the database: {e}"))?;
         #[derive(QueryableByName)]

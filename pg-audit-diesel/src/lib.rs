@@ -115,7 +115,7 @@ pub use migration::{
 };
 pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
 pub use sync_conn::AuditConnectionExt;
-pub use time::{rfc3339, utc_string};
+pub use time::{parse_rfc3339, rfc3339, utc_string};
 #[cfg(feature = "connection-wrapper")]
 pub use wrapper::AuditedConnection;
 

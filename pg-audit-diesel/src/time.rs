@@ -30,7 +30,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 
 /// Reads an RFC 3339 time, `2026-11-28T06:15:00.123456Z` or with an offset (`+01:00`), as
 /// [`rfc3339`] writes it and JSON producers send it. `None` when it is not one.
-pub(crate) fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let b = text.as_bytes();
     let num = |range: std::ops::Range<usize>| -> Option<i64> {
         let digits = text.get(range)?;

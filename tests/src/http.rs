@@ -78,6 +78,27 @@ pub fn request(
     send(addr, &raw)
 }
 
+/// Sends `method path` with `headers` and a raw body (its type among the headers).
+pub fn request_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> HttpResponse {
+    let mut raw =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n").into_bytes();
+    for (name, value) in headers {
+        raw.extend_from_slice(name.as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(value);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+    raw.extend_from_slice(body);
+    send(addr, &raw)
+}
+
 /// Writes `raw` to a new connection to `addr` and parses what comes back.
 pub fn send(addr: SocketAddr, raw: &[u8]) -> HttpResponse {
     let mut stream = TcpStream::connect(addr).expect("connect to the service");

@@ -1,6 +1,7 @@
 //! Support for pg-audit's integration tests: a database per test on a real server, and
 //! helpers that read results as JSON.
 
+pub mod browser;
 pub mod http;
 pub mod pgbouncer;
 

@@ -1,4 +1,4 @@
-//! End to end: the example service (`pg-audit-diesel/examples/axum_app.rs`, included as it is)
+//! End to end: the example service (`pg-audit-admin/examples/axum_app.rs`, included as it is)
 //! on a loopback port, real HTTP requests, and the audit rows they leave.
 
 use std::net::SocketAddr;
@@ -11,7 +11,7 @@ use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
 #[allow(dead_code, unreachable_pub)]
-#[path = "../../pg-audit-diesel/examples/axum_app.rs"]
+#[path = "../../pg-audit-admin/examples/axum_app.rs"]
 mod axum_app;
 
 /// The example service on a loopback port, with a database of its own.

@@ -55,7 +55,7 @@ use crate::AuditContext;
 pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
 #[cfg(feature = "async")]
 pub use reader::AsyncAuditReader;
-pub use reader::{AuditReader, Blame, RowAt, TableAt};
+pub use reader::{Activity, AuditReader, Blame, RowAt, TableAt};
 
 /// The `table!` of the default audit log, `audit.auditlog`.
 pub mod schema {

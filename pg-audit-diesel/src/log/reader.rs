@@ -275,6 +275,46 @@ impl AuditReader {
             .collect()
     }
 
+    /// The newest entries across the whole log that pass `filter`, newest first (keyset
+    /// paging on the entry id, as [`AuditReader::history`]): the activity listing.
+    pub fn activity(
+        &self,
+        conn: &mut PgConnection,
+        filter: &Activity,
+        page: Page,
+    ) -> QueryResult<Vec<AuditEntry>> {
+        let query = diesel::sql_query(format!(
+            "SELECT {} FROM {} AS l
+              WHERE ($1::text IS NULL OR l.schema_name OPERATOR(pg_catalog.=) $1)
+                AND ($2::text IS NULL OR l.table_name OPERATOR(pg_catalog.=) $2)
+                AND ($3::text IS NULL OR l.operation OPERATOR(pg_catalog.=) $3)
+                AND ($4::text IS NULL OR (l.context OPERATOR(pg_catalog.->>) 'user_id') OPERATOR(pg_catalog.=) $4)
+                AND ($5::text IS NULL OR (l.context OPERATOR(pg_catalog.->>) 'request_id') OPERATOR(pg_catalog.=) $5)
+                AND ($6::bigint IS NULL OR l.txid OPERATOR(pg_catalog.=) $6)
+                AND ($7::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $7)
+                AND ($8::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.<) $8)
+                AND ($9::jsonb IS NULL OR l.record_pk OPERATOR(pg_catalog.=) $9 OR l.old_record_pk OPERATOR(pg_catalog.=) $9)
+                AND ($10::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $10)
+              ORDER BY l.id DESC
+              LIMIT $11",
+            entry_select_list("l"),
+            self.log.table()
+        ))
+        .into_boxed()
+        .bind::<Nullable<Text>, _>(filter.schema.as_deref())
+        .bind::<Nullable<Text>, _>(filter.table.as_deref())
+        .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
+        .bind::<Nullable<Text>, _>(filter.user_id.as_deref())
+        .bind::<Nullable<Text>, _>(filter.request_id.as_deref())
+        .bind::<Nullable<BigInt>, _>(filter.txid)
+        .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
+        .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
+        .bind::<Nullable<Jsonb>, _>(filter.key.as_ref())
+        .bind::<Nullable<BigInt>, _>(page.before)
+        .bind::<BigInt, _>(i64::from(page.limit));
+        block_ready(SyncDriver(conn).load(query))
+    }
+
     /// Everything one transaction did, in order.
     pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
         block_ready(self.transaction_in(&mut SyncDriver(conn), txid))
@@ -444,6 +484,31 @@ impl AuditReader {
         let (table, key) = model_key::<T>(key)?;
         let values = block_ready(self.reverted(&mut SyncDriver(conn), &table, &key, entry))?;
         apply(conn, &table, &key, values.as_ref(), &Map::new(), reason)
+    }
+
+    /// [`AuditReader::revert`] for a table and key object (for tools that know no model).
+    pub fn revert_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        entry: i64,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let values = block_ready(self.reverted(&mut SyncDriver(conn), table, key, entry))?;
+        apply(conn, table, key, values.as_ref(), &Map::new(), reason)
+    }
+
+    /// [`AuditReader::restore`] for a table and key object.
+    pub fn restore_of(
+        &self,
+        conn: &mut PgConnection,
+        table: &QualifiedName,
+        key: &Value,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let deleted = block_ready(self.deleted(&mut SyncDriver(conn), table, key))?;
+        apply(conn, table, key, deleted.as_ref(), &Map::new(), reason)
     }
 
     /// The record as it was right after `entry`, with the key it had then (the key may have
@@ -1376,4 +1441,25 @@ pub struct RowAt {
     pub values: Value,
     /// From the log (false: from the table, unchanged since before auditing).
     pub from_log: bool,
+}
+
+/// What [`AuditReader::activity`] lists: every field that is set narrows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Activity {
+    /// The changed table's schema.
+    pub schema: Option<String>,
+    /// The changed table.
+    pub table: Option<String>,
+    /// The operation.
+    pub operation: Option<Operation>,
+    /// The context's user id.
+    pub user_id: Option<String>,
+    /// The context's request id.
+    pub request_id: Option<String>,
+    /// The transaction.
+    pub txid: Option<i64>,
+    /// When.
+    pub range: TimeRange,
+    /// The record's key object (as it was before or after the change).
+    pub key: Option<Value>,
 }

@@ -3,8 +3,11 @@
 //! record's history is one GET away.
 //!
 //! ```sh
-//! cargo run -p pg-audit-diesel --example axum_app --features axum,r2d2,tracing
+//! cargo run -p pg-audit-admin --example axum_app
 //! ```
+//!
+//! The audit admin is mounted at `/audit`: open it in a browser and sign in as `alice` with the
+//! password `alice-token` (she may revert and restore), or as `bob` / `bob-token` (read only).
 //!
 //! It logs to stderr through `tracing` (`RUST_LOG`, default `pg_audit=info`): each audited
 //! transaction's span closes with its request id, user, trace id and outcome. Send a W3C
@@ -26,6 +29,7 @@
 //! | `GET /products/{id}/history` `?limit=&before=` | who changed it, when, why, from where |
 //! | `POST /customers`, `PATCH /customers/{id}` `{"name", "email", "password"}` | the password's hash is never logged |
 //! | `GET /customers/{id}/history` | |
+//! | `/audit/` | the audit admin (HTTP basic auth with the demo users) |
 //!
 //! A reason for a change goes in the `X-Change-Reason` header.
 
@@ -134,6 +138,21 @@ pub fn connect(url: &str) -> Result<DbPool, Box<dyn std::error::Error + Send + S
 /// The service. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`, so the
 /// audit layer sees each client's address.
 pub fn app(pool: DbPool, trusted_proxies: Vec<IpNet>) -> Router {
+    // The audit admin: alice may revert and restore, the other users read; anyone else is
+    // asked to sign in.
+    let admin = pg_audit_admin::router(pool.clone()).authorize(|request| {
+        match request
+            .extensions
+            .get::<CurrentUser>()
+            .map(|u| u.0.as_str())
+        {
+            Some("alice") => pg_audit_admin::Access::Write {
+                user: "alice".to_owned(),
+            },
+            Some(_) => pg_audit_admin::Access::Read,
+            None => pg_audit_admin::Access::None,
+        }
+    });
     let audit = AuditLayer::new()
         .trusted_proxies(trusted_proxies)
         .change_reason_header(HeaderName::from_static("x-change-reason"))
@@ -156,19 +175,49 @@ pub fn app(pool: DbPool, trusted_proxies: Vec<IpNet>) -> Router {
         .route("/customers", post(create_customer))
         .route("/customers/{id}", get(get_customer).patch(update_customer))
         .route("/customers/{id}/history", get(history::<Customer>))
+        .nest_service("/audit", admin.layer(middleware::from_fn(sign_in)))
         // Layers run outside in: authentication first, so the audit layer sees the user.
         .layer(audit)
         .layer(middleware::from_fn(authenticate))
         .with_state(pool)
 }
 
-/// Reads the bearer token; a write without a known one is refused.
+/// Asks a browser without a user to sign in (HTTP basic auth), for the admin.
+async fn sign_in(request: Request, next: Next) -> Response {
+    if request.extensions().get::<CurrentUser>().is_some() {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            "www-authenticate",
+            "Basic realm=\"pg-audit example\", charset=\"UTF-8\"",
+        )],
+        "sign in as alice / alice-token (or bob / bob-token)\n",
+    )
+        .into_response()
+}
+
+/// Reads the bearer token, or basic-auth credentials whose password is a token; a write
+/// without a known one is refused.
 async fn authenticate(mut request: Request, next: Next) -> Response {
-    let token = request
+    let authorization = request
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .unwrap_or("");
+    let basic = authorization
+        .strip_prefix("Basic ")
+        .and_then(|b| decode_base64(b.trim()))
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(_, password)| password.to_owned())
+        });
+    let token = authorization
+        .strip_prefix("Bearer ")
+        .map(str::to_owned)
+        .or(basic);
+    let token = token.as_deref();
     match TOKENS.iter().find(|(t, _)| Some(*t) == token) {
         Some((_, user)) => {
             request
@@ -182,6 +231,30 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
         None => {}
     }
     next.run(request).await
+}
+
+/// Standard base64 (for basic auth), without a crate for one header.
+fn decode_base64(text: &str) -> Option<String> {
+    let mut bits = 0u32;
+    let mut len = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        len += 6;
+        if len >= 8 {
+            len -= 8;
+            out.push((bits >> len) as u8);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// Runs `f` on a pooled connection on a blocking thread. pg-audit's `spawn_blocking` carries
@@ -510,6 +583,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
   curl -s -X DELETE {base}/products/1 -H 'Authorization: Bearer carol-token'
   curl -s -X POST {base}/products/1/restore -H 'Authorization: Bearer alice-token'
   curl -s {base}/products/1/history
+
+The audit admin: {base}/audit/ (sign in as alice / alice-token)
 "
     );
     axum::serve(

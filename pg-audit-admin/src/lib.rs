@@ -1,0 +1,244 @@
+//! The audit trail of [pg-audit](https://docs.rs/pg-audit-diesel) in a browser: an axum
+//! [`Router`] an application mounts, and the same pages behind `pg-audit admin`.
+//!
+//! ```no_run
+//! use diesel::r2d2::{ConnectionManager, Pool};
+//! use pg_audit_admin::Access;
+//! # fn f(pool: Pool<ConnectionManager<diesel::PgConnection>>) {
+//! let admin = pg_audit_admin::router(pool).authorize(|request| {
+//!     // Who may see the trail, and who may revert: from the request's head (a session, a
+//!     // header your authentication layer set, ...).
+//!     match request.headers.get("x-staff-role").and_then(|v| v.to_str().ok()) {
+//!         Some("auditor") => Access::Read,
+//!         Some("admin") => Access::Write { user: "admin".into() },
+//!         _ => Access::None,
+//!     }
+//! });
+//! let app: axum::Router = axum::Router::new().nest("/audit", admin);
+//! # }
+//! ```
+//!
+//! **Secure by default.** Nothing is served until [`Admin::authorize`] is given a function:
+//! [`router`] returns an [`Admin`], not a `Router`. [`Access::None`] gets 403 on every page,
+//! [`Access::Read`] the pages, [`Access::Write`] also revert and restore, which are audited
+//! with its user as user id. Every form carries a CSRF token (a `SameSite=Strict` cookie the
+//! form must repeat). Every audited value is hostile: maud escapes all text, control and
+//! bidirectional characters show as visible escapes, and links carry values only
+//! percent-encoded in query strings. Reading needs only what `pg-audit sql grant` gives.
+//!
+//! **Built to trust.** Server-rendered HTML from maud templates (checked at compile time,
+//! escaped by default, no template files to ship), no JavaScript at all, the style sheet
+//! compiled in (no CDN), light and dark, readable on a phone.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{OriginalUri, Request, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use pg_audit::AuditLog;
+
+mod csrf;
+mod html;
+mod pages;
+
+/// The connection pool the admin reads (and, with write access, reverts) through.
+pub type DbPool = Pool<ConnectionManager<PgConnection>>;
+
+/// What a request may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// Nothing: every page answers 403.
+    None,
+    /// Read every page.
+    Read,
+    /// Read, and revert or restore records; those changes carry `user` as their user id.
+    Write {
+        /// Who, as the audit log's user id.
+        user: String,
+    },
+}
+
+type AuthorizeFn = dyn Fn(&Parts) -> Access + Send + Sync;
+
+/// The admin before it may serve: give [`Admin::authorize`] a function to get the router.
+#[must_use = "nothing is served until `authorize` gives the router"]
+pub struct Admin {
+    pool: DbPool,
+    log: AuditLog,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The admin over `pool`, reading `audit.auditlog`.
+pub fn router(pool: DbPool) -> Admin {
+    Admin {
+        pool,
+        log: AuditLog::new(),
+    }
+}
+
+impl Admin {
+    /// Reads `log` instead of `audit.auditlog`.
+    pub fn log(mut self, log: AuditLog) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// The router, answering each request as `authorize` decides from its head.
+    pub fn authorize(self, authorize: impl Fn(&Parts) -> Access + Send + Sync + 'static) -> Router {
+        let state = Arc::new(AppState {
+            pool: self.pool,
+            log: self.log,
+            authorize: Box::new(authorize),
+        });
+        Router::new()
+            .route("/", get(pages::activity))
+            .route("/record", get(pages::record))
+            .route("/record/revert", post(pages::revert))
+            .route("/record/restore", post(pages::restore))
+            .route("/tx/{txid}", get(pages::transaction))
+            .route("/request", get(pages::request))
+            .route("/user", get(pages::user))
+            .route("/tables", get(pages::tables))
+            .route("/table", get(pages::table))
+            .route("/partitions", get(pages::partitions))
+            .route("/assets/style.css", get(style))
+            .route_layer(middleware::from_fn_with_state(state.clone(), check_access))
+            .with_state(state)
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub(crate) pool: DbPool,
+    pub(crate) log: AuditLog,
+    authorize: Box<AuthorizeFn>,
+}
+
+pub(crate) type Shared = Arc<AppState>;
+
+/// Asks the application's function; refuses what it does not allow.
+async fn check_access(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let access = (state.authorize)(&parts);
+    let allowed = match (&access, parts.method.is_safe()) {
+        (Access::None, _) => false,
+        (Access::Read, safe) => safe,
+        (Access::Write { .. }, _) => true,
+    };
+    if !allowed {
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            "403 Forbidden: this account may not do this in the audit admin\n",
+        )
+            .into_response();
+    }
+    parts.extensions.insert(access);
+    next.run(Request::from_parts(parts, body)).await
+}
+
+async fn style() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=3600"),
+        ],
+        html::STYLE,
+    )
+}
+
+/// Where the admin is mounted (`/audit` under `.nest("/audit", ...)`, else empty), from the
+/// original URI and the one the nested router sees.
+pub(crate) fn base(original: &OriginalUri, uri: &axum::http::Uri) -> String {
+    let full = original.path();
+    let inner = uri.path();
+    if inner == "/" {
+        return full.trim_end_matches('/').to_owned();
+    }
+    full.strip_suffix(inner).unwrap_or("").to_owned()
+}
+
+/// An error page's response.
+#[derive(Debug)]
+pub(crate) struct PageError(StatusCode, String);
+
+impl PageError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        PageError(StatusCode::BAD_REQUEST, message.into())
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        PageError(StatusCode::NOT_FOUND, message.into())
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let body = maud::html! {
+            (maud::DOCTYPE)
+            html lang="en" { head { meta charset="utf-8"; title { "Error · pg-audit" } }
+                body { h1 { (self.0.as_u16()) " " (self.0.canonical_reason().unwrap_or("")) }
+                       p { (html::text(&self.1)) } } }
+        };
+        (self.0, body).into_response()
+    }
+}
+
+impl From<diesel::result::Error> for PageError {
+    fn from(e: diesel::result::Error) -> Self {
+        PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl From<pg_audit_diesel::Error> for PageError {
+    fn from(e: pg_audit_diesel::Error) -> Self {
+        use pg_audit_diesel::Error as E;
+        let status = match e {
+            E::NotInHistory { .. } | E::NoHistory { .. } | E::NotAudited { .. } => {
+                StatusCode::NOT_FOUND
+            }
+            E::NotDeleted { .. } | E::MissingValues { .. } | E::BadKey { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        PageError(status, e.to_string())
+    }
+}
+
+impl From<pg_audit::Error> for PageError {
+    fn from(e: pg_audit::Error) -> Self {
+        PageError::bad_request(e.to_string())
+    }
+}
+
+/// Runs `f` on a pooled connection on a blocking thread.
+pub(crate) async fn with_conn<T: Send + 'static>(
+    state: &Shared,
+    f: impl FnOnce(&mut PooledConnection<ConnectionManager<PgConnection>>) -> Result<T, PageError>
+    + Send
+    + 'static,
+) -> Result<T, PageError> {
+    let pool = state.pool.clone();
+    pg_audit_diesel::ambient::spawn_blocking(move || {
+        let mut conn = pool
+            .get()
+            .map_err(|e| PageError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
+        f(&mut conn)
+    })
+    .await
+    .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}

@@ -1,0 +1,229 @@
+//! `pg-audit admin`: the audit admin's pages served on their own.
+//!
+//! It binds to loopback unless given credentials: on another address it refuses to start
+//! without `--token` or `--basic-auth`, so the trail is never served to a network unasked.
+//! With credentials every request must present them (a bearer token, or HTTP basic auth,
+//! which browsers ask for), and may revert and restore as that user; without them (loopback
+//! only) the pages are read-only, since a change must name who made it.
+
+use std::net::SocketAddr;
+
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool};
+use pg_audit_admin::Access;
+
+use crate::options::{Db, Result};
+
+/// How a request proves who it is.
+#[derive(Debug, Clone)]
+enum Credentials {
+    /// None needed (loopback): read-only.
+    Open,
+    /// `Authorization: Bearer <token>`, or basic auth with the token as password.
+    Token(String),
+    /// Basic auth with this user and password.
+    Basic { user: String, password: String },
+}
+
+/// `pg-audit admin`.
+pub(crate) fn serve(
+    listen: SocketAddr,
+    token: Option<String>,
+    basic_auth: Option<String>,
+    db: &Db,
+) -> Result<()> {
+    let credentials = match (token, basic_auth) {
+        (Some(_), Some(_)) => return Err("give --token or --basic-auth, not both".into()),
+        (Some(token), None) if token.len() < 16 => {
+            return Err(
+                "the --token is too short to guess-proof: use at least 16 characters".into(),
+            );
+        }
+        (Some(token), None) => Credentials::Token(token),
+        (None, Some(pair)) => {
+            match pair.split_once(':') {
+                Some((user, password)) if !user.is_empty() && password.len() >= 8 => {
+                    Credentials::Basic {
+                        user: user.to_owned(),
+                        password: password.to_owned(),
+                    }
+                }
+                _ => {
+                    return Err("--basic-auth takes USER:PASSWORD, with a password of at least 8 characters".into());
+                }
+            }
+        }
+        (None, None) if !listen.ip().is_loopback() => {
+            return Err(format!(
+                "refusing to serve the audit trail on {listen} without credentials: pass --token \
+                 or --basic-auth USER:PASSWORD, or listen on loopback (127.0.0.1)"
+            )
+            .into());
+        }
+        (None, None) => Credentials::Open,
+    };
+    let url = db.url()?.to_owned();
+    let log = db.log()?;
+    let pool = Pool::builder()
+        .max_size(8)
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let open = matches!(credentials, Credentials::Open);
+    let admin = pg_audit_admin::router(pool)
+        .log(log)
+        .authorize(move |request| authorize(&credentials, request));
+    // Ask browsers for credentials instead of a bare 403.
+    let app = admin.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| async move {
+            if response.status() == StatusCode::FORBIDDEN && !open {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"pg-audit\", charset=\"UTF-8\""),
+                );
+            }
+            response
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "pg-audit admin on http://{addr}/ ({}); Ctrl-C to stop",
+            if open {
+                "read-only: pass --token or --basic-auth to revert and restore"
+            } else {
+                "sign in with the credentials given"
+            }
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
+    Ok(())
+}
+
+/// What a request may do under `credentials`.
+fn authorize(credentials: &Credentials, request: &Parts) -> Access {
+    let given = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let basic = given
+        .strip_prefix("Basic ")
+        .and_then(|b| decode_base64(b.trim()))
+        .and_then(|pair| {
+            pair.split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        });
+    match credentials {
+        Credentials::Open => Access::Read,
+        Credentials::Token(token) => {
+            let presented = given
+                .strip_prefix("Bearer ")
+                .map(str::to_owned)
+                .or_else(|| basic.as_ref().map(|(_, p)| p.clone()));
+            match presented {
+                Some(p) if same(&p, token) => Access::Write {
+                    user: basic
+                        .map(|(u, _)| u)
+                        .filter(|u| !u.is_empty())
+                        .unwrap_or_else(|| "pg-audit admin".to_owned()),
+                },
+                _ => Access::None,
+            }
+        }
+        Credentials::Basic { user, password } => match basic {
+            Some((u, p)) if same(&u, user) && same(&p, password) => Access::Write { user: u },
+            _ => Access::None,
+        },
+    }
+}
+
+/// Equal, in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// Standard base64, for the basic-auth header.
+fn decode_base64(text: &str) -> Option<String> {
+    let mut bits = 0u32;
+    let mut len = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        len += 6;
+        if len >= 8 {
+            len -= 8;
+            out.push((bits >> len) as u8);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(a) = authorization {
+            request = request.header(header::AUTHORIZATION, a);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn credentials_decide_access() {
+        let token = Credentials::Token("0123456789abcdef".into());
+        assert_eq!(authorize(&token, &parts(None)), Access::None);
+        assert_eq!(
+            authorize(&token, &parts(Some("Bearer 0123456789abcdef"))),
+            Access::Write {
+                user: "pg-audit admin".into()
+            }
+        );
+        // "ann:0123456789abcdef"
+        assert_eq!(
+            authorize(&token, &parts(Some("Basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
+            Access::Write { user: "ann".into() }
+        );
+        assert_eq!(
+            authorize(&token, &parts(Some("Bearer 0123456789abcdeX"))),
+            Access::None
+        );
+        let basic = Credentials::Basic {
+            user: "ann".into(),
+            password: "0123456789abcdef".into(),
+        };
+        assert_eq!(
+            authorize(&basic, &parts(Some("Basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
+            Access::Write { user: "ann".into() }
+        );
+        assert_eq!(authorize(&basic, &parts(Some("Basic !!!"))), Access::None);
+        assert_eq!(authorize(&Credentials::Open, &parts(None)), Access::Read);
+    }
+}
