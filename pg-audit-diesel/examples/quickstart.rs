@@ -6,7 +6,9 @@
 //! ```
 //!
 //! With `DATABASE_URL` set it creates a scratch database on that server (the role needs
-//! `CREATEDB`); otherwise it starts a throwaway PostgreSQL from the local binaries.
+//! `CREATEDB`); otherwise it starts a throwaway PostgreSQL from the local binaries. With
+//! `-- --keep` the database (`pg_audit_quickstart`) is kept, to browse its trail with
+//! `pg-audit admin`.
 
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
@@ -62,8 +64,24 @@ const MIGRATIONS: EmbeddedMigrations = embed_migrations!("examples/quickstart_mi
 
 fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let server = pg_audit_tempdb::shared()?;
-    let db = server.create_database("quickstart")?;
-    let mut conn = PgConnection::establish(db.url())?;
+    let keep = std::env::args().any(|a| a == "--keep");
+    // A database of its own, dropped at the end; or, with --keep, one that stays.
+    let (scratch, url) = if keep {
+        server.batch_execute(
+            server.admin_url(),
+            "DROP DATABASE IF EXISTS pg_audit_quickstart WITH (FORCE)",
+        )?;
+        server.batch_execute(server.admin_url(), "CREATE DATABASE pg_audit_quickstart")?;
+        (
+            None,
+            pg_audit_tempdb::url_with_database(server.admin_url(), "pg_audit_quickstart")?,
+        )
+    } else {
+        let db = server.create_database("quickstart")?;
+        let url = db.url().to_owned();
+        (Some(db), url)
+    };
+    let mut conn = PgConnection::establish(&url)?;
 
     // At startup: the application's tables, then the audit log and the triggers.
     conn.run_pending_migrations(MIGRATIONS)?;
@@ -145,6 +163,14 @@ fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .as_deref()
             .unwrap_or_default()
     );
+    drop(conn);
+    match scratch {
+        // Dropped with its handle.
+        Some(db) => drop(db),
+        None => println!(
+            "\nKept the database. Browse its trail:\n\n  cargo run -p pg-audit-cli -- admin --database-url '{url}'\n"
+        ),
+    }
     Ok(())
 }
 

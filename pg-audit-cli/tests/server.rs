@@ -1,0 +1,159 @@
+//! `pg-audit admin`: the admin's pages served on their own, against a real server.
+
+use std::io::{Read as _, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(url: &str, port: u16, extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(["admin", "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("DATABASE_URL", url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pg-audit admin did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server(child)
+}
+
+/// Status line and body of `GET path`.
+fn get(port: u16, path: &str, authorization: Option<&str>) -> (String, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+fn setup(hint: &str) -> pg_audit_tempdb::TempDatabase<'static> {
+    let server = pg_audit_tempdb::shared().unwrap();
+    let db = server.create_database(hint).unwrap();
+    let sql = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    db.batch_execute("CREATE TABLE users (id int PRIMARY KEY, name text)")
+        .unwrap();
+    db.batch_execute(&sql(&["sql", "table"])).unwrap();
+    db.batch_execute(&sql(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--primary-key",
+        "id",
+    ]))
+    .unwrap();
+    db.batch_execute(
+        "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"admin-7\", \"change_reason\": \"First user\"}';
+         INSERT INTO users VALUES (1, 'Ann'); COMMIT;",
+    )
+    .unwrap();
+    db
+}
+
+#[test]
+fn on_loopback_without_credentials_the_trail_is_read_only() {
+    let db = setup("server_open");
+    let port = free_port();
+    let _server = start(db.url(), port, &[]);
+    let (status, body) = get(port, "/", None);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        body.contains("First user") && body.contains("admin-7"),
+        "{body}"
+    );
+    let (status, body) = get(
+        port,
+        "/record?table=public.users&key=%7B%22id%22%3A1%7D",
+        None,
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(!body.contains("method=\"post\""), "no write forms: {body}");
+}
+
+#[test]
+fn with_a_token_every_request_signs_in() {
+    let db = setup("server_token");
+    let port = free_port();
+    let _server = start(db.url(), port, &["--token", "0123456789abcdef0123"]);
+    let (status, _) = get(port, "/", None);
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, _) = get(port, "/", Some("Bearer wrong-token-wrong-token"));
+    assert_eq!(status, "HTTP/1.1 401 Unauthorized");
+    let (status, body) = get(
+        port,
+        "/record?table=public.users&key=%7B%22id%22%3A1%7D",
+        Some("Bearer 0123456789abcdef0123"),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("method=\"post\""), "write forms: {body}");
+}
+
+#[test]
+fn other_addresses_need_credentials() {
+    let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args([
+            "admin",
+            "--listen",
+            "0.0.0.0:0",
+            "--database-url",
+            "postgres://x/y",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: refusing to serve the audit trail on 0.0.0.0:0 without credentials: pass \
+         --token or --basic-auth USER:PASSWORD, or listen on loopback (127.0.0.1)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args([
+            "admin",
+            "--token",
+            "short",
+            "--database-url",
+            "postgres://x/y",
+        ])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
+}
