@@ -14,7 +14,7 @@
 //!         _ => Access::None,
 //!     }
 //! });
-//! let app: axum::Router = axum::Router::new().nest("/audit", admin);
+//! let app: axum::Router = axum::Router::new().nest_service("/audit", admin);
 //! # }
 //! ```
 //!
