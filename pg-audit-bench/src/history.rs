@@ -11,10 +11,10 @@ use pg_audit::{AuditLog, Ident, QualifiedName};
 use pg_audit_diesel::log::{AuditReader, Page};
 use serde_json::json;
 
-const TABLES: u64 = 20;
+pub(crate) const TABLES: u64 = 20;
 /// Records per table: with 10 million rows, each record has 20 changes spread over the whole
 /// time range, so its history spans every partition.
-const RECORDS: u64 = 25_000;
+pub(crate) const RECORDS: u64 = 25_000;
 
 #[derive(QueryableByName)]
 struct PlanLine {
@@ -22,12 +22,9 @@ struct PlanLine {
     line: String,
 }
 
-pub(crate) fn run(
-    conn: &mut PgConnection,
-    url: &str,
-    rows: u64,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let log = AuditLog::new();
+/// Fills the log with `rows` rows over monthly partitions back to the oldest (one change a
+/// second, across [`TABLES`] tables of [`RECORDS`] records each); returns the months.
+pub(crate) fn fill(conn: &mut PgConnection, rows: u64) -> Result<u64, Box<dyn std::error::Error>> {
     // Monthly partitions back to the oldest row (one second apart), as a log running that long
     // would have them.
     let months = rows / (30 * 86_400) + 1;
@@ -64,6 +61,16 @@ pub(crate) fn run(
     eprintln!();
     conn.batch_execute("ANALYZE audit.auditlog")?;
 
+    Ok(months)
+}
+
+pub(crate) fn run(
+    conn: &mut PgConnection,
+    url: &str,
+    rows: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let log = AuditLog::new();
+    let months = fill(conn, rows)?;
     let reader = AuditReader::with_log(log.clone());
     let mut conn = PgConnection::establish(url)?;
     let mut latencies = Vec::new();

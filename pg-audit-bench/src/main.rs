@@ -24,6 +24,7 @@ use pg_audit::AuditLog;
 use pg_audit_diesel::{AuditConnectionExt, AuditContext};
 use pg_audit_tempdb::Cluster;
 
+mod admin;
 mod designs;
 mod history;
 mod report;
@@ -59,6 +60,8 @@ struct Options {
     designs: bool,
     /// Rows of the log for the history-lookup benchmark; 0: not run.
     history_rows: u64,
+    /// Rows of the log for the admin's pages benchmark; 0: not run.
+    admin_rows: u64,
 }
 
 impl Options {
@@ -70,6 +73,7 @@ impl Options {
             only: None,
             designs: false,
             history_rows: 0,
+            admin_rows: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -99,6 +103,13 @@ impl Options {
                         .and_then(|n| n.parse().ok())
                         .unwrap_or(10_000_000);
                 }
+                "--admin" => {
+                    opts.admin_rows = args
+                        .next()
+                        .filter(|n| !n.starts_with("--"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(10_000_000);
+                }
                 "-h" | "--help" => usage(),
                 other => {
                     eprintln!("unknown argument `{other}`");
@@ -118,12 +129,14 @@ fn usage() -> ! {
     eprintln!(
         "usage: pg-audit-bench [--quick | --smoke] [--reps N] [--only WORKLOAD-SUBSTRING] [--designs]\n\
          \x20      pg-audit-bench --history [ROWS]\n\
+         \x20      pg-audit-bench --admin [ROWS]\n\
          \n\
          --quick    3 repetitions of shorter runs\n\
          --smoke    1 tiny repetition: checks the benchmark works (used by CI)\n\
          --designs  also measure the trigger designs that were not chosen (docs/performance.md)\n\
          --history  only the history lookup: fill the log with ROWS rows (default 10 million)\n\
-         \x20          and time reading one record's history"
+         \x20          and time reading one record's history\n\
+         --admin    the same log, and the admin's pages timed over HTTP"
     );
     std::process::exit(2);
 }
@@ -162,6 +175,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scripts,
         opts,
     };
+    if bench.opts.admin_rows > 0 {
+        return admin::run(&mut bench.conn, &bench.url, bench.opts.admin_rows);
+    }
     if bench.opts.history_rows > 0 {
         return history::run(&mut bench.conn, &bench.url, bench.opts.history_rows);
     }

@@ -1,0 +1,136 @@
+//! The admin's pages at size: the log of `--history`, the audited tables it names, the admin
+//! router served on loopback, and each page requested many times with random parameters.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, Pool};
+use pg_audit::{AuditLog, QualifiedName, TriggerSpec};
+
+use crate::history::{RECORDS, TABLES, fill};
+
+const REQUESTS: u64 = 200;
+
+pub(crate) fn run(
+    conn: &mut PgConnection,
+    url: &str,
+    rows: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    fill(conn, rows)?;
+    let log = AuditLog::new();
+    // The audited tables the log names, installed (their install records are what the table
+    // pages read); empty, so "as of a time" is the log's alone.
+    for t in 0..TABLES {
+        conn.batch_execute(&format!(
+            "CREATE TABLE public.t{t} (id int PRIMARY KEY, name text, price int)"
+        ))?;
+        let spec = TriggerSpec::builder(QualifiedName::parse(&format!("public.t{t}"))?)
+            .primary_key(["id"])
+            .build()?;
+        conn.batch_execute(&spec.install_sql(&log))?;
+    }
+    conn.batch_execute("ANALYZE")?;
+
+    let pool = Pool::builder()
+        .max_size(4)
+        .build(ConnectionManager::<PgConnection>::new(url))?;
+    let admin = pg_audit_admin::router(pool).authorize(|_| pg_audit_admin::Access::Read);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let addr = listener.local_addr()?;
+    runtime.spawn(async move {
+        let _ = axum::serve(listener, axum::Router::new().nest_service("/audit", admin)).await;
+    });
+
+    let newest: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT max(id) FROM audit.auditlog)",
+    ))
+    .get_result(conn)?;
+    let pages: Vec<(&str, Box<dyn Fn(u64) -> String>)> = vec![
+        ("activity", Box::new(|_| "/audit".to_owned())),
+        (
+            "activity, next pages",
+            Box::new(move |i| format!("/audit?before={}", newest - (i as i64 * 977) % 1_000_000)),
+        ),
+        (
+            "activity, one table",
+            Box::new(|i| format!("/audit?table=public.t{}", i % TABLES)),
+        ),
+        (
+            "activity, one record",
+            Box::new(|i| {
+                format!(
+                    "/audit?table=public.t{}&key=%7B%22id%22%3A{}%7D",
+                    i % TABLES,
+                    (i * 7919) % RECORDS
+                )
+            }),
+        ),
+        (
+            "record",
+            Box::new(|i| {
+                format!(
+                    "/audit/record?table=public.t{}&key=%7B%22id%22%3A{}%7D",
+                    i % TABLES,
+                    (i * 7919) % RECORDS
+                )
+            }),
+        ),
+        (
+            "transaction",
+            Box::new(move |i| format!("/audit/tx/{}", 1_000_000 + (i * 104_729) % (rows / 3))),
+        ),
+        ("tables", Box::new(|_| "/audit/tables".to_owned())),
+        (
+            "table",
+            Box::new(|i| format!("/audit/table?name=public.t{}", i % TABLES)),
+        ),
+        ("partitions", Box::new(|_| "/audit/partitions".to_owned())),
+    ];
+    println!("\nThe admin's pages over a log of {rows} rows, {REQUESTS} requests each:\n");
+    println!("| page | median | p95 | max |");
+    println!("|---|---|---|---|");
+    for (name, path) in &pages {
+        let mut latencies = Vec::new();
+        for i in 0..REQUESTS {
+            let start = Instant::now();
+            let status = get(addr, &path(i))?;
+            latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+            if status != 200 {
+                return Err(format!("{name}: {} answered {status}", path(i)).into());
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            pct(0.5),
+            pct(0.95),
+            pct(1.0)
+        );
+    }
+    Ok(())
+}
+
+/// The status of `GET path`, the whole body read.
+fn get(addr: SocketAddr, path: &str) -> Result<u16, Box<dyn std::error::Error>> {
+    let mut stream = TcpStream::connect(addr)?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head = String::from_utf8_lossy(&response[..response.len().min(20)]).into_owned();
+    Ok(head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
