@@ -14,6 +14,9 @@ use crate::history::{RECORDS, TABLES, fill};
 
 const REQUESTS: u64 = 200;
 
+/// A page's name, and its path for the i-th request.
+type PageSpec = (&'static str, Box<dyn Fn(u64) -> String>);
+
 pub(crate) fn run(
     conn: &mut PgConnection,
     url: &str,
@@ -52,7 +55,7 @@ pub(crate) fn run(
         "(SELECT max(id) FROM audit.auditlog)",
     ))
     .get_result(conn)?;
-    let pages: Vec<(&str, Box<dyn Fn(u64) -> String>)> = vec![
+    let pages: Vec<PageSpec> = vec![
         ("activity", Box::new(|_| "/audit".to_owned())),
         (
             "activity, next pages",
