@@ -283,8 +283,27 @@ impl AuditReader {
         filter: &Activity,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
+        // A record of a named table goes through the record-key hash indexes; a key alone
+        // (any table) is filtered while walking the id index.
+        let (from, key_clause) = if filter.key.is_some() && filter.table.is_some() {
+            let key = record_key_expr("r.schema_name", "r.table_name", "$9::jsonb");
+            (
+                format!(", ({RESOLVE_TABLE}) AS r"),
+                format!(
+                    "l.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                     AND ((l.record_key OPERATOR(pg_catalog.=) {key} AND l.record_pk OPERATOR(pg_catalog.=) $9)
+                       OR (l.old_record_key OPERATOR(pg_catalog.=) {key} AND l.old_record_pk OPERATOR(pg_catalog.=) $9))"
+                ),
+            )
+        } else {
+            (
+                String::new(),
+                "($9::jsonb IS NULL OR l.record_pk OPERATOR(pg_catalog.=) $9 OR l.old_record_pk OPERATOR(pg_catalog.=) $9)"
+                    .to_owned(),
+            )
+        };
         let query = diesel::sql_query(format!(
-            "SELECT {} FROM {} AS l
+            "SELECT {} FROM {} AS l{from}
               WHERE ($1::text IS NULL OR l.schema_name OPERATOR(pg_catalog.=) $1)
                 AND ($2::text IS NULL OR l.table_name OPERATOR(pg_catalog.=) $2)
                 AND ($3::text IS NULL OR l.operation OPERATOR(pg_catalog.=) $3)
@@ -293,7 +312,7 @@ impl AuditReader {
                 AND ($6::bigint IS NULL OR l.txid OPERATOR(pg_catalog.=) $6)
                 AND ($7::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $7)
                 AND ($8::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.<) $8)
-                AND ($9::jsonb IS NULL OR l.record_pk OPERATOR(pg_catalog.=) $9 OR l.old_record_pk OPERATOR(pg_catalog.=) $9)
+                AND {key_clause}
                 AND ($10::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $10)
               ORDER BY l.id DESC
               LIMIT $11",
