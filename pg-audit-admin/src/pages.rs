@@ -657,15 +657,10 @@ pub(crate) async fn table(
                 installed.table_schema, installed.table_name
             ))
             .ok();
-            let rows = match qualified {
-                Some(q) => Some(reader.table_at(
-                    conn,
-                    &q,
-                    at.unwrap_or_else(SystemTime::now),
-                    after.as_ref(),
-                    PAGE_SIZE,
-                )?),
-                None => None,
+            // Rebuilding the table reads all its entries: only when a time is chosen.
+            let rows = match (qualified, at) {
+                (Some(q), Some(at)) => Some(reader.table_at(conn, &q, at, after.as_ref(), PAGE_SIZE)?),
+                _ => None,
             };
             Ok((installed, problems, days, rows))
         })
@@ -698,6 +693,7 @@ pub(crate) async fn table(
             h2 { "Changes per day, last 30 days (UTC)" }
             (chart(&days))
             h2 { "The table as of a time" }
+            p.muted { "Every row's audited columns at a chosen moment, rebuilt from the log (and from the table for rows the log never saw change)." }
             form.filters method="get" action={ (base) "/table" } {
                 input type="hidden" name="name" value=(full);
                 label { "at (UTC)" input type="datetime-local" name="at" value=(at_text); }

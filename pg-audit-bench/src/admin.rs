@@ -14,8 +14,8 @@ use crate::history::{RECORDS, TABLES, fill};
 
 const REQUESTS: u64 = 200;
 
-/// A page's name, and its path for the i-th request.
-type PageSpec = (&'static str, Box<dyn Fn(u64) -> String>);
+/// A page's name, how many requests, and its path for the i-th request.
+type PageSpec = (&'static str, u64, Box<dyn Fn(u64) -> String>);
 
 pub(crate) fn run(
     conn: &mut PgConnection,
@@ -57,17 +57,20 @@ pub(crate) fn run(
     ))
     .get_result(conn)?;
     let pages: Vec<PageSpec> = vec![
-        ("activity", Box::new(|_| "/audit".to_owned())),
+        ("activity", REQUESTS, Box::new(|_| "/audit".to_owned())),
         (
             "activity, next pages",
+            REQUESTS,
             Box::new(move |i| format!("/audit?before={}", newest - (i as i64 * 977) % 1_000_000)),
         ),
         (
             "activity, one table",
+            REQUESTS,
             Box::new(|i| format!("/audit?table=public.t{}", i % TABLES)),
         ),
         (
             "activity, one record",
+            REQUESTS,
             Box::new(|i| {
                 format!(
                     "/audit?table=public.t{}&key=%7B%22id%22%3A{}%7D",
@@ -78,6 +81,7 @@ pub(crate) fn run(
         ),
         (
             "record",
+            REQUESTS,
             Box::new(|i| {
                 format!(
                     "/audit/record?table=public.t{}&key=%7B%22id%22%3A{}%7D",
@@ -88,21 +92,37 @@ pub(crate) fn run(
         ),
         (
             "transaction",
+            REQUESTS,
             Box::new(move |i| format!("/audit/tx/{}", 1_000_000 + (i * 104_729) % (rows / 3))),
         ),
-        ("tables", Box::new(|_| "/audit/tables".to_owned())),
+        ("tables", REQUESTS, Box::new(|_| "/audit/tables".to_owned())),
         (
-            "table",
+            "partitions",
+            REQUESTS,
+            Box::new(|_| "/audit/partitions".to_owned()),
+        ),
+        (
+            "table (configuration, drift, 30 days' chart)",
+            20,
             Box::new(|i| format!("/audit/table?name=public.t{}", i % TABLES)),
         ),
-        ("partitions", Box::new(|_| "/audit/partitions".to_owned())),
+        (
+            "table as of a time (first page of rows)",
+            5,
+            Box::new(|i| {
+                format!(
+                    "/audit/table?name=public.t{}&at=2026-11-01T00:00",
+                    i % TABLES
+                )
+            }),
+        ),
     ];
-    println!("\nThe admin's pages over a log of {rows} rows, {REQUESTS} requests each:\n");
-    println!("| page | median | p95 | max |");
-    println!("|---|---|---|---|");
-    for (name, path) in &pages {
+    println!("\nThe admin's pages over a log of {rows} rows:\n");
+    println!("| page | requests | median | p95 | max |");
+    println!("|---|---|---|---|---|");
+    for (name, requests, path) in &pages {
         let mut latencies = Vec::new();
-        for i in 0..REQUESTS {
+        for i in 0..*requests {
             let start = Instant::now();
             let status = get(addr, &path(i))?;
             latencies.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -113,7 +133,7 @@ pub(crate) fn run(
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
         println!(
-            "| {name} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {name} | {requests} | {:.1} ms | {:.1} ms | {:.1} ms |",
             pct(0.5),
             pct(0.95),
             pct(1.0)

@@ -244,8 +244,25 @@ fn click_through_activity_record_diff_and_revert_with_a_reason() {
             .await
             .unwrap();
         assert!(page.contains("no drift"), "{page}");
-        assert!(page.contains("id=1"), "{page}");
         c.find(Locator::Css("svg rect")).await.unwrap();
+        // The table as of a time: choose one (a minute ahead, so every change is in).
+        let at = pg_audit_diesel::rfc3339(
+            std::time::SystemTime::now() + std::time::Duration::from_secs(60),
+        );
+        c.goto(&format!(
+            "{base}/audit/table?name=public.products&at={}",
+            &at[..16]
+        ))
+        .await
+        .unwrap();
+        let page = c
+            .find(Locator::Css("main"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(page.contains("id=1") && page.contains("id=2"), "{page}");
         screenshot(c, "table").await;
 
         // A table and key made of markup: shown as text.

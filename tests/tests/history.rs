@@ -941,11 +941,17 @@ fn activity_lists_the_newest_changes_filtered() {
     use pg_audit_diesel::log::Activity;
     let (_db, mut conn) = setup("history_activity");
     let reader = AuditReader::new();
-    conn.with_audit_context(&AuditContext::new().user_id("ann").request_id("r1"), |conn| {
-        exec(conn, "INSERT INTO people VALUES (1, 'Ann', NULL), (2, 'Bob', NULL)");
-        exec(conn, "INSERT INTO lines VALUES ('acme', 1, 5)");
-        Ok::<_, diesel::result::Error>(())
-    })
+    conn.with_audit_context(
+        &AuditContext::new().user_id("ann").request_id("r1"),
+        |conn| {
+            exec(
+                conn,
+                "INSERT INTO people VALUES (1, 'Ann', NULL), (2, 'Bob', NULL)",
+            );
+            exec(conn, "INSERT INTO lines VALUES ('acme', 1, 5)");
+            Ok::<_, diesel::result::Error>(())
+        },
+    )
     .unwrap();
     exec(&mut conn, "UPDATE people SET id = 3 WHERE id = 1");
     exec(&mut conn, "UPDATE people SET name = 'Bo' WHERE id = 2");
@@ -974,19 +980,38 @@ fn activity_lists_the_newest_changes_filtered() {
         a
     };
     assert_eq!(
-        ids(&filter(|a| a.user_id = Some("ann".into())), Page::first(10), &mut conn).len(),
+        ids(
+            &filter(|a| a.user_id = Some("ann".into())),
+            Page::first(10),
+            &mut conn
+        )
+        .len(),
         3
     );
     assert_eq!(
-        ids(&filter(|a| a.request_id = Some("r1".into())), Page::first(10), &mut conn).len(),
+        ids(
+            &filter(|a| a.request_id = Some("r1".into())),
+            Page::first(10),
+            &mut conn
+        )
+        .len(),
         3
     );
     assert_eq!(
-        ids(&filter(|a| a.operation = Some(Operation::Update)), Page::first(10), &mut conn).len(),
+        ids(
+            &filter(|a| a.operation = Some(Operation::Update)),
+            Page::first(10),
+            &mut conn
+        )
+        .len(),
         2
     );
     assert_eq!(
-        ids(&filter(|a| a.table = Some("lines".into())), Page::first(10), &mut conn),
+        ids(
+            &filter(|a| a.table = Some("lines".into())),
+            Page::first(10),
+            &mut conn
+        ),
         [(Operation::Insert, json!({"org": "acme", "line_no": 1}))]
     );
     // A record by its old key, through the hash indexes (table named) or by scan (no table).
@@ -1012,7 +1037,11 @@ fn activity_lists_the_newest_changes_filtered() {
     while let Some(p) = page {
         let entries = reader.activity(&mut conn, &Activity::default(), p).unwrap();
         page = p.after(&entries);
-        paged.extend(entries.into_iter().map(|e| (e.operation, e.record_pk.unwrap())));
+        paged.extend(
+            entries
+                .into_iter()
+                .map(|e| (e.operation, e.record_pk.unwrap())),
+        );
     }
     assert_eq!(paged, all);
 }
