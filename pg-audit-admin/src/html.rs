@@ -40,7 +40,7 @@ button { cursor: pointer; }
 .entry { border: 1px solid var(--line); border-radius: .4rem; padding: .6rem .8rem; margin: .6rem 0; }
 .entry h3 { font-size: 1rem; margin: 0 0 .3rem; }
 details summary { cursor: pointer; color: var(--muted); }
-svg { max-width: 100%; height: auto; }
+svg { width: 100%; max-width: 40rem; height: auto; display: block; }
 svg rect { fill: var(--accent); }
 svg text { fill: var(--muted); font-size: 10px; }
 "#;
