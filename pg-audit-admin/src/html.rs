@@ -54,7 +54,7 @@ pub(crate) fn page(base: &str, title: &str, content: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="same-origin";
-                title { (title) " · pg-audit" }
+                title { (visible(title)) " · pg-audit" }
                 link rel="stylesheet" href={ (base) "/assets/style.css" };
             }
             body {
@@ -98,20 +98,52 @@ pub(crate) fn text(value: &str) -> Markup {
     PreEscaped(out)
 }
 
-/// Characters that change how neighbouring text reads without being seen.
-fn is_hidden(c: char) -> bool {
+/// Characters that change how neighbouring text reads without being seen: controls, and
+/// Unicode's default-ignorable code points (zero-width characters, bidirectional controls,
+/// the soft hyphen, variation selectors, tag characters, ...), so `alice` and `alice` plus a
+/// tag character never look the same.
+pub(crate) fn is_hidden(c: char) -> bool {
     c.is_control()
         || matches!(c,
-            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
-            | '\u{2066}'..='\u{2069}' | '\u{061c}' | '\u{feff}')
+            '\u{00ad}' | '\u{034f}' | '\u{061c}' | '\u{115f}'..='\u{1160}' | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+            | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}' | '\u{e0000}'..='\u{e0fff}')
 }
+
+/// `value` as plain text with hidden characters written as `\u{..}`: for places that hold
+/// no markup, such as the page title.
+pub(crate) fn visible(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if is_hidden(c) {
+                format!("\\u{{{:x}}}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// The longest value shown whole, in characters; longer ones are cut, saying how much.
+const MAX_SHOWN: usize = 2_000;
 
 /// A JSON value as text: strings bare, the rest as JSON.
 pub(crate) fn value(v: &Value) -> Markup {
+    let shown = |s: &str| {
+        let total = s.chars().count();
+        if total <= MAX_SHOWN {
+            return text(s);
+        }
+        let cut: String = s.chars().take(MAX_SHOWN).collect();
+        html! { (text(&cut)) span.muted { " … (" (total - MAX_SHOWN) " more characters)" } }
+    };
     match v {
-        Value::String(s) => text(s),
+        Value::String(s) => shown(s),
         Value::Null => html! { span.muted { "NULL" } },
-        other => text(&other.to_string()),
+        other => shown(&other.to_string()),
     }
 }
 
@@ -154,6 +186,19 @@ pub(crate) fn time(t: std::time::SystemTime) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn invisible_characters_are_made_visible() {
+        assert_eq!(visible("alice\u{e0041}"), "alice\\u{e0041}");
+        assert_eq!(visible("a\u{00ad}b\u{202e}"), "a\\u{ad}b\\u{202e}");
+        assert_eq!(visible("née ☕"), "née ☕");
+        let long = "x".repeat(MAX_SHOWN + 5);
+        assert!(
+            value(&Value::String(long))
+                .into_string()
+                .ends_with("… (5 more characters)</span>")
+        );
+    }
 
     #[test]
     fn hostile_text_is_inert() {

@@ -53,20 +53,76 @@ fn parse_key(s: &str) -> Result<Value, PageError> {
     }
 }
 
+/// A table from a link or form: `schema.table`, either part in double quotes when it holds a
+/// dot or a quote (`"s.p".q`), as [`plain`] writes it.
 fn table_name(s: &str) -> Result<QualifiedName, PageError> {
-    Ok(QualifiedName::parse(s)?)
+    let bad = || PageError::bad_request(format!("`{s}` is not a table name: write schema.table"));
+    let mut parts = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut part = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        part.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => part.push(c),
+                    None => return Err(bad()),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                part.push(c);
+                chars.next();
+            }
+        }
+        parts.push(part);
+        match chars.next() {
+            Some('.') => continue,
+            None => break,
+            Some(_) => return Err(bad()),
+        }
+    }
+    let ident = |name: &str, kind| pg_audit::Ident::with_kind(name, kind);
+    Ok(match parts.as_slice() {
+        [name] => QualifiedName::new(None, ident(name, "table")?),
+        [schema, name] => QualifiedName::new(Some(ident(schema, "schema")?), ident(name, "table")?),
+        _ => return Err(bad()),
+    })
 }
 
-/// `schema.table` unquoted, as links carry it (what [`QualifiedName::parse`] reads back).
+/// `schema.table` as links carry it: a part holding a dot or a quote is double-quoted, so
+/// `"s.p".q` and `s."p.q"` stay two tables.
 fn plain(name: &QualifiedName) -> String {
+    let part = |p: &str| {
+        if p.contains(['.', '"']) {
+            format!("\"{}\"", p.replace('"', "\"\""))
+        } else {
+            p.to_owned()
+        }
+    };
     match &name.schema {
-        Some(schema) => format!("{}.{}", schema.as_str(), name.name.as_str()),
-        None => name.name.as_str().to_owned(),
+        Some(schema) => format!("{}.{}", part(schema.as_str()), part(name.name.as_str())),
+        None => part(name.name.as_str()),
     }
 }
 
+/// An entry's table as links carry it.
 fn qualified(e: &AuditEntry) -> String {
-    format!("{}.{}", e.schema_name, e.table_name)
+    match (
+        pg_audit::Ident::new(e.schema_name.as_str()),
+        pg_audit::Ident::new(e.table_name.as_str()),
+    ) {
+        (Ok(schema), Ok(name)) => plain(&QualifiedName::new(Some(schema), name)),
+        _ => format!("{}.{}", e.schema_name, e.table_name),
+    }
 }
 
 /// Links to an entry's record, transaction, request and user.
@@ -420,11 +476,14 @@ async fn change(
             "this account may not change records".into(),
         ));
     };
+    if !csrf::same_origin(&headers) {
+        return Err(PageError::bad_request(
+            "this form was sent from another site: changes are accepted only from the admin's own pages",
+        ));
+    }
     if !csrf::valid(&headers, &form.csrf) {
-        return Err(PageError(
-            StatusCode::FORBIDDEN,
-            "the form's CSRF token does not match this browser's: reload the page and try again"
-                .into(),
+        return Err(PageError::bad_request(
+            "the form's CSRF token does not match this browser's: reload the page and try again",
         ));
     }
     let reason = form.reason.trim().to_owned();
@@ -456,6 +515,33 @@ async fn change(
     Ok(Redirect::to(&to).into_response())
 }
 
+/// The most entries a transaction, request or user page shows; the rest are paged in the
+/// activity.
+const GROUP_LIMIT: u32 = 500;
+
+/// The newest [`GROUP_LIMIT`] entries passing `filter`, oldest first, and whether there are
+/// more.
+async fn limited(state: &Shared, filter: Activity) -> Result<(Vec<AuditEntry>, bool), PageError> {
+    let reader = AuditReader::with_log(state.log.clone());
+    let mut entries = with_conn(state, move |conn| {
+        Ok(reader.activity(conn, &filter, Page::first(GROUP_LIMIT + 1))?)
+    })
+    .await?;
+    let more = entries.len() > GROUP_LIMIT as usize;
+    entries.truncate(GROUP_LIMIT as usize);
+    entries.reverse();
+    Ok((entries, more))
+}
+
+fn more_link(more: bool, rest: &str) -> Markup {
+    html! {
+        @if more {
+            p.warn { "Only the newest " (GROUP_LIMIT) " changes are shown here. "
+                a href=(rest) { "All of them, paged, in the activity" } }
+        }
+    }
+}
+
 /// Entries grouped by table, for the transaction, request and user pages.
 fn grouped(base: &str, entries: &[AuditEntry]) -> Markup {
     let mut by_table: BTreeMap<String, Vec<AuditEntry>> = BTreeMap::new();
@@ -479,12 +565,16 @@ pub(crate) async fn transaction(
     Path(txid): Path<i64>,
 ) -> Result<Markup, PageError> {
     let base = base(&original, &uri);
-    let reader = AuditReader::with_log(state.log.clone());
-    let entries = with_conn(&state, move |conn| Ok(reader.transaction(conn, txid)?)).await?;
+    let filter = Activity {
+        txid: Some(txid),
+        ..Activity::default()
+    };
+    let (entries, more) = limited(&state, filter).await?;
+    let rest = href(&base, "/", &[("tx", txid.to_string())]);
     Ok(page(
         &base,
         &format!("Transaction {txid}"),
-        grouped(&base, &entries),
+        html! { (grouped(&base, &entries)) (more_link(more, &rest)) },
     ))
 }
 
@@ -501,16 +591,16 @@ pub(crate) async fn request(
     Query(q): Query<IdQuery>,
 ) -> Result<Markup, PageError> {
     let base = base(&original, &uri);
-    let reader = AuditReader::with_log(state.log.clone());
-    let id = q.id.clone();
-    let entries = with_conn(&state, move |conn| {
-        Ok(reader.request(conn, &id, TimeRange::default())?)
-    })
-    .await?;
+    let filter = Activity {
+        request_id: Some(q.id.clone()),
+        ..Activity::default()
+    };
+    let (entries, more) = limited(&state, filter).await?;
+    let rest = href(&base, "/", &[("request", &q.id)]);
     Ok(page(
         &base,
         &format!("Request {}", q.id),
-        grouped(&base, &entries),
+        html! { (grouped(&base, &entries)) (more_link(more, &rest)) },
     ))
 }
 
@@ -522,18 +612,32 @@ pub(crate) async fn user(
     Query(q): Query<IdQuery>,
 ) -> Result<Markup, PageError> {
     let base = base(&original, &uri);
-    let reader = AuditReader::with_log(state.log.clone());
-    let id = q.id.clone();
-    let range = TimeRange {
-        from: Some(SystemTime::now() - Duration::from_secs(90 * 86_400)),
-        until: None,
+    let filter = Activity {
+        user_id: Some(q.id.clone()),
+        range: TimeRange {
+            from: Some(SystemTime::now() - Duration::from_secs(90 * 86_400)),
+            until: None,
+        },
+        ..Activity::default()
     };
-    let entries = with_conn(&state, move |conn| Ok(reader.by_user(conn, &id, range)?)).await?;
+    let (entries, more) = limited(&state, filter).await?;
+    let rest = href(&base, "/", &[("user", &q.id)]);
     Ok(page(
         &base,
         &format!("User {}", q.id),
-        html! { p.muted { "The last 90 days." } (grouped(&base, &entries)) },
+        html! { p.muted { "The last 90 days." } (grouped(&base, &entries)) (more_link(more, &rest)) },
     ))
+}
+
+/// An installed table's name as links carry it.
+fn installed_name(t: &Installed) -> String {
+    match (
+        pg_audit::Ident::new(t.table_schema.as_str()),
+        pg_audit::Ident::new(t.table_name.as_str()),
+    ) {
+        (Ok(schema), Ok(name)) => plain(&QualifiedName::new(Some(schema), name)),
+        _ => format!("{}.{}", t.table_schema, t.table_name),
+    }
 }
 
 #[derive(QueryableByName)]
@@ -566,7 +670,7 @@ pub(crate) async fn tables(
             div.scroll { table {
                 thead { tr { th { "table" } th { "key" } th { "audited columns" } th { "condition" } th { "operations" } } }
                 tbody { @for t in &installed {
-                    @let name = format!("{}.{}", t.table_schema, t.table_name);
+                    @let name = installed_name(t);
                     tr {
                         td { a href=(href(&base, "/table", &[("name", &name)])) { (text(&name)) } }
                         td.mono { (value(&t.config["primary_key"])) }
@@ -652,11 +756,7 @@ pub(crate) async fn table(
             .bind::<Text, _>(&installed.table_schema)
             .bind::<Text, _>(&installed.table_name)
             .load(conn)?;
-            let qualified = QualifiedName::parse(&format!(
-                "{}.{}",
-                installed.table_schema, installed.table_name
-            ))
-            .ok();
+            let qualified = table_name(&installed_name(&installed)).ok();
             // Rebuilding the table reads all its entries: only when a time is chosen.
             let rows = match (qualified, at) {
                 (Some(q), Some(at)) => Some(reader.table_at(conn, &q, at, after.as_ref(), PAGE_SIZE)?),
@@ -666,7 +766,7 @@ pub(crate) async fn table(
         })
         .await?
     };
-    let full = format!("{}.{}", installed.table_schema, installed.table_name);
+    let full = installed_name(&installed);
     let at_text = q.at.clone().unwrap_or_default();
     Ok(page(
         &base,
@@ -837,4 +937,35 @@ pub(crate) async fn partitions(
             } }
         },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_with_dots_and_quotes_round_trip() {
+        for (schema, name) in [
+            ("public", "users"),
+            ("s.p", "q"),
+            ("s", "p.q"),
+            ("a\"b", "c"),
+            ("x", "<b>y</b>"),
+        ] {
+            let table = QualifiedName::new(
+                Some(pg_audit::Ident::new(schema).unwrap()),
+                pg_audit::Ident::new(name).unwrap(),
+            );
+            let text = plain(&table);
+            assert_eq!(table_name(&text).unwrap(), table, "{text}");
+        }
+        assert_eq!(plain(&table_name("\"s.p\".q").unwrap()), "\"s.p\".q");
+        assert_ne!(
+            table_name("\"s.p\".q").unwrap(),
+            table_name("s.\"p.q\"").unwrap()
+        );
+        for bad in ["a.b.c", "\"unterminated", "\"a\"b.c"] {
+            assert!(table_name(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -68,12 +68,21 @@ pub(crate) fn serve(
     let log = db.log()?;
     let pool = Pool::builder()
         .max_size(8)
+        .connection_customizer(Box::new(StatementTimeout))
         .build(ConnectionManager::<PgConnection>::new(url))
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let open = matches!(credentials, Credentials::Open);
+    let port = listen.port();
     let admin = pg_audit_admin::router(pool)
         .log(log)
-        .authorize(move |request| authorize(&credentials, request));
+        .authorize(move |request| {
+            // Open on loopback: only requests addressed to loopback, so a web page whose name
+            // an attacker rebinds to 127.0.0.1 cannot read the trail.
+            if open && !loopback_host(request, port) {
+                return Access::None;
+            }
+            authorize(&credentials, request)
+        });
     // Ask browsers for credentials instead of a bare 403.
     let app = admin.layer(axum::middleware::map_response(
         move |mut response: axum::response::Response| async move {
@@ -113,6 +122,34 @@ pub(crate) fn serve(
     Ok(())
 }
 
+/// No page may hold a connection for long: a query of the admin's over a huge log is cut off.
+#[derive(Debug)]
+struct StatementTimeout;
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for StatementTimeout {
+    fn on_acquire(&self, conn: &mut PgConnection) -> std::result::Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection as _;
+        conn.batch_execute("SET statement_timeout = '30s'")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+/// Whether the request's `Host` names loopback (`127.0.0.1`, `[::1]` or `localhost`), on our
+/// port.
+fn loopback_host(request: &Parts, port: u16) -> bool {
+    let Some(host) = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    ["127.0.0.1", "[::1]", "localhost"]
+        .iter()
+        .any(|name| host == format!("{name}:{port}") || (port == 80 && host == *name))
+}
+
 /// What a request may do under `credentials`.
 fn authorize(credentials: &Credentials, request: &Parts) -> Access {
     let given = request
@@ -120,8 +157,9 @@ fn authorize(credentials: &Credentials, request: &Parts) -> Access {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let basic = given
-        .strip_prefix("Basic ")
+    let (scheme, rest) = given.split_once(' ').unwrap_or(("", ""));
+    let basic = Some(rest)
+        .filter(|_| scheme.eq_ignore_ascii_case("basic"))
         .and_then(|b| decode_base64(b.trim()))
         .and_then(|pair| {
             pair.split_once(':')
@@ -130,16 +168,14 @@ fn authorize(credentials: &Credentials, request: &Parts) -> Access {
     match credentials {
         Credentials::Open => Access::Read,
         Credentials::Token(token) => {
-            let presented = given
-                .strip_prefix("Bearer ")
-                .map(str::to_owned)
+            let presented = Some(rest.trim().to_owned())
+                .filter(|_| scheme.eq_ignore_ascii_case("bearer"))
                 .or_else(|| basic.as_ref().map(|(_, p)| p.clone()));
             match presented {
+                // A shared token says nothing about who holds it: the user is not taken from
+                // the request, where anyone with the token could name anyone.
                 Some(p) if same(&p, token) => Access::Write {
-                    user: basic
-                        .map(|(u, _)| u)
-                        .filter(|u| !u.is_empty())
-                        .unwrap_or_else(|| "pg-audit admin".to_owned()),
+                    user: "pg-audit admin (token)".to_owned(),
                 },
                 _ => Access::None,
             }
@@ -197,19 +233,38 @@ mod tests {
     }
 
     #[test]
+    fn the_open_server_answers_only_requests_addressed_to_loopback() {
+        let with_host = |host: &str| {
+            axum::http::Request::builder()
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        assert!(loopback_host(&with_host("127.0.0.1:8080"), 8080));
+        assert!(loopback_host(&with_host("LOCALHOST:8080"), 8080));
+        assert!(loopback_host(&with_host("[::1]:8080"), 8080));
+        assert!(!loopback_host(&with_host("attacker.example:8080"), 8080));
+        assert!(!loopback_host(&with_host("127.0.0.1:9090"), 8080));
+        assert!(!loopback_host(&parts(None), 8080));
+    }
+
+    #[test]
     fn credentials_decide_access() {
         let token = Credentials::Token("0123456789abcdef".into());
         assert_eq!(authorize(&token, &parts(None)), Access::None);
+        let by_token = Access::Write {
+            user: "pg-audit admin (token)".into(),
+        };
         assert_eq!(
             authorize(&token, &parts(Some("Bearer 0123456789abcdef"))),
-            Access::Write {
-                user: "pg-audit admin".into()
-            }
+            by_token
         );
-        // "ann:0123456789abcdef"
+        // "ann:0123456789abcdef": the token as password, but the user is not ann's to choose.
         assert_eq!(
-            authorize(&token, &parts(Some("Basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
-            Access::Write { user: "ann".into() }
+            authorize(&token, &parts(Some("basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
+            by_token
         );
         assert_eq!(
             authorize(&token, &parts(Some("Bearer 0123456789abcdeX"))),

@@ -41,13 +41,18 @@ fn start(url: &str, port: u16, extra: &[&str]) -> Server {
 
 /// Status line and body of `GET path`.
 fn get(port: u16, path: &str, authorization: Option<&str>) -> (String, String) {
+    get_as(port, &format!("127.0.0.1:{port}"), path, authorization)
+}
+
+/// `GET path` with this `Host` header.
+fn get_as(port: u16, host: &str, path: &str, authorization: Option<&str>) -> (String, String) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     let auth = authorization
         .map(|a| format!("Authorization: {a}\r\n"))
         .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -107,6 +112,9 @@ fn on_loopback_without_credentials_the_trail_is_read_only() {
     );
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert!(!body.contains("method=\"post\""), "no write forms: {body}");
+    // A page of another site whose name was rebound to 127.0.0.1 reads nothing.
+    let (status, _) = get_as(port, &format!("attacker.example:{port}"), "/", None);
+    assert_eq!(status, "HTTP/1.1 403 Forbidden");
 }
 
 #[test]

@@ -219,14 +219,22 @@ fn click_through_activity_record_diff_and_revert_with_a_reason() {
             .click()
             .await
             .unwrap();
-        // Back on the record: the new entry, on top, carries the reason and the admin's user.
-        let top = c
-            .find(Locator::Css(".entry"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        // Back on the record (same URL, so wait for the third entry): the new entry, on top,
+        // carries the reason and the admin's user.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let top = loop {
+            if let Ok(entries) = c.find_all(Locator::Css(".entry")).await
+                && entries.len() == 3
+                && let Ok(text) = entries[0].text().await
+            {
+                break text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no third entry after the revert"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
         assert!(top.starts_with("UPDATE"), "{top}");
         assert!(top.contains("by admin-ann"), "{top}");
         assert!(top.contains("why: Price change was a mistake"), "{top}");
@@ -358,8 +366,42 @@ fn none_and_read_are_enforced() {
         ],
         b"table=public.products&key=%7B%22id%22%3A1%7D&entry=1&reason=x&csrf=0123456789abcdef0123456789abcdef",
     );
-    assert_eq!(response.status, 403, "{}", response.body);
+    assert_eq!(response.status, 400, "{}", response.body);
     assert!(response.body.contains("CSRF"), "{}", response.body);
+    // With a matching token, but sent from another site (another port counts): refused.
+    let token = b"role=write; pg_audit_csrf=0123456789abcdef0123456789abcdef";
+    let form = b"table=public.products&key=%7B%22id%22%3A1%7D&entry=1&reason=x&csrf=0123456789abcdef0123456789abcdef";
+    for (name, value) in [
+        ("Sec-Fetch-Site", &b"cross-site"[..]),
+        ("Sec-Fetch-Site", b"same-site"),
+        ("Origin", b"http://127.0.0.1:1"),
+    ] {
+        let response = http::request_body(
+            addr,
+            "POST",
+            "/audit/record/revert",
+            &[
+                ("Cookie", token),
+                ("Content-Type", b"application/x-www-form-urlencoded"),
+                (name, value),
+            ],
+            form,
+        );
+        assert_eq!(response.status, 400, "{name}: {}", response.body);
+        assert!(response.body.contains("another site"), "{}", response.body);
+    }
+    // Every page says no script may run and no other site may frame it.
+    let page = http::request(addr, "GET", "/audit", &[("Cookie", b"role=read")], None);
+    let header = |name: &str| {
+        page.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert!(header("content-security-policy").starts_with("default-src 'none';"));
+    assert_eq!(header("x-frame-options"), "DENY");
+    assert_eq!(header("x-content-type-options"), "nosniff");
     assert_eq!(
         rows(
             &mut db.conn(),

@@ -73,7 +73,7 @@ fn every_page_works_for_the_read_only_role_and_bad_input_is_a_message() {
         let response = get(&path);
         assert_eq!(response.status, 200, "{path}: {}", response.body);
     }
-    let table = get("/audit/table?name=public.items").body;
+    let table = get("/audit/table?name=public.items&at=2099-01-01T00:00").body;
     assert!(
         table.contains("this role may not read the table itself"),
         "{table}"
@@ -89,7 +89,11 @@ fn every_page_works_for_the_read_only_role_and_bad_input_is_a_message() {
             "is not a record key",
         ),
         ("/audit/table?name=nope", 404, "is not audited"),
-        ("/audit/record?table=a.b.c&key=%7B%7D", 200, ""),
+        (
+            "/audit/record?table=a.b.c&key=%7B%7D",
+            400,
+            "is not a table name",
+        ),
     ] {
         let response = get(path);
         assert_eq!(response.status, status, "{path}: {}", response.body);
@@ -100,6 +104,34 @@ fn every_page_works_for_the_read_only_role_and_bad_input_is_a_message() {
             response.body
         );
     }
+    // A transaction of 600 changes: the newest 500 shown, and a link to page through all.
+    exec(
+        &mut conn,
+        "INSERT INTO items SELECT g, repeat('x', 3000) FROM generate_series(100, 699) AS g",
+    );
+    let big: i64 = {
+        use diesel::prelude::*;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+            "(SELECT max(txid) FROM audit.auditlog)",
+        ))
+        .get_result(&mut conn)
+        .unwrap()
+    };
+    let page = get(&format!("/audit/tx/{big}"));
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body
+            .contains("Only the newest 500 changes are shown here."),
+        "{}",
+        &page.body[..2000.min(page.body.len())]
+    );
+    assert!(
+        page.body.contains(&format!("href=\"/audit?tx={big}\"")),
+        "link to the rest"
+    );
+    // Long values are cut: 500 entries of 3,000 characters stay well under 3,000 × 500.
+    assert!(page.body.len() < 1_500_000, "{} bytes", page.body.len());
+    assert!(page.body.contains("(1000 more characters)"));
     drop(runtime);
     exec(
         &mut conn,
