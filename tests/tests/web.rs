@@ -568,3 +568,59 @@ fn the_layer_reads_and_sets_tower_https_request_id() {
         .map(|(_, value)| value.as_str());
     assert_eq!(echoed, Some(logged));
 }
+
+/// The example service serves the audit admin under /audit: a sign-in prompt without a user,
+/// the trail for a signed-in one, and revert forms only for the one allowed to write.
+#[test]
+fn the_example_service_serves_the_admin_under_audit() {
+    let service = start("web_admin", &[]);
+    let created = service.call(
+        "POST",
+        "/products",
+        &[("Authorization", &bearer("alice"))],
+        Some(json!({"title": "Lamp", "price_cents": 2500})),
+    );
+    assert_eq!(created.status, 201);
+    let anonymous = service.call("GET", "/audit", &[], None);
+    assert_eq!(anonymous.status, 401);
+    assert!(
+        anonymous
+            .headers
+            .iter()
+            .any(|(n, v)| n == "www-authenticate" && v.starts_with("Basic")),
+        "{:?}",
+        anonymous.headers
+    );
+    // bob:bob-token reads; alice:alice-token may also revert.
+    let bob = service.call(
+        "GET",
+        "/audit",
+        &[("Authorization", "Basic Ym9iOmJvYi10b2tlbg==")],
+        None,
+    );
+    assert_eq!(bob.status, 200, "{}", bob.body);
+    assert!(
+        bob.body.contains("public.products") && bob.body.contains("Lamp"),
+        "{}",
+        bob.body
+    );
+    let record = "/audit/record?table=public.products&key=%7B%22id%22%3A1%7D";
+    let as_bob = service.call(
+        "GET",
+        record,
+        &[("Authorization", "Basic Ym9iOmJvYi10b2tlbg==")],
+        None,
+    );
+    assert!(!as_bob.body.contains("method=\"post\""), "{}", as_bob.body);
+    let as_alice = service.call(
+        "GET",
+        record,
+        &[("Authorization", "Basic YWxpY2U6YWxpY2UtdG9rZW4=")],
+        None,
+    );
+    assert!(
+        as_alice.body.contains("method=\"post\""),
+        "{}",
+        as_alice.body
+    );
+}
