@@ -150,16 +150,7 @@ fn key_object(
     let columns: Vec<String> = match <[_; 1]>::try_from(recorded) {
         Ok([one]) => one,
         Err(recorded) if recorded.is_empty() => {
-            #[derive(QueryableByName)]
-            struct Exists {
-                #[diesel(sql_type = diesel::sql_types::Bool)]
-                exists: bool,
-            }
-            let exists =
-                diesel::sql_query("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL AS exists")
-                    .bind::<Text, _>(table.to_string())
-                    .get_result::<Exists>(conn)?
-                    .exists;
+            let exists = crate::options::relation_exists(conn, &table.to_string())?;
             if !exists {
                 return Err(format!(
                     "no table {table}: it is neither audited in this log nor in the database; \

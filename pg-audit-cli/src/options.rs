@@ -60,16 +60,7 @@ impl Db {
         let url = self.url()?;
         let mut conn = PgConnection::establish(url)
             .map_err(|e| format!("cannot connect to the database: {e}"))?;
-        #[derive(QueryableByName)]
-        struct Exists {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
-            exists: bool,
-        }
-        let exists =
-            diesel::sql_query("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL AS exists")
-                .bind::<diesel::sql_types::Text, _>(log.table().to_string())
-                .get_result::<Exists>(&mut conn)?
-                .exists;
+        let exists = relation_exists(&mut conn, &log.table().to_string())?;
         if !exists {
             return Err(format!(
                 "no audit log {} in this database: install it (pg-audit sql table), or name \
@@ -80,6 +71,21 @@ impl Db {
         }
         Ok((conn, log))
     }
+}
+
+/// Whether `name` (`schema.table`, quoted as PostgreSQL prints it) names a relation.
+pub(crate) fn relation_exists(conn: &mut PgConnection, name: &str) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Exists {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        exists: bool,
+    }
+    Ok(
+        diesel::sql_query("SELECT pg_catalog.to_regclass($1::text) IS NOT NULL AS exists")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result::<Exists>(conn)?
+            .exists,
+    )
 }
 
 /// A fixed choice of the engine's as clap's possible values: the engine lists and names them,
