@@ -206,13 +206,7 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let basic = authorization
-        .strip_prefix("Basic ")
-        .and_then(|b| decode_base64(b.trim()))
-        .and_then(|pair| {
-            pair.split_once(':')
-                .map(|(_, password)| password.to_owned())
-        });
+    let basic = pg_audit_admin::basic_credentials(request.headers()).map(|(_, password)| password);
     let token = authorization
         .strip_prefix("Bearer ")
         .map(str::to_owned)
@@ -231,30 +225,6 @@ async fn authenticate(mut request: Request, next: Next) -> Response {
         None => {}
     }
     next.run(request).await
-}
-
-/// Standard base64 (for basic auth), without a crate for one header.
-fn decode_base64(text: &str) -> Option<String> {
-    let mut bits = 0u32;
-    let mut len = 0;
-    let mut out = Vec::new();
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(v);
-        len += 6;
-        if len >= 8 {
-            len -= 8;
-            out.push((bits >> len) as u8);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Runs `f` on a pooled connection on a blocking thread. pg-audit's `spawn_blocking` carries

@@ -121,6 +121,43 @@ impl Admin {
     }
 }
 
+/// The user and password of an `Authorization: Basic` header (the scheme in any case), for an
+/// authorization function that signs people in with HTTP basic auth.
+pub fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, String)> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(decode_base64(encoded.trim())?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
+}
+
+/// Standard base64, padding optional; `None` on any other character.
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut len = 0;
+    let mut out = Vec::new();
+    for c in text.bytes().filter(|&c| c != b'=') {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        };
+        bits = (bits << 6) | u32::from(v);
+        len += 6;
+        if len >= 8 {
+            len -= 8;
+            out.push((bits >> len) as u8);
+        }
+    }
+    Some(out)
+}
+
 /// What every handler shares.
 pub(crate) struct AppState {
     pub(crate) pool: DbPool,
@@ -261,4 +298,25 @@ pub(crate) async fn with_conn<T: Send + 'static>(
     })
     .await
     .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_credentials_are_read_in_any_case_and_garbage_is_none() {
+        let headers = |value: &str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            h
+        };
+        // "ann:pa:ss"
+        let ann = Some(("ann".to_owned(), "pa:ss".to_owned()));
+        assert_eq!(basic_credentials(&headers("Basic YW5uOnBhOnNz")), ann);
+        assert_eq!(basic_credentials(&headers("basic YW5uOnBhOnNz")), ann);
+        assert_eq!(basic_credentials(&headers("Bearer YW5uOnBhOnNz")), None);
+        assert_eq!(basic_credentials(&headers("Basic !!!")), None);
+        assert_eq!(basic_credentials(&axum::http::HeaderMap::new()), None);
+    }
 }

@@ -158,13 +158,7 @@ fn authorize(credentials: &Credentials, request: &Parts) -> Access {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let (scheme, rest) = given.split_once(' ').unwrap_or(("", ""));
-    let basic = Some(rest)
-        .filter(|_| scheme.eq_ignore_ascii_case("basic"))
-        .and_then(|b| decode_base64(b.trim()))
-        .and_then(|pair| {
-            pair.split_once(':')
-                .map(|(u, p)| (u.to_owned(), p.to_owned()))
-        });
+    let basic = pg_audit_admin::basic_credentials(&request.headers);
     match credentials {
         Credentials::Open => Access::Read,
         Credentials::Token(token) => {
@@ -194,30 +188,6 @@ fn same(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-/// Standard base64, for the basic-auth header.
-fn decode_base64(text: &str) -> Option<String> {
-    let mut bits = 0u32;
-    let mut len = 0;
-    let mut out = Vec::new();
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(v);
-        len += 6;
-        if len >= 8 {
-            len -= 8;
-            out.push((bits >> len) as u8);
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
