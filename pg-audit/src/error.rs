@@ -61,6 +61,11 @@ pub enum Error {
         /// The name as given.
         name: String,
     },
+    /// A capture path name is not `trigger` or `wal`.
+    UnknownCapture {
+        /// The name as given.
+        name: String,
+    },
     /// The condition is empty or only whitespace and comments.
     EmptyCondition,
     /// The condition is not a well-formed SQL expression.
@@ -111,6 +116,9 @@ impl fmt::Display for Error {
             ),
             Error::UnknownLevel { name } => {
                 write!(f, "unknown trigger level `{name}`, expected `row` or `statement`")
+            }
+            Error::UnknownCapture { name } => {
+                write!(f, "unknown capture `{name}`, expected `trigger` or `wal`")
             }
             Error::EmptyCondition => f.write_str("the condition is empty"),
             Error::InvalidCondition { condition, reason } => {

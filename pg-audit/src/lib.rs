@@ -50,6 +50,7 @@ pub mod sql;
 
 pub use error::Error;
 pub use ident::{Ident, QualifiedName, dollar_quote, quote_literal};
+pub use sql::capture::Capture;
 pub use sql::condition::{ColumnRef, Condition, RowRef};
 pub use sql::log::{AuditLog, PartitionPeriod, Retention};
 pub use sql::shape::{LOG_COLUMNS, LogColumn, Operation};

@@ -130,3 +130,41 @@ fn trigger_unqualified_table_and_uninstall() {
         spec.uninstall_sql(&log)
     ));
 }
+
+#[test]
+fn wal_capture_install() {
+    let spec = users()
+        .exclude_fields(["password_hash"])
+        .condition("NEW.is_active")
+        .capture(pg_audit::Capture::Wal)
+        .build()
+        .unwrap();
+    let log = AuditLog::new();
+    insta::assert_snapshot!(format!(
+        "{}\n-- uninstall\n{}",
+        spec.install_sql(&log),
+        spec.uninstall_sql(&log)
+    ));
+}
+
+#[test]
+fn wal_capture_worker_sql() {
+    let log = AuditLog::new();
+    let spec = users()
+        .condition("NEW.is_active AND OLD.\"name\" <> 'x'")
+        .capture(pg_audit::Capture::Wal)
+        .build()
+        .unwrap();
+    insta::assert_snapshot!(
+        [
+            log.capture_setup_sql(),
+            log.captured_tables_sql(),
+            log.capture_insert_sql(),
+            log.capture_progress_read_sql(),
+            log.capture_progress_write_sql(),
+            spec.capture_condition_sql().unwrap(),
+            pg_audit::sql::capture::emit_context_sql("$1"),
+        ]
+        .join(";\n\n")
+    );
+}

@@ -33,6 +33,9 @@ pub const AUDITED_FIELD: &str = "audited";
 pub const TRACK_ONLY_FIELD: &str = "track_only";
 /// In [`AUDITED_FIELD`]: these columns are never logged.
 pub const EXCLUDE_FIELD: &str = "exclude_fields";
+/// The install record's field saying where changes are captured: `"wal"`, or absent for
+/// triggers (records written before capture from the write-ahead log existed have none).
+pub const CAPTURE_FIELD: &str = "capture";
 /// The field listing the triggers the install created.
 const TRIGGERS_FIELD: &str = "triggers";
 /// The field listing every column the configuration names.
@@ -56,6 +59,8 @@ pub(crate) struct InstallRecord {
     pub(crate) triggers: Vec<String>,
     /// Every column the configuration names, for the dropped-column check.
     pub(crate) columns: Vec<String>,
+    /// Captured from the write-ahead log rather than by triggers.
+    pub(crate) wal: bool,
 }
 
 /// Which columns an install audits, as recorded.
@@ -82,8 +87,13 @@ impl InstallRecord {
             .condition
             .as_deref()
             .map_or_else(|| "null".to_owned(), json_string);
+        let capture = if self.wal {
+            format!(",{}:{}", json_string(CAPTURE_FIELD), json_string("wal"))
+        } else {
+            String::new()
+        };
         format!(
-            "{{{}:{},{}:{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}}}",
+            "{{{}:{},{}:{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}{capture}}}",
             json_string(KEY_FIELD),
             json_list(&self.primary_key),
             json_string(AUDITED_FIELD),
@@ -132,6 +142,27 @@ ON CONFLICT (table_schema, table_name) DO UPDATE
     }
 }
 
+impl InstallRecord {
+    /// SQL recording this install of `table` for capture from the write-ahead log: no trigger
+    /// function (`trigger_function` and `function_md5` empty, no definitions).
+    pub(crate) fn insert_wal_sql(&self, objects: &LogObjects, table: &QualifiedName) -> String {
+        format!(
+            "INSERT INTO {config} AS r (table_schema, table_name, trigger_function, config, function_md5, definitions)
+SELECT n.nspname, c.relname, '', {config_json}::jsonb, '', NULL
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})
+ON CONFLICT (table_schema, table_name) DO UPDATE
+   SET trigger_function = EXCLUDED.trigger_function, config = EXCLUDED.config,
+       function_md5 = EXCLUDED.function_md5, definitions = EXCLUDED.definitions,
+       installed_at = pg_catalog.now();",
+            config = objects.config,
+            table_lit = table.literal(),
+            config_json = text_literal(&self.to_json()),
+        )
+    }
+}
+
 /// SQL removing `table`'s record from `config`.
 pub(crate) fn delete_sql(config: &QualifiedName, table: &QualifiedName) -> String {
     format!(
@@ -170,6 +201,8 @@ pub(crate) struct LogObjects {
     pub(crate) functions: Vec<(QualifiedName, &'static str)>,
     /// The functions readers may run (the partition listing, the check).
     pub(crate) readable: Vec<QualifiedName>,
+    /// The publication of the tables captured from the write-ahead log.
+    pub(crate) publication: Ident,
 }
 
 /// DDL of the record table, of the definitions function and of the check function.
@@ -182,6 +215,7 @@ pub(crate) fn objects_sql(objects: &LogObjects) -> String {
         adopt,
         functions,
         readable,
+        publication,
     } = objects;
     let mut sql = String::new();
     let _ = writeln!(
@@ -251,14 +285,28 @@ COMMENT ON TABLE {config} IS {comment};
       FROM {config} AS t
      CROSS JOIN LATERAL (
             SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name)) AS rel,
-                   pg_catalog.to_regprocedure(t.trigger_function OPERATOR(pg_catalog.||) '()') AS fn
+                   CASE WHEN t.trigger_function OPERATOR(pg_catalog.<>) ''
+                        THEN pg_catalog.to_regprocedure(t.trigger_function OPERATOR(pg_catalog.||) '()') END AS fn,
+                   t.config ->> {capture_field} IS NOT DISTINCT FROM 'wal' AS wal
            ) AS o
      CROSS JOIN LATERAL (
             SELECT 'the table is missing' AS problem
              WHERE o.rel IS NULL
             UNION ALL
             SELECT pg_catalog.format('trigger function %s is missing', t.trigger_function)
-             WHERE o.fn IS NULL
+             WHERE o.fn IS NULL AND NOT o.wal
+            UNION ALL
+            -- Captured from the write-ahead log: in the log's publication, every old row logged.
+            SELECT pg_catalog.format('the table is not in publication %s, so its changes are not captured; reinstall it', {publication_lit})
+             WHERE o.wal AND o.rel IS NOT NULL
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS pr
+                                 JOIN pg_catalog.pg_publication AS pb ON pb.oid = pr.prpubid
+                                WHERE pb.pubname = {publication_lit} AND pr.prrelid = o.rel)
+            UNION ALL
+            SELECT pg_catalog.format('%s is not REPLICA IDENTITY FULL, so its UPDATE and DELETE entries lack the old row; run ALTER TABLE %s REPLICA IDENTITY FULL', pt.relid::regclass, pt.relid::regclass)
+              FROM (SELECT o.rel AS relid UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(o.rel) AS p) AS pt
+              JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid AND c.relkind <> 'p'
+             WHERE o.wal AND c.relreplident <> 'f'
             UNION ALL
             SELECT pg_catalog.format('trigger function %s was edited after it was installed', t.trigger_function)
               FROM pg_catalog.pg_proc AS f
@@ -407,6 +455,8 @@ COMMENT ON TABLE {config} IS {comment};
             .collect::<Vec<_>>()
             .join(", "),
         operations_field = text_literal(OPERATIONS_FIELD),
+        capture_field = text_literal(CAPTURE_FIELD),
+        publication_lit = publication.literal(),
         config_lit = config.literal(),
         triggers_field = text_literal(TRIGGERS_FIELD),
         columns_field = text_literal(COLUMNS_FIELD),

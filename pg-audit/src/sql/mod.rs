@@ -1,6 +1,7 @@
 //! SQL generation: the log's shape, the log table with its partitions, the triggers that fill
 //! it, and the record of what was installed that the drift check reads.
 
+pub mod capture;
 pub mod catalog;
 pub mod condition;
 pub mod drift;

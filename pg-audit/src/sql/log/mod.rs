@@ -138,6 +138,7 @@ impl AuditLog {
             adopt: self.function("adopt_partitions"),
             functions: self.function_signatures().to_vec(),
             readable: self.readable_functions().to_vec(),
+            publication: self.publication(),
         }
     }
 

@@ -24,6 +24,7 @@ use std::str::FromStr;
 
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, dollar_quote, short_hash, text_literal};
+use crate::sql::capture::Capture;
 use crate::sql::condition::Condition;
 use crate::sql::create_function;
 use crate::sql::drift::{self, Audited, InstallRecord};
@@ -34,6 +35,7 @@ mod body;
 mod create;
 
 pub(crate) use create::{all_trigger_names_array, guard_trigger_name};
+pub(crate) use row::condition_for;
 mod guard;
 mod row;
 
@@ -114,6 +116,7 @@ pub struct TriggerSpec {
     condition: Option<Condition>,
     operations: Vec<Operation>,
     level: TriggerLevel,
+    capture: Capture,
 }
 
 /// Builds a [`TriggerSpec`]; [`TriggerSpecBuilder::build`] checks the whole configuration.
@@ -127,6 +130,7 @@ pub struct TriggerSpecBuilder {
     condition: Option<String>,
     operations: Option<Vec<Operation>>,
     level: TriggerLevel,
+    capture: Capture,
 }
 
 fn strings<I, S>(items: I) -> Vec<String>
@@ -178,6 +182,12 @@ impl TriggerSpecBuilder {
         self
     }
 
+    /// Where changes are captured (default [`Capture::Trigger`]; see [`crate::sql::capture`]).
+    pub fn capture(mut self, capture: Capture) -> Self {
+        self.capture = capture;
+        self
+    }
+
     /// Checks the configuration and returns the spec, or the first mistake found.
     pub fn build(self) -> Result<TriggerSpec, Error> {
         let primary_key = column_list("primary_key", self.primary_key)?;
@@ -215,6 +225,7 @@ impl TriggerSpecBuilder {
             condition,
             operations,
             level: self.level,
+            capture: self.capture,
         })
     }
 }
@@ -249,6 +260,7 @@ impl TriggerSpec {
             condition: None,
             operations: None,
             level: TriggerLevel::Auto,
+            capture: Capture::Trigger,
         }
     }
 
@@ -282,6 +294,11 @@ impl TriggerSpec {
         self.level
     }
 
+    /// Where changes are captured.
+    pub fn capture(&self) -> Capture {
+        self.capture
+    }
+
     /// The level `op`'s trigger is created at: [`TriggerLevel::Row`] or
     /// [`TriggerLevel::Statement`], resolving [`TriggerLevel::Auto`]. TRUNCATE is always
     /// statement-level.
@@ -313,6 +330,9 @@ impl TriggerSpec {
     /// for the drift check. Run it in one transaction; the audit log must exist
     /// ([`AuditLog::create_sql`]).
     pub fn install_sql(&self, log: &AuditLog) -> String {
+        if self.capture == Capture::Wal {
+            return self.wal_install_sql(log, &guard::check_body(self), &self.drop_triggers_sql());
+        }
         let function = self.function_name(log);
         let mut sql = String::new();
         let _ = writeln!(sql, "-- pg-audit: audit triggers on {}", self.table);
@@ -345,6 +365,7 @@ impl TriggerSpec {
                 &log.function("unaudited_partition")
             ))
         );
+        let _ = writeln!(sql, "{}", self.wal_uninstall_sql(log));
         let _ = writeln!(
             sql,
             "\n{}",
@@ -367,6 +388,24 @@ impl TriggerSpec {
 
     /// SQL that removes this spec's triggers and function. The log keeps its rows.
     pub fn uninstall_sql(&self, log: &AuditLog) -> String {
+        let mut sql = self.drop_triggers_sql();
+        let _ = writeln!(sql, "{}", self.wal_uninstall_sql(log));
+        let _ = writeln!(
+            sql,
+            "DROP FUNCTION IF EXISTS {}();",
+            self.function_name(log)
+        );
+        let _ = writeln!(
+            sql,
+            "{}",
+            drift::delete_sql(&log.config_table(), &self.table)
+        );
+        sql
+    }
+
+    /// Whether `op`'s trigger fires per row (otherwise per statement).
+    /// SQL dropping the table's pg-audit triggers and its partitions' own.
+    fn drop_triggers_sql(&self) -> String {
         let mut sql = String::new();
         let _ = writeln!(
             sql,
@@ -390,20 +429,9 @@ END
                 table = self.table.literal()
             ))
         );
-        let _ = writeln!(
-            sql,
-            "DROP FUNCTION IF EXISTS {}();",
-            self.function_name(log)
-        );
-        let _ = writeln!(
-            sql,
-            "{}",
-            drift::delete_sql(&log.config_table(), &self.table)
-        );
         sql
     }
 
-    /// Whether `op`'s trigger fires per row (otherwise per statement).
     fn is_row_level(&self, op: Operation) -> bool {
         self.level_for(op) == TriggerLevel::Row
     }
@@ -431,8 +459,14 @@ END
     }
 
     /// What the install records for the drift check and readers.
-    fn install_record(&self) -> InstallRecord {
+    pub(crate) fn install_record(&self) -> InstallRecord {
         let names = |cols: &[Ident]| cols.iter().map(|c| c.as_str().to_owned()).collect();
+        // Captured from the write-ahead log: no triggers, no levels.
+        let triggered = if self.capture == Capture::Wal {
+            &[][..]
+        } else {
+            &self.operations[..]
+        };
         InstallRecord {
             primary_key: names(&self.primary_key),
             audited: match &self.columns {
@@ -446,17 +480,16 @@ END
                 .iter()
                 .map(|op| op.keyword().to_owned())
                 .collect(),
-            levels: self
-                .operations
+            levels: triggered
                 .iter()
                 .map(|&op| format!("{}:{:?}", op.keyword(), self.level_for(op)).to_lowercase())
                 .collect(),
-            triggers: self
-                .operations
+            triggers: triggered
                 .iter()
                 .map(|op| op.trigger_name().as_str().to_owned())
                 .collect(),
             columns: self.named_columns(),
+            wal: self.capture == Capture::Wal,
         }
     }
 

@@ -34,7 +34,7 @@ pub(super) fn record_key(record_pk: &str) -> String {
 
 /// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
 /// [`crate::Condition`] for INSERT and DELETE); `None` without a condition, and for TRUNCATE.
-pub(super) fn condition_for(
+pub(crate) fn condition_for(
     spec: &TriggerSpec,
     op: Operation,
     new: &str,
