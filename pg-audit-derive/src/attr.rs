@@ -1,6 +1,6 @@
 //! Parsing `#[pg_audit(...)]`'s arguments into [`Attrs`], recording every mistake.
 
-use pg_audit::{Condition, Operation};
+use pg_audit::{Capture, Condition, Operation};
 use proc_macro2::{Span, TokenStream};
 use syn::meta::ParseNestedMeta;
 use syn::parse::{Parse, ParseStream, Parser as _};
@@ -9,7 +9,7 @@ use syn::spanned::Spanned as _;
 use syn::{Ident, LitStr, Token};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{CONDITION, EXCLUDE_FIELDS, KEYS, OPERATIONS, TRACK_ONLY};
+use crate::symbol::{CAPTURE, CONDITION, EXCLUDE_FIELDS, KEYS, OPERATIONS, TRACK_ONLY};
 
 /// A column as written in a list: a string literal or an identifier, turned into the Diesel
 /// column identifier it names, carrying the user's span.
@@ -32,6 +32,7 @@ pub(crate) struct Attrs {
     pub(crate) exclude_fields: Option<Keyed<Vec<Column>>>,
     pub(crate) condition: Option<Keyed<(LitStr, Condition)>>,
     pub(crate) operations: Option<Keyed<Vec<Operation>>>,
+    pub(crate) capture: Option<Keyed<Capture>>,
 }
 
 /// One element of a list: `"name"` or `name`.
@@ -106,6 +107,20 @@ pub(crate) fn parse(args: TokenStream, cx: &mut Ctxt) -> Attrs {
             OPERATIONS => {
                 let value = operations(&meta, cx)?;
                 set(&mut attrs.operations, key, value, OPERATIONS, cx);
+            }
+            CAPTURE => {
+                // `capture = wal` or `capture = "wal"`.
+                let element: Element = meta.value()?.parse()?;
+                match element.text().parse::<Capture>() {
+                    Ok(capture) => set(&mut attrs.capture, key, capture, CAPTURE, cx),
+                    Err(_) => cx.error(
+                        element.span(),
+                        format!(
+                            "unknown `capture` `{}`, expected `trigger` (the default: inside the writing transaction) or `wal` (from the write-ahead log, by the capture worker)",
+                            element.text()
+                        ),
+                    ),
+                }
             }
             _ => {
                 let path = &meta.path;

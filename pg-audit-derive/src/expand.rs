@@ -1,6 +1,6 @@
 //! Writing the code: the struct unchanged, an `Audited` implementation and a registry entry.
 
-use pg_audit::{Operation, RowRef};
+use pg_audit::{Capture, Operation, RowRef};
 use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::Ident;
@@ -131,6 +131,13 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
             quote!(::pg_audit_diesel::__private::Operation::#variant)
         })
         .collect();
+    let capture = Ident::new(
+        match attrs.capture.as_ref().map_or(Capture::Trigger, |c| c.value) {
+            Capture::Trigger => "Trigger",
+            Capture::Wal => "Wal",
+        },
+        Span::call_site(),
+    );
     let condition_checks = condition_checks(table, attrs);
     quote! {
         #[doc(hidden)]
@@ -144,6 +151,7 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
                     columns: #columns,
                     condition: #condition,
                     operations: &[#(#operations),*],
+                    capture: ::pg_audit_diesel::__private::Capture::#capture,
                 };
             }
 

@@ -4,6 +4,7 @@ pub(crate) const TRACK_ONLY: &str = "track_only";
 pub(crate) const EXCLUDE_FIELDS: &str = "exclude_fields";
 pub(crate) const CONDITION: &str = "condition";
 pub(crate) const OPERATIONS: &str = "operations";
+pub(crate) const CAPTURE: &str = "capture";
 
 /// Every key, in the order error messages list them.
-pub(crate) const KEYS: [&str; 4] = [TRACK_ONLY, EXCLUDE_FIELDS, CONDITION, OPERATIONS];
+pub(crate) const KEYS: [&str; 5] = [TRACK_ONLY, EXCLUDE_FIELDS, CONDITION, OPERATIONS, CAPTURE];

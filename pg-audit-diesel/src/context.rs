@@ -299,11 +299,65 @@ impl AuditContext {
 /// `SET LOCAL pg_audit.context = value`: transaction-local like `set_config(..., true)`, and a
 /// utility statement, so nothing is planned and no row goes back to the client (measured ~25%
 /// cheaper per transaction than `SELECT set_config`, see docs/performance.md).
+///
+/// When any table is captured from the write-ahead log ([`emit_context_to_wal`]), a `SELECT`
+/// follows in the same batch, emitting the context as a transactional logical message for the
+/// capture worker.
 pub(crate) fn set_setting_sql(value: &str) -> String {
-    format!(
-        "SET LOCAL {SETTING} = {}",
-        quote_literal(value).expect("validated: no NUL")
-    )
+    let quoted = quote_literal(value).expect("validated: no NUL");
+    if emits_context_to_wal() {
+        format!(
+            "SET LOCAL {SETTING} = {quoted}; SELECT {}",
+            pg_audit::sql::capture::emit_context_sql(&quoted)
+        )
+    } else {
+        format!("SET LOCAL {SETTING} = {quoted}")
+    }
+}
+
+/// Set by [`emit_context_to_wal`], or from the registry on first use.
+static WAL_CONTEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+
+/// Makes the helpers (sync, async, `AuditedConnection`, the web layer's transactions) also emit
+/// each transaction's context as a transactional logical message, which the capture worker
+/// (`pg-audit-capture`) attaches to the changes it reads from the write-ahead log; or stops
+/// them. By default they do when any `#[pg_audit]` model linked into the program has
+/// `capture = wal`; call this when tables are installed for WAL capture another way (the
+/// `pg-audit` program, another service's models). The message costs a little WAL per
+/// transaction that sets a context, and gives a read-only one a transaction id.
+pub fn emit_context_to_wal(on: bool) {
+    WAL_CONTEXT.store(
+        if on { ON } else { OFF },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Whether the helpers emit the context to the write-ahead log.
+pub(crate) fn emits_context_to_wal() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match WAL_CONTEXT.load(Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let any_wal = inventory::iter::<crate::model::AuditedModel>
+                .into_iter()
+                .any(|m| {
+                    m.trigger_spec()
+                        .is_ok_and(|s| s.capture() == pg_audit::Capture::Wal)
+                });
+            // A call to `emit_context_to_wal` in the meantime wins.
+            let _ = WAL_CONTEXT.compare_exchange(
+                UNDECIDED,
+                if any_wal { ON } else { OFF },
+                Relaxed,
+                Relaxed,
+            );
+            WAL_CONTEXT.load(Relaxed) == ON
+        }
+    }
 }
 
 /// 32 lowercase hexadecimal digits, not all zero: a W3C trace id.

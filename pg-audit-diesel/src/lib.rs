@@ -107,7 +107,10 @@ pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]
 pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
-pub use context::{AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR};
+pub use context::{
+    AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR,
+    emit_context_to_wal,
+};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};
 pub use migration::{
@@ -124,7 +127,7 @@ pub use wrapper::AuditedConnection;
 pub mod __private {
     pub use diesel;
     pub use inventory;
-    pub use pg_audit::Operation;
+    pub use pg_audit::{Capture, Operation};
 
     pub use crate::names::{ColumnNames, has_column};
 }

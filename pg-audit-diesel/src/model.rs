@@ -4,7 +4,7 @@
 use diesel::Table;
 use diesel::pg::Pg;
 use diesel::query_builder::QueryFragment;
-use pg_audit::{Ident, Operation, QualifiedName, TriggerSpec};
+use pg_audit::{Capture, Ident, Operation, QualifiedName, TriggerSpec};
 
 use crate::Error;
 use crate::names::{parse_identifier_list, render};
@@ -29,6 +29,8 @@ pub struct AuditConfig {
     pub condition: Option<&'static str>,
     /// The logged operations.
     pub operations: &'static [Operation],
+    /// Where changes are captured: triggers, or the write-ahead log (`capture = wal`).
+    pub capture: Capture,
 }
 
 /// A Diesel model whose table is audited; implemented by `#[pg_audit(...)]`.
@@ -75,7 +77,8 @@ fn trigger_spec<T: Audited + ?Sized>() -> Result<TriggerSpec, Error> {
     let config = T::CONFIG;
     let mut builder = TriggerSpec::builder(name)
         .primary_key(key)
-        .operations(config.operations.iter().copied());
+        .operations(config.operations.iter().copied())
+        .capture(config.capture);
     builder = match config.columns {
         ColumnSelection::All => builder,
         ColumnSelection::TrackOnly(cols) => builder.track_only(cols.iter().copied()),
