@@ -516,12 +516,17 @@ impl Cluster {
             .map_err(|e| err(format!("cannot write postgresql.conf: {e}")))
     }
 
-    /// Starts the server on a free loopback port, retrying if another process takes the port
-    /// first.
+    /// Starts the server on a free loopback port (again on its port when restarted), retrying
+    /// on another if a process takes the port first.
     pub fn start(&mut self) -> Result<(), Error> {
         let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port()?;
+        for attempt in 0..5 {
+            // A restart keeps its port, so clients reconnect to the same URL.
+            let port = if attempt == 0 && self.port != 0 {
+                self.port
+            } else {
+                free_port()?
+            };
             let output = self
                 .command("pg_ctl")
                 .args(["start", "-w", "-t", "120", "-D"])
