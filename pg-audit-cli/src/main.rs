@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod admin;
+mod capture;
 mod options;
 mod output;
 mod server;
@@ -89,6 +90,10 @@ enum Command {
         #[command(flatten)]
         db: options::Db,
     },
+    /// Capture the tables installed with `--capture wal` from the write-ahead log into the
+    /// log, until stopped (Ctrl-C or SIGTERM, which write what is held first); `capture status`
+    /// shows how far behind it is, `capture drop-slot` removes its replication slot.
+    Capture(capture::CaptureArgs),
     /// Print a shell completion script: `pg-audit completions bash > /etc/bash_completion.d/pg-audit`,
     /// `pg-audit completions zsh > "${fpath[1]}/_pg-audit"`, `pg-audit completions fish >
     /// ~/.config/fish/completions/pg-audit.fish`.
@@ -124,6 +129,7 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Capture(args) => capture::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "pg-audit", &mut script);

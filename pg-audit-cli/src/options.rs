@@ -4,7 +4,7 @@ use clap::Args;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use diesel::prelude::*;
 use pg_audit::sql::log::{DEFAULT_SCHEMA, DEFAULT_TABLE};
-use pg_audit::{AuditLog, Operation, PartitionPeriod, TriggerLevel};
+use pg_audit::{AuditLog, Capture, Operation, PartitionPeriod, TriggerLevel};
 
 /// Errors of the commands, printed by `main` with their causes.
 pub(crate) type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -114,4 +114,9 @@ pub(crate) fn level() -> impl TypedValueParser<Value = TriggerLevel> {
 /// `--operations`: insert, update, delete, truncate.
 pub(crate) fn operation() -> impl TypedValueParser<Value = Operation> {
     choice(Operation::ALL, Operation::name)
+}
+
+/// `--capture`: trigger, wal.
+pub(crate) fn capture() -> impl TypedValueParser<Value = Capture> {
+    choice(Capture::ALL, Capture::name)
 }

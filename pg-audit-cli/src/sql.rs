@@ -1,7 +1,9 @@
 //! `pg-audit sql ...`: print installation SQL.
 
 use clap::{Args, Subcommand};
-use pg_audit::{Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec};
+use pg_audit::{
+    Capture, Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec,
+};
 
 use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text};
@@ -94,6 +96,11 @@ pub(crate) struct TriggerArgs {
     /// call per statement over transition tables.
     #[arg(long, value_name = "LEVEL", default_value = "auto", value_parser = crate::options::level())]
     level: TriggerLevel,
+    /// `trigger`: inside the writing transaction; `wal`: from the write-ahead log by the
+    /// capture worker (`pg-audit capture`), after commit — sets REPLICA IDENTITY FULL and adds
+    /// the table to the log's publication.
+    #[arg(long, value_name = "PATH", default_value = "trigger", value_parser = crate::options::capture())]
+    capture: Capture,
     #[command(flatten)]
     log: LogArgs,
     /// Print SQL that removes the triggers instead (the log keeps its rows).
@@ -126,7 +133,8 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
                 let mut spec = TriggerSpec::builder(table.clone())
                     .primary_key(primary_key)
                     .operations(args.operations.clone())
-                    .level(args.level);
+                    .level(args.level)
+                    .capture(args.capture);
                 if let Some(cols) = &args.track_only {
                     spec = spec.track_only(cols.clone());
                 }

@@ -1,0 +1,302 @@
+//! Capture from the write-ahead log for pg-audit: a worker that reads a logical replication
+//! slot and writes the same audit log the triggers write, so history, the reader, the CLI and
+//! the admin work alike whichever path captured a change.
+//!
+//! Tables opt in with `#[pg_audit(capture = wal)]` (or `pg-audit sql install --capture wal`);
+//! their install adds them to the log's publication and sets `REPLICA IDENTITY FULL`. Then run
+//! the worker, as a task of an application or as `pg-audit capture`:
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pg_audit_capture::Error> {
+//! let worker = pg_audit_capture::Worker::new("postgres://capture@db/app")?;
+//! // Runs until the future given resolves (here: a channel's message), then writes what it
+//! // holds; a connection lost after the start is reconnected.
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let task = tokio::spawn(async move { worker.run(async { let _ = stopped.await; }).await });
+//! // ... later:
+//! let _ = stop.send(());
+//! task.await.expect("the worker does not panic")?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - **Exactly once.** The worker writes whole transactions, in commit order, in batches; each
+//!   batch commits together with the slot's position in `<log>_capture_progress`, and the slot
+//!   is confirmed only after that commit. After a crash of the worker, of the server or of the
+//!   connection, the slot replays from the last confirmed position and the worker skips what
+//!   its progress says is written.
+//! - **Context.** pg-audit's helpers emit each transaction's context as a transactional logical
+//!   message (`pg_logical_emit_message(true, 'pg_audit', ...)`) when any table is captured from
+//!   the WAL; the worker attaches it to the changes that follow it in that transaction.
+//! - **Same entries.** Values are written as `to_jsonb` writes them; `track_only`,
+//!   `exclude_fields`, conditions and the operations audited apply as in the triggers.
+//!
+//! What differs from a trigger's entry: `changed_at` is the commit time (the stream carries no
+//! statement time); `tx_started_at`, `txid` and `db_user` come from the context message, and
+//! without one they are the commit time, the transaction id widened with the current epoch, and
+//! `?`; `timestamptz` values are written in the walsender's time zone (the server's default).
+//!
+//! # Why this replication client
+//!
+//! `pgwire-replication` speaks the streaming replication protocol directly (tokio, SCRAM,
+//! rustls), parses the transaction boundaries and logical messages, and — what exactly-once
+//! needs — reports to the server only the position the consumer says is durable
+//! (`update_applied_lsn`, `ack_lsn` at start). `tokio-postgres` has no replication protocol;
+//! the SQL interface (`pg_logical_slot_peek_binary_changes`) polls and re-decodes from the
+//! slot's start on every call. Ordinary sessions (catalog, conditions, the log's writes) use
+//! `tokio-postgres`.
+
+mod pgoutput;
+mod setup;
+mod value;
+mod worker;
+
+use std::fmt;
+use std::time::Duration;
+
+use pg_audit::AuditLog;
+
+pub use setup::{Status, drop_slot, status};
+
+/// What stopped the worker or a command, naming the fix.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A URL that cannot be parsed.
+    Url {
+        /// Which URL (`source` or `target`).
+        which: &'static str,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// `wal_level` is not `logical`.
+    WalLevel {
+        /// The server's setting.
+        current: String,
+    },
+    /// The role may not open a replication connection.
+    NoReplication {
+        /// The role.
+        role: String,
+    },
+    /// No table is installed with `capture = wal`.
+    NoPublication {
+        /// The publication's name.
+        publication: String,
+    },
+    /// The slot does not exist although the worker wrote progress through it before.
+    SlotMissing {
+        /// The slot.
+        slot: String,
+    },
+    /// The slot exists but the worker did not create it.
+    ForeignSlot {
+        /// The slot.
+        slot: String,
+        /// Why it is not ours.
+        reason: String,
+    },
+    /// A database error from an ordinary session.
+    Database {
+        /// What the worker was doing.
+        doing: &'static str,
+        /// The error.
+        source: tokio_postgres::Error,
+    },
+    /// The replication stream failed.
+    Replication(pgwire_replication::PgWireError),
+    /// The stream carried something the worker cannot read.
+    Protocol(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Url { which, reason } => write!(f, "invalid {which} URL: {reason}"),
+            Error::WalLevel { current } => write!(
+                f,
+                "wal_level is {current}, not logical: capture from the write-ahead log needs \
+                 `ALTER SYSTEM SET wal_level = logical` and a server restart (on managed \
+                 PostgreSQL, the provider's logical replication setting)"
+            ),
+            Error::NoReplication { role } => write!(
+                f,
+                "role {role} cannot open a replication connection: run `ALTER ROLE {role} \
+                 REPLICATION` as a superuser (on RDS: `GRANT rds_replication TO {role}`)"
+            ),
+            Error::NoPublication { publication } => write!(
+                f,
+                "publication {publication} does not exist: no table is installed with \
+                 capture = wal (`#[pg_audit(capture = wal)]`, or `pg-audit sql install \
+                 --capture wal`)"
+            ),
+            Error::SlotMissing { slot } => write!(
+                f,
+                "replication slot {slot} is missing, though this worker wrote through it: \
+                 changes since its last progress may not be captured. Check the log against \
+                 the tables, then `pg-audit capture drop-slot` to forget its progress and \
+                 start again"
+            ),
+            Error::ForeignSlot { slot, reason } => write!(
+                f,
+                "replication slot {slot} was not created by pg-audit's capture worker \
+                 ({reason}); choose another name with --slot, or drop it if it is unused"
+            ),
+            Error::Database { doing, .. } => write!(f, "{doing}"),
+            Error::Replication(e) => write!(f, "replication stream: {e}"),
+            Error::Protocol(what) => write!(f, "replication stream: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// The capture worker's configuration.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    pub(crate) source: tokio_postgres::Config,
+    pub(crate) target: tokio_postgres::Config,
+    pub(crate) log: AuditLog,
+    pub(crate) slot: String,
+    pub(crate) batch_rows: usize,
+    pub(crate) batch_wait: Duration,
+}
+
+impl Worker {
+    /// A worker reading the database at `source_url` (a `postgres://` URL of a role with the
+    /// REPLICATION attribute) and writing its log there, with the default log
+    /// (`audit.auditlog`) and slot.
+    pub fn new(source_url: &str) -> Result<Worker, Error> {
+        let source = parse_url("source", source_url)?;
+        let log = AuditLog::new();
+        Ok(Worker {
+            target: source.clone(),
+            source,
+            slot: log.default_slot(),
+            log,
+            batch_rows: 10_000,
+            batch_wait: Duration::from_millis(100),
+        })
+    }
+
+    /// Writes the log in another database (which holds the log: `pg-audit sql log` there).
+    pub fn target(mut self, target_url: &str) -> Result<Worker, Error> {
+        self.target = parse_url("target", target_url)?;
+        Ok(self)
+    }
+
+    /// The log (default `audit.auditlog`); the slot follows its name unless set.
+    pub fn log(mut self, log: AuditLog) -> Worker {
+        if self.slot == self.log.default_slot() {
+            self.slot = log.default_slot();
+        }
+        self.log = log;
+        self
+    }
+
+    /// The replication slot's name (default: the log's publication name).
+    pub fn slot(mut self, slot: impl Into<String>) -> Worker {
+        self.slot = slot.into();
+        self
+    }
+
+    /// Writes a batch once it holds this many changes (default 10,000), or
+    /// [`Worker::batch_wait`] after its first change.
+    pub fn batch_rows(mut self, rows: usize) -> Worker {
+        self.batch_rows = rows.max(1);
+        self
+    }
+
+    /// The longest a captured change waits before its batch is written (default 100 ms).
+    pub fn batch_wait(mut self, wait: Duration) -> Worker {
+        self.batch_wait = wait;
+        self
+    }
+
+    /// The slot's name.
+    pub fn slot_name(&self) -> &str {
+        &self.slot
+    }
+
+    /// Captures until `shutdown` resolves, then writes what it holds and returns. Creates the
+    /// slot on first run. Errors name the fix (see [`Error`]).
+    pub async fn run(
+        &self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), Error> {
+        worker::run(self, shutdown).await
+    }
+}
+
+fn parse_url(which: &'static str, url: &str) -> Result<tokio_postgres::Config, Error> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| Error::Url {
+            which,
+            reason: e.to_string(),
+        })
+}
+
+/// Connects an ordinary session with the search path the triggers run with.
+pub(crate) async fn connect(
+    config: &tokio_postgres::Config,
+    doing: &'static str,
+) -> Result<tokio_postgres::Client, Error> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|source| Error::Database { doing, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "pg-audit capture: session ended");
+        }
+    });
+    client
+        .batch_execute("SET search_path = pg_catalog, pg_temp")
+        .await
+        .map_err(|source| Error::Database { doing, source })?;
+    Ok(client)
+}
+
+impl Error {
+    /// Whether a connection was lost (a server restart, a network drop), as opposed to an
+    /// error that would happen again: what the worker reconnects after.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Error::Replication(_) => true,
+            Error::Database { source, .. } => match source.as_db_error() {
+                None => true,
+                // connection_exception, and the server shutting down or crashing.
+                Some(db) => {
+                    let code = db.code().code();
+                    code.starts_with("08") || code.starts_with("57P")
+                }
+            },
+            _ => false,
+        }
+    }
+}
+
+/// An error and its causes on one line, each printed once.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Maps a database error to [`Error::Database`] with what was being done.
+pub(crate) fn db(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    move |source| Error::Database { doing, source }
+}

@@ -1,0 +1,808 @@
+//! The stream loop: transactions gathered from the slot, written in batches with their
+//! progress, the slot confirmed after each batch commits.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use pg_audit::sql::capture::MESSAGE_PREFIX;
+use pg_audit::{Operation, QualifiedName, TriggerSpec};
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use tokio_postgres::Client;
+
+use crate::pgoutput::{self, Cell, Message, Relation};
+use crate::setup::{self, format_lsn};
+use crate::value::{self, Kind};
+use crate::{Error, Worker, db};
+
+/// A captured table's configuration, as installed.
+struct Table {
+    key: Vec<String>,
+    track_only: Option<Vec<String>>,
+    exclude: Vec<String>,
+    operations: Vec<Operation>,
+    /// The condition's query ([`TriggerSpec::capture_condition_sql`]).
+    condition: Option<String>,
+}
+
+/// One change, values still as text.
+struct Change {
+    op: Operation,
+    relation: u32,
+    old: Option<Vec<Cell>>,
+    new: Option<Vec<Cell>>,
+    /// The context message in force (index into the transaction's messages).
+    context: Option<usize>,
+}
+
+/// What a context message carries.
+#[derive(Default, Clone)]
+struct ContextMessage {
+    context: Option<String>,
+    db_user: Option<String>,
+    tx_started_at: Option<String>,
+    txid: Option<i64>,
+}
+
+/// A committed transaction.
+struct Tx {
+    xid: u32,
+    commit_micros: i64,
+    changes: Vec<Change>,
+    messages: Vec<ContextMessage>,
+}
+
+/// Microseconds from 1970 to 2000, PostgreSQL's epoch.
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+pub(crate) async fn run(
+    worker: &Worker,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let shutdown = shutdown_signal(shutdown);
+    let mut started = false;
+    loop {
+        let mut stop = shutdown.subscribe();
+        if *stop.borrow() {
+            return Ok(());
+        }
+        let result = run_once(worker, &mut stop, &mut started).await;
+        match result {
+            Ok(()) => return Ok(()),
+            // A connection lost once streaming worked (a server restart, a network drop):
+            // start again from the progress written, which is what exactly once rests on.
+            Err(e) if started && e.is_connection_lost() => {
+                tracing::warn!(error = %crate::chain(&e), "pg-audit capture: lost a connection; reconnecting in 1 s");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `shutdown` as a flag every attempt can watch.
+fn shutdown_signal(
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> ShutdownFlag<impl std::future::Future<Output = ()> + Send> {
+    let (tx, _) = tokio::sync::watch::channel(false);
+    ShutdownFlag {
+        tx,
+        future: tokio::sync::Mutex::new(Some(Box::pin(shutdown))),
+    }
+}
+
+struct ShutdownFlag<F> {
+    tx: tokio::sync::watch::Sender<bool>,
+    future: tokio::sync::Mutex<Option<std::pin::Pin<Box<F>>>>,
+}
+
+impl<F: std::future::Future<Output = ()>> ShutdownFlag<F> {
+    fn subscribe(&self) -> Watch<'_, F> {
+        Watch {
+            flag: self,
+            rx: self.tx.subscribe(),
+        }
+    }
+}
+
+struct Watch<'a, F> {
+    flag: &'a ShutdownFlag<F>,
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl<F: std::future::Future<Output = ()>> Watch<'_, F> {
+    fn borrow(&self) -> tokio::sync::watch::Ref<'_, bool> {
+        self.rx.borrow()
+    }
+
+    /// Resolves when the shutdown future resolves (polling it here) or was seen to.
+    async fn changed(&mut self) {
+        let mut guard = self.flag.future.lock().await;
+        match guard.as_mut() {
+            Some(future) => {
+                future.await;
+                *guard = None;
+                let _ = self.flag.tx.send(true);
+            }
+            None => std::future::pending::<()>().await,
+        }
+    }
+}
+
+async fn run_once<F: std::future::Future<Output = ()>>(
+    worker: &Worker,
+    shutdown: &mut Watch<'_, F>,
+    started: &mut bool,
+) -> Result<(), Error> {
+    let start = setup::prepare(worker).await?;
+    let mut state = State {
+        worker,
+        source: start.source,
+        target: start.target,
+        progress: start.progress,
+        relations: HashMap::new(),
+        kinds: HashMap::new(),
+        tables: HashMap::new(),
+        epoch: (0, 0),
+    };
+    state.load_tables().await?;
+    state.load_epoch().await?;
+    let mut client = ReplicationClient::connect(replication_config(worker, start.progress)?)
+        .await
+        .map_err(Error::Replication)?;
+    tracing::info!(slot = %worker.slot, from = %format_lsn(start.progress), "pg-audit capture: streaming");
+
+    let mut batch: Vec<Tx> = Vec::new();
+    let mut batch_end = 0u64;
+    let mut batch_rows = 0usize;
+    let mut deadline: Option<tokio::time::Instant> = None;
+    let mut current: Option<Tx> = None;
+    *started = true;
+    loop {
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let event = tokio::select! {
+            () = shutdown.changed() => break,
+            () = sleep => None,
+            event = client.recv() => Some(event.map_err(Error::Replication)?),
+        };
+        match event {
+            None => {}
+            Some(None) => break,
+            Some(Some(event)) => match event {
+                ReplicationEvent::Begin {
+                    xid,
+                    commit_time_micros,
+                    ..
+                } => {
+                    current = Some(Tx {
+                        xid,
+                        commit_micros: commit_time_micros,
+                        changes: Vec::new(),
+                        messages: Vec::new(),
+                    });
+                }
+                ReplicationEvent::XLogData { data, .. } => {
+                    let message =
+                        pgoutput::parse(&data).map_err(|e| Error::Protocol(e.to_string()))?;
+                    state.on_message(message, current.as_mut()).await?;
+                }
+                ReplicationEvent::Message {
+                    transactional: true,
+                    prefix,
+                    content,
+                    ..
+                } if prefix == MESSAGE_PREFIX => {
+                    if let Some(tx) = current.as_mut() {
+                        tx.messages.push(parse_context(&content));
+                    }
+                }
+                ReplicationEvent::Message { .. } => {}
+                ReplicationEvent::Commit { end_lsn, .. } => {
+                    let end = end_lsn.as_u64();
+                    if let Some(tx) = current.take()
+                        && end > state.progress
+                    {
+                        batch_rows += tx.changes.len();
+                        batch.push(tx);
+                        batch_end = end;
+                        deadline
+                            .get_or_insert_with(|| tokio::time::Instant::now() + worker.batch_wait);
+                    }
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    // Nothing held: everything up to here is written or was not ours.
+                    if batch.is_empty() && current.is_none() && wal_end.as_u64() > state.progress {
+                        client.update_applied_lsn(wal_end);
+                    }
+                }
+                ReplicationEvent::StoppedAt { .. } => break,
+            },
+        }
+        let due = deadline.is_some_and(|at| at <= tokio::time::Instant::now());
+        if !batch.is_empty() && (batch_rows >= worker.batch_rows || due) {
+            state.write(std::mem::take(&mut batch), batch_end).await?;
+            client.update_applied_lsn(Lsn::from_u64(batch_end));
+            batch_rows = 0;
+            deadline = None;
+        }
+    }
+    if !batch.is_empty() {
+        state.write(batch, batch_end).await?;
+        client.update_applied_lsn(Lsn::from_u64(batch_end));
+    }
+    // Give the client a moment to report the last position, then stop.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let _ = client.shutdown().await;
+    Ok(())
+}
+
+fn replication_config(worker: &Worker, progress: u64) -> Result<ReplicationConfig, Error> {
+    let source = &worker.source;
+    let host = match source.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_owned(),
+    };
+    let password = source
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let config = ReplicationConfig::new(
+        host,
+        source.get_user().unwrap_or("postgres"),
+        password,
+        source.get_dbname().unwrap_or("postgres"),
+        worker.slot.clone(),
+        worker.log.publication().as_str(),
+    )
+    .with_port(source.get_ports().first().copied().unwrap_or(5432))
+    .with_start_lsn(Lsn::from_u64(progress))
+    .with_ack_lsn(Lsn::from_u64(progress))
+    .with_status_interval(Duration::from_millis(500))
+    .with_wakeup_interval(Duration::from_secs(1))
+    .with_application_name("pg-audit capture")
+    // Values in the text forms `to_jsonb` starts from.
+    .with_options("-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex");
+    Ok(config)
+}
+
+fn parse_context(content: &[u8]) -> ContextMessage {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(content) else {
+        tracing::warn!("pg-audit capture: a context message is not a JSON object; ignored");
+        return ContextMessage::default();
+    };
+    ContextMessage {
+        context: map
+            .get("context")
+            .filter(|v| !v.is_null())
+            .map(|v| v.to_string()),
+        db_user: map
+            .get("db_user")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        tx_started_at: map
+            .get("tx_started_at")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+        txid: map.get("txid").and_then(serde_json::Value::as_i64),
+    }
+}
+
+struct State<'w> {
+    worker: &'w Worker,
+    source: Client,
+    target: Client,
+    progress: u64,
+    relations: HashMap<u32, Relation>,
+    kinds: HashMap<u32, Kind>,
+    tables: HashMap<(String, String), Table>,
+    /// The source's transaction-id epoch and the 32-bit xid it was read at.
+    epoch: (u64, u32),
+}
+
+impl State<'_> {
+    async fn load_tables(&mut self) -> Result<(), Error> {
+        let rows = self
+            .source
+            .query(&self.worker.log.captured_tables_sql(), &[])
+            .await
+            .map_err(db("reading the captured tables' configuration"))?;
+        self.tables.clear();
+        for row in rows {
+            let schema: String = row.get("table_schema");
+            let name: String = row.get("table_name");
+            let key: Vec<String> = row
+                .get::<_, Option<Vec<String>>>("primary_key")
+                .unwrap_or_default();
+            let track_only: Option<Vec<String>> = row.get("track_only");
+            let exclude: Option<Vec<String>> = row.get("exclude_fields");
+            let condition_text: Option<String> = row.get("condition");
+            let operations: Vec<Operation> = row
+                .get::<_, Option<Vec<String>>>("operations")
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|o| o.to_lowercase().parse().ok())
+                .collect();
+            let condition = match &condition_text {
+                Some(text) => {
+                    let ident = |n: &str| {
+                        pg_audit::Ident::new(n).map_err(|e| Error::Protocol(e.to_string()))
+                    };
+                    let table = QualifiedName::new(Some(ident(&schema)?), ident(&name)?);
+                    TriggerSpec::builder(table)
+                        .primary_key(key.clone())
+                        .condition(text.clone())
+                        .build()
+                        .map_err(|e| {
+                            Error::Protocol(format!("the condition of {schema}.{name}: {e}"))
+                        })?
+                        .capture_condition_sql()
+                }
+                None => None,
+            };
+            self.tables.insert(
+                (schema, name),
+                Table {
+                    key,
+                    track_only,
+                    exclude: exclude.unwrap_or_default(),
+                    operations,
+                    condition,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn load_epoch(&mut self) -> Result<(), Error> {
+        let row = self
+            .source
+            .query_one(
+                "SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())",
+                &[],
+            )
+            .await
+            .map_err(db("reading the transaction id epoch"))?;
+        let xmax: i64 = row.get(0);
+        self.epoch = ((xmax as u64) >> 32, xmax as u32);
+        Ok(())
+    }
+
+    /// A 32-bit transaction id widened as `txid_current()` would, from the epoch read near it.
+    fn full_xid(&self, xid: u32) -> i64 {
+        let (epoch, at) = self.epoch;
+        let delta = xid.wrapping_sub(at) as i32;
+        let epoch = if delta < 0 && xid > at {
+            epoch.saturating_sub(1)
+        } else if delta >= 0 && xid < at {
+            epoch + 1
+        } else {
+            epoch
+        };
+        ((epoch << 32) | u64::from(xid)) as i64
+    }
+
+    async fn on_message(&mut self, message: Message, tx: Option<&mut Tx>) -> Result<(), Error> {
+        let context = tx.as_ref().and_then(|t| t.messages.len().checked_sub(1));
+        let (op, relation, old, new) = match message {
+            Message::Relation(relation) => {
+                let key = (relation.schema.clone(), relation.name.clone());
+                if !self.tables.contains_key(&key) {
+                    // Installed since the worker started.
+                    self.load_tables().await?;
+                }
+                let missing: Vec<u32> = relation
+                    .columns
+                    .iter()
+                    .map(|c| c.type_oid)
+                    .filter(|oid| !self.kinds.contains_key(oid))
+                    .collect::<HashSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !missing.is_empty() {
+                    let kinds = value::kinds(&self.source, &missing)
+                        .await
+                        .map_err(db("reading the captured columns' types"))?;
+                    self.kinds.extend(kinds);
+                }
+                self.relations.insert(relation.oid, relation);
+                return Ok(());
+            }
+            Message::Insert { relation, new } => (Operation::Insert, relation, None, Some(new)),
+            Message::Update { relation, old, new } => (Operation::Update, relation, old, Some(new)),
+            Message::Delete { relation, old } => (Operation::Delete, relation, Some(old), None),
+            Message::Truncate { relations } => {
+                if let Some(tx) = tx {
+                    for relation in relations {
+                        if self.audits(relation, Operation::Truncate) {
+                            tx.changes.push(Change {
+                                op: Operation::Truncate,
+                                relation,
+                                old: None,
+                                new: None,
+                                context,
+                            });
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            Message::Other => return Ok(()),
+        };
+        if let Some(tx) = tx
+            && self.audits(relation, op)
+        {
+            tx.changes.push(Change {
+                op,
+                relation,
+                old,
+                new,
+                context,
+            });
+        }
+        Ok(())
+    }
+
+    fn table_of(&self, relation: u32) -> Option<(&Relation, &Table)> {
+        let rel = self.relations.get(&relation)?;
+        let table = self.tables.get(&(rel.schema.clone(), rel.name.clone()))?;
+        Some((rel, table))
+    }
+
+    fn audits(&self, relation: u32, op: Operation) -> bool {
+        self.table_of(relation)
+            .is_some_and(|(_, t)| t.operations.contains(&op))
+    }
+
+    /// Writes `batch` and the progress `end` in one transaction of the log's database.
+    async fn write(&mut self, batch: Vec<Tx>, end: u64) -> Result<(), Error> {
+        let mut rows = Vec::new();
+        for tx in &batch {
+            for change in &tx.changes {
+                rows.push(self.row(tx, change).await?);
+            }
+        }
+        let kept = self.conditions(&rows).await?;
+        let mut payload = String::from("[");
+        for (ord, row) in rows.iter().enumerate() {
+            if !kept.contains(&ord) {
+                continue;
+            }
+            if payload.len() > 1 {
+                payload.push(',');
+            }
+            row.write_json(ord, &mut payload);
+        }
+        payload.push(']');
+        let last_commit = batch.last().map(|tx| {
+            SystemTime::UNIX_EPOCH
+                + Duration::from_micros((tx.commit_micros + PG_EPOCH_MICROS).max(0) as u64)
+        });
+        let t = self
+            .target
+            .transaction()
+            .await
+            .map_err(db("beginning the log's transaction"))?;
+        if payload.len() > 2 {
+            t.execute(&self.worker.log.capture_insert_sql(), &[&payload])
+                .await
+                .map_err(db("writing captured changes to the log"))?;
+        }
+        t.execute(
+            &self.worker.log.capture_progress_write_sql(),
+            &[&self.worker.slot, &format_lsn(end), &last_commit],
+        )
+        .await
+        .map_err(db("recording the capture progress"))?;
+        t.commit()
+            .await
+            .map_err(db("committing captured changes to the log"))?;
+        self.progress = end;
+        tracing::debug!(rows = rows.len(), lsn = %format_lsn(end), "pg-audit capture: batch written");
+        Ok(())
+    }
+
+    /// One change as a log row, its values as JSON.
+    async fn row(&self, tx: &Tx, change: &Change) -> Result<Row, Error> {
+        let message = change
+            .context
+            .and_then(|i| tx.messages.get(i))
+            .cloned()
+            .unwrap_or_default();
+        let first = tx.messages.first().cloned().unwrap_or_default();
+        let commit = pg_timestamp(tx.commit_micros);
+        let (rel, table) = self.table_of(change.relation).ok_or_else(|| {
+            Error::Protocol(format!("a change of unknown relation {}", change.relation))
+        })?;
+        let mut row = Row {
+            changed_at: commit.clone(),
+            tx_started_at: first.tx_started_at.clone().unwrap_or(commit),
+            txid: first.txid.unwrap_or_else(|| self.full_xid(tx.xid)),
+            operation: change.op.keyword(),
+            schema: rel.schema.clone(),
+            table: rel.name.clone(),
+            record_pk: None,
+            old_record_pk: None,
+            old_values: None,
+            new_values: None,
+            db_user: first.db_user.clone().unwrap_or_else(|| "?".to_owned()),
+            context: message.context,
+            full_old: None,
+            full_new: None,
+        };
+        if change.op == Operation::Truncate {
+            return Ok(row);
+        }
+        let old = match &change.old {
+            Some(cells) => Some(self.values(rel, cells, None).await?),
+            None => None,
+        };
+        let new = match &change.new {
+            Some(cells) => Some(self.values(rel, cells, old.as_deref()).await?),
+            None => None,
+        };
+        let audited = |values: &[(String, Option<String>)]| -> String {
+            let mut out = String::from("{");
+            let mut push = |name: &str, value: &Option<String>| {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&json_string(name));
+                out.push(':');
+                out.push_str(value.as_deref().unwrap_or("null"));
+            };
+            match &table.track_only {
+                Some(cols) => {
+                    for c in cols {
+                        if let Some((n, v)) = values.iter().find(|(n, _)| n == c) {
+                            push(n, v);
+                        } else {
+                            push(c, &None);
+                        }
+                    }
+                }
+                None => {
+                    for (n, v) in values {
+                        if !table.exclude.contains(n) {
+                            push(n, v);
+                        }
+                    }
+                }
+            }
+            out.push('}');
+            out
+        };
+        let key = |values: &[(String, Option<String>)]| -> String {
+            let mut out = String::from("{");
+            for c in &table.key {
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&json_string(c));
+                out.push(':');
+                let v = values
+                    .iter()
+                    .find(|(n, _)| n == c)
+                    .and_then(|(_, v)| v.as_deref());
+                out.push_str(v.unwrap_or("null"));
+            }
+            out.push('}');
+            out
+        };
+        match change.op {
+            Operation::Insert => {
+                let new = new.as_deref().unwrap_or_default();
+                row.record_pk = Some(key(new));
+                row.new_values = Some(audited(new));
+            }
+            Operation::Update => {
+                let new_v = new.as_deref().unwrap_or_default();
+                row.record_pk = Some(key(new_v));
+                row.new_values = Some(audited(new_v));
+                if let Some(old_v) = old.as_deref() {
+                    row.old_record_pk = Some(key(old_v));
+                    row.old_values = Some(audited(old_v));
+                } else {
+                    tracing::warn!(table = %rel.name, "pg-audit capture: an UPDATE without its old row (is the table REPLICA IDENTITY FULL?)");
+                }
+            }
+            Operation::Delete => {
+                let old_v = old.as_deref().unwrap_or_default();
+                row.record_pk = Some(key(old_v));
+                row.old_values = Some(audited(old_v));
+            }
+            Operation::Truncate => {}
+        }
+        if table.condition.is_some() {
+            row.full_old = old.as_deref().map(full_object);
+            row.full_new = new.as_deref().map(full_object);
+        }
+        Ok(row)
+    }
+
+    /// A tuple's values as JSON, by column name; unchanged TOASTed values from `old`.
+    async fn values(
+        &self,
+        rel: &Relation,
+        cells: &[Cell],
+        old: Option<&[(String, Option<String>)]>,
+    ) -> Result<Vec<(String, Option<String>)>, Error> {
+        let mut out = Vec::with_capacity(cells.len());
+        for (i, (column, cell)) in rel.columns.iter().zip(cells).enumerate() {
+            let value = match cell {
+                Cell::Null => None,
+                Cell::Unchanged => old.and_then(|o| o.get(i)).and_then(|(_, v)| v.clone()),
+                Cell::Text(text) => {
+                    let kind = self.kinds.get(&column.type_oid);
+                    match kind.and_then(|k| k.json(text)) {
+                        Some(json) => Some(json),
+                        None => {
+                            let mut json =
+                                value::via_server(&self.source, column.type_oid, &[text])
+                                    .await
+                                    .map_err(db("converting a value with the server"))?;
+                            json.pop()
+                        }
+                    }
+                }
+            };
+            out.push((column.name.clone(), value));
+        }
+        Ok(out)
+    }
+
+    /// The positions of the rows the tables' conditions keep.
+    async fn conditions(&self, rows: &[Row]) -> Result<HashSet<usize>, Error> {
+        let mut kept: HashSet<usize> = (0..rows.len()).collect();
+        let mut by_table: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (i, row) in rows.iter().enumerate() {
+            if row.operation != "TRUNCATE" {
+                by_table
+                    .entry((row.schema.as_str(), row.table.as_str()))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        for ((schema, name), ords) in by_table {
+            let Some(sql) = self
+                .tables
+                .get(&(schema.to_owned(), name.to_owned()))
+                .and_then(|t| t.condition.as_deref())
+            else {
+                continue;
+            };
+            let mut payload = String::from("[");
+            for &i in &ords {
+                let row = &rows[i];
+                if payload.len() > 1 {
+                    payload.push(',');
+                }
+                let _ = write!(
+                    payload,
+                    "{{\"ord\":{i},\"op\":\"{}\",\"new\":{},\"old\":{}}}",
+                    row.operation,
+                    row.full_new.as_deref().unwrap_or("null"),
+                    row.full_old.as_deref().unwrap_or("null"),
+                );
+                kept.remove(&i);
+            }
+            payload.push(']');
+            let passed = self
+                .source
+                .query(sql, &[&payload])
+                .await
+                .map_err(db("evaluating a captured table's condition"))?;
+            kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize));
+        }
+        Ok(kept)
+    }
+}
+
+fn full_object(values: &[(String, Option<String>)]) -> String {
+    let mut out = String::from("{");
+    for (n, v) in values {
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&json_string(n));
+        out.push(':');
+        out.push_str(v.as_deref().unwrap_or("null"));
+    }
+    out.push('}');
+    out
+}
+
+/// One log row as the insert reads it.
+struct Row {
+    changed_at: String,
+    tx_started_at: String,
+    txid: i64,
+    operation: &'static str,
+    schema: String,
+    table: String,
+    record_pk: Option<String>,
+    old_record_pk: Option<String>,
+    old_values: Option<String>,
+    new_values: Option<String>,
+    db_user: String,
+    context: Option<String>,
+    /// The whole rows, for a condition.
+    full_old: Option<String>,
+    full_new: Option<String>,
+}
+
+impl Row {
+    fn write_json(&self, ord: usize, out: &mut String) {
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
+        let _ = write!(
+            out,
+            "{{\"ord\":{ord},\"changed_at\":{},\"tx_started_at\":{},\"txid\":{},\"operation\":\"{}\",\"schema_name\":{},\"table_name\":{},\"record_pk\":{},\"old_record_pk\":{},\"old_values\":{},\"new_values\":{},\"db_user\":{},\"context\":{}}}",
+            json_string(&self.changed_at),
+            json_string(&self.tx_started_at),
+            self.txid,
+            self.operation,
+            json_string(&self.schema),
+            json_string(&self.table),
+            opt(&self.record_pk),
+            opt(&self.old_record_pk),
+            opt(&self.old_values),
+            opt(&self.new_values),
+            json_string(&self.db_user),
+            opt(&self.context),
+        );
+    }
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).expect("a string serializes")
+}
+
+/// Microseconds since 2000-01-01 UTC as `YYYY-MM-DD HH:MM:SS.ffffff+00`.
+pub(crate) fn pg_timestamp(micros: i64) -> String {
+    let total = micros + PG_EPOCH_MICROS;
+    let secs = total.div_euclid(1_000_000);
+    let frac = total.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{frac:06}+00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_times_print_as_postgresql_reads_them() {
+        assert_eq!(pg_timestamp(0), "2000-01-01 00:00:00.000000+00");
+        assert_eq!(pg_timestamp(-1), "1999-12-31 23:59:59.999999+00");
+        // 2026-12-01 15:47:39.5 UTC
+        assert_eq!(
+            pg_timestamp(849_455_259_500_000),
+            "2026-12-01 15:47:39.500000+00"
+        );
+    }
+}
