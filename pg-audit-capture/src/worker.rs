@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pg_audit::sql::capture::MESSAGE_PREFIX;
@@ -28,7 +29,11 @@ struct Table {
 /// One change, values still as text.
 struct Change {
     op: Operation,
-    relation: u32,
+    /// The relation as of the change: a column added or dropped later in the same batch
+    /// arrives as a new Relation message before the changes it concerns.
+    relation: Arc<Relation>,
+    /// The table's configuration as of the change.
+    table: Arc<Table>,
     old: Option<Vec<Cell>>,
     new: Option<Vec<Cell>>,
     /// The context message in force (index into the transaction's messages).
@@ -302,9 +307,9 @@ struct State<'w> {
     source: Client,
     target: Client,
     progress: u64,
-    relations: HashMap<u32, Relation>,
+    relations: HashMap<u32, Arc<Relation>>,
     kinds: HashMap<u32, Kind>,
-    tables: HashMap<(String, String), Table>,
+    tables: HashMap<(String, String), Arc<Table>>,
     /// The source's transaction-id epoch and the 32-bit xid it was read at.
     epoch: (u64, u32),
 }
@@ -351,13 +356,13 @@ impl State<'_> {
             };
             self.tables.insert(
                 (schema, name),
-                Table {
+                Arc::new(Table {
                     key,
                     track_only,
                     exclude: exclude.unwrap_or_default(),
                     operations,
                     condition,
-                },
+                }),
             );
         }
         Ok(())
@@ -414,7 +419,7 @@ impl State<'_> {
                         .map_err(db("reading the captured columns' types"))?;
                     self.kinds.extend(kinds);
                 }
-                self.relations.insert(relation.oid, relation);
+                self.relations.insert(relation.oid, Arc::new(relation));
                 return Ok(());
             }
             Message::Insert { relation, new } => (Operation::Insert, relation, None, Some(new)),
@@ -423,10 +428,12 @@ impl State<'_> {
             Message::Truncate { relations } => {
                 if let Some(tx) = tx {
                     for relation in relations {
-                        if self.audits(relation, Operation::Truncate) {
+                        if let Some((relation, table)) = self.audited(relation, Operation::Truncate)
+                        {
                             tx.changes.push(Change {
                                 op: Operation::Truncate,
                                 relation,
+                                table,
                                 old: None,
                                 new: None,
                                 context,
@@ -439,11 +446,12 @@ impl State<'_> {
             Message::Other => return Ok(()),
         };
         if let Some(tx) = tx
-            && self.audits(relation, op)
+            && let Some((relation, table)) = self.audited(relation, op)
         {
             tx.changes.push(Change {
                 op,
                 relation,
+                table,
                 old,
                 new,
                 context,
@@ -452,15 +460,15 @@ impl State<'_> {
         Ok(())
     }
 
-    fn table_of(&self, relation: u32) -> Option<(&Relation, &Table)> {
+    /// The relation as it is now and its table's configuration, when the table is captured
+    /// and audits `op`.
+    fn audited(&self, relation: u32, op: Operation) -> Option<(Arc<Relation>, Arc<Table>)> {
         let rel = self.relations.get(&relation)?;
         let table = self.tables.get(&(rel.schema.clone(), rel.name.clone()))?;
-        Some((rel, table))
-    }
-
-    fn audits(&self, relation: u32, op: Operation) -> bool {
-        self.table_of(relation)
-            .is_some_and(|(_, t)| t.operations.contains(&op))
+        table
+            .operations
+            .contains(&op)
+            .then(|| (Arc::clone(rel), Arc::clone(table)))
     }
 
     /// Writes `batch` and the progress `end` in one transaction of the log's database.
@@ -520,9 +528,8 @@ impl State<'_> {
             .unwrap_or_default();
         let first = tx.messages.first().cloned().unwrap_or_default();
         let commit = pg_timestamp(tx.commit_micros);
-        let (rel, table) = self.table_of(change.relation).ok_or_else(|| {
-            Error::Protocol(format!("a change of unknown relation {}", change.relation))
-        })?;
+        let rel = &*change.relation;
+        let table = &*change.table;
         let mut row = Row {
             changed_at: commit.clone(),
             tx_started_at: first.tx_started_at.clone().unwrap_or(commit),
@@ -536,6 +543,7 @@ impl State<'_> {
             new_values: None,
             db_user: first.db_user.clone().unwrap_or_else(|| "?".to_owned()),
             context: message.context,
+            condition: table.condition.as_deref().map(Arc::from),
             full_old: None,
             full_new: None,
         };
@@ -663,23 +671,16 @@ impl State<'_> {
     /// The positions of the rows the tables' conditions keep.
     async fn conditions(&self, rows: &[Row]) -> Result<HashSet<usize>, Error> {
         let mut kept: HashSet<usize> = (0..rows.len()).collect();
-        let mut by_table: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        // Rows by condition query (which names its table).
+        let mut by_condition: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
         for (i, row) in rows.iter().enumerate() {
-            if row.operation != "TRUNCATE" {
-                by_table
-                    .entry((row.schema.as_str(), row.table.as_str()))
-                    .or_default()
-                    .push(i);
+            if let Some(sql) = &row.condition
+                && row.operation != "TRUNCATE"
+            {
+                by_condition.entry(Arc::clone(sql)).or_default().push(i);
             }
         }
-        for ((schema, name), ords) in by_table {
-            let Some(sql) = self
-                .tables
-                .get(&(schema.to_owned(), name.to_owned()))
-                .and_then(|t| t.condition.as_deref())
-            else {
-                continue;
-            };
+        for (sql, ords) in by_condition {
             let mut payload = String::from("[");
             for &i in &ords {
                 let row = &rows[i];
@@ -698,7 +699,7 @@ impl State<'_> {
             payload.push(']');
             let passed = self
                 .source
-                .query(sql, &[&payload])
+                .query(&*sql, &[&payload])
                 .await
                 .map_err(db("evaluating a captured table's condition"))?;
             kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize));
@@ -735,6 +736,8 @@ struct Row {
     new_values: Option<String>,
     db_user: String,
     context: Option<String>,
+    /// The condition's query of the table's configuration as of the change.
+    condition: Option<Arc<str>>,
     /// The whole rows, for a condition.
     full_old: Option<String>,
     full_new: Option<String>,
