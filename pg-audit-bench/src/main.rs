@@ -28,6 +28,7 @@ mod admin;
 mod designs;
 mod history;
 mod report;
+mod wal;
 
 use designs::Variant;
 use report::{Goal, Measure, Report};
@@ -62,6 +63,8 @@ struct Options {
     history_rows: u64,
     /// Rows of the log for the admin's pages benchmark; 0: not run.
     admin_rows: u64,
+    /// Capture from the write-ahead log against triggers, instead of the main workloads.
+    wal: bool,
 }
 
 impl Options {
@@ -74,6 +77,7 @@ impl Options {
             designs: false,
             history_rows: 0,
             admin_rows: 0,
+            wal: false,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -110,6 +114,7 @@ impl Options {
                         .and_then(|n| n.parse().ok())
                         .unwrap_or(10_000_000);
                 }
+                "--wal" => opts.wal = true,
                 "-h" | "--help" => usage(),
                 other => {
                     eprintln!("unknown argument `{other}`");
@@ -130,13 +135,16 @@ fn usage() -> ! {
         "usage: pg-audit-bench [--quick | --smoke] [--reps N] [--only WORKLOAD-SUBSTRING] [--designs]\n\
          \x20      pg-audit-bench --history [ROWS]\n\
          \x20      pg-audit-bench --admin [ROWS]\n\
+         \x20      pg-audit-bench --wal [--quick | --smoke]\n\
          \n\
          --quick    3 repetitions of shorter runs\n\
          --smoke    1 tiny repetition: checks the benchmark works (used by CI)\n\
          --designs  also measure the trigger designs that were not chosen (docs/performance.md)\n\
          --history  only the history lookup: fill the log with ROWS rows (default 10 million)\n\
          \x20          and time reading one record's history\n\
-         --admin    the same log, and the admin's pages timed over HTTP"
+         --admin    the same log, and the admin's pages timed over HTTP\n\
+         --wal      capture from the write-ahead log: the write path, and the whole system\n\
+         \x20          with the capture worker running, and its lag"
     );
     std::process::exit(2);
 }
@@ -159,7 +167,17 @@ fn main() {
 fn run() -> Result<(), Box<dyn std::error::Error>> {
     let opts = Options::parse();
     eprintln!("starting a private PostgreSQL for the benchmark...");
-    let cluster = Cluster::start_private("bench", SETTINGS)?;
+    let mut settings = SETTINGS.to_vec();
+    if opts.wal {
+        // Every variant runs on the same server: the unaudited table pays for
+        // `wal_level = logical` too.
+        settings.extend([
+            ("wal_level", "logical"),
+            ("max_replication_slots", "4"),
+            ("max_wal_senders", "4"),
+        ]);
+    }
+    let cluster = Cluster::start_private("bench", &settings)?;
     let url = cluster.url("postgres");
     let mut conn = PgConnection::establish(&url)?;
     let scripts = cluster.dir().join("scripts");
@@ -177,6 +195,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     if bench.opts.admin_rows > 0 {
         return admin::run(&mut bench.conn, &bench.url, bench.opts.admin_rows);
+    }
+    if bench.opts.wal {
+        return wal::run(&mut bench, &version);
     }
     if bench.opts.history_rows > 0 {
         return history::run(&mut bench.conn, &bench.url, bench.opts.history_rows);
@@ -266,38 +287,7 @@ impl Bench {
         clients: u32,
         txns: u32,
     ) -> Result<f64, Box<dyn std::error::Error>> {
-        let path = self.scripts.join(format!("s{}.sql", hash(script)));
-        fs::write(&path, script)?;
-        let output = Command::new(self.cluster.bindir().join("pgbench"))
-            .args(["-n", "-M", "simple", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-p", &self.cluster.port().to_string()])
-            .args([
-                "-c",
-                &clients.to_string(),
-                "-j",
-                &clients.to_string(),
-                "-t",
-                &txns.to_string(),
-            ])
-            .arg("-f")
-            .arg(&path)
-            .arg("postgres")
-            .output()?;
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        if !output.status.success() || !stdout.contains("tps = ") {
-            return Err(format!(
-                "pgbench failed: {stdout}{}",
-                String::from_utf8_lossy(&output.stderr)
-            )
-            .into());
-        }
-        let tps = stdout
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("tps = "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or("no tps in pgbench output")?;
-        Ok(tps)
+        pgbench(&self.cluster, &self.scripts, script, clients, txns)
     }
 
     fn single_row(
@@ -562,4 +552,46 @@ fn hash(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// Runs `script` with pgbench (`clients` clients, `txns` transactions each); returns tps.
+fn pgbench(
+    cluster: &Cluster,
+    scripts: &std::path::Path,
+    script: &str,
+    clients: u32,
+    txns: u32,
+) -> Result<f64, Box<dyn std::error::Error>> {
+    let path = scripts.join(format!("s{}.sql", hash(script)));
+    fs::write(&path, script)?;
+    let output = Command::new(cluster.bindir().join("pgbench"))
+        .args(["-n", "-M", "simple", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &cluster.port().to_string()])
+        .args([
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.to_string(),
+            "-t",
+            &txns.to_string(),
+        ])
+        .arg("-f")
+        .arg(&path)
+        .arg("postgres")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() || !stdout.contains("tps = ") {
+        return Err(format!(
+            "pgbench failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let tps = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or("no tps in pgbench output")?;
+    Ok(tps)
 }
