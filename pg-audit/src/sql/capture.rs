@@ -64,12 +64,13 @@ pub const MESSAGE_PREFIX: &str = "pg_audit";
 
 /// The expression emitting the context `context_sql` (a text expression holding the context's
 /// JSON, or `''` for none) as a transactional logical message, for the capture worker: the
-/// context with the writer's `session_user`, transaction start and 64-bit transaction id, which
-/// the stream does not carry. Emitting assigns a transaction id, as the write that follows
-/// would.
+/// context with the writer's `session_user` and transaction start, which the stream does not
+/// carry (the transaction id it does). Emitting assigns a transaction id, as the write that
+/// follows would. Any writer can emit such a message, so what it says is the writer's word, as
+/// the context setting is.
 pub fn emit_context_sql(context_sql: &str) -> String {
     format!(
-        "pg_catalog.pg_logical_emit_message(true, {}, pg_catalog.json_build_object('context', CASE WHEN {context_sql}::text OPERATOR(pg_catalog.=) '' THEN NULL ELSE {context_sql}::pg_catalog.json END, 'db_user', session_user, 'tx_started_at', pg_catalog.transaction_timestamp(), 'txid', pg_catalog.txid_current())::text)",
+        "pg_catalog.pg_logical_emit_message(true, {}, pg_catalog.json_build_object('context', CASE WHEN {context_sql}::text OPERATOR(pg_catalog.=) '' THEN NULL ELSE {context_sql}::pg_catalog.json END, 'db_user', session_user, 'tx_started_at', pg_catalog.transaction_timestamp())::text)",
         text_literal(MESSAGE_PREFIX)
     )
 }
@@ -276,8 +277,21 @@ impl TriggerSpec {
 DECLARE
     part regclass;
 BEGIN
+    IF pg_catalog.current_setting('wal_level') OPERATOR(pg_catalog.<>) 'logical' THEN
+        RAISE EXCEPTION 'pg-audit: capturing {table_text} from the write-ahead log needs wal_level = logical; it is %', pg_catalog.current_setting('wal_level')
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Run ALTER SYSTEM SET wal_level = logical and restart the server (on managed PostgreSQL, turn on logical replication), or capture this table with triggers.';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication WHERE pubname OPERATOR(pg_catalog.=) {pub_lit}) THEN
         CREATE PUBLICATION {publication} WITH (publish = 'insert, update, delete, truncate', publish_via_partition_root = true);
+    END IF;
+    -- The install records travel with the changes, so the worker rereads the configuration
+    -- at the point of the stream where it changed.
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r
+                     JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
+                    WHERE p.pubname OPERATOR(pg_catalog.=) {pub_lit}
+                      AND r.prrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({config_lit})) THEN
+        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {pub_lit}, pg_catalog.to_regclass({config_lit}));
     END IF;
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r
                      JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
@@ -298,6 +312,8 @@ BEGIN
 END
 ",
             pub_lit = publication.literal(),
+            config_lit = log.config_table().literal(),
+            table_text = table.to_string().replace('\'', "''").replace('%', "%%"),
         );
         let _ = writeln!(sql, "DO {};", crate::ident::dollar_quote(&body));
         let _ = writeln!(

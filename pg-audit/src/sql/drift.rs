@@ -303,6 +303,9 @@ COMMENT ON TABLE {config} IS {comment};
                                  JOIN pg_catalog.pg_publication AS pb ON pb.oid = pr.prpubid
                                 WHERE pb.pubname = {publication_lit} AND pr.prrelid = o.rel)
             UNION ALL
+            SELECT pg_catalog.format('wal_level is %s, not logical, so changes are not captured from the write-ahead log', pg_catalog.current_setting('wal_level'))
+             WHERE o.wal AND pg_catalog.current_setting('wal_level') <> 'logical'
+            UNION ALL
             SELECT pg_catalog.format('%s is not REPLICA IDENTITY FULL, so its UPDATE and DELETE entries lack the old row; run ALTER TABLE %s REPLICA IDENTITY FULL', pt.relid::regclass, pt.relid::regclass)
               FROM (SELECT o.rel AS relid UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(o.rel) AS p) AS pt
               JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid AND c.relkind <> 'p'
