@@ -2,7 +2,7 @@
 //! slot and writes the same audit log the triggers write, so history, the reader, the CLI and
 //! the admin work alike whichever path captured a change.
 //!
-//! Tables opt in with `#[pg_audit(capture = wal)]` (or `pg-audit sql install --capture wal`);
+//! Tables opt in with `#[pg_audit(capture = wal)]` (or `pg-audit sql trigger --table T --capture wal`);
 //! their install adds them to the log's publication and sets `REPLICA IDENTITY FULL`. Then run
 //! the worker, as a task of an application or as `pg-audit capture`:
 //!
@@ -47,6 +47,7 @@
 //! slot's start on every call. Ordinary sessions (catalog, conditions, the log's writes) use
 //! `tokio-postgres`.
 
+mod message;
 mod pgoutput;
 mod setup;
 mod value;
@@ -128,8 +129,8 @@ impl fmt::Display for Error {
             Error::NoPublication { publication } => write!(
                 f,
                 "publication {publication} does not exist: no table is installed with \
-                 capture = wal (`#[pg_audit(capture = wal)]`, or `pg-audit sql install \
-                 --capture wal`)"
+                 capture = wal (`#[pg_audit(capture = wal)]`, or `pg-audit sql trigger \
+                 --table TABLE --capture wal`)"
             ),
             Error::SlotMissing { slot } => write!(
                 f,
@@ -140,8 +141,8 @@ impl fmt::Display for Error {
             ),
             Error::ForeignSlot { slot, reason } => write!(
                 f,
-                "replication slot {slot} was not created by pg-audit's capture worker \
-                 ({reason}); choose another name with --slot, or drop it if it is unused"
+                "replication slot {slot} is not this worker's ({reason}); give this worker \
+                 another slot name with --slot"
             ),
             Error::Database { doing, .. } => write!(f, "{doing}"),
             Error::Replication(e) => write!(f, "replication stream: {e}"),
@@ -179,15 +180,15 @@ impl Worker {
         let log = AuditLog::new();
         Ok(Worker {
             target: source.clone(),
+            slot: default_slot(&log, &source),
             source,
-            slot: log.default_slot(),
             log,
             batch_rows: 10_000,
             batch_wait: Duration::from_millis(100),
         })
     }
 
-    /// Writes the log in another database (which holds the log: `pg-audit sql log` there).
+    /// Writes the log in another database (which holds the log: `pg-audit sql table` there).
     pub fn target(mut self, target_url: &str) -> Result<Worker, Error> {
         self.target = parse_url("target", target_url)?;
         Ok(self)
@@ -195,14 +196,15 @@ impl Worker {
 
     /// The log (default `audit.auditlog`); the slot follows its name unless set.
     pub fn log(mut self, log: AuditLog) -> Worker {
-        if self.slot == self.log.default_slot() {
-            self.slot = log.default_slot();
+        if self.slot == default_slot(&self.log, &self.source) {
+            self.slot = default_slot(&log, &self.source);
         }
         self.log = log;
         self
     }
 
-    /// The replication slot's name (default: the log's publication name).
+    /// The replication slot's name (default: the log's publication name and the database's,
+    /// since slot names are the server's, shared by its databases).
     pub fn slot(mut self, slot: impl Into<String>) -> Worker {
         self.slot = slot.into();
         self
@@ -234,6 +236,24 @@ impl Worker {
     ) -> Result<(), Error> {
         worker::run(self, shutdown).await
     }
+}
+
+/// `pg_audit_<schema>_<log>_<database>`, in the characters a slot name may hold, at most 63
+/// bytes (a long name is cut and ends with a hash of the whole).
+fn default_slot(log: &AuditLog, source: &tokio_postgres::Config) -> String {
+    let database = source
+        .get_dbname()
+        .or(source.get_user())
+        .unwrap_or("postgres");
+    pg_audit::Ident::generated(&format!("{}_{database}", log.publication().as_str()), "")
+        .as_str()
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '_' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '_',
+        })
+        .collect()
 }
 
 fn parse_url(which: &'static str, url: &str) -> Result<tokio_postgres::Config, Error> {

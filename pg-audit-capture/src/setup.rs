@@ -47,7 +47,7 @@ pub(crate) async fn prepare(worker: &Worker) -> Result<Start, Error> {
         .batch_execute(&worker.log.capture_setup_sql())
         .await
         .map_err(db(
-            "creating the capture progress table beside the log (does the log exist there? `pg-audit sql log`)",
+            "creating the capture progress table beside the log (does the log exist there? `pg-audit sql table` installs it)",
         ))?;
     let progress = read_progress(worker, &target).await?;
     let slot = source
@@ -61,16 +61,24 @@ pub(crate) async fn prepare(worker: &Worker) -> Result<Start, Error> {
         (Some(slot), Some(lsn)) => {
             let plugin: Option<String> = slot.get(0);
             let database: Option<String> = slot.get(1);
-            let ours = plugin.as_deref() == Some("pgoutput")
-                && database.as_deref() == worker.source.get_dbname();
-            if !ours {
+            let current: String = source
+                .query_one("SELECT current_database()::text", &[])
+                .await
+                .map_err(db("reading the database's name"))?
+                .get(0);
+            if database.as_deref() != Some(current.as_str()) {
                 return Err(Error::ForeignSlot {
                     slot: worker.slot.clone(),
                     reason: format!(
-                        "its plugin is {} and its database {}",
-                        plugin.as_deref().unwrap_or("none"),
+                        "it belongs to database {}",
                         database.as_deref().unwrap_or("none")
                     ),
+                });
+            }
+            if plugin.as_deref() != Some("pgoutput") {
+                return Err(Error::ForeignSlot {
+                    slot: worker.slot.clone(),
+                    reason: format!("its plugin is {}", plugin.as_deref().unwrap_or("none")),
                 });
             }
             lsn
@@ -79,7 +87,7 @@ pub(crate) async fn prepare(worker: &Worker) -> Result<Start, Error> {
             return Err(Error::ForeignSlot {
                 slot: worker.slot.clone(),
                 reason: format!(
-                    "{} has no progress for it",
+                    "{} has no progress for it, so the worker did not create it",
                     worker.log.capture_progress_table()
                 ),
             });
@@ -188,7 +196,8 @@ pub async fn status(worker: &Worker) -> Result<Status, Error> {
             "SELECT s.active,
                     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
                     pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.restart_lsn)::bigint
-               FROM pg_catalog.pg_replication_slots AS s WHERE s.slot_name = $1",
+               FROM pg_catalog.pg_replication_slots AS s
+              WHERE s.slot_name = $1 AND s.database = pg_catalog.current_database()",
             &[&worker.slot],
         )
         .await
@@ -238,9 +247,27 @@ pub async fn status(worker: &Worker) -> Result<Status, Error> {
 pub async fn drop_slot(worker: &Worker) -> Result<bool, Error> {
     let source = connect(&worker.source, "connecting to the source database").await?;
     let target = connect(&worker.target, "connecting to the log's database").await?;
+    let elsewhere = source
+        .query_opt(
+            "SELECT database::text FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = $1 AND database IS DISTINCT FROM pg_catalog.current_database()",
+            &[&worker.slot],
+        )
+        .await
+        .map_err(db("reading the replication slot"))?;
+    if let Some(row) = elsewhere {
+        return Err(Error::ForeignSlot {
+            slot: worker.slot.clone(),
+            reason: format!(
+                "it belongs to database {}; drop it from there",
+                row.get::<_, Option<String>>(0).unwrap_or_default()
+            ),
+        });
+    }
     let dropped = source
         .query_opt(
-            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots
+              WHERE slot_name = $1 AND database = pg_catalog.current_database()",
             &[&worker.slot],
         )
         .await

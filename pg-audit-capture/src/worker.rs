@@ -11,6 +11,7 @@ use pg_audit::{Operation, QualifiedName, TriggerSpec};
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use tokio_postgres::Client;
 
+use crate::message::{self, ContextMessage};
 use crate::pgoutput::{self, Cell, Message, Relation};
 use crate::setup::{self, format_lsn};
 use crate::value::{self, Kind};
@@ -40,15 +41,6 @@ struct Change {
     context: Option<usize>,
 }
 
-/// What a context message carries.
-#[derive(Default, Clone)]
-struct ContextMessage {
-    context: Option<String>,
-    db_user: Option<String>,
-    tx_started_at: Option<String>,
-    txid: Option<i64>,
-}
-
 /// A committed transaction.
 struct Tx {
     xid: u32,
@@ -56,6 +48,9 @@ struct Tx {
     changes: Vec<Change>,
     messages: Vec<ContextMessage>,
 }
+
+/// The size past which a batch's rows go to the log in another statement.
+const PAYLOAD_BYTES: usize = 16 << 20;
 
 /// Microseconds from 1970 to 2000, PostgreSQL's epoch.
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
@@ -151,6 +146,9 @@ async fn run_once<F: std::future::Future<Output = ()>>(
         relations: HashMap::new(),
         kinds: HashMap::new(),
         tables: HashMap::new(),
+        retired: HashMap::new(),
+        config_relation: None,
+        unknown: HashSet::new(),
         epoch: (0, 0),
     };
     state.load_tables().await?;
@@ -206,7 +204,7 @@ async fn run_once<F: std::future::Future<Output = ()>>(
                     ..
                 } if prefix == MESSAGE_PREFIX => {
                     if let Some(tx) = current.as_mut() {
-                        tx.messages.push(parse_context(&content));
+                        tx.messages.push(message::parse(&content, tx.xid));
                     }
                 }
                 ReplicationEvent::Message { .. } => {}
@@ -280,28 +278,6 @@ fn replication_config(worker: &Worker, progress: u64) -> Result<ReplicationConfi
     Ok(config)
 }
 
-fn parse_context(content: &[u8]) -> ContextMessage {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_slice(content) else {
-        tracing::warn!("pg-audit capture: a context message is not a JSON object; ignored");
-        return ContextMessage::default();
-    };
-    ContextMessage {
-        context: map
-            .get("context")
-            .filter(|v| !v.is_null())
-            .map(|v| v.to_string()),
-        db_user: map
-            .get("db_user")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
-        tx_started_at: map
-            .get("tx_started_at")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned),
-        txid: map.get("txid").and_then(serde_json::Value::as_i64),
-    }
-}
-
 struct State<'w> {
     worker: &'w Worker,
     source: Client,
@@ -310,6 +286,13 @@ struct State<'w> {
     relations: HashMap<u32, Arc<Relation>>,
     kinds: HashMap<u32, Kind>,
     tables: HashMap<(String, String), Arc<Table>>,
+    /// Configurations of tables no longer installed for WAL capture: a change of one that
+    /// still arrives was published while it was, and is logged as configured then.
+    retired: HashMap<(String, String), Arc<Table>>,
+    /// The install records' table, whose changes in the stream mean a configuration changed.
+    config_relation: Option<u32>,
+    /// Captured tables with no configuration known, warned about once.
+    unknown: HashSet<(String, String)>,
     /// The source's transaction-id epoch and the 32-bit xid it was read at.
     epoch: (u64, u32),
 }
@@ -321,7 +304,7 @@ impl State<'_> {
             .query(&self.worker.log.captured_tables_sql(), &[])
             .await
             .map_err(db("reading the captured tables' configuration"))?;
-        self.tables.clear();
+        let previous = std::mem::take(&mut self.tables);
         for row in rows {
             let schema: String = row.get("table_schema");
             let name: String = row.get("table_name");
@@ -365,6 +348,14 @@ impl State<'_> {
                 }),
             );
         }
+        for (key, table) in previous {
+            if !self.tables.contains_key(&key) {
+                self.retired.insert(key, table);
+            }
+        }
+        for key in self.tables.keys() {
+            self.retired.remove(key);
+        }
         Ok(())
     }
 
@@ -400,6 +391,13 @@ impl State<'_> {
         let context = tx.as_ref().and_then(|t| t.messages.len().checked_sub(1));
         let (op, relation, old, new) = match message {
             Message::Relation(relation) => {
+                let config = self.worker.log.config_table();
+                if Some(relation.schema.as_str()) == config.schema.as_ref().map(|s| s.as_str())
+                    && relation.name == config.name.as_str()
+                {
+                    self.config_relation = Some(relation.oid);
+                    return Ok(());
+                }
                 let key = (relation.schema.clone(), relation.name.clone());
                 if !self.tables.contains_key(&key) {
                     // Installed since the worker started.
@@ -420,6 +418,15 @@ impl State<'_> {
                     self.kinds.extend(kinds);
                 }
                 self.relations.insert(relation.oid, Arc::new(relation));
+                return Ok(());
+            }
+            Message::Insert { relation, .. }
+            | Message::Update { relation, .. }
+            | Message::Delete { relation, .. }
+                if Some(relation) == self.config_relation =>
+            {
+                // An install or uninstall: the configuration from here on.
+                self.load_tables().await?;
                 return Ok(());
             }
             Message::Insert { relation, new } => (Operation::Insert, relation, None, Some(new)),
@@ -462,9 +469,15 @@ impl State<'_> {
 
     /// The relation as it is now and its table's configuration, when the table is captured
     /// and audits `op`.
-    fn audited(&self, relation: u32, op: Operation) -> Option<(Arc<Relation>, Arc<Table>)> {
+    fn audited(&mut self, relation: u32, op: Operation) -> Option<(Arc<Relation>, Arc<Table>)> {
         let rel = self.relations.get(&relation)?;
-        let table = self.tables.get(&(rel.schema.clone(), rel.name.clone()))?;
+        let key = (rel.schema.clone(), rel.name.clone());
+        let Some(table) = self.tables.get(&key).or_else(|| self.retired.get(&key)) else {
+            if self.unknown.insert(key) {
+                tracing::error!(table = %format!("{}.{}", rel.schema, rel.name), "pg-audit capture: changes of this table were published, but it is no longer installed for WAL capture and the worker never saw its configuration: they are not logged. Uninstall or switch a table only once `pg-audit capture status` shows no lag");
+            }
+            return None;
+        };
         table
             .operations
             .contains(&op)
@@ -480,6 +493,9 @@ impl State<'_> {
             }
         }
         let kept = self.conditions(&rows).await?;
+        // Statements of bounded size: a message PostgreSQL accepts, and memory that does not
+        // double with a large transaction's JSON.
+        let mut payloads = Vec::new();
         let mut payload = String::from("[");
         for (ord, row) in rows.iter().enumerate() {
             if !kept.contains(&ord) {
@@ -489,8 +505,15 @@ impl State<'_> {
                 payload.push(',');
             }
             row.write_json(ord, &mut payload);
+            if payload.len() >= PAYLOAD_BYTES {
+                payload.push(']');
+                payloads.push(std::mem::replace(&mut payload, String::from("[")));
+            }
         }
-        payload.push(']');
+        if payload.len() > 1 {
+            payload.push(']');
+            payloads.push(payload);
+        }
         let last_commit = batch.last().map(|tx| {
             SystemTime::UNIX_EPOCH
                 + Duration::from_micros((tx.commit_micros + PG_EPOCH_MICROS).max(0) as u64)
@@ -500,8 +523,9 @@ impl State<'_> {
             .transaction()
             .await
             .map_err(db("beginning the log's transaction"))?;
-        if payload.len() > 2 {
-            t.execute(&self.worker.log.capture_insert_sql(), &[&payload])
+        let insert = self.worker.log.capture_insert_sql();
+        for payload in &payloads {
+            t.execute(&insert, &[payload])
                 .await
                 .map_err(db("writing captured changes to the log"))?;
         }
@@ -533,7 +557,7 @@ impl State<'_> {
         let mut row = Row {
             changed_at: commit.clone(),
             tx_started_at: first.tx_started_at.clone().unwrap_or(commit),
-            txid: first.txid.unwrap_or_else(|| self.full_xid(tx.xid)),
+            txid: self.full_xid(tx.xid),
             operation: change.op.keyword(),
             schema: rel.schema.clone(),
             table: rel.name.clone(),
@@ -697,12 +721,34 @@ impl State<'_> {
                 kept.remove(&i);
             }
             payload.push(']');
-            let passed = self
-                .source
-                .query(&*sql, &[&payload])
-                .await
-                .map_err(db("evaluating a captured table's condition"))?;
-            kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize));
+            match self.source.query(&*sql, &[&payload]).await {
+                Ok(passed) => kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize)),
+                Err(e) if e.as_db_error().is_some() => {
+                    // The condition fails on some row (a division by zero, a cast): row by row,
+                    // and a row whose condition fails is logged, as a warning says — the
+                    // change has committed, and an entry too many beats one lost.
+                    for &i in &ords {
+                        let row = &rows[i];
+                        let one = format!(
+                            "[{{\"ord\":{i},\"op\":\"{}\",\"new\":{},\"old\":{}}}]",
+                            row.operation,
+                            row.full_new.as_deref().unwrap_or("null"),
+                            row.full_old.as_deref().unwrap_or("null"),
+                        );
+                        match self.source.query(&*sql, &[&one]).await {
+                            Ok(passed) => {
+                                kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize))
+                            }
+                            Err(e) if e.as_db_error().is_some() => {
+                                tracing::warn!(table = %format!("{}.{}", row.schema, row.table), key = row.record_pk.as_deref().unwrap_or(""), error = %crate::chain(&e), "pg-audit capture: the table's condition fails on this change; it is logged");
+                                kept.insert(i);
+                            }
+                            Err(e) => return Err(db("evaluating a captured table's condition")(e)),
+                        }
+                    }
+                }
+                Err(e) => return Err(db("evaluating a captured table's condition")(e)),
+            }
         }
         Ok(kept)
     }

@@ -35,7 +35,7 @@ enum Action {
     },
     /// Drop the replication slot (so the server stops keeping WAL for it) and forget its
     /// progress. Stop the worker first. Tables stay in the log's publication until they are
-    /// uninstalled (`pg-audit sql trigger TABLE --uninstall`); `DROP PUBLICATION` removes it.
+    /// uninstalled (`pg-audit sql trigger --table TABLE --uninstall`); `DROP PUBLICATION` removes it.
     DropSlot {
         #[command(flatten)]
         conn: Conn,

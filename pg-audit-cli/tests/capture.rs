@@ -325,7 +325,14 @@ fn the_wal_twin_logs_what_the_trigger_twin_logs() {
         String::from_utf8_lossy(&status.stderr)
     );
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["slot"], "pg_audit_audit_auditlog");
+    // Named for the log and the database: slot names are shared by a server's databases.
+    assert!(
+        status["slot"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("pg_audit_audit_auditlog_{}", db.name())),
+        "{status}"
+    );
     assert_eq!(status["slot_exists"], true);
     assert_eq!(status["active"], true);
     assert!(status["last_commit"].is_string(), "{status}");
@@ -398,19 +405,22 @@ fn errors_name_the_fix() {
     let stderr = String::from_utf8_lossy(&pg_audit(&["capture"], &plain).stderr).into_owned();
     assert!(stderr.contains("ALTER ROLE plain REPLICATION"), "{stderr}");
     // A slot the worker did not create is refused, and left alone.
-    db.batch_execute(
-        "SELECT pg_create_logical_replication_slot('pg_audit_audit_auditlog', 'pgoutput')",
-    )
+    let status = pg_audit(&["capture", "status", "--json"], db.url());
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let slot = status["slot"].as_str().unwrap().to_owned();
+    db.batch_execute(&format!(
+        "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+    ))
     .unwrap();
     let stderr = String::from_utf8_lossy(&pg_audit(&["capture"], db.url()).stderr).into_owned();
-    assert!(stderr.contains("was not created by pg-audit"), "{stderr}");
-    db.batch_execute("SELECT pg_drop_replication_slot('pg_audit_audit_auditlog')")
+    assert!(stderr.contains("is not this worker's"), "{stderr}");
+    db.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
         .unwrap();
     // The worker's own slot goes with drop-slot; a missing slot it wrote through is named.
     let mut worker = spawn_worker(db.url(), "10");
     wait_for_sentinel(&db, &mut worker);
     terminate(worker);
-    db.batch_execute("SELECT pg_drop_replication_slot('pg_audit_audit_auditlog')")
+    db.batch_execute(&format!("SELECT pg_drop_replication_slot('{slot}')"))
         .unwrap();
     let stderr = String::from_utf8_lossy(&pg_audit(&["capture"], db.url()).stderr).into_owned();
     assert!(
@@ -434,4 +444,116 @@ fn errors_name_the_fix() {
             .trim(),
         "0"
     );
+}
+
+#[test]
+fn hostile_writers_and_failing_conditions_do_not_stop_capture() {
+    let cluster = logical_cluster("capture-hostile");
+    let server = cluster.server();
+    let db = server.create_database("capture_hostile").unwrap();
+    install(&db);
+    db.batch_execute(
+        "CREATE TABLE qty (id int PRIMARY KEY, n int, secret text, note text);
+         CREATE ROLE app LOGIN;
+         GRANT ALL ON plain_wal, qty TO app;",
+    )
+    .unwrap();
+    let log = AuditLog::new();
+    let qty = |configure: Configure| {
+        configure(TriggerSpec::builder(
+            QualifiedName::parse("public.qty").unwrap(),
+        ))
+        .capture(Capture::Wal)
+        .build()
+        .unwrap()
+        .install_sql(&log)
+    };
+    db.batch_execute(&qty(|b| {
+        b.condition("100 / NEW.n > 1").exclude_fields(["secret"])
+    }))
+    .unwrap();
+    let mut worker = spawn_worker(db.url(), "100");
+    let app = db.url().replacen("postgres@", "app@", 1);
+    // Messages the log cannot hold, from a plain role: the changes are logged without them.
+    for message in [
+        r#"{"tx_started_at": "garbage"}"#,
+        r#"{"db_user": "a\u0000b", "context": {"user_id": "a\u0000b"}}"#,
+        r#"{"context": "not an object"}"#,
+        "not json",
+    ] {
+        db.server()
+            .batch_execute(
+                &app,
+                &format!(
+                    "BEGIN; SELECT pg_logical_emit_message(true, 'pg_audit', {}); INSERT INTO plain_wal (id, name) VALUES ((SELECT coalesce(max(id), 0) + 1 FROM plain_wal), 'hostile'); COMMIT;",
+                    pg_audit::quote_literal(message).unwrap()
+                ),
+            )
+            .unwrap();
+    }
+    // A condition that fails on a row (division by zero): logged, with the rows around it.
+    db.batch_execute("INSERT INTO qty VALUES (1, 10, 's', 'n'); INSERT INTO qty VALUES (2, 0, 's', 'n'); INSERT INTO qty VALUES (3, 1000, 's', 'n')")
+        .unwrap();
+    // A reinstall that excludes one more column, with the worker running: later values of it
+    // never reach the log.
+    db.batch_execute(&qty(|b| {
+        b.condition("100 / NEW.n > 1")
+            .exclude_fields(["secret", "note"])
+    }))
+    .unwrap();
+    db.batch_execute("INSERT INTO qty VALUES (4, 10, 'S', 'NOTE-MUST-NOT-BE-LOGGED')")
+        .unwrap();
+    wait_for_sentinel(&db, &mut worker);
+    assert_eq!(
+        db.psql("SELECT count(*) FROM audit.auditlog WHERE table_name = 'plain_wal' AND new_values ->> 'name' = 'hostile' AND context IS NULL")
+            .unwrap()
+            .trim(),
+        "4"
+    );
+    assert_eq!(
+        db.psql("SELECT string_agg(record_pk ->> 'id', ',' ORDER BY id) FROM audit.auditlog WHERE table_name = 'qty'")
+            .unwrap()
+            .trim(),
+        "1,2,4"
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM audit.auditlog WHERE table_name = 'qty' AND (new_values::text LIKE '%NOTE-MUST-NOT%' OR new_values ? 'secret')")
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    terminate(worker);
+
+    // Without wal_level = logical, the install refuses rather than leave the table unaudited.
+    let shared = pg_audit_tempdb::shared().unwrap();
+    let replica = shared.create_database("capture_replica").unwrap();
+    replica.batch_execute(&log.create_sql()).unwrap();
+    replica
+        .batch_execute("CREATE TABLE qty (id int PRIMARY KEY, n int)")
+        .unwrap();
+    let err = replica.batch_execute(&qty(|b| b)).unwrap_err().to_string();
+    assert!(err.contains("needs wal_level = logical"), "{err}");
+}
+
+#[test]
+fn two_databases_on_one_server_get_slots_of_their_own() {
+    let cluster = logical_cluster("capture-two");
+    let server = cluster.server();
+    let a = server.create_database("capture_a").unwrap();
+    let b = server.create_database("capture_b").unwrap();
+    install(&a);
+    install(&b);
+    let mut wa = spawn_worker(a.url(), "100");
+    let mut wb = spawn_worker(b.url(), "100");
+    wait_for_sentinel(&a, &mut wa);
+    wait_for_sentinel(&b, &mut wb);
+    terminate(wb);
+    // Dropping b's slot leaves a's running worker alone.
+    assert!(
+        pg_audit(&["capture", "drop-slot"], b.url())
+            .status
+            .success()
+    );
+    wait_for_sentinel(&a, &mut wa);
+    terminate(wa);
 }
