@@ -2,6 +2,7 @@
 # Instruction counts of audited writes, deterministic on a noisy machine.
 #
 #   pg-audit-bench/callgrind.sh            # needs valgrind and the PostgreSQL server binaries
+#   pg-audit-bench/callgrind.sh --wal      # capture from the write-ahead log against triggers
 #
 # Runs a single-user PostgreSQL backend under `valgrind --tool=callgrind` and reports the
 # instructions each write costs: per statement for single-row writes sent one by one (as
@@ -10,6 +11,8 @@
 # shared 2-core machines drift by ±30% from run to run; these counts repeat to within 0.1%.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+wal=false
+[ "${1:-}" = --wal ] && wal=true
 
 bindir=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || true)}
 [ -x "$bindir/initdb" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
@@ -30,6 +33,8 @@ jit = off
 listen_addresses = ''
 unix_socket_directories = '$work'
 EOF
+# Every variant of a --wal run pays for wal_level = logical, the unaudited table included.
+if $wal; then echo "wal_level = logical" >>"$work/data/postgresql.conf"; fi
 
 cargo build -q -p pg-audit-cli
 cli=target/debug/pg-audit
@@ -46,7 +51,7 @@ CREATE TABLE floor_log (op text);
 CREATE FUNCTION floor_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO floor_log VALUES (TG_OP); RETURN NULL; END $$;
 EOF
-    for t in plain floor auto row statement tracked untracked_plain; do
+    for t in plain floor auto row statement tracked untracked_plain wal; do
         echo "CREATE TABLE t_$t (LIKE src INCLUDING ALL); INSERT INTO t_$t SELECT * FROM src;"
     done
     echo "CREATE TRIGGER floor AFTER INSERT OR UPDATE OR DELETE ON t_floor FOR EACH ROW EXECUTE FUNCTION floor_trigger();"
@@ -54,6 +59,7 @@ EOF
     "$cli" sql trigger --table t_row --primary-key id --level row
     "$cli" sql trigger --table t_statement --primary-key id --level statement
     "$cli" sql trigger --table t_tracked --primary-key id --track-only name,email
+    if $wal; then "$cli" sql trigger --table t_wal --primary-key id --capture wal; fi
 } >"$work/setup.sql"
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
 "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -U postgres -d postgres -f "$work/setup.sql" >/dev/null 2>"$work/setup.err" ||
@@ -95,6 +101,31 @@ per_row() { # op table -> instructions per row of one bulk statement
     b=$(bulk "$1" "$2" 12000 | count)
     echo $(((b - a) / 8000))
 }
+
+if $wal; then
+    # What a writing transaction pays with capture from the WAL: REPLICA IDENTITY FULL's old
+    # row in the WAL, and the context message the helpers emit in each transaction (here in
+    # each statement's transaction, as single-row writes in autocommit would).
+    message="SELECT pg_catalog.pg_logical_emit_message(true, 'pg_audit', '{\"context\": {\"user_id\": \"u1\", \"change_reason\": \"benchmark\"}, \"db_user\": \"postgres\", \"tx_started_at\": \"2026-11-30T16:13:03.604790+00:00\"}');"
+    with_message() { # op table id
+        echo "BEGIN; $message $(statement "$1" "$2" "$3") COMMIT;"
+    }
+    per_statement_message() { # op table
+        local a b
+        a=$({ echo "$context"; echo; for i in $(seq 1 200); do with_message "$1" "$2" "$i"; echo; done; } | count)
+        b=$({ echo "$context"; echo; for i in $(seq 201 800); do with_message "$1" "$2" "$i"; echo; done; } | count)
+        echo $(((b - a) / 400))
+    }
+    printf '%-32s %10s %10s %14s %10s\n' "instructions (wal_level=logical)" plain pg-audit "wal + message" "wal alone"
+    for op in insert update delete; do
+        printf '%-32s %10s %10s %14s %10s\n' "single-row $op, per stmt" "$(per_statement $op t_plain)" \
+            "$(per_statement $op t_auto)" "$(per_statement_message $op t_wal)" "$(per_statement $op t_wal)"
+    done
+    for op in update delete; do
+        printf '%-32s %10s %10s %14s %10s\n' "bulk $op, per row" "$(per_row $op t_plain)" "$(per_row $op t_auto)" "" "$(per_row $op t_wal)"
+    done
+    exit 0
+fi
 
 printf '%-28s %10s %10s %10s %10s %10s\n' "instructions" plain floor pg-audit row statement
 for op in insert update delete; do

@@ -300,14 +300,15 @@ impl AuditContext {
 /// utility statement, so nothing is planned and no row goes back to the client (measured ~25%
 /// cheaper per transaction than `SELECT set_config`, see docs/performance.md).
 ///
-/// When any table is captured from the write-ahead log ([`emit_context_to_wal`]), a `SELECT`
-/// follows in the same batch, emitting the context as a transactional logical message for the
-/// capture worker.
+/// When any table is captured from the write-ahead log ([`emit_context_to_wal`]), one `SELECT`
+/// sets it and emits the context as a transactional logical message for the capture worker.
 pub(crate) fn set_setting_sql(value: &str) -> String {
     let quoted = quote_literal(value).expect("validated: no NUL");
     if emits_context_to_wal() {
+        // One statement for both (the `SELECT` is needed for the message anyway).
         format!(
-            "SET LOCAL {SETTING} = {quoted}; SELECT {}",
+            "SELECT pg_catalog.set_config({}, {quoted}, true), {}",
+            quote_literal(SETTING).expect("no NUL"),
             pg_audit::sql::capture::emit_context_sql(&quoted)
         )
     } else {

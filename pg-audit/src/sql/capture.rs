@@ -109,21 +109,30 @@ impl AuditLog {
         self.function("capture_progress")
     }
 
-    /// SQL creating the progress table where the log lives (idempotent; run by the worker).
+    /// SQL creating the progress table where the log lives when it is missing (run by the
+    /// worker at every start, so it does nothing that needs ownership once the table exists).
     pub fn capture_setup_sql(&self) -> String {
         let table = self.capture_progress_table();
-        format!(
-            "CREATE TABLE IF NOT EXISTS {table} (
-    slot text PRIMARY KEY,
-    lsn pg_lsn NOT NULL,
-    last_commit timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
-);
-COMMENT ON TABLE {table} IS {};",
-            text_literal(
+        let body = format!(
+            "
+BEGIN
+    IF pg_catalog.to_regclass({table_lit}) IS NULL THEN
+        CREATE TABLE {table} (
+            slot text PRIMARY KEY,
+            lsn pg_lsn NOT NULL,
+            last_commit timestamptz,
+            updated_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+        );
+        COMMENT ON TABLE {table} IS {comment};
+    END IF;
+END
+",
+            table_lit = table.literal(),
+            comment = text_literal(
                 "pg-audit: how far each capture worker has written the log, committed with the rows"
             )
-        )
+        );
+        format!("DO {};", crate::ident::dollar_quote(&body))
     }
 
     /// SQL reading a slot's progress: `$1` the slot; one row of `lsn` (text) and `last_commit`.
