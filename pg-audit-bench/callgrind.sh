@@ -51,7 +51,7 @@ CREATE TABLE floor_log (op text);
 CREATE FUNCTION floor_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO floor_log VALUES (TG_OP); RETURN NULL; END $$;
 EOF
-    for t in plain floor auto row statement tracked untracked_plain wal; do
+    for t in plain floor auto row statement tracked untracked_plain wal wal_alone; do
         echo "CREATE TABLE t_$t (LIKE src INCLUDING ALL); INSERT INTO t_$t SELECT * FROM src;"
     done
     echo "CREATE TRIGGER floor AFTER INSERT OR UPDATE OR DELETE ON t_floor FOR EACH ROW EXECUTE FUNCTION floor_trigger();"
@@ -59,7 +59,10 @@ EOF
     "$cli" sql trigger --table t_row --primary-key id --level row
     "$cli" sql trigger --table t_statement --primary-key id --level statement
     "$cli" sql trigger --table t_tracked --primary-key id --track-only name,email
-    if $wal; then "$cli" sql trigger --table t_wal --primary-key id --capture wal; fi
+    if $wal; then
+        "$cli" sql trigger --table t_wal --primary-key id --capture wal
+        "$cli" sql trigger --table t_wal_alone --primary-key id --capture wal
+    fi
 } >"$work/setup.sql"
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/server.log" -w start >/dev/null
 "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$work" -U postgres -d postgres -f "$work/setup.sql" >/dev/null 2>"$work/setup.err" ||
@@ -119,10 +122,10 @@ if $wal; then
     printf '%-32s %10s %10s %14s %10s\n' "instructions (wal_level=logical)" plain pg-audit "wal + message" "wal alone"
     for op in insert update delete; do
         printf '%-32s %10s %10s %14s %10s\n' "single-row $op, per stmt" "$(per_statement $op t_plain)" \
-            "$(per_statement $op t_auto)" "$(per_statement_message $op t_wal)" "$(per_statement $op t_wal)"
+            "$(per_statement $op t_auto)" "$(per_statement_message $op t_wal)" "$(per_statement $op t_wal_alone)"
     done
     for op in update delete; do
-        printf '%-32s %10s %10s %14s %10s\n' "bulk $op, per row" "$(per_row $op t_plain)" "$(per_row $op t_auto)" "" "$(per_row $op t_wal)"
+        printf '%-32s %10s %10s %14s %10s\n' "bulk $op, per row" "$(per_row $op t_plain)" "$(per_row $op t_auto)" "" "$(per_row $op t_wal_alone)"
     done
     exit 0
 fi
