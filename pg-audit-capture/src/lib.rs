@@ -238,22 +238,14 @@ impl Worker {
     }
 }
 
-/// `pg_audit_<schema>_<log>_<database>`, in the characters a slot name may hold, at most 63
-/// bytes (a long name is cut and ends with a hash of the whole).
+/// The log's default slot for the source's database.
 fn default_slot(log: &AuditLog, source: &tokio_postgres::Config) -> String {
-    let database = source
-        .get_dbname()
-        .or(source.get_user())
-        .unwrap_or("postgres");
-    pg_audit::Ident::generated(&format!("{}_{database}", log.publication().as_str()), "")
-        .as_str()
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '_' => c,
-            'A'..='Z' => c.to_ascii_lowercase(),
-            _ => '_',
-        })
-        .collect()
+    log.default_slot(
+        source
+            .get_dbname()
+            .or(source.get_user())
+            .unwrap_or("postgres"),
+    )
 }
 
 fn parse_url(which: &'static str, url: &str) -> Result<tokio_postgres::Config, Error> {

@@ -711,13 +711,7 @@ impl State<'_> {
                 if payload.len() > 1 {
                     payload.push(',');
                 }
-                let _ = write!(
-                    payload,
-                    "{{\"ord\":{i},\"op\":\"{}\",\"new\":{},\"old\":{}}}",
-                    row.operation,
-                    row.full_new.as_deref().unwrap_or("null"),
-                    row.full_old.as_deref().unwrap_or("null"),
-                );
+                row.write_condition_json(i, &mut payload);
                 kept.remove(&i);
             }
             payload.push(']');
@@ -729,12 +723,9 @@ impl State<'_> {
                     // change has committed, and an entry too many beats one lost.
                     for &i in &ords {
                         let row = &rows[i];
-                        let one = format!(
-                            "[{{\"ord\":{i},\"op\":\"{}\",\"new\":{},\"old\":{}}}]",
-                            row.operation,
-                            row.full_new.as_deref().unwrap_or("null"),
-                            row.full_old.as_deref().unwrap_or("null"),
-                        );
+                        let mut one = String::from("[");
+                        row.write_condition_json(i, &mut one);
+                        one.push(']');
                         match self.source.query(&*sql, &[&one]).await {
                             Ok(passed) => {
                                 kept.extend(passed.iter().map(|r| r.get::<_, i64>(0) as usize))
@@ -790,6 +781,17 @@ struct Row {
 }
 
 impl Row {
+    /// The row as the condition's query reads it: `{"ord", "op", "new", "old"}`.
+    fn write_condition_json(&self, ord: usize, out: &mut String) {
+        let _ = write!(
+            out,
+            "{{\"ord\":{ord},\"op\":\"{}\",\"new\":{},\"old\":{}}}",
+            self.operation,
+            self.full_new.as_deref().unwrap_or("null"),
+            self.full_old.as_deref().unwrap_or("null"),
+        );
+    }
+
     fn write_json(&self, ord: usize, out: &mut String) {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
         let _ = write!(

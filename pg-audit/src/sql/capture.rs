@@ -89,10 +89,12 @@ impl AuditLog {
         )
     }
 
-    /// The default replication slot's name: the publication's, in the characters a slot name
-    /// may hold (lower-case letters, digits, `_`).
-    pub fn default_slot(&self) -> String {
-        self.publication()
+    /// The default replication slot's name for the log's capture from `database`:
+    /// `pg_audit_<schema>_<log>_<database>` (slot names are the server's, shared by its
+    /// databases), in the characters a slot name may hold (lower-case letters, digits, `_`), at
+    /// most 63 bytes (a long name is cut and ends with a hash of the whole).
+    pub fn default_slot(&self, database: &str) -> String {
+        Ident::generated(&format!("{}_{database}", self.publication().as_str()), "")
             .as_str()
             .chars()
             .map(|c| match c {
@@ -296,18 +298,8 @@ BEGIN
     END IF;
     -- The install records travel with the changes, so the worker rereads the configuration
     -- at the point of the stream where it changed.
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r
-                     JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
-                    WHERE p.pubname OPERATOR(pg_catalog.=) {pub_lit}
-                      AND r.prrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({config_lit})) THEN
-        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {pub_lit}, pg_catalog.to_regclass({config_lit}));
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r
-                     JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
-                    WHERE p.pubname OPERATOR(pg_catalog.=) {pub_lit}
-                      AND r.prrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})) THEN
-        EXECUTE pg_catalog.format('ALTER PUBLICATION %I ADD TABLE %s', {pub_lit}, pg_catalog.to_regclass({table_lit}));
-    END IF;
+    {add_config}
+    {add_table}
     -- UPDATE and DELETE carry the whole old row (and unchanged TOASTed values) only so; a
     -- partition's changes are decoded with the partition's own setting.
     FOR part IN SELECT t.rel FROM (SELECT pg_catalog.to_regclass({table_lit}) AS rel
@@ -321,7 +313,8 @@ BEGIN
 END
 ",
             pub_lit = publication.literal(),
-            config_lit = log.config_table().literal(),
+            add_config = membership_plpgsql(&publication, &log.config_table(), true, "    "),
+            add_table = membership_plpgsql(&publication, table, true, "    "),
             table_text = table.to_string().replace('\'', "''").replace('%', "%%"),
         );
         let _ = writeln!(sql, "DO {};", crate::ident::dollar_quote(&body));
@@ -342,19 +335,38 @@ END
             crate::ident::dollar_quote(&format!(
                 "
 BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS r
-                 JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
-                WHERE p.pubname OPERATOR(pg_catalog.=) {pub_lit}
-                  AND r.prrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})) THEN
-        EXECUTE pg_catalog.format('ALTER PUBLICATION %I DROP TABLE %s', {pub_lit}, pg_catalog.to_regclass({table_lit}));
-    END IF;
+    {}
 END
 ",
-                pub_lit = publication.literal(),
-                table_lit = self.table().literal(),
+                membership_plpgsql(&publication, self.table(), false, "    "),
             ))
         )
     }
+}
+
+/// PL/pgSQL adding `table` to `publication` (`add`) when it is not in it, or dropping it
+/// when it is; `indent` starts each line after the first.
+fn membership_plpgsql(
+    publication: &Ident,
+    table: &QualifiedName,
+    add: bool,
+    indent: &str,
+) -> String {
+    let (test, action) = if add {
+        ("IF NOT EXISTS", "ADD")
+    } else {
+        ("IF EXISTS", "DROP")
+    };
+    let pad = " ".repeat(test.len() - "IF EXISTS".len());
+    let (pub_lit, table_lit) = (publication.literal(), table.literal());
+    format!(
+        "{test} (SELECT FROM pg_catalog.pg_publication_rel AS r
+{indent}{pad}             JOIN pg_catalog.pg_publication AS p ON p.oid OPERATOR(pg_catalog.=) r.prpubid
+{indent}{pad}            WHERE p.pubname OPERATOR(pg_catalog.=) {pub_lit}
+{indent}{pad}              AND r.prrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({table_lit})) THEN
+{indent}    EXECUTE pg_catalog.format('ALTER PUBLICATION %I {action} TABLE %s', {pub_lit}, pg_catalog.to_regclass({table_lit}));
+{indent}END IF;"
+    )
 }
 
 #[cfg(test)]
@@ -377,11 +389,15 @@ mod tests {
     #[test]
     fn the_default_slot_is_a_valid_slot_name() {
         let log = AuditLog::named("Audit", "My-Log").unwrap();
-        let slot = log.default_slot();
+        let slot = log.default_slot("App-DB");
         assert!(
             slot.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         );
-        assert_eq!(AuditLog::new().default_slot(), "pg_audit_audit_auditlog");
+        assert_eq!(
+            AuditLog::new().default_slot("app"),
+            "pg_audit_audit_auditlog_app"
+        );
+        assert!(AuditLog::new().default_slot(&"d".repeat(100)).len() <= 63);
     }
 }
