@@ -523,18 +523,20 @@ impl State<'_> {
             .transaction()
             .await
             .map_err(db("beginning the log's transaction"))?;
-        let insert = self.worker.log.capture_insert_sql();
-        for payload in &payloads {
-            t.execute(&insert, &[payload])
-                .await
-                .map_err(db("writing captured changes to the log"))?;
-        }
+        // The progress first: the transaction then holds an id before it takes log ids, which
+        // the sealer's horizon relies on (`pg_audit::sql::seal`).
         t.execute(
             &self.worker.log.capture_progress_write_sql(),
             &[&self.worker.slot, &format_lsn(end), &last_commit],
         )
         .await
         .map_err(db("recording the capture progress"))?;
+        let insert = self.worker.log.capture_insert_sql();
+        for payload in &payloads {
+            t.execute(&insert, &[payload])
+                .await
+                .map_err(db("writing captured changes to the log"))?;
+        }
         t.commit()
             .await
             .map_err(db("committing captured changes to the log"))?;

@@ -48,6 +48,7 @@ pub(crate) fn history(
     key: &str,
     limit: u32,
     before: Option<i64>,
+    archived: bool,
     db: &Db,
 ) -> Result<()> {
     let (mut conn, log) = db.connect()?;
@@ -55,7 +56,19 @@ pub(crate) fn history(
     let table = QualifiedName::parse(table)?;
     let key = key_object(&mut conn, &reader, &table, key)?;
     let page = Page { limit, before };
-    let entries = reader.history_of(&mut conn, &table, &key, page)?;
+    let mut entries = reader.history_of(&mut conn, &table, &key, page)?;
+    if archived {
+        // The archived entries are older than every live one of the same record.
+        let older = crate::archive::history(db, &table, &key)?;
+        let live: std::collections::HashSet<i64> = entries.iter().map(|e| e.id).collect();
+        entries.extend(
+            older
+                .into_iter()
+                .filter(|e| before.is_none_or(|b| e.id < b) && !live.contains(&e.id)),
+        );
+        entries.sort_by_key(|e| std::cmp::Reverse(e.id));
+        entries.truncate(limit as usize);
+    }
     print_entries(&entries, db.json);
     if entries.is_empty() && !db.json {
         eprintln!("no audit entries for {table} {key}");
@@ -140,7 +153,7 @@ fn entry_field(e: &AuditEntry, column: &str) -> Value {
 
 /// The record key object for `key` as given on the command line (see
 /// [`pg_audit_diesel::log::parse_key`]), matched to the key columns recorded at install.
-fn key_object(
+pub(crate) fn key_object(
     conn: &mut PgConnection,
     reader: &AuditReader,
     table: &QualifiedName,

@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod admin;
+mod archive;
 mod capture;
 mod options;
 mod output;
+mod seal;
 mod server;
 mod sql;
 
@@ -51,6 +53,10 @@ enum Command {
         /// Only entries older than this entry id (the next page).
         #[arg(long, value_name = "ID")]
         before: Option<i64>,
+        /// Include entries archived to Parquet (`pg-audit archive`), reading from each file only
+        /// the row groups that can hold the record.
+        #[arg(long)]
+        archived: bool,
         #[command(flatten)]
         db: options::Db,
     },
@@ -90,6 +96,77 @@ enum Command {
         #[command(flatten)]
         db: options::Db,
     },
+    /// Move partitions whose whole range ended more than --older-than ago to Parquet files
+    /// (zstd, one per partition) in a directory or s3://bucket/prefix: each written, read back
+    /// and compared row by row, recorded in the archive catalogue, then dropped. Resumable: run
+    /// it again after an interruption. `archive list` shows the catalogue.
+    #[command(args_conflicts_with_subcommands = true)]
+    Archive {
+        #[command(subcommand)]
+        list: Option<ArchiveCommand>,
+        /// A PostgreSQL interval: '6 months', '1 year', '90 days'.
+        #[arg(
+            long,
+            value_name = "INTERVAL",
+            allow_hyphen_values = true,
+            required = true
+        )]
+        older_than: Option<String>,
+        /// A directory (made if missing) or s3://bucket/prefix (S3 settings from the
+        /// environment: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL,
+        /// AWS_ALLOW_HTTP).
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX", required = true)]
+        to: Option<String>,
+        #[command(flatten)]
+        db: options::Db,
+    },
+    /// Seal the log rows whose transactions have all ended: a hash chain in id order, stored
+    /// append-only. Writers never wait on it. Run it from cron (or `SELECT * FROM
+    /// audit.audit_log_seal()` from pg_cron); --export writes every seal to a file to keep
+    /// outside the database.
+    Seal {
+        /// The most rows one seal covers.
+        #[arg(long, value_name = "N", default_value_t = pg_audit::sql::seal::DEFAULT_SEAL_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
+        max_rows: u32,
+        /// Write every seal, as JSON lines, to this file.
+        #[arg(long, value_name = "FILE")]
+        export: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        db: options::Db,
+    },
+    /// Recompute every seal from the log and the archived files, and report the first entry
+    /// changed, deleted or inserted after its seal, and any seal altered or removed. Values
+    /// erased by a recorded redaction still verify. Exits 1 when something was altered.
+    Verify {
+        /// The seals as exported by `pg-audit seal --export`, to compare with the database's.
+        #[arg(long, value_name = "FILE")]
+        seals: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        db: options::Db,
+    },
+    /// Erase a person's data from every log entry, live and archived: the named columns of one
+    /// record (--table and --key), or a user id in contexts (--user). Each value becomes
+    /// "[redacted]"; the redaction is recorded (who, when, why, which entries) and the seals
+    /// still verify.
+    Redact {
+        /// The record's table, as `table` or `schema.table`.
+        #[arg(long, requires = "key", conflicts_with = "user")]
+        table: Option<String>,
+        /// The record's key, as `pg-audit history` takes it.
+        #[arg(long, requires = "table", allow_hyphen_values = true)]
+        key: Option<String>,
+        /// The columns to erase (default: every column but the key's).
+        #[arg(long, value_delimiter = ',', requires = "table")]
+        columns: Option<Vec<String>>,
+        /// Erase this user id from the contexts of every entry.
+        #[arg(long, value_name = "USER_ID", allow_hyphen_values = true)]
+        user: Option<String>,
+        /// Why (recorded with the redaction).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        db: options::Db,
+    },
     /// Capture the tables installed with `--capture wal` from the write-ahead log into the
     /// log, until stopped (Ctrl-C or SIGTERM, which write what is held first); `capture status`
     /// shows how far behind it is, `capture drop-slot` removes its replication slot.
@@ -110,6 +187,12 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ArchiveCommand {
+    /// The archived partitions: range, rows, file size, location.
+    List(#[command(flatten)] options::Db),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
@@ -120,8 +203,9 @@ fn main() -> ExitCode {
             key,
             limit,
             before,
+            archived,
             db,
-        } => admin::history(&table, &key, limit, before, &db),
+        } => admin::history(&table, &key, limit, before, archived, &db),
         Command::Tx { txid, db } => admin::tx(txid, &db),
         Command::Partitions(cmd) => admin::partitions(cmd),
         Command::Check(db) => match admin::check(&db) {
@@ -129,6 +213,44 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
         },
+        Command::Archive {
+            list: Some(ArchiveCommand::List(db)),
+            ..
+        } => archive::list(&db),
+        Command::Archive {
+            older_than: Some(older_than),
+            to: Some(to),
+            db,
+            ..
+        } => archive::archive(&older_than, &to, &db),
+        Command::Archive { .. } => Err("pass --older-than and --to".into()),
+        Command::Seal {
+            max_rows,
+            export,
+            db,
+        } => seal::seal(max_rows, export.as_deref(), &db),
+        Command::Verify { seals, db } => match seal::verify(seals.as_deref(), &db) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
+        Command::Redact {
+            table,
+            key,
+            columns,
+            user,
+            reason,
+            db,
+        } => seal::redact(
+            seal::RedactArgs {
+                table: table.as_deref(),
+                key: key.as_deref(),
+                columns,
+                user: user.as_deref(),
+                reason: &reason,
+            },
+            &db,
+        ),
         Command::Capture(args) => capture::run(args),
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -1,11 +1,13 @@
 //! SQL generation: the log's shape, the log table with its partitions, the triggers that fill
 //! it, and the record of what was installed that the drift check reads.
 
+pub mod archive;
 pub mod capture;
 pub mod catalog;
 pub mod condition;
 pub mod drift;
 pub mod log;
+pub mod seal;
 pub mod shape;
 pub mod trigger;
 

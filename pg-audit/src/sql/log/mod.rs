@@ -114,8 +114,8 @@ impl AuditLog {
     }
 
     /// The maintenance functions' names and argument types, for revoking and dropping them.
-    fn function_signatures(&self) -> [(QualifiedName, &'static str); 9] {
-        [
+    fn function_signatures(&self) -> Vec<(QualifiedName, &'static str)> {
+        let mut all = vec![
             (self.function("trigger_definitions"), "regclass"),
             (self.function("adopt_on_ddl"), ""),
             (self.function("adopt_partitions"), "regclass"),
@@ -125,7 +125,9 @@ impl AuditLog {
             (self.function("prune_partitions"), "interval, boolean, text"),
             (self.function("ensure_partitions"), "integer"),
             (self.function("partitions"), ""),
-        ]
+        ];
+        all.extend(crate::sql::seal::function_signatures(self));
+        all
     }
 
     /// The objects the install record and the drift check involve.
@@ -136,7 +138,7 @@ impl AuditLog {
             check: self.function("check"),
             definitions: self.function("trigger_definitions"),
             adopt: self.function("adopt_partitions"),
-            functions: self.function_signatures().to_vec(),
+            functions: self.function_signatures(),
             readable: self.readable_functions().to_vec(),
             publication: self.publication(),
         }
@@ -251,6 +253,10 @@ impl AuditLog {
         sql.push('\n');
         sql.push_str(&drift::objects_sql(&self.objects()));
         sql.push('\n');
+        sql.push_str(&crate::sql::archive::objects_sql(self));
+        sql.push('\n');
+        sql.push_str(&crate::sql::seal::objects_sql(self));
+        sql.push('\n');
         sql.push_str(&drift::partition_functions_sql(
             &self.config_table(),
             &self.function("unaudited_partition"),
@@ -306,7 +312,14 @@ impl AuditLog {
     pub fn grant_read_sql(&self, role: &Ident) -> String {
         let mut sql = String::new();
         let _ = writeln!(sql, "GRANT USAGE ON SCHEMA {} TO {role};", self.schema());
-        for table in [self.table.clone(), self.config_table()] {
+        for table in [
+            self.table.clone(),
+            self.config_table(),
+            self.archives_table(),
+            self.seals_table(),
+            self.redactions_table(),
+            self.redacted_values_table(),
+        ] {
             let _ = writeln!(sql, "GRANT SELECT ON TABLE {table} TO {role};");
         }
         for function in self.readable_functions() {
@@ -329,6 +342,15 @@ impl AuditLog {
             let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
         }
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
+        for table in [
+            self.archives_table(),
+            self.seals_table(),
+            self.seal_state_table(),
+            self.redacted_values_table(),
+            self.redactions_table(),
+        ] {
+            let _ = writeln!(sql, "DROP TABLE IF EXISTS {table};");
+        }
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.table);
         sql
     }

@@ -1,0 +1,111 @@
+//! The archive of a pg-audit log: whole partitions older than a cutoff written as Parquet files
+//! (zstd, one file per partition, a record's entries together so that row-group statistics
+//! find them), to a local directory or to S3 and its compatibles through `object_store`, read
+//! back and checked before the partition is dropped, and listed in the log's archive catalogue
+//! (`<log>_archives`). Readers find a record's archived entries reading only the row groups
+//! that can hold it; `verify` and redaction load archived rows back into the server, which
+//! computes their digests as it does for live rows.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), pg_audit_archive::Error> {
+//! use pg_audit_archive::{Archive, connect};
+//! let client = connect("postgres://app@localhost/app").await?;
+//! let archive = Archive::open("s3://audit-archive/prod")?; // or a directory
+//! let log = pg_audit::AuditLog::new();
+//! for partition in pg_audit_archive::candidates(&client, &log, "6 months").await? {
+//!     let done = pg_audit_archive::archive_partition(&client, &log, &partition, &archive, &|_| {}).await?;
+//!     println!("{} rows to {}", done.row_count, done.location);
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! S3 takes its settings from the environment, as the AWS tools do: `AWS_ACCESS_KEY_ID`,
+//! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for a compatible server `AWS_ENDPOINT_URL` (and
+//! `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
+
+mod file;
+mod partition;
+mod read;
+mod store;
+
+pub use partition::{Archived, Candidate, archive_partition, candidates};
+pub use read::{
+    ArchivedFile, Erase, archived_files, history, load_archived, redact_in, rewrite_redacted,
+};
+pub use store::Archive;
+
+/// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::Db("cannot connect to the database".into(), e))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// What went wrong; each prints its cause once, through `source`.
+#[derive(Debug)]
+pub enum Error {
+    /// The archive location is not one pg-audit can write to, and why.
+    Location(String),
+    /// The object store (what was being done).
+    Store(String, object_store::Error),
+    /// Reading or writing Parquet (what was being done).
+    Parquet(String, parquet::errors::ParquetError),
+    /// The database (what was being done).
+    Db(String, tokio_postgres::Error),
+    /// What was read back differs from what was written, or the archive catalogue and the
+    /// files disagree.
+    Mismatch(String),
+    /// Refused, and why (with the fix).
+    Refused(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Location(what)
+            | Error::Store(what, _)
+            | Error::Parquet(what, _)
+            | Error::Db(what, _)
+            | Error::Mismatch(what)
+            | Error::Refused(what) => f.write_str(what),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Store(_, e) => Some(e),
+            Error::Parquet(_, e) => Some(e),
+            Error::Db(_, e) => Some(e),
+            Error::Location(_) | Error::Mismatch(_) | Error::Refused(_) => None,
+        }
+    }
+}
+
+/// `Error::Db` with what was being done.
+pub(crate) fn db(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Error {
+    let what = what.into();
+    move |e| Error::Db(what, e)
+}
+
+/// `Error::Parquet` with what was being done.
+pub(crate) fn pq(what: impl Into<String>) -> impl FnOnce(parquet::errors::ParquetError) -> Error {
+    let what = what.into();
+    move |e| Error::Parquet(what, e)
+}
+
+/// An error and its causes on one line, for a report that goes on.
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}

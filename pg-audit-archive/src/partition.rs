@@ -1,0 +1,307 @@
+//! Archiving one partition: written, read back and compared, recorded, dropped — in that order,
+//! so an interruption anywhere leaves the partition in place and a second run starts it again.
+
+use pg_audit::{AuditLog, Ident, QualifiedName, Retention};
+use tokio_postgres::Client;
+
+use crate::read::{load_path, write_file};
+use crate::{Archive, Error, db};
+
+/// A partition old enough to archive.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// As the log lists it: `schema.name`.
+    pub partition_name: String,
+    /// Its schema and name.
+    pub table: QualifiedName,
+    /// Its range, as the server prints timestamps.
+    pub range_start: String,
+    /// The end of its range (exclusive).
+    pub range_end: String,
+    /// Its size in the database, indexes included.
+    pub total_bytes: i64,
+}
+
+/// An archived partition, as recorded in the catalogue.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    /// The partition, now dropped.
+    pub partition_name: String,
+    /// Where its file is.
+    pub location: String,
+    /// Rows archived.
+    pub row_count: i64,
+    /// The file's size.
+    pub bytes: u64,
+    /// The partition's size in the database before.
+    pub total_bytes: i64,
+}
+
+/// The partitions whose whole range ended more than `older_than` (a PostgreSQL interval:
+/// `'6 months'`, `'1 year'`) ago, oldest first.
+pub async fn candidates(
+    client: &Client,
+    log: &AuditLog,
+    older_than: &str,
+) -> Result<Vec<Candidate>, Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT p.partition_name, p.range_start::text, p.range_end::text, p.total_bytes, n.nspname::text, c.relname::text
+                   FROM ({}) AS p
+                   JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) p.partition_name::regclass
+                   JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                  WHERE NOT is_default
+                    AND range_end <= pg_catalog.clock_timestamp() - $1::text::interval
+                  ORDER BY range_start",
+                log.list_partitions_sql()
+            ),
+            &[&older_than],
+        )
+        .await
+        .map_err(db(format!(
+            "cannot list the partitions older than {older_than:?} (an interval such as '6 months')"
+        )))?;
+    rows.iter()
+        .map(|r| {
+            let schema = Ident::new(r.get::<_, String>(4));
+            let name = Ident::new(r.get::<_, String>(5));
+            match (schema, name) {
+                (Ok(schema), Ok(name)) => Ok(Candidate {
+                    partition_name: r.get(0),
+                    table: QualifiedName::new(Some(schema), name),
+                    range_start: r.get(1),
+                    range_end: r.get(2),
+                    total_bytes: r.get(3),
+                }),
+                (Err(e), _) | (_, Err(e)) => Err(Error::Refused(format!(
+                    "partition {} has a name pg-audit cannot use: {e}",
+                    r.get::<_, String>(0)
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// Archives `partition`: its rows written to `archive` as `<partition>.parquet` (replacing a
+/// file an interrupted run left), read back and compared with the partition (row count and the
+/// digest of every row), recorded in the catalogue and the partition dropped, in one
+/// transaction. `progress` hears the rows written so far.
+///
+/// Refused while seals exist and the partition holds rows not yet sealed (seal first: once
+/// dropped, the sealer would not see them). Run by the log's owner.
+pub async fn archive_partition(
+    client: &Client,
+    log: &AuditLog,
+    partition: &Candidate,
+    archive: &Archive,
+    progress: &dyn Fn(u64),
+) -> Result<Archived, Error> {
+    let qualified = &partition.table;
+    // Archive and redaction exclude each other: a redaction between the read and the drop
+    // would be lost.
+    let lock = archive_lock(log);
+    client
+        .execute(&format!("SELECT pg_catalog.pg_advisory_lock({lock})"), &[])
+        .await
+        .map_err(db("cannot take the archive lock"))?;
+    let result = archive_locked(client, log, partition, qualified, archive, progress).await;
+    let _ = client
+        .execute(
+            &format!("SELECT pg_catalog.pg_advisory_unlock({lock})"),
+            &[],
+        )
+        .await;
+    result
+}
+
+async fn archive_locked(
+    client: &Client,
+    log: &AuditLog,
+    partition: &Candidate,
+    qualified: &QualifiedName,
+    archive: &Archive,
+    progress: &dyn Fn(u64),
+) -> Result<Archived, Error> {
+    let name = &partition.partition_name;
+    let unsealed = client
+        .query_one(
+            &format!(
+                "SELECT EXISTS (SELECT FROM {seals}) AND coalesce((SELECT max(id) FROM {qualified}), 0) > coalesce((SELECT max(last_id) FROM {seals}), 0)",
+                seals = log.seals_table()
+            ),
+            &[],
+        )
+        .await
+        .map_err(db(format!("cannot read {name}")))?;
+    if unsealed.get::<_, bool>(0) {
+        return Err(Error::Refused(format!(
+            "{name} holds rows not yet sealed: run `pg-audit seal` (or `{}`) first, so that the seals cover them before they leave the database",
+            log.seal_sql(pg_audit::sql::seal::DEFAULT_SEAL_ROWS)
+        )));
+    }
+    let expected = content(client, log, &qualified.to_string()).await?;
+
+    let file = format!("{name}.parquet");
+    let path = archive.path(&file);
+    let location = archive.url(&file);
+    let metadata = vec![
+        ("pg_audit.log".to_owned(), log.table().to_string()),
+        ("pg_audit.partition".to_owned(), name.clone()),
+        (
+            "pg_audit.range_start".to_owned(),
+            partition.range_start.clone(),
+        ),
+        ("pg_audit.range_end".to_owned(), partition.range_end.clone()),
+        (
+            "pg_audit.sorted_by".to_owned(),
+            "record_key NULLS LAST, id".to_owned(),
+        ),
+    ];
+    let bytes = write_file(
+        client,
+        &log.archive_rows_sql(&qualified.to_string()),
+        archive,
+        &path,
+        &location,
+        metadata,
+        progress,
+    )
+    .await?;
+
+    // Read back what was written, through the server's digests.
+    let loaded = "pg_temp.pg_audit_archive_check";
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {loaded};",
+            log.load_tables_sql("pg_temp.pg_audit_archive_stage", loaded)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))?;
+    load_path(client, log, archive, &path, loaded, &|_| true).await?;
+    let read_back = content(client, log, loaded).await?;
+    if read_back != expected {
+        return Err(Error::Mismatch(format!(
+            "{location} read back differs from {name} ({} rows, {} in the file; digest {} against {}): the partition is kept; check the storage and run again",
+            expected.rows,
+            read_back.rows,
+            hex(&read_back.digest),
+            hex(&expected.digest)
+        )));
+    }
+
+    // Record and drop in one transaction, the partition locked against late writes.
+    client
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE {qualified} IN SHARE MODE; TRUNCATE {loaded};"
+        ))
+        .await
+        .map_err(db(format!("cannot lock {name}")))?;
+    let finish = async {
+        let now = client
+            .query_one(
+                &format!("SELECT count(*), min(id), max(id) FROM {qualified}"),
+                &[],
+            )
+            .await
+            .map_err(db(format!("cannot read {name}")))?;
+        let (n, lo, hi): (i64, Option<i64>, Option<i64>) = (now.get(0), now.get(1), now.get(2));
+        if (n, lo, hi) != (expected.rows, expected.min_id, expected.max_id) {
+            return Err(Error::Mismatch(format!(
+                "{name} changed while it was archived ({n} rows, was {}): the partition is kept; run again",
+                expected.rows
+            )));
+        }
+        client
+            .execute(
+                &log.insert_archive_sql(),
+                &[
+                    name,
+                    &partition.range_start,
+                    &partition.range_end,
+                    &location,
+                    &expected.rows,
+                    &expected.min_id,
+                    &expected.max_id,
+                    &(bytes as i64),
+                    &expected.digest,
+                ],
+            )
+            .await
+            .map_err(db(format!("cannot record {name} in the archive catalogue")))?;
+        // The partition's range ended before now, so any cutoff in the past reaches it.
+        let dropped = client
+            .query(
+                &log.prune_partition_sql("0 seconds", Retention::Drop, name)
+                    .map_err(|e| Error::Refused(e.to_string()))?,
+                &[],
+            )
+            .await
+            .map_err(db(format!("cannot drop {name}")))?;
+        if dropped.is_empty() {
+            return Err(Error::Refused(format!(
+                "{name} could not be dropped (is it still a partition of {}?)",
+                log.table()
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    match finish {
+        Ok(()) => client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(db(format!("cannot commit the archive of {name}")))?,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
+    Ok(Archived {
+        partition_name: name.clone(),
+        location,
+        row_count: expected.rows,
+        bytes,
+        total_bytes: partition.total_bytes,
+    })
+}
+
+/// What a relation holds, in the terms the catalogue records.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Content {
+    pub(crate) rows: i64,
+    pub(crate) min_id: Option<i64>,
+    pub(crate) max_id: Option<i64>,
+    pub(crate) digest: Vec<u8>,
+}
+
+pub(crate) async fn content(
+    client: &Client,
+    log: &AuditLog,
+    relation: &str,
+) -> Result<Content, Error> {
+    let row = client
+        .query_one(&log.content_digest_sql(relation), &[])
+        .await
+        .map_err(db(format!("cannot compute the digest of {relation}")))?;
+    Ok(Content {
+        rows: row.get(0),
+        min_id: row.get(1),
+        max_id: row.get(2),
+        digest: row.get(3),
+    })
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The advisory lock key that archiving and redaction take (they exclude each other: a
+/// redaction between an archive's read and its drop would be lost), as SQL.
+pub(crate) fn archive_lock(log: &AuditLog) -> String {
+    format!(
+        "pg_catalog.hashtext({})",
+        pg_audit::quote_literal(&log.archives_table().to_string())
+            .expect("a relation name holds no NUL")
+    )
+}

@@ -1,0 +1,582 @@
+//! Reading the archive: the catalogue, a record's archived entries (only the row groups whose
+//! statistics can hold its key), rows loaded back into the server (for `verify` and the
+//! read-back check), and a file rewritten after a redaction.
+
+use std::time::{Duration, SystemTime};
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _, pin_mut};
+use object_store::ObjectStoreExt as _;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ParquetRecordBatchStreamBuilder;
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::file::statistics::Statistics;
+use pg_audit::sql::shape::record_key_expr;
+use pg_audit::{AuditLog, Operation, QualifiedName};
+use pg_audit_diesel::AuditContext;
+use pg_audit_diesel::log::AuditEntry;
+use serde_json::Value;
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use crate::file::{BATCH_ROWS, BatchBuilder, append_csv, ints, properties, schema, texts};
+use crate::partition::{archive_lock, content, hex};
+use crate::store::ObjectReader;
+use crate::{Archive, Error, db, pq};
+
+/// An archived partition, as the catalogue records it.
+#[derive(Debug, Clone)]
+pub struct ArchivedFile {
+    /// The partition it was.
+    pub partition_name: String,
+    /// Its range.
+    pub range_start: String,
+    /// The end of its range (exclusive).
+    pub range_end: String,
+    /// The file's URL.
+    pub location: String,
+    /// Rows in it.
+    pub row_count: i64,
+    /// Its lowest id.
+    pub min_id: Option<i64>,
+    /// Its highest id.
+    pub max_id: Option<i64>,
+    /// The file's size.
+    pub bytes: i64,
+    /// The digest of its rows (the seals' row digests, in id order).
+    pub content_sha256: Vec<u8>,
+    /// When it was archived.
+    pub archived_at: String,
+}
+
+/// The archived partitions, oldest first.
+pub async fn archived_files(client: &Client, log: &AuditLog) -> Result<Vec<ArchivedFile>, Error> {
+    let rows = client
+        .query(&log.list_archives_sql(), &[])
+        .await
+        .map_err(db("cannot read the archive catalogue"))?;
+    Ok(rows
+        .iter()
+        .map(|r| ArchivedFile {
+            partition_name: r.get(0),
+            range_start: r.get(1),
+            range_end: r.get(2),
+            location: r.get(3),
+            row_count: r.get(4),
+            min_id: r.get(5),
+            max_id: r.get(6),
+            bytes: r.get(7),
+            content_sha256: r.get(8),
+            archived_at: r.get(9),
+        })
+        .collect())
+}
+
+/// The archived entries of one record (`key` the key object, `{"id": 42}`), newest first,
+/// reading from each file only the row groups whose `record_key` range holds the record's.
+pub async fn history(
+    client: &Client,
+    log: &AuditLog,
+    table: &QualifiedName,
+    key: &Value,
+) -> Result<Vec<AuditEntry>, Error> {
+    let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
+    let name = table.name.as_str();
+    let record_key: i64 = client
+        .query_one(
+            &format!(
+                "SELECT {}",
+                record_key_expr("$1::text", "$2::text", "$3::text::jsonb")
+            ),
+            &[&schema, &name, &key.to_string()],
+        )
+        .await
+        .map_err(db("cannot compute the record's key"))?
+        .get(0);
+    let mut entries = Vec::new();
+    for file in archived_files(client, log).await? {
+        let (archive, path) = Archive::open_file(&file.location)?;
+        let builder = open(&archive, &path, &file.location).await?;
+        let Some(column) = builder
+            .parquet_schema()
+            .columns()
+            .iter()
+            .position(|c| c.name() == "record_key")
+        else {
+            return Err(Error::Mismatch(format!(
+                "{} has no record_key column",
+                file.location
+            )));
+        };
+        let groups: Vec<usize> = builder
+            .metadata()
+            .row_groups()
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| match g.column(column).statistics() {
+                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                    (Some(lo), Some(hi)) => *lo <= record_key && record_key <= *hi,
+                    _ => true,
+                },
+                _ => true,
+            })
+            .map(|(i, _)| i)
+            .collect();
+        if groups.is_empty() {
+            continue;
+        }
+        let stream = builder
+            .with_row_groups(groups)
+            .build()
+            .map_err(pq(format!("cannot read {}", file.location)))?;
+        pin_mut!(stream);
+        while let Some(batch) = stream
+            .try_next()
+            .await
+            .map_err(pq(format!("cannot read {}", file.location)))?
+        {
+            entries.extend(entries_of(
+                &batch,
+                record_key,
+                schema,
+                name,
+                key,
+                &file.location,
+            )?);
+        }
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.id));
+    Ok(entries)
+}
+
+/// The entries of `batch` for one record.
+fn entries_of(
+    batch: &RecordBatch,
+    record_key: i64,
+    schema: &str,
+    table: &str,
+    key: &Value,
+    location: &str,
+) -> Result<Vec<AuditEntry>, Error> {
+    let bad = || Error::Mismatch(format!("{location} is not an archived pg-audit log file"));
+    let int = |name| ints(batch, name).ok_or_else(bad);
+    let text = |name| texts(batch, name).ok_or_else(bad);
+    let (id, changed_at, tx_started_at, txid, keys) = (
+        int("id")?,
+        int("changed_at")?,
+        int("tx_started_at")?,
+        int("txid")?,
+        int("record_key")?,
+    );
+    let (operation, schema_name, table_name, record_pk) = (
+        text("operation")?,
+        text("schema_name")?,
+        text("table_name")?,
+        text("record_pk")?,
+    );
+    let (old_values, new_values, db_user, context, old_record_pk) = (
+        text("old_values")?,
+        text("new_values")?,
+        text("db_user")?,
+        text("context")?,
+        text("old_record_pk")?,
+    );
+    let json = |a: &arrow_array::StringArray, row: usize| -> Result<Option<Value>, Error> {
+        if arrow_array::Array::is_null(a, row) {
+            return Ok(None);
+        }
+        serde_json::from_str(a.value(row))
+            .map(Some)
+            .map_err(|e| Error::Mismatch(format!("{location}: a JSON value does not parse: {e}")))
+    };
+    let time = |micros: Option<i64>| -> SystemTime {
+        let micros = micros.unwrap_or(0);
+        if micros >= 0 {
+            SystemTime::UNIX_EPOCH + Duration::from_micros(micros.unsigned_abs())
+        } else {
+            SystemTime::UNIX_EPOCH - Duration::from_micros(micros.unsigned_abs())
+        }
+    };
+    let mut out = Vec::new();
+    for row in 0..batch.num_rows() {
+        if keys.get(row) != Some(record_key)
+            || schema_name.value(row) != schema
+            || table_name.value(row) != table
+            || json(record_pk, row)?.as_ref() != Some(key)
+        {
+            continue;
+        }
+        let op = match operation.value(row) {
+            "INSERT" => Operation::Insert,
+            "UPDATE" => Operation::Update,
+            "DELETE" => Operation::Delete,
+            "TRUNCATE" => Operation::Truncate,
+            _ => return Err(bad()),
+        };
+        out.push(AuditEntry {
+            id: id.get(row).ok_or_else(bad)?,
+            changed_at: time(changed_at.get(row)),
+            tx_started_at: time(tx_started_at.get(row)),
+            txid: txid.get(row).ok_or_else(bad)?,
+            operation: op,
+            schema_name: schema_name.value(row).to_owned(),
+            table_name: table_name.value(row).to_owned(),
+            record_pk: json(record_pk, row)?,
+            old_values: json(old_values, row)?,
+            new_values: json(new_values, row)?,
+            db_user: db_user.value(row).to_owned(),
+            context: AuditContext::from(json(context, row)?),
+            old_record_pk: json(old_record_pk, row)?,
+        });
+    }
+    Ok(out)
+}
+
+async fn open(
+    archive: &Archive,
+    path: &Path,
+    location: &str,
+) -> Result<ParquetRecordBatchStreamBuilder<ObjectReader>, Error> {
+    let reader = ObjectReader::new(archive.store.clone(), path.clone());
+    // Read as the log's columns, whatever Arrow types the writer chose for them (a file
+    // rewritten by another tool still reads, and verifies or not by its content).
+    let options = ArrowReaderOptions::new().with_schema(schema());
+    ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+        .await
+        .map_err(pq(format!("cannot open the archived file {location}")))
+}
+
+/// The temporary tables rows are loaded back through.
+const STAGE: &str = "pg_temp.pg_audit_archive_stage";
+
+/// Loads every archived file into the session's temporary table `target` (made with the log's
+/// columns if missing, emptied first), checking each file against the catalogue (row count and
+/// content digest): the files, and what differs from the catalogue. `progress` hears each file
+/// as it starts. For `verify`, whose seals cover archived rows.
+pub async fn load_archived(
+    client: &Client,
+    log: &AuditLog,
+    target: &str,
+    progress: &dyn Fn(&ArchivedFile),
+) -> Result<(Vec<ArchivedFile>, Vec<String>), Error> {
+    let mut problems = Vec::new();
+    let files = archived_files(client, log).await?;
+    let single = "pg_temp.pg_audit_archive_one";
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {target};",
+            log.load_tables_sql(STAGE, target)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))?;
+    for file in &files {
+        progress(file);
+        let (archive, path) = Archive::open_file(&file.location)?;
+        client
+            .batch_execute(&format!(
+                "{} TRUNCATE {single};",
+                log.load_tables_sql(STAGE, single)
+            ))
+            .await
+            .map_err(db("cannot make the temporary tables"))?;
+        match load_path(client, log, &archive, &path, single, &|_| true).await {
+            Ok(()) => {}
+            Err(e @ (Error::Parquet(..) | Error::Mismatch(_) | Error::Store(..))) => {
+                problems.push(format!(
+                    "the archived file {} cannot be read as the catalogue recorded it: {}",
+                    file.location,
+                    crate::chain(&e)
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match check_against_catalogue(client, log, single, file).await {
+            Ok(()) => {}
+            Err(Error::Mismatch(problem)) => problems.push(problem),
+            Err(e) => return Err(e),
+        }
+        client
+            .batch_execute(&format!("INSERT INTO {target} SELECT * FROM {single};"))
+            .await
+            .map_err(db("cannot gather the archived rows"))?;
+    }
+    Ok((files, problems))
+}
+
+/// Whether `relation` holds what the catalogue says `file` holds.
+async fn check_against_catalogue(
+    client: &Client,
+    log: &AuditLog,
+    relation: &str,
+    file: &ArchivedFile,
+) -> Result<(), Error> {
+    let got = content(client, log, relation).await?;
+    if got.rows != file.row_count || got.digest != file.content_sha256 {
+        return Err(Error::Mismatch(format!(
+            "the archived file {} differs from what the catalogue recorded at archive time: {} rows (recorded {}), content digest {} (recorded {}); a row in it was changed, removed or added",
+            file.location,
+            got.rows,
+            file.row_count,
+            hex(&got.digest),
+            hex(&file.content_sha256)
+        )));
+    }
+    Ok(())
+}
+
+/// Loads the rows of the file at `path` that `keep` accepts (by row of each batch) into the
+/// temporary table `target`, through the staging table (`COPY`).
+pub(crate) async fn load_path(
+    client: &Client,
+    log: &AuditLog,
+    archive: &Archive,
+    path: &Path,
+    target: &str,
+    keep: &dyn Fn(usize) -> bool,
+) -> Result<(), Error> {
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {STAGE};",
+            log.load_tables_sql(STAGE, target)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))?;
+    let location = path.to_string();
+    let stream = open(archive, path, &location)
+        .await?
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(pq(format!("cannot read {location}")))?;
+    pin_mut!(stream);
+    let sink = client
+        .copy_in::<_, Bytes>(&format!("COPY {STAGE} FROM STDIN (FORMAT csv)"))
+        .await
+        .map_err(db("cannot load archived rows"))?;
+    pin_mut!(sink);
+    let mut csv = Vec::with_capacity(1 << 20);
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(pq(format!("cannot read {location}")))?
+    {
+        append_csv(&batch, keep, &mut csv)?;
+        if csv.len() > 1 << 20 {
+            sink.send(Bytes::from(std::mem::take(&mut csv)))
+                .await
+                .map_err(db("cannot load archived rows"))?;
+        }
+    }
+    if !csv.is_empty() {
+        sink.send(Bytes::from(csv))
+            .await
+            .map_err(db("cannot load archived rows"))?;
+    }
+    sink.as_mut()
+        .finish()
+        .await
+        .map_err(db("cannot load archived rows"))?;
+    client
+        .batch_execute(&log.unstage_sql(STAGE, target))
+        .await
+        .map_err(db("cannot load archived rows"))?;
+    Ok(())
+}
+
+/// What a redaction erases: one record's columns, or a user id in contexts.
+#[derive(Debug, Clone)]
+pub enum Erase<'a> {
+    /// Columns of one record (`None`: every column but the key's).
+    Record {
+        /// Its table.
+        table: &'a QualifiedName,
+        /// Its key object.
+        key: &'a Value,
+        /// The columns.
+        columns: Option<&'a [String]>,
+    },
+    /// The `user_id` of contexts.
+    User(&'a str),
+}
+
+/// Applies redaction `redaction` to the archived file `file`: its rows loaded into the server,
+/// the values erased there (their digests recorded and committed first, so the seals verify
+/// whether or not the file is rewritten), the file written again in place and read back.
+/// Returns the ids of the entries changed (none: the file is left as it was).
+pub async fn rewrite_redacted(
+    client: &Client,
+    log: &AuditLog,
+    file: &ArchivedFile,
+    redaction: i64,
+    erase: &Erase<'_>,
+) -> Result<Vec<i64>, Error> {
+    let lock = archive_lock(log);
+    client
+        .execute(&format!("SELECT pg_catalog.pg_advisory_lock({lock})"), &[])
+        .await
+        .map_err(db("cannot take the archive lock"))?;
+    let result = rewrite_locked(client, log, file, redaction, erase).await;
+    let _ = client
+        .execute(
+            &format!("SELECT pg_catalog.pg_advisory_unlock({lock})"),
+            &[],
+        )
+        .await;
+    result
+}
+
+async fn rewrite_locked(
+    client: &Client,
+    log: &AuditLog,
+    file: &ArchivedFile,
+    redaction: i64,
+    erase: &Erase<'_>,
+) -> Result<Vec<i64>, Error> {
+    let work = "pg_temp.pg_audit_archive_redact";
+    let (archive, path) = Archive::open_file(&file.location)?;
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {work};",
+            log.load_tables_sql(STAGE, work)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))?;
+    load_path(client, log, &archive, &path, work, &|_| true).await?;
+    let changed = redact_in(client, log, work, redaction, erase).await?;
+    if changed.is_empty() {
+        return Ok(changed);
+    }
+    // The digests are committed (redact_in runs in its own transaction): write the file.
+    let metadata = vec![
+        ("pg_audit.log".to_owned(), log.table().to_string()),
+        ("pg_audit.partition".to_owned(), file.partition_name.clone()),
+        ("pg_audit.range_start".to_owned(), file.range_start.clone()),
+        ("pg_audit.range_end".to_owned(), file.range_end.clone()),
+        (
+            "pg_audit.sorted_by".to_owned(),
+            "record_key NULLS LAST, id".to_owned(),
+        ),
+        ("pg_audit.redacted".to_owned(), "true".to_owned()),
+    ];
+    write_file(
+        client,
+        &log.archive_rows_sql(work),
+        &archive,
+        &path,
+        &file.location,
+        metadata,
+        &|_| {},
+    )
+    .await?;
+    let check = "pg_temp.pg_audit_archive_check";
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {check};",
+            log.load_tables_sql(STAGE, check)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))?;
+    load_path(client, log, &archive, &path, check, &|_| true).await?;
+    check_against_catalogue(client, log, check, file).await?;
+    Ok(changed)
+}
+
+/// Runs the redaction over `target` (the log, or a temporary table of archived rows) in its own
+/// transaction: the entries changed.
+pub async fn redact_in(
+    client: &Client,
+    log: &AuditLog,
+    target: &str,
+    redaction: i64,
+    erase: &Erase<'_>,
+) -> Result<Vec<i64>, Error> {
+    let (schema, table, key, columns, user) = match erase {
+        Erase::Record {
+            table,
+            key,
+            columns,
+        } => (
+            Some(table.schema.as_ref().map_or("public", |s| s.as_str())),
+            Some(table.name.as_str()),
+            Some(key.to_string()),
+            columns.map(<[String]>::to_vec),
+            None,
+        ),
+        Erase::User(user) => (None, None, None, None, Some(*user)),
+    };
+    let params: [&(dyn ToSql + Sync); 6] = [&redaction, &schema, &table, &key, &columns, &user];
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(db("cannot start the redaction"))?;
+    let rows = match client.query(&log.redact_sql(target), &params).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(Error::Db(format!("cannot redact in {target}"), e));
+        }
+    };
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(db("cannot commit the redaction"))?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+/// Writes the rows `rows_sql` selects (in the archive's form) to `path`, replacing any file
+/// there only once the new one is complete.
+pub(crate) async fn write_file(
+    client: &Client,
+    rows_sql: &str,
+    archive: &Archive,
+    path: &Path,
+    location: &str,
+    metadata: Vec<(String, String)>,
+    progress: &dyn Fn(u64),
+) -> Result<u64, Error> {
+    let writer = BufWriter::new(archive.store.clone(), path.clone());
+    let mut writer = AsyncArrowWriter::try_new(writer, schema(), Some(properties(metadata)))
+        .map_err(pq(format!("cannot start writing {location}")))?;
+    let rows = client
+        .query_raw(rows_sql, std::iter::empty::<i64>())
+        .await
+        .map_err(db(format!("cannot read the rows for {location}")))?;
+    pin_mut!(rows);
+    let mut batch = BatchBuilder::new();
+    let mut written = 0u64;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(db(format!("cannot read the rows for {location}")))?;
+        batch.push(&row);
+        if batch.len() == BATCH_ROWS {
+            writer
+                .write(&batch.finish())
+                .await
+                .map_err(pq(format!("cannot write {location}")))?;
+            written += BATCH_ROWS as u64;
+            progress(written);
+        }
+    }
+    if batch.len() > 0 {
+        written += batch.len() as u64;
+        writer
+            .write(&batch.finish())
+            .await
+            .map_err(pq(format!("cannot write {location}")))?;
+    }
+    writer
+        .close()
+        .await
+        .map_err(pq(format!("cannot finish {location}")))?;
+    progress(written);
+    Ok(archive
+        .store
+        .head(path)
+        .await
+        .map_err(|e| Error::Store(format!("cannot find {location} after writing it"), e))?
+        .size)
+}

@@ -1,0 +1,207 @@
+//! Where archived files go: a local directory or an S3 bucket and prefix, and the URL each file
+//! is recorded under in the catalogue (so readers open it without being told where).
+
+use std::sync::Arc;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt as _, TryFutureExt as _};
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _};
+use parquet::arrow::arrow_reader::ArrowReaderOptions;
+use parquet::arrow::async_reader::{AsyncFileReader, MetadataSuffixFetch};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+
+use crate::Error;
+
+/// An archive location.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    /// The location as a URL, without a trailing slash: `s3://bucket/prefix`, `file:///dir`.
+    base: String,
+}
+
+impl Archive {
+    /// Opens `location`: `s3://bucket[/prefix]` (settings from the environment, see the crate
+    /// docs), `file:///absolute/dir`, or a directory path (made if missing).
+    pub fn open(location: &str) -> Result<Self, Error> {
+        let location = location.trim();
+        if location.is_empty() {
+            return Err(Error::Location(
+                "no archive location: give a directory or s3://bucket/prefix".into(),
+            ));
+        }
+        if let Some(rest) = location.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(Error::Location(format!(
+                    "no bucket in {location}: write s3://bucket/prefix"
+                )));
+            }
+            let store = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .build()
+                .map_err(|e| Error::Store(format!("cannot use {location}"), e))?;
+            let prefix = Path::parse(prefix.trim_matches('/'))
+                .map_err(|e| Error::Location(format!("bad prefix in {location}: {e}")))?;
+            let base = if prefix.as_ref().is_empty() {
+                format!("s3://{bucket}")
+            } else {
+                format!("s3://{bucket}/{prefix}")
+            };
+            return Ok(Archive {
+                store: Arc::new(store),
+                prefix,
+                base,
+            });
+        }
+        if let Some((scheme, _)) = location.split_once("://")
+            && scheme != "file"
+        {
+            return Err(Error::Location(format!(
+                "cannot archive to {location}: pg-audit writes to a directory or to s3://bucket/prefix (S3 and compatible servers)"
+            )));
+        }
+        let dir = match location.strip_prefix("file://") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => std::path::PathBuf::from(location),
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::Location(format!(
+                "cannot make the archive directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir = dir.canonicalize().map_err(|e| {
+            Error::Location(format!(
+                "cannot open the archive directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let store = LocalFileSystem::new_with_prefix(&dir)
+            .map_err(|e| Error::Store(format!("cannot use {}", dir.display()), e))?;
+        let base = url::Url::from_directory_path(&dir)
+            .map_err(|()| Error::Location(format!("{} is not an absolute path", dir.display())))?
+            .to_string()
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Archive {
+            store: Arc::new(store),
+            prefix: Path::default(),
+            base,
+        })
+    }
+
+    /// Opens the archive holding the file recorded as `url`, and the file's path in it.
+    pub fn open_file(url: &str) -> Result<(Self, Path), Error> {
+        let (dir, name) = url
+            .rsplit_once('/')
+            .ok_or_else(|| Error::Location(format!("not an archived file's URL: {url}")))?;
+        let dir = match dir.strip_prefix("file://") {
+            Some(path) => {
+                let decoded = url::Url::parse(&format!("file://{path}/"))
+                    .ok()
+                    .and_then(|u| u.to_file_path().ok())
+                    .ok_or_else(|| Error::Location(format!("not a file URL: {url}")))?;
+                decoded.display().to_string()
+            }
+            None => dir.to_owned(),
+        };
+        let archive = Archive::open(&dir)?;
+        let path = archive.path(name);
+        Ok((archive, path))
+    }
+
+    /// The path of file `name` in the store.
+    pub(crate) fn path(&self, name: &str) -> Path {
+        self.prefix.clone().join(name)
+    }
+
+    /// The URL file `name` is recorded under.
+    pub(crate) fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.base)
+    }
+
+    /// The location, as a URL.
+    pub fn location(&self) -> &str {
+        &self.base
+    }
+}
+
+/// Parquet's reader over an object: byte ranges and the footer, fetched as the reader asks.
+#[derive(Debug, Clone)]
+pub(crate) struct ObjectReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+}
+
+impl ObjectReader {
+    pub(crate) fn new(store: Arc<dyn ObjectStore>, path: Path) -> Self {
+        ObjectReader { store, path }
+    }
+}
+
+fn parquet_error(e: object_store::Error) -> ParquetError {
+    ParquetError::External(Box::new(e))
+}
+
+impl AsyncFileReader for ObjectReader {
+    fn get_bytes(&mut self, range: Range<u64>) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        self.store
+            .get_range(&self.path, range)
+            .map_err(parquet_error)
+            .boxed()
+    }
+
+    fn get_byte_ranges(
+        &mut self,
+        ranges: Vec<Range<u64>>,
+    ) -> BoxFuture<'_, parquet::errors::Result<Vec<Bytes>>> {
+        async move {
+            self.store
+                .get_ranges(&self.path, &ranges)
+                .await
+                .map_err(parquet_error)
+        }
+        .boxed()
+    }
+
+    fn get_metadata<'a>(
+        &'a mut self,
+        options: Option<&'a ArrowReaderOptions>,
+    ) -> BoxFuture<'a, parquet::errors::Result<Arc<ParquetMetaData>>> {
+        async move {
+            let metadata = ParquetMetaDataReader::new()
+                .with_arrow_reader_options(options)
+                .load_via_suffix_and_finish(self)
+                .await?;
+            Ok(Arc::new(metadata))
+        }
+        .boxed()
+    }
+}
+
+impl MetadataSuffixFetch for &mut ObjectReader {
+    fn fetch_suffix(&mut self, suffix: usize) -> BoxFuture<'_, parquet::errors::Result<Bytes>> {
+        let options = GetOptions {
+            range: Some(GetRange::Suffix(suffix as u64)),
+            ..Default::default()
+        };
+        async move {
+            let response = self
+                .store
+                .get_opts(&self.path, options)
+                .await
+                .map_err(parquet_error)?;
+            response.bytes().await.map_err(parquet_error)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,115 @@
+//! `pg-audit archive`: old partitions to Parquet files, and a record's archived entries for
+//! `history --archived`.
+
+use pg_audit::QualifiedName;
+use pg_audit_diesel::log::AuditEntry;
+use serde_json::{Value, json};
+
+use crate::options::{Db, Result};
+use crate::output::{Progress, Table};
+
+/// `pg-audit archive --older-than INTERVAL --to LOCATION`.
+pub(crate) fn archive(older_than: &str, to: &str, db: &Db) -> Result<()> {
+    let (_, log) = db.connect()?;
+    let url = db.url()?.to_owned();
+    let archive = pg_audit_archive::Archive::open(to)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = pg_audit_archive::connect(&url).await?;
+        let candidates = pg_audit_archive::candidates(&client, &log, older_than).await?;
+        let mut table = Table::new(&[
+            "partition",
+            "rows",
+            "database_bytes",
+            "file_bytes",
+            "location",
+        ]);
+        let progress = Progress::new(candidates.len(), "archiving");
+        for c in &candidates {
+            progress.step(&c.partition_name);
+            let done = pg_audit_archive::archive_partition(&client, &log, c, &archive, &|rows| {
+                progress.step(&format!("{}: {rows} rows written", c.partition_name));
+            })
+            .await?;
+            tracing::info!(
+                target: "pg_audit",
+                partition = done.partition_name,
+                rows = done.row_count,
+                bytes = done.bytes,
+                location = done.location,
+                "partition archived"
+            );
+            if !db.json {
+                progress.line(&format!(
+                    "archived {} ({} rows, {} bytes in the database, {} in {}) and dropped it",
+                    done.partition_name,
+                    done.row_count,
+                    done.total_bytes,
+                    done.bytes,
+                    done.location
+                ));
+            }
+            table.push(vec![
+                json!(done.partition_name),
+                json!(done.row_count),
+                json!(done.total_bytes),
+                json!(done.bytes),
+                json!(done.location),
+            ]);
+            progress.done();
+        }
+        drop(progress);
+        if db.json {
+            table.print(true);
+        } else if table.is_empty() {
+            crate::output::line(&format!(
+                "no partition ended more than {older_than} ago; nothing to archive"
+            ));
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// `pg-audit archive list`: the archive catalogue.
+pub(crate) fn list(db: &Db) -> Result<()> {
+    let (_, log) = db.connect()?;
+    let url = db.url()?.to_owned();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let client = pg_audit_archive::connect(&url).await?;
+        let files = pg_audit_archive::archived_files(&client, &log).await?;
+        let mut table = Table::new(&[
+            "partition",
+            "from",
+            "until",
+            "rows",
+            "bytes",
+            "location",
+            "archived_at",
+        ]);
+        for f in files {
+            table.push(vec![
+                json!(f.partition_name),
+                json!(f.range_start),
+                json!(f.range_end),
+                json!(f.row_count),
+                json!(f.bytes),
+                json!(f.location),
+                json!(f.archived_at),
+            ]);
+        }
+        table.print(db.json);
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+}
+
+/// The archived entries of one record, newest first.
+pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec<AuditEntry>> {
+    let log = db.log()?;
+    let url = db.url()?.to_owned();
+    let runtime = tokio::runtime::Runtime::new()?;
+    Ok(runtime.block_on(async {
+        let client = pg_audit_archive::connect(&url).await?;
+        pg_audit_archive::history(&client, &log, table, key).await
+    })?)
+}

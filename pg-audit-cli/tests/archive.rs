@@ -1,0 +1,540 @@
+//! The log over years, against a real server, real files and a real S3-compatible server:
+//! a month archived to Parquet (read back by DuckDB and compared with the rows that left the
+//! database) still shows in a record's history; seals report a changed, deleted or inserted
+//! row, in the database or in an archived file; a redaction erases values everywhere and the
+//! seals still verify.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use pg_audit_tempdb::TempDatabase;
+use serde_json::Value;
+
+/// `pg-audit ARGS` against `url`, with `env` set.
+fn pg_audit(args: &[&str], url: &str, env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("pg-audit runs")
+}
+
+fn ok(args: &[&str], url: &str, env: &[(&str, &str)]) -> String {
+    let out = pg_audit(args, url, env);
+    assert!(
+        out.status.success(),
+        "pg-audit {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Runs Python with DuckDB (`pip install duckdb`; CI installs it), printing JSON.
+fn duckdb(script: &str) -> Value {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("python3 runs (CI installs it with duckdb)");
+    assert!(
+        out.status.success(),
+        "DuckDB failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+const SECRET_EMAIL: &str = "person42-secret@example.com";
+const SECRET_NAME: &str = "Zelda Secretname";
+const SECRET_USER: &str = "alice-unique-7f3";
+
+/// A log with an old month (its partition eight months back) and a current one, written by the
+/// triggers; returns the old partition's name.
+fn fill(db: &TempDatabase<'_>) -> String {
+    let url = db.url();
+    db.psql(&ok(&["sql", "table"], url, &[])).expect("the log");
+    db.psql("CREATE TABLE users (id int PRIMARY KEY, email text, name text, note text)")
+        .expect("table");
+    db.psql(&ok(
+        &["sql", "trigger", "--table", "users", "--primary-key", "id"],
+        url,
+        &[],
+    ))
+    .expect("trigger");
+    db.psql(&format!(
+        "DO $$
+         DECLARE lo timestamptz := date_trunc('month', now() - interval '8 months');
+         BEGIN
+             EXECUTE format('CREATE TABLE audit.auditlog_old PARTITION OF audit.auditlog FOR VALUES FROM (%L) TO (%L)',
+                            lo, lo + interval '1 month');
+         END $$;
+         INSERT INTO users SELECT g, 'user' || g || '@example.com', 'Name ' || g, repeat('x', g % 50) FROM generate_series(1, 3000) AS g;
+         UPDATE users SET email = '{SECRET_EMAIL}', name = '{SECRET_NAME}' WHERE id = 42;
+         UPDATE users SET note = 'quote \" and , comma
+newline' WHERE id % 7 = 0;
+         BEGIN;
+         SELECT set_config('pg_audit.context', '{{\"user_id\": \"{SECRET_USER}\", \"change_reason\": \"fix\"}}', true);
+         UPDATE users SET note = 'by alice' WHERE id IN (42, 43);
+         COMMIT;
+         DELETE FROM users WHERE id = 3000;
+         TRUNCATE users;
+         -- Everything so far happened, for this test, eight months ago.
+         UPDATE audit.auditlog SET changed_at = date_trunc('month', now() - interval '8 months') + id * interval '1 second';
+         INSERT INTO users VALUES (42, 'now@example.com', 'Now', NULL);"
+    ))
+    .expect("workload");
+    "audit.auditlog_old".to_owned()
+}
+
+/// The old partition's rows as the archive stores them, from the server.
+fn rows_in_database(db: &TempDatabase<'_>, partition: &str) -> Value {
+    let out = db
+        .psql(&format!(
+            "SELECT json_agg(json_build_array(id, (extract(epoch FROM changed_at) * 1000000)::bigint,
+                (extract(epoch FROM tx_started_at) * 1000000)::bigint, txid, operation, schema_name,
+                table_name, record_key, record_pk::text, old_values::text, new_values::text, db_user,
+                context::text, old_record_pk::text, old_record_key) ORDER BY id) FROM {partition}"
+        ))
+        .expect("rows");
+    serde_json::from_str(out.trim()).expect("JSON")
+}
+
+/// The same, read from the Parquet files by DuckDB.
+fn rows_in_files(glob: &str) -> Value {
+    duckdb(&format!(
+        r#"
+import duckdb, json
+rows = duckdb.sql("""SELECT id, epoch_us(changed_at), epoch_us(tx_started_at), txid, operation, schema_name,
+    table_name, record_key, record_pk, old_values, new_values, db_user, context, old_record_pk, old_record_key
+    FROM read_parquet('{glob}') ORDER BY id""").fetchall()
+print(json.dumps([list(r) for r in rows]))
+"#
+    ))
+}
+
+#[test]
+fn a_month_moves_to_parquet_keeps_its_history_and_seals_and_erasure_hold() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("archive_dir").expect("database");
+    let url = db.url();
+    let partition = fill(&db);
+    let expected = rows_in_database(&db, &partition);
+    let entries = expected.as_array().unwrap().len();
+    assert!(entries > 3000, "the workload wrote {entries} entries");
+    let history_before = ok(&["history", "users", "42", "--json"], url, &[]);
+
+    // Seal everything; export the seals.
+    let dir = tempdir("archive_dir");
+    let seals = dir.join("seals.jsonl");
+    let sealed = ok(
+        &[
+            "seal",
+            "--max-rows",
+            "1000",
+            "--export",
+            seals.to_str().unwrap(),
+        ],
+        url,
+        &[],
+    );
+    assert!(sealed.contains("sealed"), "{sealed}");
+    assert!(ok(&["verify"], url, &[]).starts_with("ok:"));
+
+    // An interrupted earlier run left a broken file: it is replaced.
+    let files = dir.join("files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("audit.auditlog_old.parquet"), b"half a file").unwrap();
+    let report = ok(
+        &[
+            "archive",
+            "--older-than",
+            "6 months",
+            "--to",
+            files.to_str().unwrap(),
+            "--json",
+        ],
+        url,
+        &[],
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(report[0]["partition"], "audit.auditlog_old");
+    assert_eq!(report[0]["rows"], entries);
+    assert!(
+        db.psql("SELECT to_regclass('audit.auditlog_old') IS NULL")
+            .unwrap()
+            .contains('t'),
+        "the archived partition is dropped"
+    );
+    // A second run finds nothing more to do.
+    let again = ok(
+        &[
+            "archive",
+            "--older-than",
+            "6 months",
+            "--to",
+            files.to_str().unwrap(),
+        ],
+        url,
+        &[],
+    );
+    assert!(again.contains("nothing to archive"), "{again}");
+
+    // DuckDB reads exactly the rows that left the database.
+    let glob = format!("{}/*.parquet", files.display());
+    assert_eq!(rows_in_files(&glob), expected);
+    // One file, zstd, row groups sorted by record key.
+    let meta = duckdb(&format!(
+        r#"
+import duckdb, json
+r = duckdb.sql("""SELECT count(DISTINCT file_name), min(compression), max(compression), count(DISTINCT row_group_id)
+    FROM parquet_metadata('{glob}')""").fetchall()[0]
+print(json.dumps(list(r)))
+"#
+    ));
+    assert_eq!(meta[0], 1);
+    assert_eq!(meta[1], "ZSTD");
+    assert_eq!(meta[2], "ZSTD");
+
+    // The record's history: live and archived entries.
+    let live_only = ok(&["history", "users", "42", "--json"], url, &[]);
+    let live_only: Value = serde_json::from_str(&live_only).unwrap();
+    assert_eq!(live_only.as_array().unwrap().len(), 1, "one live entry");
+    let with_archive = ok(
+        &["history", "users", "42", "--archived", "--json"],
+        url,
+        &[],
+    );
+    let with_archive: Value = serde_json::from_str(&with_archive).unwrap();
+    let before: Value = serde_json::from_str(&history_before).unwrap();
+    let archived_part: Vec<&Value> = with_archive.as_array().unwrap()[1..].iter().collect();
+    let mut before_shifted: Vec<Value> = before.as_array().unwrap().clone();
+    // history_before was taken after the shift in time, so the entries are the same.
+    before_shifted.retain(|e| e["id"] != live_only[0]["id"]);
+    assert_eq!(
+        archived_part.into_iter().cloned().collect::<Vec<_>>(),
+        before_shifted
+    );
+    assert!(ok(&["verify", "--seals", seals.to_str().unwrap()], url, &[]).starts_with("ok:"));
+
+    // Erasure: one record's email and name, and a user id in contexts.
+    let erased = ok(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "42",
+            "--columns",
+            "email,name",
+            "--reason",
+            "GDPR request 17",
+        ],
+        url,
+        &[],
+    );
+    assert!(erased.contains("archived entries"), "{erased}");
+    ok(
+        &[
+            "redact",
+            "--user",
+            SECRET_USER,
+            "--reason",
+            "GDPR request 18",
+        ],
+        url,
+        &[],
+    );
+    for secret in [SECRET_EMAIL, SECRET_NAME, SECRET_USER] {
+        let in_db = db
+            .psql(&format!(
+                "SELECT count(*) FROM audit.auditlog AS l WHERE l::text LIKE '%{secret}%';
+                 SELECT count(*) FROM audit.auditlog_seals AS s WHERE s::text LIKE '%{secret}%';
+                 SELECT count(*) FROM audit.auditlog_redactions AS r WHERE r::text LIKE '%{secret}%';
+                 SELECT count(*) FROM audit.auditlog_archives AS a WHERE a::text LIKE '%{secret}%';"
+            ))
+            .unwrap();
+        assert!(
+            in_db.lines().all(|l| l.trim() == "0"),
+            "{secret} left in the database: {in_db}"
+        );
+        let in_files = duckdb(&format!(
+            r#"
+import duckdb, json
+print(json.dumps(duckdb.sql("""SELECT count(*) FROM read_parquet('{glob}') AS t
+    WHERE concat_ws('|', t.new_values, t.old_values, t.context) LIKE '%{secret}%'""").fetchall()[0][0]))
+"#
+        ));
+        assert_eq!(in_files, 0, "{secret} left in the archive");
+        let raw = std::fs::read(files.join("audit.auditlog_old.parquet")).unwrap();
+        assert!(
+            !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} in the file's bytes"
+        );
+    }
+    let verified = ok(
+        &["verify", "--seals", seals.to_str().unwrap(), "--json"],
+        url,
+        &[],
+    );
+    let verified: Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["redactions"], 2);
+    assert!(
+        verified["redacted_values"].as_i64().unwrap() >= 5,
+        "{verified}"
+    );
+    // The rest of the archive is as it was.
+    let after = rows_in_files(&glob);
+    assert_eq!(after.as_array().unwrap().len(), entries);
+
+    // Tampering, each reported.
+    let live_id: i64 = live_only[0]["id"].as_i64().unwrap();
+    let first_live = db
+        .psql("SELECT min(id) FROM audit.auditlog")
+        .unwrap()
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    assert_eq!(first_live, live_id);
+    ok(&["seal"], url, &[]);
+    let altered = |sql: &str, expect: &str| {
+        db.psql(&format!("BEGIN; {sql}")).ok();
+        let out = pg_audit(&["verify", "--seals", seals.to_str().unwrap()], url, &[]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{sql}: {text}");
+        assert!(
+            text.contains(expect),
+            "{sql}: expected {expect:?} in {text}"
+        );
+    };
+    db.psql(&format!(
+        "CREATE TABLE keep AS SELECT * FROM audit.auditlog WHERE id = {live_id}"
+    ))
+    .unwrap();
+    altered(
+        &format!(
+            "UPDATE audit.auditlog SET new_values = new_values || '{{\"name\": \"Mallory\"}}' WHERE id = {live_id}; COMMIT;"
+        ),
+        &format!("entry {live_id} was changed"),
+    );
+    altered(
+        &format!("DELETE FROM audit.auditlog WHERE id = {live_id}; COMMIT;"),
+        &format!("entry {live_id} was deleted"),
+    );
+    altered(
+        "INSERT INTO audit.auditlog SELECT * FROM keep; INSERT INTO audit.auditlog SELECT * FROM keep; COMMIT;",
+        &format!("entry {live_id} was inserted"),
+    );
+    // An archived file rewritten with a changed value.
+    db.psql(&format!(
+        "DELETE FROM audit.auditlog WHERE id = {live_id}; INSERT INTO audit.auditlog SELECT * FROM keep;"
+    ))
+    .unwrap();
+    assert!(ok(&["verify"], url, &[]).starts_with("ok:"));
+    let file = files.join("audit.auditlog_old.parquet");
+    duckdb(&format!(
+        r#"
+import duckdb, json
+duckdb.sql("""COPY (SELECT * REPLACE (CASE WHEN id = 7 THEN '{{"id": 7, "name": "Mallory"}}' ELSE new_values END AS new_values)
+    FROM read_parquet('{f}') ORDER BY record_key NULLS LAST, id) TO '{f}.new' (FORMAT parquet)""")
+print(json.dumps(1))
+"#,
+        f = file.display()
+    ));
+    std::fs::rename(format!("{}.new", file.display()), &file).unwrap();
+    let out = pg_audit(&["verify"], url, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("differs from what the catalogue recorded"),
+        "{text}"
+    );
+    assert!(text.contains("entry 7 was changed"), "{text}");
+}
+
+/// A free port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An S3-compatible server (moto; CI installs it with pip), killed at the end.
+struct S3(Child, u16);
+
+impl Drop for S3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn s3_server() -> S3 {
+    let port = free_port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server runs (pip install 'moto[server]'; CI installs it)");
+    let server = S3(child, port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the S3 server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server
+}
+
+#[test]
+fn archive_to_s3_reads_back_and_redacts_in_place() {
+    let s3 = s3_server();
+    let endpoint = format!("http://127.0.0.1:{}", s3.1);
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+    ];
+    let made = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket='audit-archive')"
+            ),
+        ])
+        .status()
+        .expect("python3 with boto3");
+    assert!(made.success(), "the bucket is made");
+
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("archive_s3").expect("database");
+    let url = db.url();
+    let partition = fill(&db);
+    let expected = rows_in_database(&db, &partition);
+    ok(&["seal"], url, &[]);
+    let report = ok(
+        &[
+            "archive",
+            "--older-than",
+            "6 months",
+            "--to",
+            "s3://audit-archive/prod/logs",
+            "--json",
+        ],
+        url,
+        &env,
+    );
+    let report: Value = serde_json::from_str(&report).unwrap();
+    assert_eq!(
+        report[0]["location"],
+        "s3://audit-archive/prod/logs/audit.auditlog_old.parquet"
+    );
+    // DuckDB reads the object as it is (downloaded).
+    let local = tempdir("archive_s3").join("copy.parquet");
+    let fetched = Command::new("python3")
+        .args([
+            "-c",
+            &format!(
+                "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').download_file('audit-archive', 'prod/logs/audit.auditlog_old.parquet', '{}')",
+                local.display()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(fetched.success());
+    assert_eq!(rows_in_files(local.to_str().unwrap()), expected);
+
+    let history = ok(
+        &["history", "users", "42", "--archived", "--json"],
+        url,
+        &env,
+    );
+    let history: Value = serde_json::from_str(&history).unwrap();
+    assert!(history.as_array().unwrap().len() >= 4, "{history}");
+    assert!(ok(&["verify"], url, &env).starts_with("ok:"));
+    ok(
+        &[
+            "redact", "--table", "users", "--key", "42", "--reason", "erase 42",
+        ],
+        url,
+        &env,
+    );
+    assert!(ok(&["verify"], url, &env).starts_with("ok:"));
+    let history = ok(
+        &["history", "users", "42", "--archived", "--json"],
+        url,
+        &env,
+    );
+    assert!(
+        !history.contains(SECRET_EMAIL) && !history.contains(SECRET_NAME),
+        "{history}"
+    );
+    assert!(history.contains("[redacted]"));
+}
+
+#[test]
+fn bad_input_is_refused_naming_the_fix() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("archive_errors").expect("database");
+    let url = db.url();
+    let _ = fill(&db);
+    let refused = |args: &[&str], expect: &str| {
+        let out = pg_audit(args, url, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(expect),
+            "{args:?}: expected {expect:?} in {err}"
+        );
+    };
+    let dir = tempdir("archive_errors");
+    let to = dir.to_str().unwrap();
+    refused(
+        &[
+            "archive",
+            "--older-than",
+            "6 months",
+            "--to",
+            "ftp://host/x",
+        ],
+        "s3://bucket/prefix",
+    );
+    refused(
+        &["archive", "--older-than", "half a year", "--to", to],
+        "an interval such as",
+    );
+    refused(
+        &["redact", "--table", "users", "--key", "42", "--reason", " "],
+        "--reason is empty",
+    );
+    refused(&["redact", "--reason", "x"], "--table and --key");
+    // Once sealing is in use, a partition is not archived before its rows are sealed.
+    ok(&["seal"], url, &[]);
+    db.psql("INSERT INTO audit.auditlog (changed_at, operation, schema_name, table_name, db_user) \
+               VALUES (date_trunc('month', now() - interval '8 months'), 'TRUNCATE', 'public', 'users', 'x')")
+        .expect("a late row in the old partition");
+    refused(
+        &["archive", "--older-than", "6 months", "--to", to],
+        "pg-audit seal",
+    );
+    assert!(
+        db.psql("SELECT to_regclass('audit.auditlog_old') IS NOT NULL")
+            .unwrap()
+            .contains('t'),
+        "nothing is dropped"
+    );
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("pg-audit-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

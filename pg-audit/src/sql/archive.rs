@@ -1,0 +1,166 @@
+//! The archive: partitions written as Parquet files and dropped, and the catalogue that lists
+//! the files (`<log>_archives`). The files are written and read by `pg-audit-archive`; here is
+//! what the database holds and the SQL that reads rows out and back in.
+
+use std::fmt::Write as _;
+
+use crate::QualifiedName;
+use crate::ident::text_literal;
+use crate::sql::log::AuditLog;
+use crate::sql::shape::{LOG_COLUMNS, LogColumn};
+
+/// How a log column is stored in an archived file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveType {
+    /// A 64-bit integer.
+    Int64,
+    /// A timestamp in microseconds since 1970-01-01 UTC.
+    TimestampMicros,
+    /// UTF-8 text; JSON columns as the server prints them.
+    Text,
+}
+
+impl ArchiveType {
+    /// How `column` is archived.
+    pub fn of(column: &LogColumn) -> Self {
+        match column.sql_type {
+            "bigint" => ArchiveType::Int64,
+            "timestamptz" => ArchiveType::TimestampMicros,
+            _ => ArchiveType::Text,
+        }
+    }
+}
+
+/// A column as the archive reads it out of the database, from row alias `alias`.
+fn out_expr(column: &LogColumn, alias: &str) -> String {
+    let c = format!("{alias}.{}", column.name);
+    match (ArchiveType::of(column), column.sql_type) {
+        (ArchiveType::TimestampMicros, _) => {
+            format!("(extract(epoch FROM {c}) OPERATOR(pg_catalog.*) 1000000)::bigint")
+        }
+        (ArchiveType::Text, "text") | (ArchiveType::Int64, _) => c,
+        (ArchiveType::Text, _) => format!("{c}::text"),
+    }
+}
+
+/// A column as loaded back from the staging table's text or integer, from row alias `alias`.
+fn in_expr(column: &LogColumn, alias: &str) -> String {
+    let c = format!("{alias}.{}", column.name);
+    match ArchiveType::of(column) {
+        ArchiveType::TimestampMicros => format!(
+            "(timestamptz 'epoch' OPERATOR(pg_catalog.+) ({c} OPERATOR(pg_catalog.*) interval '1 microsecond'))"
+        ),
+        ArchiveType::Int64 => c,
+        ArchiveType::Text => format!("{c}::{}", column.sql_type),
+    }
+}
+
+impl AuditLog {
+    /// The archive catalogue: one row per archived partition.
+    pub fn archives_table(&self) -> QualifiedName {
+        self.function("archives")
+    }
+
+    /// The rows of `partition`, in the archive's order (a record's entries together, by
+    /// `record_key`, then by id; TRUNCATE entries, which have no key, last), each column as
+    /// [`ArchiveType`] says.
+    pub fn archive_rows_sql(&self, relation: &str) -> String {
+        let list: Vec<String> = LOG_COLUMNS.iter().map(|c| out_expr(c, "l")).collect();
+        format!(
+            "SELECT {} FROM {relation} AS l ORDER BY l.record_key NULLS LAST, l.id",
+            list.join(", ")
+        )
+    }
+
+    /// The number of rows, lowest and highest id, and content digest (a SHA-256 over the
+    /// rows' digests in id order, the digests the seals use) of `relation`: a partition, or a
+    /// temporary table rows were loaded back into.
+    pub fn content_digest_sql(&self, relation: &str) -> String {
+        format!(
+            "SELECT row_count, min_id, max_id, content_sha256 FROM {}({}::regclass)",
+            self.function("content_of"),
+            text_literal(relation)
+        )
+    }
+
+    /// Creates the temporary tables archived rows are loaded back into: `stage` (every column
+    /// as [`ArchiveType`] stores it, filled by `COPY ... (FORMAT csv)`) and `target` (the
+    /// log's columns), for the session, both emptied.
+    pub fn load_tables_sql(&self, stage: &str, target: &str) -> String {
+        let stage_columns: Vec<String> = LOG_COLUMNS
+            .iter()
+            .map(|c| {
+                let ty = match ArchiveType::of(c) {
+                    ArchiveType::Int64 | ArchiveType::TimestampMicros => "bigint",
+                    ArchiveType::Text => "text",
+                };
+                format!("{} {ty}", c.name)
+            })
+            .collect();
+        format!(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({});
+             CREATE TEMPORARY TABLE IF NOT EXISTS {target} (LIKE {} INCLUDING DEFAULTS);",
+            stage_columns.join(", "),
+            self.table()
+        )
+    }
+
+    /// Moves the staged rows into `target`, converting each column back.
+    pub fn unstage_sql(&self, stage: &str, target: &str) -> String {
+        let list: Vec<String> = LOG_COLUMNS.iter().map(|c| in_expr(c, "s")).collect();
+        format!(
+            "INSERT INTO {target} ({}) SELECT {} FROM {stage} AS s; TRUNCATE {stage};",
+            crate::sql::seal::column_list(),
+            list.join(", ")
+        )
+    }
+
+    /// Records an archived partition: `$1` partition, `$2` range start, `$3` range end (text
+    /// timestamps), `$4` location, `$5` rows, `$6` min id, `$7` max id, `$8` bytes, `$9`
+    /// content digest.
+    pub fn insert_archive_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (partition_name, range_start, range_end, location, row_count, min_id, max_id, bytes, content_sha256)
+             VALUES ($1, $2::text::timestamptz, $3::text::timestamptz, $4, $5, $6, $7, $8, $9)",
+            self.archives_table()
+        )
+    }
+
+    /// The archived partitions, oldest first.
+    pub fn list_archives_sql(&self) -> String {
+        format!(
+            "SELECT partition_name, range_start::text AS range_start, range_end::text AS range_end, location,
+                    row_count, min_id, max_id, bytes, content_sha256, archived_at::text AS archived_at
+               FROM {} ORDER BY range_start, partition_name",
+            self.archives_table()
+        )
+    }
+}
+
+/// The catalogue's DDL, part of the log's.
+pub(crate) fn objects_sql(log: &AuditLog) -> String {
+    let archives = log.archives_table();
+    let mut sql = String::new();
+    let _ = writeln!(
+        sql,
+        "CREATE TABLE IF NOT EXISTS {archives} (
+    partition_name text PRIMARY KEY,
+    range_start timestamptz NOT NULL,
+    range_end timestamptz NOT NULL,
+    location text NOT NULL,
+    row_count bigint NOT NULL,
+    min_id bigint,
+    max_id bigint,
+    bytes bigint NOT NULL,
+    content_sha256 bytea NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    archived_by text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE {archives} IS {};
+REVOKE ALL ON TABLE {archives} FROM PUBLIC;",
+        text_literal(
+            "pg-audit archive: partitions moved to Parquet files; content_sha256 is over the rows' seal digests"
+        )
+    );
+    sql
+}

@@ -1,0 +1,522 @@
+//! Tamper evidence and erasure: the digest of a log row, the seals (a hash chain over the rows
+//! of ended transactions, in id order), and redaction (a value replaced by a marker, its digest
+//! kept, so the seals still verify).
+//!
+//! A row's digest is a SHA-256 over one digest per column, and for the JSON columns one per
+//! top-level key: a redacted value keeps its digest in the redaction log, so the row's digest
+//! does not change. NULL columns contribute nothing, so a column added to the log later leaves
+//! older rows' digests as they were sealed.
+//!
+//! Every digest is computed by the server, by the functions below (`seal_of`, `content_of`,
+//! `redact`, all from [`row_digest_expr`]): the sealer, `verify` (which loads archived rows
+//! back into a temporary table with the log's columns) and the archive's read-back check all
+//! call them, so there is one definition.
+
+use std::fmt::Write as _;
+
+use crate::ident::text_literal;
+use crate::sql::create_function;
+use crate::sql::log::AuditLog;
+use crate::sql::shape::{LOG_COLUMNS, LogColumn};
+
+/// What a redacted value becomes, in the log and in archived files (a JSON string).
+pub const REDACTED: &str = "[redacted]";
+
+/// The most rows one seal covers, unless the caller asks otherwise.
+pub const DEFAULT_SEAL_ROWS: u32 = 100_000;
+
+/// Bytes per row in a seal's `rows`: the id (8, big-endian) and the first 8 of its digest.
+pub const SEAL_ROW_BYTES: usize = 16;
+
+impl AuditLog {
+    /// The seals: each covers every id in `first_id..=last_id`, chained by `prev_hash`.
+    pub fn seals_table(&self) -> crate::QualifiedName {
+        self.function("seals")
+    }
+
+    /// The redaction log: who erased what, when and why.
+    pub fn redactions_table(&self) -> crate::QualifiedName {
+        self.function("redactions")
+    }
+
+    /// The digest of each erased value, by entry, column and key.
+    pub fn redacted_values_table(&self) -> crate::QualifiedName {
+        self.function("redacted_values")
+    }
+
+    /// The sealer's state: the horizon it will seal up to once the transactions running at its
+    /// last run have ended.
+    pub(crate) fn seal_state_table(&self) -> crate::QualifiedName {
+        self.function("seal_state")
+    }
+
+    /// `SELECT * FROM <log>_seal(max_rows)`: seals the rows of ended transactions, at most
+    /// `max_rows` per seal; one row per seal made. Returns nothing while another seal runs.
+    pub fn seal_sql(&self, max_rows: u32) -> String {
+        format!(
+            "SELECT seal_id, first_id, last_id, row_count FROM {}({max_rows})",
+            self.function("seal")
+        )
+    }
+
+    /// The seals in order, for `verify` and export.
+    pub fn list_seals_sql(&self) -> String {
+        format!(
+            "SELECT seal_id, first_id, last_id, row_count, rows, prev_hash, hash, sealed_at, sealed_by
+               FROM {} ORDER BY seal_id",
+            self.seals_table()
+        )
+    }
+
+    /// What the seal over `$1..=$2` with previous hash `$3` would hold, recomputed now from the
+    /// log and, when `archived` names a table with the log's columns, the archived rows loaded
+    /// into it: `row_count`, `rows`, `hash`.
+    pub fn reseal_sql(&self, archived: Option<&str>) -> String {
+        format!(
+            "SELECT row_count, rows, hash FROM {}($1, $2, $3, {})",
+            self.function("seal_of"),
+            archived.map_or("NULL".to_owned(), |t| format!(
+                "{}::regclass",
+                text_literal(t)
+            ))
+        )
+    }
+
+    /// The log's highest id handed out, and the highest sealed.
+    pub fn seal_progress_sql(&self) -> String {
+        format!(
+            "SELECT (SELECT max(last_id) FROM {seals}) AS sealed_upto,
+                    (SELECT max(id) FROM {log}) AS max_id,
+                    (SELECT count(*) FROM {log} WHERE id > coalesce((SELECT max(last_id) FROM {seals}), 0)) AS unsealed",
+            seals = self.seals_table(),
+            log = self.table(),
+        )
+    }
+
+    /// Records a redaction (`$1` reason, `$2` table schema, `$3` table name, `$4` record key
+    /// object or NULL, `$5` columns or NULL, `$6` what the erasure targets, e.g. `context
+    /// user_id`) and returns its `redaction_id`.
+    pub fn insert_redaction_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (reason, table_schema, table_name, record_pk, columns, target)
+             VALUES ($1, $2, $3, $4::text::jsonb, $5::text[], $6) RETURNING redaction_id",
+            self.redactions_table()
+        )
+    }
+
+    /// Erases values in the entries of `target` (the log, or a table with its columns holding
+    /// archived rows) for redaction `$1`: with `$2`/`$3`/`$4` (schema, table, key object) the
+    /// named columns `$5` (NULL: every column but the key's) of one record; with `$6` the
+    /// context's `user_id` of every entry that has it. Returns the ids of the entries changed.
+    pub fn redact_sql(&self, target: &str) -> String {
+        format!(
+            "SELECT entry_id FROM {}({}::regclass, $1, $2, $3, $4::text::jsonb, $5::text[], $6)",
+            self.function("redact"),
+            text_literal(target)
+        )
+    }
+}
+
+/// The digest of one value (`key` and `value` SQL text expressions) — of a key of a JSON
+/// column, and what a redaction records for the value it erases.
+fn value_digest_expr(key: &str, value: &str) -> String {
+    format!("sha256(convert_to({key}, 'UTF8') || '\\x00'::bytea || convert_to({value}, 'UTF8'))")
+}
+
+/// The digest of JSON column `column` of row alias `alias`: one digest per top-level key in the
+/// value's own key order, a redacted key's being the one its redaction recorded; NULL when the
+/// value is NULL.
+fn json_digest_expr(log: &AuditLog, column: &LogColumn, alias: &str) -> String {
+    let c = format!("{alias}.{}", column.name);
+    let name = text_literal(column.name);
+    let marker = text_literal(&format!("\"{REDACTED}\""));
+    let (each, typeof_, is_marker) = if column.sql_type == "jsonb" {
+        (
+            "jsonb_each",
+            "jsonb_typeof",
+            format!("e.value = {marker}::jsonb"),
+        )
+    } else {
+        (
+            "json_each",
+            "json_typeof",
+            format!("e.value::text = {marker}"),
+        )
+    };
+    let vd = value_digest_expr("e.key", "e.value::text");
+    format!(
+        "CASE WHEN {c} IS NULL THEN NULL
+      WHEN {typeof_}({c}) <> 'object' THEN {whole}
+      ELSE sha256(convert_to({name}, 'UTF8') || '\\x02'::bytea || coalesce((
+          SELECT string_agg(CASE WHEN {is_marker}
+                                 THEN coalesce((SELECT r.digest FROM {values} AS r
+                                                 WHERE r.entry_id = {alias}.id AND r.column_name = {name} AND r.key = e.key), {vd})
+                                 ELSE {vd} END, ''::bytea ORDER BY e.n)
+            FROM {each}({c}) WITH ORDINALITY AS e(key, value, n)), ''::bytea)) END",
+        whole = value_digest_expr(&name, &format!("{c}::text")),
+        values = log.redacted_values_table(),
+    )
+}
+
+/// The digest of the row alias `alias` (with the log's columns), as SQL run with the
+/// `search_path` pinned (inside the functions below): the scalar columns as one JSON object
+/// (NULLs stripped, timestamps in microseconds), then each JSON column's digest.
+pub(crate) fn row_digest_expr(log: &AuditLog, alias: &str) -> String {
+    let scalars: Vec<String> = LOG_COLUMNS
+        .iter()
+        .filter(|c| !matches!(c.sql_type, "json" | "jsonb"))
+        .map(|c| {
+            let v = format!("{alias}.{}", c.name);
+            let v = if c.sql_type == "timestamptz" {
+                format!("(extract(epoch FROM {v}) * 1000000)::bigint")
+            } else {
+                v
+            };
+            format!("{}, {v}", text_literal(c.name))
+        })
+        .collect();
+    let mut parts = vec![format!(
+        "convert_to(jsonb_strip_nulls(jsonb_build_object({}))::text, 'UTF8')",
+        scalars.join(", ")
+    )];
+    parts.extend(
+        LOG_COLUMNS
+            .iter()
+            .filter(|c| matches!(c.sql_type, "json" | "jsonb"))
+            .map(|c| format!("coalesce({}, ''::bytea)", json_digest_expr(log, c, alias))),
+    );
+    format!("sha256({})", parts.join("\n        || "))
+}
+
+/// The log's column names, comma-separated, in table order.
+pub fn column_list() -> String {
+    LOG_COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The tables (seals, their state, redactions) and functions (digests, seal, redact) of tamper
+/// evidence and erasure, part of the log's DDL.
+pub(crate) fn objects_sql(log: &AuditLog) -> String {
+    let table = log.table();
+    let table_lit = table.literal();
+    let seals = log.seals_table();
+    let state = log.seal_state_table();
+    let redactions = log.redactions_table();
+    let values = log.redacted_values_table();
+    let seal_of = log.function("seal_of");
+    let seal = log.function("seal");
+    let redact = log.function("redact");
+    let append_only = log.function("append_only");
+    let marker = text_literal(&format!("\"{REDACTED}\""));
+    let columns = column_list();
+    let mut sql = String::new();
+
+    let _ = writeln!(
+        sql,
+        "CREATE TABLE IF NOT EXISTS {seals} (
+    seal_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    first_id bigint NOT NULL,
+    last_id bigint NOT NULL,
+    row_count bigint NOT NULL,
+    rows bytea NOT NULL,
+    prev_hash bytea,
+    hash bytea NOT NULL,
+    sealed_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    sealed_by text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE {seals} IS 'pg-audit seals: a hash chain over the log in id order; append-only';
+CREATE TABLE IF NOT EXISTS {state} (
+    pending_id bigint NOT NULL,
+    pending_snapshot pg_snapshot NOT NULL
+);
+CREATE TABLE IF NOT EXISTS {redactions} (
+    redaction_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    redacted_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    redacted_by text NOT NULL DEFAULT session_user,
+    reason text NOT NULL CHECK (pg_catalog.btrim(reason) <> ''),
+    table_schema text,
+    table_name text,
+    record_pk jsonb,
+    columns text[],
+    target text NOT NULL
+);
+COMMENT ON TABLE {redactions} IS 'pg-audit redactions: values erased from the log and its archives; append-only';
+CREATE TABLE IF NOT EXISTS {values} (
+    redaction_id bigint NOT NULL REFERENCES {redactions},
+    entry_id bigint NOT NULL,
+    column_name text NOT NULL,
+    key text NOT NULL,
+    digest bytea NOT NULL,
+    PRIMARY KEY (entry_id, column_name, key)
+);
+"
+    );
+
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{append_only}()"),
+            "trigger",
+            "plpgsql",
+            false,
+            "
+BEGIN
+    RAISE EXCEPTION 'pg-audit: % is append-only', TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Seals and redactions are evidence: they are added to, never changed.';
+END
+"
+        )
+    );
+    for t in [&seals, &redactions, &values] {
+        let body = format!(
+            "
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
+                    WHERE tgrelid OPERATOR(pg_catalog.=) {lit}::regclass
+                      AND tgname OPERATOR(pg_catalog.=) 'pg_audit_append_only') THEN
+        CREATE TRIGGER pg_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t}
+            FOR EACH STATEMENT EXECUTE FUNCTION {append_only}();
+    END IF;
+END
+",
+            lit = t.literal()
+        );
+        let _ = writeln!(sql, "DO {};", crate::ident::dollar_quote(&body));
+    }
+    sql.push('\n');
+
+    let digest = row_digest_expr(log, "l");
+    let seal_of_body = format!(
+        "
+DECLARE
+    source text := 'SELECT {columns} FROM {table} WHERE id >= $1 AND id <= $2';
+BEGIN
+    IF archived IS NOT NULL THEN
+        source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s WHERE id >= $1 AND id <= $2', archived);
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT count(*), coalesce(string_agg(int8send(d.id) || substr(d.digest, 1, 8), ''''::bytea ORDER BY d.id, d.digest), ''''::bytea),
+                sha256(coalesce($3, ''''::bytea) || int8send($1) || int8send($2)
+                       || coalesce(string_agg(d.digest, ''''::bytea ORDER BY d.id, d.digest), ''''::bytea))
+           FROM (SELECT l.id, ' || {digest_lit} || ' AS digest FROM (' || source || ') AS l) AS d'
+        USING from_id, upto_id, prev_hash;
+END
+",
+        digest_lit = text_literal(&digest),
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!(
+                "{seal_of}(from_id bigint, upto_id bigint, prev_hash bytea, archived regclass DEFAULT NULL)"
+            ),
+            "TABLE (row_count bigint, rows bytea, hash bytea)",
+            "plpgsql STABLE",
+            false,
+            &seal_of_body
+        )
+    );
+
+    let content_body = format!(
+        "
+BEGIN
+    RETURN QUERY EXECUTE
+        'SELECT count(*), min(l.id), max(l.id), sha256(coalesce(string_agg(' || {digest_lit} || ', ''''::bytea ORDER BY l.id), ''''::bytea)) FROM '
+        || relation::text || ' AS l';
+END
+",
+        digest_lit = text_literal(&digest),
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{}(relation regclass)", log.function("content_of")),
+            "TABLE (row_count bigint, min_id bigint, max_id bigint, content_sha256 bytea)",
+            "plpgsql STABLE",
+            false,
+            &content_body
+        )
+    );
+
+    // The horizon: every writer holds a transaction id before it takes a log id (the triggers
+    // run after the audited write; the capture worker asks for one first). So once every
+    // transaction running when the sequence was read has ended, no row with an id up to that
+    // value can still appear.
+    let seal_body = format!(
+        "
+DECLARE
+    handed_out bigint;
+    called boolean;
+    snap pg_snapshot;
+    pending record;
+    horizon bigint;
+    prev_last bigint;
+    prev_hash bytea;
+    lo bigint;
+    hi bigint;
+    n bigint;
+    m bigint;
+    made record;
+    sid bigint;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pg-audit: max_rows must be 1 or more, not %', max_rows;
+    END IF;
+    -- One sealer at a time; no writer takes this lock.
+    IF NOT pg_try_advisory_xact_lock(hashtext({seals_lit})) THEN
+        RAISE NOTICE 'pg-audit: another seal of this log is running';
+        RETURN;
+    END IF;
+    EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s', pg_get_serial_sequence({table_lit}, 'id'))
+       INTO handed_out, called;
+    IF NOT called THEN
+        handed_out := handed_out - 1;
+    END IF;
+    snap := pg_current_snapshot();
+    SELECT s.pending_id, s.pending_snapshot INTO pending FROM {state} AS s;
+    IF NOT EXISTS (SELECT FROM pg_snapshot_xip(snap) AS x
+                    WHERE x IS DISTINCT FROM pg_current_xact_id_if_assigned()
+                      AND pg_xact_status(x) = 'in progress') THEN
+        horizon := handed_out;
+    ELSIF pending.pending_id IS NOT NULL
+          AND NOT EXISTS (SELECT FROM pg_snapshot_xip(pending.pending_snapshot) AS x
+                           WHERE pg_xact_status(x) = 'in progress') THEN
+        horizon := pending.pending_id;
+    END IF;
+    DELETE FROM {state};
+    INSERT INTO {state} (pending_id, pending_snapshot) VALUES (handed_out, snap);
+    SELECT s.last_id, s.hash INTO prev_last, prev_hash FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
+    lo := coalesce(prev_last, 0) + 1;
+    WHILE horizon IS NOT NULL AND lo <= horizon LOOP
+        SELECT count(*), max(c.id) INTO n, m
+          FROM (SELECT l.id FROM {table} AS l WHERE l.id >= lo AND l.id <= horizon ORDER BY l.id LIMIT max_rows) AS c;
+        hi := CASE WHEN n = max_rows THEN m ELSE horizon END;
+        SELECT * INTO made FROM {seal_of}(lo, hi, prev_hash);
+        INSERT INTO {seals} (first_id, last_id, row_count, rows, prev_hash, hash)
+             VALUES (lo, hi, made.row_count, made.rows, prev_hash, made.hash)
+          RETURNING {seals}.seal_id INTO sid;
+        seal_id := sid;
+        first_id := lo;
+        last_id := hi;
+        row_count := made.row_count;
+        RETURN NEXT;
+        prev_hash := made.hash;
+        lo := hi + 1;
+    END LOOP;
+END
+",
+        seals_lit = seals.literal(),
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{seal}(max_rows integer DEFAULT {DEFAULT_SEAL_ROWS})"),
+            "TABLE (seal_id bigint, first_id bigint, last_id bigint, row_count bigint)",
+            "plpgsql",
+            false,
+            &seal_body
+        )
+    );
+
+    let record_key = crate::sql::shape::record_key_expr("tbl_schema", "tbl_name", "pk");
+    // The marker inside the string literals of `format` templates.
+    let marker = marker.replace('\'', "''");
+    let vd = value_digest_expr("e.key", "e.value::text").replace('\'', "''");
+    let redact_body = format!(
+        "
+DECLARE
+    filter text;
+BEGIN
+    IF pk IS NOT NULL THEN
+        filter := pg_catalog.format('schema_name = %L AND table_name = %L AND (record_key = %s OR old_record_key = %s) AND (record_pk = %L OR old_record_pk = %L)',
+                                    tbl_schema, tbl_name, {record_key}, {record_key}, pk, pk);
+        -- The digest of each value about to be erased, kept so the seals still verify.
+        EXECUTE pg_catalog.format(
+            'INSERT INTO {values} (redaction_id, entry_id, column_name, key, digest)
+             SELECT $1, l.id, v.col, e.key, {vd}
+               FROM %s AS l
+              CROSS JOIN LATERAL (VALUES (''old_values'', l.old_values), (''new_values'', l.new_values)) AS v(col, data)
+              CROSS JOIN LATERAL jsonb_each(CASE WHEN jsonb_typeof(v.data) = ''object'' THEN v.data END) AS e
+              WHERE %s
+                AND e.value <> {marker}::jsonb
+                AND CASE WHEN $2 IS NULL THEN NOT (l.record_pk ? e.key) ELSE e.key = ANY ($2) END
+             ON CONFLICT DO NOTHING', target, filter)
+          USING redaction, columns;
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'UPDATE %s AS l
+                SET old_values = (SELECT jsonb_object_agg(e.key, CASE WHEN r.key IS NULL THEN e.value ELSE {marker}::jsonb END)
+                                    FROM jsonb_each(l.old_values) AS e
+                                    LEFT JOIN {values} AS r ON r.entry_id = l.id AND r.column_name = ''old_values'' AND r.key = e.key),
+                    new_values = (SELECT jsonb_object_agg(e.key, CASE WHEN r.key IS NULL THEN e.value ELSE {marker}::jsonb END)
+                                    FROM jsonb_each(l.new_values) AS e
+                                    LEFT JOIN {values} AS r ON r.entry_id = l.id AND r.column_name = ''new_values'' AND r.key = e.key)
+              WHERE %s
+                AND EXISTS (SELECT FROM {values} AS r
+                             WHERE r.entry_id = l.id AND r.column_name IN (''old_values'', ''new_values'')
+                               AND (jsonb_typeof(l.old_values) = ''object'' AND l.old_values->r.key <> {marker}::jsonb
+                                    OR jsonb_typeof(l.new_values) = ''object'' AND l.new_values->r.key <> {marker}::jsonb))
+             RETURNING l.id', target, filter);
+    ELSIF user_id IS NOT NULL THEN
+        EXECUTE pg_catalog.format(
+            'INSERT INTO {values} (redaction_id, entry_id, column_name, key, digest)
+             SELECT $1, l.id, ''context'', e.key, {vd}
+               FROM %s AS l
+              CROSS JOIN LATERAL json_each(CASE WHEN json_typeof(l.context) = ''object'' THEN l.context END) AS e
+              WHERE l.context->>''user_id'' = $2 AND e.key = ''user_id''
+             ON CONFLICT DO NOTHING', target)
+          USING redaction, user_id;
+        RETURN QUERY EXECUTE pg_catalog.format(
+            'UPDATE %s AS l
+                SET context = (SELECT json_object_agg(e.key, CASE WHEN e.key = ''user_id'' THEN {marker}::json ELSE e.value END ORDER BY e.n)
+                                 FROM json_each(l.context) WITH ORDINALITY AS e(key, value, n))
+              WHERE l.context->>''user_id'' = $1
+             RETURNING l.id', target)
+          USING user_id;
+    ELSE
+        RAISE EXCEPTION 'pg-audit: a redaction names a record (table and key) or a user id';
+    END IF;
+END
+"
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!(
+                "{redact}(target regclass, redaction bigint, tbl_schema text, tbl_name text, pk jsonb, columns text[], user_id text)"
+            ),
+            "TABLE (entry_id bigint)",
+            "plpgsql",
+            false,
+            &redact_body
+        )
+    );
+    let _ = table_lit;
+    for t in [&seals, &state, &redactions, &values] {
+        let _ = writeln!(sql, "REVOKE ALL ON TABLE {t} FROM PUBLIC;");
+    }
+    sql
+}
+
+/// The functions of tamper evidence and erasure, with their argument types (revoked from
+/// PUBLIC, dropped with the log).
+pub(crate) fn function_signatures(log: &AuditLog) -> [(crate::QualifiedName, &'static str); 5] {
+    [
+        (log.function("append_only"), ""),
+        (log.function("seal_of"), "bigint, bigint, bytea, regclass"),
+        (log.function("content_of"), "regclass"),
+        (log.function("seal"), "integer"),
+        (
+            log.function("redact"),
+            "regclass, bigint, text, text, jsonb, text[], text",
+        ),
+    ]
+}
