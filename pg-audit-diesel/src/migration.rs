@@ -245,24 +245,40 @@ fn model_migration(model: &str, spec: &TriggerSpec, log: &AuditLog) -> SqlMigrat
     )
 }
 
-/// Dropping the log would destroy the audit trail: only an empty log is dropped.
+/// Dropping the log would destroy the audit trail: only an empty log is dropped, and only
+/// when it has no archived partitions, seals or redactions either.
 fn drop_log_if_empty(log: &AuditLog) -> String {
+    let trail: Vec<String> = [
+        log.table().clone(),
+        log.archives_table(),
+        log.seals_table(),
+        log.redactions_table(),
+    ]
+    .iter()
+    .map(|t| quote_literal(&t.to_string()).expect("no NUL"))
+    .collect();
     let check = format!(
         "
 DECLARE
-    tbl regclass := pg_catalog.to_regclass({table_lit});
+    tbl regclass;
     n bigint;
 BEGIN
-    IF tbl IS NOT NULL THEN
-        EXECUTE 'SELECT count(*) FROM ' || tbl::text INTO n;
-        IF n > 0 THEN
-            RAISE EXCEPTION 'pg-audit: the audit log % holds % rows; it is not dropped by a migration revert', tbl, n
-                USING HINT = 'Archive the rows (pg_dump -t), then drop the log by hand if that is really meant.';
+    FOREACH tbl IN ARRAY ARRAY[{}]::regclass[] LOOP
+        IF tbl IS NOT NULL THEN
+            EXECUTE 'SELECT count(*) FROM ' || tbl::text INTO n;
+            IF n > 0 THEN
+                RAISE EXCEPTION 'pg-audit: % holds % rows of the audit trail; it is not dropped by a migration revert', tbl, n
+                    USING HINT = 'Archive the rows (pg_dump -t), then drop the log by hand if that is really meant.';
+            END IF;
         END IF;
-    END IF;
+    END LOOP;
 END
 ",
-        table_lit = quote_literal(&log.table().to_string()).expect("no NUL"),
+        trail
+            .iter()
+            .map(|t| format!("pg_catalog.to_regclass({t})"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     format!("DO {};\n{}", dollar_quote(&check), log.drop_sql())
 }

@@ -191,7 +191,7 @@ fn reverting_removes_what_was_installed_but_never_the_audit_trail() {
         .to_string();
     assert!(
         e.contains(
-            "the audit log audit.auditlog holds 1 rows; it is not dropped by a migration revert"
+            "audit.auditlog holds 1 rows of the audit trail; it is not dropped by a migration revert"
         ),
         "{e}"
     );

@@ -338,10 +338,7 @@ impl AuditLog {
     /// to its table.
     pub fn drop_sql(&self) -> String {
         let mut sql = format!("DROP EVENT TRIGGER IF EXISTS {};\n", self.event_trigger());
-        for (name, args) in self.function_signatures() {
-            let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
-        }
-        let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
+        // The tables whose append-only triggers call a function dropped below.
         for table in [
             self.archives_table(),
             self.seals_table(),
@@ -351,6 +348,10 @@ impl AuditLog {
         ] {
             let _ = writeln!(sql, "DROP TABLE IF EXISTS {table};");
         }
+        for (name, args) in self.function_signatures() {
+            let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
+        }
+        let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
         let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.table);
         sql
     }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The log over years, measured: the size of a month of log in PostgreSQL and in Parquet, the
+# speed of sealing and of archiving, and the cost to writers of a sealer running beside them.
+#
+#   pg-audit-bench/archive.sh [ROWS]      # default 1,000,000 log rows; needs pgbench
+#
+# A throwaway server (release build of the program). The month: ROWS log rows written by the
+# triggers (inserts of a users table, then updates of a third of them), moved into a partition
+# eight months back. Writers: pgbench, single-row INSERTs into an audited table from 2 clients,
+# 20 s per run, alternating runs without and with `pg-audit seal` looping beside them; the
+# ratio is the medians' (with/without).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rows=${1:-1000000}
+bindir=${PG_BINDIR:-$(pg_config --bindir 2>/dev/null || true)}
+[ -x "$bindir/initdb" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+as_pg=()
+if [ "$(id -u)" = 0 ]; then as_pg=(runuser -u postgres --); fi
+work=$(mktemp -d /tmp/pg-audit-archive-bench.XXXXXX)
+chmod 755 "$work"
+[ "$(id -u)" = 0 ] && chown postgres "$work"
+trap '"${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" stop -m immediate >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+"${as_pg[@]}" "$bindir/initdb" -D "$work/data" -A trust -U postgres -E UTF8 --locale=C >/dev/null
+cat >>"$work/data/postgresql.conf" <<EOF
+listen_addresses = ''
+unix_socket_directories = '$work'
+shared_buffers = 512MB
+max_wal_size = 4GB
+EOF
+"${as_pg[@]}" "$bindir/pg_ctl" -D "$work/data" -l "$work/log" -w start >/dev/null
+cargo build -q --release -p pg-audit-cli
+cli=target/release/pg-audit
+export DATABASE_URL="postgres://postgres@%2F${work//\//%2F}/postgres"
+psql=("$bindir/psql" -h "$work" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt)
+$cli sql table | "${psql[@]}" >/dev/null
+"${psql[@]}" -c "CREATE TABLE users (id bigint PRIMARY KEY, email text, name text, plan text, updated_at timestamptz)"
+$cli sql trigger --table users --primary-key id | "${psql[@]}" >/dev/null
+inserts=$((rows * 3 / 4))
+"${psql[@]}" <<SQL
+DO \$\$
+DECLARE lo timestamptz := date_trunc('month', now() - interval '8 months');
+BEGIN
+    EXECUTE format('CREATE TABLE audit.auditlog_month PARTITION OF audit.auditlog FOR VALUES FROM (%L) TO (%L)', lo, lo + interval '1 month');
+END \$\$;
+INSERT INTO users SELECT g, 'user' || g || '@example.com', 'Name ' || g, 'free', now() FROM generate_series(1, $inserts) AS g;
+UPDATE users SET plan = 'pro', updated_at = now() WHERE id % 3 = 0;
+UPDATE audit.auditlog SET changed_at = date_trunc('month', now() - interval '8 months') + id * interval '1 ms';
+VACUUM ANALYZE audit.auditlog;
+SQL
+n=$("${psql[@]}" -c "SELECT count(*) FROM audit.auditlog_month")
+pg_bytes=$("${psql[@]}" -c "SELECT pg_total_relation_size('audit.auditlog_month')")
+ms() { date +%s%N | cut -c1-13; }
+t0=$(ms); $cli seal >/dev/null; t1=$(ms)
+seal_ms=$((t1 - t0))
+t0=$(ms); $cli archive --older-than '6 months' --to "$work/archive" >/dev/null; t1=$(ms)
+archive_ms=$((t1 - t0))
+file_bytes=$(stat -c %s "$work"/archive/*.parquet)
+t0=$(ms); $cli history users 42 --archived >/dev/null; t1=$(ms)
+history_ms=$((t1 - t0))
+t0=$(ms); $cli verify >/dev/null; t1=$(ms)
+verify_ms=$((t1 - t0))
+
+# Writers with and without a sealer beside them.
+"${psql[@]}" -c "CREATE TABLE hot (id bigserial PRIMARY KEY, v text)"
+$cli sql trigger --table hot --primary-key id | "${psql[@]}" >/dev/null
+echo "INSERT INTO hot (v) VALUES ('x');" >"$work/insert.sql"
+bench() { "$bindir/pgbench" -h "$work" -U postgres -n -c 2 -j 2 -T 20 -f "$work/insert.sql" postgres 2>/dev/null | awk '/^tps/ {print int($3)}'; }
+without=(); with=()
+for _ in 1 2 3; do
+    without+=("$(bench)")
+    (while true; do $cli seal >/dev/null 2>&1; sleep 1; done) & sealer=$!
+    with+=("$(bench)")
+    kill $sealer; wait $sealer 2>/dev/null || true
+done
+median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
+mw=$(median "${without[@]}"); ms_=$(median "${with[@]}")
+echo "month of log: $n rows; PostgreSQL $((pg_bytes / 1048576)) MiB (table and indexes), Parquet $((file_bytes / 1048576)) MiB (zstd)"
+echo "seal: $seal_ms ms, $((n * 1000 / (seal_ms > 0 ? seal_ms : 1))) rows/s"
+echo "archive (write, read back and compare, drop): $archive_ms ms, $((n * 1000 / (archive_ms > 0 ? archive_ms : 1))) rows/s"
+echo "history --archived of one record: $history_ms ms (the program's start included)"
+echo "verify (archive loaded back, every seal recomputed): $verify_ms ms"
+echo "single-row audited INSERTs, tps without a sealer: ${without[*]} (median $mw); with: ${with[*]} (median $ms_); ratio $(awk "BEGIN {printf \"%.3f\", $ms_ / $mw}")"
