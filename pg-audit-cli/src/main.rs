@@ -146,7 +146,7 @@ enum Command {
     },
     /// Erase a person's data from every log entry, live and archived: the named columns of one
     /// record (--table and --key), or a user id in contexts (--user). Each value becomes
-    /// "[redacted]"; the redaction is recorded (who, when, why, which entries) and the seals
+    /// `"[redacted]"`; the redaction is recorded (who, when, why, which entries) and the seals
     /// still verify.
     Redact {
         /// The record's table, as `table` or `schema.table`.

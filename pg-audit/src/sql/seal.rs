@@ -8,7 +8,7 @@
 //! older rows' digests as they were sealed.
 //!
 //! Every digest is computed by the server, by the functions below (`seal_of`, `content_of`,
-//! `redact`, all from [`row_digest_expr`]): the sealer, `verify` (which loads archived rows
+//! `redact`, all from `row_digest_expr`): the sealer, `verify` (which loads archived rows
 //! back into a temporary table with the log's columns) and the archive's read-back check all
 //! call them, so there is one definition.
 
