@@ -43,6 +43,8 @@ use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
 use pg_audit::AuditLog;
 
+#[cfg(feature = "archive")]
+mod archive;
 mod csrf;
 mod html;
 mod pages;

@@ -290,6 +290,9 @@ pub(crate) struct RecordQuery {
     key: String,
     #[serde(default)]
     at: Option<i64>,
+    /// Include entries archived to Parquet (feature `archive`).
+    #[serde(default)]
+    archived: Option<String>,
 }
 
 /// `/record`: one record's timeline, with diffs, its state at an entry, blame, and the
@@ -306,7 +309,8 @@ pub(crate) async fn record(
     let table = table_name(&q.table)?;
     let key = parse_key(&q.key)?;
     let reader = AuditReader::with_log(state.log.clone());
-    let (history, blame) = {
+    #[allow(unused_mut)]
+    let (mut history, blame) = {
         let (table, key) = (table.clone(), key.clone());
         with_conn(&state, move |conn| {
             let history = reader.history_of(conn, &table, &key, Page::first(500))?;
@@ -315,6 +319,23 @@ pub(crate) async fn record(
         })
         .await?
     };
+    let archived = q.archived.as_deref() == Some("1");
+    #[cfg(feature = "archive")]
+    let archive_note = if archived {
+        let (older, files) = crate::archive::entries(&state, &table, &key).await?;
+        let live: std::collections::HashSet<i64> = history.iter().map(|e| e.id).collect();
+        let n = older.len();
+        history.extend(older.into_iter().filter(|e| !live.contains(&e.id)));
+        history.sort_by_key(|e| std::cmp::Reverse(e.id));
+        Some(format!(
+            "{n} archived entries, read from {files} archived file(s)"
+        ))
+    } else {
+        None
+    };
+    #[cfg(not(feature = "archive"))]
+    let archive_note: Option<String> =
+        archived.then(|| "this admin is built without archive support".to_owned());
     let (token, cookie) = csrf::token(&headers, &base);
     let write = matches!(access, Access::Write { .. });
     let table_text = plain(&table);
@@ -329,6 +350,10 @@ pub(crate) async fn record(
         html! {
             p { a href=(href(&base, "/table", &[("name", &table_text)])) { "The table" } " · "
                 a href=(href(&base, "/", &[("key", key.to_string()), ("table", table_text.clone())])) { "in the activity" } }
+            @if let Some(note) = &archive_note { p.muted { "Including entries archived to Parquet: " (note) "." } }
+            @else if cfg!(feature = "archive") {
+                p { a href=(href(&base, "/record", &[("table", table_text.clone()), ("key", key.to_string()), ("archived", "1".to_owned())])) { "Include entries archived to Parquet" } }
+            }
             @if history.is_empty() { p.muted { "The log holds no entry of this record." } }
             @if deleted && write {
                 form method="post" action={ (base) "/record/restore" } {

@@ -30,7 +30,8 @@ mod store;
 
 pub use partition::{Archived, Candidate, archive_partition, candidates};
 pub use read::{
-    ArchivedFile, Erase, archived_files, history, load_archived, redact_in, rewrite_redacted,
+    ArchivedFile, Erase, archived_files, history, history_from, load_archived, record_key_sql,
+    redact_in, rewrite_redacted,
 };
 pub use store::Archive;
 

@@ -75,8 +75,9 @@ pub async fn archived_files(client: &Client, log: &AuditLog) -> Result<Vec<Archi
         .collect())
 }
 
-/// The archived entries of one record (`key` the key object, `{"id": 42}`), newest first,
-/// reading from each file only the row groups whose `record_key` range holds the record's.
+/// The archived entries of one record (`key` the key object, `{"id": 42}`; a table without a
+/// schema is taken to be in `public`), newest first, reading from each file only the row groups
+/// whose `record_key` range holds the record's.
 pub async fn history(
     client: &Client,
     log: &AuditLog,
@@ -84,20 +85,38 @@ pub async fn history(
     key: &Value,
 ) -> Result<Vec<AuditEntry>, Error> {
     let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
-    let name = table.name.as_str();
     let record_key: i64 = client
         .query_one(
-            &format!(
-                "SELECT {}",
-                record_key_expr("$1::text", "$2::text", "$3::text::jsonb")
-            ),
-            &[&schema, &name, &key.to_string()],
+            &record_key_sql(),
+            &[&schema, &table.name.as_str(), &key.to_string()],
         )
         .await
         .map_err(db("cannot compute the record's key"))?
         .get(0);
+    let files = archived_files(client, log).await?;
+    history_from(&files, record_key, table, key).await
+}
+
+/// The SQL of a record's key: `$1` schema, `$2` table (text), `$3` the key object (text).
+pub fn record_key_sql() -> String {
+    format!(
+        "SELECT {}",
+        record_key_expr("$1::text", "$2::text", "$3::text::jsonb")
+    )
+}
+
+/// [`history`] over the catalogue `files`, for a caller that read the catalogue and computed
+/// the record's key (`record_key_sql`) on its own connection.
+pub async fn history_from(
+    files: &[ArchivedFile],
+    record_key: i64,
+    table: &QualifiedName,
+    key: &Value,
+) -> Result<Vec<AuditEntry>, Error> {
+    let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
+    let name = table.name.as_str();
     let mut entries = Vec::new();
-    for file in archived_files(client, log).await? {
+    for file in files {
         let (archive, path) = Archive::open_file(&file.location)?;
         let builder = open(&archive, &path, &file.location).await?;
         let Some(column) = builder
