@@ -84,13 +84,10 @@ pub(crate) async fn entries(
     let entries = pg_audit_archive::history_from(&files, record_key, table, key)
         .await
         .map_err(|e| {
-            let mut message = format!("cannot read the archive: {e}");
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            PageError(StatusCode::BAD_GATEWAY, message)
+            PageError(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot read the archive: {}", pg_audit_archive::chain(&e)),
+            )
         })?;
     Ok((entries, files.len()))
 }

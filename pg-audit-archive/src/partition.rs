@@ -44,6 +44,18 @@ pub async fn candidates(
     log: &AuditLog,
     older_than: &str,
 ) -> Result<Vec<Candidate>, Error> {
+    let positive: bool = client
+        .query_one("SELECT $1::text::interval > interval '0'", &[&older_than])
+        .await
+        .map_err(db(format!(
+            "{older_than:?} is not an interval such as '6 months' or '1 year'"
+        )))?
+        .get(0);
+    if !positive {
+        return Err(Error::Refused(format!(
+            "--older-than {older_than:?} is not a positive interval: only partitions whose whole range ended that long ago are archived"
+        )));
+    }
     let rows = client
         .query(
             &format!(
@@ -140,9 +152,28 @@ async fn archive_locked(
             log.seal_sql(pg_audit::sql::seal::DEFAULT_SEAL_ROWS)
         )));
     }
+    let recorded = client
+        .query_opt(
+            &format!(
+                "SELECT location FROM {} WHERE partition_name = $1",
+                log.archives_table()
+            ),
+            &[name],
+        )
+        .await
+        .map_err(db("cannot read the archive catalogue"))?;
+    if let Some(row) = recorded {
+        return Err(Error::Refused(format!(
+            "a partition named {name} was archived before, to {}: rename or drop this one; the archived file is left as it is",
+            row.get::<_, String>(0)
+        )));
+    }
     let expected = content(client, log, &qualified.to_string()).await?;
 
-    let file = format!("{name}.parquet");
+    // The content digest in the name: a file of another log, database or partition of the
+    // same name is never replaced, and a run interrupted before the drop replaces only its own
+    // file, with the same rows.
+    let file = format!("{name}.{}.parquet", &hex(&expected.digest)[..16]);
     let path = archive.path(&file);
     let location = archive.url(&file);
     let metadata = vec![

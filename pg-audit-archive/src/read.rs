@@ -294,6 +294,26 @@ pub async fn load_archived(
     for file in &files {
         progress(file);
         let (archive, path) = Archive::open_file(&file.location)?;
+        // A file that is gone is a finding; a store that cannot be reached is an error.
+        match archive.store.head(&path).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                problems.push(format!(
+                    "the archived file {} is missing ({} rows, ids {}..={})",
+                    file.location,
+                    file.row_count,
+                    file.min_id.unwrap_or(0),
+                    file.max_id.unwrap_or(0)
+                ));
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::Store(
+                    format!("cannot reach the archived file {}", file.location),
+                    e,
+                ));
+            }
+        }
         client
             .batch_execute(&format!(
                 "{} TRUNCATE {single};",

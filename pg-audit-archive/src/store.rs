@@ -45,6 +45,15 @@ impl Archive {
                     "no bucket in {location}: write s3://bucket/prefix"
                 )));
             }
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .unwrap_or_default();
+            let allow_http = std::env::var("AWS_ALLOW_HTTP").unwrap_or_default();
+            if endpoint.starts_with("http://") && allow_http != "true" {
+                return Err(Error::Location(format!(
+                    "the S3 endpoint {endpoint} is plain HTTP: set AWS_ALLOW_HTTP=true to use it, or give an https:// endpoint"
+                )));
+            }
             let store = AmazonS3Builder::from_env()
                 .with_bucket_name(bucket)
                 .build()

@@ -122,7 +122,7 @@ enum Command {
     },
     /// Seal the log rows whose transactions have all ended: a hash chain in id order, stored
     /// append-only. Writers never wait on it. Run it from cron (or `SELECT * FROM
-    /// audit.audit_log_seal()` from pg_cron); --export writes every seal to a file to keep
+    /// audit.auditlog_seal()` from pg_cron); --export writes every seal to a file to keep
     /// outside the database.
     Seal {
         /// The most rows one seal covers.
@@ -269,14 +269,9 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The error and its causes, each printed once (as `anyhow`'s `{:#}` does).
-            let mut message = format!("error: {e}");
-            let mut cause = e.source();
-            while let Some(c) = cause {
-                message.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            eprintln!("{message}");
+            // The error and its causes, each printed once (as `anyhow`'s `{:#}` does; a cause
+            // whose text is already there, as some libraries repeat their sources, is skipped).
+            eprintln!("error: {}", pg_audit_archive::chain(&*e));
             ExitCode::from(2)
         }
     }

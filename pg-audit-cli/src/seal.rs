@@ -169,6 +169,13 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
                     })?;
                 seals.push(seal);
             }
+            if seals.is_empty() {
+                return Err(format!(
+                    "{} holds no seals: export them with `pg-audit seal --export FILE`",
+                    path.display()
+                )
+                .into());
+            }
             Some(seals)
         }
     };
@@ -198,7 +205,8 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
         let mut rows = 0i64;
         for seal in &seals {
             progress.step(&format!("seal {}", seal.seal_id));
-            let expected_first = previous.map_or(1, |p| p.last_id + 1);
+            // The first seal starts after what was archived before sealing began.
+            let expected_first = previous.map_or(seal.first_id, |p| p.last_id + 1);
             let expected_prev = previous.map(|p| p.hash.clone());
             if seal.first_id != expected_first || seal.prev_hash != expected_prev {
                 problems.push(format!(
@@ -235,17 +243,39 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
                         copy.seal_id
                     )),
                     Some(s) if s != copy => problems.push(format!(
-                        "seal {} differs from the exported copy: the seals in the database were rewritten",
+                        "seal {} in the database differs from the exported copy: one of them was altered",
                         copy.seal_id
                     )),
                     Some(_) => {}
                 }
             }
         }
-        let unsealed: i64 = client
-            .query_one(&log.seal_progress_sql(), &[])
-            .await?
-            .get(2);
+        // Rows no seal covers: below the first seal (archived or written before sealing began;
+        // an id below 1 the log never hands out), and above the last (not yet sealed).
+        let all_rows = match archived {
+            Some(t) => format!("(SELECT id FROM {} UNION ALL SELECT id FROM {t})", log.table()),
+            None => format!("(SELECT id FROM {})", log.table()),
+        };
+        let first = seals.first().map_or(i64::MAX, |s| s.first_id);
+        let last = seals.last().map_or(0, |s| s.last_id);
+        let outside = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FILTER (WHERE id < $1), count(*) FILTER (WHERE id > $2),
+                            coalesce(array_agg(id ORDER BY id) FILTER (WHERE id < 1), '{{}}')
+                       FROM {all_rows} AS r"
+                ),
+                &[&first, &last],
+            )
+            .await?;
+        let (before_first, unsealed, impossible): (i64, i64, Vec<i64>) =
+            (outside.get(0), outside.get(1), outside.get(2));
+        if let Some(id) = impossible.first() {
+            problems.push(format!(
+                "entry {id} has an id the log never hands out ({} such entries): inserted by hand",
+                impossible.len()
+            ));
+        }
         let redactions: i64 = client
             .query_one(&format!("SELECT count(*) FROM {}", log.redactions_table()), &[])
             .await?
@@ -264,6 +294,7 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
                 "seals": seals.len(),
                 "sealed_rows": rows,
                 "unsealed_rows": unsealed,
+                "rows_before_first_seal": before_first,
                 "archived_files": files.len(),
                 "redactions": redactions,
                 "redacted_values": redacted,
@@ -275,10 +306,15 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
                 table.print(false);
             }
             crate::output::line(&format!(
-                "{}: {} seal(s) over {rows} row(s) ({} archived file(s)); {redacted} value(s) erased by {redactions} recorded redaction(s); {unsealed} row(s) not yet sealed",
+                "{}: {} seal(s) over {rows} row(s) ({} archived file(s)); {redacted} value(s) erased by {redactions} recorded redaction(s); {unsealed} row(s) not yet sealed{}",
                 if problems.is_empty() { "ok" } else { "ALTERED" },
                 seals.len(),
-                files.len()
+                files.len(),
+                if before_first > 0 && !seals.is_empty() {
+                    format!("; {before_first} row(s) older than the first seal, not covered")
+                } else {
+                    String::new()
+                }
             ));
         }
         Ok::<_, Box<dyn std::error::Error>>(problems.is_empty())
@@ -289,6 +325,12 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
 fn first_difference(seal: &Seal, now: &[u8]) -> String {
     let then = Seal::entries(&seal.rows);
     let now = Seal::entries(now);
+    if let Some(pair) = now.windows(2).find(|w| w[0].0 == w[1].0) {
+        return format!(
+            "entry {} appears twice in the range of seal {}: a row was inserted with an existing id",
+            pair[0].0, seal.seal_id
+        );
+    }
     let (mut i, mut j) = (0, 0);
     while i < then.len() || j < now.len() {
         match (then.get(i), now.get(j)) {
@@ -343,7 +385,12 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
             let key = crate::admin::key_object(&mut conn, &reader, &table, key)?;
             Some((table, key))
         }
-        (None, None, Some(_)) => None,
+        (None, None, Some(user)) => {
+            if user.trim().is_empty() {
+                return Err("--user is empty: give the user id to erase".into());
+            }
+            None
+        }
         _ => {
             return Err(
                 "name what to erase: --table and --key (with --columns, or every column but the key), or --user"
@@ -362,6 +409,7 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
             },
             None => pg_audit_archive::Erase::User(args.user.expect("checked above")),
         };
+        check_redaction(&client, &log, &record, &args).await?;
         let (schema, table, key, target) = match &record {
             Some((table, key)) => (
                 Some(table.schema.as_ref().map_or("public", |s| s.as_str()).to_owned()),
@@ -419,6 +467,99 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })
+}
+
+/// Refuses a redaction that names a column the table lacks or a key column, or that would
+/// erase nothing: nothing is recorded then.
+async fn check_redaction(
+    client: &Client,
+    log: &AuditLog,
+    record: &Option<(QualifiedName, Value)>,
+    args: &RedactArgs<'_>,
+) -> Result<()> {
+    let Some((table, key)) = record else {
+        let user = args.user.expect("a user when no record");
+        let live: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE context->>'user_id' = $1",
+                    log.table()
+                ),
+                &[&user],
+            )
+            .await?
+            .get(0);
+        let archived = pg_audit_archive::archived_files(client, log).await?;
+        if live == 0 && archived.is_empty() {
+            return Err(format!(
+                "no log entry has the user id {user:?} in its context: nothing to erase, nothing recorded"
+            )
+            .into());
+        }
+        return Ok(());
+    };
+    if let Some(columns) = &args.columns {
+        let key_columns: Vec<&String> = key
+            .as_object()
+            .map(|k| k.keys().collect())
+            .unwrap_or_default();
+        if let Some(c) = columns.iter().find(|c| key_columns.contains(c)) {
+            return Err(format!(
+                "{c} is part of the key of {table}, which identifies the record in every entry and is not erased; name the other columns"
+            )
+            .into());
+        }
+        let existing: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+                  ORDER BY a.attnum",
+                &[&table.to_string()],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !existing.is_empty() {
+            if let Some(c) = columns.iter().find(|c| !existing.contains(c)) {
+                return Err(format!(
+                    "{table} has no column {c:?} (its columns: {}): nothing was erased",
+                    existing.join(", ")
+                )
+                .into());
+            }
+        }
+    }
+    let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
+    let live: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {} WHERE (record_key = {k} OR old_record_key = {k})
+                    AND schema_name = $1 AND table_name = $2
+                    AND (record_pk = $3::text::jsonb OR old_record_pk = $3::text::jsonb)",
+                log.table(),
+                k = pg_audit::sql::shape::record_key_expr(
+                    "$1::text",
+                    "$2::text",
+                    "$3::text::jsonb"
+                )
+            ),
+            &[&schema, &table.name.as_str(), &key.to_string()],
+        )
+        .await?
+        .get(0);
+    if live == 0
+        && pg_audit_archive::history(client, log, table, key)
+            .await?
+            .is_empty()
+    {
+        return Err(format!(
+            "no log entry of {table} {}, live or archived: nothing to erase, nothing recorded",
+            pg_audit_diesel::log::key_text(key)
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The server's message, with its detail and hint.

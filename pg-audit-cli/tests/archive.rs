@@ -143,10 +143,20 @@ fn a_month_moves_to_parquet_keeps_its_history_and_seals_and_erasure_hold() {
     assert!(sealed.contains("sealed"), "{sealed}");
     assert!(ok(&["verify"], url, &[]).starts_with("ok:"));
 
-    // An interrupted earlier run left a broken file: it is replaced.
+    // An interrupted earlier run left a broken file (named for the partition and its content):
+    // it is replaced. A file of another partition or database is not touched.
     let files = dir.join("files");
     std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("audit.auditlog_old.parquet"), b"half a file").unwrap();
+    let digest = db
+        .psql("SELECT encode(content_sha256, 'hex') FROM audit.auditlog_content_of('audit.auditlog_old')")
+        .unwrap();
+    let file = files.join(format!(
+        "audit.auditlog_old.{}.parquet",
+        &digest.trim()[..16]
+    ));
+    std::fs::write(&file, b"half a file").unwrap();
+    let other = files.join("audit.auditlog_old.0123456789abcdef.parquet.other");
+    std::fs::write(&other, b"another database's").unwrap();
     let report = ok(
         &[
             "archive",
@@ -162,6 +172,8 @@ fn a_month_moves_to_parquet_keeps_its_history_and_seals_and_erasure_hold() {
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report[0]["partition"], "audit.auditlog_old");
     assert_eq!(report[0]["rows"], entries);
+    assert_eq!(report[0]["location"], format!("file://{}", file.display()));
+    assert_eq!(std::fs::read(&other).unwrap(), b"another database's");
     assert!(
         db.psql("SELECT to_regclass('audit.auditlog_old') IS NULL")
             .unwrap()
@@ -268,7 +280,7 @@ print(json.dumps(duckdb.sql("""SELECT count(*) FROM read_parquet('{glob}') AS t
 "#
         ));
         assert_eq!(in_files, 0, "{secret} left in the archive");
-        let raw = std::fs::read(files.join("audit.auditlog_old.parquet")).unwrap();
+        let raw = std::fs::read(&file).unwrap();
         assert!(
             !raw.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "{secret} in the file's bytes"
@@ -326,7 +338,7 @@ print(json.dumps(duckdb.sql("""SELECT count(*) FROM read_parquet('{glob}') AS t
     );
     altered(
         "INSERT INTO audit.auditlog SELECT * FROM keep; INSERT INTO audit.auditlog SELECT * FROM keep; COMMIT;",
-        &format!("entry {live_id} was inserted"),
+        &format!("entry {live_id} appears twice"),
     );
     // An archived file rewritten with a changed value.
     db.psql(&format!(
@@ -334,7 +346,6 @@ print(json.dumps(duckdb.sql("""SELECT count(*) FROM read_parquet('{glob}') AS t
     ))
     .unwrap();
     assert!(ok(&["verify"], url, &[]).starts_with("ok:"));
-    let file = files.join("audit.auditlog_old.parquet");
     duckdb(&format!(
         r#"
 import duckdb, json
@@ -418,7 +429,7 @@ fn archive_to_s3_reads_back_and_redacts_in_place() {
     let url = db.url();
     let partition = fill(&db);
     let expected = rows_in_database(&db, &partition);
-    ok(&["seal"], url, &[]);
+    // Archived before sealing begins: the first seal starts after it.
     let report = ok(
         &[
             "archive",
@@ -432,17 +443,23 @@ fn archive_to_s3_reads_back_and_redacts_in_place() {
         &env,
     );
     let report: Value = serde_json::from_str(&report).unwrap();
-    assert_eq!(
-        report[0]["location"],
-        "s3://audit-archive/prod/logs/audit.auditlog_old.parquet"
+    let location = report[0]["location"].as_str().unwrap();
+    let object = location
+        .strip_prefix("s3://audit-archive/")
+        .expect("the object's URL");
+    assert!(
+        object.starts_with("prod/logs/audit.auditlog_old.") && object.ends_with(".parquet"),
+        "{location}"
     );
+    let sealed = ok(&["seal"], url, &[]);
+    assert!(sealed.contains("sealed"), "{sealed}");
     // DuckDB reads the object as it is (downloaded).
     let local = tempdir("archive_s3").join("copy.parquet");
     let fetched = Command::new("python3")
         .args([
             "-c",
             &format!(
-                "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').download_file('audit-archive', 'prod/logs/audit.auditlog_old.parquet', '{}')",
+                "import boto3; boto3.client('s3', endpoint_url='{endpoint}', region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').download_file('audit-archive', '{object}', '{}')",
                 local.display()
             ),
         ])
@@ -458,7 +475,35 @@ fn archive_to_s3_reads_back_and_redacts_in_place() {
     );
     let history: Value = serde_json::from_str(&history).unwrap();
     assert!(history.as_array().unwrap().len() >= 4, "{history}");
-    assert!(ok(&["verify"], url, &env).starts_with("ok:"));
+    let verified = ok(&["verify"], url, &env);
+    assert!(verified.starts_with("ok:"), "{verified}");
+    assert!(
+        verified.contains("older than the first seal, not covered"),
+        "{verified}"
+    );
+    // An unreachable store is an error, not a finding.
+    let unreachable = pg_audit(
+        &["verify"],
+        url,
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ],
+    );
+    assert_eq!(unreachable.status.code(), Some(2));
+    let plain_http = pg_audit(
+        &["history", "users", "42", "--archived"],
+        url,
+        &[("AWS_ENDPOINT_URL", endpoint.as_str())],
+    );
+    assert!(
+        String::from_utf8_lossy(&plain_http.stderr).contains("AWS_ALLOW_HTTP=true"),
+        "{}",
+        String::from_utf8_lossy(&plain_http.stderr)
+    );
     ok(
         &[
             "redact", "--table", "users", "--key", "42", "--reason", "erase 42",
@@ -515,6 +560,65 @@ fn bad_input_is_refused_naming_the_fix() {
         "--reason is empty",
     );
     refused(&["redact", "--reason", "x"], "--table and --key");
+    refused(
+        &["archive", "--older-than", "-1 day", "--to", to],
+        "not a positive interval",
+    );
+    refused(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "42",
+            "--columns",
+            "emial",
+            "--reason",
+            "x",
+        ],
+        "has no column \"emial\"",
+    );
+    refused(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "42",
+            "--columns",
+            "id",
+            "--reason",
+            "x",
+        ],
+        "is part of the key of",
+    );
+    refused(
+        &[
+            "redact", "--table", "users", "--key", "999999", "--reason", "x",
+        ],
+        "nothing to erase, nothing recorded",
+    );
+    refused(
+        &["redact", "--user", "", "--reason", "x"],
+        "--user is empty",
+    );
+    refused(
+        &["redact", "--user", "nobody-at-all", "--reason", "x"],
+        "nothing to erase, nothing recorded",
+    );
+    assert_eq!(
+        db.psql("SELECT count(*) FROM audit.auditlog_redactions")
+            .unwrap()
+            .trim(),
+        "0",
+        "a refused redaction records nothing"
+    );
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    refused(
+        &["verify", "--seals", empty.to_str().unwrap()],
+        "holds no seals",
+    );
     // Once sealing is in use, a partition is not archived before its rows are sealed.
     ok(&["seal"], url, &[]);
     db.psql("INSERT INTO audit.auditlog (changed_at, operation, schema_name, table_name, db_user) \

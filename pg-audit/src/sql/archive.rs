@@ -157,6 +157,7 @@ pub(crate) fn objects_sql(log: &AuditLog) -> String {
     archived_by text NOT NULL DEFAULT session_user
 );
 COMMENT ON TABLE {archives} IS {};
+-- Append-only, like the seals (its trigger is made with them).
 REVOKE ALL ON TABLE {archives} FROM PUBLIC;",
         text_literal(
             "pg-audit archive: partitions moved to Parquet files; content_sha256 is over the rows' seal digests"

@@ -272,7 +272,8 @@ END
 "
         )
     );
-    for t in [&seals, &redactions, &values] {
+    let archives = log.archives_table();
+    for t in [&seals, &redactions, &values, &archives] {
         let body = format!(
             "
 BEGIN
@@ -393,7 +394,8 @@ BEGIN
     DELETE FROM {state};
     INSERT INTO {state} (pending_id, pending_snapshot) VALUES (handed_out, snap);
     SELECT s.last_id, s.hash INTO prev_last, prev_hash FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
-    lo := coalesce(prev_last, 0) + 1;
+    -- The first seal starts after what was archived before sealing began (not in the database).
+    lo := coalesce(prev_last, (SELECT max(a.max_id) FROM {archives} AS a), 0) + 1;
     WHILE horizon IS NOT NULL AND lo <= horizon LOOP
         SELECT count(*), max(c.id) INTO n, m
           FROM (SELECT l.id FROM {table} AS l WHERE l.id >= lo AND l.id <= horizon ORDER BY l.id LIMIT max_rows) AS c;
@@ -413,6 +415,7 @@ BEGIN
 END
 ",
         seals_lit = seals.literal(),
+        archives = log.archives_table(),
     );
     let _ = writeln!(
         sql,
