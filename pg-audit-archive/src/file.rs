@@ -58,6 +58,30 @@ pub(crate) fn properties(metadata: Vec<(String, String)>) -> WriterProperties {
         .build()
 }
 
+/// What a file says of itself in its key-value metadata.
+pub(crate) fn file_metadata(
+    log: &pg_audit::AuditLog,
+    partition: &str,
+    range_start: &str,
+    range_end: &str,
+    redacted: bool,
+) -> Vec<(String, String)> {
+    let mut metadata = vec![
+        ("pg_audit.log".to_owned(), log.table().to_string()),
+        ("pg_audit.partition".to_owned(), partition.to_owned()),
+        ("pg_audit.range_start".to_owned(), range_start.to_owned()),
+        ("pg_audit.range_end".to_owned(), range_end.to_owned()),
+        (
+            "pg_audit.sorted_by".to_owned(),
+            "record_key NULLS LAST, id".to_owned(),
+        ),
+    ];
+    if redacted {
+        metadata.push(("pg_audit.redacted".to_owned(), "true".to_owned()));
+    }
+    metadata
+}
+
 /// One column being built.
 enum Builder {
     Int(Int64Builder),
@@ -152,13 +176,9 @@ impl IntColumn<'_> {
     }
 }
 
-/// Appends the rows of `batch` (only those `keep` accepts) as CSV lines in the log's column
-/// order, for `COPY ... (FORMAT csv)`: every value quoted, NULL as nothing.
-pub(crate) fn append_csv(
-    batch: &RecordBatch,
-    keep: &dyn Fn(usize) -> bool,
-    out: &mut Vec<u8>,
-) -> Result<(), crate::Error> {
+/// Appends the rows of `batch` as CSV lines in the log's column order, for `COPY ... (FORMAT
+/// csv)`: every text value quoted, NULL as nothing.
+pub(crate) fn append_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), crate::Error> {
     let columns: Vec<Column<'_>> = LOG_COLUMNS
         .iter()
         .map(|c| match ArchiveType::of(c) {
@@ -174,9 +194,6 @@ pub(crate) fn append_csv(
             )
         })?;
     for row in 0..batch.num_rows() {
-        if !keep(row) {
-            continue;
-        }
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(b',');

@@ -4,7 +4,8 @@
 use pg_audit::{AuditLog, Ident, QualifiedName, Retention};
 use tokio_postgres::Client;
 
-use crate::read::{load_path, write_file};
+use crate::file::file_metadata;
+use crate::read::{fresh_table, load_path, write_file};
 use crate::{Archive, Error, db};
 
 /// A partition old enough to archive.
@@ -112,18 +113,9 @@ pub async fn archive_partition(
     let qualified = &partition.table;
     // Archive and redaction exclude each other: a redaction between the read and the drop
     // would be lost.
-    let lock = archive_lock(log);
-    client
-        .execute(&format!("SELECT pg_catalog.pg_advisory_lock({lock})"), &[])
-        .await
-        .map_err(db("cannot take the archive lock"))?;
+    lock_archive(client, log, true).await?;
     let result = archive_locked(client, log, partition, qualified, archive, progress).await;
-    let _ = client
-        .execute(
-            &format!("SELECT pg_catalog.pg_advisory_unlock({lock})"),
-            &[],
-        )
-        .await;
+    let _ = lock_archive(client, log, false).await;
     result
 }
 
@@ -176,19 +168,13 @@ async fn archive_locked(
     let file = format!("{name}.{}.parquet", &hex(&expected.digest)[..16]);
     let path = archive.path(&file);
     let location = archive.url(&file);
-    let metadata = vec![
-        ("pg_audit.log".to_owned(), log.table().to_string()),
-        ("pg_audit.partition".to_owned(), name.clone()),
-        (
-            "pg_audit.range_start".to_owned(),
-            partition.range_start.clone(),
-        ),
-        ("pg_audit.range_end".to_owned(), partition.range_end.clone()),
-        (
-            "pg_audit.sorted_by".to_owned(),
-            "record_key NULLS LAST, id".to_owned(),
-        ),
-    ];
+    let metadata = file_metadata(
+        log,
+        name,
+        &partition.range_start,
+        &partition.range_end,
+        false,
+    );
     let bytes = write_file(
         client,
         &log.archive_rows_sql(&qualified.to_string()),
@@ -202,14 +188,8 @@ async fn archive_locked(
 
     // Read back what was written, through the server's digests.
     let loaded = "pg_temp.pg_audit_archive_check";
-    client
-        .batch_execute(&format!(
-            "{} TRUNCATE {loaded};",
-            log.load_tables_sql("pg_temp.pg_audit_archive_stage", loaded)
-        ))
-        .await
-        .map_err(db("cannot make the temporary tables"))?;
-    load_path(client, log, archive, &path, loaded, &|_| true).await?;
+    fresh_table(client, log, loaded).await?;
+    load_path(client, log, archive, &path, loaded).await?;
     let read_back = content(client, log, loaded).await?;
     if read_back != expected {
         return Err(Error::Mismatch(format!(
@@ -327,12 +307,22 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The advisory lock key that archiving and redaction take (they exclude each other: a
-/// redaction between an archive's read and its drop would be lost), as SQL.
-pub(crate) fn archive_lock(log: &AuditLog) -> String {
-    format!(
-        "pg_catalog.hashtext({})",
-        pg_audit::quote_literal(&log.archives_table().to_string())
-            .expect("a relation name holds no NUL")
-    )
+/// Takes (or with `take` false, releases) the session lock that archiving and redaction share:
+/// a redaction between an archive's read and its drop would be lost.
+pub(crate) async fn lock_archive(client: &Client, log: &AuditLog, take: bool) -> Result<(), Error> {
+    let key = pg_audit::quote_literal(&log.archives_table().to_string())
+        .expect("a relation name holds no NUL");
+    let function = if take {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
+    };
+    client
+        .execute(
+            &format!("SELECT pg_catalog.{function}(pg_catalog.hashtext({key}))"),
+            &[],
+        )
+        .await
+        .map_err(db("cannot take the archive lock"))?;
+    Ok(())
 }

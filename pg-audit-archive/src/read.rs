@@ -22,8 +22,9 @@ use serde_json::Value;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+use crate::file::file_metadata;
 use crate::file::{BATCH_ROWS, BatchBuilder, append_csv, ints, properties, schema, texts};
-use crate::partition::{archive_lock, content, hex};
+use crate::partition::{content, hex, lock_archive};
 use crate::store::ObjectReader;
 use crate::{Archive, Error, db, pq};
 
@@ -284,13 +285,7 @@ pub async fn load_archived(
     let mut problems = Vec::new();
     let files = archived_files(client, log).await?;
     let single = "pg_temp.pg_audit_archive_one";
-    client
-        .batch_execute(&format!(
-            "{} TRUNCATE {target};",
-            log.load_tables_sql(STAGE, target)
-        ))
-        .await
-        .map_err(db("cannot make the temporary tables"))?;
+    fresh_table(client, log, target).await?;
     for file in &files {
         progress(file);
         let (archive, path) = Archive::open_file(&file.location)?;
@@ -314,14 +309,8 @@ pub async fn load_archived(
                 ));
             }
         }
-        client
-            .batch_execute(&format!(
-                "{} TRUNCATE {single};",
-                log.load_tables_sql(STAGE, single)
-            ))
-            .await
-            .map_err(db("cannot make the temporary tables"))?;
-        match load_path(client, log, &archive, &path, single, &|_| true).await {
+        fresh_table(client, log, single).await?;
+        match load_path(client, log, &archive, &path, single).await {
             Ok(()) => {}
             Err(e @ (Error::Parquet(..) | Error::Mismatch(_) | Error::Store(..))) => {
                 problems.push(format!(
@@ -367,21 +356,30 @@ async fn check_against_catalogue(
     Ok(())
 }
 
-/// Loads the rows of the file at `path` that `keep` accepts (by row of each batch) into the
-/// temporary table `target`, through the staging table (`COPY`).
+/// Makes the session's temporary table `name` with the log's columns (and the staging table)
+/// if missing, and empties it.
+pub(crate) async fn fresh_table(client: &Client, log: &AuditLog, name: &str) -> Result<(), Error> {
+    client
+        .batch_execute(&format!(
+            "{} TRUNCATE {name};",
+            log.load_tables_sql(STAGE, name)
+        ))
+        .await
+        .map_err(db("cannot make the temporary tables"))
+}
+
+/// Loads the rows of the file at `path` into the
+/// temporary table `target` (made by [`fresh_table`]), through the staging table (`COPY`).
 pub(crate) async fn load_path(
     client: &Client,
     log: &AuditLog,
     archive: &Archive,
     path: &Path,
     target: &str,
-    keep: &dyn Fn(usize) -> bool,
 ) -> Result<(), Error> {
+    // The staging table exists: `target` was made by `fresh_table`.
     client
-        .batch_execute(&format!(
-            "{} TRUNCATE {STAGE};",
-            log.load_tables_sql(STAGE, target)
-        ))
+        .batch_execute(&format!("TRUNCATE {STAGE};"))
         .await
         .map_err(db("cannot make the temporary tables"))?;
     let location = path.to_string();
@@ -402,7 +400,7 @@ pub(crate) async fn load_path(
         .await
         .map_err(pq(format!("cannot read {location}")))?
     {
-        append_csv(&batch, keep, &mut csv)?;
+        append_csv(&batch, &mut csv)?;
         if csv.len() > 1 << 20 {
             sink.send(Bytes::from(std::mem::take(&mut csv)))
                 .await
@@ -452,18 +450,9 @@ pub async fn rewrite_redacted(
     redaction: i64,
     erase: &Erase<'_>,
 ) -> Result<Vec<i64>, Error> {
-    let lock = archive_lock(log);
-    client
-        .execute(&format!("SELECT pg_catalog.pg_advisory_lock({lock})"), &[])
-        .await
-        .map_err(db("cannot take the archive lock"))?;
+    lock_archive(client, log, true).await?;
     let result = rewrite_locked(client, log, file, redaction, erase).await;
-    let _ = client
-        .execute(
-            &format!("SELECT pg_catalog.pg_advisory_unlock({lock})"),
-            &[],
-        )
-        .await;
+    let _ = lock_archive(client, log, false).await;
     result
 }
 
@@ -476,30 +465,20 @@ async fn rewrite_locked(
 ) -> Result<Vec<i64>, Error> {
     let work = "pg_temp.pg_audit_archive_redact";
     let (archive, path) = Archive::open_file(&file.location)?;
-    client
-        .batch_execute(&format!(
-            "{} TRUNCATE {work};",
-            log.load_tables_sql(STAGE, work)
-        ))
-        .await
-        .map_err(db("cannot make the temporary tables"))?;
-    load_path(client, log, &archive, &path, work, &|_| true).await?;
+    fresh_table(client, log, work).await?;
+    load_path(client, log, &archive, &path, work).await?;
     let changed = redact_in(client, log, work, redaction, erase).await?;
     if changed.is_empty() {
         return Ok(changed);
     }
     // The digests are committed (redact_in runs in its own transaction): write the file.
-    let metadata = vec![
-        ("pg_audit.log".to_owned(), log.table().to_string()),
-        ("pg_audit.partition".to_owned(), file.partition_name.clone()),
-        ("pg_audit.range_start".to_owned(), file.range_start.clone()),
-        ("pg_audit.range_end".to_owned(), file.range_end.clone()),
-        (
-            "pg_audit.sorted_by".to_owned(),
-            "record_key NULLS LAST, id".to_owned(),
-        ),
-        ("pg_audit.redacted".to_owned(), "true".to_owned()),
-    ];
+    let metadata = file_metadata(
+        log,
+        &file.partition_name,
+        &file.range_start,
+        &file.range_end,
+        true,
+    );
     write_file(
         client,
         &log.archive_rows_sql(work),
@@ -511,14 +490,8 @@ async fn rewrite_locked(
     )
     .await?;
     let check = "pg_temp.pg_audit_archive_check";
-    client
-        .batch_execute(&format!(
-            "{} TRUNCATE {check};",
-            log.load_tables_sql(STAGE, check)
-        ))
-        .await
-        .map_err(db("cannot make the temporary tables"))?;
-    load_path(client, log, &archive, &path, check, &|_| true).await?;
+    fresh_table(client, log, check).await?;
+    load_path(client, log, &archive, &path, check).await?;
     check_against_catalogue(client, log, check, file).await?;
     Ok(changed)
 }

@@ -520,14 +520,15 @@ async fn check_redaction(
             .iter()
             .map(|r| r.get(0))
             .collect();
-        if !existing.is_empty() {
-            if let Some(c) = columns.iter().find(|c| !existing.contains(c)) {
-                return Err(format!(
-                    "{table} has no column {c:?} (its columns: {}): nothing was erased",
-                    existing.join(", ")
-                )
-                .into());
-            }
+        if let Some(c) = columns
+            .iter()
+            .find(|c| !existing.is_empty() && !existing.contains(c))
+        {
+            return Err(format!(
+                "{table} has no column {c:?} (its columns: {}): nothing was erased",
+                existing.join(", ")
+            )
+            .into());
         }
     }
     let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
