@@ -200,7 +200,7 @@ pub(crate) struct LogObjects {
     /// Every maintenance function, with its argument types.
     pub(crate) functions: Vec<(QualifiedName, &'static str)>,
     /// The functions readers may run (the partition listing, the check).
-    pub(crate) readable: Vec<QualifiedName>,
+    pub(crate) readable: Vec<(QualifiedName, &'static str)>,
     /// The publication of the tables captured from the write-ahead log.
     pub(crate) publication: Ident,
 }
@@ -451,9 +451,9 @@ COMMENT ON TABLE {config} IS {comment};
         log_name = log.name.literal(),
         readable_list = readable
             .iter()
-            .map(|f| format!(
+            .map(|(f, args)| format!(
                 "coalesce(pg_catalog.to_regprocedure({})::oid, 0)",
-                text_literal(&format!("{f}()"))
+                text_literal(&format!("{f}({args})"))
             ))
             .collect::<Vec<_>>()
             .join(", "),

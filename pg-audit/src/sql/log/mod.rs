@@ -322,15 +322,24 @@ impl AuditLog {
         ] {
             let _ = writeln!(sql, "GRANT SELECT ON TABLE {table} TO {role};");
         }
-        for function in self.readable_functions() {
-            let _ = writeln!(sql, "GRANT EXECUTE ON FUNCTION {function}() TO {role};");
+        for (function, args) in self.readable_functions() {
+            let _ = writeln!(
+                sql,
+                "GRANT EXECUTE ON FUNCTION {function}({args}) TO {role};"
+            );
         }
         sql
     }
 
-    /// The functions readers may run: the partition listing and the drift check.
-    fn readable_functions(&self) -> [QualifiedName; 2] {
-        [self.function("partitions"), self.function("check")]
+    /// The functions readers may run, with their argument types: the partition listing, the
+    /// drift check, and what `verify` recomputes (it changes nothing).
+    fn readable_functions(&self) -> [(QualifiedName, &'static str); 4] {
+        [
+            (self.function("partitions"), ""),
+            (self.function("check"), ""),
+            (self.function("seal_of"), "bigint, bigint, bytea, regclass"),
+            (self.function("content_of"), "regclass"),
+        ]
     }
 
     /// SQL that drops the log, its partitions and its functions. Drop the audit triggers first
