@@ -40,12 +40,13 @@ struct Key {
     k: i64,
 }
 
-/// The archived entries of one record, newest first, and how many files the archive holds.
+/// The archived entries of one record, newest first, how many files the archive holds, and
+/// the files that are missing.
 pub(crate) async fn entries(
     state: &Shared,
     table: &QualifiedName,
     key: &Value,
-) -> Result<(Vec<AuditEntry>, usize), PageError> {
+) -> Result<(Vec<AuditEntry>, usize, Vec<String>), PageError> {
     let log = state.log.clone();
     let schema = table
         .schema
@@ -89,5 +90,5 @@ pub(crate) async fn entries(
                 format!("cannot read the archive: {}", pg_audit_archive::chain(&e)),
             )
         })?;
-    Ok((entries, files.len()))
+    Ok((entries.entries, files.len(), entries.missing))
 }

@@ -322,13 +322,18 @@ pub(crate) async fn record(
     let archived = q.archived.as_deref() == Some("1");
     #[cfg(feature = "archive")]
     let archive_note = if archived {
-        let (older, files) = crate::archive::entries(&state, &table, &key).await?;
+        let (older, files, missing) = crate::archive::entries(&state, &table, &key).await?;
         let live: std::collections::HashSet<i64> = history.iter().map(|e| e.id).collect();
         let n = older.len();
         history.extend(older.into_iter().filter(|e| !live.contains(&e.id)));
         history.sort_by_key(|e| std::cmp::Reverse(e.id));
+        let gone = if missing.is_empty() {
+            String::new()
+        } else {
+            format!("; missing, so not shown: {}", missing.join(", "))
+        };
         Some(format!(
-            "{n} archived entries, read from {files} archived file(s)"
+            "{n} archived entries, read from {files} archived file(s){gone}"
         ))
     } else {
         None

@@ -30,8 +30,8 @@ mod store;
 
 pub use partition::{Archived, Candidate, archive_partition, candidates};
 pub use read::{
-    ArchivedFile, Erase, archived_files, history, history_from, load_archived, record_key_sql,
-    redact_in, rewrite_redacted,
+    ArchivedFile, ArchivedHistory, Erase, Redacted, archived_files, history, history_from,
+    load_archived, record_key_sql, redact,
 };
 pub use store::Archive;
 

@@ -12,7 +12,6 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
-use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::file::statistics::Statistics;
 use pg_audit::sql::shape::record_key_expr;
 use pg_audit::{AuditLog, Operation, QualifiedName};
@@ -84,7 +83,7 @@ pub async fn history(
     log: &AuditLog,
     table: &QualifiedName,
     key: &Value,
-) -> Result<Vec<AuditEntry>, Error> {
+) -> Result<ArchivedHistory, Error> {
     let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
     let record_key: i64 = client
         .query_one(
@@ -113,12 +112,26 @@ pub async fn history_from(
     record_key: i64,
     table: &QualifiedName,
     key: &Value,
-) -> Result<Vec<AuditEntry>, Error> {
+) -> Result<ArchivedHistory, Error> {
     let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
     let name = table.name.as_str();
     let mut entries = Vec::new();
+    let mut missing = Vec::new();
     for file in files {
         let (archive, path) = Archive::open_file(&file.location)?;
+        match archive.store.head(&path).await {
+            Ok(_) => {}
+            Err(object_store::Error::NotFound { .. }) => {
+                missing.push(file.location.clone());
+                continue;
+            }
+            Err(e) => {
+                return Err(Error::Store(
+                    format!("cannot reach the archived file {}", file.location),
+                    e,
+                ));
+            }
+        }
         let builder = open(&archive, &path, &file.location).await?;
         let Some(column) = builder
             .parquet_schema()
@@ -169,7 +182,16 @@ pub async fn history_from(
         }
     }
     entries.sort_by_key(|e| std::cmp::Reverse(e.id));
-    Ok(entries)
+    Ok(ArchivedHistory { entries, missing })
+}
+
+/// A record's archived entries.
+#[derive(Debug, Clone)]
+pub struct ArchivedHistory {
+    /// Newest first.
+    pub entries: Vec<AuditEntry>,
+    /// The catalogued files that are gone (their entries are not in `entries`).
+    pub missing: Vec<String>,
 }
 
 /// The entries of `batch` for one record.
@@ -261,10 +283,9 @@ async fn open(
     location: &str,
 ) -> Result<ParquetRecordBatchStreamBuilder<ObjectReader>, Error> {
     let reader = ObjectReader::new(archive.store.clone(), path.clone());
-    // Read as the log's columns, whatever Arrow types the writer chose for them (a file
-    // rewritten by another tool still reads, and verifies or not by its content).
-    let options = ArrowReaderOptions::new().with_schema(schema());
-    ParquetRecordBatchStreamBuilder::new_with_options(reader, options)
+    // The columns are found by name and read as integers or text whatever their nullability,
+    // so a file rewritten by another tool still reads, and verifies or not by its content.
+    ParquetRecordBatchStreamBuilder::new(reader)
         .await
         .map_err(pq(format!("cannot open the archived file {location}")))
 }
@@ -428,7 +449,7 @@ pub(crate) async fn load_path(
 pub enum Erase<'a> {
     /// Columns of one record (`None`: every column but the key's).
     Record {
-        /// Its table.
+        /// Its table (without a schema: `public`).
         table: &'a QualifiedName,
         /// Its key object.
         key: &'a Value,
@@ -439,39 +460,218 @@ pub enum Erase<'a> {
     User(&'a str),
 }
 
-/// Applies redaction `redaction` to the archived file `file`: its rows loaded into the server,
-/// the values erased there (their digests recorded and committed first, so the seals verify
-/// whether or not the file is rewritten), the file written again in place and read back.
-/// Returns the ids of the entries changed (none: the file is left as it was).
-pub async fn rewrite_redacted(
+impl Erase<'_> {
+    /// The parameters of [`AuditLog::redact_sql`] after the redaction id.
+    fn params(&self) -> EraseParams {
+        match self {
+            Erase::Record {
+                table,
+                key,
+                columns,
+            } => EraseParams {
+                schema: Some(
+                    table
+                        .schema
+                        .as_ref()
+                        .map_or("public", |s| s.as_str())
+                        .to_owned(),
+                ),
+                table: Some(table.name.as_str().to_owned()),
+                key: Some(key.to_string()),
+                columns: columns.map(<[String]>::to_vec),
+                user: None,
+            },
+            Erase::User(user) => EraseParams {
+                schema: None,
+                table: None,
+                key: None,
+                columns: None,
+                user: Some((*user).to_owned()),
+            },
+        }
+    }
+
+    /// What the redaction log says it targets (never the erased values).
+    fn target(&self) -> String {
+        match self {
+            Erase::Record {
+                columns: Some(c), ..
+            } => format!("columns {}", c.join(", ")),
+            Erase::Record { columns: None, .. } => "every column but the key".to_owned(),
+            Erase::User(_) => "context user_id".to_owned(),
+        }
+    }
+}
+
+/// A redaction's parameters as the SQL takes them.
+struct EraseParams {
+    schema: Option<String>,
+    table: Option<String>,
+    key: Option<String>,
+    columns: Option<Vec<String>>,
+    user: Option<String>,
+}
+
+/// What a redaction changed.
+#[derive(Debug, Clone)]
+pub struct Redacted {
+    /// Its id in the redaction log.
+    pub redaction_id: i64,
+    /// The live entries changed.
+    pub live_entries: Vec<i64>,
+    /// The archived entries changed.
+    pub archived_entries: Vec<i64>,
+    /// The files written again.
+    pub files_rewritten: Vec<String>,
+}
+
+/// Erases values in every log entry, live and archived, and records the redaction with
+/// `reason`: first, in one transaction, the redaction, the digests of the values erased (so the
+/// seals verify whichever form a row is in), the live entries, and which archived files hold
+/// such values; then each of those files is written again and read back. Refused, with nothing
+/// recorded, when no entry holds a value to erase. An interruption between the two leaves
+/// files that still verify; running the redaction again finishes them. `progress` hears each
+/// archived file as it is read. Run by the log's owner.
+pub async fn redact(
     client: &Client,
     log: &AuditLog,
-    file: &ArchivedFile,
-    redaction: i64,
+    reason: &str,
     erase: &Erase<'_>,
-) -> Result<Vec<i64>, Error> {
+    progress: &dyn Fn(&ArchivedFile),
+) -> Result<Redacted, Error> {
     lock_archive(client, log, true).await?;
-    let result = rewrite_locked(client, log, file, redaction, erase).await;
+    client
+        .batch_execute("BEGIN")
+        .await
+        .map_err(db("cannot start the redaction"))?;
+    let first = record_redaction(client, log, reason, erase, progress).await;
+    let result = match first {
+        Ok(Some(found)) => match client.batch_execute("COMMIT").await {
+            Ok(()) => rewrite_files(client, log, found, erase).await,
+            Err(e) => Err(Error::Db("cannot commit the redaction".into(), e)),
+        },
+        Ok(None) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(Error::Refused(
+                "no entry, live or archived, holds a value to erase: nothing was recorded".into(),
+            ))
+        }
+        Err(e) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(e)
+        }
+    };
     let _ = lock_archive(client, log, false).await;
     result
 }
 
-async fn rewrite_locked(
+/// The first phase, in the caller's transaction: `None` when there is nothing to erase.
+async fn record_redaction(
+    client: &Client,
+    log: &AuditLog,
+    reason: &str,
+    erase: &Erase<'_>,
+    progress: &dyn Fn(&ArchivedFile),
+) -> Result<Option<(Redacted, Vec<ArchivedFile>)>, Error> {
+    let p = erase.params();
+    let redaction_id: i64 = client
+        .query_one(
+            &log.insert_redaction_sql(),
+            &[
+                &reason,
+                &p.schema,
+                &p.table,
+                &p.key,
+                &p.columns,
+                &erase.target(),
+            ],
+        )
+        .await
+        .map_err(db("cannot record the redaction"))?
+        .get(0);
+    let live_entries = erase_in(client, log, &log.table().to_string(), redaction_id, erase).await?;
+    let record_key = match erase {
+        Erase::Record { table, key, .. } => {
+            let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
+            Some(
+                client
+                    .query_one(
+                        &record_key_sql(),
+                        &[&schema, &table.name.as_str(), &key.to_string()],
+                    )
+                    .await
+                    .map_err(db("cannot compute the record's key"))?
+                    .get::<_, i64>(0),
+            )
+        }
+        Erase::User(_) => None,
+    };
+    let work = "pg_temp.pg_audit_archive_redact";
+    let mut archived_entries = Vec::new();
+    let mut files = Vec::new();
+    for file in archived_files(client, log).await? {
+        progress(&file);
+        // A record's redaction skips the files whose statistics cannot hold it.
+        if let (Some(k), Erase::Record { table, key, .. }) = (record_key, erase)
+            && history_from(std::slice::from_ref(&file), k, table, key)
+                .await?
+                .entries
+                .is_empty()
+        {
+            continue;
+        }
+        let (archive, path) = Archive::open_file(&file.location)?;
+        fresh_table(client, log, work).await?;
+        load_path(client, log, &archive, &path, work).await?;
+        let ids = erase_in(client, log, work, redaction_id, erase).await?;
+        if !ids.is_empty() {
+            archived_entries.extend(ids);
+            files.push(file);
+        }
+    }
+    if live_entries.is_empty() && archived_entries.is_empty() {
+        return Ok(None);
+    }
+    archived_entries.sort_unstable();
+    Ok(Some((
+        Redacted {
+            redaction_id,
+            live_entries,
+            archived_entries,
+            files_rewritten: Vec::new(),
+        },
+        files,
+    )))
+}
+
+/// The second phase: each file holding erased values written again, its digests committed.
+async fn rewrite_files(
+    client: &Client,
+    log: &AuditLog,
+    (mut redacted, files): (Redacted, Vec<ArchivedFile>),
+    erase: &Erase<'_>,
+) -> Result<Redacted, Error> {
+    for file in &files {
+        rewrite_file(client, log, file, redacted.redaction_id, erase).await?;
+        redacted.files_rewritten.push(file.location.clone());
+    }
+    Ok(redacted)
+}
+
+/// Writes `file` again with the values of redaction `redaction` erased, and reads it back.
+async fn rewrite_file(
     client: &Client,
     log: &AuditLog,
     file: &ArchivedFile,
     redaction: i64,
     erase: &Erase<'_>,
-) -> Result<Vec<i64>, Error> {
+) -> Result<(), Error> {
     let work = "pg_temp.pg_audit_archive_redact";
     let (archive, path) = Archive::open_file(&file.location)?;
     fresh_table(client, log, work).await?;
     load_path(client, log, &archive, &path, work).await?;
-    let changed = redact_in(client, log, work, redaction, erase).await?;
-    if changed.is_empty() {
-        return Ok(changed);
-    }
-    // The digests are committed (redact_in runs in its own transaction): write the file.
+    // The digests are recorded: this marks the values (and records nothing new).
+    erase_in(client, log, work, redaction, erase).await?;
     let metadata = file_metadata(
         log,
         &file.partition_name,
@@ -492,49 +692,25 @@ async fn rewrite_locked(
     let check = "pg_temp.pg_audit_archive_check";
     fresh_table(client, log, check).await?;
     load_path(client, log, &archive, &path, check).await?;
-    check_against_catalogue(client, log, check, file).await?;
-    Ok(changed)
+    check_against_catalogue(client, log, check, file).await
 }
 
-/// Runs the redaction over `target` (the log, or a temporary table of archived rows) in its own
-/// transaction: the entries changed.
-pub async fn redact_in(
+/// Runs the redaction over `target` (the log, or a temporary table of archived rows), in the
+/// caller's transaction: the entries changed.
+async fn erase_in(
     client: &Client,
     log: &AuditLog,
     target: &str,
     redaction: i64,
     erase: &Erase<'_>,
 ) -> Result<Vec<i64>, Error> {
-    let (schema, table, key, columns, user) = match erase {
-        Erase::Record {
-            table,
-            key,
-            columns,
-        } => (
-            Some(table.schema.as_ref().map_or("public", |s| s.as_str())),
-            Some(table.name.as_str()),
-            Some(key.to_string()),
-            columns.map(<[String]>::to_vec),
-            None,
-        ),
-        Erase::User(user) => (None, None, None, None, Some(*user)),
-    };
-    let params: [&(dyn ToSql + Sync); 6] = [&redaction, &schema, &table, &key, &columns, &user];
-    client
-        .batch_execute("BEGIN")
+    let p = erase.params();
+    let params: [&(dyn ToSql + Sync); 6] =
+        [&redaction, &p.schema, &p.table, &p.key, &p.columns, &p.user];
+    let rows = client
+        .query(&log.redact_sql(target), &params)
         .await
-        .map_err(db("cannot start the redaction"))?;
-    let rows = match client.query(&log.redact_sql(target), &params).await {
-        Ok(rows) => rows,
-        Err(e) => {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(Error::Db(format!("cannot redact in {target}"), e));
-        }
-    };
-    client
-        .batch_execute("COMMIT")
-        .await
-        .map_err(db("cannot commit the redaction"))?;
+        .map_err(db(format!("cannot redact in {target}")))?;
     let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     ids.sort_unstable();
     Ok(ids)

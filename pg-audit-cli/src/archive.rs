@@ -108,8 +108,14 @@ pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec
     let log = db.log()?;
     let url = db.url()?.to_owned();
     let runtime = tokio::runtime::Runtime::new()?;
-    Ok(runtime.block_on(async {
+    let found = runtime.block_on(async {
         let client = pg_audit_archive::connect(&url).await?;
         pg_audit_archive::history(&client, &log, table, key).await
-    })?)
+    })?;
+    for location in &found.missing {
+        eprintln!(
+            "warning: the archived file {location} is missing; its entries are not shown (`pg-audit verify` reports it)"
+        );
+    }
+    Ok(found.entries)
 }

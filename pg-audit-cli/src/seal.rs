@@ -52,6 +52,13 @@ pub(crate) fn seal(max_rows: u32, export: Option<&std::path::Path>, db: &Db) -> 
         }
         if let Some(path) = export {
             let seals = load_seals(&client, &log).await?;
+            if seals.is_empty() {
+                return Err(format!(
+                    "no seals to export to {}: nothing is sealed yet (rows are sealed once their transactions have ended; run `pg-audit seal` again)",
+                    path.display()
+                )
+                .into());
+            }
             let mut file = std::fs::File::create(path)
                 .map_err(|e| format!("cannot write the seals to {}: {e}", path.display()))?;
             for s in &seals {
@@ -270,6 +277,53 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
             .await?;
         let (before_first, unsealed, impossible): (i64, i64, Vec<i64>) =
             (outside.get(0), outside.get(1), outside.get(2));
+        // Below the first seal only archived rows belong (archived before sealing began): a
+        // live one there, or an id both live and archived, was put in by hand.
+        if !seals.is_empty() {
+            let live_below: Vec<i64> = client
+                .query(
+                    &format!(
+                        "SELECT id FROM {} WHERE id < $1 AND id >= 1 ORDER BY id LIMIT 5",
+                        log.table()
+                    ),
+                    &[&first],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(id) = live_below.first() {
+                problems.push(format!(
+                    "entry {id} is in the log below the first seal (ids from {first}), where only rows archived before sealing began belong: inserted by hand"
+                ));
+            }
+        }
+        if let Some(t) = archived {
+            let both: Vec<i64> = client
+                .query(
+                    &format!(
+                        "SELECT l.id FROM {} AS l JOIN {t} AS a ON a.id = l.id ORDER BY l.id LIMIT 5",
+                        log.table()
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if let Some(id) = both.first() {
+                problems.push(format!(
+                    "entry {id} is both in the log and in an archived file: a row was inserted with an archived id"
+                ));
+            }
+        }
+        for r in client.query(&log.unerased_sql(archived), &[]).await? {
+            let (entry, column, key, redaction): (i64, String, String, i64) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            problems.push(format!(
+                "entry {entry}: the value of {column} {key:?} that redaction {redaction} erased is present again"
+            ));
+        }
         if let Some(id) = impossible.first() {
             problems.push(format!(
                 "entry {id} has an id the log never hands out ({} such entries): inserted by hand",
@@ -398,165 +452,93 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
             );
         }
     };
+    // Each column once, in the order given.
+    let columns: Option<Vec<String>> = args.columns.as_ref().map(|c| {
+        let mut seen = Vec::new();
+        for name in c {
+            if !seen.contains(name) {
+                seen.push(name.clone());
+            }
+        }
+        seen
+    });
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let client = pg_audit_archive::connect(&url).await?;
+        if let (Some((table, key)), Some(columns)) = (&record, &columns) {
+            check_columns(&client, table, key, columns).await?;
+        }
         let erase = match &record {
             Some((table, key)) => pg_audit_archive::Erase::Record {
                 table,
                 key,
-                columns: args.columns.as_deref(),
+                columns: columns.as_deref(),
             },
             None => pg_audit_archive::Erase::User(args.user.expect("checked above")),
         };
-        check_redaction(&client, &log, &record, &args).await?;
-        let (schema, table, key, target) = match &record {
-            Some((table, key)) => (
-                Some(table.schema.as_ref().map_or("public", |s| s.as_str()).to_owned()),
-                Some(table.name.as_str().to_owned()),
-                Some(key.to_string()),
-                match &args.columns {
-                    Some(c) => format!("columns {}", c.join(", ")),
-                    None => "every column but the key".to_owned(),
-                },
-            ),
-            None => (None, None, None, "context user_id".to_owned()),
-        };
-        let redaction: i64 = client
-            .query_one(
-                &log.insert_redaction_sql(),
-                &[&args.reason, &schema, &table, &key, &args.columns, &target],
-            )
-            .await
-            .map_err(|e| format!("cannot record the redaction: {}", db_message(&e)))?
-            .get(0);
-        let live = pg_audit_archive::redact_in(&client, &log, &log.table().to_string(), redaction, &erase).await?;
-        let files = pg_audit_archive::archived_files(&client, &log).await?;
-        let progress = Progress::new(files.len(), "redacting archived files");
-        let mut archived = Vec::new();
-        let mut rewritten = Vec::new();
-        for f in &files {
+        let progress = Progress::new(0, "reading the archive");
+        let done = pg_audit_archive::redact(&client, &log, args.reason, &erase, &|f| {
             progress.step(&f.partition_name);
-            let ids = pg_audit_archive::rewrite_redacted(&client, &log, f, redaction, &erase).await?;
-            if !ids.is_empty() {
-                rewritten.push(f.location.clone());
-                archived.extend(ids);
-            }
-            progress.done();
-        }
+        })
+        .await?;
         drop(progress);
-        let report = json!({
-            "redaction_id": redaction,
-            "live_entries": live,
-            "archived_entries": archived,
-            "files_rewritten": rewritten,
-        });
         if db.json {
+            let report = json!({
+                "redaction_id": done.redaction_id,
+                "live_entries": done.live_entries,
+                "archived_entries": done.archived_entries,
+                "files_rewritten": done.files_rewritten,
+            });
             crate::output::line(&report.to_string());
-        } else if live.is_empty() && archived.is_empty() {
-            crate::output::line(&format!(
-                "redaction {redaction}: nothing to erase (no entry holds those values, or they were erased before)"
-            ));
         } else {
             crate::output::line(&format!(
-                "redaction {redaction}: erased values in {} live and {} archived entries ({} file(s) rewritten); recorded with its reason, `pg-audit verify` still passes",
-                live.len(),
-                archived.len(),
-                rewritten.len()
+                "redaction {}: erased values in {} live and {} archived entries ({} file(s) rewritten); recorded with its reason, `pg-audit verify` still passes",
+                done.redaction_id,
+                done.live_entries.len(),
+                done.archived_entries.len(),
+                done.files_rewritten.len()
             ));
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })
 }
 
-/// Refuses a redaction that names a column the table lacks or a key column, or that would
-/// erase nothing: nothing is recorded then.
-async fn check_redaction(
+/// Refuses a column the table lacks or a key column, before anything is recorded.
+async fn check_columns(
     client: &Client,
-    log: &AuditLog,
-    record: &Option<(QualifiedName, Value)>,
-    args: &RedactArgs<'_>,
+    table: &QualifiedName,
+    key: &Value,
+    columns: &[String],
 ) -> Result<()> {
-    let Some((table, key)) = record else {
-        let user = args.user.expect("a user when no record");
-        let live: i64 = client
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM {} WHERE context->>'user_id' = $1",
-                    log.table()
-                ),
-                &[&user],
-            )
-            .await?
-            .get(0);
-        let archived = pg_audit_archive::archived_files(client, log).await?;
-        if live == 0 && archived.is_empty() {
-            return Err(format!(
-                "no log entry has the user id {user:?} in its context: nothing to erase, nothing recorded"
-            )
-            .into());
-        }
-        return Ok(());
-    };
-    if let Some(columns) = &args.columns {
-        let key_columns: Vec<&String> = key
-            .as_object()
-            .map(|k| k.keys().collect())
-            .unwrap_or_default();
-        if let Some(c) = columns.iter().find(|c| key_columns.contains(c)) {
-            return Err(format!(
-                "{c} is part of the key of {table}, which identifies the record in every entry and is not erased; name the other columns"
-            )
-            .into());
-        }
-        let existing: Vec<String> = client
-            .query(
-                "SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
-                  WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
-                  ORDER BY a.attnum",
-                &[&table.to_string()],
-            )
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if let Some(c) = columns
-            .iter()
-            .find(|c| !existing.is_empty() && !existing.contains(c))
-        {
-            return Err(format!(
-                "{table} has no column {c:?} (its columns: {}): nothing was erased",
-                existing.join(", ")
-            )
-            .into());
-        }
+    let key_columns: Vec<&String> = key
+        .as_object()
+        .map(|k| k.keys().collect())
+        .unwrap_or_default();
+    if let Some(c) = columns.iter().find(|c| key_columns.contains(c)) {
+        return Err(format!(
+            "{c} is part of the key of {table}, which identifies the record in every entry and is not erased; name the other columns"
+        )
+        .into());
     }
-    let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
-    let live: i64 = client
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE (record_key = {k} OR old_record_key = {k})
-                    AND schema_name = $1 AND table_name = $2
-                    AND (record_pk = $3::text::jsonb OR old_record_pk = $3::text::jsonb)",
-                log.table(),
-                k = pg_audit::sql::shape::record_key_expr(
-                    "$1::text",
-                    "$2::text",
-                    "$3::text::jsonb"
-                )
-            ),
-            &[&schema, &table.name.as_str(), &key.to_string()],
+    let existing: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+              WHERE a.attrelid = pg_catalog.to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+              ORDER BY a.attnum",
+            &[&table.to_string()],
         )
         .await?
-        .get(0);
-    if live == 0
-        && pg_audit_archive::history(client, log, table, key)
-            .await?
-            .is_empty()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // A table dropped since keeps its entries: its columns are not checked.
+    if let Some(c) = columns
+        .iter()
+        .find(|c| !existing.is_empty() && !existing.contains(c))
     {
         return Err(format!(
-            "no log entry of {table} {}, live or archived: nothing to erase, nothing recorded",
-            pg_audit_diesel::log::key_text(key)
+            "{table} has no column {c:?} (its columns: {}): nothing was erased",
+            existing.join(", ")
         )
         .into());
     }

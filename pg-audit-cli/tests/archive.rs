@@ -272,6 +272,24 @@ print(json.dumps(list(r)))
         url,
         &[],
     );
+    // Erased already: refused, nothing recorded.
+    let again = pg_audit(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "42",
+            "--columns",
+            "email,name",
+            "--reason",
+            "GDPR request 17, again",
+        ],
+        url,
+        &[],
+    );
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing was recorded"));
     for secret in [SECRET_EMAIL, SECRET_NAME, SECRET_USER] {
         let in_db = db
             .psql(&format!(
@@ -339,6 +357,15 @@ print(json.dumps(duckdb.sql("""SELECT count(*) FROM read_parquet('{glob}') AS t
         "CREATE TABLE keep AS SELECT * FROM audit.auditlog WHERE id = {live_id}"
     ))
     .unwrap();
+    // An erased value put back: its digest matches, yet it is a finding.
+    altered(
+        &format!(
+            "UPDATE audit.auditlog SET new_values = new_values || '{{\"email\": \"now@example.com\"}}' WHERE id = {live_id}; COMMIT;"
+        ),
+        &format!(
+            "entry {live_id}: the value of new_values \"email\" that redaction 1 erased is present again"
+        ),
+    );
     altered(
         &format!(
             "UPDATE audit.auditlog SET new_values = new_values || '{{\"name\": \"Mallory\"}}' WHERE id = {live_id}; COMMIT;"
@@ -534,6 +561,23 @@ fn archive_to_s3_reads_back_and_redacts_in_place() {
         "{history}"
     );
     assert!(history.contains("[redacted]"));
+    // A row put in below the first seal, with an archived entry's id.
+    db.psql(
+        "INSERT INTO audit.auditlog (id, changed_at, operation, schema_name, table_name, db_user)
+         VALUES (5, now(), 'TRUNCATE', 'public', 'users', 'mallory')",
+    )
+    .unwrap();
+    let out = pg_audit(&["verify"], url, &env);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("entry 5 is in the log below the first seal"),
+        "{text}"
+    );
+    assert!(
+        text.contains("entry 5 is both in the log and in an archived file"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -608,7 +652,7 @@ fn bad_input_is_refused_naming_the_fix() {
         &[
             "redact", "--table", "users", "--key", "999999", "--reason", "x",
         ],
-        "nothing to erase, nothing recorded",
+        "nothing was recorded",
     );
     refused(
         &["redact", "--user", "", "--reason", "x"],
@@ -616,7 +660,7 @@ fn bad_input_is_refused_naming_the_fix() {
     );
     refused(
         &["redact", "--user", "nobody-at-all", "--reason", "x"],
-        "nothing to erase, nothing recorded",
+        "nothing was recorded",
     );
     assert_eq!(
         db.psql("SELECT count(*) FROM audit.auditlog_redactions")

@@ -82,6 +82,20 @@ impl AuditLog {
         )
     }
 
+    /// The values a recorded redaction erased that are present again (the marker gone), in
+    /// the log and, when `archived` names a table with the log's columns, the archived rows
+    /// loaded into it: `entry_id`, `column_name`, `key`, `redaction_id`.
+    pub fn unerased_sql(&self, archived: Option<&str>) -> String {
+        format!(
+            "SELECT entry_id, column_name, key, redaction_id FROM {}({})",
+            self.function("unerased"),
+            archived.map_or("NULL".to_owned(), |t| format!(
+                "{}::regclass",
+                text_literal(t)
+            ))
+        )
+    }
+
     /// The log's highest id handed out, and the highest sealed.
     pub fn seal_progress_sql(&self) -> String {
         format!(
@@ -346,6 +360,41 @@ END
         )
     );
 
+    // A redaction's digest stands in for the value only while the marker does: a value put
+    // back (the digest would match it) is a finding of its own.
+    let unerased_body = format!(
+        "
+DECLARE
+    source text := 'SELECT {columns} FROM {table}';
+BEGIN
+    IF archived IS NOT NULL THEN
+        source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s', archived);
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT r.entry_id, r.column_name, r.key, r.redaction_id
+           FROM {values} AS r
+           JOIN (' || source || ') AS l ON l.id = r.entry_id
+          WHERE (to_jsonb(l) -> r.column_name -> r.key) IS DISTINCT FROM ' || pg_catalog.quote_literal({marker_text}) || '::jsonb
+          ORDER BY r.entry_id, r.column_name, r.key';
+END
+",
+        marker_text = marker,
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!(
+                "{}(archived regclass DEFAULT NULL)",
+                log.function("unerased")
+            ),
+            "TABLE (entry_id bigint, column_name text, key text, redaction_id bigint)",
+            "plpgsql STABLE",
+            false,
+            &unerased_body
+        )
+    );
+
     // The horizon: every writer holds a transaction id before it takes a log id (the triggers
     // run after the audited write; the capture worker asks for one first). So once every
     // transaction running when the sequence was read has ended, no row with an id up to that
@@ -511,9 +560,10 @@ END
 
 /// The functions of tamper evidence and erasure, with their argument types (revoked from
 /// PUBLIC, dropped with the log).
-pub(crate) fn function_signatures(log: &AuditLog) -> [(crate::QualifiedName, &'static str); 5] {
+pub(crate) fn function_signatures(log: &AuditLog) -> [(crate::QualifiedName, &'static str); 6] {
     [
         (log.function("append_only"), ""),
+        (log.function("unerased"), "regclass"),
         (log.function("seal_of"), "bigint, bigint, bytea, regclass"),
         (log.function("content_of"), "regclass"),
         (log.function("seal"), "integer"),

@@ -333,12 +333,13 @@ impl AuditLog {
 
     /// The functions readers may run, with their argument types: the partition listing, the
     /// drift check, and what `verify` recomputes (it changes nothing).
-    fn readable_functions(&self) -> [(QualifiedName, &'static str); 4] {
+    fn readable_functions(&self) -> [(QualifiedName, &'static str); 5] {
         [
             (self.function("partitions"), ""),
             (self.function("check"), ""),
             (self.function("seal_of"), "bigint, bigint, bytea, regclass"),
             (self.function("content_of"), "regclass"),
+            (self.function("unerased"), "regclass"),
         ]
     }
 
