@@ -293,8 +293,8 @@ END
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_trigger
                     WHERE tgrelid OPERATOR(pg_catalog.=) {lit}::regclass
-                      AND tgname OPERATOR(pg_catalog.=) 'pg_audit_append_only') THEN
-        CREATE TRIGGER pg_audit_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t}
+                      AND tgname OPERATOR(pg_catalog.=) 'append_only') THEN
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {t}
             FOR EACH STATEMENT EXECUTE FUNCTION {append_only}();
     END IF;
 END
