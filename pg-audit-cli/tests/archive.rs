@@ -427,12 +427,19 @@ impl Drop for S3 {
 
 fn s3_server() -> S3 {
     let port = free_port();
-    let child = Command::new("moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("moto_server runs (pip install 'moto[server]'; CI installs it)");
+        .expect("python3 runs moto's server (pip install 'moto[server]'; CI installs it)");
     let server = S3(child, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
