@@ -220,6 +220,11 @@ pub(crate) fn objects_sql(log: &AuditLog) -> String {
     let state = log.seal_state_table();
     let redactions = log.redactions_table();
     let values = log.redacted_values_table();
+    // Names inside the bodies' string literals (a log may be named `a'b`): quotes doubled, and
+    // in `format` templates `%` doubled too.
+    let table_str = table.to_string().replace('\'', "''");
+    let values_str = values.to_string().replace('\'', "''");
+    let values_fmt = values_str.replace('%', "%%");
     let seal_of = log.function("seal_of");
     let seal = log.function("seal");
     let redact = log.function("redact");
@@ -309,7 +314,7 @@ END
     let seal_of_body = format!(
         "
 DECLARE
-    source text := 'SELECT {columns} FROM {table} WHERE id >= $1 AND id <= $2';
+    source text := 'SELECT {columns} FROM {table_str} WHERE id >= $1 AND id <= $2';
 BEGIN
     IF archived IS NOT NULL THEN
         source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s WHERE id >= $1 AND id <= $2', archived);
@@ -365,14 +370,14 @@ END
     let unerased_body = format!(
         "
 DECLARE
-    source text := 'SELECT {columns} FROM {table}';
+    source text := 'SELECT {columns} FROM {table_str}';
 BEGIN
     IF archived IS NOT NULL THEN
         source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s', archived);
     END IF;
     RETURN QUERY EXECUTE
         'SELECT r.entry_id, r.column_name, r.key, r.redaction_id
-           FROM {values} AS r
+           FROM {values_str} AS r
            JOIN (' || source || ') AS l ON l.id = r.entry_id
           WHERE (to_jsonb(l) -> r.column_name -> r.key) IS DISTINCT FROM ' || pg_catalog.quote_literal({marker_text}) || '::jsonb
           ORDER BY r.entry_id, r.column_name, r.key';
@@ -492,7 +497,7 @@ BEGIN
                                     tbl_schema, tbl_name, {record_key}, {record_key}, pk, pk);
         -- The digest of each value about to be erased, kept so the seals still verify.
         EXECUTE pg_catalog.format(
-            'INSERT INTO {values} (redaction_id, entry_id, column_name, key, digest)
+            'INSERT INTO {values_fmt} (redaction_id, entry_id, column_name, key, digest)
              SELECT $1, l.id, v.col, e.key, {vd}
                FROM %s AS l
               CROSS JOIN LATERAL (VALUES (''old_values'', l.old_values), (''new_values'', l.new_values)) AS v(col, data)
@@ -506,19 +511,19 @@ BEGIN
             'UPDATE %s AS l
                 SET old_values = (SELECT jsonb_object_agg(e.key, CASE WHEN r.key IS NULL THEN e.value ELSE {marker}::jsonb END)
                                     FROM jsonb_each(l.old_values) AS e
-                                    LEFT JOIN {values} AS r ON r.entry_id = l.id AND r.column_name = ''old_values'' AND r.key = e.key),
+                                    LEFT JOIN {values_fmt} AS r ON r.entry_id = l.id AND r.column_name = ''old_values'' AND r.key = e.key),
                     new_values = (SELECT jsonb_object_agg(e.key, CASE WHEN r.key IS NULL THEN e.value ELSE {marker}::jsonb END)
                                     FROM jsonb_each(l.new_values) AS e
-                                    LEFT JOIN {values} AS r ON r.entry_id = l.id AND r.column_name = ''new_values'' AND r.key = e.key)
+                                    LEFT JOIN {values_fmt} AS r ON r.entry_id = l.id AND r.column_name = ''new_values'' AND r.key = e.key)
               WHERE %s
-                AND EXISTS (SELECT FROM {values} AS r
+                AND EXISTS (SELECT FROM {values_fmt} AS r
                              WHERE r.entry_id = l.id AND r.column_name IN (''old_values'', ''new_values'')
                                AND (jsonb_typeof(l.old_values) = ''object'' AND l.old_values->r.key <> {marker}::jsonb
                                     OR jsonb_typeof(l.new_values) = ''object'' AND l.new_values->r.key <> {marker}::jsonb))
              RETURNING l.id', target, filter);
     ELSIF user_id IS NOT NULL THEN
         EXECUTE pg_catalog.format(
-            'INSERT INTO {values} (redaction_id, entry_id, column_name, key, digest)
+            'INSERT INTO {values_fmt} (redaction_id, entry_id, column_name, key, digest)
              SELECT $1, l.id, ''context'', e.key, {vd}
                FROM %s AS l
               CROSS JOIN LATERAL json_each(CASE WHEN json_typeof(l.context) = ''object'' THEN l.context END) AS e
