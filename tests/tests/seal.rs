@@ -2,24 +2,12 @@
 //! transaction has ended (a transaction that took a lower id and commits late is covered by a
 //! later seal, not left out of an earlier one), and no writer waits on the sealer.
 
-use pg_audit_tests::{ROLE_PREFIX, TestDb, exec, exec_err, value};
+use pg_audit_tests::{ROLE_PREFIX, TestDb, audited_items, exec, exec_err, value};
 use serde_json::json;
 
+/// The context tests' fixture: the default log and an audited `items` table.
 fn setup(hint: &str) -> TestDb {
-    let db = TestDb::new(hint);
-    let mut conn = db.conn();
-    let log = pg_audit::AuditLog::new();
-    exec(&mut conn, &log.create_sql());
-    exec(
-        &mut conn,
-        "CREATE TABLE items (id int PRIMARY KEY, name text)",
-    );
-    let spec =
-        pg_audit::TriggerSpec::builder(pg_audit::QualifiedName::parse("public.items").unwrap())
-            .build()
-            .unwrap();
-    exec(&mut conn, &spec.install_sql(&log));
-    db
+    audited_items(hint).0
 }
 
 /// Every seal recomputed from the log now matches what was stored, and the chain holds.

@@ -556,7 +556,6 @@ END
             &redact_body
         )
     );
-    let _ = table_lit;
     for t in [&seals, &state, &redactions, &values] {
         let _ = writeln!(sql, "REVOKE ALL ON TABLE {t} FROM PUBLIC;");
     }
