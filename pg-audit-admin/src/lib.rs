@@ -39,8 +39,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
+use diesel::{Connection as _, PgConnection};
 use pg_audit::AuditLog;
 
 #[cfg(feature = "archive")]
@@ -105,21 +105,49 @@ impl Admin {
             log: self.log,
             authorize: Box::new(authorize),
         });
-        Router::new()
-            .route("/", get(pages::activity))
-            .route("/record", get(pages::record))
-            .route("/record/revert", post(pages::revert))
-            .route("/record/restore", post(pages::restore))
-            .route("/tx/{txid}", get(pages::transaction))
-            .route("/request", get(pages::request))
-            .route("/user", get(pages::user))
-            .route("/tables", get(pages::tables))
-            .route("/table", get(pages::table))
-            .route("/partitions", get(pages::partitions))
-            .route("/assets/style.css", get(style))
+        ROUTES
+            .iter()
+            .fold(Router::new(), |router, &path| {
+                router.route(path, handler(path))
+            })
             .route_layer(middleware::from_fn_with_state(state.clone(), check_access))
             .layer(middleware::map_response(security_headers))
             .with_state(state)
+    }
+}
+
+/// Every path the admin answers, in the order of its pages (`{txid}` a parameter). The router
+/// is built from this list, so tests can check that they reach every page.
+#[doc(hidden)]
+pub const ROUTES: [&str; 11] = [
+    "/",
+    "/record",
+    "/record/revert",
+    "/record/restore",
+    "/tx/{txid}",
+    "/request",
+    "/user",
+    "/tables",
+    "/table",
+    "/partitions",
+    "/assets/style.css",
+];
+
+/// The handler of a path of [`ROUTES`].
+fn handler(path: &str) -> axum::routing::MethodRouter<Shared> {
+    match path {
+        "/" => get(pages::activity),
+        "/record" => get(pages::record),
+        "/record/revert" => post(pages::revert),
+        "/record/restore" => post(pages::restore),
+        "/tx/{txid}" => get(pages::transaction),
+        "/request" => get(pages::request),
+        "/user" => get(pages::user),
+        "/tables" => get(pages::tables),
+        "/table" => get(pages::table),
+        "/partitions" => get(pages::partitions),
+        "/assets/style.css" => get(style),
+        other => unreachable!("{other} is not a route of the admin"),
     }
 }
 
@@ -284,7 +312,11 @@ impl From<pg_audit::Error> for PageError {
     }
 }
 
-/// Runs `f` on a pooled connection on a blocking thread.
+/// Runs `f` on a pooled connection on a blocking thread, in a transaction that first pins
+/// pg-audit's settings ([`pg_audit::session::set_local_sql`]): the pool is the application's,
+/// and its sessions' `search_path` (with whatever another role planted in `public`) and
+/// settings must not decide what a page's queries call or read. The pages' queries are
+/// schema-qualified too. A page that fails rolls its transaction back.
 pub(crate) async fn with_conn<T: Send + 'static>(
     state: &Shared,
     f: impl FnOnce(&mut PooledConnection<ConnectionManager<PgConnection>>) -> Result<T, PageError>
@@ -296,7 +328,13 @@ pub(crate) async fn with_conn<T: Send + 'static>(
         let mut conn = pool
             .get()
             .map_err(|e| PageError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        f(&mut conn)
+        conn.transaction(|conn| {
+            diesel::connection::SimpleConnection::batch_execute(
+                conn,
+                &pg_audit::session::set_local_sql(),
+            )?;
+            f(conn)
+        })
     })
     .await
     .map_err(|e| PageError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

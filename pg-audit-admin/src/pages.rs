@@ -320,10 +320,11 @@ pub(crate) async fn record(
         .await?
     };
     let archived = q.archived.as_deref() == Some("1");
+    // Revert reads the live log: an archived entry is shown, not offered to revert to.
+    let live: std::collections::HashSet<i64> = history.iter().map(|e| e.id).collect();
     #[cfg(feature = "archive")]
     let archive_note = if archived {
         let (older, files, missing) = crate::archive::entries(&state, &table, &key).await?;
-        let live: std::collections::HashSet<i64> = history.iter().map(|e| e.id).collect();
         let n = older.len();
         history.extend(older.into_iter().filter(|e| !live.contains(&e.id)));
         history.sort_by_key(|e| std::cmp::Reverse(e.id));
@@ -400,7 +401,7 @@ pub(crate) async fn record(
                     @if let Some(old) = &e.old_record_pk { p { "Key changed from " (key_text(old)) } }
                     (diff(e))
                     p { a href=(href(&base, "/record", &[("table", table_text.clone()), ("key", key.to_string()), ("at", e.id.to_string())])) { "State after this entry" } }
-                    @if write && e.operation != Operation::Delete && e.new_values.is_some() {
+                    @if write && e.operation != Operation::Delete && e.new_values.is_some() && live.contains(&e.id) {
                         details { summary { "Revert to this entry" }
                             form method="post" action={ (base) "/record/revert" } {
                                 (hidden("table", &table_text)) (hidden("key", &key.to_string()))
@@ -755,7 +756,7 @@ pub(crate) async fn table(
         with_conn(&state, move |conn| {
             let installed: Option<Installed> = diesel::sql_query(format!(
                 "SELECT c.table_schema, c.table_name, c.config FROM {} AS c
-                  WHERE c.table_name = $1 AND ($2::text IS NULL OR c.table_schema = $2)
+                  WHERE c.table_name OPERATOR(pg_catalog.=) $1 AND ($2::text IS NULL OR c.table_schema OPERATOR(pg_catalog.=) $2)
                   ORDER BY c.table_schema LIMIT 1",
                 log.config_table()
             ))
@@ -769,7 +770,7 @@ pub(crate) async fn table(
                 )));
             };
             let problems: Vec<Problem> = diesel::sql_query(format!(
-                "SELECT c.problem FROM ({}) AS c WHERE c.table_schema = $1 AND c.table_name = $2",
+                "SELECT c.problem FROM ({}) AS c WHERE c.table_schema OPERATOR(pg_catalog.=) $1 AND c.table_name OPERATOR(pg_catalog.=) $2",
                 log.check_sql()
             ))
             .bind::<Text, _>(&installed.table_schema)
@@ -778,8 +779,8 @@ pub(crate) async fn table(
             let days: Vec<Day> = diesel::sql_query(format!(
                 "SELECT pg_catalog.date_trunc('day', l.changed_at, 'UTC') AS day, pg_catalog.count(*) AS changes
                    FROM {} AS l
-                  WHERE l.schema_name = $1 AND l.table_name = $2
-                    AND l.changed_at >= pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC') - interval '29 days'
+                  WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+                    AND l.changed_at OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.-) interval '29 days')
                   GROUP BY 1 ORDER BY 1",
                 log.table()
             ))
@@ -914,7 +915,7 @@ pub(crate) async fn partitions(
     let base = base(&original, &uri);
     let sql = format!(
         "SELECT p.*, greatest(c.reltuples, 0)::float8 AS estimated_rows
-           FROM ({}) AS p JOIN pg_catalog.pg_class AS c ON c.oid = pg_catalog.to_regclass(p.partition_name)",
+           FROM ({}) AS p JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(p.partition_name)",
         state.log.list_partitions_sql()
     );
     let (parts, default_rows) = with_conn(&state, move |conn| {
@@ -931,14 +932,18 @@ pub(crate) async fn partitions(
         // A role with only `pg-audit sql grant`'s SELECT on the log may not read a partition
         // directly: then the statistics say whether the DEFAULT partition holds rows.
         let held = match &default {
-            Some(name) => diesel::sql_query(format!(
-                "SELECT EXISTS (SELECT FROM {name} LIMIT 1) AS held"
-            ))
-            .get_result::<Held>(conn)
-            .map_or_else(
-                |_| parts.iter().any(|p| p.is_default && p.estimated_rows > 0.0),
-                |h| h.held,
-            ),
+            // In a savepoint: refused, it must not abort the page's transaction.
+            Some(name) => conn
+                .transaction(|conn| {
+                    diesel::sql_query(format!(
+                        "SELECT EXISTS (SELECT FROM {name} LIMIT 1) AS held"
+                    ))
+                    .get_result::<Held>(conn)
+                })
+                .map_or_else(
+                    |_| parts.iter().any(|p| p.is_default && p.estimated_rows > 0.0),
+                    |h| h.held,
+                ),
             None => false,
         };
         Ok((parts, held))

@@ -36,8 +36,14 @@ pub use read::{
 pub use store::Archive;
 
 /// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.
+/// The session starts with pg-audit's pinned settings ([`pg_audit::session`]).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| Error::Db("cannot read the database URL".into(), e))?;
+    config.options(pg_audit::session::merge_options(config.get_options()));
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
         .await
         .map_err(|e| Error::Db("cannot connect to the database".into(), e))?;
     tokio::spawn(async move {

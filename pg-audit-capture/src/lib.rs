@@ -256,11 +256,14 @@ fn parse_url(which: &'static str, url: &str) -> Result<tokio_postgres::Config, E
         })
 }
 
-/// Connects an ordinary session with the search path the triggers run with.
+/// Connects an ordinary session with the settings the triggers run with
+/// ([`pg_audit::session`]), from its first statement.
 pub(crate) async fn connect(
     config: &tokio_postgres::Config,
     doing: &'static str,
 ) -> Result<tokio_postgres::Client, Error> {
+    let mut config = config.clone();
+    config.options(pg_audit::session::merge_options(config.get_options()));
     let (client, connection) = config
         .connect(tokio_postgres::NoTls)
         .await
@@ -270,10 +273,6 @@ pub(crate) async fn connect(
             tracing::debug!(error = %e, "pg-audit capture: session ended");
         }
     });
-    client
-        .batch_execute("SET search_path = pg_catalog, pg_temp")
-        .await
-        .map_err(|source| Error::Database { doing, source })?;
     Ok(client)
 }
 

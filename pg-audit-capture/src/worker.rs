@@ -273,8 +273,8 @@ fn replication_config(worker: &Worker, progress: u64) -> Result<ReplicationConfi
     .with_status_interval(Duration::from_millis(500))
     .with_wakeup_interval(Duration::from_secs(1))
     .with_application_name("pg-audit capture")
-    // Values in the text forms `to_jsonb` starts from.
-    .with_options("-c DateStyle=ISO,MDY -c IntervalStyle=postgres -c extra_float_digits=1 -c bytea_output=hex");
+    // Values in the text forms `to_jsonb` writes in the pinned trigger functions.
+    .with_options(pg_audit::session::merge_options(source.get_options()));
     Ok(config)
 }
 

@@ -363,7 +363,9 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
     Ok(())
 }
 
-/// `pg-audit check`: `Ok(true)` when nothing drifted.
+/// `pg-audit check`: `Ok(true)` when nothing drifted. The check's queries run here, in a
+/// session with pg-audit's settings pinned, not through `<log>_check()`: the log's owner could
+/// replace that function with one that finds nothing.
 pub(crate) fn check(db: &Db) -> Result<bool> {
     let (mut conn, log) = db.connect()?;
     #[derive(QueryableByName)]
@@ -375,11 +377,17 @@ pub(crate) fn check(db: &Db) -> Result<bool> {
         #[diesel(sql_type = Text)]
         problem: String,
     }
-    let problems: Vec<Problem> = diesel::sql_query(log.check_sql()).load(&mut conn)?;
+    let mut problems: Vec<Problem> = diesel::sql_query(log.check_sql()).load(&mut conn)?;
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
+    }
+    let version: Count =
+        diesel::sql_query("SELECT pg_catalog.current_setting('server_version_num')::int8 AS n")
+            .get_result(&mut conn)?;
+    if version.n >= 150_000 {
+        problems.extend(diesel::sql_query(log.check_v15_sql()).load::<Problem>(&mut conn)?);
     }
     let audited: Count =
         diesel::sql_query(format!("SELECT count(*) AS n FROM {}", log.config_table()))

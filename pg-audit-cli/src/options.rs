@@ -54,12 +54,17 @@ impl Db {
         Ok(self.log.log()?)
     }
 
+    /// The database URL with pg-audit's pinned settings in its connection options
+    /// ([`pg_audit::session`]): every session the program opens starts with them, so nothing
+    /// on a role's `search_path` runs in its place and no role default changes what it reads.
+    pub(crate) fn pinned_url(&self) -> Result<String> {
+        Ok(pg_audit::session::pin_conninfo(self.url()?)?)
+    }
+
     /// A connection to the database, and the log.
     pub(crate) fn connect(&self) -> Result<(PgConnection, AuditLog)> {
         let log = self.log.log()?;
-        let url = self.url()?;
-        let mut conn = PgConnection::establish(url)
-            .map_err(|e| format!("cannot connect to the database: {e}"))?;
+        let mut conn = establish(&self.pinned_url()?)?;
         let exists = relation_exists(&mut conn, &log.table().to_string())?;
         if !exists {
             return Err(format!(
@@ -71,6 +76,12 @@ impl Db {
         }
         Ok((conn, log))
     }
+}
+
+/// A Diesel connection to `pinned_url` (a URL [`Db::pinned_url`] made).
+pub(crate) fn establish(pinned_url: &str) -> Result<PgConnection> {
+    Ok(PgConnection::establish(pinned_url)
+        .map_err(|e| format!("cannot connect to the database: {e}"))?)
 }
 
 /// Whether `name` (`schema.table`, quoted as PostgreSQL prints it) names a relation.

@@ -64,7 +64,7 @@ pub(crate) fn serve(
         }
         (None, None) => Credentials::Open,
     };
-    let url = db.url()?.to_owned();
+    let url = db.pinned_url()?;
     let log = db.log()?;
     let pool = Pool::builder()
         .max_size(8)

@@ -180,9 +180,10 @@ fn table_primary_key(table: &QualifiedName, url: Option<&str>) -> Result<Vec<Str
              the table's primary key"
         )
     })?;
-    let mut conn = PgConnection::establish(url).map_err(|e| {
-        format!("cannot connect to the database to read {table}'s primary key: {e}")
-    })?;
+    let mut conn =
+        PgConnection::establish(&pg_audit::session::pin_conninfo(url)?).map_err(|e| {
+            format!("cannot connect to the database to read {table}'s primary key: {e}")
+        })?;
     #[derive(QueryableByName)]
     struct KeyColumn {
         #[diesel(sql_type = Nullable<Text>)]

@@ -75,6 +75,11 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A connection string that cannot be read as libpq reads it.
+    Conninfo {
+        /// What in it could not be read.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Error {
@@ -124,6 +129,7 @@ impl fmt::Display for Error {
             Error::InvalidCondition { condition, reason } => {
                 write!(f, "invalid condition `{condition}`: {reason}")
             }
+            Error::Conninfo { reason } => write!(f, "cannot read the connection string: {reason}"),
         }
     }
 }

@@ -46,6 +46,7 @@
 pub mod context;
 mod error;
 pub mod ident;
+pub mod session;
 pub mod sql;
 
 pub use error::Error;

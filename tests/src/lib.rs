@@ -5,7 +5,7 @@ pub mod browser;
 pub mod http;
 pub mod pgbouncer;
 
-use diesel::connection::SimpleConnection as _;
+use diesel::connection::{Connection as _, SimpleConnection as _};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::Jsonb;
@@ -144,6 +144,34 @@ pub fn value(conn: &mut PgConnection, query: &str) -> Value {
     let object = rows[0].as_object().expect("row is an object");
     assert_eq!(object.len(), 1, "expected one column from {query}");
     object.values().next().cloned().expect("one column")
+}
+
+/// The drift check's problems as `pg-audit check` finds them (the check's queries run in a
+/// transaction with pg-audit's settings pinned, and on PostgreSQL 15 its later part too), each
+/// problem's text, sorted.
+pub fn check_problems(conn: &mut PgConnection, log: &pg_audit::AuditLog) -> Vec<String> {
+    conn.transaction(|conn| {
+        conn.batch_execute(&pg_audit::session::set_local_sql())?;
+        let mut sql = log.check_sql();
+        if value(
+            conn,
+            "SELECT current_setting('server_version_num')::int >= 150000",
+        ) == Value::Bool(true)
+        {
+            sql = format!(
+                "SELECT * FROM ({sql}) AS a UNION ALL SELECT * FROM ({}) AS b",
+                log.check_v15_sql()
+            );
+        }
+        let found = value(
+            conn,
+            &format!(
+                "SELECT coalesce(jsonb_agg(c.problem ORDER BY c.problem), '[]') FROM ({sql}) AS c"
+            ),
+        );
+        Ok::<_, diesel::result::Error>(serde_json::from_value(found).expect("problems are text"))
+    })
+    .expect("the check runs")
 }
 
 /// A database with the default audit log and an audited `items (id serial, name text)` table:

@@ -19,7 +19,7 @@ use std::fmt::Write as _;
 
 use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::create_function;
-use crate::sql::shape::{Operation, tgtype};
+use crate::sql::shape::{Filled, LOG_COLUMNS, Operation, tgtype};
 
 /// The field listing the audited operations' keywords, in the order of [`TRIGGERS_FIELD`].
 const OPERATIONS_FIELD: &str = "operations";
@@ -203,19 +203,21 @@ pub(crate) struct LogObjects {
     pub(crate) readable: Vec<(QualifiedName, &'static str)>,
     /// The publication of the tables captured from the write-ahead log.
     pub(crate) publication: Ident,
+    /// The log's tables besides the log and its partitions (install records, archive
+    /// catalogue, seals, redactions, capture progress), which may not all exist.
+    pub(crate) side_tables: Vec<QualifiedName>,
+    /// Those of them that are append-only (a trigger refuses changes).
+    pub(crate) append_only: Vec<QualifiedName>,
 }
 
-/// DDL of the record table, of the definitions function and of the check function.
+/// DDL of the record table and of the definitions function (the check function comes last,
+/// [`check_function_sql`], as it compares every other function with what it should be).
 pub(crate) fn objects_sql(objects: &LogObjects) -> String {
     let LogObjects {
-        log,
         config,
         check,
         definitions,
-        adopt,
-        functions,
-        readable,
-        publication,
+        ..
     } = objects;
     let mut sql = String::new();
     let _ = writeln!(
@@ -255,6 +257,73 @@ COMMENT ON TABLE {config} IS {comment};
             &definitions_body
         )
     );
+    sql
+}
+
+/// A function of the log's as this version of pg-audit installs it, for the check to compare
+/// the installed one with: its signature (name and argument types), body and whether it runs
+/// as its owner.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpectedFunction {
+    pub(crate) name: QualifiedName,
+    pub(crate) args: &'static str,
+    pub(crate) body: String,
+    pub(crate) security_definer: bool,
+}
+
+/// The check function: every problem [`check_query`] finds, and on PostgreSQL 15 and later
+/// those of [`check_v15_query`] too. For psql, cron and pg_cron; the `pg-audit` program and
+/// the admin run the queries themselves rather than trust a function the log's owner may
+/// replace.
+pub(crate) fn check_function_sql(objects: &LogObjects, expected: &[ExpectedFunction]) -> String {
+    let body = format!(
+        "
+BEGIN
+    RETURN QUERY {};
+    IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
+        RETURN QUERY EXECUTE {};
+    END IF;
+END
+",
+        check_query(objects, expected),
+        text_literal(&check_v15_query(objects)),
+    );
+    create_function(
+        &format!("{}()", objects.check),
+        "TABLE (table_schema text, table_name text, problem text)",
+        "plpgsql STABLE",
+        false,
+        &body,
+    )
+}
+
+/// What the drift check finds, on PostgreSQL 13 and later: rows of `table_schema`,
+/// `table_name`, `problem`. Run with the settings of [`crate::session::PINNED`] (a session the
+/// program opened, a transaction that set them, or the check function).
+///
+/// For each recorded table: the table, its trigger function (as recorded, pinned, owned by
+/// the log's owner, executable by nobody else), its triggers and partitions (each with its
+/// triggers, owned by the log's owner), its columns; for capture from the WAL, the
+/// publication and replica identity. For the log itself (reported under its name): every
+/// relation of the log — the log, its partitions, the install records, the archive catalogue,
+/// the seals and their state, the redaction log, the capture progress — owned by the log's
+/// owner, with no trigger, rule or row-level security policy of anyone else's; the log's
+/// columns and defaults as installed; no write grant; its functions as this version installs
+/// them; its publication publishing every operation through the partition root; and no role
+/// or database whose default `session_replication_role` switches triggers off.
+pub(crate) fn check_query(objects: &LogObjects, expected: &[ExpectedFunction]) -> String {
+    let LogObjects {
+        log,
+        config,
+        check: _,
+        definitions: _,
+        adopt,
+        functions,
+        readable,
+        publication,
+        side_tables,
+        append_only,
+    } = objects;
     // A partition's trigger of each operation: statement-level AFTER, on that one event.
     let partition_tgtype = format!(
         "CASE e.op {} END",
@@ -279,16 +348,84 @@ COMMENT ON TABLE {config} IS {comment};
         .collect::<Vec<_>>()
         .join(", ");
     let grantee = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END";
-    let body = format!(
+    let pinned = crate::session::proconfig_array();
+    let missing_pins = format!(
+        "(SELECT pg_catalog.string_agg(s.s, ', ') FROM pg_catalog.unnest({pinned}) AS s(s) WHERE s.s <> ALL (coalesce(f.proconfig, '{{}}')))"
+    );
+    // The log's relations: the log and its partitions, and the side tables that exist.
+    let relations = format!(
+        "(SELECT pt.relid AS rel FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+          UNION ALL
+          SELECT r.rel FROM (VALUES {side}) AS r(rel) WHERE r.rel IS NOT NULL)",
+        log_lit = log.literal(),
+        side = side_tables
+            .iter()
+            .map(|t| format!("(pg_catalog.to_regclass({}))", t.literal()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    let append_only_list = append_only
+        .iter()
+        .map(|t| format!("pg_catalog.to_regclass({})", t.literal()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The log's defaults as installed (pg_get_expr prints them so under the pinned path).
+    let defaults = LOG_COLUMNS
+        .iter()
+        .map(|c| {
+            let expected = match c.filled {
+                Filled::Sequence => format!(
+                    "pg_catalog.format('nextval(%L::regclass)', pg_catalog.pg_get_serial_sequence({}, {}))",
+                    log.literal(),
+                    text_literal(c.name)
+                ),
+                Filled::Default(_) => text_literal(
+                    c.deparsed_default()
+                        .expect("every default column has its deparsed form"),
+                ),
+                Filled::Writer => "NULL::text".to_owned(),
+            };
+            let sql_type = if c.filled == Filled::Sequence {
+                "bigint"
+            } else {
+                c.sql_type
+            };
+            format!(
+                "({}, {expected}, {}, {})",
+                text_literal(c.name),
+                text_literal(sql_type),
+                !c.nullable
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n                         ");
+    let expected_functions = expected
+        .iter()
+        .map(|f| {
+            format!(
+                "({}, {}, {})",
+                text_literal(&format!("{}({})", f.name, f.args)),
+                crate::ident::dollar_quote(&f.body),
+                f.security_definer
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n                         ");
+    format!(
         r#"
     SELECT t.table_schema, t.table_name, p.problem
       FROM {config} AS t
      CROSS JOIN LATERAL (
-            SELECT pg_catalog.to_regclass(pg_catalog.format('%I.%I', t.table_schema, t.table_name)) AS rel,
+            -- Found in the catalog, not by name: a reader may lack USAGE on the table's schema.
+            SELECT (SELECT c.oid FROM pg_catalog.pg_class AS c
+                      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                     WHERE n.nspname OPERATOR(pg_catalog.=) t.table_schema
+                       AND c.relname OPERATOR(pg_catalog.=) t.table_name)::regclass AS rel,
                    CASE WHEN t.trigger_function OPERATOR(pg_catalog.<>) ''
                         THEN pg_catalog.to_regprocedure(t.trigger_function OPERATOR(pg_catalog.||) '()') END AS fn,
                    t.config ->> {capture_field} IS NOT DISTINCT FROM 'wal' AS wal
            ) AS o
+      JOIN pg_catalog.pg_class AS lg ON lg.oid = {log_lit}::regclass
      CROSS JOIN LATERAL (
             SELECT 'the table is missing' AS problem
              WHERE o.rel IS NULL
@@ -354,17 +491,16 @@ COMMENT ON TABLE {config} IS {comment};
              WHERE tg.tgrelid = o.rel AND tg.tgname = ANY ({all_triggers}) AND NOT (t.definitions ? tg.tgname)
                AND t.definitions IS NOT NULL
             UNION ALL
-            -- The trigger function runs as the log's owner, with a pinned search_path, for the
-            -- triggers alone.
+            -- The trigger function runs as the log's owner, with pg-audit's settings pinned, for
+            -- the triggers alone.
             SELECT x.problem
               FROM pg_catalog.pg_proc AS f
-              JOIN pg_catalog.pg_class AS lg ON lg.oid = {log_lit}::regclass
              CROSS JOIN LATERAL (
                     SELECT pg_catalog.format('trigger function %s is no longer SECURITY DEFINER', t.trigger_function) AS problem
                      WHERE NOT f.prosecdef
                     UNION ALL
-                    SELECT pg_catalog.format('trigger function %s no longer runs with search_path = pg_catalog, pg_temp', t.trigger_function)
-                     WHERE NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (f.proconfig), false)
+                    SELECT pg_catalog.format('trigger function %s does not pin %s, so the writing session''s settings can change what is logged or what runs; reinstall', t.trigger_function, {missing_pins})
+                     WHERE NOT coalesce(f.proconfig @> {pinned}, false)
                     UNION ALL
                     SELECT pg_catalog.format('trigger function %s is owned by %s, not by the log''s owner %s', t.trigger_function, f.proowner::regrole, lg.relowner::regrole)
                      WHERE f.proowner <> lg.relowner
@@ -375,10 +511,14 @@ COMMENT ON TABLE {config} IS {comment};
                    ) AS x
              WHERE f.oid = o.fn
             UNION ALL
-            SELECT pg_catalog.format('the table is owned by %s, not by the log''s owner %s: %s can drop or disable its audit triggers', c.relowner::regrole, lg.relowner::regrole, c.relowner::regrole)
-              FROM pg_catalog.pg_class AS c
-              JOIN pg_catalog.pg_class AS lg ON lg.oid = {log_lit}::regclass
-             WHERE c.oid = o.rel AND c.relowner <> lg.relowner
+            -- The table and its partitions belong to the log's owner: their owner can disable
+            -- their audit triggers, write, and enable them again.
+            SELECT pg_catalog.format('%s %s is owned by %s, not by the log''s owner %s: %s can disable its audit triggers',
+                                     CASE WHEN c.oid = o.rel THEN 'the table' ELSE 'partition' END,
+                                     c.oid::regclass, c.relowner::regrole, lg.relowner::regrole, c.relowner::regrole)
+              FROM (SELECT o.rel AS relid UNION SELECT p.relid FROM pg_catalog.pg_partition_tree(o.rel) AS p) AS pt
+              JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid
+             WHERE c.relowner <> lg.relowner
             UNION ALL
             -- A partitioned table's partitions: each has the table's triggers of its own.
             SELECT CASE WHEN tg.oid IS NULL
@@ -389,7 +529,7 @@ COMMENT ON TABLE {config} IS {comment};
              CROSS JOIN LATERAL (SELECT t.config -> {triggers_field} ->> (i.n - 1) AS name, t.config -> {operations_field} ->> (i.n - 1) AS op
                                    FROM pg_catalog.generate_series(1, pg_catalog.jsonb_array_length(t.config -> {triggers_field})) AS i(n)) AS e
               LEFT JOIN pg_catalog.pg_trigger AS tg ON tg.tgrelid = pt.relid AND tg.tgname = e.name AND tg.tgparentid = 0
-             WHERE pt.relid <> o.rel
+             WHERE pt.relid <> o.rel AND NOT o.wal
                AND (tg.oid IS NULL OR tg.tgenabled IN ('D', 'R') OR tg.tgfoid <> o.fn OR tg.tgqual IS NOT NULL
                     OR tg.tgtype::int <> {partition_tgtype}
                     -- It logs under the table's name, passed as its two arguments.
@@ -421,24 +561,126 @@ COMMENT ON TABLE {config} IS {comment};
                                                 AND rc.relname OPERATOR(pg_catalog.=) r.table_name
                  WHERE rc.oid OPERATOR(pg_catalog.=) pg_catalog.pg_partition_root(c.oid)))
     UNION ALL
-    -- Only the owner writes the log, its partitions and the records; readers may SELECT the
-    -- log and the records, and run nothing but the partition listing.
-    SELECT {log_schema}, {log_name},
-           pg_catalog.format('%s grants %s to %s', c.oid::regclass, a.privilege_type, {grantee})
-      FROM (SELECT {log_lit}::regclass AS rel, true AS readable
-            UNION ALL SELECT {config_lit}::regclass, true
-            UNION ALL SELECT pt.relid, false FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
-                       WHERE pt.relid <> {log_lit}::regclass) AS r
-      JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
-     CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
-     WHERE a.grantee <> c.relowner AND NOT (r.readable AND a.privilege_type = 'SELECT')
-    UNION ALL
-    SELECT {log_schema}, {log_name},
-           pg_catalog.format('EXECUTE on %s is granted to %s', f.oid::regprocedure, {grantee})
-      FROM pg_catalog.pg_proc AS f
-     CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) AS a
-     WHERE f.oid = ANY (ARRAY[{maintenance}]) AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
-       AND f.oid <> ALL (ARRAY[{readable_list}]::oid[])
+    -- The log itself, reported under its name: what could change, hide or drop its rows.
+    SELECT {log_schema}, {log_name}, x.problem
+      FROM pg_catalog.pg_class AS lg
+     CROSS JOIN LATERAL (
+            -- Only the owner writes the log, its partitions and the records; readers may SELECT
+            -- the log and the records, and run nothing but the partition listing.
+            SELECT pg_catalog.format('%s grants %s to %s', c.oid::regclass, a.privilege_type, {grantee}) AS problem
+              FROM (SELECT {log_lit}::regclass AS rel, true AS readable
+                    UNION ALL SELECT {config_lit}::regclass, true
+                    UNION ALL SELECT pt.relid, false FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+                               WHERE pt.relid <> {log_lit}::regclass) AS r
+              JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
+             CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+             WHERE a.grantee <> c.relowner AND NOT (r.readable AND a.privilege_type = 'SELECT')
+            UNION ALL
+            SELECT pg_catalog.format('EXECUTE on %s is granted to %s', f.oid::regprocedure, {grantee})
+              FROM pg_catalog.pg_proc AS f
+             CROSS JOIN LATERAL pg_catalog.aclexplode(f.proacl) AS a
+             WHERE f.oid = ANY (ARRAY[{maintenance}]) AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
+               AND f.oid <> ALL (ARRAY[{readable_list}]::oid[])
+            UNION ALL
+            -- Every relation of the log belongs to its owner.
+            SELECT pg_catalog.format('%s is owned by %s, not by the log''s owner %s', c.oid::regclass, c.relowner::regrole, lg.relowner::regrole)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
+             WHERE c.relowner <> lg.relowner
+            UNION ALL
+            -- No trigger on them but the seals' and catalogues' append-only ones, enabled.
+            SELECT pg_catalog.format('trigger %s on %s was not installed by pg-audit: it runs on every write of %s and can change, drop or forge rows', tg.tgname, tg.tgrelid::regclass, tg.tgrelid::regclass)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_trigger AS tg ON tg.tgrelid = r.rel
+             WHERE NOT tg.tgisinternal
+               AND NOT (tg.tgname = 'append_only' AND tg.tgrelid = ANY (ARRAY[{append_only_list}]))
+            UNION ALL
+            SELECT pg_catalog.format('%s is not append-only: its trigger append_only is %s', a.rel::regclass,
+                                     CASE WHEN tg.oid IS NULL THEN 'missing' ELSE 'disabled' END)
+              FROM pg_catalog.unnest(ARRAY[{append_only_list}]) AS a(rel)
+              LEFT JOIN pg_catalog.pg_trigger AS tg ON tg.tgrelid = a.rel AND tg.tgname = 'append_only'
+             WHERE a.rel IS NOT NULL AND (tg.oid IS NULL OR tg.tgenabled IN ('D', 'R'))
+            UNION ALL
+            SELECT pg_catalog.format('rule %s on %s rewrites what is written to or read from it', w.rulename, w.ev_class::regclass)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_rewrite AS w ON w.ev_class = r.rel
+            UNION ALL
+            SELECT pg_catalog.format('%s has row-level security enabled%s: a policy can hide rows from readers and verify', c.oid::regclass,
+                                     CASE WHEN c.relforcerowsecurity THEN ' and forced on its owner' ELSE '' END)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
+             WHERE c.relrowsecurity OR c.relforcerowsecurity
+            UNION ALL
+            SELECT pg_catalog.format('policy %s on %s was not installed by pg-audit', pol.polname, pol.polrelid::regclass)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_policy AS pol ON pol.polrelid = r.rel
+            UNION ALL
+            -- The log's columns and the defaults the writers rely on (db_user, txid, times).
+            SELECT CASE
+                       WHEN a.attnum IS NULL THEN pg_catalog.format('column %s of %s is missing', e.name, c.oid::regclass)
+                       WHEN a.atttypid <> e.type::regtype OR a.attnotnull <> e.not_null
+                           THEN pg_catalog.format('column %s of %s is %s%s, not %s%s', e.name, c.oid::regclass,
+                                                  pg_catalog.format_type(a.atttypid, a.atttypmod), CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END,
+                                                  e.type::regtype, CASE WHEN e.not_null THEN ' NOT NULL' ELSE '' END)
+                       ELSE pg_catalog.format('column %s of %s defaults to %s, not %s: every entry written takes it', e.name, c.oid::regclass,
+                                              coalesce(pg_catalog.pg_get_expr(d.adbin, d.adrelid), 'nothing'), coalesce(e.def, 'nothing'))
+                   END
+              FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+              JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid
+             CROSS JOIN (VALUES {defaults}) AS e(name, def, type, not_null)
+              LEFT JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attname = e.name AND NOT a.attisdropped
+              LEFT JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = c.oid AND d.adnum = a.attnum
+             WHERE a.attnum IS NULL
+                OR a.atttypid <> e.type::regtype OR a.attnotnull <> e.not_null
+                OR pg_catalog.pg_get_expr(d.adbin, d.adrelid) IS DISTINCT FROM e.def
+            UNION ALL
+            SELECT pg_catalog.format('column %s of %s has a default (%s) pg-audit did not give it', a.attname, c.oid::regclass, pg_catalog.pg_get_expr(d.adbin, d.adrelid))
+              FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+              JOIN pg_catalog.pg_class AS c ON c.oid = pt.relid
+              JOIN pg_catalog.pg_attrdef AS d ON d.adrelid = c.oid
+              JOIN pg_catalog.pg_attribute AS a ON a.attrelid = c.oid AND a.attnum = d.adnum
+             WHERE a.attname::text <> ALL (ARRAY[{column_names}])
+            UNION ALL
+            -- The log's functions as this version installs them: a function the log's owner
+            -- replaced would run in place of pg-audit's.
+            SELECT CASE WHEN f.oid IS NULL THEN pg_catalog.format('function %s is missing; reinstall the log', e.sig)
+                        ELSE pg_catalog.format('function %s differs from what this version of pg-audit installs (edited, replaced, or installed by another version); reinstall the log', e.sig)
+                   END
+              FROM (VALUES {expected_functions}) AS e(sig, body, definer)
+              LEFT JOIN pg_catalog.pg_proc AS f ON f.oid = pg_catalog.to_regprocedure(e.sig)
+             WHERE f.oid IS NULL OR f.prosrc <> e.body OR f.prosecdef <> e.definer
+                OR NOT coalesce(f.proconfig @> {pinned}, false) OR f.proowner <> lg.relowner
+            UNION ALL
+            -- Capture from the WAL: every operation published, through the partition root.
+            SELECT pg_catalog.format('publication %s publishes %s%s: changes it leaves out are not captured; drop it and reinstall the WAL-captured tables',
+                                     pb.pubname,
+                                     pg_catalog.concat_ws(', ', CASE WHEN pb.pubinsert THEN 'insert' END, CASE WHEN pb.pubupdate THEN 'update' END,
+                                                          CASE WHEN pb.pubdelete THEN 'delete' END, CASE WHEN pb.pubtruncate THEN 'truncate' END),
+                                     CASE WHEN pb.pubviaroot THEN '' ELSE ', not through the partition root' END)
+              FROM pg_catalog.pg_publication AS pb
+             WHERE pb.pubname = {publication_lit}
+               AND NOT (pb.pubinsert AND pb.pubupdate AND pb.pubdelete AND pb.pubtruncate AND pb.pubviaroot)
+            UNION ALL
+            SELECT pg_catalog.format('the install records %s are not in publication %s: the capture worker would not see configuration changes', {config_lit}, pb.pubname)
+              FROM pg_catalog.pg_publication AS pb
+             WHERE pb.pubname = {publication_lit}
+               AND NOT EXISTS (SELECT FROM pg_catalog.pg_publication_rel AS pr
+                                WHERE pr.prpubid = pb.oid AND pr.prrelid = {config_lit}::regclass)
+               AND EXISTS (SELECT FROM {config} AS r WHERE r.config ->> {capture_field} = 'wal')
+            UNION ALL
+            -- session_replication_role = replica switches every ordinary trigger off.
+            SELECT pg_catalog.format('%s session_replication_role = replica by default%s: its writes skip every audit trigger',
+                                     CASE WHEN s.setrole = 0 THEN pg_catalog.format('database %s has', pg_catalog.current_database())
+                                          ELSE pg_catalog.format('role %s has', s.setrole::regrole) END,
+                                     CASE WHEN s.setdatabase = 0 THEN ' in every database' ELSE '' END)
+              FROM pg_catalog.pg_db_role_setting AS s
+             WHERE (s.setdatabase = 0 OR s.setdatabase = (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database()))
+               AND EXISTS (SELECT FROM pg_catalog.unnest(s.setconfig) AS c(c) WHERE pg_catalog.lower(c.c) = 'session_replication_role=replica')
+            UNION ALL
+            SELECT 'session_replication_role is replica by default on this server: writes skip every audit trigger'
+             WHERE (SELECT st.reset_val FROM pg_catalog.pg_settings AS st WHERE st.name = 'session_replication_role') = 'replica'
+           ) AS x
+     WHERE lg.oid = {log_lit}::regclass
      ORDER BY 1, 2, 3
 "#,
         log_lit = log.literal(),
@@ -466,19 +708,54 @@ COMMENT ON TABLE {config} IS {comment};
         before_update_row = tgtype::BEFORE_UPDATE_ROW,
         trigger_names = Operation::trigger_names_array(),
         update_trigger = Operation::Update.trigger_name().literal(),
-    );
-    let _ = writeln!(
-        sql,
-        "{}",
-        create_function(
-            &format!("{check}()"),
-            "TABLE (table_schema text, table_name text, problem text)",
-            "sql STABLE",
-            false,
-            &body
-        )
-    );
-    sql
+        all_triggers = crate::sql::trigger::all_trigger_names_array(),
+        column_names = LOG_COLUMNS
+            .iter()
+            .map(|c| text_literal(c.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// What the drift check finds that only PostgreSQL 15 and later can have: a grant of `SET` on
+/// `session_replication_role` (which lets a role switch triggers off), and row filters or
+/// column lists on the log's publication.
+pub(crate) fn check_v15_query(objects: &LogObjects) -> String {
+    let LogObjects {
+        log, publication, ..
+    } = objects;
+    format!(
+        "
+    SELECT {log_schema}::text, {log_name}::text, x.problem
+      FROM (
+            SELECT pg_catalog.format('%s may %s session_replication_role (GRANT %s ON PARAMETER): its sessions can switch every audit trigger off',
+                                     CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,
+                                     pg_catalog.lower(a.privilege_type), a.privilege_type) AS problem
+              FROM pg_catalog.pg_parameter_acl AS p
+             CROSS JOIN LATERAL pg_catalog.aclexplode(p.paracl) AS a
+             WHERE p.parname = 'session_replication_role'
+            UNION ALL
+            SELECT pg_catalog.format('publication %s filters the rows of %s (WHERE %s): changes outside the filter are not captured; drop the publication and reinstall',
+                                     pb.pubname, pr.prrelid::regclass, pg_catalog.pg_get_expr(pr.prqual, pr.prrelid))
+              FROM pg_catalog.pg_publication AS pb
+              JOIN pg_catalog.pg_publication_rel AS pr ON pr.prpubid = pb.oid
+             WHERE pb.pubname = {publication_lit} AND pr.prqual IS NOT NULL
+            UNION ALL
+            SELECT pg_catalog.format('publication %s publishes only some columns of %s: the others are not captured; drop the publication and reinstall',
+                                     pb.pubname, pr.prrelid::regclass)
+              FROM pg_catalog.pg_publication AS pb
+              JOIN pg_catalog.pg_publication_rel AS pr ON pr.prpubid = pb.oid
+             WHERE pb.pubname = {publication_lit} AND pr.prattrs IS NOT NULL
+           ) AS x
+     ORDER BY 1, 2, 3
+",
+        log_schema = log
+            .schema
+            .as_ref()
+            .map_or_else(|| "NULL".to_owned(), Ident::literal),
+        log_name = log.name.literal(),
+        publication_lit = publication.literal(),
+    )
 }
 
 /// The functions that keep a partitioned table's partitions audited: `guard`, the trigger

@@ -186,6 +186,20 @@ pub const LOG_COLUMNS: [LogColumn; 15] = [
 pub const PARTITION_COLUMN: &str = "changed_at";
 
 impl LogColumn {
+    /// Its default as `pg_get_expr` prints it with the `search_path` pinned to `pg_catalog`
+    /// (what the drift check compares with), for columns filled by a default.
+    pub(crate) fn deparsed_default(&self) -> Option<&'static str> {
+        match self.filled {
+            Filled::Default("pg_catalog.statement_timestamp()") => Some("statement_timestamp()"),
+            Filled::Default("pg_catalog.transaction_timestamp()") => {
+                Some("transaction_timestamp()")
+            }
+            Filled::Default("pg_catalog.txid_current()") => Some("txid_current()"),
+            Filled::Default("session_user") => Some("SESSION_USER"),
+            _ => None,
+        }
+    }
+
     /// The column's definition in `CREATE TABLE`.
     pub(crate) fn definition(&self) -> String {
         let mut def = format!("\"{}\" ", self.name);

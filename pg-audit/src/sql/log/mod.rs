@@ -141,34 +141,50 @@ impl AuditLog {
             functions: self.function_signatures(),
             readable: self.readable_functions().to_vec(),
             publication: self.publication(),
+            side_tables: vec![
+                self.config_table(),
+                self.archives_table(),
+                self.seals_table(),
+                self.seal_state_table(),
+                self.redactions_table(),
+                self.redacted_values_table(),
+                self.capture_progress_table(),
+            ],
+            append_only: vec![
+                self.seals_table(),
+                self.redactions_table(),
+                self.redacted_values_table(),
+                self.archives_table(),
+            ],
         }
     }
 
-    /// The event trigger that adopts new partitions of audited tables (database-wide, so its
-    /// name carries the log's schema and name).
-    fn event_trigger(&self) -> Ident {
-        Ident::generated(
-            &format!(
-                "pg_audit_{}_{}",
-                self.schema().as_str(),
-                self.table.name.as_str()
-            ),
-            "_partitions",
-        )
+    /// Every function of the log but the check, as this version installs it (read from
+    /// [`AuditLog::create_sql`]'s text before the check), for the check to compare with.
+    fn expected_functions(&self, ddl: &str) -> Vec<drift::ExpectedFunction> {
+        let created = crate::sql::created_functions(ddl);
+        let check = self.function("check");
+        self.function_signatures()
+            .into_iter()
+            .filter(|(name, _)| *name != check)
+            .map(|(name, args)| {
+                let prefix = format!("{name}(");
+                let (_, security_definer, body) = created
+                    .iter()
+                    .find(|(signature, _, _)| signature.starts_with(&prefix))
+                    .unwrap_or_else(|| panic!("the log's DDL creates {name}"));
+                drift::ExpectedFunction {
+                    name,
+                    args,
+                    body: (*body).to_owned(),
+                    security_definer: *security_definer,
+                }
+            })
+            .collect()
     }
 
-    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
-    fn partition_prefix(&self) -> String {
-        const DATE: &str = "00000000";
-        let template = Ident::generated(self.table.name.as_str(), &format!("_p{DATE}"));
-        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
-    }
-
-    /// SQL that creates the schema, the log table, its DEFAULT partition, its indexes and its
-    /// partition-maintenance functions, then creates the current partition and the next
-    /// `premake`. Every statement is idempotent: running it again changes nothing but replaces the
-    /// functions.
-    pub fn create_sql(&self) -> String {
+    /// The log's DDL up to its check function: the tables, indexes and every other function.
+    fn ddl_before_check(&self) -> String {
         let table = &self.table;
         let mut sql = String::new();
         let _ = writeln!(sql, "-- pg-audit: the audit log {table}");
@@ -264,6 +280,42 @@ impl AuditLog {
             &self.function("adopt_on_ddl"),
             &self.event_trigger(),
         ));
+        sql
+    }
+
+    /// The event trigger that adopts new partitions of audited tables (database-wide, so its
+    /// name carries the log's schema and name).
+    fn event_trigger(&self) -> Ident {
+        Ident::generated(
+            &format!(
+                "pg_audit_{}_{}",
+                self.schema().as_str(),
+                self.table.name.as_str()
+            ),
+            "_partitions",
+        )
+    }
+
+    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
+    fn partition_prefix(&self) -> String {
+        const DATE: &str = "00000000";
+        let template = Ident::generated(self.table.name.as_str(), &format!("_p{DATE}"));
+        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
+    }
+
+    /// SQL that creates the schema, the log table, its DEFAULT partition, its indexes and its
+    /// partition-maintenance functions, then creates the current partition and the next
+    /// `premake`. Every statement is idempotent: running it again changes nothing but replaces the
+    /// functions.
+    pub fn create_sql(&self) -> String {
+        let mut sql = self.ddl_before_check();
+        let expected = self.expected_functions(&sql);
+        let _ = writeln!(
+            sql,
+            "\n{}",
+            drift::check_function_sql(&self.objects(), &expected)
+        );
+        let table = &self.table;
         // Append-only: only the owner (the role running this) writes the log, and only through
         // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
         let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
@@ -424,11 +476,23 @@ impl AuditLog {
         ))
     }
 
-    /// SQL listing the problems the drift check finds: rows of `table_schema`, `table_name`,
-    /// `problem`; none when every recorded audit trigger is installed as it was (see
-    /// [`crate::sql::drift`]).
+    /// SQL listing the problems the drift check finds on any PostgreSQL: rows of
+    /// `table_schema`, `table_name`, `problem`; none when every recorded audit trigger, and the
+    /// log itself, are as installed (see [`crate::sql::drift`]). It is the check itself, not a
+    /// call of `<log>_check()` (a function the log's owner could replace): run it in a session
+    /// with [`crate::session::PINNED`]'s settings (one opened with
+    /// [`crate::session::startup_options`], or a transaction after
+    /// [`crate::session::set_local_sql`]).
     pub fn check_sql(&self) -> String {
-        format!("SELECT * FROM {}()", self.function("check"))
+        let ddl = self.ddl_before_check();
+        drift::check_query(&self.objects(), &self.expected_functions(&ddl))
+    }
+
+    /// What the drift check finds on PostgreSQL 15 and later besides [`AuditLog::check_sql`]
+    /// (grants of `SET` on `session_replication_role`, row filters and column lists on the
+    /// log's publication), with the same columns; it fails on earlier versions.
+    pub fn check_v15_sql(&self) -> String {
+        drift::check_v15_query(&self.objects())
     }
 
     /// SQL returning the key columns recorded at install for a table, as a JSON array in key

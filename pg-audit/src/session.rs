@@ -1,0 +1,303 @@
+//! The settings pg-audit's SQL runs under, defined once: every function pg-audit installs
+//! pins them (`SET` clauses), and every session the `pg-audit` program, the admin server and
+//! the capture worker open starts with them (connection options), so neither the objects on a
+//! role's `search_path` nor the settings of the session that writes or reads decide what runs
+//! or what is logged.
+//!
+//! Two kinds of setting are pinned:
+//! - **where names resolve**: `search_path = pg_catalog, pg_temp`, so a function or operator a
+//!   role planted in a schema on its path (`public` on PostgreSQL 13 and 14) is never called in
+//!   place of the built-in one; and `row_security = off`, so a row-level security policy on
+//!   the log makes a query fail rather than silently hide rows from it;
+//! - **how values are written and read as text**: `to_jsonb` of a `float8` follows
+//!   `extra_float_digits` (at `-15`, 123456.789 is written 100000), of a `timestamptz` the
+//!   `TimeZone`, of an `interval` the `IntervalStyle`, of a `bytea` the `bytea_output`, of
+//!   `money` the `lc_monetary`; a condition's text and date casts follow `DateStyle`, its
+//!   string literals `standard_conforming_strings`, its `= NULL` `transform_null_equals`.
+//!   Pinned, an entry is the same whoever wrote it and whatever their session set.
+//!
+//! ```
+//! let options = pg_audit::session::startup_options();
+//! assert!(options.starts_with(r"-c search_path=pg_catalog,\ pg_temp -c row_security=off"));
+//! let url = pg_audit::session::pin_conninfo("postgres://app@db/shop?sslmode=require").unwrap();
+//! assert!(url.starts_with("postgres://app@db/shop?sslmode=require&options=-c%20search_path"));
+//! ```
+
+use crate::Error;
+
+/// Each pinned setting as PostgreSQL names it (the spelling `pg_proc.proconfig` records) and
+/// its value, in the order functions declare them.
+pub const PINNED: [(&str, &str); 10] = [
+    ("search_path", "pg_catalog, pg_temp"),
+    ("row_security", "off"),
+    ("extra_float_digits", "1"),
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
+    ("standard_conforming_strings", "on"),
+    ("transform_null_equals", "off"),
+];
+
+/// The `SET` clauses of a function pinning every setting of [`PINNED`].
+pub(crate) fn set_clauses() -> String {
+    PINNED
+        .iter()
+        .map(|&(name, value)| {
+            // The search path is a list of names, each its own element (quoted whole, it would
+            // be one schema named `pg_catalog, pg_temp`); the others are single values.
+            let value = if name == "search_path" {
+                value.to_owned()
+            } else {
+                crate::ident::text_literal(value)
+            };
+            format!("\nSET {name} = {value}")
+        })
+        .collect()
+}
+
+/// `SET LOCAL` of every setting of [`PINNED`], for the rest of the current transaction: for a
+/// session pg-audit did not open (an application's pool) that runs pg-audit's queries.
+pub fn set_local_sql() -> String {
+    set_clauses()
+        .lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| format!("{};", line.replacen("SET ", "SET LOCAL ", 1)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The `proconfig` entries of a function that pins every setting (`name=value`), as an SQL
+/// `text[]` literal, for the drift check to compare with.
+pub(crate) fn proconfig_array() -> String {
+    format!(
+        "ARRAY[{}]::text[]",
+        PINNED
+            .iter()
+            .map(|(name, value)| crate::ident::text_literal(&format!("{name}={value}")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// The connection option (`options`, or `PGOPTIONS`) that starts a session with every
+/// setting of [`PINNED`]: `-c name=value ...`, spaces in values escaped as PostgreSQL's
+/// option splitting reads them.
+pub fn startup_options() -> String {
+    PINNED
+        .iter()
+        .map(|(name, value)| {
+            let mut option = format!("-c {name}=");
+            for c in value.chars() {
+                if c == ' ' || c == '\\' {
+                    option.push('\\');
+                }
+                option.push(c);
+            }
+            option
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `options` merged with [`startup_options`]: the pinned settings come last, so they win
+/// over the same settings given earlier.
+pub fn merge_options(options: Option<&str>) -> String {
+    match options.map(str::trim).filter(|o| !o.is_empty()) {
+        Some(given) => format!("{given} {}", startup_options()),
+        None => startup_options(),
+    }
+}
+
+/// A libpq connection string (a `postgres://` URL or `key=value` pairs) with [`PINNED`] added
+/// to its `options`, keeping every other part as written. Without `options` of its own, the
+/// environment's `PGOPTIONS` (which libpq would otherwise have used) is kept before them.
+///
+/// An error names what in the string could not be read; libpq would refuse it too.
+pub fn pin_conninfo(conninfo: &str) -> Result<String, Error> {
+    let from_env = || std::env::var("PGOPTIONS").ok();
+    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let (base, query) = match conninfo.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (conninfo, None),
+        };
+        let mut params = Vec::new();
+        let mut options = None;
+        for param in query.into_iter().flat_map(|q| q.split('&')) {
+            if param.is_empty() {
+                continue;
+            }
+            let (key, value) = param.split_once('=').ok_or_else(|| Error::Conninfo {
+                reason: format!("the URL parameter `{param}` has no `=`"),
+            })?;
+            if percent_decode(key)? == "options" {
+                options = Some(percent_decode(value)?);
+            } else {
+                params.push(param.to_owned());
+            }
+        }
+        let options = merge_options(options.or_else(from_env).as_deref());
+        params.push(format!("options={}", percent_encode(&options)));
+        Ok(format!("{base}?{}", params.join("&")))
+    } else {
+        let mut pairs = parse_pairs(conninfo)?;
+        let options = match pairs.iter().position(|(k, _)| k == "options") {
+            Some(i) => Some(pairs.remove(i).1),
+            None => from_env(),
+        };
+        pairs.push(("options".to_owned(), merge_options(options.as_deref())));
+        Ok(pairs
+            .iter()
+            .map(|(k, v)| format!("{k}='{}'", v.replace('\\', "\\\\").replace('\'', "\\'")))
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+}
+
+/// `key=value` pairs as libpq reads them: whitespace around `=` allowed, a value single-quoted
+/// (with `\` escaping any character) or unquoted up to whitespace (with `\` escaping).
+fn parse_pairs(conninfo: &str) -> Result<Vec<(String, String)>, Error> {
+    let bad = |reason: String| Error::Conninfo { reason };
+    let mut pairs = Vec::new();
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(bad(format!("`{key}` is not followed by `=`")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    None => return Err(bad(format!("the value of `{key}` has no closing quote"))),
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+fn percent_decode(text: &str) -> Result<String, Error> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::Conninfo {
+                    reason: format!("`{text}` holds an invalid percent-encoding"),
+                })?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::Conninfo {
+        reason: format!("`{text}` does not decode to UTF-8"),
+    })
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_their_parts_and_merge_options() {
+        let ours = percent_encode(&startup_options());
+        assert_eq!(
+            pin_conninfo("postgres://u:p%40ss@h:5/db").unwrap(),
+            format!("postgres://u:p%40ss@h:5/db?options={ours}")
+        );
+        assert_eq!(
+            pin_conninfo("postgresql:///db?host=/tmp&options=-c%20work_mem%3D64MB&sslmode=require")
+                .unwrap(),
+            format!(
+                "postgresql:///db?host=/tmp&sslmode=require&options={}",
+                percent_encode(&format!("-c work_mem=64MB {}", startup_options()))
+            )
+        );
+        assert!(pin_conninfo("postgres://h/db?x").is_err());
+        assert!(pin_conninfo("postgres://h/db?options=%zz").is_err());
+    }
+
+    #[test]
+    fn key_value_strings_are_read_as_libpq_reads_them() {
+        assert_eq!(
+            parse_pairs(r"host = /tmp  dbname='my db' password='it\'s' user=a\ b").unwrap(),
+            [
+                ("host".to_owned(), "/tmp".to_owned()),
+                ("dbname".to_owned(), "my db".to_owned()),
+                ("password".to_owned(), "it's".to_owned()),
+                ("user".to_owned(), "a b".to_owned()),
+            ]
+        );
+        let pinned = pin_conninfo("dbname=shop options='-c work_mem=1MB'").unwrap();
+        assert_eq!(
+            parse_pairs(&pinned).unwrap(),
+            [
+                ("dbname".to_owned(), "shop".to_owned()),
+                (
+                    "options".to_owned(),
+                    format!("-c work_mem=1MB {}", startup_options())
+                ),
+            ]
+        );
+        assert!(pin_conninfo("dbname").is_err());
+        assert!(pin_conninfo("dbname='x").is_err());
+    }
+
+    #[test]
+    fn set_local_sets_each_setting() {
+        let sql = set_local_sql();
+        assert!(sql.starts_with(
+            "SET LOCAL search_path = pg_catalog, pg_temp; SET LOCAL row_security = 'off';"
+        ));
+        assert_eq!(sql.matches("SET LOCAL ").count(), PINNED.len());
+    }
+
+    #[test]
+    fn options_escape_spaces_as_the_server_splits_them() {
+        assert!(startup_options().contains(r"-c DateStyle=ISO,\ MDY"));
+        assert_eq!(
+            set_clauses().lines().nth(1),
+            Some("SET search_path = pg_catalog, pg_temp")
+        );
+    }
+}
