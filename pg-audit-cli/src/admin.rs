@@ -55,6 +55,7 @@ pub(crate) fn history(
     let reader = AuditReader::with_log(log);
     let table = QualifiedName::parse(table)?;
     let key = key_object(&mut conn, &reader, &table, key)?;
+    let table = crate::options::qualify(&mut conn, reader.log(), &table)?;
     let page = Page { limit, before };
     let mut entries = reader.history_of(&mut conn, &table, &key, page)?;
     if archived {
@@ -163,7 +164,8 @@ pub(crate) fn key_object(
     let columns: Vec<String> = match <[_; 1]>::try_from(recorded) {
         Ok([one]) => one,
         Err(recorded) if recorded.is_empty() => {
-            let exists = crate::options::relation_exists(conn, &table.to_string())?;
+            let qualified = crate::options::qualify(conn, reader.log(), table)?;
+            let exists = crate::options::relation_exists(conn, &qualified.to_string())?;
             if !exists {
                 return Err(format!(
                     "no table {table}: it is neither audited in this log nor in the database; \

@@ -84,6 +84,38 @@ pub(crate) fn establish(pinned_url: &str) -> Result<PgConnection> {
         .map_err(|e| format!("cannot connect to the database: {e}"))?)
 }
 
+/// `table` with its schema: as given, else the schema of the one audited table of that name
+/// in `log`'s install records, else `public`. (The program's sessions resolve no name through
+/// a search path: theirs holds only `pg_catalog`.)
+pub(crate) fn qualify(
+    conn: &mut PgConnection,
+    log: &AuditLog,
+    table: &pg_audit::QualifiedName,
+) -> Result<pg_audit::QualifiedName> {
+    if table.schema.is_some() {
+        return Ok(table.clone());
+    }
+    #[derive(QueryableByName)]
+    struct Schema {
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+        schema: Option<String>,
+    }
+    let recorded = diesel::sql_query(format!(
+        "SELECT (SELECT pg_catalog.min(r.table_schema) FROM {} AS r
+                  WHERE r.table_name OPERATOR(pg_catalog.=) $1 HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) 1) AS schema",
+        log.config_table()
+    ))
+    .bind::<diesel::sql_types::Text, _>(table.name.as_str())
+    .get_result::<Schema>(conn)?;
+    Ok(pg_audit::QualifiedName::new(
+        Some(pg_audit::Ident::with_kind(
+            recorded.schema.as_deref().unwrap_or("public"),
+            "schema",
+        )?),
+        table.name.clone(),
+    ))
+}
+
 /// Whether `name` (`schema.table`, quoted as PostgreSQL prints it) names a relation.
 pub(crate) fn relation_exists(conn: &mut PgConnection, name: &str) -> QueryResult<bool> {
     #[derive(QueryableByName)]

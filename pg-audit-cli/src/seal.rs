@@ -188,8 +188,17 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
     };
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        // Every digest is recomputed by queries this program sends, calling built-in functions
+        // only, in a session with pg-audit's settings pinned: never by a function of the log's,
+        // which its owner (whom seals guard against) could replace.
         let client = pg_audit_archive::connect(&url).await?;
         let mut problems: Vec<String> = Vec::new();
+        for r in client.query(&log.unexpected_relations_sql(), &[]).await? {
+            let (relation, kind): (String, String) = (r.get(0), r.get(1));
+            problems.push(format!(
+                "{relation} is not the table pg-audit made (relkind {kind}, or a rule on it): what verify reads from it may not be what readers see"
+            ));
+        }
         let archived_table = "pg_temp.pg_audit_verify";
         let files = pg_audit_archive::archived_files(&client, &log).await?;
         let archived = if files.is_empty() {
@@ -317,6 +326,16 @@ pub(crate) fn verify(seals_file: Option<&std::path::Path>, db: &Db) -> Result<bo
                 ));
             }
         }
+        for r in client
+            .query(&log.unjustified_redactions_sql(archived), &[])
+            .await?
+        {
+            let (redaction, entry, column, key): (i64, i64, String, String) =
+                (r.get(0), r.get(1), r.get(2), r.get(3));
+            problems.push(format!(
+                "redaction {redaction} records an erasure of {column} {key:?} of entry {entry} that redact never makes (a key, another record's entry, or a column it did not name): recorded by hand"
+            ));
+        }
         for r in client.query(&log.unerased_sql(archived), &[]).await? {
             let (entry, column, key, redaction): (i64, String, String, i64) =
                 (r.get(0), r.get(1), r.get(2), r.get(3));
@@ -435,7 +454,7 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
     let record = match (args.table, args.key, args.user) {
         (Some(table), Some(key), None) => {
             let reader = AuditReader::with_log(log.clone());
-            let table = QualifiedName::parse(table)?;
+            let table = crate::options::qualify(&mut conn, &log, &QualifiedName::parse(table)?)?;
             let key = crate::admin::key_object(&mut conn, &reader, &table, key)?;
             Some((table, key))
         }

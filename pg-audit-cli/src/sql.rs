@@ -191,13 +191,27 @@ fn table_primary_key(table: &QualifiedName, url: Option<&str>) -> Result<Vec<Str
         #[diesel(sql_type = Bool)]
         table_exists: bool,
     }
+    // The program's session resolves no name through a search path (its path holds only
+    // pg_catalog): an unqualified table is read from `public`.
+    let qualified = match &table.schema {
+        Some(_) => table.clone(),
+        None => QualifiedName::new(
+            Some(pg_audit::Ident::with_kind("public", "schema")?),
+            table.name.clone(),
+        ),
+    };
     let columns: Vec<KeyColumn> = diesel::sql_query(PRIMARY_KEY_SQL)
-        .bind::<Text, _>(table.to_string())
+        .bind::<Text, _>(qualified.to_string())
         .load(&mut conn)?;
     if columns.iter().any(|c| !c.table_exists) {
         return Err(format!(
-            "table {table} does not exist; create it (run the application's own migrations) \
-             before installing its audit triggers"
+            "table {qualified} does not exist; create it (run the application's own migrations) \
+             before installing its audit triggers{}",
+            if table.schema.is_none() {
+                ", or name its schema (--table schema.table) or pass --primary-key"
+            } else {
+                ""
+            }
         )
         .into());
     }

@@ -202,7 +202,10 @@ fn without_primary_key_the_tables_own_key_is_used() {
         "--database-url",
         db.url(),
     ]);
-    assert!(e.contains("error: table \"nosuch\" does not exist"), "{e}");
+    assert!(
+        e.contains("error: table \"public\".\"nosuch\" does not exist"),
+        "{e}"
+    );
     let e = pg_audit_without_database(&["sql", "trigger", "--table", "lines"]);
     assert!(
         e.contains("pass --primary-key, or --database-url (or DATABASE_URL)"),

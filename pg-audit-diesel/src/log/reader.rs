@@ -40,6 +40,11 @@ impl AuditReader {
         AuditReader { log }
     }
 
+    /// The log it reads.
+    pub fn log(&self) -> &AuditLog {
+        &self.log
+    }
+
     /// The history of model `T`'s record with primary key `key` (a value, or a tuple for a
     /// composite key, in key order), newest first.
     pub fn history<T: Audited>(
@@ -123,6 +128,7 @@ impl AuditReader {
     /// before. Each side goes through its own hash index.
     fn record_sql(&self, rest: &str) -> String {
         let log = self.log.table();
+        let resolve = resolve_table(&self.log);
         let key = record_key_expr("r.schema_name", "r.table_name", "$3::jsonb");
         let same_table = |alias: &str| {
             format!(
@@ -141,11 +147,11 @@ impl AuditReader {
         );
         format!(
             "SELECT {columns} FROM (
-                SELECT l.* FROM {log} AS l, ({RESOLVE_TABLE}) AS r
+                SELECT l.* FROM {log} AS l, ({resolve}) AS r
                  WHERE l.record_key OPERATOR(pg_catalog.=) {key} AND {same_l}
                    AND l.record_pk OPERATOR(pg_catalog.=) $3::jsonb AND {since}
                 UNION ALL
-                SELECT l.* FROM {log} AS l, ({RESOLVE_TABLE}) AS r
+                SELECT l.* FROM {log} AS l, ({resolve}) AS r
                  WHERE l.old_record_key OPERATOR(pg_catalog.=) {key} AND {same_l}
                    AND l.old_record_pk OPERATOR(pg_catalog.=) $3::jsonb AND {since}
             ) AS l
@@ -163,6 +169,7 @@ impl AuditReader {
         key: &Value,
         upper: Option<i64>,
     ) -> QueryResult<Option<(i64, Value)>> {
+        let resolve = resolve_table(&self.log);
         #[derive(QueryableByName)]
         struct Change {
             #[diesel(sql_type = BigInt)]
@@ -174,7 +181,7 @@ impl AuditReader {
             conn.load(
                 record_query(
                     format!(
-                        "SELECT c.id, c.old_record_pk FROM {log} AS c, ({RESOLVE_TABLE}) AS r
+                        "SELECT c.id, c.old_record_pk FROM {log} AS c, ({resolve}) AS r
                   WHERE c.record_key OPERATOR(pg_catalog.=) {key}
                     AND c.schema_name OPERATOR(pg_catalog.=) r.schema_name
                     AND c.table_name OPERATOR(pg_catalog.=) r.table_name
@@ -287,8 +294,9 @@ impl AuditReader {
         // (any table) is filtered while walking the id index.
         let (from, key_clause) = if filter.key.is_some() && filter.table.is_some() {
             let key = record_key_expr("r.schema_name", "r.table_name", "$9::jsonb");
+            let resolve = resolve_table(&self.log);
             (
-                format!(", ({RESOLVE_TABLE}) AS r"),
+                format!(", ({resolve}) AS r"),
                 format!(
                     "l.schema_name OPERATOR(pg_catalog.=) r.schema_name
                      AND ((l.record_key OPERATOR(pg_catalog.=) {key} AND l.record_pk OPERATOR(pg_catalog.=) $9)
@@ -690,6 +698,7 @@ impl AuditReader {
         after: Option<&Value>,
         limit: u32,
     ) -> Result<TableAt, Error> {
+        let resolve = resolve_table(&self.log);
         #[derive(QueryableByName)]
         struct Config {
             #[diesel(sql_type = Text)]
@@ -704,7 +713,7 @@ impl AuditReader {
                 record_query(
                     format!(
                         "SELECT r.schema_name, r.table_name, c.config
-                           FROM ({RESOLVE_TABLE}) AS r
+                           FROM ({resolve}) AS r
                            JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
                                             AND c.table_name OPERATOR(pg_catalog.=) r.table_name
                           WHERE $3::jsonb IS NOT NULL",
@@ -915,14 +924,24 @@ impl AuditReader {
     }
 }
 
-/// `r`: the table's schema (given, or resolved through the search path, or the current one)
-/// and name, from parameters $1 and $2.
-const RESOLVE_TABLE: &str = "SELECT coalesce($1::text,
+/// `r`: the table's schema and name, from parameters $1 (the schema, or NULL) and $2 (the
+/// name). An unqualified name is the table the search path finds, else the one audited table
+/// of that name in `log`'s install records, else in the current schema (`public` in a session
+/// with pg-audit's settings pinned, whose path holds only `pg_catalog`).
+fn resolve_table(log: &AuditLog) -> String {
+    format!(
+        "SELECT coalesce($1::text,
                   (SELECT n.nspname::text FROM pg_catalog.pg_class AS c
                      JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
                     WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(pg_catalog.quote_ident($2::text))),
-                  pg_catalog.current_schema()::text) AS schema_name,
-              $2::text AS table_name";
+                  (SELECT pg_catalog.min(i.table_schema) FROM {config} AS i
+                    WHERE i.table_name OPERATOR(pg_catalog.=) $2::text HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) 1),
+                  CASE WHEN pg_catalog.current_schema() OPERATOR(pg_catalog.=) 'pg_catalog' THEN 'public'
+                       ELSE pg_catalog.current_schema()::text END) AS schema_name,
+              $2::text AS table_name",
+        config = log.config_table()
+    )
+}
 
 /// The keys of a JSON object of column values, as column names.
 fn column_names(object: &Value) -> Result<Vec<Ident>, Error> {

@@ -75,12 +75,10 @@ impl AuditLog {
     /// The number of rows, lowest and highest id, and content digest (a SHA-256 over the
     /// rows' digests in id order, the digests the seals use) of `relation`: a partition, or a
     /// temporary table rows were loaded back into.
+    /// The query itself, calling built-in functions only (run it with
+    /// [`crate::session::PINNED`]'s settings).
     pub fn content_digest_sql(&self, relation: &str) -> String {
-        format!(
-            "SELECT row_count, min_id, max_id, content_sha256 FROM {}({}::regclass)",
-            self.function("content_of"),
-            text_literal(relation)
-        )
+        crate::sql::seal::content_query(self, relation)
     }
 
     /// Creates the temporary tables archived rows are loaded back into: `stage` (every column

@@ -7,10 +7,19 @@
 //! does not change. NULL columns contribute nothing, so a column added to the log later leaves
 //! older rows' digests as they were sealed.
 //!
-//! Every digest is computed by the server, by the functions below (`seal_of`, `content_of`,
-//! `redact`, all from `row_digest_expr`): the sealer, `verify` (which loads archived rows
-//! back into a temporary table with the log's columns) and the archive's read-back check all
-//! call them, so there is one definition.
+//! Every digest is computed by the server from one expression (`row_digest_expr`), in queries
+//! written once here: the sealer's function runs them, and `verify` and the archive's
+//! read-back check send the same queries themselves ([`AuditLog::reseal_sql`],
+//! [`AuditLog::unerased_sql`], [`AuditLog::content_digest_sql`]) — built-in functions only,
+//! in a session with pg-audit's settings pinned — rather than call a function the log's owner,
+//! the party seals guard against, could replace. (`verify` loads archived rows back into a
+//! temporary table with the log's columns.)
+//!
+//! A recorded redaction stands in for a value only where `redact` could have erased it: a
+//! value of `old_values` or `new_values` that is not a key column, of an entry of the
+//! redaction's table and record, among its columns; or the context's `user_id` for a
+//! redaction of a user. Anything else recorded (a "redaction" of `record_pk` written by hand)
+//! is not taken: the marker then counts as the value, and the entry as changed.
 
 use std::fmt::Write as _;
 
@@ -70,29 +79,93 @@ impl AuditLog {
 
     /// What the seal over `$1..=$2` with previous hash `$3` would hold, recomputed now from the
     /// log and, when `archived` names a table with the log's columns, the archived rows loaded
-    /// into it: `row_count`, `rows`, `hash`.
+    /// into it: `row_count`, `rows`, `hash`. The query itself, calling built-in functions only
+    /// (run it with [`crate::session::PINNED`]'s settings): what `verify` runs.
     pub fn reseal_sql(&self, archived: Option<&str>) -> String {
-        format!(
-            "SELECT row_count, rows, hash FROM {}($1, $2, $3, {})",
-            self.function("seal_of"),
-            archived.map_or("NULL".to_owned(), |t| format!(
-                "{}::regclass",
-                text_literal(t)
-            ))
-        )
+        let mut source = format!(
+            "SELECT {} FROM {} WHERE id >= $1 AND id <= $2",
+            column_list(),
+            self.table()
+        );
+        if let Some(t) = archived {
+            let _ = write!(
+                source,
+                " UNION ALL SELECT {} FROM {t} WHERE id >= $1 AND id <= $2",
+                column_list()
+            );
+        }
+        seal_query(self, &source)
     }
 
     /// The values a recorded redaction erased that are present again (the marker gone), in
     /// the log and, when `archived` names a table with the log's columns, the archived rows
-    /// loaded into it: `entry_id`, `column_name`, `key`, `redaction_id`.
+    /// loaded into it: `entry_id`, `column_name`, `key`, `redaction_id`. The query itself, as
+    /// [`AuditLog::reseal_sql`].
     pub fn unerased_sql(&self, archived: Option<&str>) -> String {
+        let mut source = format!("SELECT {} FROM {}", column_list(), self.table());
+        if let Some(t) = archived {
+            let _ = write!(source, " UNION ALL SELECT {} FROM {t}", column_list());
+        }
+        unerased_query(self, &source)
+    }
+
+    /// The recorded erasures no `redact` could have made (a key column, a column outside the
+    /// redaction's, an entry of another record, anything but the context's user id of a
+    /// user's redaction): `redaction_id`, `entry_id`, `column_name`, `key`. Over the log and
+    /// the archived rows loaded into `archived`, as [`AuditLog::reseal_sql`]. Such a record
+    /// stands in for nothing when digests are computed.
+    pub fn unjustified_redactions_sql(&self, archived: Option<&str>) -> String {
+        let mut source = format!("SELECT {} FROM {}", column_list(), self.table());
+        if let Some(t) = archived {
+            let _ = write!(source, " UNION ALL SELECT {} FROM {t}", column_list());
+        }
+        let rules: String = crate::sql::shape::LOG_COLUMNS
+            .iter()
+            .filter_map(|c| {
+                redaction_applies(c.name, "l", "r.key")
+                    .map(|rule| format!(" WHEN {} THEN ({rule})", text_literal(c.name)))
+            })
+            .collect();
         format!(
-            "SELECT entry_id, column_name, key, redaction_id FROM {}({})",
-            self.function("unerased"),
-            archived.map_or("NULL".to_owned(), |t| format!(
-                "{}::regclass",
-                text_literal(t)
-            ))
+            "SELECT r.redaction_id, r.entry_id, r.column_name, r.key
+  FROM {values} AS r
+  JOIN {redactions} AS d ON d.redaction_id = r.redaction_id
+  LEFT JOIN ({source}) AS l ON l.id = r.entry_id
+ WHERE l.id IS NOT NULL AND NOT coalesce(CASE r.column_name{rules} ELSE false END, false)
+ ORDER BY r.entry_id, r.column_name, r.key",
+            values = self.redacted_values_table(),
+            redactions = self.redactions_table(),
+        )
+    }
+
+    /// The relations `verify` reads that are not of the kind pg-audit made (the log a
+    /// partitioned table of tables, the seals, redactions and archive catalogue tables, none
+    /// with rules): a view or a foreign table in their place could show `verify` other rows
+    /// than readers see. `relation`, `relkind`.
+    pub fn unexpected_relations_sql(&self) -> String {
+        let expected: Vec<String> = [
+            (self.table().clone(), 'p'),
+            (self.seals_table(), 'r'),
+            (self.redactions_table(), 'r'),
+            (self.redacted_values_table(), 'r'),
+            (self.archives_table(), 'r'),
+        ]
+        .iter()
+        .map(|(t, kind)| format!("({}, '{kind}')", t.literal()))
+        .collect();
+        format!(
+            "SELECT e.name AS relation, coalesce(c.relkind::text, 'missing') AS relkind
+  FROM (VALUES {}) AS e(name, kind)
+  LEFT JOIN pg_catalog.pg_class AS c ON c.oid = pg_catalog.to_regclass(e.name)
+ WHERE c.relkind IS DISTINCT FROM e.kind::\"char\"
+    OR EXISTS (SELECT FROM pg_catalog.pg_rewrite AS w WHERE w.ev_class = c.oid)
+UNION ALL
+SELECT p.relid::text, c.relkind::text
+  FROM pg_catalog.pg_partition_tree({}::regclass) AS p
+  JOIN pg_catalog.pg_class AS c ON c.oid = p.relid
+ WHERE c.relkind NOT IN ('r', 'p')",
+            expected.join(", "),
+            self.table().literal()
         )
     }
 
@@ -137,9 +210,29 @@ fn value_digest_expr(key: &str, value: &str) -> String {
     format!("sha256(convert_to({key}, 'UTF8') || '\\x00'::bytea || convert_to({value}, 'UTF8'))")
 }
 
+/// Whether a recorded redaction `r` (of `redacted_values`, with its redaction `d`) of key
+/// `e.key` of column `column` of row alias `alias` is one `redact` could have made; `None` for
+/// a column no redaction erases.
+fn redaction_applies(column: &str, alias: &str, key: &str) -> Option<String> {
+    match column {
+        "old_values" | "new_values" => Some(format!(
+            "d.record_pk IS NOT NULL AND d.table_schema = {alias}.schema_name AND d.table_name = {alias}.table_name
+                                                   AND (d.record_pk = {alias}.record_pk OR d.record_pk = {alias}.old_record_pk)
+                                                   AND (d.columns IS NULL OR {key} = ANY (d.columns))
+                                                   AND NOT coalesce({alias}.record_pk ? {key}, false)
+                                                   AND NOT coalesce({alias}.old_record_pk ? {key}, false)"
+        )),
+        "context" => Some(format!(
+            "d.record_pk IS NULL AND d.table_name IS NULL AND {key} = {}",
+            text_literal(crate::context::USER_ID)
+        )),
+        _ => None,
+    }
+}
+
 /// The digest of JSON column `column` of row alias `alias`: one digest per top-level key in the
-/// value's own key order, a redacted key's being the one its redaction recorded; NULL when the
-/// value is NULL.
+/// value's own key order, a redacted key's being the one its redaction recorded (where a
+/// redaction may apply, [`redaction_applies`]); NULL when the value is NULL.
 fn json_digest_expr(log: &AuditLog, column: &LogColumn, alias: &str) -> String {
     let c = format!("{alias}.{}", column.name);
     let name = text_literal(column.name);
@@ -158,17 +251,26 @@ fn json_digest_expr(log: &AuditLog, column: &LogColumn, alias: &str) -> String {
         )
     };
     let vd = value_digest_expr("e.key", "e.value::text");
+    let key_digest = match redaction_applies(column.name, alias, "e.key") {
+        Some(applies) => format!(
+            "CASE WHEN {is_marker}
+                                 THEN coalesce((SELECT r.digest FROM {values} AS r
+                                                  JOIN {redactions} AS d ON d.redaction_id = r.redaction_id
+                                                 WHERE r.entry_id = {alias}.id AND r.column_name = {name} AND r.key = e.key
+                                                   AND {applies}), {vd})
+                                 ELSE {vd} END",
+            values = log.redacted_values_table(),
+            redactions = log.redactions_table(),
+        ),
+        None => vd,
+    };
     format!(
         "CASE WHEN {c} IS NULL THEN NULL
       WHEN {typeof_}({c}) <> 'object' THEN {whole}
       ELSE sha256(convert_to({name}, 'UTF8') || '\\x02'::bytea || coalesce((
-          SELECT string_agg(CASE WHEN {is_marker}
-                                 THEN coalesce((SELECT r.digest FROM {values} AS r
-                                                 WHERE r.entry_id = {alias}.id AND r.column_name = {name} AND r.key = e.key), {vd})
-                                 ELSE {vd} END, ''::bytea ORDER BY e.n)
+          SELECT string_agg({key_digest}, ''::bytea ORDER BY e.n)
             FROM {each}({c}) WITH ORDINALITY AS e(key, value, n)), ''::bytea)) END",
         whole = value_digest_expr(&name, &format!("{c}::text")),
-        values = log.redacted_values_table(),
     )
 }
 
@@ -202,6 +304,55 @@ pub(crate) fn row_digest_expr(log: &AuditLog, alias: &str) -> String {
     format!("sha256({})", parts.join("\n        || "))
 }
 
+/// Where a query below takes its rows from, for the functions that run it over a relation
+/// they are given: the text is cut there.
+const SOURCE: &str = "\u{1}source\u{1}";
+
+/// `query` cut at [`SOURCE`].
+fn split_at_source(query: &str) -> (&str, &str) {
+    query
+        .split_once(SOURCE)
+        .expect("the query reads its source")
+}
+
+/// The seal over the rows of `source` (a query giving the log's columns of ids `$1..=$2`),
+/// chained to the previous hash `$3`: `row_count`; `rows`, each row's id and digest prefix;
+/// `hash`, over `$3`, the range and every digest in id order.
+pub(crate) fn seal_query(log: &AuditLog, source: &str) -> String {
+    format!(
+        "SELECT pg_catalog.count(*) AS row_count,
+       coalesce(pg_catalog.string_agg(pg_catalog.int8send(d.id) || pg_catalog.substr(d.digest, 1, 8), ''::bytea ORDER BY d.id, d.digest), ''::bytea) AS rows,
+       pg_catalog.sha256(coalesce($3::bytea, ''::bytea) || pg_catalog.int8send($1::bigint) || pg_catalog.int8send($2::bigint)
+              || coalesce(pg_catalog.string_agg(d.digest, ''::bytea ORDER BY d.id, d.digest), ''::bytea)) AS hash
+  FROM (SELECT l.id, {} AS digest FROM ({source}) AS l) AS d",
+        row_digest_expr(log, "l")
+    )
+}
+
+/// The rows of `relation` (the log's columns), their lowest and highest id, and a digest over
+/// their digests in id order: what the archive's catalogue records of a file.
+pub(crate) fn content_query(log: &AuditLog, relation: &str) -> String {
+    format!(
+        "SELECT pg_catalog.count(*) AS row_count, pg_catalog.min(l.id) AS min_id, pg_catalog.max(l.id) AS max_id,
+       pg_catalog.sha256(coalesce(pg_catalog.string_agg({}, ''::bytea ORDER BY l.id), ''::bytea)) AS content_sha256
+  FROM {relation} AS l",
+        row_digest_expr(log, "l")
+    )
+}
+
+/// The values a recorded redaction erased that are present again in the rows of `source`.
+fn unerased_query(log: &AuditLog, source: &str) -> String {
+    format!(
+        "SELECT r.entry_id, r.column_name, r.key, r.redaction_id
+  FROM {values} AS r
+  JOIN ({source}) AS l ON l.id = r.entry_id
+ WHERE (pg_catalog.to_jsonb(l) -> r.column_name -> r.key) IS DISTINCT FROM {marker}::jsonb
+ ORDER BY r.entry_id, r.column_name, r.key",
+        values = log.redacted_values_table(),
+        marker = text_literal(&format!("\"{REDACTED}\"")),
+    )
+}
+
 /// The log's column names, comma-separated, in table order.
 pub fn column_list() -> String {
     LOG_COLUMNS
@@ -220,9 +371,8 @@ pub(crate) fn objects_sql(log: &AuditLog) -> String {
     let state = log.seal_state_table();
     let redactions = log.redactions_table();
     let values = log.redacted_values_table();
-    // Names inside the bodies' string literals (a log may be named `a'b`): quotes doubled, and
-    // in `format` templates `%` doubled too.
-    let table_str = table.to_string().replace('\'', "''");
+    // Names inside the bodies' `format` templates (a log may be named `a'b%`): quotes doubled,
+    // and `%` doubled too.
     let values_str = values.to_string().replace('\'', "''");
     let values_fmt = values_str.replace('%', "%%");
     let seal_of = log.function("seal_of");
@@ -310,24 +460,23 @@ END
     }
     sql.push('\n');
 
-    let digest = row_digest_expr(log, "l");
     let seal_of_body = format!(
         "
 DECLARE
-    source text := 'SELECT {columns} FROM {table_str} WHERE id >= $1 AND id <= $2';
+    source text := {source};
 BEGIN
     IF archived IS NOT NULL THEN
-        source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s WHERE id >= $1 AND id <= $2', archived);
+        source := source || ' UNION ALL SELECT {columns} FROM ' || archived::text || ' WHERE id >= $1 AND id <= $2';
     END IF;
-    RETURN QUERY EXECUTE
-        'SELECT count(*), coalesce(string_agg(int8send(d.id) || substr(d.digest, 1, 8), ''''::bytea ORDER BY d.id, d.digest), ''''::bytea),
-                sha256(coalesce($3, ''''::bytea) || int8send($1) || int8send($2)
-                       || coalesce(string_agg(d.digest, ''''::bytea ORDER BY d.id, d.digest), ''''::bytea))
-           FROM (SELECT l.id, ' || {digest_lit} || ' AS digest FROM (' || source || ') AS l) AS d'
+    RETURN QUERY EXECUTE {before} || source || {after}
         USING from_id, upto_id, prev_hash;
 END
 ",
-        digest_lit = text_literal(&digest),
+        source = text_literal(&format!(
+            "SELECT {columns} FROM {table} WHERE id >= $1 AND id <= $2"
+        )),
+        before = text_literal(split_at_source(&seal_query(log, SOURCE)).0),
+        after = text_literal(split_at_source(&seal_query(log, SOURCE)).1),
     );
     let _ = writeln!(
         sql,
@@ -343,15 +492,16 @@ END
         )
     );
 
+    let content = content_query(log, SOURCE);
+    let (before, after) = split_at_source(&content);
     let content_body = format!(
         "
 BEGIN
-    RETURN QUERY EXECUTE
-        'SELECT count(*), min(l.id), max(l.id), sha256(coalesce(string_agg(' || {digest_lit} || ', ''''::bytea ORDER BY l.id), ''''::bytea)) FROM '
-        || relation::text || ' AS l';
+    RETURN QUERY EXECUTE {} || relation::text || {};
 END
 ",
-        digest_lit = text_literal(&digest),
+        text_literal(before),
+        text_literal(after),
     );
     let _ = writeln!(
         sql,
@@ -370,20 +520,17 @@ END
     let unerased_body = format!(
         "
 DECLARE
-    source text := 'SELECT {columns} FROM {table_str}';
+    source text := {source};
 BEGIN
     IF archived IS NOT NULL THEN
-        source := source || pg_catalog.format(' UNION ALL SELECT {columns} FROM %s', archived);
+        source := source || ' UNION ALL SELECT {columns} FROM ' || archived::text;
     END IF;
-    RETURN QUERY EXECUTE
-        'SELECT r.entry_id, r.column_name, r.key, r.redaction_id
-           FROM {values_str} AS r
-           JOIN (' || source || ') AS l ON l.id = r.entry_id
-          WHERE (to_jsonb(l) -> r.column_name -> r.key) IS DISTINCT FROM ' || pg_catalog.quote_literal({marker_text}) || '::jsonb
-          ORDER BY r.entry_id, r.column_name, r.key';
+    RETURN QUERY EXECUTE {before} || source || {after};
 END
 ",
-        marker_text = marker,
+        source = text_literal(&format!("SELECT {columns} FROM {table}")),
+        before = text_literal(split_at_source(&unerased_query(log, SOURCE)).0),
+        after = text_literal(split_at_source(&unerased_query(log, SOURCE)).1),
     );
     let _ = writeln!(
         sql,

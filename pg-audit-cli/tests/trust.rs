@@ -1,0 +1,165 @@
+//! What the log's owner — the party seals and drift checks guard against — could do to make
+//! `verify` and `check` say all is well, and what they report instead.
+
+use std::process::{Command, Output};
+
+use pg_audit_tempdb::TempDatabase;
+
+fn pg_audit(args: &[&str], url: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(args)
+        .env("DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("pg-audit runs")
+}
+
+fn ok(args: &[&str], url: &str) -> String {
+    let out = pg_audit(args, url);
+    assert!(
+        out.status.success(),
+        "pg-audit {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// `pg-audit ARGS`, which must exit 1 (a finding); its output.
+fn finds(args: &[&str], url: &str) -> String {
+    let out = pg_audit(args, url);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "pg-audit {args:?} should find something: {}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
+    db.psql(sql).unwrap_or_else(|e| panic!("{e}\n{sql}"))
+}
+
+/// A log with `users` audited and a few changes, every row sealed.
+fn sealed(hint: &str) -> TempDatabase<'static> {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database(hint)
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(
+        &db,
+        "CREATE TABLE users (id int PRIMARY KEY, email text, name text)",
+    );
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    psql(
+        &db,
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'Name ' || g FROM generate_series(1, 20) AS g;
+         UPDATE users SET email = 'new@example.com' WHERE id = 7;
+         DELETE FROM users WHERE id = 9;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        ok(&["seal"], &url);
+        let unsealed = psql(
+            &db,
+            "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+        );
+        if unsealed.trim() == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    db
+}
+
+#[test]
+fn verify_recomputes_without_the_owners_functions() {
+    let db = sealed("trust_verify");
+    let url = db.url().to_owned();
+    let dir = std::env::temp_dir().join(format!("pg-audit-trust-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let seals = dir.join("seals.jsonl");
+    ok(&["seal", "--export", seals.to_str().unwrap()], &url);
+    assert!(ok(&["verify", "--seals", seals.to_str().unwrap()], &url).contains("ok:"));
+
+    // The owner changes a sealed row, and replaces the functions that recompute seals with
+    // ones that answer what the seals hold.
+    psql(
+        &db,
+        r#"UPDATE audit.auditlog SET new_values = '{"id": 7, "email": "forged@example.com", "name": "Name 7"}'
+            WHERE operation = 'UPDATE' AND record_pk = '{"id": 7}';
+           CREATE OR REPLACE FUNCTION audit.auditlog_seal_of(from_id bigint, upto_id bigint, prev_hash bytea, archived regclass DEFAULT NULL)
+             RETURNS TABLE (row_count bigint, rows bytea, hash bytea) LANGUAGE sql
+             AS $$ SELECT s.row_count, s.rows, s.hash FROM audit.auditlog_seals AS s WHERE s.first_id = from_id $$;
+           CREATE OR REPLACE FUNCTION audit.auditlog_unerased(archived regclass DEFAULT NULL)
+             RETURNS TABLE (entry_id bigint, column_name text, key text, redaction_id bigint) LANGUAGE sql
+             AS $$ SELECT NULL::bigint, NULL::text, NULL::text, NULL::bigint WHERE false $$;"#,
+    );
+    let found = finds(&["verify", "--seals", seals.to_str().unwrap()], &url);
+    assert!(found.contains("was changed after seal"), "{found}");
+    assert!(found.contains("ALTERED"), "{found}");
+    // And check names the replaced functions.
+    let drift = finds(&["check"], &url);
+    assert!(
+        drift.contains("function \"audit\".\"auditlog_seal_of\"(bigint, bigint, bytea, regclass) differs from what this version of pg-audit installs"),
+        "{drift}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn check_runs_its_own_logic_whatever_the_check_function_says() {
+    let db = sealed("trust_check");
+    let url = db.url().to_owned();
+    assert!(ok(&["check"], &url).contains("ok:"));
+    // Every audit trigger off, and the check function replaced by one that finds nothing.
+    psql(
+        &db,
+        "ALTER TABLE users DISABLE TRIGGER USER;
+         CREATE OR REPLACE FUNCTION audit.auditlog_check()
+           RETURNS TABLE (table_schema text, table_name text, problem text) LANGUAGE sql
+           AS $$ SELECT NULL::text, NULL::text, NULL::text WHERE false $$;",
+    );
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM audit.auditlog_check()").trim(),
+        "0"
+    );
+    let drift = finds(&["check"], &url);
+    for trigger in ["pg_audit_insert", "pg_audit_update", "pg_audit_delete"] {
+        assert!(
+            drift.contains(&format!("trigger {trigger} is disabled")),
+            "{drift}"
+        );
+    }
+}
+
+#[test]
+fn a_redaction_recorded_by_hand_of_what_redact_refuses_is_tampering() {
+    let db = sealed("trust_redaction");
+    let url = db.url().to_owned();
+    // The owner "redacts" record 5's key: recorded with the right digest, so the row's digest
+    // would come out as sealed if verify took any recorded erasure.
+    psql(
+        &db,
+        r#"WITH r AS (
+             INSERT INTO audit.auditlog_redactions (reason, table_schema, table_name, record_pk, columns, target)
+             VALUES ('hide it', 'public', 'users', '{"id": 5}', NULL, 'every column but the key')
+             RETURNING redaction_id)
+           INSERT INTO audit.auditlog_redacted_values (redaction_id, entry_id, column_name, key, digest)
+           SELECT r.redaction_id, l.id, 'record_pk', 'id',
+                  sha256(convert_to('id', 'UTF8') || '\x00'::bytea || convert_to('5', 'UTF8'))
+             FROM r, audit.auditlog AS l WHERE l.record_pk = '{"id": 5}';
+           UPDATE audit.auditlog SET record_pk = '{"id": "[redacted]"}' WHERE record_pk = '{"id": 5}';"#,
+    );
+    let found = finds(&["verify"], &url);
+    assert!(
+        found.contains("records an erasure of record_pk \"id\" of entry"),
+        "{found}"
+    );
+    assert!(found.contains("was changed after seal"), "{found}");
+}
