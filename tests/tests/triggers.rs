@@ -409,7 +409,7 @@ fn truncate_is_logged_when_chosen() {
 }
 
 #[test]
-fn rows_that_are_not_logged_call_no_function() {
+fn updates_of_nothing_tracked_call_no_function_and_the_condition_is_the_functions() {
     let mut a = audited("no_call", USERS, "public.users", TriggerLevel::Row, |s| {
         s.track_only(["name"]).condition("NEW.active")
     });
@@ -422,12 +422,16 @@ fn rows_that_are_not_logged_call_no_function() {
     a.exec("BEGIN");
     a.exec("UPDATE users SET email = 'x'"); // untracked column
     a.exec("UPDATE users SET name = name"); // no change
-    a.exec("UPDATE users SET name = 'c' WHERE id = 2"); // condition false
-    a.exec("DELETE FROM users WHERE id = 2"); // condition false
     let calls = value(
         &mut a.conn,
         &format!("SELECT coalesce(pg_stat_get_xact_function_calls('{function}'::regproc), 0)"),
     );
+    // The condition runs in the function, with its pinned settings (a `WHEN` clause would run
+    // with the writer's): rows it refuses call the function and log nothing.
+    let before = a.rows().len();
+    a.exec("UPDATE users SET name = 'c' WHERE id = 2"); // condition false
+    a.exec("DELETE FROM users WHERE id = 2"); // condition false
+    assert_eq!(a.rows().len(), before, "the condition refused both");
     a.exec("UPDATE users SET name = 'd' WHERE id = 1");
     let calls_after = value(
         &mut a.conn,
@@ -435,7 +439,7 @@ fn rows_that_are_not_logged_call_no_function() {
     );
     a.exec("COMMIT");
     assert_eq!(calls, json!(0));
-    assert_eq!(calls_after, json!(1));
+    assert_eq!(calls_after, json!(3));
 }
 
 #[test]

@@ -113,55 +113,12 @@ impl Rows {
                 format!("{insert_into}\n        VALUES ({});", row.list())
             }
             Rows::Trigger => {
-                let key_row = if op == Operation::Delete {
-                    "OLD"
-                } else {
-                    "NEW"
-                };
-                let pk = key_json(spec, key_row);
-                let row = |old: &str, new: &str| LogRow {
-                    operation: &keyword,
-                    record_key: record_key(&pk),
-                    record_pk: pk.clone(),
-                    old_values: old.to_owned(),
-                    new_values: new.to_owned(),
-                    context,
-                    old_record: None,
-                };
-                match op {
-                    // Whole audited rows before and after: cheaper than computing a diff in
-                    // the trigger (docs/performance.md); readers compute the diff. A JSON-equal
-                    // pair (an update that changed nothing audited) is not logged, unless the
-                    // key changed: the entry then carries both keys.
-                    Operation::Update => format!(
-                        "v_old := {};
-        v_new := {};
-        v_pk := {};
-        v_old_pk := {};
-        IF v_old OPERATOR(pg_catalog.<>) v_new OR v_old_pk OPERATOR(pg_catalog.<>) v_pk THEN
-            {insert_into}
-            VALUES ({});
-        END IF;",
-                        values_json(spec, "OLD"),
-                        values_json(spec, "NEW"),
-                        key_json(spec, "NEW"),
-                        key_json(spec, "OLD"),
-                        LogRow {
-                            record_key: record_key("v_pk"),
-                            record_pk: "v_pk".into(),
-                            old_record: Some(("v_old_pk".into(), "v_pk".into())),
-                            ..row("v_old", "v_new")
-                        }
-                        .list()
-                    ),
-                    Operation::Delete => format!(
-                        "{insert_into}\n        VALUES ({});",
-                        row(&values_json(spec, "OLD"), "NULL").list()
-                    ),
-                    _ => format!(
-                        "{insert_into}\n        VALUES ({});",
-                        row("NULL", &values_json(spec, "NEW")).list()
-                    ),
+                // The condition, here rather than in the trigger's `WHEN`: with the function's
+                // pinned settings, whatever the writer's session set.
+                let statement = row_statement(spec, op, insert_into);
+                match condition_for(spec, op, "NEW", "OLD") {
+                    Some(c) => format!("IF ({c}) THEN\n        {statement}\n        END IF;"),
+                    None => statement,
                 }
             }
             Rows::Transition { from, filter, pair } => {
@@ -210,6 +167,61 @@ impl Rows {
                 )
             }
         }
+    }
+}
+
+/// A row-level trigger's `INSERT` of `NEW`/`OLD` for `op` (the caller applies the condition).
+fn row_statement(spec: &TriggerSpec, op: Operation, insert_into: &str) -> String {
+    let keyword = format!("'{}'", op.keyword());
+    let key_row = if op == Operation::Delete {
+        "OLD"
+    } else {
+        "NEW"
+    };
+    let pk = key_json(spec, key_row);
+    let row = |old: &str, new: &str| LogRow {
+        operation: &keyword,
+        record_key: record_key(&pk),
+        record_pk: pk.clone(),
+        old_values: old.to_owned(),
+        new_values: new.to_owned(),
+        context: CONTEXT,
+        old_record: None,
+    };
+    match op {
+        // Whole audited rows before and after: cheaper than computing a diff in the trigger
+        // (docs/performance.md); readers compute the diff. A JSON-equal pair (an update that
+        // changed nothing audited) is not logged, unless the key changed: the entry then
+        // carries both keys.
+        Operation::Update => format!(
+            "v_old := {};
+        v_new := {};
+        v_pk := {};
+        v_old_pk := {};
+        IF v_old OPERATOR(pg_catalog.<>) v_new OR v_old_pk OPERATOR(pg_catalog.<>) v_pk THEN
+            {insert_into}
+            VALUES ({});
+        END IF;",
+            values_json(spec, "OLD"),
+            values_json(spec, "NEW"),
+            key_json(spec, "NEW"),
+            key_json(spec, "OLD"),
+            LogRow {
+                record_key: record_key("v_pk"),
+                record_pk: "v_pk".into(),
+                old_record: Some(("v_old_pk".into(), "v_pk".into())),
+                ..row("v_old", "v_new")
+            }
+            .list()
+        ),
+        Operation::Delete => format!(
+            "{insert_into}\n        VALUES ({});",
+            row(&values_json(spec, "OLD"), "NULL").list()
+        ),
+        _ => format!(
+            "{insert_into}\n        VALUES ({});",
+            row("NULL", &values_json(spec, "NEW")).list()
+        ),
     }
 }
 

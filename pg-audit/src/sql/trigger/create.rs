@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::guard::{PIN_PATH, RESTORE_PATH};
-use super::row::{condition_for, tracked_changed};
+use super::row::tracked_changed;
 use super::{Columns, TriggerSpec};
 use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::shape::{Operation, tgtype};
@@ -158,12 +158,13 @@ fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> S
         }
         _ => None,
     };
+    // Only what no setting can change: the tracked columns' byte images. A `WHEN` clause
+    // runs in the writer's session, with the writer's settings (`TimeZone`, `DateStyle`,
+    // `extra_float_digits`...), so the condition is evaluated in the function, whose settings
+    // are pinned.
     let mut when = Vec::new();
     if let Some(cols) = &tracked {
         when.push(tracked_changed(cols));
-    }
-    if let Some(c) = condition_for(spec, op, "NEW", "OLD") {
-        when.push(format!("({c})"));
     }
     let rest = if when.is_empty() {
         "\n    FOR EACH ROW".to_owned()
@@ -226,7 +227,7 @@ mod tests {
     }
 
     #[test]
-    fn row_level_update_trigger_filters_in_when() {
+    fn row_level_update_trigger_filters_tracked_columns_in_when() {
         let spec = users()
             .track_only(["name", "email"])
             .condition("NEW.active -- only live users")
@@ -235,7 +236,9 @@ mod tests {
             .unwrap();
         let function = spec.function_name(&AuditLog::new());
         let update = create_trigger(&spec, Operation::Update, &function);
-        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\", OLD.\"id\"), ROW(NEW.\"name\", NEW.\"email\", NEW.\"id\")) AND (NEW.active  ))";
+        // The condition is not there: a WHEN clause runs with the writer's settings, so the
+        // function, with pinned ones, evaluates it.
+        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\", OLD.\"id\"), ROW(NEW.\"name\", NEW.\"email\", NEW.\"id\")))";
         // UPDATE OF the tracked columns and the key, unless the table's other triggers make it
         // unsafe.
         assert!(
@@ -250,10 +253,14 @@ mod tests {
             )),
             "{update}"
         );
-        // On DELETE the condition reads the deleted row.
         assert!(
-            create_trigger(&spec, Operation::Delete, &function)
-                .contains("FOR EACH ROW\n    WHEN ((OLD.active  ))")
+            !create_trigger(&spec, Operation::Delete, &function).contains("WHEN"),
+            "the condition is evaluated in the function"
+        );
+        // On DELETE the function's condition reads the deleted row.
+        assert!(
+            spec.install_sql(&AuditLog::new())
+                .contains("IF (OLD.active  ) THEN")
         );
         // All columns: no WHEN, the function compares the rows.
         let all = users().level(TriggerLevel::Row).build().unwrap();
