@@ -185,6 +185,12 @@ pub struct Status {
     pub progress_lsn: Option<String>,
     /// WAL the slot holds back on the server, in bytes.
     pub retained_bytes: Option<i64>,
+    /// How many values were logged as the JSON string of their text, or changes set aside
+    /// whole, because the log could not hold them as they came.
+    pub issues: i64,
+    /// The newest of them (at most ten), as a JSON array of objects with `noted_at`, `txid`,
+    /// `table`, `record_pk`, `column_name` (null for a change set aside), `issue`.
+    pub latest_issues: String,
 }
 
 /// The slot's lag and the last commit captured.
@@ -218,6 +224,23 @@ pub async fn status(worker: &Worker) -> Result<Status, Error> {
     } else {
         None
     };
+    let issues_exist = target
+        .query_one(
+            "SELECT pg_catalog.to_regclass($1) IS NOT NULL",
+            &[&worker.log.capture_issues_table().to_string()],
+        )
+        .await
+        .map_err(db("looking for the capture issues table"))?
+        .get::<_, bool>(0);
+    let (issues, latest_issues) = if issues_exist {
+        let row = target
+            .query_one(&worker.log.capture_issues_summary_sql(), &[&worker.slot])
+            .await
+            .map_err(db("reading the capture issues"))?;
+        (row.get(0), row.get(1))
+    } else {
+        (0, "[]".to_owned())
+    };
     let last_commit: Option<SystemTime> = progress.as_ref().and_then(|r| r.get(1));
     let lag_bytes: Option<i64> = slot.as_ref().and_then(|r| r.get(1));
     let lag_seconds = match (lag_bytes, last_commit) {
@@ -238,6 +261,8 @@ pub async fn status(worker: &Worker) -> Result<Status, Error> {
         last_commit,
         progress_lsn: progress.map(|r| r.get(0)),
         retained_bytes: slot.as_ref().and_then(|r| r.get(2)),
+        issues,
+        latest_issues,
     })
 }
 

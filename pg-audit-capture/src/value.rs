@@ -152,6 +152,19 @@ pub(crate) fn write_string(text: &str, out: &mut String) {
     out.push('"');
 }
 
+/// Whether `jsonb` might refuse JSON text that `json` accepted: it holds a `\u0000` escape
+/// or a UTF-16 surrogate escape (a lone one is refused). A cheap test before the server's
+/// exact one; an escaped backslash followed by `u0000` passes the server's.
+pub(crate) fn jsonb_may_refuse(json: &str) -> bool {
+    json.as_bytes().windows(6).any(|w| {
+        w[0] == b'\\'
+            && w[1] == b'u'
+            && (w[2..] == *b"0000"
+                || (matches!(w[2], b'd' | b'D')
+                    && matches!(w[3].to_ascii_lowercase(), b'8'..=b'9' | b'a'..=b'f')))
+    })
+}
+
 /// The largest exponent written out in full; beyond it (no float or `numeric` output has
 /// one), the server decides.
 const MAX_EXPONENT: i64 = 1000;

@@ -518,28 +518,93 @@ impl State<'_> {
             SystemTime::UNIX_EPOCH
                 + Duration::from_micros((tx.commit_micros + PG_EPOCH_MICROS).max(0) as u64)
         });
-        let t = self
-            .target
-            .transaction()
-            .await
-            .map_err(db("beginning the log's transaction"))?;
-        // The progress first: the transaction then holds an id before it takes log ids, which
-        // the sealer's horizon relies on (`pg_audit::sql::seal`).
-        t.execute(
-            &self.worker.log.capture_progress_write_sql(),
-            &[&self.worker.slot, &format_lsn(end), &last_commit],
-        )
-        .await
-        .map_err(db("recording the capture progress"))?;
         let insert = self.worker.log.capture_insert_sql();
-        for payload in &payloads {
-            t.execute(&insert, &[payload])
+        let mut issues: Vec<String> = rows
+            .iter()
+            .enumerate()
+            .filter(|(ord, _)| kept.contains(ord))
+            .flat_map(|(_, row)| row.issues.iter().map(|i| i.json(row)))
+            .collect();
+        let mut batch_failed = None;
+        for attempt in 0..2 {
+            let t = self
+                .target
+                .transaction()
                 .await
-                .map_err(db("writing captured changes to the log"))?;
-        }
-        t.commit()
+                .map_err(db("beginning the log's transaction"))?;
+            // The progress first: the transaction then holds an id before it takes log ids,
+            // which the sealer's horizon relies on (`pg_audit::sql::seal`).
+            t.execute(
+                &self.worker.log.capture_progress_write_sql(),
+                &[&self.worker.slot, &format_lsn(end), &last_commit],
+            )
             .await
-            .map_err(db("committing captured changes to the log"))?;
+            .map_err(db("recording the capture progress"))?;
+            if attempt == 0 {
+                let mut written = Ok(0);
+                for payload in &payloads {
+                    written = t.execute(&insert, &[payload]).await;
+                    if written.is_err() {
+                        break;
+                    }
+                }
+                match written {
+                    Ok(_) => {}
+                    // A row the log refuses (no input may stop capture): row by row, next.
+                    Err(e) if e.as_db_error().is_some() => {
+                        batch_failed = Some(e);
+                        continue;
+                    }
+                    Err(e) => return Err(db("writing captured changes to the log")(e)),
+                }
+            } else {
+                tracing::warn!(error = %crate::chain(batch_failed.as_ref().expect("the batch failed")), "pg-audit capture: the log refused a batch; writing it change by change");
+                for (ord, row) in rows.iter().enumerate() {
+                    if !kept.contains(&ord) {
+                        continue;
+                    }
+                    let mut one = String::from("[");
+                    row.write_json(ord, &mut one);
+                    one.push(']');
+                    t.batch_execute("SAVEPOINT pg_audit_change")
+                        .await
+                        .map_err(db("writing captured changes to the log"))?;
+                    match t.execute(&insert, &[&one]).await {
+                        Ok(_) => {}
+                        Err(e) if e.as_db_error().is_some() => {
+                            t.batch_execute("ROLLBACK TO SAVEPOINT pg_audit_change")
+                                .await
+                                .map_err(db("writing captured changes to the log"))?;
+                            tracing::warn!(table = %format!("{}.{}", row.schema, row.table), key = row.record_pk.as_deref().unwrap_or(""), txid = row.txid, error = %crate::chain(&e), "pg-audit capture: the log refused a change; it is set aside in the capture issues (pg-audit capture status)");
+                            issues.push(
+                                Issue {
+                                    column: None,
+                                    issue: format!(
+                                        "the log refused the change: {}",
+                                        crate::chain(&e)
+                                    ),
+                                    raw: one[1..one.len() - 1].to_owned(),
+                                }
+                                .json(row),
+                            );
+                        }
+                        Err(e) => return Err(db("writing captured changes to the log")(e)),
+                    }
+                }
+            }
+            if !issues.is_empty() {
+                t.execute(
+                    &self.worker.log.capture_issues_insert_sql(),
+                    &[&self.worker.slot, &format!("[{}]", issues.join(","))],
+                )
+                .await
+                .map_err(db("noting capture issues"))?;
+            }
+            t.commit()
+                .await
+                .map_err(db("committing captured changes to the log"))?;
+            break;
+        }
         self.progress = end;
         tracing::debug!(rows = rows.len(), lsn = %format_lsn(end), "pg-audit capture: batch written");
         Ok(())
@@ -572,16 +637,20 @@ impl State<'_> {
             condition: table.condition.as_deref().map(Arc::from),
             full_old: None,
             full_new: None,
+            issues: Vec::new(),
         };
         if change.op == Operation::Truncate {
             return Ok(row);
         }
         let old = match &change.old {
-            Some(cells) => Some(self.values(rel, cells, None).await?),
+            Some(cells) => Some(self.values(rel, cells, None, &mut row.issues).await?),
             None => None,
         };
         let new = match &change.new {
-            Some(cells) => Some(self.values(rel, cells, old.as_deref()).await?),
+            Some(cells) => Some(
+                self.values(rel, cells, old.as_deref(), &mut row.issues)
+                    .await?,
+            ),
             None => None,
         };
         let audited = |values: &[(String, Option<String>)]| -> String {
@@ -663,12 +732,16 @@ impl State<'_> {
         Ok(row)
     }
 
-    /// A tuple's values as JSON, by column name; unchanged TOASTed values from `old`.
+    /// A tuple's values as JSON, by column name; unchanged TOASTed values from `old`. A value
+    /// the log's `jsonb` cannot hold (a `json` value with `\u0000` or a lone surrogate, a
+    /// composite the server cannot convert) is the JSON string of its text instead, noted in
+    /// `issues`: nothing a writer stores may stop capture.
     async fn values(
         &self,
         rel: &Relation,
         cells: &[Cell],
         old: Option<&[(String, Option<String>)]>,
+        issues: &mut Vec<Issue>,
     ) -> Result<Vec<(String, Option<String>)>, Error> {
         let mut out = Vec::with_capacity(cells.len());
         for (i, (column, cell)) in rel.columns.iter().zip(cells).enumerate() {
@@ -677,16 +750,52 @@ impl State<'_> {
                 Cell::Unchanged => old.and_then(|o| o.get(i)).and_then(|(_, v)| v.clone()),
                 Cell::Text(text) => {
                     let kind = self.kinds.get(&column.type_oid);
-                    match kind.and_then(|k| k.json(text)) {
-                        Some(json) => Some(json),
+                    let converted = match kind.and_then(|k| k.json(text)) {
+                        Some(json) => Ok(json),
                         None => {
-                            let mut json =
-                                value::via_server(&self.source, column.type_oid, &[text])
-                                    .await
-                                    .map_err(db("converting a value with the server"))?;
-                            json.pop()
+                            match value::via_server(&self.source, column.type_oid, &[text]).await {
+                                Ok(mut json) => json
+                                    .pop()
+                                    .ok_or_else(|| "the server returned no value".to_owned()),
+                                Err(e) if e.as_db_error().is_some() => Err(format!(
+                                    "the server could not convert it: {}",
+                                    crate::chain(&e)
+                                )),
+                                Err(e) => return Err(db("converting a value with the server")(e)),
+                            }
                         }
-                    }
+                    };
+                    let checked = match converted {
+                        Ok(json) if value::jsonb_may_refuse(&json) => {
+                            match self
+                                .source
+                                .query_one(
+                                    "SELECT $1::text::pg_catalog.jsonb IS NOT NULL",
+                                    &[&json],
+                                )
+                                .await
+                            {
+                                Ok(_) => Ok(json),
+                                Err(e) if e.as_db_error().is_some() => Err(format!(
+                                    "the log's jsonb cannot hold it: {}",
+                                    crate::chain(&e)
+                                )),
+                                Err(e) => return Err(db("checking a value with the server")(e)),
+                            }
+                        }
+                        other => other,
+                    };
+                    Some(checked.unwrap_or_else(|issue| {
+                        tracing::warn!(table = %rel.name, column = %column.name, %issue, "pg-audit capture: a value is logged as the JSON string of its text");
+                        issues.push(Issue {
+                            column: Some(column.name.clone()),
+                            issue,
+                            raw: text.clone(),
+                        });
+                        let mut fallback = String::with_capacity(text.len() + 2);
+                        value::write_string(text, &mut fallback);
+                        fallback
+                    }))
                 }
             };
             out.push((column.name.clone(), value));
@@ -780,6 +889,35 @@ struct Row {
     /// The whole rows, for a condition.
     full_old: Option<String>,
     full_new: Option<String>,
+    /// What could not be logged as it came.
+    issues: Vec<Issue>,
+}
+
+/// A value logged as the JSON string of its text, or (no column) a change set aside whole.
+struct Issue {
+    column: Option<String>,
+    issue: String,
+    raw: String,
+}
+
+impl Issue {
+    /// The issue as `capture_issues_insert_sql` reads it.
+    fn json(&self, row: &Row) -> String {
+        format!(
+            "{{\"txid\":{},\"schema_name\":{},\"table_name\":{},\"record_pk\":{},\"column_name\":{},\"issue\":{},\"raw\":{}}}",
+            row.txid,
+            json_string(&row.schema),
+            json_string(&row.table),
+            row.record_pk
+                .as_deref()
+                .map_or_else(|| "null".to_owned(), json_string),
+            self.column
+                .as_deref()
+                .map_or_else(|| "null".to_owned(), json_string),
+            json_string(&self.issue),
+            json_string(&self.raw),
+        )
+    }
 }
 
 impl Row {

@@ -149,6 +149,8 @@ fn print_status(status: &pg_audit_capture::Status, json: bool) {
             "last_commit": last_commit,
             "progress_lsn": status.progress_lsn,
             "retained_bytes": status.retained_bytes,
+            "issues": status.issues,
+            "latest_issues": serde_json::from_str::<serde_json::Value>(&status.latest_issues).unwrap_or_default(),
         });
         output::line(&value.to_string());
         return;
@@ -177,4 +179,31 @@ fn print_status(status: &pg_audit_capture::Status, json: bool) {
         "WAL retained  {} bytes",
         or(status.retained_bytes.map(|b| b.to_string()))
     ));
+    output::line(&format!(
+        "issues        {}{}",
+        status.issues,
+        if status.issues > 0 {
+            " (values logged as the JSON string of their text, or changes set aside whole; newest first below)"
+        } else {
+            ""
+        }
+    ));
+    let latest: Vec<serde_json::Value> =
+        serde_json::from_str(&status.latest_issues).unwrap_or_default();
+    for issue in &latest {
+        let field = |k: &str| match &issue[k] {
+            serde_json::Value::String(s) => output::escape_controls(s),
+            serde_json::Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        output::line(&format!(
+            "  {} tx {} {} key {} column {}: {}",
+            field("noted_at"),
+            field("txid"),
+            field("table"),
+            field("record_pk"),
+            field("column_name"),
+            field("issue")
+        ));
+    }
 }

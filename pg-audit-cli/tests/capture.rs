@@ -557,3 +557,354 @@ fn two_databases_on_one_server_get_slots_of_their_own() {
     wait_for_sentinel(&a, &mut wa);
     terminate(wa);
 }
+
+#[test]
+fn a_value_the_log_cannot_hold_is_logged_as_its_text_and_noted_never_stopping_capture() {
+    let cluster = logical_cluster("capture-unholdable");
+    let server = cluster.server();
+    let db = server.create_database("capture_unholdable").unwrap();
+    install(&db);
+    let log = AuditLog::new();
+    db.batch_execute(
+        "CREATE TYPE pair AS (n int, j json);
+         CREATE TABLE docs (id int PRIMARY KEY, j json, p pair);",
+    )
+    .unwrap();
+    let spec = TriggerSpec::builder(QualifiedName::parse("public.docs").unwrap())
+        .capture(Capture::Wal)
+        .build()
+        .unwrap();
+    db.batch_execute(&spec.install_sql(&log)).unwrap();
+    let mut worker = spawn_worker(db.url(), "100");
+    // What json holds and jsonb cannot: \u0000, a lone surrogate; and a composite holding one.
+    db.batch_execute(
+        r#"INSERT INTO docs (id, j) VALUES (1, '{"a":"\u0000"}');
+           INSERT INTO docs (id, j) VALUES (2, '"\ud800"'), (3, '{"fine": true}');
+           INSERT INTO docs (id, p) VALUES (4, ROW(1, '{"b":"\u0000"}'));
+           UPDATE docs SET j = '{"a":"ok"}' WHERE id = 1;"#,
+    )
+    .unwrap();
+    wait_for_sentinel(&db, &mut worker);
+    assert_eq!(
+        db.psql(
+            "SELECT string_agg(operation || ' ' || (record_pk ->> 'id') || ' ' || coalesce(new_values ->> 'j', '-') || ' ' || coalesce(new_values ->> 'p', '-'), E'\\n' ORDER BY id)
+               FROM audit.auditlog WHERE table_name = 'docs'"
+        )
+        .unwrap()
+        .trim(),
+        "INSERT 1 {\"a\":\"\\u0000\"} -\n\
+         INSERT 2 \"\\ud800\" -\n\
+         INSERT 3 {\"fine\": true} -\n\
+         INSERT 4 - (1,\"{\"\"b\"\":\"\"\\\\u0000\"\"}\")\n\
+         UPDATE 1 {\"a\": \"ok\"} -",
+        "each value logged as the JSON string of its text where jsonb cannot hold it"
+    );
+    // Noted where `capture status` shows them.
+    let status = String::from_utf8(pg_audit(&["capture", "status"], db.url()).stdout).unwrap();
+    assert!(status.contains("issues        4 "), "{status}");
+    assert!(
+        status.contains("column j: the log's jsonb cannot hold it"),
+        "{status}"
+    );
+    assert!(
+        status.contains("column p: the server could not convert it"),
+        "{status}"
+    );
+    // The worker goes on, and after a restart too.
+    terminate(worker);
+    let mut worker = spawn_worker(db.url(), "100");
+    db.batch_execute(r#"INSERT INTO docs (id, j) VALUES (5, '{"after": "\u0000"}')"#)
+        .unwrap();
+    wait_for_sentinel(&db, &mut worker);
+    assert_eq!(
+        db.psql("SELECT count(*) FROM audit.auditlog WHERE table_name = 'docs'")
+            .unwrap()
+            .trim(),
+        "6"
+    );
+    terminate(worker);
+}
+
+/// Hostile and random values for every type: the fixed ones reach edges (empty, NaN, the
+/// infinities, the largest and smallest numbers and dates, escapes, what `json` holds and
+/// `jsonb` cannot, names of catalog objects), the random ones, from `seed`, mix escapes,
+/// exponents and unicode.
+fn fuzz_values(seed: u64) -> Vec<String> {
+    let mut values: Vec<String> = [
+        "",
+        " ",
+        "0",
+        "-0",
+        "1",
+        "-1",
+        "3.14",
+        "1e308",
+        "-1e308",
+        "1e-320",
+        "1e1000",
+        "NaN",
+        "Infinity",
+        "-Infinity",
+        "t",
+        "f",
+        "true",
+        "null",
+        "{}",
+        "[]",
+        "{1,2}",
+        "{NULL}",
+        r#"{"a","b"}"#,
+        "{{1,2},{3,4}}",
+        "[0:1]={1,2}",
+        "(1,2)",
+        "((1,2),(3,4))",
+        "<(1,2),3>",
+        "[1,5)",
+        "empty",
+        "{[1,5)}",
+        "2026-01-01",
+        "2026-01-01 23:30:00+05:30",
+        "0044-03-15 BC",
+        "294276-12-31 23:59:59",
+        "infinity",
+        "-infinity",
+        "allballs",
+        "1 day -02:00:00",
+        "P1Y2M",
+        r"\x00ff",
+        r"\000",
+        "'quoted'",
+        r"back\slash",
+        "tab\there",
+        "new\nline",
+        "é😀\u{202e}",
+        r#"{"a":"\u0000"}"#,
+        r#""\ud800""#,
+        r#"{"a":1,"a":2}"#,
+        "[1e400]",
+        r#"{"deep":[[[[[[1]]]]]]}"#,
+        "127.0.0.1",
+        "::1/128",
+        "08:00:2b:01:02:03",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+        "0/16B3748",
+        "10:20:10,14,15",
+        "101",
+        "fat & rat",
+        "$.a[*] ? (@ > 1)",
+        "<x>1</x>",
+        "pg_catalog",
+        "pg_class",
+        "int4",
+        "=(integer,integer)",
+        "postgres",
+        "english",
+        "simple",
+        "$1,234.56",
+        "12:34:56.789+05:45",
+        "1.5e-7",
+        "-1.5e+300",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    values.push("x".repeat(3000));
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    const PIECES: &[&str] = &[
+        r"\u0000", r"\ud800", r"\udc00", r"\u00e9", r"\\", r#"\""#, "é", "😀", "\u{202e}", "\t",
+        " ", "a", "{", "}", ",", "\"",
+    ];
+    for _ in 0..20 {
+        let kind = next() % 4;
+        let value = match kind {
+            0 => {
+                let n = next() % 6;
+                let text: String = (0..n)
+                    .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                    .collect();
+                format!(
+                    r#"{{"k":"{text}","n":[{}e{}]}}"#,
+                    next() % 1000,
+                    (next() % 700) as i64 - 350
+                )
+            }
+            1 => format!(
+                "{}.{}e{}",
+                next() % 100_000,
+                next() % 1000,
+                (next() % 640) as i64 - 320
+            ),
+            2 => (0..(next() % 8))
+                .map(|_| PIECES[(next() % PIECES.len() as u64) as usize])
+                .collect(),
+            _ => format!(
+                "{{{},{},NULL}}",
+                next() % 1000,
+                (next() % 2000) as i64 - 1000
+            ),
+        };
+        values.push(value);
+    }
+    values
+}
+
+#[test]
+fn every_type_with_hostile_values_is_captured_as_the_triggers_log_it_or_noted() {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let cluster = logical_cluster("capture-fuzz");
+    let server = cluster.server();
+    let db = server.create_database("capture_fuzz").unwrap();
+    install(&db);
+    let log = AuditLog::new();
+    // A column for every type a column can have, in a trigger-captured table and its
+    // WAL-captured twin.
+    let columns = db
+        .psql(
+            "SELECT string_agg(format('c%s %s', t.oid, format_type(t.oid, NULL)), ', ' ORDER BY t.oid)
+               FROM pg_type AS t
+              WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typtype IN ('b', 'r', 'm') AND t.typisdefined
+                -- Not the arrays of the catalogs' row types, nor of pseudo-types.
+                AND NOT EXISTS (SELECT FROM pg_type AS e WHERE e.oid = t.typelem AND e.typtype IN ('c', 'p'))",
+        )
+        .unwrap();
+    let mut sql = String::new();
+    for (table, capture) in [("fz_trig", Capture::Trigger), ("fz_wal", Capture::Wal)] {
+        sql.push_str(&format!(
+            "CREATE TABLE {table} (id int PRIMARY KEY, {});\n",
+            columns.trim()
+        ));
+        sql.push_str(
+            &TriggerSpec::builder(QualifiedName::parse(&format!("public.{table}")).unwrap())
+                .capture(capture)
+                .build()
+                .unwrap()
+                .install_sql(&log),
+        );
+    }
+    db.batch_execute(&sql).unwrap();
+    let values = fuzz_values(seed);
+    let candidates = values
+        .iter()
+        .map(|v| pg_audit::quote_literal(v).unwrap())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Each value each type reads, one row per (column, value) with that column alone set; the
+    // trigger twin refuses what `to_jsonb` cannot convert, and is left without those rows.
+    db.batch_execute(&format!(
+        "CREATE TABLE vals (id serial PRIMARY KEY, col name, ty text, lit text);
+         CREATE TABLE refused (id int PRIMARY KEY, error text);
+         DO $$
+         DECLARE c record; v text;
+         BEGIN
+             FOR c IN SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS ty FROM pg_attribute AS a
+                       WHERE a.attrelid = 'fz_wal'::regclass AND a.attnum > 1 ORDER BY a.attnum LOOP
+                 FOREACH v IN ARRAY ARRAY[{candidates}]::text[] LOOP
+                     BEGIN
+                         EXECUTE format('SELECT %L::%s', v, c.ty);
+                         INSERT INTO vals (col, ty, lit) VALUES (c.attname, c.ty, v);
+                     EXCEPTION WHEN OTHERS THEN NULL;
+                     END;
+                 END LOOP;
+             END LOOP;
+         END $$;"
+    ))
+    .unwrap();
+    let mut worker = spawn_worker(db.url(), "500");
+    let write = |template: &str, args: &str| {
+        format!(
+            "DO $$
+             DECLARE r record;
+             BEGIN
+                 FOR r IN SELECT * FROM vals ORDER BY id LOOP
+                     EXECUTE format({template}, 'fz_wal', {args});
+                     BEGIN
+                         EXECUTE format({template}, 'fz_trig', {args});
+                     EXCEPTION WHEN OTHERS THEN
+                         INSERT INTO refused VALUES (r.id, SQLERRM) ON CONFLICT DO NOTHING;
+                     END;
+                 END LOOP;
+             END $$;"
+        )
+    };
+    db.batch_execute(&write(
+        "'INSERT INTO %I (id, %I) VALUES (%s, %L::%s)'",
+        "r.col, r.id, r.lit, r.ty",
+    ))
+    .unwrap();
+    // And back to NULL: the old values are captured too.
+    db.batch_execute(&write(
+        "'UPDATE %I SET %I = NULL WHERE id = %s'",
+        "r.col, r.id",
+    ))
+    .unwrap();
+    wait_for_sentinel(&db, &mut worker);
+    let counts = db
+        .psql("SELECT (SELECT count(*) FROM vals) || ' ' || (SELECT count(*) FROM refused)")
+        .unwrap();
+    eprintln!(
+        "fuzz seed {seed}: {} (values, refused by the triggers)",
+        counts.trim()
+    );
+    let rows: u32 = counts.split_whitespace().next().unwrap().parse().unwrap();
+    let refused: u32 = counts.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        refused >= 2,
+        "the values only the worker can log were not written: {counts}"
+    );
+    assert!(rows > 1500, "too few values read: {counts}");
+    // Every change was captured, exactly once: what the triggers logged, and the insert and
+    // update of each row they refused.
+    assert_eq!(
+        db.psql(
+            "SELECT (SELECT count(*) FROM audit.auditlog WHERE table_name = 'fz_wal')
+                  - (SELECT count(*) FROM audit.auditlog WHERE table_name = 'fz_trig')
+                  - 2 * (SELECT count(*) FROM refused)"
+        )
+        .unwrap()
+        .trim(),
+        "0"
+    );
+    // Where the triggers logged it, the worker logged the same.
+    let mismatches = db
+        .psql(
+            "SELECT string_agg(format('%s %s = %L: trigger %s / wal %s', v.ty, w.operation, v.lit,
+                                      coalesce(t.new_values, t.old_values) -> v.col::text,
+                                      coalesce(w.new_values, w.old_values) -> v.col::text), E'\\n')
+               FROM vals AS v
+               JOIN audit.auditlog AS w ON w.table_name = 'fz_wal' AND w.record_pk = jsonb_build_object('id', v.id)
+               JOIN audit.auditlog AS t ON t.table_name = 'fz_trig' AND t.record_pk = w.record_pk AND t.operation = w.operation
+              WHERE w.new_values IS DISTINCT FROM t.new_values OR w.old_values IS DISTINCT FROM t.old_values",
+        )
+        .unwrap();
+    assert!(
+        mismatches.trim().is_empty(),
+        "seed {seed}: captured values differ from the triggers':\n{mismatches}"
+    );
+    // Where the triggers refused it, the worker logged the value's text and noted it.
+    let unnoted = db
+        .psql(
+            "SELECT string_agg(format('%s %L: %s', v.ty, v.lit, r.error), E'\\n')
+               FROM refused AS r JOIN vals AS v ON v.id = r.id
+              WHERE NOT EXISTS (SELECT FROM audit.auditlog AS w
+                                 WHERE w.table_name = 'fz_wal' AND w.record_pk = jsonb_build_object('id', v.id)
+                                   AND w.operation = 'INSERT' AND w.new_values -> v.col::text = to_jsonb(v.lit))
+                 OR NOT EXISTS (SELECT FROM audit.auditlog_capture_issues AS i
+                                 WHERE i.table_name = 'fz_wal' AND i.record_pk::jsonb = jsonb_build_object('id', v.id)
+                                   AND i.column_name = v.col::text)",
+        )
+        .unwrap();
+    assert!(
+        unnoted.trim().is_empty(),
+        "seed {seed}: values the triggers refuse, not logged as their text and noted:\n{unnoted}"
+    );
+    terminate(worker);
+}

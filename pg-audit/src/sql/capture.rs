@@ -111,10 +111,19 @@ impl AuditLog {
         self.function("capture_progress")
     }
 
-    /// SQL creating the progress table where the log lives when it is missing (run by the
-    /// worker at every start, so it does nothing that needs ownership once the table exists).
+    /// The table where the capture worker notes what it could not log as it came: a value
+    /// the log cannot hold (logged instead as the JSON string of its text) or a change it
+    /// could not log at all (set aside here whole). Written in the batch's transaction.
+    pub fn capture_issues_table(&self) -> QualifiedName {
+        self.function("capture_issues")
+    }
+
+    /// SQL creating the progress table and the issues table where the log lives when they are
+    /// missing (run by the worker at every start, so it does nothing that needs ownership
+    /// once the tables exist).
     pub fn capture_setup_sql(&self) -> String {
         let table = self.capture_progress_table();
+        let issues = self.capture_issues_table();
         let body = format!(
             "
 BEGIN
@@ -127,14 +136,62 @@ BEGIN
         );
         COMMENT ON TABLE {table} IS {comment};
     END IF;
+    IF pg_catalog.to_regclass({issues_lit}) IS NULL THEN
+        CREATE TABLE {issues} (
+            noted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+            slot text NOT NULL,
+            txid bigint NOT NULL,
+            schema_name text NOT NULL,
+            table_name text NOT NULL,
+            record_pk text,
+            column_name text,
+            issue text NOT NULL,
+            raw text NOT NULL
+        );
+        COMMENT ON TABLE {issues} IS {issues_comment};
+        REVOKE ALL ON TABLE {issues} FROM PUBLIC;
+    END IF;
 END
 ",
             table_lit = table.literal(),
             comment = text_literal(
                 "pg-audit: how far each capture worker has written the log, committed with the rows"
-            )
+            ),
+            issues_lit = issues.literal(),
+            issues_comment = text_literal(
+                "pg-audit: what the capture worker could not log as it came (a value logged as its text, or a change set aside whole); see pg-audit capture status"
+            ),
         );
         format!("DO {};", crate::ident::dollar_quote(&body))
+    }
+
+    /// SQL noting capture issues: `$1` the slot, `$2` a JSON array of objects with `txid`,
+    /// `schema_name`, `table_name`, `record_pk` (text or null), `column_name` (null for a
+    /// change set aside whole), `issue`, `raw` (the value's or the change's text).
+    pub fn capture_issues_insert_sql(&self) -> String {
+        format!(
+            "INSERT INTO {} (slot, txid, schema_name, table_name, record_pk, column_name, issue, raw)
+SELECT $1::text, i.txid, i.schema_name, i.table_name, i.record_pk, i.column_name, i.issue, i.raw
+  FROM pg_catalog.json_to_recordset($2::text::pg_catalog.json) AS i(
+       txid bigint, schema_name text, table_name text, record_pk text, column_name text, issue text, raw text)",
+            self.capture_issues_table()
+        )
+    }
+
+    /// SQL summing up a slot's capture issues: `$1` the slot; one row of `issues` (their
+    /// number) and `latest` (a JSON array of the ten newest, each with `noted_at`, `txid`,
+    /// `table`, `record_pk`, `column_name`, `issue`).
+    pub fn capture_issues_summary_sql(&self) -> String {
+        format!(
+            "SELECT pg_catalog.count(*) AS issues,
+       coalesce((SELECT pg_catalog.json_agg(pg_catalog.json_build_object(
+                   'noted_at', n.noted_at, 'txid', n.txid, 'table', pg_catalog.format('%I.%I', n.schema_name, n.table_name),
+                   'record_pk', n.record_pk, 'column_name', n.column_name, 'issue', n.issue) ORDER BY n.noted_at DESC)
+                   FROM (SELECT * FROM {issues} AS i WHERE i.slot OPERATOR(pg_catalog.=) $1::text
+                          ORDER BY i.noted_at DESC LIMIT 10) AS n)::text, '[]') AS latest
+  FROM {issues} AS i WHERE i.slot OPERATOR(pg_catalog.=) $1::text",
+            issues = self.capture_issues_table()
+        )
     }
 
     /// SQL reading a slot's progress: `$1` the slot; one row of `lsn` (text) and `last_commit`.

@@ -149,6 +149,7 @@ impl AuditLog {
                 self.redactions_table(),
                 self.redacted_values_table(),
                 self.capture_progress_table(),
+                self.capture_issues_table(),
             ],
             append_only: vec![
                 self.seals_table(),
