@@ -622,6 +622,32 @@ fn a_value_the_log_cannot_hold_is_logged_as_its_text_and_noted_never_stopping_ca
             .trim(),
         "6"
     );
+    // A change the log refuses whatever its values (here a constraint someone added): set
+    // aside whole, the rest of its batch logged.
+    db.batch_execute(
+        r#"ALTER TABLE audit.auditlog ADD CONSTRAINT no_poison CHECK (NOT coalesce(new_values -> 'j' ? 'poison', false));
+           BEGIN;
+           INSERT INTO docs (id, j) VALUES (6, '{"poison": 1}');
+           INSERT INTO docs (id, j) VALUES (7, '{"fine": 1}');
+           COMMIT;"#,
+    )
+    .unwrap();
+    wait_for_sentinel(&db, &mut worker);
+    assert_eq!(
+        db.psql("SELECT string_agg(record_pk ->> 'id', ',' ORDER BY id) FROM audit.auditlog WHERE table_name = 'docs' AND (record_pk ->> 'id')::int > 5")
+            .unwrap()
+            .trim(),
+        "7"
+    );
+    let aside = db
+        .psql("SELECT issue || ' | ' || raw FROM audit.auditlog_capture_issues WHERE column_name IS NULL")
+        .unwrap();
+    assert!(
+        aside.contains("the log refused the change")
+            && aside.contains("no_poison")
+            && aside.contains(r#""j":{"poison": 1}"#),
+        "{aside}"
+    );
     terminate(worker);
 }
 
