@@ -230,7 +230,7 @@ fn entries_of(
         if arrow_array::Array::is_null(a, row) {
             return Ok(None);
         }
-        serde_json::from_str(a.value(row))
+        pg_audit_diesel::log::json::parse(a.value(row))
             .map(Some)
             .map_err(|e| Error::Mismatch(format!("{location}: a JSON value does not parse: {e}")))
     };

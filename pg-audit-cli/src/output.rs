@@ -133,7 +133,8 @@ impl Table {
             let padded: Vec<String> = values
                 .iter()
                 .zip(&widths)
-                .map(|(v, w)| format!("{v:<w$}"))
+                // Padded by hand: `format!`'s width stops at 65,535.
+                .map(|(v, w)| format!("{v}{}", " ".repeat(w.saturating_sub(v.chars().count()))))
                 .collect();
             line(padded.join("  ").trim_end());
         };
@@ -145,15 +146,28 @@ impl Table {
     }
 }
 
+/// The most characters a table cell shows; `--json` prints every value whole.
+const CELL_CHARS: usize = 2000;
+
 /// A value as a table cell: strings bare, NULL empty, the rest as JSON; control characters
 /// escaped either way, so a value from the log cannot move the cursor, recolour the terminal
-/// or reorder what is shown.
+/// or reorder what is shown; cut after [`CELL_CHARS`] characters, saying how many more.
 fn cell(value: &Value) -> String {
-    match value {
+    let text = match value {
         Value::Null => String::new(),
         Value::String(s) => escape_controls(s),
         other => escape_controls(&other.to_string()),
+    };
+    let count = text.chars().count();
+    if count <= CELL_CHARS {
+        return text;
     }
+    let mut cut: String = text.chars().take(CELL_CHARS).collect();
+    cut.push_str(&format!(
+        "… ({} more characters; --json shows all)",
+        count - CELL_CHARS
+    ));
+    cut
 }
 
 /// `text` with every control character (C0, DEL, C1) and bidirectional control written as an

@@ -1,6 +1,9 @@
 //! What the log's owner — the party seals and drift checks guard against — could do to make
 //! `verify` and `check` say all is well, and what they report instead.
 
+#[path = "support/hostile.rs"]
+mod hostile;
+
 use std::process::{Command, Output};
 
 use pg_audit_tempdb::TempDatabase;
@@ -162,4 +165,84 @@ fn a_redaction_recorded_by_hand_of_what_redact_refuses_is_tampering() {
         "{found}"
     );
     assert!(found.contains("was changed after seal"), "{found}");
+}
+
+#[test]
+fn no_row_a_writer_stores_makes_a_command_fail() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("trust_hostile_rows")
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, hostile::TABLE);
+    psql(&db, &ok(&["sql", "trigger", "--table", "h"], &url));
+    psql(&db, &hostile::writes());
+    for id in ["1", "2"] {
+        let out = ok(&["history", "h", id], &url);
+        assert!(out.contains("UPDATE"), "{out}");
+        let json = ok(&["history", "h", id, "--json"], &url);
+        serde_json::from_str::<serde_json::Value>(&json).expect("--json is JSON");
+    }
+    // Control and bidirectional characters are escaped on a terminal's table.
+    let table = ok(&["history", "h", "2"], &url);
+    assert!(
+        table.contains(r"\u{202e}") && !table.contains('\u{202e}'),
+        "{table}"
+    );
+    for txid in psql(&db, "SELECT DISTINCT txid FROM audit.auditlog").lines() {
+        ok(&["tx", txid.trim()], &url);
+        ok(&["tx", txid.trim(), "--json"], &url);
+    }
+}
+
+#[test]
+fn a_context_key_given_twice_is_stored_once_and_redaction_erases_what_readers_see() {
+    let db = sealed("trust_duplicate_key");
+    let url = db.url().to_owned();
+    psql(
+        &db,
+        r#"BEGIN;
+           SELECT set_config('pg_audit.context', '{"user_id":"victim@example.com","user_id":"other-user"}', true);
+           UPDATE users SET name = 'changed' WHERE id = 3;
+           COMMIT;"#,
+    );
+    let stored = psql(
+        &db,
+        "SELECT context::text FROM audit.auditlog WHERE record_pk = '{\"id\": 3}' AND operation = 'UPDATE'",
+    );
+    assert_eq!(stored.trim(), r#"{"user_id": "other-user"}"#);
+    // The victim's id was never stored: there is nothing of theirs to erase.
+    let out = pg_audit(
+        &["redact", "--user", "victim@example.com", "--reason", "GDPR"],
+        &url,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no entry, live or archived, holds a value to erase")
+    );
+    // The one readers see is erased, and the seals still verify.
+    ok(
+        &["redact", "--user", "other-user", "--reason", "GDPR"],
+        &url,
+    );
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT count(*) FROM audit.auditlog WHERE context::text LIKE '%other-user%'"
+        )
+        .trim(),
+        "0"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        ok(&["seal"], &url);
+        if psql(&db, "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT max(last_id) FROM audit.auditlog_seals)").trim() == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(ok(&["verify"], &url).contains("ok:"));
 }

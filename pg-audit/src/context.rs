@@ -52,8 +52,9 @@ pub const KEYS: [&str; 7] = [
 /// The largest context the triggers accept, in bytes of its JSON text.
 pub const MAX_LEN: usize = 64 * 1024;
 
-/// PL/pgSQL statements that read the context into `v_context` (json; NULL when unset or empty)
-/// from `v_raw` (text), refusing — so the write fails and nothing unreadable is stored — a
+/// PL/pgSQL statements that read the context into `v_context` (json, normalized by `jsonb`:
+/// a key given twice keeps its last value; NULL when unset or empty) from `v_raw` (text),
+/// refusing — so the write fails and nothing unreadable is stored — a
 /// context that is over [`MAX_LEN`], is not JSON, is not a JSON object, or holds `\u0000`,
 /// which PostgreSQL's `jsonb` and text cannot hold (every reader that extracts a field of a
 /// stored context would fail on it). `indent` starts each line after the first.
@@ -91,7 +92,9 @@ pub(crate) fn read_statements(indent: &str) -> String {
         ),
         "            USING ERRCODE = 'invalid_parameter_value', HINT = 'Set it to an object such as {\"user_id\": \"alice\", \"change_reason\": \"...\"}.';".to_owned(),
         "    END IF;".to_owned(),
-        "    v_context := v_raw::pg_catalog.json;".to_owned(),
+        // Stored as `jsonb` writes it: one value per key (the last, which every reader and
+        // `->>` would take), so what a redaction erases is exactly what readers see.
+        "    v_context := v_raw::pg_catalog.jsonb::pg_catalog.json;".to_owned(),
         "END IF;".to_owned(),
     ]
     .join(&format!("\n{indent}"))

@@ -521,6 +521,16 @@ fn install_explains_what_is_wrong_with_the_table() {
     assert!(e.contains("has no column actve"), "{e}");
     let e = exec_err(&mut conn, &install("public.coded", &|s| s));
     assert!(e.contains("has no column id"), "{e}");
+    // A column named like the function's whole-row aliases would be read in the row's place.
+    exec(
+        &mut conn,
+        "CREATE TABLE aliased (id int PRIMARY KEY, pg_audit_row text)",
+    );
+    let e = exec_err(&mut conn, &install("public.aliased", &|s| s));
+    assert!(
+        e.contains("table aliased has a column named pg_audit_row, a name pg-audit's trigger function gives whole rows"),
+        "{e}"
+    );
     let e = exec_err(
         &mut conn,
         &install("public.coded", &|s| s.primary_key(["code", "n"])),

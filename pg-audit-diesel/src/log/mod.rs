@@ -35,6 +35,7 @@
 //! builder.
 
 mod driver;
+pub mod json;
 mod reader;
 
 use std::collections::BTreeMap;
@@ -182,6 +183,12 @@ mod context_object {
     }
 }
 
+impl From<json::NullableLogJson> for AuditContext {
+    fn from(value: json::NullableLogJson) -> AuditContext {
+        AuditContext::from(value.0)
+    }
+}
+
 impl From<Option<Value>> for AuditContext {
     fn from(value: Option<Value>) -> AuditContext {
         AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
@@ -220,24 +227,24 @@ pub struct AuditEntry {
     #[diesel(sql_type = Text)]
     pub table_name: String,
     /// The record's key (`None` for TRUNCATE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
+    #[diesel(sql_type = Nullable<Jsonb>, deserialize_as = json::NullableLogJson)]
     pub record_pk: Option<Value>,
     /// The audited columns before (UPDATE, DELETE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
+    #[diesel(sql_type = Nullable<Jsonb>, deserialize_as = json::NullableLogJson)]
     pub old_values: Option<Value>,
     /// The audited columns after (INSERT, UPDATE).
-    #[diesel(sql_type = Nullable<Jsonb>)]
+    #[diesel(sql_type = Nullable<Jsonb>, deserialize_as = json::NullableLogJson)]
     pub new_values: Option<Value>,
     /// The database role that connected.
     #[diesel(sql_type = Text)]
     pub db_user: String,
     /// Who, why and from where (serialized as `null` when empty, as the log stores it).
-    #[diesel(sql_type = Nullable<Json>, deserialize_as = Option<Value>)]
+    #[diesel(sql_type = Nullable<Json>, deserialize_as = json::NullableLogJson)]
     #[serde(with = "context_object")]
     pub context: AuditContext,
     /// An UPDATE that changed the record's key: the key before (`record_pk` is the key after).
     /// Such an entry is the last of the old key's history and the first of the new key's.
-    #[diesel(sql_type = Nullable<Jsonb>)]
+    #[diesel(sql_type = Nullable<Jsonb>, deserialize_as = json::NullableLogJson)]
     pub old_record_pk: Option<Value>,
 }
 

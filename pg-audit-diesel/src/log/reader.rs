@@ -174,7 +174,7 @@ impl AuditReader {
         struct Change {
             #[diesel(sql_type = BigInt)]
             id: i64,
-            #[diesel(sql_type = Jsonb)]
+            #[diesel(sql_type = Jsonb, deserialize_as = super::json::LogJson)]
             old_record_pk: Value,
         }
         let change: Option<Change> = first(
@@ -732,9 +732,9 @@ impl AuditReader {
         let after_text = after.map(Value::to_string);
         #[derive(QueryableByName)]
         struct Row {
-            #[diesel(sql_type = Jsonb)]
+            #[diesel(sql_type = Jsonb, deserialize_as = super::json::LogJson)]
             k: Value,
-            #[diesel(sql_type = Jsonb)]
+            #[diesel(sql_type = Jsonb, deserialize_as = super::json::LogJson)]
             v: Value,
         }
         let log = self.log.table();

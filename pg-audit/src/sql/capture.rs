@@ -239,6 +239,8 @@ ON CONFLICT (slot) DO UPDATE SET lsn = EXCLUDED.lsn, last_commit = EXCLUDED.last
                         key("r.old_record_pk")
                     )
                 }
+                // Normalized as the triggers store it: one value per key.
+                "context" => "r.context::pg_catalog.jsonb::pg_catalog.json".to_owned(),
                 other => format!("r.{other}"),
             })
             .collect();

@@ -82,8 +82,8 @@ impl Rows {
                     .unwrap_or_default();
                 Rows::Transition {
                     from: format!(
-                        "(SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {OLD_ROWS} AS t) AS pg_audit_old
-                  JOIN (SELECT pg_catalog.row_number() OVER () AS ordinal, t AS r FROM {NEW_ROWS} AS t) AS pg_audit_new
+                        "(SELECT pg_catalog.row_number() OVER () AS ordinal, pg_audit_row AS r FROM {OLD_ROWS} AS pg_audit_row) AS pg_audit_old
+                  JOIN (SELECT pg_catalog.row_number() OVER () AS ordinal, pg_audit_row AS r FROM {NEW_ROWS} AS pg_audit_row) AS pg_audit_new
                     ON pg_audit_new.ordinal OPERATOR(pg_catalog.=) pg_audit_old.ordinal"
                     ),
                     filter: format!("\n                 WHERE TRUE{condition}"),
@@ -234,6 +234,10 @@ pub(super) const TABLE: &str = "v_table";
 pub(super) const SEED: &str = "v_seed";
 
 /// The paired rows of a statement-level UPDATE, as row expressions.
+/// The aliases the function gives whole rows: a column of the audited table of one of these
+/// names would be read in the row's place, so the install refuses such a table.
+pub(super) const ROW_ALIASES: [&str; 3] = ["pg_audit_row", "pg_audit_new", "pg_audit_old"];
+
 const NEW_ROW: &str = "(pg_audit_new.r)";
 const OLD_ROW: &str = "(pg_audit_old.r)";
 

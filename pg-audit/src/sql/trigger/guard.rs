@@ -70,6 +70,11 @@ pub(super) fn check_body(spec: &TriggerSpec) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let condition = condition_check(spec);
+    let reserved = super::body::ROW_ALIASES
+        .iter()
+        .map(|n| text_literal(n))
+        .collect::<Vec<_>>()
+        .join(", ");
     let key_text = text_literal(
         &spec
             .primary_key()
@@ -107,6 +112,13 @@ BEGIN
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'pg-audit: table % has no column %', shown, missing
             USING HINT = 'Column names are case-sensitive and taken as written; correct the audit configuration or the table.';
+    END IF;
+    SELECT pg_catalog.string_agg(pg_catalog.quote_ident(a.attname), ', ') INTO missing
+      FROM pg_catalog.pg_attribute AS a
+     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY (ARRAY[{reserved}]::name[]);
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: table % has a column named %, a name pg-audit''s trigger function gives whole rows', shown, missing
+            USING HINT = 'Rename the column: the function would read it in place of the row.';
     END IF;
     IF NOT EXISTS (
         SELECT FROM pg_catalog.pg_index AS i
