@@ -769,6 +769,7 @@ pub(crate) async fn table(
                     "{name} is not audited in this log"
                 )));
             };
+            diesel::connection::SimpleConnection::batch_execute(conn, log.check_prelude_sql())?;
             let problems: Vec<Problem> = diesel::sql_query(format!(
                 "SELECT c.problem FROM ({}) AS c WHERE c.table_schema OPERATOR(pg_catalog.=) $1 AND c.table_name OPERATOR(pg_catalog.=) $2",
                 log.check_sql()

@@ -1,6 +1,7 @@
 //! The administration commands, run against a database: history, tx, partitions, check.
 
 use clap::Subcommand;
+use diesel::connection::SimpleConnection as _;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 use pg_audit::sql::shape::entry_columns;
@@ -370,6 +371,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
 /// replace that function with one that finds nothing.
 pub(crate) fn check(db: &Db) -> Result<bool> {
     let (mut conn, log) = db.connect()?;
+    conn.batch_execute(&format!("BEGIN; {}", log.check_prelude_sql()))?;
     #[derive(QueryableByName)]
     struct Problem {
         #[diesel(sql_type = Text)]
@@ -391,6 +393,7 @@ pub(crate) fn check(db: &Db) -> Result<bool> {
     if version.n >= 150_000 {
         problems.extend(diesel::sql_query(log.check_v15_sql()).load::<Problem>(&mut conn)?);
     }
+    conn.batch_execute("COMMIT")?;
     let audited: Count =
         diesel::sql_query(format!("SELECT count(*) AS n FROM {}", log.config_table()))
             .get_result(&mut conn)?;

@@ -152,6 +152,7 @@ pub fn value(conn: &mut PgConnection, query: &str) -> Value {
 pub fn check_problems(conn: &mut PgConnection, log: &pg_audit::AuditLog) -> Vec<String> {
     conn.transaction(|conn| {
         conn.batch_execute(&pg_audit::session::set_local_sql())?;
+        conn.batch_execute(log.check_prelude_sql())?;
         let mut sql = log.check_sql();
         if value(
             conn,

@@ -155,3 +155,142 @@ fn a_log_schema_on_the_installers_path_is_not_a_false_alarm() {
         Value::from(1)
     );
 }
+
+#[test]
+fn hooks_on_the_log_and_its_tables_are_reported() {
+    let (_db, mut conn, log) = setup("drift_log_hooks");
+    for (change, expected) in [
+        (
+            "CREATE FUNCTION public.swallow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER swallow BEFORE INSERT ON audit.auditlog FOR EACH ROW EXECUTE FUNCTION public.swallow();",
+            "trigger swallow on audit.auditlog was not installed by pg-audit",
+        ),
+        (
+            "CREATE RULE quiet AS ON INSERT TO audit.auditlog DO INSTEAD NOTHING",
+            "rule quiet on audit.auditlog rewrites what is written to or read from it",
+        ),
+        (
+            "ALTER TABLE audit.auditlog ALTER COLUMN db_user SET DEFAULT 'forged'",
+            "column db_user of audit.auditlog defaults to 'forged'::text, not SESSION_USER",
+        ),
+        (
+            "ALTER TABLE audit.auditlog ADD CONSTRAINT picky CHECK (table_name <> 'users')",
+            "constraint picky on audit.auditlog was not installed by pg-audit",
+        ),
+        (
+            "ALTER TABLE audit.auditlog ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE audit.auditlog FORCE ROW LEVEL SECURITY;
+             CREATE POLICY hide ON audit.auditlog USING (table_name <> 'users');",
+            "audit.auditlog has row-level security enabled and forced on its owner",
+        ),
+        (
+            "ALTER TABLE audit.auditlog_seals DISABLE TRIGGER append_only",
+            "audit.auditlog_seals is not append-only: its trigger append_only is disabled",
+        ),
+        (
+            "CREATE TRIGGER extra AFTER INSERT ON audit.auditlog_redactions FOR EACH ROW EXECUTE FUNCTION public.swallow()",
+            "trigger extra on audit.auditlog_redactions was not installed by pg-audit",
+        ),
+    ] {
+        exec(&mut conn, change);
+        assert_reports(&problems(&mut conn, &log), expected);
+    }
+    let found = problems(&mut conn, &log);
+    assert_reports(
+        &found,
+        "policy hide on audit.auditlog was not installed by pg-audit",
+    );
+}
+
+#[test]
+fn a_narrowed_publication_is_reported() {
+    let (_db, mut conn, log) = setup("drift_publication");
+    // What a WAL-captured install leaves (the publication of the log, with the install
+    // records), then narrowed: only inserts, a row filter, a column list.
+    exec(
+        &mut conn,
+        "CREATE TABLE events (id int PRIMARY KEY, kind text, secret text);
+         CREATE PUBLICATION pg_audit_audit_auditlog FOR TABLE audit.auditlog_tables
+           WITH (publish = 'insert', publish_via_partition_root = false);
+         ALTER PUBLICATION pg_audit_audit_auditlog ADD TABLE users WHERE (id > 5);
+         ALTER PUBLICATION pg_audit_audit_auditlog ADD TABLE events (id, kind);",
+    );
+    let found = problems(&mut conn, &log);
+    for expected in [
+        "publication pg_audit_audit_auditlog publishes insert, not through the partition root",
+        "publication pg_audit_audit_auditlog filters the rows of public.users (WHERE (id > 5))",
+        "publication pg_audit_audit_auditlog publishes only some columns of public.events",
+    ] {
+        assert_reports(&found, expected);
+    }
+}
+
+#[test]
+fn settings_and_grants_that_switch_triggers_off_are_reported() {
+    let roles = Roles::new("drift_srr", &["app"]);
+    let app = roles.name("app");
+    let (db, mut conn, log) = setup("drift_srr");
+    exec(
+        &mut conn,
+        &format!(
+            "ALTER ROLE {app} IN DATABASE \"{db}\" SET session_replication_role = replica;
+             ALTER DATABASE \"{db}\" SET session_replication_role = replica;
+             GRANT SET ON PARAMETER session_replication_role TO {app};",
+            db = db.name()
+        ),
+    );
+    let found = problems(&mut conn, &log);
+    let bare = app.trim_matches('"');
+    for expected in [
+        format!(
+            "role {bare} has session_replication_role = replica by default: its writes skip every audit trigger"
+        ),
+        format!(
+            "database {} has session_replication_role = replica by default",
+            db.name()
+        ),
+        format!("{bare} may set session_replication_role (GRANT SET ON PARAMETER)"),
+    ] {
+        assert_reports(&found, &expected);
+    }
+    exec(
+        &mut conn,
+        &format!("REVOKE SET ON PARAMETER session_replication_role FROM {app}"),
+    );
+}
+
+#[test]
+fn a_partition_owned_by_another_role_is_reported() {
+    let roles = Roles::new("drift_part_owner", &["other"]);
+    let other = roles.name("other");
+    let db = TestDb::new("drift_part_owner");
+    let mut conn = db.conn();
+    let log = AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(
+        &mut conn,
+        "CREATE TABLE events (id int, region text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE events_eu PARTITION OF events FOR VALUES IN ('eu');",
+    );
+    exec(
+        &mut conn,
+        &TriggerSpec::builder(QualifiedName::parse("public.events").unwrap())
+            .primary_key(["id", "region"])
+            .build()
+            .unwrap()
+            .install_sql(&log),
+    );
+    assert_eq!(problems(&mut conn, &log), Vec::<String>::new());
+    exec(
+        &mut conn,
+        &format!("ALTER TABLE events_eu OWNER TO {other}"),
+    );
+    let bare = other.trim_matches('"');
+    assert_reports(
+        &problems(&mut conn, &log),
+        &format!(
+            "partition public.events_eu is owned by {bare}, not by the log's owner postgres: {bare} can disable its audit triggers"
+        ),
+    );
+    exec(&mut conn, "ALTER TABLE events_eu OWNER TO postgres");
+}

@@ -260,6 +260,10 @@ COMMENT ON TABLE {config} IS {comment};
     sql
 }
 
+/// Run before the check's queries, in their transaction: planned, they cost enough for JIT,
+/// which would take seconds to compile what runs in milliseconds.
+pub(crate) const CHECK_PRELUDE: &str = "SET LOCAL jit = off";
+
 /// A function of the log's as this version of pg-audit installs it, for the check to compare
 /// the installed one with: its signature (name and argument types), body and whether it runs
 /// as its owner.
@@ -279,6 +283,7 @@ pub(crate) fn check_function_sql(objects: &LogObjects, expected: &[ExpectedFunct
     let body = format!(
         "
 BEGIN
+    PERFORM pg_catalog.set_config('jit', 'off', true);
     RETURN QUERY {};
     IF pg_catalog.current_setting('server_version_num')::int >= 150000 THEN
         RETURN QUERY EXECUTE {};
@@ -604,6 +609,10 @@ pub(crate) fn check_query(objects: &LogObjects, expected: &[ExpectedFunction]) -
             SELECT pg_catalog.format('rule %s on %s rewrites what is written to or read from it', w.rulename, w.ev_class::regclass)
               FROM {relations} AS r
               JOIN pg_catalog.pg_rewrite AS w ON w.ev_class = r.rel
+            UNION ALL
+            SELECT pg_catalog.format('constraint %s on %s was not installed by pg-audit: it can refuse entries, and so the writes they log', k.conname, k.conrelid::regclass)
+              FROM pg_catalog.pg_partition_tree({log_lit}::regclass) AS pt
+              JOIN pg_catalog.pg_constraint AS k ON k.conrelid = pt.relid
             UNION ALL
             SELECT pg_catalog.format('%s has row-level security enabled%s: a policy can hide rows from readers and verify', c.oid::regclass,
                                      CASE WHEN c.relforcerowsecurity THEN ' and forced on its owner' ELSE '' END)

@@ -484,9 +484,17 @@ impl AuditLog {
     /// with [`crate::session::PINNED`]'s settings (one opened with
     /// [`crate::session::startup_options`], or a transaction after
     /// [`crate::session::set_local_sql`]).
+    ///
+    /// Run it in a transaction after [`AuditLog::check_prelude_sql`]: its estimated cost is
+    /// high enough that PostgreSQL would spend seconds compiling it with JIT (10 ms without).
     pub fn check_sql(&self) -> String {
         let ddl = self.ddl_before_check();
         drift::check_query(&self.objects(), &self.expected_functions(&ddl))
+    }
+
+    /// The settings the check's queries run with, for the rest of the transaction: no JIT.
+    pub fn check_prelude_sql(&self) -> &'static str {
+        drift::CHECK_PRELUDE
     }
 
     /// What the drift check finds on PostgreSQL 15 and later besides [`AuditLog::check_sql`]
