@@ -710,11 +710,34 @@ fn conditions_are_compiled_at_install_and_may_read_only_the_row() {
         ),
         (
             "ts_rewrite('a'::tsquery, 'SELECT q, s FROM public.vip') = 'a'::tsquery",
-            "calls ts_rewrite(tsquery,text), which reads more than the row",
+            "calls volatile ts_rewrite(tsquery,text)",
         ),
+        // An allowlist: what reads the writer's session, the catalog or the settings, even
+        // stable and built in, is refused.
         (
             "current_setting('app.skip', true) IS NULL",
-            "calls current_setting(text,boolean), which reads more than the row",
+            "calls current_setting(text,boolean), which does not compute over the row's values alone",
+        ),
+        ("to_regclass('pg_temp.x') IS NULL", "uses type regclass"),
+        ("pg_my_temp_schema() = 0", "calls pg_my_temp_schema()"),
+        (
+            "(SELECT count(*) FROM pg_show_all_settings() AS s WHERE s.setting = 'quiet') = 0",
+            "sublink",
+        ),
+        (
+            "(SELECT count(*) FROM pg_stat_get_activity(NULL) AS a) > 0",
+            "sublink",
+        ),
+        (
+            "(SELECT c FROM pg_listening_channels() AS c LIMIT 1) IS NULL",
+            "sublink",
+        ),
+        ("pg_backend_pid() > 0", "calls pg_backend_pid()"),
+        ("NEW.name <> session_user", "uses session_user"),
+        ("NEW.id::regclass IS NOT NULL", "uses type regclass"),
+        (
+            "to_char(NEW.id, '999') <> ''",
+            "calls to_char(integer,text), which does not compute over the row's values alone",
         ),
         (
             "public.is_vip(NEW.id)",
@@ -746,7 +769,11 @@ fn conditions_are_compiled_at_install_and_may_read_only_the_row() {
     exec(&mut conn, "ROLLBACK");
     // Stable functions and casts are fine.
     let ok = TriggerSpec::builder(QualifiedName::parse("users").unwrap())
-        .condition("NEW.active AND now() > '2000-01-01'::timestamptz")
+        .condition(
+            "NEW.active AND now() > '2000-01-01'::timestamptz AND lower(coalesce(NEW.name, 'a')) LIKE 'a%'
+             AND (NEW.prefs ->> 'k') IS DISTINCT FROM 'x' AND NEW.id + 1 > 0 AND date_trunc('day', now()) <= now()
+             AND ROW(NEW.id, NEW.name) <> ROW(0, 'z') AND NEW.id = ANY (ARRAY[1, 2, 3]) AND current_date > '2000-01-01'",
+        )
         .build()
         .unwrap();
     exec(&mut conn, &ok.install_sql(&log));

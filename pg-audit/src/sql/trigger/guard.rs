@@ -13,35 +13,53 @@ use super::row::condition_for;
 use crate::ident::{Ident, text_literal};
 use crate::sql::shape::Operation;
 
-/// Built-in functions a condition may not call: they run SQL given as text, read files or
-/// large objects, or read settings the writer controls — any of which would let something
-/// else than the row decide what is logged, and run it as the log's owner.
-const DENIED: [&str; 24] = [
-    "ts_rewrite",
-    "ts_stat",
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "cursor_to_xmlschema",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "schema_to_xml",
-    "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema",
-    "database_to_xml",
-    "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
-    "current_setting",
-    "pg_read_file",
-    "pg_read_binary_file",
-    "pg_ls_dir",
-    "pg_stat_file",
-    "lo_get",
-    "lo_import",
-    "lo_export",
+/// The nodes a condition's compiled expression may hold: the query around it, and
+/// computations over the row's values (operators, function calls, casts, `CASE`, `COALESCE`,
+/// `NULLIF`, `IS [NOT] NULL`, arrays, rows, subscripts, `current_date` and its kin). Anything
+/// else — a subquery, a domain's check (which may call its owner's functions), XML, a
+/// session value such as `session_user` — is refused.
+const ALLOWED_NODES: [&str; 30] = [
+    "QUERY",
+    "TARGETENTRY",
+    "RANGETBLENTRY",
+    "RANGETBLREF",
+    "FROMEXPR",
+    "ALIAS",
+    "VAR",
+    "CONST",
+    "OPEXPR",
+    "FUNCEXPR",
+    "BOOLEXPR",
+    "NULLTEST",
+    "BOOLEANTEST",
+    "CASEEXPR",
+    "CASEWHEN",
+    "CASETESTEXPR",
+    "COALESCEEXPR",
+    "MINMAXEXPR",
+    "NULLIFEXPR",
+    "DISTINCTEXPR",
+    "SCALARARRAYOPEXPR",
+    "ROWCOMPAREEXPR",
+    "ROWEXPR",
+    "ARRAYEXPR",
+    "ARRAYCOERCEEXPR",
+    "RELABELTYPE",
+    "COERCEVIAIO",
+    "COLLATEEXPR",
+    "SUBSCRIPTINGREF",
+    // Only those of ALLOWED_SQL_VALUE_FUNCTIONS.
+    "SQLVALUEFUNCTION",
 ];
+
+/// The `SQLValueFunction`s a condition may use: `current_date`, `current_time`,
+/// `current_timestamp`, `localtime`, `localtimestamp` (with or without precision), whose
+/// `TimeZone` the trigger pins; not `current_user`, `session_user`, `current_schema`...
+const ALLOWED_SQL_VALUE_FUNCTIONS: std::ops::RangeInclusive<u32> = 0..=8;
+
+/// Stable built-ins whose answer could depend on the session beyond the pinned settings
+/// (`lc_time`, `lc_numeric`): refused though their types are date/time ones.
+const LOCALE_DEPENDENT: [&str; 4] = ["to_char", "to_date", "to_timestamp", "to_number"];
 
 /// The temporary view the condition is compiled into, to read what it depends on.
 const CONDITION_VIEW: &str = "pg_audit_condition_check";
@@ -164,11 +182,61 @@ fn condition_check(spec: &TriggerSpec) -> String {
     let rendered = condition_for(spec, Operation::Update, "pg_audit_new", "pg_audit_old")
         .expect("a condition applies to UPDATE");
     let as_written = text_literal(condition.as_str());
-    let denied = DENIED
-        .iter()
-        .map(|n| text_literal(n))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = |items: &[&str]| {
+        items
+            .iter()
+            .map(|n| text_literal(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let nodes = list(&ALLOWED_NODES);
+    let locale = list(&LOCALE_DEPENDENT);
+    let datetime = list(&[
+        "date",
+        "time without time zone",
+        "time with time zone",
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "interval",
+    ]);
+    let plain = list(&[
+        "date",
+        "time without time zone",
+        "time with time zone",
+        "timestamp without time zone",
+        "timestamp with time zone",
+        "interval",
+        "text",
+        "character varying",
+        "character",
+        "boolean",
+        "smallint",
+        "integer",
+        "bigint",
+        "numeric",
+        "real",
+        "double precision",
+    ]);
+    // Every function the compiled condition calls, read from its query tree (built-in ones
+    // are not recorded as dependencies): called by name, or behind an operator, alone or in a
+    // row comparison's list.
+    let calls = format!(
+        "SELECT m[1]::oid AS fn
+           FROM pg_catalog.pg_rewrite AS r
+          CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':funcid ([0-9]+)', 'g') AS m
+          WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass
+         UNION
+         SELECT o.oprcode::oid
+           FROM pg_catalog.pg_rewrite AS r
+          CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':(?:opno|opnos) \\(?o?((?: ?[0-9]+)+)', 'g') AS m
+          CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.btrim(m[1]), ' ')) AS x(oid)
+           JOIN pg_catalog.pg_operator AS o ON o.oid = x.oid::oid
+          WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass"
+    );
+    let (svf_lo, svf_hi) = (
+        ALLOWED_SQL_VALUE_FUNCTIONS.start(),
+        ALLOWED_SQL_VALUE_FUNCTIONS.end(),
+    );
     let select = text_literal(&format!("SELECT ({rendered}) AS c FROM ONLY "));
     format!(
         r#"
@@ -205,28 +273,49 @@ fn condition_check(spec: &TriggerSpec) -> String {
         RAISE EXCEPTION 'pg-audit: the condition % calls %; a condition may call only built-in functions and operators', {as_written}, missing
             USING HINT = 'The trigger function runs as the log''s owner: a function another role can replace would run as the owner.';
     END IF;
-    -- Every function the compiled condition calls, read from its query tree: built-in ones
-    -- are not dependencies, and a name could be any of its overloads.
     SELECT pg_catalog.string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO missing
-      FROM pg_catalog.pg_rewrite AS r
-     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':(funcid|opno) ([0-9]+)', 'g') AS m
-      LEFT JOIN pg_catalog.pg_operator AS o ON m[1] = 'opno' AND o.oid = m[2]::oid
-      JOIN pg_catalog.pg_proc AS p ON p.oid = CASE WHEN m[1] = 'funcid' THEN m[2]::oid ELSE o.oprcode::oid END
-     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass
-       AND (p.pronamespace <> 'pg_catalog'::regnamespace OR p.proname = ANY (ARRAY[{denied}]::name[]));
-    IF missing IS NOT NULL THEN
-        RAISE EXCEPTION 'pg-audit: the condition % calls %, which reads more than the row', {as_written}, missing
-            USING HINT = 'A condition may not run SQL given as text (ts_rewrite, query_to_xml, ...) or read settings a writer could set (current_setting).';
-    END IF;
-    SELECT pg_catalog.string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO missing
-      FROM pg_catalog.pg_rewrite AS r
-     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':(funcid|opno) ([0-9]+)', 'g') AS m
-      LEFT JOIN pg_catalog.pg_operator AS o ON m[1] = 'opno' AND o.oid = m[2]::oid
-      JOIN pg_catalog.pg_proc AS p ON p.oid = CASE WHEN m[1] = 'funcid' THEN m[2]::oid ELSE o.oprcode::oid END
-     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass AND p.provolatile = 'v';
+      FROM ({calls}) AS c JOIN pg_catalog.pg_proc AS p ON p.oid = c.fn
+     WHERE p.provolatile = 'v';
     IF missing IS NOT NULL THEN
         RAISE EXCEPTION 'pg-audit: the condition % calls volatile %; a condition must decide the same way for the same row', {as_written}, missing
             USING HINT = 'Use stable or immutable functions: now() rather than clock_timestamp(), no random() or nextval().';
+    END IF;
+    -- An allowlist, read from the compiled expression: only computations over the row's
+    -- values, which nothing in the writer's session can steer.
+    SELECT pg_catalog.string_agg(DISTINCT pg_catalog.lower(m[1]), ', ') INTO missing
+      FROM pg_catalog.pg_rewrite AS r
+     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, '\{{([A-Z_]+)', 'g') AS m
+     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass AND m[1] <> ALL (ARRAY[{nodes}]);
+    SELECT pg_catalog.concat_ws(', ', missing, pg_catalog.string_agg(DISTINCT coalesce((ARRAY['current_role', 'current_user', 'user', 'session_user', 'current_catalog', 'current_schema'])[m[1]::int - 8], m[1]), ', ')) INTO missing
+      FROM pg_catalog.pg_rewrite AS r
+     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, '\{{SQLVALUEFUNCTION :op ([0-9]+)', 'g') AS m
+     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass AND m[1]::int NOT BETWEEN {svf_lo} AND {svf_hi};
+    IF missing <> '' THEN
+        RAISE EXCEPTION 'pg-audit: the condition % uses % (a subquery, a session value such as session_user, a domain''s check, XML...); a condition may only compute over the row''s values', {as_written}, missing
+            USING HINT = 'Use the row''s columns with comparisons, arithmetic, text, date/time and JSON operators and functions.';
+    END IF;
+    SELECT pg_catalog.string_agg(DISTINCT t.oid::regtype::text, ', ') INTO missing
+      FROM pg_catalog.pg_rewrite AS r
+     CROSS JOIN LATERAL pg_catalog.regexp_matches(r.ev_action::text, ':[a-z]*type ([0-9]+)', 'g') AS m
+      JOIN pg_catalog.pg_type AS t ON t.oid = m[1]::oid
+     WHERE r.ev_class = 'pg_temp.{CONDITION_VIEW}'::regclass
+       AND t.typnamespace = 'pg_catalog'::regnamespace AND t.typname ~ '^_?reg';
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: the condition % uses type %, whose values are looked up in the catalog and the search path', {as_written}, missing
+            USING HINT = 'Compare the row''s values themselves.';
+    END IF;
+    SELECT pg_catalog.string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO missing
+      FROM ({calls}) AS c JOIN pg_catalog.pg_proc AS p ON p.oid = c.fn
+     WHERE NOT (p.pronamespace = 'pg_catalog'::regnamespace AND p.proname !~ '^pg_'
+                AND (p.provolatile = 'i'
+                     -- Stable over date/time: only the pinned TimeZone and DateStyle decide.
+                     OR (p.provolatile = 's' AND p.proname <> ALL (ARRAY[{locale}]::name[])
+                         AND (SELECT pg_catalog.bool_and(a.t = ANY (ARRAY[{plain}]::regtype[]))
+                                     AND pg_catalog.bool_or(a.t = ANY (ARRAY[{datetime}]::regtype[]))
+                                FROM pg_catalog.unnest(p.proargtypes::oid[] || p.prorettype) AS a(t)))));
+    IF missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: the condition % calls %, which does not compute over the row''s values alone', {as_written}, missing
+            USING HINT = 'A condition may call built-in functions that compute over their arguments (comparison, arithmetic, text, date/time, JSON): not ones that read settings, the catalog or the session (current_setting, to_regclass, pg_*).';
     END IF;
     DROP VIEW pg_temp.{CONDITION_VIEW};"#
     )
