@@ -519,6 +519,8 @@ pub struct Redacted {
     pub redaction_id: i64,
     /// The live entries changed.
     pub live_entries: Vec<i64>,
+    /// The entries changed in partitions `prune` detached and left as tables.
+    pub detached_entries: Vec<i64>,
     /// The archived entries changed.
     pub archived_entries: Vec<i64>,
     /// The files written again.
@@ -590,6 +592,16 @@ async fn record_redaction(
         .map_err(db("cannot record the redaction"))?
         .get(0);
     let live_entries = erase_in(client, log, &log.table().to_string(), redaction_id, erase).await?;
+    // Partitions detached by `prune` (without --drop) still hold entries: erased too.
+    let mut detached_entries = Vec::new();
+    for row in client
+        .query(&log.detached_partitions_sql(), &[])
+        .await
+        .map_err(db("cannot list the detached partitions"))?
+    {
+        let name: String = row.get(0);
+        detached_entries.extend(erase_in(client, log, &name, redaction_id, erase).await?);
+    }
     let record_key = match erase {
         Erase::Record { table, key, .. } => {
             let schema = table.schema.as_ref().map_or("public", |s| s.as_str());
@@ -629,7 +641,7 @@ async fn record_redaction(
             files.push(file);
         }
     }
-    if live_entries.is_empty() && archived_entries.is_empty() {
+    if live_entries.is_empty() && detached_entries.is_empty() && archived_entries.is_empty() {
         return Ok(None);
     }
     archived_entries.sort_unstable();
@@ -637,6 +649,7 @@ async fn record_redaction(
         Redacted {
             redaction_id,
             live_entries,
+            detached_entries,
             archived_entries,
             files_rewritten: Vec::new(),
         },

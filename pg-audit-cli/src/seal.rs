@@ -505,15 +505,17 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
             let report = json!({
                 "redaction_id": done.redaction_id,
                 "live_entries": done.live_entries,
+                "detached_entries": done.detached_entries,
                 "archived_entries": done.archived_entries,
                 "files_rewritten": done.files_rewritten,
             });
             crate::output::line(&report.to_string());
         } else {
             crate::output::line(&format!(
-                "redaction {}: erased values in {} live and {} archived entries ({} file(s) rewritten); recorded with its reason, `pg-audit verify` still passes",
+                "redaction {}: erased values in {} live, {} detached and {} archived entries ({} file(s) rewritten); recorded with its reason, `pg-audit verify` still passes",
                 done.redaction_id,
                 done.live_entries.len(),
+                done.detached_entries.len(),
                 done.archived_entries.len(),
                 done.files_rewritten.len()
             ));

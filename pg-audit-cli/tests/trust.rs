@@ -246,3 +246,56 @@ fn a_context_key_given_twice_is_stored_once_and_redaction_erases_what_readers_se
     }
     assert!(ok(&["verify"], &url).contains("ok:"));
 }
+
+#[test]
+fn redaction_reaches_partitions_prune_detached() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("trust_detached")
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    psql(
+        &db,
+        "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         INSERT INTO users VALUES (1, 'secret-old@example.com'), (2, 'b@example.com');
+         UPDATE audit.auditlog SET changed_at = '2020-01-05';
+         UPDATE users SET email = 'secret-new@example.com' WHERE id = 1;",
+    );
+    ok(&["partitions", "prune", "--older-than", "1 year"], &url);
+    assert_eq!(
+        psql(&db, "SELECT count(*) FROM audit.auditlog_p20200101 WHERE new_values::text LIKE '%secret-old%'").trim(),
+        "1",
+        "detached, not dropped"
+    );
+    let out = ok(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "1",
+            "--columns",
+            "email",
+            "--reason",
+            "GDPR",
+            "--json",
+        ],
+        &url,
+    );
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        report["detached_entries"].as_array().unwrap().len(),
+        1,
+        "{out}"
+    );
+    for table in ["audit.auditlog", "audit.auditlog_p20200101"] {
+        assert_eq!(
+            psql(&db, &format!("SELECT count(*) FROM {table} WHERE old_values::text LIKE '%secret%' OR new_values::text LIKE '%secret%'")).trim(),
+            "0",
+            "{table}"
+        );
+    }
+}

@@ -477,6 +477,35 @@ impl AuditLog {
         ))
     }
 
+    /// SQL listing the partitions `prune` detached and left as tables (without `--drop`): the
+    /// tables of the log's schema named like its partitions, holding its columns, attached to
+    /// nothing. One row each: `partition_name`.
+    pub fn detached_partitions_sql(&self) -> String {
+        let prefix = self.partition_prefix();
+        format!(
+            "SELECT c.oid::pg_catalog.regclass::text AS partition_name
+  FROM pg_catalog.pg_class AS c
+ WHERE c.relnamespace OPERATOR(pg_catalog.=) {schema}::pg_catalog.regnamespace
+   AND c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition
+   AND pg_catalog.left(c.relname, {n}) OPERATOR(pg_catalog.=) {prefix_lit}
+   AND pg_catalog.substr(c.relname, {after}) OPERATOR(pg_catalog.~) '^[0-9]{{8}}$'
+   AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped
+           AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY[{columns}]::name[])) OPERATOR(pg_catalog.=) {count}
+ ORDER BY c.relname",
+            schema = self.schema().literal(),
+            n = prefix.chars().count(),
+            after = prefix.chars().count() + 1,
+            prefix_lit = text_literal(&prefix),
+            columns = LOG_COLUMNS
+                .iter()
+                .map(|c| text_literal(c.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            count = LOG_COLUMNS.len(),
+        )
+    }
+
     /// SQL listing the problems the drift check finds on any PostgreSQL: rows of
     /// `table_schema`, `table_name`, `problem`; none when every recorded audit trigger, and the
     /// log itself, are as installed (see [`crate::sql::drift`]). It is the check itself, not a
