@@ -41,7 +41,7 @@ struct Key {
 }
 
 /// The archived entries of one record, newest first, how many files the archive holds, and
-/// the files that are missing.
+/// the files that could not be read (missing, or not what the catalogue says), with why.
 pub(crate) async fn entries(
     state: &Shared,
     table: &QualifiedName,
@@ -90,5 +90,11 @@ pub(crate) async fn entries(
                 format!("cannot read the archive: {}", pg_audit_archive::chain(&e)),
             )
         })?;
-    Ok((entries.entries, files.len(), entries.missing))
+    let not_read = entries
+        .missing
+        .into_iter()
+        .map(|location| format!("{location} (missing)"))
+        .chain(entries.unreadable)
+        .collect();
+    Ok((entries.entries, files.len(), not_read))
 }

@@ -206,6 +206,18 @@ async fn check_access(State(state): State<Shared>, request: Request, next: Next)
         (Access::Read, safe) => safe,
         (Access::Write { .. }, _) => true,
     };
+    // PostgreSQL text cannot hold a NUL: a parameter with one is answered here, not by an
+    // error from the database.
+    if parts
+        .uri
+        .query()
+        .is_some_and(|q| q.to_ascii_lowercase().contains("%00"))
+    {
+        return PageError::bad_request(
+            "a parameter contains a NUL character (%00), which no value in the log can hold",
+        )
+        .into_response();
+    }
     if !allowed {
         return (
             StatusCode::FORBIDDEN,

@@ -45,7 +45,18 @@ fn parse_time(s: &str) -> Result<SystemTime, PageError> {
 
 /// A record key from a link or form: a JSON object.
 fn parse_key(s: &str) -> Result<Value, PageError> {
+    fn holds_nul(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(holds_nul),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+            _ => false,
+        }
+    }
     match serde_json::from_str::<Value>(s) {
+        Ok(v) if holds_nul(&v) => Err(PageError::bad_request(
+            "the record key holds a NUL character (\\u0000), which no key in the log can hold",
+        )),
         Ok(v @ Value::Object(_)) => Ok(v),
         _ => Err(PageError::bad_request(format!(
             "`{s}` is not a record key: give a JSON object such as {{\"id\": 42}}"
@@ -331,7 +342,7 @@ pub(crate) async fn record(
         let gone = if missing.is_empty() {
             String::new()
         } else {
-            format!("; missing, so not shown: {}", missing.join(", "))
+            format!("; not read, so not shown: {}", missing.join("; "))
         };
         Some(format!(
             "{n} archived entries, read from {files} archived file(s){gone}"
@@ -515,6 +526,14 @@ async fn change(
     if !csrf::valid(&headers, &form.csrf) {
         return Err(PageError::bad_request(
             "the form's CSRF token does not match this browser's: reload the page and try again",
+        ));
+    }
+    if [&form.reason, &form.table, &form.key]
+        .iter()
+        .any(|f| f.contains('\0'))
+    {
+        return Err(PageError::bad_request(
+            "the form holds a NUL character, which PostgreSQL text cannot hold",
         ));
     }
     let reason = form.reason.trim().to_owned();

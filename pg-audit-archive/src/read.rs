@@ -52,6 +52,28 @@ pub struct ArchivedFile {
     pub archived_at: String,
 }
 
+impl ArchivedFile {
+    /// The store and path of the file, once its location is one the archive could have
+    /// written for this partition (`<partition>.<the first 16 hex digits of its content
+    /// digest>.parquet`): a catalogue row pointing elsewhere (`file:///etc/passwd`) is not
+    /// read.
+    pub fn open(&self) -> Result<(Archive, Path), Error> {
+        let expected = format!(
+            "{}.{}.parquet",
+            self.partition_name,
+            &hex(&self.content_sha256)[..16.min(2 * self.content_sha256.len())]
+        );
+        let name = self.location.rsplit('/').next().unwrap_or("");
+        if name != expected {
+            return Err(Error::Mismatch(format!(
+                "the catalogue says {} was archived to {}, which is not a file the archive writes for it (expected a file named {expected}): not read",
+                self.partition_name, self.location
+            )));
+        }
+        Archive::open_file(&self.location)
+    }
+}
+
 /// The archived partitions, oldest first.
 pub async fn archived_files(client: &Client, log: &AuditLog) -> Result<Vec<ArchivedFile>, Error> {
     let rows = client
@@ -117,72 +139,108 @@ pub async fn history_from(
     let name = table.name.as_str();
     let mut entries = Vec::new();
     let mut missing = Vec::new();
+    let mut unreadable = Vec::new();
     for file in files {
-        let (archive, path) = Archive::open_file(&file.location)?;
-        match archive.store.head(&path).await {
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => {
-                missing.push(file.location.clone());
-                continue;
+        match file_entries(file, record_key, schema, name, key).await {
+            Ok(found) => entries.extend(found),
+            Err(FileError::Missing) => missing.push(file.location.clone()),
+            // An unreachable store is an error; a file that is not what the catalogue says
+            // (not an archive file of the partition, not Parquet, not the log's columns) is
+            // named, and the others are read.
+            Err(FileError::Other(e @ Error::Store(..))) => return Err(e),
+            Err(FileError::Other(e)) => {
+                unreadable.push(format!("{}: {}", file.location, crate::chain(&e)));
             }
-            Err(e) => {
-                return Err(Error::Store(
-                    format!("cannot reach the archived file {}", file.location),
-                    e,
-                ));
-            }
-        }
-        let builder = open(&archive, &path, &file.location).await?;
-        let Some(column) = builder
-            .parquet_schema()
-            .columns()
-            .iter()
-            .position(|c| c.name() == "record_key")
-        else {
-            return Err(Error::Mismatch(format!(
-                "{} has no record_key column",
-                file.location
-            )));
-        };
-        let groups: Vec<usize> = builder
-            .metadata()
-            .row_groups()
-            .iter()
-            .enumerate()
-            .filter(|(_, g)| match g.column(column).statistics() {
-                Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
-                    (Some(lo), Some(hi)) => *lo <= record_key && record_key <= *hi,
-                    _ => true,
-                },
-                _ => true,
-            })
-            .map(|(i, _)| i)
-            .collect();
-        if groups.is_empty() {
-            continue;
-        }
-        let stream = builder
-            .with_row_groups(groups)
-            .build()
-            .map_err(pq(format!("cannot read {}", file.location)))?;
-        pin_mut!(stream);
-        while let Some(batch) = stream
-            .try_next()
-            .await
-            .map_err(pq(format!("cannot read {}", file.location)))?
-        {
-            entries.extend(entries_of(
-                &batch,
-                record_key,
-                schema,
-                name,
-                key,
-                &file.location,
-            )?);
         }
     }
     entries.sort_by_key(|e| std::cmp::Reverse(e.id));
-    Ok(ArchivedHistory { entries, missing })
+    Ok(ArchivedHistory {
+        entries,
+        missing,
+        unreadable,
+    })
+}
+
+/// Why a file's entries could not be read.
+enum FileError {
+    /// The file is gone.
+    Missing,
+    Other(Error),
+}
+
+impl From<Error> for FileError {
+    fn from(e: Error) -> Self {
+        FileError::Other(e)
+    }
+}
+
+/// The entries of one record in one archived file, reading only the row groups whose
+/// statistics can hold its key.
+async fn file_entries(
+    file: &ArchivedFile,
+    record_key: i64,
+    schema: &str,
+    name: &str,
+    key: &Value,
+) -> Result<Vec<AuditEntry>, FileError> {
+    let (archive, path) = file.open()?;
+    match archive.store.head(&path).await {
+        Ok(_) => {}
+        Err(object_store::Error::NotFound { .. }) => return Err(FileError::Missing),
+        Err(e) => {
+            return Err(FileError::Other(Error::Store(
+                format!("cannot reach the archived file {}", file.location),
+                e,
+            )));
+        }
+    }
+    let builder = open(&archive, &path, &file.location).await?;
+    let Some(column) = builder
+        .parquet_schema()
+        .columns()
+        .iter()
+        .position(|c| c.name() == "record_key")
+    else {
+        return Err(Error::Mismatch(format!("{} has no record_key column", file.location)).into());
+    };
+    let groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, g)| match g.column(column).statistics() {
+            Some(Statistics::Int64(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(lo), Some(hi)) => *lo <= record_key && record_key <= *hi,
+                _ => true,
+            },
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut entries = Vec::new();
+    if groups.is_empty() {
+        return Ok(entries);
+    }
+    let stream = builder
+        .with_row_groups(groups)
+        .build()
+        .map_err(pq(format!("cannot read {}", file.location)))?;
+    pin_mut!(stream);
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(pq(format!("cannot read {}", file.location)))?
+    {
+        entries.extend(entries_of(
+            &batch,
+            record_key,
+            schema,
+            name,
+            key,
+            &file.location,
+        )?);
+    }
+    Ok(entries)
 }
 
 /// A record's archived entries.
@@ -192,6 +250,9 @@ pub struct ArchivedHistory {
     pub entries: Vec<AuditEntry>,
     /// The catalogued files that are gone (their entries are not in `entries`).
     pub missing: Vec<String>,
+    /// The catalogued files that could not be read, each with why (`location: why`): not an
+    /// archive file of its partition, not Parquet, not the log's columns.
+    pub unreadable: Vec<String>,
 }
 
 /// The entries of `batch` for one record.
@@ -309,7 +370,15 @@ pub async fn load_archived(
     fresh_table(client, log, target).await?;
     for file in &files {
         progress(file);
-        let (archive, path) = Archive::open_file(&file.location)?;
+        // A catalogue row pointing at what the archive never wrote is a finding.
+        let (archive, path) = match file.open() {
+            Ok(opened) => opened,
+            Err(e @ Error::Mismatch(_)) => {
+                problems.push(e.to_string());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         // A file that is gone is a finding; a store that cannot be reached is an error.
         match archive.store.head(&path).await {
             Ok(_) => {}
@@ -632,7 +701,7 @@ async fn record_redaction(
         {
             continue;
         }
-        let (archive, path) = Archive::open_file(&file.location)?;
+        let (archive, path) = file.open()?;
         fresh_table(client, log, work).await?;
         load_path(client, log, &archive, &path, work).await?;
         let ids = erase_in(client, log, work, redaction_id, erase).await?;
@@ -680,7 +749,7 @@ async fn rewrite_file(
     erase: &Erase<'_>,
 ) -> Result<(), Error> {
     let work = "pg_temp.pg_audit_archive_redact";
-    let (archive, path) = Archive::open_file(&file.location)?;
+    let (archive, path) = file.open()?;
     fresh_table(client, log, work).await?;
     load_path(client, log, &archive, &path, work).await?;
     // The digests are recorded: this marks the values (and records nothing new).

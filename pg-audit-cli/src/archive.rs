@@ -117,5 +117,11 @@ pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec
             "warning: the archived file {location} is missing; its entries are not shown (`pg-audit verify` reports it)"
         );
     }
+    for problem in &found.unreadable {
+        eprintln!(
+            "warning: {}; its entries are not shown",
+            crate::output::escape_controls(problem)
+        );
+    }
     Ok(found.entries)
 }

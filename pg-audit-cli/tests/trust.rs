@@ -299,3 +299,60 @@ fn redaction_reaches_partitions_prune_detached() {
         );
     }
 }
+
+#[test]
+fn a_catalogue_row_pointing_anywhere_is_named_not_read() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("trust_catalogue")
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    psql(
+        &db,
+        "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         INSERT INTO users VALUES (1, 'a@example.com');
+         UPDATE audit.auditlog SET changed_at = '2020-01-05';
+         UPDATE users SET email = 'b@example.com' WHERE id = 1;",
+    );
+    let dir = std::env::temp_dir().join(format!("pg-audit-catalogue-{}", std::process::id()));
+    ok(
+        &[
+            "archive",
+            "--older-than",
+            "1 month",
+            "--to",
+            dir.to_str().unwrap(),
+        ],
+        &url,
+    );
+    // The owner adds a catalogue row pointing at a file the archive never wrote.
+    psql(
+        &db,
+        "INSERT INTO audit.auditlog_archives (partition_name, range_start, range_end, location, row_count, bytes, content_sha256)
+         VALUES ('audit.auditlog_p20190101', '2019-01-01', '2019-02-01', 'file:///etc/passwd', 1, 1, '\\x00'::bytea)",
+    );
+    let out = pg_audit(&["history", "users", "1", "--archived"], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("INSERT") && stdout.contains("UPDATE"),
+        "{stdout}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "archived to file:///etc/passwd, which is not a file the archive writes for it"
+        ),
+        "{stderr}"
+    );
+    let found = finds(&["verify"], &url);
+    assert!(found.contains("file:///etc/passwd"), "{found}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

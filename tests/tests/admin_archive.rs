@@ -114,7 +114,7 @@ fn a_records_archived_entries_show_on_its_page_when_asked() {
     let gone = get("/audit/record?table=public.items&key=%7B%22id%22%3A7%7D&archived=1");
     assert_eq!(gone.status, 200, "{}", gone.body);
     assert!(
-        gone.body.contains("missing, so not shown: file://"),
+        gone.body.contains("not read, so not shown: file://"),
         "{}",
         gone.body
     );

@@ -94,6 +94,15 @@ fn every_page_works_for_the_read_only_role_and_bad_input_is_a_message() {
             400,
             "is not a table name",
         ),
+        // A NUL, which no value in the log can hold: a message, not a database error.
+        ("/audit?user=a%00b", 400, "contains a NUL character"),
+        ("/audit/request?id=r%00", 400, "contains a NUL character"),
+        ("/audit/user?id=%00", 400, "contains a NUL character"),
+        (
+            "/audit/record?table=public.items&key=%7B%22id%22%3A%22%5Cu0000%22%7D",
+            400,
+            "holds a NUL character",
+        ),
     ] {
         let response = get(path);
         assert_eq!(response.status, status, "{path}: {}", response.body);
