@@ -39,8 +39,9 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use diesel::r2d2::{ConnectionManager, Pool, PooledConnection};
-use diesel::{Connection as _, PgConnection};
+use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::PgConnection;
+use pg_audit_diesel::AuditConnectionExt as _;
 use pg_audit::AuditLog;
 
 #[cfg(feature = "archive")]
@@ -331,7 +332,7 @@ impl From<pg_audit::Error> for PageError {
 /// schema-qualified too. A page that fails rolls its transaction back.
 pub(crate) async fn with_conn<T: Send + 'static>(
     state: &Shared,
-    f: impl FnOnce(&mut PooledConnection<ConnectionManager<PgConnection>>) -> Result<T, PageError>
+    f: impl FnOnce(&mut PgConnection) -> Result<T, PageError>
     + Send
     + 'static,
 ) -> Result<T, PageError> {
@@ -340,7 +341,9 @@ pub(crate) async fn with_conn<T: Send + 'static>(
         let mut conn = pool
             .get()
             .map_err(|e| PageError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?;
-        conn.transaction(|conn| {
+        // Opened as an audited transaction: a change a page makes carries the ambient context
+        // the page set (revert and restore: the admin's user and source).
+        conn.audited_transaction(|conn| {
             diesel::connection::SimpleConnection::batch_execute(
                 conn,
                 &pg_audit::session::set_local_sql(),

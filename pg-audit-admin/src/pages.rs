@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Timestamptz
 use maud::{Markup, html};
 use pg_audit::{Operation, QualifiedName};
 use pg_audit_diesel::log::{Activity, AuditEntry, AuditReader, LogTime, Page, TimeRange};
-use pg_audit_diesel::{AuditContext, ambient, parse_rfc3339};
+use pg_audit_diesel::{AuditContext, parse_rfc3339};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -549,16 +549,15 @@ async fn change(
     let reader = AuditReader::with_log(state.log.clone());
     {
         let (table, key) = (table.clone(), key.clone());
-        with_conn(&state, move |conn| {
-            let _who =
-                ambient::use_context(&AuditContext::new().user_id(user).source("pg-audit admin"));
+        let who = AuditContext::new().user_id(user).source("pg-audit admin");
+        who.scope(with_conn(&state, move |conn| {
             match (revert, entry) {
                 (true, Some(entry)) => reader.revert_of(conn, &table, &key, entry, &reason)?,
                 (true, None) => return Err(PageError::bad_request("which entry to revert to?")),
                 (false, _) => reader.restore_of(conn, &table, &key, &reason)?,
             }
             Ok(())
-        })
+        }))
         .await?;
     }
     let to = record_href(&base, &plain(&table), &key);
