@@ -166,6 +166,9 @@ fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> S
     if let Some(cols) = &tracked {
         when.push(tracked_changed(cols));
     }
+    if let Some(uses) = condition_columns(spec, op) {
+        when.push(uses);
+    }
     let rest = if when.is_empty() {
         "\n    FOR EACH ROW".to_owned()
     } else {
@@ -186,6 +189,34 @@ fn row_trigger(spec: &TriggerSpec, op: Operation, function: &QualifiedName) -> S
         }
         None => execute(&name, kw, &rest, function),
     }
+}
+
+/// An always-true `WHEN` term naming the columns `op`'s condition reads, so PostgreSQL
+/// refuses to drop one from under the trigger (the trigger depends on the columns its `WHEN`
+/// names) rather than every later write failing. Planning folds `… OR true` to `true`: it
+/// costs nothing per row, and no setting of the writer's reaches the condition itself.
+fn condition_columns(spec: &TriggerSpec, op: Operation) -> Option<String> {
+    let row = match op {
+        Operation::Insert | Operation::Update => "NEW",
+        Operation::Delete => "OLD",
+        Operation::Truncate => return None,
+    };
+    let mut columns: Vec<String> = Vec::new();
+    for r in spec.condition()?.column_refs() {
+        let column = Ident::new(r.column).ok()?.to_string();
+        if !columns.contains(&column) {
+            columns.push(column);
+        }
+    }
+    if columns.is_empty() {
+        return None;
+    }
+    let list = columns
+        .iter()
+        .map(|c| format!("{row}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!("(ROW({list}) IS NULL OR true)"))
 }
 
 /// Creates the UPDATE trigger with `UPDATE OF` the tracked columns, so an UPDATE whose SET
@@ -236,9 +267,10 @@ mod tests {
             .unwrap();
         let function = spec.function_name(&AuditLog::new());
         let update = create_trigger(&spec, Operation::Update, &function);
-        // The condition is not there: a WHEN clause runs with the writer's settings, so the
-        // function, with pinned ones, evaluates it.
-        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\", OLD.\"id\"), ROW(NEW.\"name\", NEW.\"email\", NEW.\"id\")))";
+        // The condition is not evaluated there (a WHEN clause runs with the writer's settings,
+        // so the function, with pinned ones, evaluates it): its columns are only named, so
+        // none can be dropped from under the trigger.
+        let when = "\n    FOR EACH ROW\n    WHEN (pg_catalog.record_image_ne(ROW(OLD.\"name\", OLD.\"email\", OLD.\"id\"), ROW(NEW.\"name\", NEW.\"email\", NEW.\"id\")) AND (ROW(NEW.\"active\") IS NULL OR true))";
         // UPDATE OF the tracked columns and the key, unless the table's other triggers make it
         // unsafe.
         assert!(
@@ -254,7 +286,8 @@ mod tests {
             "{update}"
         );
         assert!(
-            !create_trigger(&spec, Operation::Delete, &function).contains("WHEN"),
+            create_trigger(&spec, Operation::Delete, &function)
+                .contains("WHEN ((ROW(OLD.\"active\") IS NULL OR true))"),
             "the condition is evaluated in the function"
         );
         // On DELETE the function's condition reads the deleted row.
