@@ -39,10 +39,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use diesel::r2d2::{ConnectionManager, Pool};
 use diesel::PgConnection;
-use pg_audit_diesel::AuditConnectionExt as _;
+use diesel::r2d2::{ConnectionManager, Pool};
 use pg_audit::AuditLog;
+use pg_audit_diesel::AuditConnectionExt as _;
 
 #[cfg(feature = "archive")]
 mod archive;
@@ -332,9 +332,7 @@ impl From<pg_audit::Error> for PageError {
 /// schema-qualified too. A page that fails rolls its transaction back.
 pub(crate) async fn with_conn<T: Send + 'static>(
     state: &Shared,
-    f: impl FnOnce(&mut PgConnection) -> Result<T, PageError>
-    + Send
-    + 'static,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, PageError> + Send + 'static,
 ) -> Result<T, PageError> {
     let pool = state.pool.clone();
     pg_audit_diesel::ambient::spawn_blocking(move || {

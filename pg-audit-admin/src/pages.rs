@@ -13,7 +13,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Timestamptz};
 use maud::{Markup, html};
 use pg_audit::{Operation, QualifiedName};
-use pg_audit_diesel::log::{Activity, AuditEntry, AuditReader, LogTime, Page, TimeRange};
+use pg_audit_diesel::log::{Activity, AuditEntry, AuditReader, Drift, LogTime, Page, TimeRange};
 use pg_audit_diesel::{AuditContext, parse_rfc3339};
 use serde::Deserialize;
 use serde_json::Value;
@@ -706,16 +706,35 @@ pub(crate) async fn tables(
     uri: Uri,
 ) -> Result<Markup, PageError> {
     let base = base(&original, &uri);
-    let sql = format!(
-        "SELECT table_schema, table_name, config FROM {} ORDER BY table_schema, table_name",
-        state.log.config_table()
-    );
-    let installed: Vec<Installed> =
-        with_conn(&state, move |conn| Ok(diesel::sql_query(sql).load(conn)?)).await?;
+    let log = state.log.clone();
+    let (installed, elsewhere) = with_conn(&state, move |conn| {
+        let installed: Vec<Installed> = diesel::sql_query(format!(
+            "SELECT table_schema, table_name, config FROM {} ORDER BY table_schema, table_name",
+            log.config_table()
+        ))
+        .load(conn)?;
+        // A table's own problems are on its page; the rest (the log's, the server's) here.
+        let elsewhere: Vec<Drift> = pg_audit_diesel::log::drift(conn, &log)?
+            .into_iter()
+            .filter(|d| {
+                !installed
+                    .iter()
+                    .any(|t| t.table_schema == d.table_schema && t.table_name == d.table_name)
+            })
+            .collect();
+        Ok((installed, elsewhere))
+    })
+    .await?;
     Ok(page(
         &base,
         "Audited tables",
         html! {
+            @if !elsewhere.is_empty() {
+                div.warn {
+                    strong { "Drift: the log, or the server around it, differs from what pg-audit installed" }
+                    ul { @for d in &elsewhere { li { (text(&format!("{}.{}", d.table_schema, d.table_name))) ": " (text(&d.problem)) } } }
+                }
+            }
             div.scroll { table {
                 thead { tr { th { "table" } th { "key" } th { "audited columns" } th { "condition" } th { "operations" } } }
                 tbody { @for t in &installed {
@@ -740,12 +759,6 @@ pub(crate) struct TableQuery {
     at: Option<String>,
     #[serde(default)]
     after: Option<String>,
-}
-
-#[derive(QueryableByName)]
-struct Problem {
-    #[diesel(sql_type = Text)]
-    problem: String,
 }
 
 #[derive(QueryableByName)]
@@ -787,14 +800,11 @@ pub(crate) async fn table(
                     "{name} is not audited in this log"
                 )));
             };
-            diesel::connection::SimpleConnection::batch_execute(conn, log.check_prelude_sql())?;
-            let problems: Vec<Problem> = diesel::sql_query(format!(
-                "SELECT c.problem FROM ({}) AS c WHERE c.table_schema OPERATOR(pg_catalog.=) $1 AND c.table_name OPERATOR(pg_catalog.=) $2",
-                log.check_sql()
-            ))
-            .bind::<Text, _>(&installed.table_schema)
-            .bind::<Text, _>(&installed.table_name)
-            .load(conn)?;
+            let problems: Vec<String> = pg_audit_diesel::log::drift(conn, &log)?
+                .into_iter()
+                .filter(|d| d.table_schema == installed.table_schema && d.table_name == installed.table_name)
+                .map(|d| d.problem)
+                .collect();
             let days: Vec<Day> = diesel::sql_query(format!(
                 "SELECT pg_catalog.date_trunc('day', l.changed_at, 'UTC') AS day, pg_catalog.count(*) AS changes
                    FROM {} AS l
@@ -825,7 +835,7 @@ pub(crate) async fn table(
             @if !problems.is_empty() {
                 div.warn {
                     strong { "Drift: the installed triggers differ from what was installed" }
-                    ul { @for p in &problems { li { (text(&p.problem)) } } }
+                    ul { @for p in &problems { li { (text(p)) } } }
                     "Reinstall (AuditMigrations::reinstall, or pg-audit sql trigger … | psql) to repair."
                 }
             } @else {

@@ -119,6 +119,15 @@ impl Archive {
                     .ok()
                     .and_then(|u| u.to_file_path().ok())
                     .ok_or_else(|| Error::Location(format!("not a file URL: {url}")))?;
+                // Only a regular file is read: a FIFO would hang the reader, a symbolic link
+                // or a device point at what the archive never wrote.
+                if let Ok(meta) = std::fs::symlink_metadata(decoded.join(name))
+                    && !meta.file_type().is_file()
+                {
+                    return Err(Error::Location(format!(
+                        "{url} is not a regular file (a link, a FIFO or a device): not read"
+                    )));
+                }
                 decoded.display().to_string()
             }
             None => dir.to_owned(),

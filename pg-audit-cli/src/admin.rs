@@ -1,7 +1,6 @@
 //! The administration commands, run against a database: history, tx, partitions, check.
 
 use clap::Subcommand;
-use diesel::connection::SimpleConnection as _;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 use pg_audit::sql::shape::entry_columns;
@@ -371,29 +370,12 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
 /// replace that function with one that finds nothing.
 pub(crate) fn check(db: &Db) -> Result<bool> {
     let (mut conn, log) = db.connect()?;
-    conn.batch_execute(&format!("BEGIN; {}", log.check_prelude_sql()))?;
-    #[derive(QueryableByName)]
-    struct Problem {
-        #[diesel(sql_type = Text)]
-        table_schema: String,
-        #[diesel(sql_type = Text)]
-        table_name: String,
-        #[diesel(sql_type = Text)]
-        problem: String,
-    }
-    let mut problems: Vec<Problem> = diesel::sql_query(log.check_sql()).load(&mut conn)?;
+    let problems = pg_audit_diesel::log::drift(&mut conn, &log)?;
     #[derive(QueryableByName)]
     struct Count {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let version: Count =
-        diesel::sql_query("SELECT pg_catalog.current_setting('server_version_num')::int8 AS n")
-            .get_result(&mut conn)?;
-    if version.n >= 150_000 {
-        problems.extend(diesel::sql_query(log.check_v15_sql()).load::<Problem>(&mut conn)?);
-    }
-    conn.batch_execute("COMMIT")?;
     let audited: Count =
         diesel::sql_query(format!("SELECT count(*) AS n FROM {}", log.config_table()))
             .get_result(&mut conn)?;

@@ -139,6 +139,60 @@ fn check_runs_its_own_logic_whatever_the_check_function_says() {
             "{drift}"
         );
     }
+    // Cron and pg_cron take the function's word: the program reports it replaced.
+    assert!(
+        drift.contains("function \"audit\".\"auditlog_check\"() differs from what this version of pg-audit installs"),
+        "{drift}"
+    );
+}
+
+/// What an owner or a superuser can do to the log that loses or forges entries without
+/// touching a trigger: each is reported by `check` (exit 1, every problem listed, never an
+/// error that hides the others).
+#[test]
+fn check_reports_what_loses_entries_around_the_triggers() {
+    let db = sealed("trust_around");
+    let url = db.url().to_owned();
+    let app = format!("audit_test_role_{}_trust_app", std::process::id());
+    let partition = psql(
+        &db,
+        "SELECT c.oid::regclass FROM pg_inherits AS i JOIN pg_class AS c ON c.oid = i.inhrelid
+          WHERE i.inhparent = 'audit.auditlog'::regclass AND c.relname <> 'auditlog_default' LIMIT 1",
+    );
+    let partition = partition.trim();
+    psql(
+        &db,
+        &format!(
+            "DROP ROLE IF EXISTS {app}; CREATE ROLE {app};
+             ALTER TABLE {partition} SET UNLOGGED;
+             ALTER TABLE audit.auditlog_seals SET UNLOGGED;
+             GRANT USAGE, UPDATE ON SEQUENCE audit.auditlog_id_seq TO {app};
+             DO $$ BEGIN EXECUTE format('GRANT %I TO {app}', current_user); END $$;
+             CREATE PUBLICATION pg_audit_audit_auditlog FOR TABLE users WHERE (id < 100);
+             GRANT SET ON PARAMETER session_replication_role TO {app};"
+        ),
+    );
+    let drift = finds(&["check"], &url);
+    for expected in [
+        format!("{partition} is UNLOGGED: a crash empties it"),
+        "audit.auditlog_seals is UNLOGGED".to_owned(),
+        format!("audit.auditlog_id_seq grants UPDATE to {app}: new entries could reuse ids"),
+        format!("role {app} is a member of"),
+        "publication pg_audit_audit_auditlog filters the rows of public.users (WHERE (id < 100))"
+            .to_owned(),
+        format!("{app} may set session_replication_role"),
+    ] {
+        assert!(drift.contains(&expected), "{expected}\n{drift}");
+    }
+    psql(
+        &db,
+        &format!(
+            "REVOKE SET ON PARAMETER session_replication_role FROM {app};
+             DROP PUBLICATION pg_audit_audit_auditlog;
+             DO $$ BEGIN EXECUTE format('REVOKE %I FROM {app}', current_user); END $$;
+             DROP OWNED BY {app}; DROP ROLE {app};"
+        ),
+    );
 }
 
 #[test]
@@ -354,5 +408,40 @@ fn a_catalogue_row_pointing_anywhere_is_named_not_read() {
     );
     let found = finds(&["verify"], &url);
     assert!(found.contains("file:///etc/passwd"), "{found}");
+    // A FIFO named as the archive names its files: not opened (it would hang every reader).
+    let fifo = dir.join("audit.auditlog_p20180101.0000000000000000.parquet");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    psql(
+        &db,
+        &format!(
+            "INSERT INTO audit.auditlog_archives (partition_name, range_start, range_end, location, row_count, bytes, content_sha256)
+             VALUES ('audit.auditlog_p20180101', '2018-01-01', '2018-02-01', 'file://{}', 1, 1, '\\x0000000000000000'::bytea)",
+            fifo.display()
+        ),
+    );
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            env!("CARGO_BIN_EXE_pg-audit"),
+            "history",
+            "users",
+            "1",
+            "--archived",
+        ])
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("pg-audit runs");
+    assert!(
+        out.status.success(),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -13,7 +13,9 @@
 //!   `extra_float_digits` (at `-15`, 123456.789 is written 100000), of a `timestamptz` the
 //!   `TimeZone`, of an `interval` the `IntervalStyle`, of a `bytea` the `bytea_output`, of
 //!   `money` the `lc_monetary`; a condition's text and date casts follow `DateStyle`, its
-//!   string literals `standard_conforming_strings`, its `= NULL` `transform_null_equals`.
+//!   string literals `standard_conforming_strings`, its `= NULL` `transform_null_equals`,
+//!   its zone abbreviations (`'… IST'`) `timezone_abbreviations`, its array literals
+//!   (`'{NULL}'`) `array_nulls`; names are quoted as `quote_all_identifiers` says.
 //!   Pinned, an entry is the same whoever wrote it and whatever their session set.
 //!
 //! ```
@@ -27,7 +29,7 @@ use crate::Error;
 
 /// Each pinned setting as PostgreSQL names it (the spelling `pg_proc.proconfig` records) and
 /// its value, in the order functions declare them.
-pub const PINNED: [(&str, &str); 10] = [
+pub const PINNED: [(&str, &str); 13] = [
     ("search_path", "pg_catalog, pg_temp"),
     ("row_security", "off"),
     ("extra_float_digits", "1"),
@@ -38,6 +40,9 @@ pub const PINNED: [(&str, &str); 10] = [
     ("lc_monetary", "C"),
     ("standard_conforming_strings", "on"),
     ("transform_null_equals", "off"),
+    ("array_nulls", "on"),
+    ("timezone_abbreviations", "Default"),
+    ("quote_all_identifiers", "off"),
 ];
 
 /// The `SET` clauses of a function pinning every setting of [`PINNED`].

@@ -150,29 +150,13 @@ pub fn value(conn: &mut PgConnection, query: &str) -> Value {
 /// transaction with pg-audit's settings pinned, and on PostgreSQL 15 its later part too), each
 /// problem's text, sorted.
 pub fn check_problems(conn: &mut PgConnection, log: &pg_audit::AuditLog) -> Vec<String> {
-    conn.transaction(|conn| {
-        conn.batch_execute(&pg_audit::session::set_local_sql())?;
-        conn.batch_execute(log.check_prelude_sql())?;
-        let mut sql = log.check_sql();
-        if value(
-            conn,
-            "SELECT current_setting('server_version_num')::int >= 150000",
-        ) == Value::Bool(true)
-        {
-            sql = format!(
-                "SELECT * FROM ({sql}) AS a UNION ALL SELECT * FROM ({}) AS b",
-                log.check_v15_sql()
-            );
-        }
-        let found = value(
-            conn,
-            &format!(
-                "SELECT coalesce(jsonb_agg(c.problem ORDER BY c.problem), '[]') FROM ({sql}) AS c"
-            ),
-        );
-        Ok::<_, diesel::result::Error>(serde_json::from_value(found).expect("problems are text"))
-    })
-    .expect("the check runs")
+    let mut problems: Vec<String> = pg_audit_diesel::log::drift(conn, log)
+        .expect("the check runs")
+        .into_iter()
+        .map(|d| d.problem)
+        .collect();
+    problems.sort();
+    problems
 }
 
 /// A database with the default audit log and an audited `items (id serial, name text)` table:

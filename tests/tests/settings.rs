@@ -17,7 +17,9 @@ const HOSTILE: &str = "SET extra_float_digits = -15;
      SET IntervalStyle = 'sql_standard';
      SET bytea_output = 'escape';
      SET standard_conforming_strings = off;
-     SET transform_null_equals = on;";
+     SET transform_null_equals = on;
+     SET timezone_abbreviations = 'India';
+     SET array_nulls = off;";
 
 fn setup(hint: &str) -> (TestDb, PgConnection, AuditLog) {
     let db = TestDb::new(hint);
@@ -117,10 +119,14 @@ fn values_are_logged_the_same_whatever_the_writers_settings() {
 fn conditions_decide_the_same_whatever_the_writers_settings() {
     for level in [TriggerLevel::Row, TriggerLevel::Statement] {
         let (db, mut conn, log) = setup("settings_conditions");
-        // The date of the change in UTC; and a comparison with NULL, which is never true.
+        // The date of the change in UTC; a comparison with NULL, which is never true; a zone
+        // abbreviation (IST is Israel's, +02, by default, India's, +05:30, with the `India`
+        // abbreviations: 23:30 UTC on 1 January is before 05:00 IST on 2 January in Israel,
+        // not in India); an array literal's NULL (a string 'NULL' with `array_nulls` off).
         let spec = TriggerSpec::builder(QualifiedName::parse("public.m").unwrap())
             .condition(
-                "NEW.ts::date = '2026-01-01' AND NOT (NEW.note = NULL) IS NOT DISTINCT FROM true",
+                "NEW.ts::date = '2026-01-01' AND NOT (NEW.note = NULL) IS NOT DISTINCT FROM true
+                 AND NEW.ts < '2026-01-02 05:00 IST'::timestamptz AND ('{NULL}'::text[])[1] IS NULL",
             )
             .level(level)
             .build()

@@ -34,6 +34,7 @@
 //! works the same; [`schema::auditlog`] is the `table!` of the default one, for Diesel's query
 //! builder.
 
+mod drift;
 mod driver;
 pub mod json;
 mod reader;
@@ -54,6 +55,7 @@ use serde_json::{Map, Value};
 use crate::AuditContext;
 
 pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
+pub use drift::{Drift, drift};
 #[cfg(feature = "async")]
 pub use reader::AsyncAuditReader;
 pub use reader::{Activity, AuditReader, Blame, RowAt, TableAt};

@@ -280,7 +280,18 @@ pub(crate) struct ExpectedFunction {
 /// the admin run the queries themselves rather than trust a function the log's owner may
 /// replace.
 pub(crate) fn check_function_sql(objects: &LogObjects, expected: &[ExpectedFunction]) -> String {
-    let body = format!(
+    create_function(
+        &format!("{}()", objects.check),
+        "TABLE (table_schema text, table_name text, problem text)",
+        "plpgsql STABLE",
+        false,
+        &check_function_body(objects, expected),
+    )
+}
+
+/// The check function's body, comparing the other functions with `expected`.
+pub(crate) fn check_function_body(objects: &LogObjects, expected: &[ExpectedFunction]) -> String {
+    format!(
         "
 BEGIN
     PERFORM pg_catalog.set_config('jit', 'off', true);
@@ -292,13 +303,6 @@ END
 ",
         check_query(objects, expected),
         text_literal(&check_v15_query(objects)),
-    );
-    create_function(
-        &format!("{}()", objects.check),
-        "TABLE (table_schema text, table_name text, problem text)",
-        "plpgsql STABLE",
-        false,
-        &body,
     )
 }
 
@@ -587,6 +591,26 @@ pub(crate) fn check_query(objects: &LogObjects, expected: &[ExpectedFunction]) -
              WHERE f.oid = ANY (ARRAY[{maintenance}]) AND a.grantee <> f.proowner AND a.privilege_type = 'EXECUTE'
                AND f.oid <> ALL (ARRAY[{readable_list}]::oid[])
             UNION ALL
+            -- The log's id sequence: whoever may set it makes new entries reuse ids, out of
+            -- order, and verify report tampering that did not happen.
+            SELECT pg_catalog.format('%s grants %s to %s: new entries could reuse ids', c.oid::regclass, a.privilege_type, {grantee})
+              FROM pg_catalog.pg_class AS c
+             CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+             WHERE c.oid = pg_catalog.pg_get_serial_sequence({log_lit}, 'id')::regclass AND a.grantee <> c.relowner
+            UNION ALL
+            -- Any role that is the owner: a member of the log's owner role may do all it may.
+            SELECT pg_catalog.format('role %s is a member of %s, the log''s owner: it can do all the owner can (disable audit triggers, edit the log)', m.rolname, lg.relowner::regrole)
+              FROM pg_catalog.pg_roles AS m
+             WHERE m.oid <> lg.relowner AND NOT m.rolsuper
+               AND pg_catalog.pg_has_role(m.oid, lg.relowner, 'MEMBER')
+            UNION ALL
+            -- Unlogged, a crash empties them (and a standby never has their rows).
+            SELECT pg_catalog.format('%s is %s: a crash empties it and standbys never receive it; ALTER TABLE %s SET LOGGED', c.oid::regclass,
+                                     CASE c.relpersistence WHEN 'u' THEN 'UNLOGGED' ELSE 'TEMPORARY' END, c.oid::regclass)
+              FROM {relations} AS r
+              JOIN pg_catalog.pg_class AS c ON c.oid = r.rel
+             WHERE c.relpersistence <> 'p'
+            UNION ALL
             -- Every relation of the log belongs to its owner.
             SELECT pg_catalog.format('%s is owned by %s, not by the log''s owner %s', c.oid::regclass, c.relowner::regrole, lg.relowner::regrole)
               FROM {relations} AS r
@@ -735,7 +759,7 @@ pub(crate) fn check_v15_query(objects: &LogObjects) -> String {
     } = objects;
     format!(
         "
-    SELECT {log_schema}::text, {log_name}::text, x.problem
+    SELECT {log_schema}::text AS table_schema, {log_name}::text AS table_name, x.problem
       FROM (
             SELECT pg_catalog.format('%s may %s session_replication_role (GRANT %s ON PARAMETER): its sessions can switch every audit trigger off',
                                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END,

@@ -517,8 +517,18 @@ impl AuditLog {
     /// Run it in a transaction after [`AuditLog::check_prelude_sql`]: its estimated cost is
     /// high enough that PostgreSQL would spend seconds compiling it with JIT (10 ms without).
     pub fn check_sql(&self) -> String {
-        let ddl = self.ddl_before_check();
-        drift::check_query(&self.objects(), &self.expected_functions(&ddl))
+        // The check function among the functions compared: the program never takes its word,
+        // but cron and pg_cron users do, so a replaced one is reported.
+        let objects = self.objects();
+        let mut expected = self.expected_functions(&self.ddl_before_check());
+        let check = drift::ExpectedFunction {
+            name: self.function("check"),
+            args: "",
+            body: drift::check_function_body(&objects, &expected),
+            security_definer: false,
+        };
+        expected.push(check);
+        drift::check_query(&objects, &expected)
     }
 
     /// The settings the check's queries run with, for the rest of the transaction: no JIT.
@@ -526,11 +536,23 @@ impl AuditLog {
         drift::CHECK_PRELUDE
     }
 
-    /// What the drift check finds on PostgreSQL 15 and later besides [`AuditLog::check_sql`]
-    /// (grants of `SET` on `session_replication_role`, row filters and column lists on the
-    /// log's publication), with the same columns; it fails on earlier versions.
-    pub fn check_v15_sql(&self) -> String {
-        drift::check_v15_query(&self.objects())
+    /// The drift check for a server of `server_version_num` (`SHOW server_version_num`): on
+    /// PostgreSQL 15 and later, [`AuditLog::check_sql`] and what only 15 can have (grants of
+    /// `SET` on `session_replication_role`, row filters and column lists on the log's
+    /// publication), with the same columns: `table_schema`, `table_name`, `problem`, sorted.
+    /// Run it as [`AuditLog::check_sql`] is run.
+    pub fn check_sql_for(&self, server_version_num: i32) -> String {
+        let all = self.check_sql();
+        if server_version_num < 150_000 {
+            return all;
+        }
+        format!(
+            "SELECT c.table_schema, c.table_name, c.problem FROM ({all}) AS c
+UNION ALL
+SELECT v.table_schema, v.table_name, v.problem FROM ({}) AS v
+ORDER BY 1, 2, 3",
+            drift::check_v15_query(&self.objects())
+        )
     }
 
     /// SQL returning the key columns recorded at install for a table, as a JSON array in key
