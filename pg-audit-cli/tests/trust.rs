@@ -5,6 +5,7 @@
 mod hostile;
 
 use std::process::{Command, Output};
+use std::sync::{Mutex, MutexGuard};
 
 use pg_audit_tempdb::TempDatabase;
 
@@ -26,6 +27,14 @@ fn ok(args: &[&str], url: &str) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// Held by the tests that run `check`: one of them grants cluster-wide things (a parameter's
+/// `SET`, membership in the owner's role) that every other database's check would report.
+static CHECKS: Mutex<()> = Mutex::new(());
+
+fn checks() -> MutexGuard<'static, ()> {
+    CHECKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `pg-audit ARGS`, which must exit 1 (a finding); its output.
@@ -117,6 +126,7 @@ fn verify_recomputes_without_the_owners_functions() {
 
 #[test]
 fn check_runs_its_own_logic_whatever_the_check_function_says() {
+    let _checks = checks();
     let db = sealed("trust_check");
     let url = db.url().to_owned();
     assert!(ok(&["check"], &url).contains("ok:"));
@@ -151,6 +161,7 @@ fn check_runs_its_own_logic_whatever_the_check_function_says() {
 /// error that hides the others).
 #[test]
 fn check_reports_what_loses_entries_around_the_triggers() {
+    let _checks = checks();
     let db = sealed("trust_around");
     let url = db.url().to_owned();
     let app = format!("audit_test_role_{}_trust_app", std::process::id());

@@ -230,10 +230,13 @@ fn settings_and_grants_that_switch_triggers_off_are_reported() {
     let roles = Roles::new("drift_srr", &["app"]);
     let app = roles.name("app");
     let (db, mut conn, log) = setup("drift_srr");
+    // The grant is cluster-wide: made and checked in a transaction rolled back after, so
+    // tests running beside this one in other databases never see it.
     exec(
         &mut conn,
         &format!(
-            "ALTER ROLE {app} IN DATABASE \"{db}\" SET session_replication_role = replica;
+            "BEGIN;
+             ALTER ROLE {app} IN DATABASE \"{db}\" SET session_replication_role = replica;
              ALTER DATABASE \"{db}\" SET session_replication_role = replica;
              GRANT SET ON PARAMETER session_replication_role TO {app};",
             db = db.name()
@@ -253,10 +256,7 @@ fn settings_and_grants_that_switch_triggers_off_are_reported() {
     ] {
         assert_reports(&found, &expected);
     }
-    exec(
-        &mut conn,
-        &format!("REVOKE SET ON PARAMETER session_replication_role FROM {app}"),
-    );
+    exec(&mut conn, "ROLLBACK");
 }
 
 #[test]
