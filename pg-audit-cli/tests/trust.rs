@@ -34,7 +34,9 @@ fn ok(args: &[&str], url: &str) -> String {
 static CHECKS: Mutex<()> = Mutex::new(());
 
 fn checks() -> MutexGuard<'static, ()> {
-    CHECKS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    CHECKS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `pg-audit ARGS`, which must exit 1 (a finding); its output.

@@ -1,5 +1,6 @@
 //! The settings pg-audit's SQL runs under, defined once: every function pg-audit installs
-//! pins them (`SET` clauses), and every session the `pg-audit` program, the admin server and
+//! pins them (`SET` clauses; one, where only a condition reads it, around the condition), and
+//! every session the `pg-audit` program, the admin server and
 //! the capture worker open starts with them (connection options), so neither the objects on a
 //! role's `search_path` nor the settings of the session that writes or reads decide what runs
 //! or what is logged.
@@ -45,41 +46,76 @@ pub const PINNED: [(&str, &str); 13] = [
     ("quote_all_identifiers", "off"),
 ];
 
-/// The `SET` clauses of a function pinning every setting of [`PINNED`].
+/// The one setting of [`PINNED`] functions do not pin with a `SET` clause:
+/// `timezone_abbreviations`. PostgreSQL reads its file from disk each time it is set, ~60 µs
+/// and ~500,000 instructions per call: more than the whole trigger. Only a condition reads it
+/// (a zone abbreviation in a literal), so a trigger function with a condition sets it around
+/// its branches instead ([`abbreviations_pinned`]), and only when the writer's differs.
+pub(crate) const ABBREVIATIONS: (&str, &str) = ("timezone_abbreviations", "Default");
+
+/// The settings of [`PINNED`] a function's `SET` clauses pin: all but [`ABBREVIATIONS`].
+fn function_pins() -> impl Iterator<Item = &'static (&'static str, &'static str)> {
+    PINNED.iter().filter(|&&pin| pin != ABBREVIATIONS)
+}
+
+/// `name = value` as a `SET` statement or clause writes it.
+fn assignment(name: &str, value: &str) -> String {
+    // The search path is a list of names, each its own element (quoted whole, it would be one
+    // schema named `pg_catalog, pg_temp`); the others are single values.
+    let value = if name == "search_path" {
+        value.to_owned()
+    } else {
+        crate::ident::text_literal(value)
+    };
+    format!("{name} = {value}")
+}
+
+/// The `SET` clauses of a function pinning the settings of [`PINNED`] (all but
+/// [`ABBREVIATIONS`]).
 pub(crate) fn set_clauses() -> String {
-    PINNED
-        .iter()
-        .map(|&(name, value)| {
-            // The search path is a list of names, each its own element (quoted whole, it would
-            // be one schema named `pg_catalog, pg_temp`); the others are single values.
-            let value = if name == "search_path" {
-                value.to_owned()
-            } else {
-                crate::ident::text_literal(value)
-            };
-            format!("\nSET {name} = {value}")
-        })
+    function_pins()
+        .map(|&(name, value)| format!("\nSET {}", assignment(name, value)))
         .collect()
+}
+
+/// `body` (PL/pgSQL statements) run with [`ABBREVIATIONS`] set, and the writer's value set back
+/// after: set only when the writer's differs, so the common case costs one `current_setting`.
+/// `variable` is a `text` variable the function declares. The value is set for the transaction
+/// (a function's `SET` clauses restore only their own settings), hence setting it back.
+pub(crate) fn abbreviations_pinned(variable: &str, body: &str) -> String {
+    let (name, value) = ABBREVIATIONS;
+    let (name, value) = (
+        crate::ident::text_literal(name),
+        crate::ident::text_literal(value),
+    );
+    format!(
+        "    {variable} := pg_catalog.current_setting({name});
+    IF {variable} OPERATOR(pg_catalog.<>) {value} THEN
+        PERFORM pg_catalog.set_config({name}, {value}, true);
+    END IF;
+{body}    IF {variable} OPERATOR(pg_catalog.<>) {value} THEN
+        PERFORM pg_catalog.set_config({name}, {variable}, true);
+    END IF;
+"
+    )
 }
 
 /// `SET LOCAL` of every setting of [`PINNED`], for the rest of the current transaction: for a
 /// session pg-audit did not open (an application's pool) that runs pg-audit's queries.
 pub fn set_local_sql() -> String {
-    set_clauses()
-        .lines()
-        .filter(|line| !line.is_empty())
-        .map(|line| format!("{};", line.replacen("SET ", "SET LOCAL ", 1)))
+    PINNED
+        .iter()
+        .map(|&(name, value)| format!("SET LOCAL {};", assignment(name, value)))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// The `proconfig` entries of a function that pins every setting (`name=value`), as an SQL
-/// `text[]` literal, for the drift check to compare with.
+/// The `proconfig` entries of a function's `SET` clauses (`name=value`), as an SQL `text[]`
+/// literal, for the drift check to compare with.
 pub(crate) fn proconfig_array() -> String {
     format!(
         "ARRAY[{}]::text[]",
-        PINNED
-            .iter()
+        function_pins()
             .map(|(name, value)| crate::ident::text_literal(&format!("{name}={value}")))
             .collect::<Vec<_>>()
             .join(", ")

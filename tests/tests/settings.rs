@@ -1,8 +1,9 @@
 //! The writer's session settings change nothing that is logged: the trigger functions pin
 //! every setting that shapes a value's text or how a condition reads (`extra_float_digits`,
 //! `TimeZone`, `DateStyle`, `IntervalStyle`, `bytea_output`, `lc_monetary`,
-//! `standard_conforming_strings`, `transform_null_equals`), and conditions are evaluated in
-//! the function, never in a `WHEN` clause that would run with the writer's settings.
+//! `standard_conforming_strings`, `transform_null_equals`, `array_nulls`, and around a
+//! condition `timezone_abbreviations`), and conditions are evaluated in the function, never in
+//! a `WHEN` clause that would run with the writer's settings.
 
 use diesel::prelude::*;
 use pg_audit::{AuditLog, QualifiedName, TriggerLevel, TriggerSpec};
@@ -141,6 +142,16 @@ fn conditions_decide_the_same_whatever_the_writers_settings() {
             "INSERT INTO m (id, ts) VALUES (1, '2026-01-01 23:30:00+00');
              INSERT INTO m (id, ts) VALUES (2, '2026-01-02 00:30:00+00');",
         );
+        // The abbreviations are set around the condition only: the writer's stay its own,
+        // in its transaction and after.
+        exec(
+            &mut hostile,
+            "BEGIN; INSERT INTO m (id, ts) VALUES (5, '2026-01-02 00:30:00+00')",
+        );
+        let abbreviations = "SELECT to_jsonb(current_setting('timezone_abbreviations'))";
+        assert_eq!(value(&mut hostile, abbreviations), json!("India"));
+        exec(&mut hostile, "COMMIT");
+        assert_eq!(value(&mut hostile, abbreviations), json!("India"));
         exec(
             &mut conn,
             "INSERT INTO m (id, ts) VALUES (3, '2026-01-01 23:30:00+00');

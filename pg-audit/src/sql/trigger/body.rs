@@ -22,10 +22,16 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
         "\nDECLARE\n    v_old jsonb;\n    v_new jsonb;\n    v_pk jsonb;\n    v_old_pk jsonb;\n    v_raw text;\n    v_context json;\n    \
          {SCHEMA} text := COALESCE(TG_ARGV[0], TG_TABLE_SCHEMA);\n    \
          {TABLE} text := COALESCE(TG_ARGV[1], TG_TABLE_NAME);\n    \
-         {SEED} integer := {};\nBEGIN\n    {}\n",
+         {SEED} integer := {};\n{}BEGIN\n    {}\n",
         record_key_seed_expr(SCHEMA, TABLE),
+        if spec.condition().is_some() {
+            format!("    {ABBREVIATIONS_VAR} text;\n")
+        } else {
+            String::new()
+        },
         crate::context::read_statements("    ")
     );
+    let mut branches = String::new();
     for (i, &op) in spec.operations().iter().enumerate() {
         let keyword = if i == 0 { "IF" } else { "ELSIF" };
         let statement = Rows::of(spec, op, false).insert(spec, op, &insert_into);
@@ -40,14 +46,23 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
             statement
         };
         let _ = writeln!(
-            body,
+            branches,
             "    {keyword} TG_OP OPERATOR(pg_catalog.=) '{}' THEN\n        {branch}",
             op.keyword(),
         );
     }
-    body.push_str("    END IF;\n    RETURN NULL;\nEND\n");
+    branches.push_str("    END IF;\n");
+    if spec.condition().is_some() {
+        // A zone abbreviation in the condition's literals reads the same for every writer.
+        branches = crate::session::abbreviations_pinned(ABBREVIATIONS_VAR, &branches);
+    }
+    body.push_str(&branches);
+    body.push_str("    RETURN NULL;\nEND\n");
     body
 }
+
+/// The variable holding the writer's `timezone_abbreviations` while the condition runs.
+const ABBREVIATIONS_VAR: &str = "v_abbreviations";
 
 /// Where one operation's log rows come from.
 enum Rows {
