@@ -4,9 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::QualifiedName;
 use crate::ident::text_literal;
-use crate::sql::log::AuditLog;
+use crate::sql::names::LogNames;
 use crate::sql::shape::{LOG_COLUMNS, LogColumn};
 
 /// How a log column is stored in an archived file.
@@ -55,89 +54,72 @@ fn in_expr(column: &LogColumn, alias: &str) -> String {
     }
 }
 
-impl AuditLog {
-    /// The archive catalogue: one row per archived partition.
-    pub fn archives_table(&self) -> QualifiedName {
-        self.function("archives")
-    }
+/// The SQL of [`crate::AuditLog::archive_rows_sql`].
+pub(crate) fn archive_rows_sql(relation: &str) -> String {
+    let list: Vec<String> = LOG_COLUMNS.iter().map(|c| out_expr(c, "l")).collect();
+    format!(
+        "SELECT {} FROM {relation} AS l ORDER BY l.record_key NULLS LAST, l.id",
+        list.join(", ")
+    )
+}
 
-    /// The rows of `partition`, in the archive's order (a record's entries together, by
-    /// `record_key`, then by id; TRUNCATE entries, which have no key, last), each column as
-    /// [`ArchiveType`] says.
-    pub fn archive_rows_sql(&self, relation: &str) -> String {
-        let list: Vec<String> = LOG_COLUMNS.iter().map(|c| out_expr(c, "l")).collect();
-        format!(
-            "SELECT {} FROM {relation} AS l ORDER BY l.record_key NULLS LAST, l.id",
-            list.join(", ")
-        )
-    }
+/// The SQL of [`crate::AuditLog::content_digest_sql`].
+pub(crate) fn content_digest_sql(names: &LogNames, relation: &str) -> String {
+    crate::sql::seal::content_query(names, relation)
+}
 
-    /// The number of rows, lowest and highest id, and content digest (a SHA-256 over the
-    /// rows' digests in id order, the digests the seals use) of `relation`: a partition, or a
-    /// temporary table rows were loaded back into.
-    /// The query itself, calling built-in functions only (run it with
-    /// [`crate::session::PINNED`]'s settings).
-    pub fn content_digest_sql(&self, relation: &str) -> String {
-        crate::sql::seal::content_query(self, relation)
-    }
-
-    /// Creates the temporary tables archived rows are loaded back into: `stage` (every column
-    /// as [`ArchiveType`] stores it, filled by `COPY ... (FORMAT csv)`) and `target` (the
-    /// log's columns), for the session, both emptied.
-    pub fn load_tables_sql(&self, stage: &str, target: &str) -> String {
-        let stage_columns: Vec<String> = LOG_COLUMNS
-            .iter()
-            .map(|c| {
-                let ty = match ArchiveType::of(c) {
-                    ArchiveType::Int64 | ArchiveType::TimestampMicros => "bigint",
-                    ArchiveType::Text => "text",
-                };
-                format!("{} {ty}", c.name)
-            })
-            .collect();
-        format!(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({});
+/// The SQL of [`crate::AuditLog::load_tables_sql`].
+pub(crate) fn load_tables_sql(names: &LogNames, stage: &str, target: &str) -> String {
+    let stage_columns: Vec<String> = LOG_COLUMNS
+        .iter()
+        .map(|c| {
+            let ty = match ArchiveType::of(c) {
+                ArchiveType::Int64 | ArchiveType::TimestampMicros => "bigint",
+                ArchiveType::Text => "text",
+            };
+            format!("{} {ty}", c.name)
+        })
+        .collect();
+    format!(
+        "CREATE TEMPORARY TABLE IF NOT EXISTS {stage} ({});
              CREATE TEMPORARY TABLE IF NOT EXISTS {target} (LIKE {} INCLUDING DEFAULTS);",
-            stage_columns.join(", "),
-            self.table()
-        )
-    }
+        stage_columns.join(", "),
+        names.table()
+    )
+}
 
-    /// Moves the staged rows into `target`, converting each column back.
-    pub fn unstage_sql(&self, stage: &str, target: &str) -> String {
-        let list: Vec<String> = LOG_COLUMNS.iter().map(|c| in_expr(c, "s")).collect();
-        format!(
-            "INSERT INTO {target} ({}) SELECT {} FROM {stage} AS s; TRUNCATE {stage};",
-            crate::sql::seal::column_list(),
-            list.join(", ")
-        )
-    }
+/// The SQL of [`crate::AuditLog::unstage_sql`].
+pub(crate) fn unstage_sql(stage: &str, target: &str) -> String {
+    let list: Vec<String> = LOG_COLUMNS.iter().map(|c| in_expr(c, "s")).collect();
+    format!(
+        "INSERT INTO {target} ({}) SELECT {} FROM {stage} AS s; TRUNCATE {stage};",
+        crate::sql::digest::column_list(),
+        list.join(", ")
+    )
+}
 
-    /// Records an archived partition: `$1` partition, `$2` range start, `$3` range end (text
-    /// timestamps), `$4` location, `$5` rows, `$6` min id, `$7` max id, `$8` bytes, `$9`
-    /// content digest.
-    pub fn insert_archive_sql(&self) -> String {
-        format!(
-            "INSERT INTO {} (partition_name, range_start, range_end, location, row_count, min_id, max_id, bytes, content_sha256)
+/// The SQL of [`crate::AuditLog::insert_archive_sql`].
+pub(crate) fn insert_archive_sql(names: &LogNames) -> String {
+    format!(
+        "INSERT INTO {} (partition_name, range_start, range_end, location, row_count, min_id, max_id, bytes, content_sha256)
              VALUES ($1, $2::text::timestamptz, $3::text::timestamptz, $4, $5, $6, $7, $8, $9)",
-            self.archives_table()
-        )
-    }
+        names.archives_table()
+    )
+}
 
-    /// The archived partitions, oldest first.
-    pub fn list_archives_sql(&self) -> String {
-        format!(
-            "SELECT partition_name, range_start::text AS range_start, range_end::text AS range_end, location,
+/// The SQL of [`crate::AuditLog::list_archives_sql`].
+pub(crate) fn list_archives_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT partition_name, range_start::text AS range_start, range_end::text AS range_end, location,
                     row_count, min_id, max_id, bytes, content_sha256, archived_at::text AS archived_at
                FROM {} ORDER BY range_start, partition_name",
-            self.archives_table()
-        )
-    }
+        names.archives_table()
+    )
 }
 
 /// The catalogue's DDL, part of the log's.
-pub(crate) fn objects_sql(log: &AuditLog) -> String {
-    let archives = log.archives_table();
+pub(crate) fn objects_sql(names: &LogNames) -> String {
+    let archives = names.archives_table();
     let mut sql = String::new();
     let _ = writeln!(
         sql,

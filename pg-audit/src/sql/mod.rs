@@ -1,12 +1,17 @@
 //! SQL generation: the log's shape, the log table with its partitions, the triggers that fill
 //! it, and the record of what was installed that the drift check reads.
 
+pub mod adopt;
 pub mod archive;
 pub mod capture;
 pub mod catalog;
+pub mod check;
 pub mod condition;
-pub mod drift;
+pub(crate) mod digest;
+pub mod install;
 pub mod log;
+pub(crate) mod names;
+pub mod redact;
 pub mod seal;
 pub mod shape;
 pub mod trigger;

@@ -22,6 +22,9 @@ pub enum Filled {
     Writer,
 }
 
+/// What a redacted value becomes, in the log and in archived files (a JSON string).
+pub const REDACTED: &str = "[redacted]";
+
 /// One column of the audit log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogColumn {
@@ -353,6 +356,27 @@ impl Operation {
 {indent}                           AND t.tgname OPERATOR(pg_catalog.=) ANY ({names}) LOOP
 {indent}    EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', pg_audit_trigger, {relation});
 {indent}END LOOP;"
+        )
+    }
+
+    /// The row-level trigger on a partitioned table that refuses writes to partitions without
+    /// audit triggers of their own.
+    pub(crate) fn guard_trigger_name() -> Ident {
+        Ident::generated("pg_audit_guard", "")
+    }
+
+    /// `ARRAY[...]::name[]` of every trigger an install creates: each operation's and the
+    /// guard.
+    pub(crate) fn all_trigger_names_array() -> String {
+        format!(
+            "ARRAY[{}]::name[]",
+            Operation::ALL
+                .iter()
+                .map(|op| op.trigger_name())
+                .chain([Operation::guard_trigger_name()])
+                .map(|name| name.literal())
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     }
 

@@ -1,18 +1,24 @@
-//! The audit log: one table, range-partitioned by time, with a DEFAULT partition, its
-//! partition-maintenance functions ([`partition`]) and its drift check
-//! ([`crate::sql::drift`]).
+//! The audit log: one table, range-partitioned by time, with a DEFAULT partition, and
+//! everything installed beside it.
 //!
-//! [`AuditLog`] holds where the log lives and how it is partitioned, and every method that
-//! renders SQL about it; the child modules render the function bodies.
+//! [`AuditLog`] holds where the log lives and how it is partitioned, and every one of its
+//! methods: the log's DDL is assembled here ([`AuditLog::create_sql`]) from parts that each
+//! take the log's names (`sql/names.rs`) and never the log: the table
+//! (`log/table.rs`), partition maintenance ([`partition`]), the install records
+//! ([`crate::sql::install`]), the archive catalogue ([`crate::sql::archive`]), seals
+//! ([`crate::sql::seal`]), redaction ([`crate::sql::redact`]), adoption of partitions
+//! ([`crate::sql::adopt`]) and, last, the drift check ([`crate::sql::check`]), which compares
+//! every other function with what this assembly creates.
 
 use std::fmt::Write as _;
 
 use crate::Error;
-use crate::ident::{Ident, QualifiedName, dollar_quote, quote_literal, text_literal};
-use crate::sql::drift;
-use crate::sql::shape::{LOG_COLUMNS, PARTITION_COLUMN};
+use crate::ident::{Ident, QualifiedName, quote_literal};
+use crate::sql::names::LogNames;
+use crate::sql::{adopt, archive, capture, check, install, redact, seal};
 
 pub mod partition;
+mod table;
 
 pub use partition::{PartitionPeriod, Retention};
 
@@ -33,7 +39,7 @@ pub const DEFAULT_PREMAKE: u32 = 3;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditLog {
-    table: QualifiedName,
+    names: LogNames,
     period: PartitionPeriod,
     premake: u32,
 }
@@ -48,10 +54,10 @@ impl AuditLog {
     /// `audit.auditlog`, monthly partitions, three created ahead.
     pub fn new() -> Self {
         AuditLog {
-            table: QualifiedName::new(
+            names: LogNames::new(QualifiedName::new(
                 Some(Ident::generated(DEFAULT_SCHEMA, "")),
                 Ident::generated(DEFAULT_TABLE, ""),
-            ),
+            )),
             period: PartitionPeriod::Monthly,
             premake: DEFAULT_PREMAKE,
         }
@@ -60,10 +66,10 @@ impl AuditLog {
     /// An audit log named `name` in `schema`.
     pub fn named(schema: &str, name: &str) -> Result<Self, Error> {
         Ok(AuditLog {
-            table: QualifiedName::new(
+            names: LogNames::new(QualifiedName::new(
                 Some(Ident::with_kind(schema, "schema")?),
                 Ident::with_kind(name, "audit log table")?,
-            ),
+            )),
             ..Self::new()
         })
     }
@@ -80,17 +86,19 @@ impl AuditLog {
         self
     }
 
+    /// The names of everything the log installs.
+    pub(crate) fn names(&self) -> &LogNames {
+        &self.names
+    }
+
     /// The log table's qualified name.
     pub fn table(&self) -> &QualifiedName {
-        &self.table
+        self.names.table()
     }
 
     /// The schema the log and its functions live in.
     pub fn schema(&self) -> &Ident {
-        self.table
-            .schema
-            .as_ref()
-            .expect("the audit log is always schema-qualified")
+        self.names.schema()
     }
 
     /// The partition period.
@@ -100,208 +108,27 @@ impl AuditLog {
 
     /// The DEFAULT partition, which takes rows no time partition covers.
     pub fn default_partition(&self) -> QualifiedName {
-        self.table.sibling("_default")
+        self.names.default_partition()
     }
 
     /// The table recording each audited table's installed configuration.
     pub fn config_table(&self) -> QualifiedName {
-        self.function("tables")
-    }
-
-    /// A function pg-audit installs beside the log, named `<log>_<suffix>`.
-    pub(crate) fn function(&self, suffix: &str) -> QualifiedName {
-        self.table.sibling(&format!("_{suffix}"))
-    }
-
-    /// The maintenance functions' names and argument types, for revoking and dropping them.
-    fn function_signatures(&self) -> Vec<(QualifiedName, &'static str)> {
-        let mut all = vec![
-            (self.function("trigger_definitions"), "regclass"),
-            (self.function("adopt_on_ddl"), ""),
-            (self.function("adopt_partitions"), "regclass"),
-            (self.function("unaudited_partition"), ""),
-            (self.function("check"), ""),
-            (self.function("strip_grants"), "regclass, boolean"),
-            (self.function("prune_partitions"), "interval, boolean, text"),
-            (self.function("ensure_partitions"), "integer"),
-            (self.function("partitions"), ""),
-        ];
-        all.extend(crate::sql::seal::function_signatures(self));
-        all
-    }
-
-    /// The objects the install record and the drift check involve.
-    pub(crate) fn objects(&self) -> drift::LogObjects {
-        drift::LogObjects {
-            log: self.table.clone(),
-            config: self.config_table(),
-            check: self.function("check"),
-            definitions: self.function("trigger_definitions"),
-            adopt: self.function("adopt_partitions"),
-            functions: self.function_signatures(),
-            readable: self.readable_functions().to_vec(),
-            publication: self.publication(),
-            side_tables: vec![
-                self.config_table(),
-                self.archives_table(),
-                self.seals_table(),
-                self.seal_state_table(),
-                self.redactions_table(),
-                self.redacted_values_table(),
-                self.capture_progress_table(),
-                self.capture_issues_table(),
-            ],
-            append_only: vec![
-                self.seals_table(),
-                self.redactions_table(),
-                self.redacted_values_table(),
-                self.archives_table(),
-            ],
-        }
-    }
-
-    /// Every function of the log but the check, as this version installs it (read from
-    /// [`AuditLog::create_sql`]'s text before the check), for the check to compare with.
-    fn expected_functions(&self, ddl: &str) -> Vec<drift::ExpectedFunction> {
-        let created = crate::sql::created_functions(ddl);
-        let check = self.function("check");
-        self.function_signatures()
-            .into_iter()
-            .filter(|(name, _)| *name != check)
-            .map(|(name, args)| {
-                let prefix = format!("{name}(");
-                let (_, security_definer, body) = created
-                    .iter()
-                    .find(|(signature, _, _)| signature.starts_with(&prefix))
-                    .unwrap_or_else(|| panic!("the log's DDL creates {name}"));
-                drift::ExpectedFunction {
-                    name,
-                    args,
-                    body: (*body).to_owned(),
-                    security_definer: *security_definer,
-                }
-            })
-            .collect()
+        self.names.config_table()
     }
 
     /// The log's DDL up to its check function: the tables, indexes and every other function.
     fn ddl_before_check(&self) -> String {
-        let table = &self.table;
-        let mut sql = String::new();
-        let _ = writeln!(sql, "-- pg-audit: the audit log {table}");
-        let _ = writeln!(sql, "CREATE SCHEMA IF NOT EXISTS {};\n", self.schema());
-        let columns: Vec<String> = LOG_COLUMNS
-            .iter()
-            .map(|c| format!("    {}", c.definition()))
-            .collect();
-        let _ = writeln!(
-            sql,
-            "CREATE TABLE IF NOT EXISTS {table} (\n{}\n) PARTITION BY RANGE (\"{PARTITION_COLUMN}\");",
-            columns.join(",\n")
-        );
-        // A log made by an earlier release gets the columns added since (checked first, so
-        // that psql prints no NOTICE for each column already there).
-        let added: Vec<String> = LOG_COLUMNS
-            .iter()
-            .filter(|c| c.added_later)
-            .map(|c| {
-                format!(
-                    "    IF NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
-                    WHERE a.attrelid OPERATOR(pg_catalog.=) {lit}::regclass AND a.attname OPERATOR(pg_catalog.=) {name} AND NOT a.attisdropped) THEN
-        ALTER TABLE {table} ADD COLUMN {def};
-    END IF;",
-                    lit = table.literal(),
-                    name = text_literal(c.name),
-                    def = c.definition()
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            sql,
-            "DO {};\n",
-            dollar_quote(&format!("\nBEGIN\n{}\nEND\n", added.join("\n")))
-        );
-        let _ = writeln!(
-            sql,
-            "COMMENT ON TABLE {table} IS {};\n",
-            text_literal(&format!(
-                "pg-audit log: one row per audited change; append-only; partitioned {} by {PARTITION_COLUMN}",
-                self.period.name()
-            ))
-        );
-        let _ = writeln!(
-            sql,
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF {table} DEFAULT;\n",
-            self.default_partition()
-        );
-        // Three indexes maintained on every audited write, and no more (a fourth, partial one,
-        // only for the rare UPDATE that changes a key).
-        // History of one record: a hash index on a 64-bit hash of table and key, far cheaper
-        // to maintain than a btree on (table_name, record_pk) (see docs/performance.md).
-        let _ = writeln!(
-            sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} USING hash (\"record_key\");",
-            Ident::generated(table.name.as_str(), "_record_idx")
-        );
-        // The history of a key an UPDATE changed: only such rows have an entry.
-        let _ = writeln!(
-            sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} USING hash (\"old_record_key\") WHERE \"old_record_key\" IS NOT NULL;",
-            Ident::generated(table.name.as_str(), "_old_record_idx")
-        );
-        // Newest first across the whole log (the admin's activity, paged by id): a btree on the
-        // id, whose inserts all land on its right edge. Without it that listing sorts every
-        // row (2 s at 10 million rows; docs/performance.md).
-        let _ = writeln!(
-            sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} (\"id\");",
-            Ident::generated(table.name.as_str(), "_id_idx")
-        );
-        // Time ranges and transactions: partitions prune whole periods; a BRIN index, tiny and
-        // nearly free to maintain on append-only data, narrows within one. Autosummarized, so a
-        // filled block range is summarized soon rather than at the next VACUUM (until then it
-        // matches every lookup).
-        let _ = writeln!(
-            sql,
-            "CREATE INDEX IF NOT EXISTS {} ON {table} USING brin (\"{PARTITION_COLUMN}\", \"txid\") WITH (autosummarize = on);\n",
-            Ident::generated(table.name.as_str(), "_time_idx")
-        );
-        sql.push_str(&partition::functions_sql(self));
-        sql.push('\n');
-        sql.push_str(&drift::objects_sql(&self.objects()));
-        sql.push('\n');
-        sql.push_str(&crate::sql::archive::objects_sql(self));
-        sql.push('\n');
-        sql.push_str(&crate::sql::seal::objects_sql(self));
-        sql.push('\n');
-        sql.push_str(&drift::partition_functions_sql(
-            &self.config_table(),
-            &self.function("unaudited_partition"),
-            &self.function("adopt_partitions"),
-            &self.function("adopt_on_ddl"),
-            &self.event_trigger(),
-        ));
-        sql
-    }
-
-    /// The event trigger that adopts new partitions of audited tables (database-wide, so its
-    /// name carries the log's schema and name).
-    fn event_trigger(&self) -> Ident {
-        Ident::generated(
-            &format!(
-                "pg_audit_{}_{}",
-                self.schema().as_str(),
-                self.table.name.as_str()
-            ),
-            "_partitions",
-        )
-    }
-
-    /// The prefix of time partitions' names; a partition appends its first day as `YYYYMMDD`.
-    fn partition_prefix(&self) -> String {
-        const DATE: &str = "00000000";
-        let template = Ident::generated(self.table.name.as_str(), &format!("_p{DATE}"));
-        template.as_str()[..template.as_str().len() - DATE.len()].to_owned()
+        let names = &self.names;
+        [
+            table::table_sql(names, self.period) + &partition::functions_sql(names, self.period),
+            install::objects_sql(names),
+            archive::objects_sql(names),
+            seal::objects_sql(names),
+            redact::objects_sql(names),
+            table::append_only_tables_sql(names),
+            adopt::objects_sql(names),
+        ]
+        .join("\n")
     }
 
     /// SQL that creates the schema, the log table, its DEFAULT partition, its indexes and its
@@ -310,49 +137,13 @@ impl AuditLog {
     /// functions.
     pub fn create_sql(&self) -> String {
         let mut sql = self.ddl_before_check();
-        let expected = self.expected_functions(&sql);
+        let expected = check::expected_functions(&self.names, &sql);
         let _ = writeln!(
             sql,
             "\n{}",
-            drift::check_function_sql(&self.objects(), &expected)
+            check::check_function_sql(&self.names, &expected)
         );
-        let table = &self.table;
-        // Append-only: only the owner (the role running this) writes the log, and only through
-        // the SECURITY DEFINER trigger functions; nobody else may even run maintenance.
-        let _ = writeln!(sql, "\nREVOKE ALL ON TABLE {table} FROM PUBLIC;");
-        let _ = writeln!(
-            sql,
-            "REVOKE ALL ON TABLE {} FROM PUBLIC;",
-            self.config_table()
-        );
-        for (function, args) in self.function_signatures() {
-            let _ = writeln!(
-                sql,
-                "REVOKE ALL ON FUNCTION {function}({args}) FROM PUBLIC;"
-            );
-        }
-        // Only the owner writes them, whatever the schema's default privileges granted at
-        // creation (`ALTER DEFAULT PRIVILEGES ... GRANT INSERT ...`); reads granted with
-        // `grant_read_sql` stay.
-        let strips: Vec<String> = [
-            (table.clone(), true),
-            (self.default_partition(), false),
-            (self.config_table(), true),
-        ]
-        .iter()
-        .map(|(relation, keep_select)| {
-            format!(
-                "    PERFORM {}({}::regclass, {keep_select});",
-                self.function("strip_grants"),
-                relation.literal()
-            )
-        })
-        .collect();
-        let _ = writeln!(
-            sql,
-            "DO {};",
-            dollar_quote(&format!("\nBEGIN\n{}\nEND\n", strips.join("\n")))
-        );
+        sql.push_str(&table::append_only_sql(&self.names));
         let _ = writeln!(sql, "\n{};", self.ensure_partitions_sql(self.premake));
         sql
     }
@@ -363,67 +154,24 @@ impl AuditLog {
     /// run maintenance. Grant this to application roles that show history; writing audited
     /// tables needs no privilege on the log.
     pub fn grant_read_sql(&self, role: &Ident) -> String {
-        let mut sql = String::new();
-        let _ = writeln!(sql, "GRANT USAGE ON SCHEMA {} TO {role};", self.schema());
-        for table in [
-            self.table.clone(),
-            self.config_table(),
-            self.archives_table(),
-            self.seals_table(),
-            self.redactions_table(),
-            self.redacted_values_table(),
-        ] {
-            let _ = writeln!(sql, "GRANT SELECT ON TABLE {table} TO {role};");
-        }
-        for (function, args) in self.readable_functions() {
-            let _ = writeln!(
-                sql,
-                "GRANT EXECUTE ON FUNCTION {function}({args}) TO {role};"
-            );
-        }
-        sql
-    }
-
-    /// The functions readers may run, with their argument types: the partition listing, the
-    /// drift check, and what `verify` recomputes (it changes nothing).
-    fn readable_functions(&self) -> [(QualifiedName, &'static str); 5] {
-        [
-            (self.function("partitions"), ""),
-            (self.function("check"), ""),
-            (self.function("seal_of"), "bigint, bigint, bytea, regclass"),
-            (self.function("content_of"), "regclass"),
-            (self.function("unerased"), "regclass"),
-        ]
+        table::grant_read_sql(&self.names, role)
     }
 
     /// SQL that drops the log, its partitions and its functions. Drop the audit triggers first
     /// (see [`crate::TriggerSpec::uninstall_sql`]): a trigger left behind would fail every write
     /// to its table.
     pub fn drop_sql(&self) -> String {
-        let mut sql = format!("DROP EVENT TRIGGER IF EXISTS {};\n", self.event_trigger());
-        // The tables whose append-only triggers call a function dropped below.
-        for table in [
-            self.archives_table(),
-            self.seals_table(),
-            self.seal_state_table(),
-            self.redacted_values_table(),
-            self.redactions_table(),
-        ] {
-            let _ = writeln!(sql, "DROP TABLE IF EXISTS {table};");
-        }
-        for (name, args) in self.function_signatures() {
-            let _ = writeln!(sql, "DROP FUNCTION IF EXISTS {name}({args});");
-        }
-        let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.config_table());
-        let _ = writeln!(sql, "DROP TABLE IF EXISTS {};", self.table);
-        sql
+        table::drop_sql(&self.names)
     }
 
     /// SQL that gives every partition of an audited partitioned table that has none its
     /// audit triggers (a partition created or attached since the install, when no event
     /// trigger did it): rows of `table_name`, `partition_name`. Run it as the tables' owner.
     pub fn adopt_partitions_sql(&self) -> String {
-        format!("SELECT * FROM {}()", self.function("adopt_partitions"))
+        format!(
+            "SELECT * FROM {}()",
+            self.names.function("adopt_partitions")
+        )
     }
 
     /// SQL that creates the partition of the current period and of the next `ahead` periods
@@ -432,14 +180,14 @@ impl AuditLog {
     pub fn ensure_partitions_sql(&self, ahead: u32) -> String {
         format!(
             "SELECT * FROM {}({ahead})",
-            self.function("ensure_partitions")
+            self.names.function("ensure_partitions")
         )
     }
 
     /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`
     /// (NULL for the DEFAULT partition), `is_default`, `total_bytes`; oldest first, DEFAULT first.
     pub fn list_partitions_sql(&self) -> String {
-        format!("SELECT * FROM {}()", self.function("partitions"))
+        format!("SELECT * FROM {}()", self.names.function("partitions"))
     }
 
     /// SQL that detaches or drops every partition whose range ended more than `older_than` ago
@@ -453,7 +201,7 @@ impl AuditLog {
     ) -> Result<String, Error> {
         Ok(format!(
             "SELECT * FROM {}({}::interval, {})",
-            self.function("prune_partitions"),
+            self.names.function("prune_partitions"),
             quote_literal(older_than)?,
             retention == Retention::Drop
         ))
@@ -470,7 +218,7 @@ impl AuditLog {
     ) -> Result<String, Error> {
         Ok(format!(
             "SELECT * FROM {}({}::interval, {}, {})",
-            self.function("prune_partitions"),
+            self.names.function("prune_partitions"),
             quote_literal(older_than)?,
             retention == Retention::Drop,
             quote_literal(partition)?
@@ -481,34 +229,12 @@ impl AuditLog {
     /// tables of the log's schema named like its partitions, holding its columns, attached to
     /// nothing. One row each: `partition_name`.
     pub fn detached_partitions_sql(&self) -> String {
-        let prefix = self.partition_prefix();
-        format!(
-            "SELECT c.oid::pg_catalog.regclass::text AS partition_name
-  FROM pg_catalog.pg_class AS c
- WHERE c.relnamespace OPERATOR(pg_catalog.=) {schema}::pg_catalog.regnamespace
-   AND c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition
-   AND pg_catalog.left(c.relname, {n}) OPERATOR(pg_catalog.=) {prefix_lit}
-   AND pg_catalog.substr(c.relname, {after}) OPERATOR(pg_catalog.~) '^[0-9]{{8}}$'
-   AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute AS a
-         WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped
-           AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY[{columns}]::name[])) OPERATOR(pg_catalog.=) {count}
- ORDER BY c.relname",
-            schema = self.schema().literal(),
-            n = prefix.chars().count(),
-            after = prefix.chars().count() + 1,
-            prefix_lit = text_literal(&prefix),
-            columns = LOG_COLUMNS
-                .iter()
-                .map(|c| text_literal(c.name))
-                .collect::<Vec<_>>()
-                .join(", "),
-            count = LOG_COLUMNS.len(),
-        )
+        partition::detached_partitions_sql(&self.names)
     }
 
     /// SQL listing the problems the drift check finds on any PostgreSQL: rows of
     /// `table_schema`, `table_name`, `problem`; none when every recorded audit trigger, and the
-    /// log itself, are as installed (see [`crate::sql::drift`]). It is the check itself, not a
+    /// log itself, are as installed (see [`crate::sql::check`]). It is the check itself, not a
     /// call of `<log>_check()` (a function the log's owner could replace): run it in a session
     /// with [`crate::session::PINNED`]'s settings (one opened with
     /// [`crate::session::startup_options`], or a transaction after
@@ -517,23 +243,12 @@ impl AuditLog {
     /// Run it in a transaction after [`AuditLog::check_prelude_sql`]: its estimated cost is
     /// high enough that PostgreSQL would spend seconds compiling it with JIT (10 ms without).
     pub fn check_sql(&self) -> String {
-        // The check function among the functions compared: the program never takes its word,
-        // but cron and pg_cron users do, so a replaced one is reported.
-        let objects = self.objects();
-        let mut expected = self.expected_functions(&self.ddl_before_check());
-        let check = drift::ExpectedFunction {
-            name: self.function("check"),
-            args: "",
-            body: drift::check_function_body(&objects, &expected),
-            security_definer: false,
-        };
-        expected.push(check);
-        drift::check_query(&objects, &expected)
+        check::check_sql(&self.names, &self.ddl_before_check())
     }
 
     /// The settings the check's queries run with, for the rest of the transaction: no JIT.
     pub fn check_prelude_sql(&self) -> &'static str {
-        drift::CHECK_PRELUDE
+        check::CHECK_PRELUDE
     }
 
     /// The drift check for a server of `server_version_num` (`SHOW server_version_num`): on
@@ -542,42 +257,226 @@ impl AuditLog {
     /// publication), with the same columns: `table_schema`, `table_name`, `problem`, sorted.
     /// Run it as [`AuditLog::check_sql`] is run.
     pub fn check_sql_for(&self, server_version_num: i32) -> String {
-        let all = self.check_sql();
-        if server_version_num < 150_000 {
-            return all;
-        }
-        format!(
-            "SELECT c.table_schema, c.table_name, c.problem FROM ({all}) AS c
-UNION ALL
-SELECT v.table_schema, v.table_name, v.problem FROM ({}) AS v
-ORDER BY 1, 2, 3",
-            drift::check_v15_query(&self.objects())
-        )
+        check::check_sql_for(&self.names, &self.ddl_before_check(), server_version_num)
     }
 
     /// SQL returning the key columns recorded at install for a table, as a JSON array in key
     /// order (`primary_key`): parameters `$1` the table name (text), `$2` its schema (text, NULL
     /// for any). One row per audited table of that name.
     pub fn recorded_key_sql(&self) -> String {
-        drift::recorded_key_sql(&self.config_table())
+        install::recorded_key_sql(&self.names.config_table())
+    }
+
+    /// The archive catalogue: one row per archived partition.
+    pub fn archives_table(&self) -> QualifiedName {
+        self.names.archives_table()
+    }
+
+    /// The rows of `partition`, in the archive's order (a record's entries together, by
+    /// `record_key`, then by id; TRUNCATE entries, which have no key, last), each column as
+    /// [`crate::sql::archive::ArchiveType`] says.
+    pub fn archive_rows_sql(&self, relation: &str) -> String {
+        archive::archive_rows_sql(relation)
+    }
+
+    /// The number of rows, lowest and highest id, and content digest (a SHA-256 over the
+    /// rows' digests in id order, the digests the seals use) of `relation`: a partition, or a
+    /// temporary table rows were loaded back into.
+    /// The query itself, calling built-in functions only (run it with
+    /// [`crate::session::PINNED`]'s settings).
+    pub fn content_digest_sql(&self, relation: &str) -> String {
+        archive::content_digest_sql(&self.names, relation)
+    }
+
+    /// Creates the temporary tables archived rows are loaded back into: `stage` (every column
+    /// as [`crate::sql::archive::ArchiveType`] stores it, filled by `COPY ... (FORMAT csv)`) and `target` (the
+    /// log's columns), for the session, both emptied.
+    pub fn load_tables_sql(&self, stage: &str, target: &str) -> String {
+        archive::load_tables_sql(&self.names, stage, target)
+    }
+
+    /// Moves the staged rows into `target`, converting each column back.
+    pub fn unstage_sql(&self, stage: &str, target: &str) -> String {
+        archive::unstage_sql(stage, target)
+    }
+
+    /// Records an archived partition: `$1` partition, `$2` range start, `$3` range end (text
+    /// timestamps), `$4` location, `$5` rows, `$6` min id, `$7` max id, `$8` bytes, `$9`
+    /// content digest.
+    pub fn insert_archive_sql(&self) -> String {
+        archive::insert_archive_sql(&self.names)
+    }
+
+    /// The archived partitions, oldest first.
+    pub fn list_archives_sql(&self) -> String {
+        archive::list_archives_sql(&self.names)
+    }
+
+    /// The seals: each covers every id in `first_id..=last_id`, chained by `prev_hash`.
+    pub fn seals_table(&self) -> crate::QualifiedName {
+        self.names.seals_table()
+    }
+
+    /// The redaction log: who erased what, when and why.
+    pub fn redactions_table(&self) -> crate::QualifiedName {
+        self.names.redactions_table()
+    }
+
+    /// The digest of each erased value, by entry, column and key.
+    pub fn redacted_values_table(&self) -> crate::QualifiedName {
+        self.names.redacted_values_table()
+    }
+
+    /// `SELECT * FROM <log>_seal(max_rows)`: seals the rows of ended transactions, at most
+    /// `max_rows` per seal; one row per seal made. Returns nothing while another seal runs.
+    pub fn seal_sql(&self, max_rows: u32) -> String {
+        seal::seal_sql(&self.names, max_rows)
+    }
+
+    /// The seals in order, for `verify` and export.
+    pub fn list_seals_sql(&self) -> String {
+        seal::list_seals_sql(&self.names)
+    }
+
+    /// What the seal over `$1..=$2` with previous hash `$3` would hold, recomputed now from the
+    /// log and, when `archived` names a table with the log's columns, the archived rows loaded
+    /// into it: `row_count`, `rows`, `hash`. The query itself, calling built-in functions only
+    /// (run it with [`crate::session::PINNED`]'s settings): what `verify` runs.
+    pub fn reseal_sql(&self, archived: Option<&str>) -> String {
+        seal::reseal_sql(&self.names, archived)
+    }
+
+    /// The values a recorded redaction erased that are present again (the marker gone), in
+    /// the log and, when `archived` names a table with the log's columns, the archived rows
+    /// loaded into it: `entry_id`, `column_name`, `key`, `redaction_id`. The query itself, as
+    /// [`AuditLog::reseal_sql`].
+    pub fn unerased_sql(&self, archived: Option<&str>) -> String {
+        redact::unerased_sql(&self.names, archived)
+    }
+
+    /// The recorded erasures no `redact` could have made (a key column, a column outside the
+    /// redaction's, an entry of another record, anything but the context's user id of a
+    /// user's redaction): `redaction_id`, `entry_id`, `column_name`, `key`. Over the log and
+    /// the archived rows loaded into `archived`, as [`AuditLog::reseal_sql`]. Such a record
+    /// stands in for nothing when digests are computed.
+    pub fn unjustified_redactions_sql(&self, archived: Option<&str>) -> String {
+        redact::unjustified_redactions_sql(&self.names, archived)
+    }
+
+    /// The relations `verify` reads that are not of the kind pg-audit made (the log a
+    /// partitioned table of tables, the seals, redactions and archive catalogue tables, none
+    /// with rules): a view or a foreign table in their place could show `verify` other rows
+    /// than readers see. `relation`, `relkind`.
+    pub fn unexpected_relations_sql(&self) -> String {
+        seal::unexpected_relations_sql(&self.names)
+    }
+
+    /// The log's highest id handed out, and the highest sealed.
+    pub fn seal_progress_sql(&self) -> String {
+        seal::seal_progress_sql(&self.names)
+    }
+
+    /// Records a redaction (`$1` reason, `$2` table schema, `$3` table name, `$4` record key
+    /// object or NULL, `$5` columns or NULL, `$6` what the erasure targets, e.g. `context
+    /// user_id`) and returns its `redaction_id`.
+    pub fn insert_redaction_sql(&self) -> String {
+        redact::insert_redaction_sql(&self.names)
+    }
+
+    /// Erases values in the entries of `target` (the log, or a table with its columns holding
+    /// archived rows) for redaction `$1`: with `$2`/`$3`/`$4` (schema, table, key object) the
+    /// named columns `$5` (NULL: every column but the key's) of one record; with `$6` the
+    /// context's `user_id` of every entry that has it. Returns the ids of the entries changed.
+    pub fn redact_sql(&self, target: &str) -> String {
+        redact::redact_sql(&self.names, target)
+    }
+
+    /// The publication listing the tables captured from the write-ahead log (database-wide,
+    /// so its name carries the log's schema and name).
+    pub fn publication(&self) -> Ident {
+        self.names.publication()
+    }
+
+    /// The default replication slot's name for the log's capture from `database`:
+    /// `pg_audit_<schema>_<log>_<database>` (slot names are the server's, shared by its
+    /// databases), in the characters a slot name may hold (lower-case letters, digits, `_`), at
+    /// most 63 bytes (a long name is cut and ends with a hash of the whole).
+    pub fn default_slot(&self, database: &str) -> String {
+        self.names.default_slot(database)
+    }
+
+    /// The table holding each slot's progress beside the log, written in the same transaction
+    /// as the rows: `slot`, `lsn` (the end of the last transaction written), `last_commit`.
+    pub fn capture_progress_table(&self) -> QualifiedName {
+        self.names.capture_progress_table()
+    }
+
+    /// The table where the capture worker notes what it could not log as it came: a value
+    /// the log cannot hold (logged instead as the JSON string of its text) or a change it
+    /// could not log at all (set aside here whole). Written in the batch's transaction.
+    pub fn capture_issues_table(&self) -> QualifiedName {
+        self.names.capture_issues_table()
+    }
+
+    /// SQL creating the progress table and the issues table where the log lives when they are
+    /// missing (run by the worker at every start, so it does nothing that needs ownership
+    /// once the tables exist).
+    pub fn capture_setup_sql(&self) -> String {
+        capture::capture_setup_sql(&self.names)
+    }
+
+    /// SQL noting capture issues: `$1` the slot, `$2` a JSON array of objects with `txid`,
+    /// `schema_name`, `table_name`, `record_pk` (text or null), `column_name` (null for a
+    /// change set aside whole), `issue`, `raw` (the value's or the change's text).
+    pub fn capture_issues_insert_sql(&self) -> String {
+        capture::capture_issues_insert_sql(&self.names)
+    }
+
+    /// SQL summing up a slot's capture issues: `$1` the slot; one row of `issues` (their
+    /// number) and `latest` (a JSON array of the ten newest, each with `noted_at`, `txid`,
+    /// `table`, `record_pk`, `column_name`, `issue`).
+    pub fn capture_issues_summary_sql(&self) -> String {
+        capture::capture_issues_summary_sql(&self.names)
+    }
+
+    /// SQL reading a slot's progress: `$1` the slot; one row of `lsn` (text) and `last_commit`.
+    pub fn capture_progress_read_sql(&self) -> String {
+        capture::capture_progress_read_sql(&self.names)
+    }
+
+    /// SQL recording a slot's progress: `$1` the slot, `$2` the LSN (text), `$3` the last
+    /// commit time (timestamptz).
+    pub fn capture_progress_write_sql(&self) -> String {
+        capture::capture_progress_write_sql(&self.names)
+    }
+
+    /// SQL writing a batch of captured changes: `$1` a JSON array of objects with `ord`,
+    /// `changed_at`, `tx_started_at`, `txid`, `operation`, `schema_name`, `table_name`,
+    /// `record_pk`, `old_record_pk`, `old_values`, `new_values`, `db_user`, `context`. The
+    /// record keys are computed here, by the formula the triggers use; an UPDATE that changed
+    /// no audited value and not the key is dropped, as the triggers drop it; rows get their ids
+    /// in `ord` order.
+    pub fn capture_insert_sql(&self) -> String {
+        capture::capture_insert_sql(&self.names)
+    }
+
+    /// SQL listing the tables installed for capture from the write-ahead log, with their
+    /// configuration: `table_schema`, `table_name`, `primary_key` (text[]), `track_only`
+    /// (text[] or NULL), `exclude_fields` (text[] or NULL), `condition`, `operations` (text[]).
+    pub fn captured_tables_sql(&self) -> String {
+        capture::captured_tables_sql(&self.names)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::shape::LOG_COLUMNS;
 
     #[test]
-    fn long_names_are_shortened_deterministically() {
+    fn long_names_fit_in_the_ddl() {
         let name = "a".repeat(63);
-        let log = AuditLog::named("audit", &name).unwrap();
-        assert!(log.default_partition().name.as_str().len() <= 63);
-        assert!(log.default_partition().name.as_str().ends_with("_default"));
-        assert_eq!(
-            log.default_partition(),
-            AuditLog::named("audit", &name).unwrap().default_partition()
-        );
-        let sql = log.create_sql();
+        let sql = AuditLog::named("audit", &name).unwrap().create_sql();
         assert!(sql.contains(&format!("CREATE TABLE IF NOT EXISTS \"audit\".\"{name}\"")));
     }
 
@@ -591,13 +490,6 @@ mod tests {
                 column.name
             );
         }
-    }
-
-    #[test]
-    fn partition_prefix_leaves_room_for_the_date() {
-        assert_eq!(AuditLog::new().partition_prefix(), "auditlog_p");
-        let long = AuditLog::named("audit", &"x".repeat(63)).unwrap();
-        assert_eq!(long.partition_prefix().len() + 8, 63);
     }
 
     #[test]

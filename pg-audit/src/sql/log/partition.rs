@@ -15,10 +15,11 @@
 use std::fmt::Write as _;
 use std::str::FromStr;
 
-use super::AuditLog;
 use crate::Error;
 use crate::ident::text_literal;
 use crate::sql::create_function;
+use crate::sql::names::LogNames;
+use crate::sql::shape::LOG_COLUMNS;
 
 /// How much time one partition covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -119,19 +120,19 @@ fn retry() -> String {
 
 /// The maintenance functions' DDL: `<log>_partitions()`, `<log>_ensure_partitions(ahead)` and
 /// `<log>_prune_partitions(older_than, drop_partitions, only_partition)`.
-pub(super) fn functions_sql(log: &AuditLog) -> String {
-    let table = log.table();
+pub(crate) fn functions_sql(names: &LogNames, period: PartitionPeriod) -> String {
+    let table = names.table();
     let table_lit = table.literal();
-    let default_lit = log.default_partition().literal();
-    let schema_lit = log.schema().literal();
-    let prefix_lit = text_literal(&log.partition_prefix());
-    let partitions = log.function("partitions");
-    let ensure = log.function("ensure_partitions");
-    let prune = log.function("prune_partitions");
-    let strip = log.function("strip_grants");
+    let default_lit = names.default_partition().literal();
+    let schema_lit = names.schema().literal();
+    let prefix_lit = text_literal(&names.partition_prefix());
+    let partitions = names.function("partitions");
+    let ensure = names.function("ensure_partitions");
+    let prune = names.function("prune_partitions");
+    let strip = names.function("strip_grants");
     let (lock_wait, retry) = (lock_wait(), retry());
-    let field = log.partition_period().date_trunc_field();
-    let step = log.partition_period().interval();
+    let field = period.date_trunc_field();
+    let step = period.interval();
     let mut sql = String::new();
 
     let list_body = format!(
@@ -345,6 +346,33 @@ END
         )
     );
     sql
+}
+
+/// [`crate::AuditLog::detached_partitions_sql`].
+pub(crate) fn detached_partitions_sql(names: &LogNames) -> String {
+    let prefix = names.partition_prefix();
+    format!(
+            "SELECT c.oid::pg_catalog.regclass::text AS partition_name
+  FROM pg_catalog.pg_class AS c
+ WHERE c.relnamespace OPERATOR(pg_catalog.=) {schema}::pg_catalog.regnamespace
+   AND c.relkind OPERATOR(pg_catalog.=) 'r' AND NOT c.relispartition
+   AND pg_catalog.left(c.relname, {n}) OPERATOR(pg_catalog.=) {prefix_lit}
+   AND pg_catalog.substr(c.relname, {after}) OPERATOR(pg_catalog.~) '^[0-9]{{8}}$'
+   AND (SELECT pg_catalog.count(*) FROM pg_catalog.pg_attribute AS a
+         WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND NOT a.attisdropped
+           AND a.attname OPERATOR(pg_catalog.=) ANY (ARRAY[{columns}]::name[])) OPERATOR(pg_catalog.=) {count}
+ ORDER BY c.relname",
+            schema = names.schema().literal(),
+            n = prefix.chars().count(),
+            after = prefix.chars().count() + 1,
+            prefix_lit = text_literal(&prefix),
+            columns = LOG_COLUMNS
+                .iter()
+                .map(|c| text_literal(c.name))
+                .collect::<Vec<_>>()
+                .join(", "),
+            count = LOG_COLUMNS.len(),
+        )
 }
 
 #[cfg(test)]

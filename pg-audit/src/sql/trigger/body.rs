@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 
 use super::TriggerSpec;
-use super::row::{condition_for, key_json, record_key, values_json};
+use super::row::{SEED, condition_for, key_json, record_key, values_json};
 use crate::sql::log::AuditLog;
 use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, record_key_seed_expr, written_columns};
 
@@ -245,8 +245,6 @@ const CONTEXT: &str = "v_context";
 /// The variables holding the audited table's schema and name.
 pub(super) const SCHEMA: &str = "v_schema";
 pub(super) const TABLE: &str = "v_table";
-/// The variable holding the seed of the table's record keys.
-pub(super) const SEED: &str = "v_seed";
 
 /// The paired rows of a statement-level UPDATE, as row expressions.
 /// The aliases the function gives whole rows: a column of the audited table of one of these

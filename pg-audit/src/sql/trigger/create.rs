@@ -44,7 +44,7 @@ BEGIN
     let _ = writeln!(
         body,
         "    {}",
-        Operation::drop_triggers_plpgsql("tbl", &all_trigger_names_array(), "    ")
+        Operation::drop_triggers_plpgsql("tbl", &Operation::all_trigger_names_array(), "    ")
     );
     for &op in spec.operations() {
         let statement = statement_trigger(op, function);
@@ -64,33 +64,13 @@ BEGIN
         on_table(
             &format!(
                 "CREATE TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON ",
-                guard_trigger_name()
+                Operation::guard_trigger_name()
             ),
             &format!(" FOR EACH ROW EXECUTE FUNCTION {guard}()")
         )
     );
     let _ = write!(body, "    {RESTORE_PATH}\nEND\n");
     body
-}
-
-/// `ARRAY[...]::name[]` of every trigger an install creates: each operation's and the guard.
-pub(crate) fn all_trigger_names_array() -> String {
-    format!(
-        "ARRAY[{}]::name[]",
-        Operation::ALL
-            .iter()
-            .map(|op| op.trigger_name())
-            .chain([guard_trigger_name()])
-            .map(|name| name.literal())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
-}
-
-/// The row-level trigger on a partitioned table that refuses writes to partitions without
-/// audit triggers of their own.
-pub(crate) fn guard_trigger_name() -> Ident {
-    Ident::generated("pg_audit_guard", "")
 }
 
 /// A statement naming the table: `before`, the table (`tbl`, written schema-qualified under

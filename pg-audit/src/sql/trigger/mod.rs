@@ -17,7 +17,7 @@
 //! The spec and its methods live here; each part of the install is rendered by a module of
 //! its own: `guard` (the install's checks of the table), `body` (the trigger function),
 //! `create` (the `CREATE TRIGGER` statements) and `row` (expressions over one row), and
-//! the install record by [`crate::sql::drift`].
+//! the install record by [`crate::sql::install`].
 
 use std::fmt::Write as _;
 use std::str::FromStr;
@@ -27,17 +27,19 @@ use crate::ident::{Ident, QualifiedName, dollar_quote, short_hash, text_literal}
 use crate::sql::capture::Capture;
 use crate::sql::condition::Condition;
 use crate::sql::create_function;
-use crate::sql::drift::{self, Audited, InstallRecord};
+use crate::sql::install::{self, Audited, InstallRecord};
 use crate::sql::log::AuditLog;
 use crate::sql::shape::Operation;
 
 mod body;
+mod builder;
 mod create;
 
-pub(crate) use create::{all_trigger_names_array, guard_trigger_name};
-pub(crate) use row::condition_for;
 mod guard;
 mod row;
+mod wal;
+
+pub use builder::TriggerSpecBuilder;
 
 /// Which columns of the audited table reach the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,149 +121,11 @@ pub struct TriggerSpec {
     capture: Capture,
 }
 
-/// Builds a [`TriggerSpec`]; [`TriggerSpecBuilder::build`] checks the whole configuration.
-#[derive(Debug, Clone)]
-#[must_use]
-pub struct TriggerSpecBuilder {
-    table: QualifiedName,
-    primary_key: Vec<String>,
-    track_only: Option<Vec<String>>,
-    exclude: Option<Vec<String>>,
-    condition: Option<String>,
-    operations: Option<Vec<Operation>>,
-    level: TriggerLevel,
-    capture: Capture,
-}
-
-fn strings<I, S>(items: I) -> Vec<String>
-where
-    I: IntoIterator<Item = S>,
-    S: Into<String>,
-{
-    items.into_iter().map(Into::into).collect()
-}
-
-impl TriggerSpecBuilder {
-    /// The columns identifying a row: the primary key or a unique index (default: `id`).
-    pub fn primary_key<I: IntoIterator<Item = S>, S: Into<String>>(mut self, columns: I) -> Self {
-        self.primary_key = strings(columns);
-        self
-    }
-
-    /// Logs only these columns.
-    pub fn track_only<I: IntoIterator<Item = S>, S: Into<String>>(mut self, columns: I) -> Self {
-        self.track_only = Some(strings(columns));
-        self
-    }
-
-    /// Keeps these columns' values out of the log.
-    pub fn exclude_fields<I: IntoIterator<Item = S>, S: Into<String>>(
-        mut self,
-        columns: I,
-    ) -> Self {
-        self.exclude = Some(strings(columns));
-        self
-    }
-
-    /// Logs only rows for which this SQL boolean over `NEW` and `OLD` is true (see
-    /// [`crate::Condition`] for what `NEW` and `OLD` mean on INSERT and DELETE).
-    pub fn condition(mut self, condition: impl Into<String>) -> Self {
-        self.condition = Some(condition.into());
-        self
-    }
-
-    /// The operations to audit (default: all four, [`Operation::DEFAULT`]).
-    pub fn operations<I: IntoIterator<Item = Operation>>(mut self, operations: I) -> Self {
-        self.operations = Some(operations.into_iter().collect());
-        self
-    }
-
-    /// The trigger level (default [`TriggerLevel::Auto`]).
-    pub fn level(mut self, level: TriggerLevel) -> Self {
-        self.level = level;
-        self
-    }
-
-    /// Where changes are captured (default [`Capture::Trigger`]; see [`crate::sql::capture`]).
-    pub fn capture(mut self, capture: Capture) -> Self {
-        self.capture = capture;
-        self
-    }
-
-    /// Checks the configuration and returns the spec, or the first mistake found.
-    pub fn build(self) -> Result<TriggerSpec, Error> {
-        let primary_key = column_list("primary_key", self.primary_key)?;
-        let columns = match (self.track_only, self.exclude) {
-            (Some(_), Some(_)) => return Err(Error::TrackOnlyWithExclude),
-            (Some(cols), None) => Columns::TrackOnly(column_list("track_only", cols)?),
-            (None, Some(cols)) => {
-                let cols = column_list("exclude_fields", cols)?;
-                if let Some(pk) = cols.iter().find(|c| primary_key.contains(c)) {
-                    return Err(Error::ExcludedPrimaryKey {
-                        column: pk.as_str().to_owned(),
-                    });
-                }
-                Columns::Exclude(cols)
-            }
-            (None, None) => Columns::All,
-        };
-        let condition = self
-            .condition
-            .as_deref()
-            .map(Condition::parse)
-            .transpose()?;
-        let mut operations = self
-            .operations
-            .unwrap_or_else(|| Operation::DEFAULT.to_vec());
-        operations.sort();
-        operations.dedup();
-        if operations.is_empty() {
-            return Err(Error::NoOperations);
-        }
-        Ok(TriggerSpec {
-            table: self.table,
-            primary_key,
-            columns,
-            condition,
-            operations,
-            level: self.level,
-            capture: self.capture,
-        })
-    }
-}
-
-fn column_list(option: &'static str, names: Vec<String>) -> Result<Vec<Ident>, Error> {
-    if names.is_empty() {
-        return Err(Error::EmptyList { option });
-    }
-    let mut out: Vec<Ident> = Vec::with_capacity(names.len());
-    for name in names {
-        let ident = Ident::with_kind(name, "column")?;
-        if out.contains(&ident) {
-            return Err(Error::DuplicateColumn {
-                option,
-                column: ident.as_str().to_owned(),
-            });
-        }
-        out.push(ident);
-    }
-    Ok(out)
-}
-
 impl TriggerSpec {
     /// Starts a spec for `table` with the defaults: key `id`, all columns, INSERT, UPDATE and
     /// DELETE, [`TriggerLevel::Auto`].
     pub fn builder(table: QualifiedName) -> TriggerSpecBuilder {
-        TriggerSpecBuilder {
-            table,
-            primary_key: vec!["id".to_owned()],
-            track_only: None,
-            exclude: None,
-            condition: None,
-            operations: None,
-            level: TriggerLevel::Auto,
-            capture: Capture::Trigger,
-        }
+        TriggerSpecBuilder::new(table)
     }
 
     /// The audited table.
@@ -362,7 +226,7 @@ impl TriggerSpec {
             dollar_quote(&create::triggers_body(
                 self,
                 &function,
-                &log.function("unaudited_partition")
+                &log.names().function("unaudited_partition")
             ))
         );
         let _ = writeln!(sql, "{}", self.wal_uninstall_sql(log));
@@ -370,7 +234,7 @@ impl TriggerSpec {
             sql,
             "\n{}",
             self.install_record()
-                .insert_sql(&log.objects(), &self.table, &function)
+                .insert_sql(log.names(), &self.table, &function)
         );
         // A partitioned table's partitions get triggers of their own (after the record, which
         // says which).
@@ -379,7 +243,7 @@ impl TriggerSpec {
             "DO {};",
             dollar_quote(&format!(
                 "\nBEGIN\n    PERFORM {}(pg_catalog.to_regclass({}));\nEND\n",
-                log.function("adopt_partitions"),
+                log.names().function("adopt_partitions"),
                 self.table.literal()
             ))
         );
@@ -398,7 +262,7 @@ impl TriggerSpec {
         let _ = writeln!(
             sql,
             "{}",
-            drift::delete_sql(&log.config_table(), &self.table)
+            install::delete_sql(&log.config_table(), &self.table)
         );
         sql
     }
@@ -425,7 +289,7 @@ BEGIN
     END LOOP;
 END
 ",
-                Operation::drop_triggers_plpgsql("part", &create::all_trigger_names_array(), "        "),
+                Operation::drop_triggers_plpgsql("part", &Operation::all_trigger_names_array(), "        "),
                 table = self.table.literal()
             ))
         );

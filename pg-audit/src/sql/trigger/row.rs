@@ -7,6 +7,9 @@ use crate::ident::Ident;
 use crate::sql::condition::RowRef;
 use crate::sql::shape::{Operation, record_key_from_seed};
 
+/// The variable holding the seed of the table's record keys, computed once per call.
+pub(super) const SEED: &str = "v_seed";
+
 /// The JSON object of the audited columns of `row` (an expression of the table's row type).
 pub(super) fn values_json(spec: &TriggerSpec, row: &str) -> String {
     match spec.columns() {
@@ -29,7 +32,7 @@ pub(super) fn key_json(spec: &TriggerSpec, row: &str) -> String {
 
 /// The log's `record_key` of the key object `record_pk`, for the table the trigger fires on.
 pub(super) fn record_key(record_pk: &str) -> String {
-    record_key_from_seed(super::body::SEED, record_pk)
+    record_key_from_seed(SEED, record_pk)
 }
 
 /// The condition for `op`, with `NEW` and `OLD` written as `new` and `old` (see
