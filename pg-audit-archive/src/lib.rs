@@ -23,16 +23,19 @@
 //! `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, and for a compatible server `AWS_ENDPOINT_URL` (and
 //! `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
 
+mod catalogue;
 mod file;
 mod partition;
 mod read;
+mod redact;
 mod store;
 
 pub use partition::{Archived, Candidate, archive_partition, candidates};
 pub use read::{
-    ArchivedFile, ArchivedHistory, Erase, Redacted, archived_files, history, history_from,
-    load_archived, record_key_sql, redact,
+    ArchivedFile, ArchivedHistory, archived_files, history, history_from, load_archived,
+    record_key_sql,
 };
+pub use redact::{Erase, Redacted, redact};
 pub use store::Archive;
 
 /// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.

@@ -4,6 +4,7 @@
 use pg_audit::{AuditLog, Ident, QualifiedName, Retention};
 use tokio_postgres::Client;
 
+use crate::catalogue::{content, hex, lock_archive};
 use crate::file::file_metadata;
 use crate::read::{fresh_table, load_path, write_file};
 use crate::{Archive, Error, db};
@@ -275,54 +276,4 @@ async fn archive_locked(
         bytes,
         total_bytes: partition.total_bytes,
     })
-}
-
-/// What a relation holds, in the terms the catalogue records.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Content {
-    pub(crate) rows: i64,
-    pub(crate) min_id: Option<i64>,
-    pub(crate) max_id: Option<i64>,
-    pub(crate) digest: Vec<u8>,
-}
-
-pub(crate) async fn content(
-    client: &Client,
-    log: &AuditLog,
-    relation: &str,
-) -> Result<Content, Error> {
-    let row = client
-        .query_one(&log.content_digest_sql(relation), &[])
-        .await
-        .map_err(db(format!("cannot compute the digest of {relation}")))?;
-    Ok(Content {
-        rows: row.get(0),
-        min_id: row.get(1),
-        max_id: row.get(2),
-        digest: row.get(3),
-    })
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Takes (or with `take` false, releases) the session lock that archiving and redaction share:
-/// a redaction between an archive's read and its drop would be lost.
-pub(crate) async fn lock_archive(client: &Client, log: &AuditLog, take: bool) -> Result<(), Error> {
-    let key = pg_audit::quote_literal(&log.archives_table().to_string())
-        .expect("a relation name holds no NUL");
-    let function = if take {
-        "pg_advisory_lock"
-    } else {
-        "pg_advisory_unlock"
-    };
-    client
-        .execute(
-            &format!("SELECT pg_catalog.{function}(pg_catalog.hashtext({key}))"),
-            &[],
-        )
-        .await
-        .map_err(db("cannot take the archive lock"))?;
-    Ok(())
 }
