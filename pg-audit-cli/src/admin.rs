@@ -1,443 +1,254 @@
-//! The administration commands, run against a database: history, tx, partitions, check.
+//! `pg-audit admin`: the audit admin's pages served on their own.
+//!
+//! It binds to loopback unless given credentials: on another address it refuses to start
+//! without `--token` or `--basic-auth`, so the trail is never served to a network unasked.
+//! With credentials every request must present them (a bearer token, or HTTP basic auth,
+//! which browsers ask for), and may revert and restore as that user; without them (loopback
+//! only) the pages are read-only, since a change must name who made it.
 
-use clap::Subcommand;
-use diesel::prelude::*;
-use diesel::sql_types::{Nullable, Text};
-use pg_audit::sql::shape::entry_columns;
-use pg_audit::{QualifiedName, Retention};
-use pg_audit_diesel::log::{
-    AuditEntry, AuditReader, KeyMismatch, Page, key_text, parse_key, value_text,
-};
-use pg_audit_diesel::{rfc3339, utc_string};
-use serde_json::{Value, json};
+use std::net::SocketAddr;
+
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use diesel::PgConnection;
+use diesel::r2d2::{ConnectionManager, Pool};
+use pg_audit_admin::Access;
 
 use crate::options::{Db, Result};
-use crate::output::{Progress, Table};
 
-#[derive(Debug, Subcommand)]
-pub(crate) enum PartitionsCommand {
-    /// List the log's partitions, oldest first: name, range, size.
-    List(#[command(flatten)] Db),
-    /// Create the current period's partition and the next N, moving rows the DEFAULT partition
-    /// holds for their ranges; prints each partition as it is made.
-    Ensure {
-        /// How many periods after the current one.
-        #[arg(long, value_name = "N", default_value_t = pg_audit::sql::log::DEFAULT_PREMAKE)]
-        ahead: u32,
-        #[command(flatten)]
-        db: Db,
-    },
-    /// Detach (or with --drop, drop) the partitions whose whole range is older than the
-    /// retention period; prints each as it goes.
-    Prune {
-        /// The retention period, a PostgreSQL interval: '90 days', '1 year'.
-        #[arg(long, value_name = "INTERVAL", allow_hyphen_values = true)]
-        older_than: String,
-        /// Drop the partitions, and delete the DEFAULT partition's older rows, instead of
-        /// detaching (detached partitions stay as tables to archive).
-        #[arg(long)]
-        drop: bool,
-        #[command(flatten)]
-        db: Db,
-    },
+/// How a request proves who it is.
+#[derive(Debug, Clone)]
+enum Credentials {
+    /// None needed (loopback): read-only.
+    Open,
+    /// `Authorization: Bearer <token>`, or basic auth with the token as password.
+    Token(String),
+    /// Basic auth with this user and password.
+    Basic { user: String, password: String },
 }
 
-/// `pg-audit history TABLE KEY`.
-pub(crate) fn history(
-    table: &str,
-    key: &str,
-    limit: u32,
-    before: Option<i64>,
-    archived: bool,
+/// `pg-audit admin`.
+pub(crate) fn serve(
+    listen: SocketAddr,
+    token: Option<String>,
+    basic_auth: Option<String>,
     db: &Db,
 ) -> Result<()> {
-    let (mut conn, log) = db.connect()?;
-    let reader = AuditReader::with_log(log);
-    let table = QualifiedName::parse(table)?;
-    let key = key_object(&mut conn, &reader, &table, key)?;
-    let table = crate::options::qualify(&mut conn, reader.log(), &table)?;
-    let page = Page { limit, before };
-    let mut entries = reader.history_of(&mut conn, &table, &key, page)?;
-    if archived {
-        // The archived entries are older than every live one of the same record.
-        let older = crate::archive::history(db, &table, &key)?;
-        let live: std::collections::HashSet<i64> = entries.iter().map(|e| e.id).collect();
-        entries.extend(
-            older
-                .into_iter()
-                .filter(|e| before.is_none_or(|b| e.id < b) && !live.contains(&e.id)),
-        );
-        entries.sort_by_key(|e| std::cmp::Reverse(e.id));
-        entries.truncate(limit as usize);
-    }
-    print_entries(&entries, db.json);
-    if entries.is_empty() && !db.json {
-        eprintln!("no audit entries for {table} {key}");
-    }
-    Ok(())
-}
-
-/// `pg-audit tx TXID`.
-pub(crate) fn tx(txid: i64, db: &Db) -> Result<()> {
-    let (mut conn, log) = db.connect()?;
-    let entries = AuditReader::with_log(log).transaction(&mut conn, txid)?;
-    print_entries(&entries, db.json);
-    if entries.is_empty() && !db.json {
-        eprintln!("no audit entries for transaction {txid}");
-    }
-    Ok(())
-}
-
-fn print_entries(entries: &[AuditEntry], json: bool) {
-    if json {
-        let columns: Vec<&'static str> = entry_columns().map(|c| c.name).collect();
-        let mut table = Table::new(&columns);
-        for e in entries {
-            table.push(columns.iter().map(|c| entry_field(e, c)).collect());
-        }
-        table.print(true);
-        return;
-    }
-    let mut table = Table::new(&[
-        "id",
-        "changed_at",
-        "operation",
-        "table",
-        "key",
-        "user",
-        "reason",
-        "changes",
-        "txid",
-    ]);
-    for e in entries {
-        let changes: Vec<String> = e
-            .changes()
-            .into_iter()
-            .map(|(column, (old, new))| match (old, new) {
-                (Value::Null, new) if e.old_values.is_none() => {
-                    format!("{column}={}", value_text(&new))
-                }
-                (old, Value::Null) if e.new_values.is_none() => {
-                    format!("{column}={}", value_text(&old))
-                }
-                (old, new) => format!("{column}: {} → {}", value_text(&old), value_text(&new)),
-            })
-            .collect();
-        table.push(vec![
-            json!(e.id),
-            json!(utc_string(e.changed_at)),
-            json!(e.operation.keyword()),
-            json!(format!("{}.{}", e.schema_name, e.table_name)),
-            e.record_pk
-                .as_ref()
-                .map_or(Value::Null, |k| json!(key_text(k))),
-            json!(e.context.user_id.as_deref()),
-            json!(e.context.change_reason.as_deref()),
-            json!(changes.join(", ")),
-            json!(e.txid),
-        ]);
-    }
-    table.print(false);
-}
-
-/// The value of one of the log's entry columns (`--json` prints every one, by its name): the
-/// entry as it serializes, so the program and the library's serde agree.
-fn entry_field(e: &AuditEntry, column: &str) -> Value {
-    let Ok(Value::Object(mut object)) = serde_json::to_value(e) else {
-        unreachable!("an AuditEntry serializes as a JSON object");
-    };
-    // The test below fails first when a column is added to the log's shape.
-    object
-        .remove(column)
-        .unwrap_or_else(|| panic!("log column `{column}` has no field in AuditEntry"))
-}
-
-/// The record key object for `key` as given on the command line (see
-/// [`pg_audit_diesel::log::parse_key`]), matched to the key columns recorded at install.
-pub(crate) fn key_object(
-    conn: &mut PgConnection,
-    reader: &AuditReader,
-    table: &QualifiedName,
-    key: &str,
-) -> Result<Value> {
-    let recorded = reader.recorded_keys(conn, table)?;
-    let columns: Vec<String> = match <[_; 1]>::try_from(recorded) {
-        Ok([one]) => one,
-        Err(recorded) if recorded.is_empty() => {
-            let qualified = crate::options::qualify(conn, reader.log(), table)?;
-            let exists = crate::options::relation_exists(conn, &qualified.to_string())?;
-            if !exists {
-                return Err(format!(
-                    "no table {table}: it is neither audited in this log nor in the database; \
-                     check the name (schema.table), or --log-schema/--log-name"
-                )
-                .into());
-            }
-            eprintln!(
-                "note: no pg-audit install is recorded for {table}; taking its key to be `id`"
+    let credentials = match (token, basic_auth) {
+        (Some(_), Some(_)) => return Err("give --token or --basic-auth, not both".into()),
+        (Some(token), None) if token.len() < 16 => {
+            return Err(
+                "the --token is too short to guess-proof: use at least 16 characters".into(),
             );
-            vec!["id".to_owned()]
         }
-        Err(_) => {
+        (Some(token), None) => Credentials::Token(token),
+        (None, Some(pair)) => {
+            match pair.split_once(':') {
+                Some((user, password)) if !user.is_empty() && password.len() >= 8 => {
+                    Credentials::Basic {
+                        user: user.to_owned(),
+                        password: password.to_owned(),
+                    }
+                }
+                _ => {
+                    return Err("--basic-auth takes USER:PASSWORD, with a password of at least 8 characters".into());
+                }
+            }
+        }
+        (None, None) if !listen.ip().is_loopback() => {
             return Err(format!(
-                "several audited tables are named {}; qualify it as schema.table",
-                table.name.as_str()
+                "refusing to serve the audit trail on {listen} without credentials: pass --token \
+                 or --basic-auth USER:PASSWORD, or listen on loopback (127.0.0.1)"
             )
             .into());
         }
+        (None, None) => Credentials::Open,
     };
-    parse_key(&columns, key).map_err(|m| match m {
-        KeyMismatch::Count { columns, .. } => format!(
-            "{table} is keyed by ({}): give {} values separated by commas, name=value pairs, or a JSON object",
-            columns.join(", "),
-            columns.len()
-        )
-        .into(),
-        other => format!("bad key for {table}: {other}").into(),
-    })
-}
-
-#[derive(QueryableByName)]
-struct Partition {
-    #[diesel(sql_type = Text)]
-    partition_name: String,
-    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>, deserialize_as = Option<pg_audit_diesel::log::LogTime>)]
-    range_start: Option<pg_audit_diesel::log::LogTime>,
-    #[diesel(sql_type = Nullable<diesel::sql_types::Timestamptz>, deserialize_as = Option<pg_audit_diesel::log::LogTime>)]
-    range_end: Option<pg_audit_diesel::log::LogTime>,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    is_default: bool,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    total_bytes: i64,
-}
-
-/// A partition bound: RFC 3339 in JSON, readable in a table.
-fn time(t: Option<pg_audit_diesel::log::LogTime>, json: bool) -> Value {
-    t.map_or(Value::Null, |t| {
-        json!(if json { rfc3339(t.0) } else { utc_string(t.0) })
-    })
-}
-
-/// `pg-audit partitions ...`.
-pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
-    match cmd {
-        PartitionsCommand::List(db) => {
-            let (mut conn, log) = db.connect()?;
-            let parts: Vec<Partition> =
-                diesel::sql_query(log.list_partitions_sql()).load(&mut conn)?;
-            let mut table = Table::new(&["partition", "from", "until", "default", "bytes"]);
-            for p in parts {
-                table.push(vec![
-                    json!(p.partition_name),
-                    time(p.range_start, db.json),
-                    time(p.range_end, db.json),
-                    json!(p.is_default),
-                    json!(p.total_bytes),
-                ]);
+    let url = db.pinned_url()?;
+    let log = db.log()?;
+    let pool = Pool::builder()
+        .max_size(8)
+        .connection_customizer(Box::new(StatementTimeout))
+        .build(ConnectionManager::<PgConnection>::new(url))
+        .map_err(|e| format!("cannot connect to the database: {e}"))?;
+    let open = matches!(credentials, Credentials::Open);
+    let port = listen.port();
+    let admin = pg_audit_admin::router(pool)
+        .log(log)
+        .authorize(move |request| {
+            // Open on loopback: only requests addressed to loopback, so a web page whose name
+            // an attacker rebinds to 127.0.0.1 cannot read the trail.
+            if open && !loopback_host(request, port) {
+                return Access::None;
             }
-            table.print(db.json);
-        }
-        PartitionsCommand::Ensure { ahead, db } => {
-            let (mut conn, log) = db.connect()?;
-            #[derive(QueryableByName)]
-            struct Created {
-                #[diesel(sql_type = Text)]
-                partition_name: String,
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                moved_rows: i64,
+            authorize(&credentials, request)
+        });
+    // Ask browsers for credentials instead of a bare 403.
+    let app = admin.layer(axum::middleware::map_response(
+        move |mut response: axum::response::Response| async move {
+            if response.status() == StatusCode::FORBIDDEN && !open {
+                *response.status_mut() = StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Basic realm=\"pg-audit\", charset=\"UTF-8\""),
+                );
             }
-            let mut table = Table::new(&["partition", "moved_rows"]);
-            let progress = Progress::new(ahead as usize + 1, "ensuring partitions");
-            // One period at a time, so each partition is reported as soon as it exists.
-            for k in 0..=ahead {
-                progress.step(&format!("period +{k}"));
-                let created: Vec<Created> =
-                    diesel::sql_query(log.ensure_partitions_sql(k)).load(&mut conn)?;
-                for c in created {
-                    tracing::info!(
-                        target: "pg_audit",
-                        partition = c.partition_name,
-                        moved_rows = c.moved_rows,
-                        "partition created"
-                    );
-                    if !db.json {
-                        progress.line(&format!(
-                            "created {} (moved {} rows from the DEFAULT partition)",
-                            c.partition_name, c.moved_rows
-                        ));
-                    }
-                    table.push(vec![json!(c.partition_name), json!(c.moved_rows)]);
-                }
-                progress.done();
-            }
-            drop(progress);
-            if db.json {
-                table.print(true);
-            } else if table.is_empty() {
-                crate::output::line(&format!(
-                    "every partition up to {ahead} periods ahead exists"
-                ));
-            }
-        }
-        PartitionsCommand::Prune {
-            older_than,
-            drop,
-            db,
-        } => {
-            let (mut conn, log) = db.connect()?;
-            let retention = if drop {
-                Retention::Drop
+            response
+        },
+    ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "pg-audit admin on http://{addr}/ ({}); Ctrl-C to stop",
+            if open {
+                "read-only: pass --token or --basic-auth to revert and restore"
             } else {
-                Retention::Detach
-            };
-            #[derive(QueryableByName)]
-            struct Candidate {
-                #[diesel(sql_type = Text)]
-                partition_name: String,
+                "sign in with the credentials given"
             }
-            let candidates: Vec<Candidate> = diesel::sql_query(format!(
-                "SELECT partition_name FROM ({}) AS p
-                  WHERE NOT is_default
-                    AND range_end OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::interval)
-                  ORDER BY range_start",
-                log.list_partitions_sql()
-            ))
-            .bind::<Text, _>(&older_than)
-            .load(&mut conn)?;
-            #[derive(QueryableByName)]
-            struct Pruned {
-                #[diesel(sql_type = Text)]
-                partition_name: String,
-                #[diesel(sql_type = Text)]
-                action: String,
-                #[diesel(sql_type = diesel::sql_types::BigInt)]
-                rows: i64,
-            }
-            let mut table = Table::new(&["partition", "action", "rows"]);
-            let progress = Progress::new(candidates.len(), "pruning partitions");
-            let report = |pruned: Vec<Pruned>, table: &mut Table| {
-                for p in pruned {
-                    tracing::info!(
-                        target: "pg_audit",
-                        partition = p.partition_name,
-                        action = p.action,
-                        rows = p.rows,
-                        "partition pruned"
-                    );
-                    if !db.json {
-                        progress.line(&format!(
-                            "{} {} ({} rows)",
-                            p.action, p.partition_name, p.rows
-                        ));
-                    }
-                    table.push(vec![
-                        json!(p.partition_name),
-                        json!(p.action),
-                        json!(p.rows),
-                    ]);
-                }
-            };
-            for c in &candidates {
-                progress.step(&c.partition_name);
-                let pruned = diesel::sql_query(log.prune_partition_sql(
-                    &older_than,
-                    retention,
-                    &c.partition_name,
-                )?)
-                .load(&mut conn)?;
-                report(pruned, &mut table);
-                progress.done();
-            }
-            if drop {
-                // Old rows in the DEFAULT partition.
-                let pruned = diesel::sql_query(log.prune_partitions_sql(&older_than, retention)?)
-                    .load(&mut conn)?;
-                report(pruned, &mut table);
-            }
-            std::mem::drop(progress);
-            if db.json {
-                table.print(true);
-            } else if table.is_empty() {
-                crate::output::line(&format!("nothing is older than {older_than}"));
-            }
-        }
-    }
+        );
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })?;
     Ok(())
 }
 
-/// `pg-audit check`: `Ok(true)` when nothing drifted. The check's queries run here, in a
-/// session with pg-audit's settings pinned, not through `<log>_check()`: the log's owner could
-/// replace that function with one that finds nothing.
-pub(crate) fn check(db: &Db) -> Result<bool> {
-    let (mut conn, log) = db.connect()?;
-    let problems = pg_audit_diesel::log::drift(&mut conn, &log)?;
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
+/// No page may hold a connection for long: a query of the admin's over a huge log is cut off.
+#[derive(Debug)]
+struct StatementTimeout;
+
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for StatementTimeout {
+    fn on_acquire(&self, conn: &mut PgConnection) -> std::result::Result<(), diesel::r2d2::Error> {
+        use diesel::connection::SimpleConnection as _;
+        conn.batch_execute("SET statement_timeout = '30s'")
+            .map_err(diesel::r2d2::Error::QueryError)
     }
-    let audited: Count =
-        diesel::sql_query(format!("SELECT count(*) AS n FROM {}", log.config_table()))
-            .get_result(&mut conn)?;
-    let mut table = Table::new(&["table", "problem"]);
-    for p in &problems {
-        table.push(vec![
-            json!(format!("{}.{}", p.table_schema, p.table_name)),
-            json!(p.problem),
-        ]);
+}
+
+/// Whether the request's `Host` names loopback (`127.0.0.1`, `[::1]` or `localhost`), on our
+/// port.
+fn loopback_host(request: &Parts, port: u16) -> bool {
+    let Some(host) = request
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    ["127.0.0.1", "[::1]", "localhost"]
+        .iter()
+        .any(|name| host == format!("{name}:{port}") || (port == 80 && host == *name))
+}
+
+/// What a request may do under `credentials`.
+fn authorize(credentials: &Credentials, request: &Parts) -> Access {
+    let given = request
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (scheme, rest) = given.split_once(' ').unwrap_or(("", ""));
+    let basic = pg_audit_admin::basic_credentials(&request.headers);
+    match credentials {
+        Credentials::Open => Access::Read,
+        Credentials::Token(token) => {
+            let presented = Some(rest.trim().to_owned())
+                .filter(|_| scheme.eq_ignore_ascii_case("bearer"))
+                .or_else(|| basic.as_ref().map(|(_, p)| p.clone()));
+            match presented {
+                // A shared token says nothing about who holds it: the user is not taken from
+                // the request, where anyone with the token could name anyone.
+                Some(p) if same(&p, token) => Access::Write {
+                    user: "pg-audit admin (token)".to_owned(),
+                },
+                _ => Access::None,
+            }
+        }
+        Credentials::Basic { user, password } => match basic {
+            Some((u, p)) if same(&u, user) && same(&p, password) => Access::Write { user: u },
+            _ => Access::None,
+        },
     }
-    if db.json {
-        table.print(true);
-    } else if problems.is_empty() {
-        crate::output::line(&format!(
-            "ok: {} audited table(s), installed as recorded",
-            audited.n
-        ));
-    } else {
-        table.print(false);
-        crate::output::line(&format!(
-            "\n{} problem(s); reinstall: AuditMigrations::reinstall from the application, or `pg-audit sql trigger ... | psql`",
-            problems.len()
-        ));
-    }
-    Ok(problems.is_empty())
+}
+
+/// Equal, in time independent of where they differ.
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pg_audit_diesel::AuditContext;
-    use std::time::SystemTime;
+
+    fn parts(authorization: Option<&str>) -> Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(a) = authorization {
+            request = request.header(header::AUTHORIZATION, a);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
 
     #[test]
-    fn json_output_has_every_entry_column() {
-        let entry = AuditEntry {
-            id: 1,
-            changed_at: SystemTime::UNIX_EPOCH,
-            tx_started_at: SystemTime::UNIX_EPOCH,
-            txid: 2,
-            operation: pg_audit::Operation::Insert,
-            schema_name: "public".into(),
-            table_name: "users".into(),
-            record_pk: Some(json!({"id": 1})),
-            old_values: None,
-            new_values: Some(json!({"id": 1})),
-            db_user: "app".into(),
-            context: AuditContext::new(),
-            old_record_pk: None,
+    fn the_open_server_answers_only_requests_addressed_to_loopback() {
+        let with_host = |host: &str| {
+            axum::http::Request::builder()
+                .header(header::HOST, host)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
         };
-        let serialized = serde_json::to_value(&entry).unwrap();
-        let fields: Vec<&String> = serialized.as_object().unwrap().keys().collect();
-        let mut columns: Vec<&str> = entry_columns().map(|c| c.name).collect();
-        columns.sort_unstable(); // serde_json's objects keep their keys sorted
+        assert!(loopback_host(&with_host("127.0.0.1:8080"), 8080));
+        assert!(loopback_host(&with_host("LOCALHOST:8080"), 8080));
+        assert!(loopback_host(&with_host("[::1]:8080"), 8080));
+        assert!(!loopback_host(&with_host("attacker.example:8080"), 8080));
+        assert!(!loopback_host(&with_host("127.0.0.1:9090"), 8080));
+        assert!(!loopback_host(&parts(None), 8080));
+    }
+
+    #[test]
+    fn credentials_decide_access() {
+        let token = Credentials::Token("0123456789abcdef".into());
+        assert_eq!(authorize(&token, &parts(None)), Access::None);
+        let by_token = Access::Write {
+            user: "pg-audit admin (token)".into(),
+        };
         assert_eq!(
-            fields, columns,
-            "AuditEntry's fields are the log's entry columns"
+            authorize(&token, &parts(Some("Bearer 0123456789abcdef"))),
+            by_token
+        );
+        // "ann:0123456789abcdef": the token as password, but the user is not ann's to choose.
+        assert_eq!(
+            authorize(&token, &parts(Some("basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
+            by_token
         );
         assert_eq!(
-            entry_field(&entry, "changed_at"),
-            "1970-01-01T00:00:00.000000Z"
+            authorize(&token, &parts(Some("Bearer 0123456789abcdeX"))),
+            Access::None
         );
-        assert_eq!(entry_field(&entry, "context"), Value::Null);
+        let basic = Credentials::Basic {
+            user: "ann".into(),
+            password: "0123456789abcdef".into(),
+        };
+        assert_eq!(
+            authorize(&basic, &parts(Some("Basic YW5uOjAxMjM0NTY3ODlhYmNkZWY="))),
+            Access::Write { user: "ann".into() }
+        );
+        assert_eq!(authorize(&basic, &parts(Some("Basic !!!"))), Access::None);
+        assert_eq!(authorize(&Credentials::Open, &parts(None)), Access::Read);
     }
 }

@@ -8,10 +8,10 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 mod admin;
 mod archive;
 mod capture;
+mod inspect;
 mod options;
 mod output;
 mod seal;
-mod server;
 mod sql;
 
 /// pg-audit: an audit log of every INSERT, UPDATE, DELETE and TRUNCATE on chosen PostgreSQL
@@ -69,7 +69,7 @@ enum Command {
     },
     /// List, create ahead, and prune the log's partitions.
     #[command(subcommand)]
-    Partitions(admin::PartitionsCommand),
+    Partitions(inspect::PartitionsCommand),
     /// Compare the installed triggers with what was recorded at install: a trigger missing,
     /// disabled or edited, an audited column dropped. Exits 1 on drift.
     Check(#[command(flatten)] options::Db),
@@ -205,10 +205,10 @@ fn main() -> ExitCode {
             before,
             archived,
             db,
-        } => admin::history(&table, &key, limit, before, archived, &db),
-        Command::Tx { txid, db } => admin::tx(txid, &db),
-        Command::Partitions(cmd) => admin::partitions(cmd),
-        Command::Check(db) => match admin::check(&db) {
+        } => inspect::history(&table, &key, limit, before, archived, &db),
+        Command::Tx { txid, db } => inspect::tx(txid, &db),
+        Command::Partitions(cmd) => inspect::partitions(cmd),
+        Command::Check(db) => match inspect::check(&db) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),
@@ -264,7 +264,7 @@ fn main() -> ExitCode {
             token,
             basic_auth,
             db,
-        } => server::serve(listen, token, basic_auth, &db),
+        } => admin::serve(listen, token, basic_auth, &db),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -455,7 +455,7 @@ pub(crate) fn redact(args: RedactArgs<'_>, db: &Db) -> Result<()> {
         (Some(table), Some(key), None) => {
             let reader = AuditReader::with_log(log.clone());
             let table = crate::options::qualify(&mut conn, &log, &QualifiedName::parse(table)?)?;
-            let key = crate::admin::key_object(&mut conn, &reader, &table, key)?;
+            let key = crate::inspect::key_object(&mut conn, &reader, &table, key)?;
             Some((table, key))
         }
         (None, None, Some(user)) => {
