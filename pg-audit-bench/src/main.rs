@@ -216,12 +216,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The context every audited write in the benchmark carries, all six fields, set as the
-/// runtime sets it: one `SET LOCAL` in the same round trip as the statement.
-const CONTEXT_SQL: &str = "SET LOCAL pg_audit.context = \
-     '{\"user_id\":\"user-:client_id\",\"request_id\":\"req-:id\",\
+/// The context every audited write in the benchmark carries, all six fields (with pgbench's
+/// `:client_id` and `:id` in it).
+const CONTEXT_JSON: &str = "{\"user_id\":\"user-:client_id\",\"request_id\":\"req-:id\",\
      \"change_reason\":\"benchmark change\",\"client_addr\":\"203.0.113.9\",\
-     \"source\":\"pg-audit-bench\",\"metadata\":{\"bench\":true}}'";
+     \"source\":\"pg-audit-bench\",\"metadata\":{\"bench\":true}}";
+
+/// The context set as the runtime sets it, through the engine's one statement: `SET LOCAL` in
+/// the same round trip as the write, or with `emit_to_wal` the setting and its logical message.
+fn context_sql(emit_to_wal: bool) -> String {
+    pg_audit::context::set_sql(CONTEXT_JSON, emit_to_wal).expect("no NUL")
+}
 
 fn full_context() -> AuditContext {
     AuditContext::new()
@@ -330,7 +335,8 @@ impl Bench {
                         let statement = sql.replace("{t}", &table);
                         let script = if v.audited {
                             format!(
-                                "\\set id random(1, {ROWS})\nBEGIN \\; {CONTEXT_SQL} \\; {statement} \\; COMMIT;\n"
+                                "\\set id random(1, {ROWS})\nBEGIN \\; {} \\; {statement} \\; COMMIT;\n",
+                                context_sql(false)
                             )
                         } else {
                             format!("\\set id random(1, {ROWS})\n{statement};\n")
@@ -370,7 +376,8 @@ impl Bench {
                 );
                 let script = if v.audited {
                     format!(
-                        "\\set id random(1, {ROWS})\nBEGIN \\; {CONTEXT_SQL} \\; {statement} \\; COMMIT;\n"
+                        "\\set id random(1, {ROWS})\nBEGIN \\; {} \\; {statement} \\; COMMIT;\n",
+                        context_sql(false)
                     )
                 } else {
                     format!("\\set id random(1, {ROWS})\n{statement};\n")
@@ -422,7 +429,9 @@ impl Bench {
                 ];
                 for (i, statement) in statements.iter().enumerate() {
                     let batch = if v.audited {
-                        let ctx = CONTEXT_SQL.replace(":client_id", "1").replace(":id", "1");
+                        let ctx = context_sql(false)
+                            .replace(":client_id", "1")
+                            .replace(":id", "1");
                         format!("BEGIN; {ctx}; {statement}; COMMIT;")
                     } else {
                         statement.clone()

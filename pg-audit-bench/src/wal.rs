@@ -10,11 +10,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use pg_audit::sql::capture::emit_context_sql;
 use pg_audit::{AuditLog, Capture, QualifiedName, TriggerSpec};
 
 use crate::report::{Goal, Measure, Report};
-use crate::{Bench, CONTEXT_SQL, ROWS, fill_rows};
+use crate::{Bench, ROWS, context_sql, fill_rows};
 
 /// The variant the goals are about.
 const WAL: &str = "pg-audit wal";
@@ -32,26 +31,17 @@ const VARIANTS: [(&str, &str); 4] = [
 /// The unaudited table in transactions that set the context and emit its message.
 const PLAIN_MESSAGE: &str = "plain + context message";
 
-/// The context as the runtime sets it when a table is captured from the WAL: the setting and
-/// the message in one statement.
-fn wal_context_sql() -> String {
-    let setting = CONTEXT_SQL
-        .strip_prefix("SET LOCAL pg_audit.context = ")
-        .expect("the context statement");
-    format!(
-        "SELECT pg_catalog.set_config('pg_audit.context', {setting}, true), {}",
-        emit_context_sql(setting)
-    )
-}
-
 /// The pgbench script of `statement` on `variant`'s table.
 fn script(variant: &str, statement: &str) -> String {
     let body = match variant {
         "plain" => format!("{statement};"),
-        "pg-audit" => format!("BEGIN \\; {CONTEXT_SQL} \\; {statement} \\; COMMIT;"),
+        "pg-audit" => format!(
+            "BEGIN \\; {} \\; {statement} \\; COMMIT;",
+            context_sql(false)
+        ),
         _ => format!(
             "BEGIN \\; {} \\; {statement} \\; COMMIT;",
-            wal_context_sql()
+            context_sql(true)
         ),
     };
     format!("\\set id random(1, {ROWS})\n{body}\n")
@@ -144,17 +134,15 @@ pub(crate) fn run(bench: &mut Bench, version: &str) -> Result<(), Box<dyn std::e
                     format!("DELETE FROM {table}"),
                 ];
                 for (i, statement) in statements.iter().enumerate() {
-                    let ctx = CONTEXT_SQL.replace(":client_id", "1").replace(":id", "1");
+                    let ctx = |emit| {
+                        context_sql(emit)
+                            .replace(":client_id", "1")
+                            .replace(":id", "1")
+                    };
                     let batch = match variant {
                         "plain" => statement.clone(),
-                        "pg-audit" => format!("BEGIN; {ctx}; {statement}; COMMIT;"),
-                        _ => format!(
-                            "BEGIN; {ctx}; SELECT {}; {statement}; COMMIT;",
-                            emit_context_sql(
-                                ctx.strip_prefix("SET LOCAL pg_audit.context = ")
-                                    .expect("context")
-                            )
-                        ),
+                        "pg-audit" => format!("BEGIN; {}; {statement}; COMMIT;", ctx(false)),
+                        _ => format!("BEGIN; {}; {statement}; COMMIT;", ctx(true)),
                     };
                     let start = Instant::now();
                     bench.conn.batch_execute(&batch)?;

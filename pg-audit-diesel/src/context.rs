@@ -1,9 +1,8 @@
 //! The audit context: who, why and from where a change is made.
 
 use pg_audit::context::{
-    CHANGE_REASON, CLIENT_ADDR, METADATA, REQUEST_ID, SETTING, SOURCE, TRACE_ID, USER_ID,
+    CHANGE_REASON, CLIENT_ADDR, METADATA, REQUEST_ID, SOURCE, TRACE_ID, USER_ID,
 };
-use pg_audit::quote_literal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -296,24 +295,10 @@ impl AuditContext {
     }
 }
 
-/// `SET LOCAL pg_audit.context = value`: transaction-local like `set_config(..., true)`, and a
-/// utility statement, so nothing is planned and no row goes back to the client (measured ~25%
-/// cheaper per transaction than `SELECT set_config`, see docs/performance.md).
-///
-/// When any table is captured from the write-ahead log ([`emit_context_to_wal`]), one `SELECT`
-/// sets it and emits the context as a transactional logical message for the capture worker.
+/// The engine's statement setting the context to `value` ([`pg_audit::context::set_sql`]),
+/// emitting it to the write-ahead log as [`emit_context_to_wal`] decided.
 pub(crate) fn set_setting_sql(value: &str) -> String {
-    let quoted = quote_literal(value).expect("validated: no NUL");
-    if emits_context_to_wal() {
-        // One statement for both (the `SELECT` is needed for the message anyway).
-        format!(
-            "SELECT pg_catalog.set_config({}, {quoted}, true), {}",
-            quote_literal(SETTING).expect("no NUL"),
-            pg_audit::sql::capture::emit_context_sql(&quoted)
-        )
-    } else {
-        format!("SET LOCAL {SETTING} = {quoted}")
-    }
+    pg_audit::context::set_sql(value, emits_context_to_wal()).expect("validated: no NUL")
 }
 
 /// Set by [`emit_context_to_wal`], or from the registry on first use.
@@ -410,6 +395,7 @@ fn check_json(value: &Value) -> Result<(), InvalidContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pg_audit::quote_literal;
     use serde_json::json;
 
     #[test]
