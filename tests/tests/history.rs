@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use diesel::prelude::*;
 use pg_audit::Operation;
-use pg_audit_diesel::log::{AuditReader, Page, TimeRange};
+use pg_audit_diesel::log::{Activity, AuditReader, Page, TimeRange};
 use pg_audit_diesel::{AuditConnectionExt, AuditContext, AuditMigrations, ModelSet, pg_audit};
 use pg_audit_tests::{TestDb, exec, rows, value};
 use pretty_assertions::assert_eq;
@@ -712,6 +712,37 @@ async fn the_async_reader_answers_as_the_sync_one() {
     assert_eq!(
         reader.recorded_keys(&mut aconn, &table).await.unwrap(),
         [["org", "line_no"]]
+    );
+    let by_alice_filter = Activity {
+        user_id: Some("alice".into()),
+        ..Activity::default()
+    };
+    let listed = reader
+        .activity(&mut aconn, &by_alice_filter, Page::first(10))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed,
+        sync.activity(&mut conn, &by_alice_filter, Page::first(10))
+            .unwrap()
+    );
+    assert_eq!(
+        reader.blame::<Person>(&mut aconn, 2).await.unwrap(),
+        sync.blame::<Person>(&mut conn, 2).unwrap()
+    );
+    let people = pg_audit::QualifiedName::parse("people").unwrap();
+    let then = reader
+        .table_at(&mut aconn, &people, middle, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        then.rows.iter().map(|r| &r.values).collect::<Vec<_>>(),
+        [&json!({"id": 1, "name": "Ann", "email": "a@y"})]
+    );
+    assert_eq!(
+        then,
+        sync.table_at(&mut conn, &people, middle, None, 10).unwrap()
     );
 
     // Revert across the key change, and restore the deleted line.

@@ -1,0 +1,72 @@
+//! What one record looked like at a time, rebuilt from the log, and what differs between two
+//! times.
+
+use std::time::SystemTime;
+
+use diesel::QueryResult;
+use diesel::sql_types::{BigInt, Nullable, Timestamptz};
+use pg_audit::{AuditLog, QualifiedName};
+use serde_json::Value;
+
+use super::history::{key_change, record_sql};
+use super::record_query;
+use crate::Error;
+use crate::log::driver::{Driver, first};
+use crate::log::{AuditEntry, Diff, LogTime, changed_columns};
+
+/// The audited columns of the record of `table` keyed `key` as they were at `at` (see
+/// [`AuditReader::state_at`](super::AuditReader::state_at)).
+pub(super) async fn state_at<D: Driver>(
+    log: &AuditLog,
+    conn: &mut D,
+    table: &QualifiedName,
+    key: &Value,
+    at: SystemTime,
+) -> QueryResult<Option<Value>> {
+    // Newest key first, back across the UPDATEs that changed it.
+    let (mut key, mut upper) = (key.clone(), None);
+    loop {
+        let query = record_query(
+            record_sql(
+                log,
+                "WHERE l.changed_at OPERATOR(pg_catalog.<=) $5
+                  ORDER BY l.changed_at DESC, l.id DESC
+                  LIMIT 1",
+            ),
+            table,
+            &key,
+        )
+        .bind::<Nullable<BigInt>, _>(upper)
+        .bind::<Timestamptz, _>(LogTime(at));
+        let last: Option<AuditEntry> = first(conn.load(query).await?);
+        if let Some(last) = last {
+            // An UPDATE that took the record away from this key ends it under the key.
+            return Ok(Some(last)
+                .filter(|e| e.old_record_pk.as_ref() != Some(&key))
+                .and_then(|e| e.new_values));
+        }
+        match key_change(log, conn, table, &key, upper).await? {
+            Some((change, before)) => (key, upper) = (before, Some(change)),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// The record at `from` and at `to`, and the columns that differ.
+pub(super) async fn diff<D: Driver>(
+    log: &AuditLog,
+    conn: &mut D,
+    table: &QualifiedName,
+    key: &Value,
+    from: SystemTime,
+    to: SystemTime,
+) -> Result<Diff, Error> {
+    let before = state_at(log, conn, table, key, from).await?;
+    let after = state_at(log, conn, table, key, to).await?;
+    let changed = changed_columns(before.as_ref(), after.as_ref());
+    Ok(Diff {
+        before,
+        after,
+        changed,
+    })
+}
