@@ -258,17 +258,6 @@ impl AuditContext {
         (!object.is_empty()).then_some(Value::Object(object))
     }
 
-    /// `SET LOCAL pg_audit.context = '<json>'`, the value quoted by the one quoting function;
-    /// with `all`, an empty context is set as an empty string (stored as NULL), otherwise
-    /// `None`. Call [`AuditContext::validate`] first.
-    pub(crate) fn set_sql(&self, all: bool) -> Option<String> {
-        let json = self.to_json().map(|v| v.to_string());
-        if json.is_none() && !all {
-            return None;
-        }
-        Some(set_setting_sql(json.as_deref().unwrap_or("")))
-    }
-
     /// Builds a context from the raw setting (empty or unset: no context). A value that is not
     /// a JSON object (set by hand) is kept whole as metadata rather than dropped.
     pub(crate) fn from_setting(raw: Option<&str>) -> AuditContext {
@@ -291,57 +280,6 @@ impl AuditContext {
             source: text(SOURCE),
             trace_id: text(TRACE_ID),
             metadata: object.remove(METADATA),
-        }
-    }
-}
-
-/// The engine's statement setting the context to `value` ([`pg_audit::context::set_sql`]),
-/// emitting it to the write-ahead log as [`emit_context_to_wal`] decided.
-pub(crate) fn set_setting_sql(value: &str) -> String {
-    pg_audit::context::set_sql(value, emits_context_to_wal()).expect("validated: no NUL")
-}
-
-/// Set by [`emit_context_to_wal`], or from the registry on first use.
-static WAL_CONTEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
-const UNDECIDED: u8 = 0;
-const OFF: u8 = 1;
-const ON: u8 = 2;
-
-/// Makes the helpers (sync, async, `AuditedConnection`, the web layer's transactions) also emit
-/// each transaction's context as a transactional logical message, which the capture worker
-/// (`pg-audit-capture`) attaches to the changes it reads from the write-ahead log; or stops
-/// them. By default they do when any `#[pg_audit]` model linked into the program has
-/// `capture = wal`; call this when tables are installed for WAL capture another way (the
-/// `pg-audit` program, another service's models). The message costs a little WAL per
-/// transaction that sets a context, and gives a read-only one a transaction id.
-pub fn emit_context_to_wal(on: bool) {
-    WAL_CONTEXT.store(
-        if on { ON } else { OFF },
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-
-/// Whether the helpers emit the context to the write-ahead log.
-pub(crate) fn emits_context_to_wal() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    match WAL_CONTEXT.load(Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let any_wal = inventory::iter::<crate::model::AuditedModel>
-                .into_iter()
-                .any(|m| {
-                    m.trigger_spec()
-                        .is_ok_and(|s| s.capture() == pg_audit::Capture::Wal)
-                });
-            // A call to `emit_context_to_wal` in the meantime wins.
-            let _ = WAL_CONTEXT.compare_exchange(
-                UNDECIDED,
-                if any_wal { ON } else { OFF },
-                Relaxed,
-                Relaxed,
-            );
-            WAL_CONTEXT.load(Relaxed) == ON
         }
     }
 }
@@ -395,7 +333,6 @@ fn check_json(value: &Value) -> Result<(), InvalidContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pg_audit::quote_literal;
     use serde_json::json;
 
     #[test]
@@ -451,25 +388,6 @@ mod tests {
                 .user_id("x".repeat(MAX_VALUE_LEN))
                 .validate()
                 .is_ok()
-        );
-    }
-
-    #[test]
-    fn set_sql_sets_one_json_setting_quoted() {
-        let ctx = AuditContext::new().change_reason("it's \\ $$");
-        let json = ctx.to_json().unwrap().to_string();
-        assert_eq!(json, r#"{"change_reason":"it's \\ $$"}"#);
-        assert_eq!(
-            ctx.set_sql(false).unwrap(),
-            format!(
-                "SET LOCAL pg_audit.context = {}",
-                quote_literal(&json).unwrap()
-            )
-        );
-        assert_eq!(AuditContext::new().set_sql(false), None);
-        assert_eq!(
-            AuditContext::new().set_sql(true).unwrap(),
-            "SET LOCAL pg_audit.context = ''"
         );
     }
 

@@ -107,16 +107,15 @@ pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]
 pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
-pub use context::{
-    AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR,
-    emit_context_to_wal,
-};
+pub use context::{AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};
 pub use migration::{
     AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
 };
-pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+pub use model::{
+    AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet, emit_context_to_wal,
+};
 pub use sync_conn::AuditConnectionExt;
 pub use time::{parse_rfc3339, rfc3339, utc_string};
 #[cfg(feature = "connection-wrapper")]

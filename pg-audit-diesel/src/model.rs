@@ -1,5 +1,6 @@
-//! Audited models: the trait `#[pg_audit]` implements, the registry of annotated models, and
-//! explicit model lists.
+//! Audited models: the trait `#[pg_audit]` implements, the registry of annotated models,
+//! explicit model lists, and what the registry decides for the whole program (whether the
+//! helpers emit the context to the write-ahead log).
 
 use diesel::Table;
 use diesel::pg::Pg;
@@ -201,5 +202,48 @@ impl ModelSet {
             specs.push((model.model, spec));
         }
         Ok(specs)
+    }
+}
+
+/// Set by [`emit_context_to_wal`], or from the registry on first use.
+static WAL_CONTEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
+const UNDECIDED: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+
+/// Makes the helpers (sync, async, `AuditedConnection`, the web layer's transactions) also emit
+/// each transaction's context as a transactional logical message, which the capture worker
+/// (`pg-audit-capture`) attaches to the changes it reads from the write-ahead log; or stops
+/// them. By default they do when any `#[pg_audit]` model linked into the program has
+/// `capture = wal`; call this when tables are installed for WAL capture another way (the
+/// `pg-audit` program, another service's models). The message costs a little WAL per
+/// transaction that sets a context, and gives a read-only one a transaction id.
+pub fn emit_context_to_wal(on: bool) {
+    WAL_CONTEXT.store(
+        if on { ON } else { OFF },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+/// Whether the helpers emit the context to the write-ahead log.
+pub(crate) fn emits_context_to_wal() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    match WAL_CONTEXT.load(Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let any_wal = inventory::iter::<AuditedModel>.into_iter().any(|m| {
+                m.trigger_spec()
+                    .is_ok_and(|s| s.capture() == pg_audit::Capture::Wal)
+            });
+            // A call to `emit_context_to_wal` in the meantime wins.
+            let _ = WAL_CONTEXT.compare_exchange(
+                UNDECIDED,
+                if any_wal { ON } else { OFF },
+                Relaxed,
+                Relaxed,
+            );
+            WAL_CONTEXT.load(Relaxed) == ON
+        }
     }
 }

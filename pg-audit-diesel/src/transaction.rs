@@ -14,7 +14,8 @@ use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Text};
 use pg_audit::context::SETTING;
 
-use crate::context::{AuditContext, InvalidContext, set_setting_sql};
+use crate::context::{AuditContext, InvalidContext};
+use crate::model::emits_context_to_wal;
 
 /// The context of a top-level transaction: `explicit` nested in the ambient context, with the
 /// current OpenTelemetry trace id when it has none (feature `opentelemetry`).
@@ -27,13 +28,26 @@ pub(crate) fn invalid(e: InvalidContext) -> diesel::result::Error {
     diesel::result::Error::QueryBuilderError(Box::new(e))
 }
 
-/// Beginning a top-level transaction: `BEGIN` followed by the context's setting, as one batch
-/// for `AnsiTransactionManager::begin_transaction_sql`. The context is validated first, so a
-/// value PostgreSQL cannot hold fails before anything is sent.
+/// The engine's statement ([`pg_audit::context::set_sql`]) setting the context to the JSON
+/// text `json` (`None`: the empty string, which the triggers store as no context), emitting it
+/// to the write-ahead log when `emit`. The protocol decides `emit` once per transaction level,
+/// from [`emits_context_to_wal`]; the context is validated before, so it holds no NUL.
+fn set_sql(json: Option<&str>, emit: bool) -> String {
+    pg_audit::context::set_sql(json.unwrap_or(""), emit).expect("validated: no NUL")
+}
+
+/// The context's JSON text, `None` when it is empty.
+fn json_text(ctx: &AuditContext) -> Option<String> {
+    ctx.to_json().map(|v| v.to_string())
+}
+
+/// Beginning a top-level transaction: `BEGIN` followed by the context's setting (none for an
+/// empty context), as one batch for `AnsiTransactionManager::begin_transaction_sql`. The
+/// context is validated first, so a value PostgreSQL cannot hold fails before anything is sent.
 pub(crate) fn begin_sql(ctx: &AuditContext) -> QueryResult<String> {
     ctx.validate().map_err(invalid)?;
-    Ok(match ctx.set_sql(false) {
-        Some(set) => format!("BEGIN; {set}"),
+    Ok(match json_text(ctx) {
+        Some(json) => format!("BEGIN; {}", set_sql(Some(&json), emits_context_to_wal())),
         None => "BEGIN".to_owned(),
     })
 }
@@ -44,6 +58,8 @@ pub(crate) fn begin_sql(ctx: &AuditContext) -> QueryResult<String> {
 pub(crate) struct Savepoint {
     /// The setting in force outside, raw, when the savepoint set its own.
     restore: Option<Option<String>>,
+    /// Whether the savepoint's settings are emitted to the write-ahead log.
+    emit: bool,
 }
 
 impl Savepoint {
@@ -55,23 +71,21 @@ impl Savepoint {
         inner: &AuditContext,
     ) -> QueryResult<(Savepoint, Option<String>)> {
         inner.validate().map_err(invalid)?;
+        let emit = emits_context_to_wal();
         if AuditContext::from_setting(outer.as_deref()) == *inner {
-            return Ok((Savepoint { restore: None }, None));
+            let restore = None;
+            return Ok((Savepoint { restore, emit }, None));
         }
-        let set = inner.set_sql(true).unwrap_or_else(|| set_setting_sql(""));
-        Ok((
-            Savepoint {
-                restore: Some(outer),
-            },
-            Some(set),
-        ))
+        let set = set_sql(json_text(inner).as_deref(), emit);
+        let restore = Some(outer);
+        Ok((Savepoint { restore, emit }, Some(set)))
     }
 
     /// The SQL that puts the outer context back before the savepoint is released (releasing
     /// keeps the settings made inside it), or `None` when the savepoint set nothing.
     pub(crate) fn leave(self) -> Option<String> {
-        self.restore
-            .map(|outer| set_setting_sql(outer.as_deref().unwrap_or("")))
+        let emit = self.emit;
+        self.restore.map(|outer| set_sql(outer.as_deref(), emit))
     }
 }
 
@@ -139,17 +153,36 @@ mod tests {
         assert_eq!(set, None);
         assert_eq!(same.leave(), None);
 
+        let emit = emits_context_to_wal();
         let inner = outer.merged(&AuditContext::new().change_reason("why"));
         let (savepoint, set) = Savepoint::enter(raw.clone(), &inner).unwrap();
-        assert_eq!(set, inner.set_sql(true));
-        assert_eq!(
-            savepoint.leave(),
-            Some(set_setting_sql(raw.as_deref().unwrap()))
-        );
+        assert_eq!(set, Some(set_sql(json_text(&inner).as_deref(), emit)));
+        assert_eq!(savepoint.leave(), Some(set_sql(raw.as_deref(), emit)));
 
         // Nothing in force outside: the restore empties the setting.
         let (savepoint, _) = Savepoint::enter(None, &inner).unwrap();
-        assert_eq!(savepoint.leave(), Some(set_setting_sql("")));
+        assert_eq!(savepoint.leave(), Some(set_sql(Some(""), emit)));
+    }
+
+    #[test]
+    fn the_context_is_one_json_setting_quoted() {
+        use pg_audit::quote_literal;
+        let ctx = AuditContext::new().change_reason("it's \\ $$");
+        let json = json_text(&ctx).unwrap();
+        assert_eq!(json, r#"{"change_reason":"it's \\ $$"}"#);
+        assert_eq!(
+            set_sql(Some(&json), false),
+            format!(
+                "SET LOCAL pg_audit.context = {}",
+                quote_literal(&json).unwrap()
+            )
+        );
+        assert_eq!(json_text(&AuditContext::new()), None);
+        assert_eq!(set_sql(None, false), "SET LOCAL pg_audit.context = ''");
+        assert!(set_sql(Some(&json), true).contains("pg_logical_emit_message"));
+
+        // An empty context begins a transaction without a setting.
+        assert_eq!(begin_sql(&AuditContext::new()).unwrap(), "BEGIN");
     }
 
     #[test]
