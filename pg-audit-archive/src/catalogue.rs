@@ -32,10 +32,6 @@ pub(crate) async fn content(
     })
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Takes (or with `take` false, releases) the session lock that archiving and redaction share:
 /// a redaction between an archive's read and its drop would be lost.
 pub(crate) async fn lock_archive(client: &Client, log: &AuditLog, take: bool) -> Result<(), Error> {

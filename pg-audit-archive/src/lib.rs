@@ -6,6 +6,10 @@
 //! that can hold it; `verify` and redaction load archived rows back into the server, which
 //! computes their digests as it does for live rows.
 //!
+//! The tamper evidence over the log and its archive lives here too: [`verify`] (returning a
+//! [`Report`] that `pg-audit verify` prints), the seals and their export ([`seals`],
+//! [`write_export`], [`read_export`]), and [`redact`].
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), pg_audit_archive::Error> {
 //! use pg_audit_archive::{Archive, connect};
@@ -28,7 +32,9 @@ mod file;
 mod partition;
 mod read;
 mod redact;
+mod seal;
 mod store;
+mod verify;
 
 pub use partition::{Archived, Candidate, archive_partition, candidates};
 pub use read::{
@@ -36,7 +42,9 @@ pub use read::{
     record_key_sql,
 };
 pub use redact::{Erase, Redacted, redact};
+pub use seal::{Seal, read_export, seals, write_export};
 pub use store::Archive;
+pub use verify::{Report, Step, verify};
 
 /// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.
 /// The session starts with pg-audit's pinned settings ([`pg_audit::session`]).

@@ -4,7 +4,7 @@
 use pg_audit::{AuditLog, Ident, QualifiedName, Retention};
 use tokio_postgres::Client;
 
-use crate::catalogue::{content, hex, lock_archive};
+use crate::catalogue::{content, lock_archive};
 use crate::file::file_metadata;
 use crate::read::{fresh_table, load_path, write_file};
 use crate::{Archive, Error, db};
@@ -59,19 +59,7 @@ pub async fn candidates(
         )));
     }
     let rows = client
-        .query(
-            &format!(
-                "SELECT p.partition_name, p.range_start::text, p.range_end::text, p.total_bytes, n.nspname::text, c.relname::text
-                   FROM ({}) AS p
-                   JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) p.partition_name::regclass
-                   JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-                  WHERE NOT is_default
-                    AND range_end <= pg_catalog.clock_timestamp() - $1::text::interval
-                  ORDER BY range_start",
-                log.list_partitions_sql()
-            ),
-            &[&older_than],
-        )
+        .query(&log.partitions_older_than_sql(), &[&older_than])
         .await
         .map_err(db(format!(
             "cannot list the partitions older than {older_than:?} (an interval such as '6 months')"
@@ -166,7 +154,7 @@ async fn archive_locked(
     // The content digest in the name: a file of another log, database or partition of the
     // same name is never replaced, and a run interrupted before the drop replaces only its own
     // file, with the same rows.
-    let file = format!("{name}.{}.parquet", &hex(&expected.digest)[..16]);
+    let file = format!("{name}.{}.parquet", &hex::encode(&expected.digest)[..16]);
     let path = archive.path(&file);
     let location = archive.url(&file);
     let metadata = file_metadata(
@@ -197,8 +185,8 @@ async fn archive_locked(
             "{location} read back differs from {name} ({} rows, {} in the file; digest {} against {}): the partition is kept; check the storage and run again",
             expected.rows,
             read_back.rows,
-            hex(&read_back.digest),
-            hex(&expected.digest)
+            hex::encode(&read_back.digest),
+            hex::encode(&expected.digest)
         )));
     }
 

@@ -20,7 +20,7 @@ use pg_audit_diesel::log::AuditEntry;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::catalogue::{content, hex};
+use crate::catalogue::content;
 use crate::file::{BATCH_ROWS, BatchBuilder, append_csv, ints, properties, schema, texts};
 use crate::store::ObjectReader;
 use crate::{Archive, Error, db, pq};
@@ -59,7 +59,7 @@ impl ArchivedFile {
         let expected = format!(
             "{}.{}.parquet",
             self.partition_name,
-            &hex(&self.content_sha256)[..16.min(2 * self.content_sha256.len())]
+            &hex::encode(&self.content_sha256)[..16.min(2 * self.content_sha256.len())]
         );
         let name = self.location.rsplit('/').next().unwrap_or("");
         if name != expected {
@@ -437,8 +437,8 @@ pub(crate) async fn check_against_catalogue(
             file.location,
             got.rows,
             file.row_count,
-            hex(&got.digest),
-            hex(&file.content_sha256)
+            hex::encode(&got.digest),
+            hex::encode(&file.content_sha256)
         )));
     }
     Ok(())

@@ -96,10 +96,7 @@ pub(crate) fn serve(
             response
         },
     ));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+    crate::options::block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -118,8 +115,7 @@ pub(crate) fn serve(
             })
             .await?;
         Ok::<_, Box<dyn std::error::Error>>(())
-    })?;
-    Ok(())
+    })?
 }
 
 /// No page may hold a connection for long: a query of the admin's over a huge log is cut off.

@@ -10,13 +10,9 @@ use crate::output::{Progress, Table};
 
 /// `pg-audit archive --older-than INTERVAL --to LOCATION`.
 pub(crate) fn archive(older_than: &str, to: &str, db: &Db) -> Result<()> {
-    let (_, log) = db.connect()?;
-    let url = db.url()?.to_owned();
     let archive = pg_audit_archive::Archive::open(to)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = pg_audit_archive::connect(&url).await?;
-        let candidates = pg_audit_archive::candidates(&client, &log, older_than).await?;
+    db.with_client(async |client, log| {
+        let candidates = pg_audit_archive::candidates(client, log, older_than).await?;
         let mut table = Table::new(&[
             "partition",
             "rows",
@@ -27,7 +23,7 @@ pub(crate) fn archive(older_than: &str, to: &str, db: &Db) -> Result<()> {
         let progress = Progress::new(candidates.len(), "archiving");
         for c in &candidates {
             progress.step(&c.partition_name);
-            let done = pg_audit_archive::archive_partition(&client, &log, c, &archive, &|rows| {
+            let done = pg_audit_archive::archive_partition(client, log, c, &archive, &|rows| {
                 progress.step(&format!("{}: {rows} rows written", c.partition_name));
             })
             .await?;
@@ -59,25 +55,18 @@ pub(crate) fn archive(older_than: &str, to: &str, db: &Db) -> Result<()> {
             progress.done();
         }
         drop(progress);
-        if db.json {
-            table.print(true);
-        } else if table.is_empty() {
-            crate::output::line(&format!(
-                "no partition ended more than {older_than} ago; nothing to archive"
-            ));
-        }
-        Ok::<_, Box<dyn std::error::Error>>(())
+        table.finish_told(
+            db.json,
+            &format!("no partition ended more than {older_than} ago; nothing to archive"),
+        );
+        Ok(())
     })
 }
 
 /// `pg-audit archive list`: the archive catalogue.
 pub(crate) fn list(db: &Db) -> Result<()> {
-    let (_, log) = db.connect()?;
-    let url = db.url()?.to_owned();
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async {
-        let client = pg_audit_archive::connect(&url).await?;
-        let files = pg_audit_archive::archived_files(&client, &log).await?;
+    db.with_client(async |client, log| {
+        let files = pg_audit_archive::archived_files(client, log).await?;
         let mut table = Table::new(&[
             "partition",
             "from",
@@ -98,19 +87,15 @@ pub(crate) fn list(db: &Db) -> Result<()> {
                 json!(f.archived_at),
             ]);
         }
-        table.print(db.json);
-        Ok::<_, Box<dyn std::error::Error>>(())
+        table.finish(db.json, "nothing is archived", "");
+        Ok(())
     })
 }
 
 /// The archived entries of one record, newest first.
 pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec<AuditEntry>> {
-    let log = db.log()?;
-    let url = db.url()?.to_owned();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let found = runtime.block_on(async {
-        let client = pg_audit_archive::connect(&url).await?;
-        pg_audit_archive::history(&client, &log, table, key).await
+    let found = db.with_client(async |client, log| {
+        Ok(pg_audit_archive::history(client, log, table, key).await?)
     })?;
     for location in &found.missing {
         eprintln!(

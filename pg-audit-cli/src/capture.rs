@@ -82,8 +82,7 @@ impl Conn {
 }
 
 pub(crate) fn run(args: CaptureArgs) -> Result<()> {
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    crate::options::block_on(async move {
         match args.action {
             None => {
                 let worker = args
@@ -117,7 +116,7 @@ pub(crate) fn run(args: CaptureArgs) -> Result<()> {
                 Ok(())
             }
         }
-    })
+    })?
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

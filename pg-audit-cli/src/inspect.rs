@@ -70,10 +70,8 @@ pub(crate) fn history(
         entries.sort_by_key(|e| std::cmp::Reverse(e.id));
         entries.truncate(limit as usize);
     }
-    print_entries(&entries, db.json);
-    if entries.is_empty() && !db.json {
-        eprintln!("no audit entries for {table} {key}");
-    }
+    let empty = format!("no audit entries for {table} {key}");
+    print_entries(&entries, db.json, &crate::output::escape_controls(&empty));
     Ok(())
 }
 
@@ -81,21 +79,24 @@ pub(crate) fn history(
 pub(crate) fn tx(txid: i64, db: &Db) -> Result<()> {
     let (mut conn, log) = db.connect()?;
     let entries = AuditReader::with_log(log).transaction(&mut conn, txid)?;
-    print_entries(&entries, db.json);
-    if entries.is_empty() && !db.json {
-        eprintln!("no audit entries for transaction {txid}");
-    }
+    print_entries(
+        &entries,
+        db.json,
+        &format!("no audit entries for transaction {txid}"),
+    );
     Ok(())
 }
 
-fn print_entries(entries: &[AuditEntry], json: bool) {
+/// Entries as the program shows them (`empty` said when there are none): with `json` every
+/// column of the log, else a row each with its changes.
+fn print_entries(entries: &[AuditEntry], json: bool, empty: &str) {
     if json {
         let columns: Vec<&'static str> = entry_columns().map(|c| c.name).collect();
         let mut table = Table::new(&columns);
         for e in entries {
             table.push(columns.iter().map(|c| entry_field(e, c)).collect());
         }
-        table.print(true);
+        table.finish(true, empty, "");
         return;
     }
     let mut table = Table::new(&[
@@ -137,7 +138,7 @@ fn print_entries(entries: &[AuditEntry], json: bool) {
             json!(e.txid),
         ]);
     }
-    table.print(false);
+    table.finish(false, empty, "");
 }
 
 /// The value of one of the log's entry columns (`--json` prints every one, by its name): the
@@ -235,7 +236,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                     json!(p.total_bytes),
                 ]);
             }
-            table.print(db.json);
+            table.finish(db.json, "no partitions", "");
         }
         PartitionsCommand::Ensure { ahead, db } => {
             let (mut conn, log) = db.connect()?;
@@ -271,13 +272,10 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 progress.done();
             }
             drop(progress);
-            if db.json {
-                table.print(true);
-            } else if table.is_empty() {
-                crate::output::line(&format!(
-                    "every partition up to {ahead} periods ahead exists"
-                ));
-            }
+            table.finish_told(
+                db.json,
+                &format!("every partition up to {ahead} periods ahead exists"),
+            );
         }
         PartitionsCommand::Prune {
             older_than,
@@ -295,15 +293,9 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 #[diesel(sql_type = Text)]
                 partition_name: String,
             }
-            let candidates: Vec<Candidate> = diesel::sql_query(format!(
-                "SELECT partition_name FROM ({}) AS p
-                  WHERE NOT is_default
-                    AND range_end OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::interval)
-                  ORDER BY range_start",
-                log.list_partitions_sql()
-            ))
-            .bind::<Text, _>(&older_than)
-            .load(&mut conn)?;
+            let candidates: Vec<Candidate> = diesel::sql_query(log.partitions_older_than_sql())
+                .bind::<Text, _>(&older_than)
+                .load(&mut conn)?;
             #[derive(QueryableByName)]
             struct Pruned {
                 #[diesel(sql_type = Text)]
@@ -355,11 +347,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 report(pruned, &mut table);
             }
             std::mem::drop(progress);
-            if db.json {
-                table.print(true);
-            } else if table.is_empty() {
-                crate::output::line(&format!("nothing is older than {older_than}"));
-            }
+            table.finish_told(db.json, &format!("nothing is older than {older_than}"));
         }
     }
     Ok(())
@@ -386,20 +374,14 @@ pub(crate) fn check(db: &Db) -> Result<bool> {
             json!(p.problem),
         ]);
     }
-    if db.json {
-        table.print(true);
-    } else if problems.is_empty() {
-        crate::output::line(&format!(
-            "ok: {} audited table(s), installed as recorded",
-            audited.n
-        ));
-    } else {
-        table.print(false);
-        crate::output::line(&format!(
+    table.finish(
+        db.json,
+        &format!("ok: {} audited table(s), installed as recorded", audited.n),
+        &format!(
             "\n{} problem(s); reinstall: AuditMigrations::reinstall from the application, or `pg-audit sql trigger ... | psql`",
             problems.len()
-        ));
-    }
+        ),
+    );
     Ok(problems.is_empty())
 }
 

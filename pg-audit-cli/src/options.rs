@@ -65,17 +65,52 @@ impl Db {
     pub(crate) fn connect(&self) -> Result<(PgConnection, AuditLog)> {
         let log = self.log.log()?;
         let mut conn = establish(&self.pinned_url()?)?;
-        let exists = relation_exists(&mut conn, &log.table().to_string())?;
-        if !exists {
-            return Err(format!(
-                "no audit log {} in this database: install it (pg-audit sql table), or name \
-                 the right one with --log-schema/--log-name",
-                log.table()
-            )
-            .into());
+        if !relation_exists(&mut conn, &log.table().to_string())? {
+            return Err(no_log(&log));
         }
         Ok((conn, log))
     }
+
+    /// Runs `work` with an asynchronous session (tokio-postgres, pg-audit's settings pinned)
+    /// and the log, on a runtime of its own: what the commands over the archive and the seals
+    /// share.
+    pub(crate) fn with_client<T>(
+        &self,
+        work: impl AsyncFnOnce(&tokio_postgres::Client, &AuditLog) -> Result<T>,
+    ) -> Result<T> {
+        let log = self.log.log()?;
+        let url = self.url()?;
+        block_on(async {
+            let client = pg_audit_archive::connect(url).await?;
+            let exists: bool = client
+                .query_one(
+                    "SELECT pg_catalog.to_regclass($1::text) IS NOT NULL",
+                    &[&log.table().to_string()],
+                )
+                .await?
+                .get(0);
+            if !exists {
+                return Err(no_log(&log));
+            }
+            work(&client, &log).await
+        })?
+    }
+}
+
+/// The error for a log that is not in the database.
+fn no_log(log: &AuditLog) -> Box<dyn std::error::Error> {
+    format!(
+        "no audit log {} in this database: install it (pg-audit sql table), or name the right \
+         one with --log-schema/--log-name",
+        log.table()
+    )
+    .into()
+}
+
+/// The output of `future`, run to completion on a runtime of its own (the program's commands
+/// are synchronous; those that need async I/O each run one).
+pub(crate) fn block_on<F: std::future::Future>(future: F) -> Result<F::Output> {
+    Ok(tokio::runtime::Runtime::new()?.block_on(future))
 }
 
 /// A Diesel connection to `pinned_url` (a URL [`Db::pinned_url`] made).

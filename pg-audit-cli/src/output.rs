@@ -60,6 +60,15 @@ impl Progress {
         self.0.set_message(escape_controls(step));
     }
 
+    /// At step `step` (from 0) of `steps` of `phase`, named `item`: for an operation that
+    /// reports where it is rather than each step's end.
+    pub(crate) fn at(&self, phase: &str, step: usize, steps: usize, item: &str) {
+        self.0.set_prefix(phase.to_owned());
+        self.0.set_length(steps as u64);
+        self.0.set_position(step as u64);
+        self.step(item);
+    }
+
     /// Ends a step.
     pub(crate) fn done(&self) {
         self.0.inc(1);
@@ -98,6 +107,33 @@ impl Table {
 
     pub(crate) fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// Ends a command that shows its rows at the end: with `json` the rows as JSON (an empty
+    /// array when there are none); otherwise the table followed by `summary` (when not empty),
+    /// or `empty` alone when there are no rows. Values from the log in `empty` and `summary`
+    /// are the caller's to escape ([`escape_controls`]).
+    pub(crate) fn finish(&self, json: bool, empty: &str, summary: &str) {
+        if json {
+            self.print(true);
+        } else if self.is_empty() {
+            line(empty);
+        } else {
+            self.print(false);
+            if !summary.is_empty() {
+                line(summary);
+            }
+        }
+    }
+
+    /// Ends a command that told each row as it happened (a line over its progress): with
+    /// `json` the rows as JSON; otherwise nothing more, or `empty` when there were no rows.
+    pub(crate) fn finish_told(&self, json: bool, empty: &str) {
+        if json {
+            self.print(true);
+        } else if self.is_empty() {
+            line(empty);
+        }
     }
 
     pub(crate) fn print(&self, json: bool) {

@@ -135,3 +135,19 @@ pub(crate) fn column_list() -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// A query of `columns` over the log's rows and, when `archived` names a table with the log's
+/// columns (archived rows loaded back), over those too: what `verify` and its checks read.
+/// `filter` (a `WHERE` clause, or empty) applies to each side.
+pub(crate) fn live_and_archived(
+    names: &LogNames,
+    columns: &str,
+    archived: Option<&str>,
+    filter: &str,
+) -> String {
+    let mut source = format!("SELECT {columns} FROM {}{filter}", names.table());
+    if let Some(t) = archived {
+        source.push_str(&format!(" UNION ALL SELECT {columns} FROM {t}{filter}"));
+    }
+    source
+}

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use crate::ident::text_literal;
 use crate::sql::create_function;
 use crate::sql::digest::{
-    SOURCE, column_list, redaction_applies, split_at_source, value_digest_expr,
+    SOURCE, column_list, live_and_archived, redaction_applies, split_at_source, value_digest_expr,
 };
 use crate::sql::names::LogNames;
 pub use crate::sql::shape::REDACTED;
@@ -32,19 +32,24 @@ pub(crate) fn redact_sql(names: &LogNames, target: &str) -> String {
 
 /// The SQL of [`crate::AuditLog::unerased_sql`].
 pub(crate) fn unerased_sql(names: &LogNames, archived: Option<&str>) -> String {
-    let mut source = format!("SELECT {} FROM {}", column_list(), names.table());
-    if let Some(t) = archived {
-        let _ = write!(source, " UNION ALL SELECT {} FROM {t}", column_list());
-    }
-    unerased_query(names, &source)
+    unerased_query(
+        names,
+        &live_and_archived(names, &column_list(), archived, ""),
+    )
+}
+
+/// The SQL of [`crate::AuditLog::redaction_counts_sql`].
+pub(crate) fn redaction_counts_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT (SELECT count(*) FROM {}) AS redactions, (SELECT count(*) FROM {}) AS redacted_values",
+        names.redactions_table(),
+        names.redacted_values_table()
+    )
 }
 
 /// The SQL of [`crate::AuditLog::unjustified_redactions_sql`].
 pub(crate) fn unjustified_redactions_sql(names: &LogNames, archived: Option<&str>) -> String {
-    let mut source = format!("SELECT {} FROM {}", column_list(), names.table());
-    if let Some(t) = archived {
-        let _ = write!(source, " UNION ALL SELECT {} FROM {t}", column_list());
-    }
+    let source = live_and_archived(names, &column_list(), archived, "");
     let rules: String = crate::sql::shape::LOG_COLUMNS
         .iter()
         .filter_map(|c| {

@@ -12,7 +12,9 @@ use std::fmt::Write as _;
 
 use crate::ident::text_literal;
 use crate::sql::create_function;
-use crate::sql::digest::{SOURCE, column_list, row_digest_expr, split_at_source};
+use crate::sql::digest::{
+    SOURCE, column_list, live_and_archived, row_digest_expr, split_at_source,
+};
 use crate::sql::names::LogNames;
 
 /// The most rows one seal covers, unless the caller asks otherwise.
@@ -40,19 +42,31 @@ pub(crate) fn list_seals_sql(names: &LogNames) -> String {
 
 /// The SQL of [`crate::AuditLog::reseal_sql`].
 pub(crate) fn reseal_sql(names: &LogNames, archived: Option<&str>) -> String {
-    let mut source = format!(
-        "SELECT {} FROM {} WHERE id >= $1 AND id <= $2",
-        column_list(),
-        names.table()
-    );
-    if let Some(t) = archived {
-        let _ = write!(
-            source,
-            " UNION ALL SELECT {} FROM {t} WHERE id >= $1 AND id <= $2",
-            column_list()
-        );
-    }
+    let filter = " WHERE id >= $1 AND id <= $2";
+    let source = live_and_archived(names, &column_list(), archived, filter);
     seal_query(names, &source)
+}
+
+/// The SQL of [`crate::AuditLog::seal_coverage_sql`].
+pub(crate) fn seal_coverage_sql(names: &LogNames, archived: Option<&str>) -> String {
+    let both = match archived {
+        Some(t) => format!(
+            "(SELECT min(l.id) FROM {} AS l JOIN {t} AS a ON a.id = l.id)",
+            names.table()
+        ),
+        None => "NULL::bigint".to_owned(),
+    };
+    format!(
+        "SELECT count(*) FILTER (WHERE r.id < $1) AS before_first,
+       count(*) FILTER (WHERE r.id > $2) AS unsealed,
+       count(*) FILTER (WHERE r.id < 1) AS impossible,
+       min(r.id) FILTER (WHERE r.id < 1) AS first_impossible,
+       (SELECT min(l.id) FROM {log} AS l WHERE l.id < $1 AND l.id >= 1) AS live_below_first,
+       {both} AS live_and_archived
+  FROM ({source}) AS r",
+        log = names.table(),
+        source = live_and_archived(names, "id", archived, ""),
+    )
 }
 
 /// The SQL of [`crate::AuditLog::seal_progress_sql`].

@@ -190,6 +190,14 @@ impl AuditLog {
         format!("SELECT * FROM {}()", self.names.function("partitions"))
     }
 
+    /// SQL listing the partitions (never the DEFAULT one) whose whole range ended more than `$1`
+    /// ago (an interval as text, `'6 months'`), oldest first: what pruning and archiving take,
+    /// one at a time. `partition_name`, `range_start` and `range_end` (as text), `total_bytes`,
+    /// `schema_name` and `table_name` (the partition's own, unquoted).
+    pub fn partitions_older_than_sql(&self) -> String {
+        partition::partitions_older_than_sql(&self.names)
+    }
+
     /// SQL that detaches or drops every partition whose range ended more than `older_than` ago
     /// (a PostgreSQL interval such as `'90 days'` or `'1 year'`, checked by the server), and
     /// returns one row per partition touched: `partition_name`, `range_start`, `range_end`,
@@ -344,6 +352,22 @@ impl AuditLog {
     /// (run it with [`crate::session::PINNED`]'s settings): what `verify` runs.
     pub fn reseal_sql(&self, archived: Option<&str>) -> String {
         seal::reseal_sql(&self.names, archived)
+    }
+
+    /// How the rows `verify` reads lie against the seals `$1` (the first sealed id; `i64::MAX`
+    /// with no seal) and `$2` (the last; 0 with none), over the log and the archived rows in
+    /// `archived`: `before_first` and `unsealed` (rows below and above the seals),
+    /// `impossible` and `first_impossible` (ids below 1, which the log never hands out),
+    /// `live_below_first` (the lowest live id below the first seal, where only archived rows
+    /// belong) and `live_and_archived` (the lowest id both live and archived). As
+    /// [`AuditLog::reseal_sql`].
+    pub fn seal_coverage_sql(&self, archived: Option<&str>) -> String {
+        seal::seal_coverage_sql(&self.names, archived)
+    }
+
+    /// The redactions recorded and the values they erased: `redactions`, `redacted_values`.
+    pub fn redaction_counts_sql(&self) -> String {
+        redact::redaction_counts_sql(&self.names)
     }
 
     /// The values a recorded redaction erased that are present again (the marker gone), in

@@ -348,6 +348,21 @@ END
     sql
 }
 
+/// [`crate::AuditLog::partitions_older_than_sql`].
+pub(crate) fn partitions_older_than_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT p.partition_name, p.range_start::text AS range_start, p.range_end::text AS range_end,
+       p.total_bytes, n.nspname::text AS schema_name, c.relname::text AS table_name
+  FROM {}() AS p
+  JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) p.partition_name::pg_catalog.regclass
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+ WHERE NOT p.is_default
+   AND p.range_end OPERATOR(pg_catalog.<=) (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) $1::text::interval)
+ ORDER BY p.range_start",
+        names.function("partitions")
+    )
+}
+
 /// [`crate::AuditLog::detached_partitions_sql`].
 pub(crate) fn detached_partitions_sql(names: &LogNames) -> String {
     let prefix = names.partition_prefix();

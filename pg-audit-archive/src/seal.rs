@@ -1,0 +1,126 @@
+//! The seals as stored, and as exported: one JSON object per line, the form
+//! `pg-audit seal --export` writes and `pg-audit verify --seals` compares with the database's.
+
+use pg_audit::AuditLog;
+use pg_audit::sql::seal::SEAL_ROW_BYTES;
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+use crate::{Error, db};
+
+/// A seal: a hash over the rows of ids `first_id..=last_id`, chained to the seal before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seal {
+    /// Its id; seals are made in id order.
+    pub seal_id: i64,
+    /// The first entry id it covers.
+    pub first_id: i64,
+    /// The last entry id it covers.
+    pub last_id: i64,
+    /// The rows it covers.
+    pub row_count: i64,
+    /// Each row's id (8 bytes, big-endian) and the first 8 bytes of its digest, in id order:
+    /// what tells which row changed.
+    pub rows: Vec<u8>,
+    /// The hash of the seal before (none for the first).
+    pub prev_hash: Option<Vec<u8>>,
+    /// SHA-256 over `prev_hash`, the range and every row's digest in id order.
+    pub hash: Vec<u8>,
+}
+
+impl Seal {
+    /// The seal as one line of an export.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "seal_id": self.seal_id,
+            "first_id": self.first_id,
+            "last_id": self.last_id,
+            "row_count": self.row_count,
+            "rows": hex::encode(&self.rows),
+            "prev_hash": self.prev_hash.as_deref().map(hex::encode),
+            "hash": hex::encode(&self.hash),
+        })
+    }
+
+    /// A seal from one line of an export, `None` when it is not one.
+    pub fn from_json(v: &Value) -> Option<Seal> {
+        let bytes = |k: &str| hex::decode(v.get(k)?.as_str()?).ok();
+        Some(Seal {
+            seal_id: v.get("seal_id")?.as_i64()?,
+            first_id: v.get("first_id")?.as_i64()?,
+            last_id: v.get("last_id")?.as_i64()?,
+            row_count: v.get("row_count")?.as_i64()?,
+            rows: bytes("rows")?,
+            prev_hash: match v.get("prev_hash")? {
+                Value::Null => None,
+                _ => Some(bytes("prev_hash")?),
+            },
+            hash: bytes("hash")?,
+        })
+    }
+
+    /// The (id, digest prefix) pairs of `rows` as a seal holds them.
+    pub(crate) fn entries(rows: &[u8]) -> Vec<(i64, [u8; 8])> {
+        rows.chunks_exact(SEAL_ROW_BYTES)
+            .map(|c| {
+                (
+                    i64::from_be_bytes(c[..8].try_into().expect("8 bytes")),
+                    c[8..].try_into().expect("8 bytes"),
+                )
+            })
+            .collect()
+    }
+}
+
+/// The log's seals, in order.
+pub async fn seals(client: &Client, log: &AuditLog) -> Result<Vec<Seal>, Error> {
+    Ok(client
+        .query(&log.list_seals_sql(), &[])
+        .await
+        .map_err(db("cannot read the seals"))?
+        .iter()
+        .map(|r| Seal {
+            seal_id: r.get(0),
+            first_id: r.get(1),
+            last_id: r.get(2),
+            row_count: r.get(3),
+            rows: r.get(4),
+            prev_hash: r.get(5),
+            hash: r.get(6),
+        })
+        .collect())
+}
+
+/// The seals of an export (`text`, one per line, blank lines skipped). An error names the
+/// first line that is not a seal (numbered from 1), or says the export holds none; its text
+/// follows the file's name (`seals.jsonl line 3: ...`, `seals.jsonl holds no seals: ...`).
+pub fn read_export(text: &str) -> Result<Vec<Seal>, Error> {
+    let mut seals = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let seal = serde_json::from_str::<Value>(line)
+            .ok()
+            .as_ref()
+            .and_then(Seal::from_json)
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "line {}: not a seal as `pg-audit seal --export` writes it",
+                    n + 1
+                ))
+            })?;
+        seals.push(seal);
+    }
+    if seals.is_empty() {
+        return Err(Error::Refused(
+            "holds no seals: export them with `pg-audit seal --export FILE`".into(),
+        ));
+    }
+    Ok(seals)
+}
+
+/// An export of `seals`: one line each.
+pub fn write_export(seals: &[Seal]) -> String {
+    seals.iter().map(|s| format!("{}\n", s.to_json())).collect()
+}

@@ -1,0 +1,360 @@
+//! `verify`: whether the log, its archive and its seals are as sealed, and what differs.
+//!
+//! Every digest is recomputed by queries sent from here, calling built-in functions only, in a
+//! session with pg-audit's settings pinned ([`crate::connect`] opens one): never by a function
+//! of the log's, which its owner — whom seals guard against — could replace.
+
+use pg_audit::AuditLog;
+use serde_json::{Value, json};
+use tokio_postgres::Client;
+
+use crate::seal::{Seal, seals};
+use crate::{Error, archived_files, db, load_archived};
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// What was altered, one sentence each; empty when nothing was.
+    pub problems: Vec<String>,
+    /// The seals verified.
+    pub seals: usize,
+    /// The rows they cover.
+    pub sealed_rows: i64,
+    /// Rows above the last seal: not yet sealed.
+    pub unsealed_rows: i64,
+    /// Rows below the first seal (written or archived before sealing began), which no seal
+    /// covers.
+    pub rows_before_first_seal: i64,
+    /// The archived files read back.
+    pub archived_files: usize,
+    /// The redactions recorded.
+    pub redactions: i64,
+    /// The values they erased.
+    pub redacted_values: i64,
+}
+
+impl Report {
+    /// Whether nothing was altered.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The report as `pg-audit verify --json` prints it: `ok`, the counts, `problems`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ok": self.ok(),
+            "seals": self.seals,
+            "sealed_rows": self.sealed_rows,
+            "unsealed_rows": self.unsealed_rows,
+            "rows_before_first_seal": self.rows_before_first_seal,
+            "archived_files": self.archived_files,
+            "redactions": self.redactions,
+            "redacted_values": self.redacted_values,
+            "problems": self.problems,
+        })
+    }
+
+    /// One line: `ok` or `ALTERED`, and what was verified.
+    pub fn summary(&self) -> String {
+        let not_covered = if self.rows_before_first_seal > 0 && self.seals > 0 {
+            format!(
+                "; {} row(s) older than the first seal, not covered",
+                self.rows_before_first_seal
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "{}: {} seal(s) over {} row(s) ({} archived file(s)); {} value(s) erased by {} recorded redaction(s); {} row(s) not yet sealed{not_covered}",
+            if self.ok() { "ok" } else { "ALTERED" },
+            self.seals,
+            self.sealed_rows,
+            self.archived_files,
+            self.redacted_values,
+            self.redactions,
+            self.unsealed_rows,
+        )
+    }
+}
+
+/// Where a long [`verify`] is: `step` of `steps` of `phase` (reading the archive, verifying
+/// seals), on `item`.
+#[derive(Debug, Clone, Copy)]
+pub struct Step<'a> {
+    /// What is being done: `"reading the archive"` or `"verifying seals"`.
+    pub phase: &'static str,
+    /// The step, from 0.
+    pub step: usize,
+    /// Steps in the phase.
+    pub steps: usize,
+    /// What the step is on (a partition, a seal).
+    pub item: &'a str,
+}
+
+/// The temporary table the archived rows are loaded into.
+const ARCHIVED: &str = "pg_temp.pg_audit_verify";
+
+/// Verifies the log `log`: every seal recomputed over the live and the archived rows and
+/// chained to the one before, the archived files against their catalogue, no row outside the
+/// seals where none belongs, every recorded redaction one `redact` made and its values still
+/// erased, and, with `exported` (seals kept outside the database), the seals against that
+/// copy. `progress` hears each step.
+pub async fn verify(
+    client: &Client,
+    log: &AuditLog,
+    exported: Option<&[Seal]>,
+    progress: &dyn Fn(Step<'_>),
+) -> Result<Report, Error> {
+    let mut problems = unexpected_relations(client, log).await?;
+    let files = archived_files(client, log).await?;
+    let archived = if files.is_empty() {
+        None
+    } else {
+        let steps = files.len();
+        let step = std::cell::Cell::new(0);
+        let (_, mismatches) = load_archived(client, log, ARCHIVED, &|f| {
+            let item = &f.partition_name;
+            let phase = "reading the archive";
+            progress(Step {
+                phase,
+                step: step.replace(step.get() + 1),
+                steps,
+                item,
+            });
+        })
+        .await?;
+        problems.extend(mismatches);
+        Some(ARCHIVED)
+    };
+    let seals = seals(client, log).await?;
+    let sealed_rows = reseal_all(client, log, &seals, archived, &mut problems, progress).await?;
+    if let Some(exported) = exported {
+        problems.extend(against_export(&seals, exported));
+    }
+    let coverage = coverage(client, log, &seals, archived, &mut problems).await?;
+    redactions(client, log, archived, &mut problems).await?;
+    problems.extend(coverage.impossible);
+    let counts = client
+        .query_one(&log.redaction_counts_sql(), &[])
+        .await
+        .map_err(db("cannot count the redactions"))?;
+    Ok(Report {
+        problems,
+        seals: seals.len(),
+        sealed_rows,
+        unsealed_rows: coverage.unsealed,
+        rows_before_first_seal: coverage.before_first,
+        archived_files: files.len(),
+        redactions: counts.get(0),
+        redacted_values: counts.get(1),
+    })
+}
+
+/// The relations verify reads that are not what pg-audit made.
+async fn unexpected_relations(client: &Client, log: &AuditLog) -> Result<Vec<String>, Error> {
+    let rows = client
+        .query(&log.unexpected_relations_sql(), &[])
+        .await
+        .map_err(db("cannot read the log's relations"))?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (relation, kind): (String, String) = (r.get(0), r.get(1));
+            format!(
+                "{relation} is not the table pg-audit made (relkind {kind}, or a rule on it): what verify reads from it may not be what readers see"
+            )
+        })
+        .collect())
+}
+
+/// Recomputes every seal and checks the chain; the rows the seals cover.
+async fn reseal_all(
+    client: &Client,
+    log: &AuditLog,
+    seals: &[Seal],
+    archived: Option<&str>,
+    problems: &mut Vec<String>,
+    progress: &dyn Fn(Step<'_>),
+) -> Result<i64, Error> {
+    let reseal = log.reseal_sql(archived);
+    let mut previous: Option<&Seal> = None;
+    let mut rows = 0i64;
+    for (step, seal) in seals.iter().enumerate() {
+        progress(Step {
+            phase: "verifying seals",
+            step,
+            steps: seals.len(),
+            item: &format!("seal {}", seal.seal_id),
+        });
+        // The first seal starts after what was archived before sealing began.
+        let expected_first = previous.map_or(seal.first_id, |p| p.last_id + 1);
+        let expected_prev = previous.map(|p| p.hash.clone());
+        if seal.first_id != expected_first || seal.prev_hash != expected_prev {
+            problems.push(format!(
+                "seal {} does not follow seal {}: a seal was removed, replaced or inserted (the chain breaks at ids {}..={})",
+                seal.seal_id,
+                previous.map_or("(none)".to_owned(), |p| p.seal_id.to_string()),
+                seal.first_id,
+                seal.last_id
+            ));
+        }
+        let now = client
+            .query_one(&reseal, &[&seal.first_id, &seal.last_id, &seal.prev_hash])
+            .await
+            .map_err(db(format!("cannot recompute seal {}", seal.seal_id)))?;
+        let (count, now_rows, now_hash): (i64, Vec<u8>, Vec<u8>) =
+            (now.get(0), now.get(1), now.get(2));
+        rows += count;
+        if now_rows != seal.rows {
+            problems.push(first_difference(seal, &now_rows));
+        } else if now_hash != seal.hash || count != seal.row_count {
+            problems.push(format!(
+                "seal {} (ids {}..={}) was altered: its hash no longer matches the rows it covers",
+                seal.seal_id, seal.first_id, seal.last_id
+            ));
+        }
+        previous = Some(seal);
+    }
+    Ok(rows)
+}
+
+/// The database's seals against an exported copy.
+fn against_export(seals: &[Seal], exported: &[Seal]) -> Vec<String> {
+    exported
+        .iter()
+        .filter_map(|copy| match seals.iter().find(|s| s.seal_id == copy.seal_id) {
+            None => Some(format!(
+                "seal {} of the exported copy is missing from the database",
+                copy.seal_id
+            )),
+            Some(s) if s != copy => Some(format!(
+                "seal {} in the database differs from the exported copy: one of them was altered",
+                copy.seal_id
+            )),
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// The rows below and above the seals.
+struct Coverage {
+    before_first: i64,
+    unsealed: i64,
+    /// The problem of ids below 1, reported after the redactions'.
+    impossible: Option<String>,
+}
+
+/// Rows no seal covers: below the first seal (archived or written before sealing began; an
+/// id below 1 the log never hands out), and above the last (not yet sealed). Below the first
+/// seal only archived rows belong: a live one there, or an id both live and archived, was put
+/// in by hand.
+async fn coverage(
+    client: &Client,
+    log: &AuditLog,
+    seals: &[Seal],
+    archived: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Result<Coverage, Error> {
+    let first = seals.first().map_or(i64::MAX, |s| s.first_id);
+    let last = seals.last().map_or(0, |s| s.last_id);
+    let row = client
+        .query_one(&log.seal_coverage_sql(archived), &[&first, &last])
+        .await
+        .map_err(db("cannot count the rows outside the seals"))?;
+    let impossible: i64 = row.get("impossible");
+    let first_impossible: Option<i64> = row.get("first_impossible");
+    let live_below: Option<i64> = row.get("live_below_first");
+    let both: Option<i64> = row.get("live_and_archived");
+    if let (Some(id), false) = (live_below, seals.is_empty()) {
+        problems.push(format!(
+            "entry {id} is in the log below the first seal (ids from {first}), where only rows archived before sealing began belong: inserted by hand"
+        ));
+    }
+    if let Some(id) = both {
+        problems.push(format!(
+            "entry {id} is both in the log and in an archived file: a row was inserted with an archived id"
+        ));
+    }
+    Ok(Coverage {
+        before_first: row.get("before_first"),
+        unsealed: row.get("unsealed"),
+        impossible: first_impossible.map(|id| {
+            format!(
+                "entry {id} has an id the log never hands out ({impossible} such entries): inserted by hand"
+            )
+        }),
+    })
+}
+
+/// Recorded redactions no `redact` made, and erased values that are back.
+async fn redactions(
+    client: &Client,
+    log: &AuditLog,
+    archived: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Result<(), Error> {
+    let unjustified = client
+        .query(&log.unjustified_redactions_sql(archived), &[])
+        .await
+        .map_err(db("cannot check the recorded redactions"))?;
+    for r in unjustified {
+        let (redaction, entry, column, key): (i64, i64, String, String) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        problems.push(format!(
+            "redaction {redaction} records an erasure of {column} {key:?} of entry {entry} that redact never makes (a key, another record's entry, or a column it did not name): recorded by hand"
+        ));
+    }
+    let unerased = client
+        .query(&log.unerased_sql(archived), &[])
+        .await
+        .map_err(db("cannot check the erased values"))?;
+    for r in unerased {
+        let (entry, column, key, redaction): (i64, String, String, i64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        problems.push(format!(
+            "entry {entry}: the value of {column} {key:?} that redaction {redaction} erased is present again"
+        ));
+    }
+    Ok(())
+}
+
+/// What differs first between a seal's rows and the rows now.
+fn first_difference(seal: &Seal, now: &[u8]) -> String {
+    let then = Seal::entries(&seal.rows);
+    let now = Seal::entries(now);
+    if let Some(pair) = now.windows(2).find(|w| w[0].0 == w[1].0) {
+        return format!(
+            "entry {} appears twice in the range of seal {}: a row was inserted with an existing id",
+            pair[0].0, seal.seal_id
+        );
+    }
+    let (mut i, mut j) = (0, 0);
+    while i < then.len() || j < now.len() {
+        match (then.get(i), now.get(j)) {
+            (Some(a), Some(b)) if a.0 == b.0 => {
+                if a.1 != b.1 {
+                    return format!(
+                        "entry {} was changed after seal {} (not by a recorded redaction)",
+                        a.0, seal.seal_id
+                    );
+                }
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a.0 < b.0 => {
+                return format!("entry {} was deleted after seal {}", a.0, seal.seal_id);
+            }
+            (Some(a), None) => {
+                return format!("entry {} was deleted after seal {}", a.0, seal.seal_id);
+            }
+            (_, Some(b)) => {
+                return format!(
+                    "entry {} was inserted after seal {} (which covers ids {}..={})",
+                    b.0, seal.seal_id, seal.first_id, seal.last_id
+                );
+            }
+            (None, None) => unreachable!("the loop runs while either has rows"),
+        }
+    }
+    format!("seal {} differs from its rows", seal.seal_id)
+}
