@@ -53,7 +53,7 @@ struct Tx {
 const PAYLOAD_BYTES: usize = 16 << 20;
 
 /// Microseconds from 1970 to 2000, PostgreSQL's epoch.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+const PG_EPOCH_MICROS: i64 = pg_audit::calendar::PG_EPOCH_UNIX_SECS * 1_000_000;
 
 pub(crate) async fn run(
     worker: &Worker,
@@ -962,18 +962,8 @@ pub(crate) fn pg_timestamp(micros: i64) -> String {
     let total = micros + PG_EPOCH_MICROS;
     let secs = total.div_euclid(1_000_000);
     let frac = total.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (days, rem) = pg_audit::calendar::days_and_seconds(secs);
+    let (year, month, day) = pg_audit::calendar::civil_from_days(days);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{frac:06}+00",
         rem / 3600,

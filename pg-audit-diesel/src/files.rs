@@ -85,20 +85,13 @@ fn parse_timestamp(stamp: &str) -> Option<u64> {
     let num = |r: std::ops::Range<usize>| digits[r].parse::<i64>().ok();
     let (year, month, day) = (num(0..4)?, num(4..6)?, num(6..8)?);
     let (hour, minute, second) = (num(8..10)?, num(10..12)?, num(12..14)?);
-    // Howard Hinnant's days-from-civil.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = pg_audit::calendar::days_from_civil(year, month, day);
     u64::try_from(days * 86_400 + hour * 3_600 + minute * 60 + second).ok()
 }
 
 /// `YYYY-MM-DD-HHMMSS` in UTC, as `diesel migration generate` names migrations.
 fn timestamp(secs: u64) -> String {
-    let (year, month, day) = crate::time::civil_from_days((secs / 86_400) as i64);
+    let (year, month, day) = pg_audit::calendar::civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}-{:02}{:02}{:02}",

@@ -1,32 +1,9 @@
-//! Calendar arithmetic for the few places that print and read dates, without a date-time
-//! crate.
+//! RFC 3339 and UTC times, printed and read without a date-time crate (the calendar
+//! arithmetic is the engine's, [`pg_audit::calendar`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The (year, month, day) of a count of days since 1970-01-01 (Howard Hinnant's
-/// civil-from-days).
-pub(crate) fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// Days since 1970-01-01 of a (year, month, day) (Howard Hinnant's days-from-civil).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
+use pg_audit::calendar::{civil_from_days, days_from_civil};
 
 /// Reads an RFC 3339 time, `2026-11-28T06:15:00.123456Z` or with an offset (`+01:00`), as
 /// [`rfc3339`] writes it and JSON producers send it. `None` when it is not one.

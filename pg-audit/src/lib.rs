@@ -43,6 +43,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod calendar;
 pub mod context;
 mod error;
 pub mod ident;

@@ -105,7 +105,7 @@ pub mod schema {
 #[diesel(sql_type = Timestamptz)]
 pub struct LogTime(pub SystemTime);
 
-const PG_EPOCH_SECS: u64 = 946_684_800;
+const PG_EPOCH_SECS: u64 = pg_audit::calendar::PG_EPOCH_UNIX_SECS.unsigned_abs();
 
 impl FromSql<Timestamptz, Pg> for LogTime {
     fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
