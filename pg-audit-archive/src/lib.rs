@@ -117,18 +117,5 @@ pub(crate) fn pq(what: impl Into<String>) -> impl FnOnce(parquet::errors::Parque
     move |e| Error::Parquet(what, e)
 }
 
-/// An error and its causes on one line, each printed once: a cause whose text the line
-/// already holds (the object store's and Parquet's errors repeat their sources) is skipped.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let more = c.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        cause = c.source();
-    }
-    text
-}
+/// An error and its causes on one line, each printed once ([`pg_audit::error_chain`]).
+pub use pg_audit::error_chain as chain;

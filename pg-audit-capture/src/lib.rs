@@ -296,16 +296,7 @@ impl Error {
 }
 
 /// An error and its causes on one line, each printed once.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+pub(crate) use pg_audit::error_chain as chain;
 
 /// Maps a database error to [`Error::Database`] with what was being done.
 pub(crate) fn db(doing: &'static str) -> impl FnOnce(tokio_postgres::Error) -> Error {

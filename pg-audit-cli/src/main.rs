@@ -271,7 +271,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // The error and its causes, each printed once (as `anyhow`'s `{:#}` does; a cause
             // whose text is already there, as some libraries repeat their sources, is skipped).
-            eprintln!("error: {}", pg_audit_archive::chain(&*e));
+            eprintln!("error: {}", pg_audit::error_chain(&*e));
             ExitCode::from(2)
         }
     }

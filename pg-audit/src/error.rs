@@ -135,3 +135,26 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// An error and its causes on one line, each printed once, as `anyhow`'s `{:#}` prints them:
+/// a cause whose text the line already holds (the object store's, Parquet's and some database
+/// clients' errors repeat their sources in their own message) is skipped. What the program,
+/// the capture worker and the archive print.
+///
+/// ```
+/// let e = std::io::Error::other("disk full");
+/// assert_eq!(pg_audit::error_chain(&e), "disk full");
+/// ```
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}

@@ -50,7 +50,7 @@ pub mod ident;
 pub mod session;
 pub mod sql;
 
-pub use error::Error;
+pub use error::{Error, error_chain};
 pub use ident::{Ident, QualifiedName, dollar_quote, quote_literal};
 pub use sql::capture::Capture;
 pub use sql::condition::{ColumnRef, Condition, RowRef};
