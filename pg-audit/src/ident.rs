@@ -179,6 +179,13 @@ pub(crate) fn text_literal(value: &str) -> String {
     out
 }
 
+/// `text` placed inside a `format()` or `RAISE` template that is itself a plain single-quoted
+/// literal pg-audit writes (never an `E''` one: `standard_conforming_strings` is pinned on, so a
+/// backslash stands for itself): quotes doubled for the literal, `%` doubled for the template.
+pub(crate) fn in_template(text: &str) -> String {
+    text.replace('\'', "''").replace('%', "%%")
+}
+
 /// Wraps `body` in dollar quotes with a tag that does not occur in it, so any body (including
 /// one that itself contains `$$` or `$pg_audit$`) is carried verbatim.
 pub fn dollar_quote(body: &str) -> String {

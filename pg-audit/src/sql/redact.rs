@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ident::text_literal;
+use crate::ident::{in_template, text_literal};
 use crate::sql::create_function;
 use crate::sql::digest::{
     SOURCE, column_list, live_and_archived, redaction_applies, split_at_source, value_digest_expr,
@@ -88,10 +88,8 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
     let table = names.table();
     let redactions = names.redactions_table();
     let values = names.redacted_values_table();
-    // Names inside the bodies' `format` templates (a log may be named `a'b%`): quotes doubled,
-    // and `%` doubled too.
-    let values_str = values.to_string().replace('\'', "''");
-    let values_fmt = values_str.replace('%', "%%");
+    // Names inside the bodies' `format` templates (a log may be named `a'b%`).
+    let values_fmt = in_template(&values.to_string());
     let redact = names.function("redact");
     let marker = text_literal(&format!("\"{REDACTED}\""));
     let columns = column_list();
@@ -155,9 +153,9 @@ END
     );
 
     let record_key = crate::sql::shape::record_key_expr("tbl_schema", "tbl_name", "pk");
-    // The marker inside the string literals of `format` templates.
-    let marker = marker.replace('\'', "''");
-    let vd = value_digest_expr("e.key", "e.value::text").replace('\'', "''");
+    // The marker and the digest inside the string literals of `format` templates.
+    let marker = in_template(&marker);
+    let vd = in_template(&value_digest_expr("e.key", "e.value::text"));
     let redact_body = format!(
         "
 DECLARE

@@ -93,7 +93,7 @@ END
             pub_lit = publication.literal(),
             add_config = membership_plpgsql(&publication, &log.config_table(), true, "    "),
             add_table = membership_plpgsql(&publication, table, true, "    "),
-            table_text = table.to_string().replace('\'', "''").replace('%', "%%"),
+            table_text = crate::ident::in_template(&table.to_string()),
         );
         let _ = writeln!(sql, "DO {};", crate::ident::dollar_quote(&body));
         let _ = writeln!(
