@@ -96,25 +96,34 @@ pub const LOCK_TIMEOUT: &str = "100ms";
 /// How long maintenance keeps trying before it gives up, with an error naming the cause.
 pub const MAX_WAIT: &str = "10 minutes";
 
-/// Sets the short lock timeout for one attempt (the subtransaction's rollback undoes it).
-fn lock_wait() -> String {
-    format!("PERFORM pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true);")
-}
-
-/// After an attempt timed out on a lock: give up past [`MAX_WAIT`], else sleep (backing off
-/// from 0.1 s to 1 s) and try again.
-fn retry() -> String {
+/// `attempt` (PL/pgSQL statements, indented for inside the loop) run in a loop that gives each
+/// try a short lock timeout (a subtransaction's rollback undoes it) and, when a try timed out on
+/// a lock, gives up past [`MAX_WAIT`] or sleeps (backing off from 0.1 s to 1 s) and tries again;
+/// the caller's `lock_timeout` is put back after the try that succeeds. `indent` is the loop's.
+/// The function declares `attempt`, `started` and `caller_lock_timeout`.
+fn retrying(indent: &str, attempt: &str) -> String {
+    let inner = format!("{indent}        ");
     format!(
-        "attempt := attempt OPERATOR(pg_catalog.+) 1;
-                    IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started OPERATOR(pg_catalog.>) interval '{MAX_WAIT}' THEN
-                        RAISE EXCEPTION 'pg-audit: the audit log stayed locked by other transactions for {MAX_WAIT}; maintenance gave up rather than block audited writes'
-                            USING ERRCODE = 'lock_not_available',
-                                  HINT = 'Find the long transaction holding it in pg_stat_activity (a report, pg_dump) and run maintenance again when it ends.';
-                    END IF;
-                    IF attempt OPERATOR(pg_catalog.=) 1 THEN
-                        RAISE NOTICE 'pg-audit: the audit log is held by another transaction; retrying without blocking audited writes';
-                    END IF;
-                    PERFORM pg_catalog.pg_sleep(LEAST(0.05 * 2 ^ LEAST(attempt, 5), 1.0));"
+        "{indent}attempt := 0;
+{indent}LOOP
+{indent}    BEGIN
+{inner}PERFORM pg_catalog.set_config('lock_timeout', '{LOCK_TIMEOUT}', true);
+{attempt}
+{inner}PERFORM pg_catalog.set_config('lock_timeout', caller_lock_timeout, true);
+{inner}EXIT;
+{indent}    EXCEPTION WHEN lock_not_available THEN
+{inner}attempt := attempt OPERATOR(pg_catalog.+) 1;
+{inner}IF pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started OPERATOR(pg_catalog.>) interval '{MAX_WAIT}' THEN
+{inner}    RAISE EXCEPTION 'pg-audit: the audit log stayed locked by other transactions for {MAX_WAIT}; maintenance gave up rather than block audited writes'
+{inner}        USING ERRCODE = 'lock_not_available',
+{inner}              HINT = 'Find the long transaction holding it in pg_stat_activity (a report, pg_dump) and run maintenance again when it ends.';
+{inner}END IF;
+{inner}IF attempt OPERATOR(pg_catalog.=) 1 THEN
+{inner}    RAISE NOTICE 'pg-audit: the audit log is held by another transaction; retrying without blocking audited writes';
+{inner}END IF;
+{inner}PERFORM pg_catalog.pg_sleep(LEAST(0.05 * 2 ^ LEAST(attempt, 5), 1.0));
+{indent}    END;
+{indent}END LOOP;"
     )
 }
 
@@ -130,7 +139,6 @@ pub(crate) fn functions_sql(names: &LogNames, period: PartitionPeriod) -> String
     let ensure = names.function("ensure_partitions");
     let prune = names.function("prune_partitions");
     let strip = names.function("strip_grants");
-    let (lock_wait, retry) = (lock_wait(), retry());
     let field = period.date_trunc_field();
     let step = period.interval();
     let mut sql = String::new();
@@ -161,6 +169,34 @@ pub(crate) fn functions_sql(names: &LogNames, period: PartitionPeriod) -> String
         )
     );
 
+    // One attempt at making a partition (retried while the log is locked).
+    let attach = retrying(
+        "            ",
+        &format!(
+            "                    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                                              part_schema, part, {table_lit});
+                    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE changed_at >= $1 AND changed_at < $2', default_part)
+                       INTO n USING lo, hi;
+                    IF n > 0 OR lo <= pg_catalog.clock_timestamp() THEN
+                        -- Rows of this range are in, or may be on their way to, the DEFAULT
+                        -- partition. Hold audited writes (they wait, they do not fail) while
+                        -- the rows move, so none lands in the DEFAULT partition once the new
+                        -- partition covers the range.
+                        IF n > 0 THEN
+                            RAISE NOTICE 'pg-audit: moving % rows from % into new partition %.%', n, default_part, part_schema, part;
+                        END IF;
+                        LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
+                        EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE changed_at >= $1 AND changed_at < $2 RETURNING *) '
+                                                  'INSERT INTO %I.%I SELECT * FROM moved', default_part, part_schema, part)
+                           USING lo, hi;
+                        GET DIAGNOSTICS n = ROW_COUNT;
+                    END IF;
+                    -- ATTACH rather than CREATE TABLE ... PARTITION OF: it takes only a SHARE
+                    -- UPDATE EXCLUSIVE lock on the log, which audited writes never wait for.
+                    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                                              {table_lit}, part_schema, part, lo, hi);"
+        ),
+    );
     let ensure_body = format!(
         r#"
 DECLARE
@@ -187,38 +223,7 @@ BEGIN
         IF NOT EXISTS (SELECT FROM {partitions}() AS p
                         WHERE NOT p.is_default AND p.range_start < hi AND p.range_end > lo) THEN
             part := prefix || pg_catalog.to_char(lo AT TIME ZONE 'UTC', 'YYYYMMDD');
-            attempt := 0;
-            LOOP
-                BEGIN
-                    {lock_wait}
-                    EXECUTE pg_catalog.format('CREATE TABLE %I.%I (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                                              part_schema, part, {table_lit});
-                    EXECUTE pg_catalog.format('SELECT count(*) FROM %s WHERE changed_at >= $1 AND changed_at < $2', default_part)
-                       INTO n USING lo, hi;
-                    IF n > 0 OR lo <= pg_catalog.clock_timestamp() THEN
-                        -- Rows of this range are in, or may be on their way to, the DEFAULT
-                        -- partition. Hold audited writes (they wait, they do not fail) while
-                        -- the rows move, so none lands in the DEFAULT partition once the new
-                        -- partition covers the range.
-                        IF n > 0 THEN
-                            RAISE NOTICE 'pg-audit: moving % rows from % into new partition %.%', n, default_part, part_schema, part;
-                        END IF;
-                        LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE;
-                        EXECUTE pg_catalog.format('WITH moved AS (DELETE FROM %s WHERE changed_at >= $1 AND changed_at < $2 RETURNING *) '
-                                                  'INSERT INTO %I.%I SELECT * FROM moved', default_part, part_schema, part)
-                           USING lo, hi;
-                        GET DIAGNOSTICS n = ROW_COUNT;
-                    END IF;
-                    -- ATTACH rather than CREATE TABLE ... PARTITION OF: it takes only a SHARE
-                    -- UPDATE EXCLUSIVE lock on the log, which audited writes never wait for.
-                    EXECUTE pg_catalog.format('ALTER TABLE %s ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
-                                              {table_lit}, part_schema, part, lo, hi);
-                    PERFORM pg_catalog.set_config('lock_timeout', caller_lock_timeout, true);
-                    EXIT;
-                EXCEPTION WHEN lock_not_available THEN
-                    {retry}
-                END;
-            END LOOP;
+{attach}
             -- Only the owner may write it, whatever the schema's default privileges grant.
             PERFORM {strip}(pg_catalog.format('%I.%I', part_schema, part)::regclass, false);
             partition_name := pg_catalog.format('%I.%I', part_schema, part);
@@ -271,6 +276,22 @@ END
         )
     );
 
+    // One attempt at detaching a partition (retried while the log is locked).
+    let detach = retrying(
+        "        ",
+        &format!(
+            "                -- DETACH takes an ACCESS EXCLUSIVE lock on the log, which audited writes wait
+                -- for: it waits at most lock_timeout, then lets them through and tries again.
+                EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
+                EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
+                IF drop_partitions THEN
+                    EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
+                    action := 'dropped';
+                ELSE
+                    action := 'detached';
+                END IF;"
+        ),
+    );
     let prune_body = format!(
         r#"
 DECLARE
@@ -291,26 +312,7 @@ BEGIN
               WHERE NOT l.is_default AND l.range_end <= cutoff
                 AND (only_partition IS NULL OR l.partition_name OPERATOR(pg_catalog.=) only_partition)
               ORDER BY l.range_start LOOP
-        attempt := 0;
-        LOOP
-            BEGIN
-                {lock_wait}
-                -- DETACH takes an ACCESS EXCLUSIVE lock on the log, which audited writes wait
-                -- for: it waits at most lock_timeout, then lets them through and tries again.
-                EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
-                EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
-                IF drop_partitions THEN
-                    EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
-                    action := 'dropped';
-                ELSE
-                    action := 'detached';
-                END IF;
-                PERFORM pg_catalog.set_config('lock_timeout', caller_lock_timeout, true);
-                EXIT;
-            EXCEPTION WHEN lock_not_available THEN
-                {retry}
-            END;
-        END LOOP;
+{detach}
         partition_name := p.partition_name;
         range_start := p.range_start;
         range_end := p.range_end;
