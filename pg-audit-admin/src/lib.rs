@@ -260,9 +260,21 @@ async fn style() -> impl IntoResponse {
     )
 }
 
-/// Where the admin is mounted (`/audit` under `.nest("/audit", ...)`, else empty), from the
-/// original URI and the one the nested router sees.
-pub(crate) fn base(original: &OriginalUri, uri: &axum::http::Uri) -> String {
+/// Where the admin is mounted (`/audit` under `.nest("/audit", ...)`, else empty): what every
+/// page's links start with, extracted from the request.
+pub(crate) struct Mount(pub(crate) String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Mount {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let original = OriginalUri::from_request_parts(parts, state).await?;
+        Ok(Mount(base(&original, &parts.uri)))
+    }
+}
+
+/// [`Mount`] from the original URI and the one the nested router sees.
+fn base(original: &OriginalUri, uri: &axum::http::Uri) -> String {
     let full = original.path();
     let inner = uri.path();
     if inner == "/" {

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use axum::Extension;
-use axum::extract::{Form, OriginalUri, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Timestamptz};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::html::{href, key as key_text, page, text, time, value};
-use crate::{Access, PageError, Shared, base, csrf, with_conn};
+use crate::{Access, Mount, PageError, Shared, csrf, with_conn};
 
 const PAGE_SIZE: u32 = 50;
 
@@ -213,11 +213,9 @@ pub(crate) struct ActivityQuery {
 /// `/`: the newest changes, filtered, paged by id.
 pub(crate) async fn activity(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     Query(q): Query<ActivityQuery>,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let mut filter = Activity::default();
     if let Some(t) = given(&q.table) {
         let name = table_name(t)?;
@@ -311,12 +309,10 @@ pub(crate) struct RecordQuery {
 pub(crate) async fn record(
     State(state): State<Shared>,
     Extension(access): Extension<Access>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     headers: HeaderMap,
     Query(q): Query<RecordQuery>,
 ) -> Result<Response, PageError> {
-    let base = base(&original, &uri);
     let table = table_name(&q.table)?;
     let key = parse_key(&q.key)?;
     let reader = AuditReader::with_log(state.log.clone());
@@ -482,36 +478,32 @@ pub(crate) struct RevertForm {
 pub(crate) async fn revert(
     state: State<Shared>,
     access: Extension<Access>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     headers: HeaderMap,
     Form(form): Form<RevertForm>,
 ) -> Result<Response, PageError> {
-    change(state, access, original, uri, headers, form, true).await
+    change(state, access, Mount(base), headers, form, true).await
 }
 
 /// `POST /record/restore`.
 pub(crate) async fn restore(
     state: State<Shared>,
     access: Extension<Access>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     headers: HeaderMap,
     Form(form): Form<RevertForm>,
 ) -> Result<Response, PageError> {
-    change(state, access, original, uri, headers, form, false).await
+    change(state, access, Mount(base), headers, form, false).await
 }
 
 async fn change(
     State(state): State<Shared>,
     Extension(access): Extension<Access>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     headers: HeaderMap,
     form: RevertForm,
     revert: bool,
 ) -> Result<Response, PageError> {
-    let base = base(&original, &uri);
     let Access::Write { user } = access else {
         return Err(PageError(
             StatusCode::FORBIDDEN,
@@ -609,11 +601,9 @@ fn grouped(base: &str, entries: &[AuditEntry]) -> Markup {
 /// `/tx/{txid}`.
 pub(crate) async fn transaction(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     Path(txid): Path<i64>,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let filter = Activity {
         txid: Some(txid),
         ..Activity::default()
@@ -635,11 +625,9 @@ pub(crate) struct IdQuery {
 /// `/request?id=`.
 pub(crate) async fn request(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     Query(q): Query<IdQuery>,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let filter = Activity {
         request_id: Some(q.id.clone()),
         ..Activity::default()
@@ -656,11 +644,9 @@ pub(crate) async fn request(
 /// `/user?id=`: the last 90 days.
 pub(crate) async fn user(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     Query(q): Query<IdQuery>,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let filter = Activity {
         user_id: Some(q.id.clone()),
         range: TimeRange {
@@ -702,10 +688,8 @@ struct Installed {
 /// `/tables`: every audited table.
 pub(crate) async fn tables(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let log = state.log.clone();
     let (installed, elsewhere) = with_conn(&state, move |conn| {
         let installed: Vec<Installed> = diesel::sql_query(format!(
@@ -772,11 +756,9 @@ struct Day {
 /// `/table?name=`: configuration, drift, changes per day, the table as of a time.
 pub(crate) async fn table(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
     Query(q): Query<TableQuery>,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let name = table_name(&q.name)?;
     let at = given(&q.at).map(parse_time).transpose()?;
     let after = given(&q.after).map(parse_key).transpose()?;
@@ -938,10 +920,8 @@ struct PartitionRow {
 /// `/partitions`.
 pub(crate) async fn partitions(
     State(state): State<Shared>,
-    original: OriginalUri,
-    uri: Uri,
+    Mount(base): Mount,
 ) -> Result<Markup, PageError> {
-    let base = base(&original, &uri);
     let sql = format!(
         "SELECT p.*, greatest(c.reltuples, 0)::float8 AS estimated_rows
            FROM ({}) AS p JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(p.partition_name)",
