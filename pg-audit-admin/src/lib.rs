@@ -165,28 +165,15 @@ pub fn basic_credentials(headers: &axum::http::HeaderMap) -> Option<(String, Str
     Some((user.to_owned(), password.to_owned()))
 }
 
-/// Standard base64, padding optional; `None` on any other character.
+/// Standard base64 as browsers send it in `Authorization: Basic`, padding optional.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
-    let mut bits = 0u32;
-    let mut len = 0;
-    let mut out = Vec::new();
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        };
-        bits = (bits << 6) | u32::from(v);
-        len += 6;
-        if len >= 8 {
-            len -= 8;
-            out.push((bits >> len) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine as _;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const BASIC: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    BASIC.decode(text).ok()
 }
 
 /// What every handler shares.
