@@ -5,7 +5,6 @@ use axum::http::StatusCode;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Bytea, Nullable, Text};
 use pg_audit::QualifiedName;
-use pg_audit_diesel::log::AuditEntry;
 use serde_json::Value;
 
 use crate::{PageError, Shared, with_conn};
@@ -40,13 +39,12 @@ struct Key {
     k: i64,
 }
 
-/// The archived entries of one record, newest first, how many files the archive holds, and
-/// the files that could not be read (missing, or not what the catalogue says), with why.
+/// The archived entries of one record and how many files the archive holds.
 pub(crate) async fn entries(
     state: &Shared,
     table: &QualifiedName,
     key: &Value,
-) -> Result<(Vec<AuditEntry>, usize, Vec<String>), PageError> {
+) -> Result<(pg_audit_archive::ArchivedHistory, usize), PageError> {
     let log = state.log.clone();
     let schema = table
         .schema
@@ -90,11 +88,5 @@ pub(crate) async fn entries(
                 format!("cannot read the archive: {}", pg_audit_archive::chain(&e)),
             )
         })?;
-    let not_read = entries
-        .missing
-        .into_iter()
-        .map(|location| format!("{location} (missing)"))
-        .chain(entries.unreadable)
-        .collect();
-    Ok((entries.entries, files.len(), not_read))
+    Ok((entries, files.len()))
 }

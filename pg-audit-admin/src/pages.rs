@@ -331,14 +331,17 @@ pub(crate) async fn record(
     let live: std::collections::HashSet<i64> = history.iter().map(|e| e.id).collect();
     #[cfg(feature = "archive")]
     let archive_note = if archived {
-        let (older, files, missing) = crate::archive::entries(&state, &table, &key).await?;
-        let n = older.len();
-        history.extend(older.into_iter().filter(|e| !live.contains(&e.id)));
-        history.sort_by_key(|e| std::cmp::Reverse(e.id));
-        let gone = if missing.is_empty() {
+        let (older, files) = crate::archive::entries(&state, &table, &key).await?;
+        let n = older.entries.len();
+        let not_read: Vec<String> = (older.missing.iter())
+            .map(|location| format!("{location} (missing)"))
+            .chain(older.unreadable.iter().cloned())
+            .collect();
+        history = older.merged_with(history);
+        let gone = if not_read.is_empty() {
             String::new()
         } else {
-            format!("; not read, so not shown: {}", missing.join("; "))
+            format!("; not read, so not shown: {}", not_read.join("; "))
         };
         Some(format!(
             "{n} archived entries, read from {files} archived file(s){gone}"

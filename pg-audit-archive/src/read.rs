@@ -253,6 +253,18 @@ pub struct ArchivedHistory {
     pub unreadable: Vec<String>,
 }
 
+impl ArchivedHistory {
+    /// The record's whole history, newest first: `live` (its entries in the log) and these.
+    /// An entry both live and archived (a partition archived by hand and restored) is kept
+    /// once, as the log holds it.
+    pub fn merged_with(self, mut live: Vec<AuditEntry>) -> Vec<AuditEntry> {
+        let ids: std::collections::HashSet<i64> = live.iter().map(|e| e.id).collect();
+        live.extend(self.entries.into_iter().filter(|e| !ids.contains(&e.id)));
+        live.sort_by_key(|e| std::cmp::Reverse(e.id));
+        live
+    }
+}
+
 /// The entries of `batch` for one record.
 fn entries_of(
     batch: &RecordBatch,

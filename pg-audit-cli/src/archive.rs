@@ -2,7 +2,6 @@
 //! `history --archived`.
 
 use pg_audit::QualifiedName;
-use pg_audit_diesel::log::AuditEntry;
 use serde_json::{Value, json};
 
 use crate::options::{Db, Result};
@@ -92,8 +91,12 @@ pub(crate) fn list(db: &Db) -> Result<()> {
     })
 }
 
-/// The archived entries of one record, newest first.
-pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec<AuditEntry>> {
+/// The archived entries of one record, the files not read named on standard error.
+pub(crate) fn history(
+    db: &Db,
+    table: &QualifiedName,
+    key: &Value,
+) -> Result<pg_audit_archive::ArchivedHistory> {
     let found = db.with_client(async |client, log| {
         Ok(pg_audit_archive::history(client, log, table, key).await?)
     })?;
@@ -108,5 +111,5 @@ pub(crate) fn history(db: &Db, table: &QualifiedName, key: &Value) -> Result<Vec
             crate::output::escape_controls(problem)
         );
     }
-    Ok(found.entries)
+    Ok(found)
 }

@@ -59,15 +59,9 @@ pub(crate) fn history(
     let page = Page { limit, before };
     let mut entries = reader.history_of(&mut conn, &table, &key, page)?;
     if archived {
-        // The archived entries are older than every live one of the same record.
-        let older = crate::archive::history(db, &table, &key)?;
-        let live: std::collections::HashSet<i64> = entries.iter().map(|e| e.id).collect();
-        entries.extend(
-            older
-                .into_iter()
-                .filter(|e| before.is_none_or(|b| e.id < b) && !live.contains(&e.id)),
-        );
-        entries.sort_by_key(|e| std::cmp::Reverse(e.id));
+        let mut older = crate::archive::history(db, &table, &key)?;
+        older.entries.retain(|e| before.is_none_or(|b| e.id < b));
+        entries = older.merged_with(entries);
         entries.truncate(limit as usize);
     }
     let empty = format!("no audit entries for {table} {key}");
