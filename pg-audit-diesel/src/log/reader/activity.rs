@@ -8,7 +8,7 @@ use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Operation};
 use serde_json::Value;
 
-use super::resolve_table;
+use super::record::resolve_table;
 use crate::log::driver::Driver;
 use crate::log::{AuditEntry, LogTime, Page, TimeRange};
 

@@ -10,7 +10,8 @@ use pg_audit::{AuditLog, QualifiedName};
 use serde_json::{Map, Value};
 
 use super::activity::{self, Activity, ContextField};
-use super::{blame, history, model_key, revert, state, table_at};
+use super::record::model_key;
+use super::{blame, history, revert, state, table_at};
 use super::{blame::Blame, table_at::TableAt};
 use crate::log::driver::AsyncDriver;
 use crate::log::{AuditEntry, Diff, Page, TimeRange};

@@ -7,7 +7,7 @@ use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
-use super::{record_query, resolve_table};
+use super::record::{record_query, resolve_table};
 use crate::Error;
 use crate::log::driver::{Driver, first};
 use crate::log::{AuditEntry, Page};

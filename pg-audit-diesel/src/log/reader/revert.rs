@@ -7,7 +7,7 @@ use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
 use serde_json::{Map, Value};
 
 use super::history::{entry_of, history};
-use super::read_ident;
+use super::record::read_ident;
 use crate::Error;
 use crate::log::Page;
 use crate::log::driver::{Driver, first};

@@ -9,7 +9,7 @@ use pg_audit::{AuditLog, QualifiedName};
 use serde_json::Value;
 
 use super::history::{key_change, record_sql};
-use super::record_query;
+use super::record::record_query;
 use crate::Error;
 use crate::log::driver::{Driver, first};
 use crate::log::{AuditEntry, Diff, LogTime, changed_columns};

@@ -14,7 +14,7 @@ use pg_audit::sql::shape::record_key_expr;
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
-use super::{read_ident, resolve_table, table_query};
+use super::record::{read_ident, resolve_table, table_query};
 use crate::Error;
 use crate::log::LogTime;
 use crate::log::driver::{Driver, first};
