@@ -28,6 +28,7 @@
 //! `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
 
 mod catalogue;
+pub mod digest;
 mod file;
 mod partition;
 mod read;

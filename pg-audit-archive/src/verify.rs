@@ -176,7 +176,6 @@ async fn reseal_all(
     problems: &mut Vec<String>,
     progress: &dyn Fn(Step<'_>),
 ) -> Result<i64, Error> {
-    let reseal = log.reseal_sql(archived);
     let mut previous: Option<&Seal> = None;
     let mut rows = 0i64;
     for (step, seal) in seals.iter().enumerate() {
@@ -198,12 +197,10 @@ async fn reseal_all(
                 seal.last_id
             ));
         }
-        let now = client
-            .query_one(&reseal, &[&seal.first_id, &seal.last_id, &seal.prev_hash])
-            .await
-            .map_err(db(format!("cannot recompute seal {}", seal.seal_id)))?;
-        let (count, now_rows, now_hash): (i64, Vec<u8>, Vec<u8>) =
-            (now.get(0), now.get(1), now.get(2));
+        let range = (seal.first_id, seal.last_id);
+        let now =
+            crate::digest::reseal(client, log, archived, range, seal.prev_hash.as_deref()).await?;
+        let (count, now_rows, now_hash) = (now.row_count, now.rows, now.hash);
         rows += count;
         if now_rows != seal.rows {
             problems.push(first_difference(seal, &now_rows));

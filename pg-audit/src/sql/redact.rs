@@ -69,6 +69,33 @@ pub(crate) fn unjustified_redactions_sql(names: &LogNames, archived: Option<&str
     )
 }
 
+/// The SQL of [`crate::AuditLog::applied_redactions_sql`].
+pub(crate) fn applied_redactions_sql(names: &LogNames, archived: Option<&str>) -> String {
+    let source = live_and_archived(
+        names,
+        &column_list(),
+        archived,
+        " WHERE id >= $1 AND id <= $2",
+    );
+    let rules: String = crate::sql::shape::LOG_COLUMNS
+        .iter()
+        .filter_map(|c| {
+            redaction_applies(c.name, "l", "r.key")
+                .map(|rule| format!(" WHEN {} THEN ({rule})", text_literal(c.name)))
+        })
+        .collect();
+    format!(
+        "SELECT r.entry_id, r.column_name, r.key, r.digest
+  FROM {values} AS r
+  JOIN {redactions} AS d ON d.redaction_id = r.redaction_id
+  JOIN ({source}) AS l ON l.id = r.entry_id
+ WHERE r.entry_id >= $1 AND r.entry_id <= $2 AND coalesce(CASE r.column_name{rules} ELSE false END, false)
+ ORDER BY r.entry_id, r.column_name, r.key, r.redaction_id",
+        values = names.redacted_values_table(),
+        redactions = names.redactions_table(),
+    )
+}
+
 /// The values a recorded redaction erased that are present again in the rows of `source`.
 fn unerased_query(names: &LogNames, source: &str) -> String {
     format!(

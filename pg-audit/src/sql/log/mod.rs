@@ -365,6 +365,15 @@ impl AuditLog {
         seal::seal_coverage_sql(&self.names, archived)
     }
 
+    /// The erased values' digests that stand in for them in the rows of ids `$1..=$2` (the
+    /// log's and, with `archived`, the archived rows loaded into it): `entry_id`,
+    /// `column_name`, `key`, `digest`, for each recorded erasure `redact` could have made. What
+    /// a program computing the digests itself substitutes for the marker. As
+    /// [`AuditLog::reseal_sql`].
+    pub fn applied_redactions_sql(&self, archived: Option<&str>) -> String {
+        redact::applied_redactions_sql(&self.names, archived)
+    }
+
     /// The redactions recorded and the values they erased: `redactions`, `redacted_values`.
     pub fn redaction_counts_sql(&self) -> String {
         redact::redaction_counts_sql(&self.names)
