@@ -14,13 +14,20 @@ use crate::output::{Progress, Table};
 /// `pg-audit seal [--max-rows N] [--export FILE]`.
 pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> {
     db.with_client(async |client, log| {
-        let made = client
-            .query(&log.seal_sql(max_rows), &[])
-            .await
-            .map_err(|e| format!("cannot seal: {}", db_message(&e)))?;
+        let progress = Progress::new(0, "sealing");
+        let made = pg_audit_archive::seal(client, log, max_rows, &|m| {
+            progress.step(&format!("seal {} (ids {}..={})", m.seal_id, m.first_id, m.last_id));
+        })
+        .await?;
+        drop(progress);
         let mut table = Table::new(&["seal", "first_id", "last_id", "rows"]);
-        for r in &made {
-            table.push((0..4).map(|i| json!(r.get::<_, i64>(i))).collect());
+        for m in &made {
+            table.push(vec![
+                json!(m.seal_id),
+                json!(m.first_id),
+                json!(m.last_id),
+                json!(m.row_count),
+            ]);
         }
         let progress = client.query_one(&log.seal_progress_sql(), &[]).await?;
         let unsealed: i64 = progress.get(2);
@@ -31,7 +38,7 @@ pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> 
             ),
             &format!(
                 "sealed {} row(s) in {} seal(s); {unsealed} row(s) not yet sealable",
-                made.iter().map(|r| r.get::<_, i64>(3)).sum::<i64>(),
+                made.iter().map(|m| m.row_count).sum::<i64>(),
                 made.len()
             ),
         );
@@ -219,18 +226,4 @@ async fn check_columns(
         .into());
     }
     Ok(())
-}
-
-/// The server's message, with its detail and hint.
-fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(d) => {
-            let mut m = d.message().to_owned();
-            if let Some(h) = d.hint() {
-                m.push_str(&format!(" (hint: {h})"));
-            }
-            m
-        }
-        None => e.to_string(),
-    }
 }

@@ -141,6 +141,7 @@ impl LogNames {
             ("unerased", "regclass"),
             ("seal_of", "bigint, bigint, bytea, regclass"),
             ("content_of", "regclass"),
+            ("seal_horizon", ""),
             ("seal", "integer"),
             (
                 "redact",

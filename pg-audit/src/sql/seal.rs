@@ -31,6 +31,41 @@ pub(crate) fn seal_sql(names: &LogNames, max_rows: u32) -> String {
     )
 }
 
+/// The statements a program that computes the digests itself seals with, in one transaction
+/// ([`crate::AuditLog::sealing_sql`]), making the same seals as `<log>_seal()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealingSql {
+    /// `first_id`, `upto_id` (NULL: nothing can be sealed yet), `prev_hash`: where the next
+    /// seal starts, how far rows are final, and the last seal's hash. Takes the sealers' lock
+    /// for the transaction; no row when another sealer holds it.
+    pub horizon: String,
+    /// The id of the `$3`-th row (from 0) at or after `$1` and at most `$2`: where a seal of
+    /// at most `$3 + 1` rows ends (none: the seal ends at `$2`).
+    pub boundary: String,
+    /// Records a seal: `$1` first id, `$2` last id, `$3` row count, `$4` rows, `$5` previous
+    /// hash, `$6` hash; returns its `seal_id`.
+    pub insert: String,
+}
+
+/// The SQL of [`crate::AuditLog::sealing_sql`].
+pub(crate) fn sealing_sql(names: &LogNames) -> SealingSql {
+    SealingSql {
+        horizon: format!(
+            "SELECT first_id, upto_id, prev_hash FROM {}()",
+            names.function("seal_horizon")
+        ),
+        boundary: format!(
+            "SELECT id FROM {} WHERE id >= $1 AND id <= $2 ORDER BY id OFFSET $3 LIMIT 1",
+            names.table()
+        ),
+        insert: format!(
+            "INSERT INTO {} (first_id, last_id, row_count, rows, prev_hash, hash)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING seal_id",
+            names.seals_table()
+        ),
+    }
+}
+
 /// The SQL of [`crate::AuditLog::list_seals_sql`].
 pub(crate) fn list_seals_sql(names: &LogNames) -> String {
     format!(
@@ -225,7 +260,7 @@ END
     // run after the audited write; the capture worker asks for one first). So once every
     // transaction running when the sequence was read has ended, no row with an id up to that
     // value can still appear.
-    let seal_body = format!(
+    let horizon_body = format!(
         "
 DECLARE
     handed_out bigint;
@@ -234,18 +269,9 @@ DECLARE
     pending record;
     horizon bigint;
     prev_last bigint;
-    prev_hash bytea;
-    lo bigint;
-    hi bigint;
-    n bigint;
-    m bigint;
-    made record;
-    sid bigint;
+    prev bytea;
 BEGIN
-    IF max_rows IS NULL OR max_rows < 1 THEN
-        RAISE EXCEPTION 'pg-audit: max_rows must be 1 or more, not %', max_rows;
-    END IF;
-    -- One sealer at a time; no writer takes this lock.
+    -- One sealer at a time, until the caller's transaction ends; no writer takes this lock.
     IF NOT pg_try_advisory_xact_lock(hashtext({seals_lit})) THEN
         RAISE NOTICE 'pg-audit: another seal of this log is running';
         RETURN;
@@ -268,13 +294,54 @@ BEGIN
     END IF;
     DELETE FROM {state};
     INSERT INTO {state} (pending_id, pending_snapshot) VALUES (handed_out, snap);
-    SELECT s.last_id, s.hash INTO prev_last, prev_hash FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
+    SELECT s.last_id, s.hash INTO prev_last, prev FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
     -- The first seal starts after what was archived before sealing began (not in the database).
-    lo := coalesce(prev_last, (SELECT max(a.max_id) FROM {archives} AS a), 0) + 1;
-    WHILE horizon IS NOT NULL AND lo <= horizon LOOP
+    first_id := coalesce(prev_last, (SELECT max(a.max_id) FROM {archives} AS a), 0) + 1;
+    upto_id := horizon;
+    prev_hash := prev;
+    RETURN NEXT;
+END
+",
+        seals_lit = seals.literal(),
+        archives = names.archives_table(),
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!("{horizon}()", horizon = names.function("seal_horizon")),
+            "TABLE (first_id bigint, upto_id bigint, prev_hash bytea)",
+            "plpgsql",
+            false,
+            &horizon_body
+        )
+    );
+
+    let seal_body = format!(
+        "
+DECLARE
+    plan record;
+    prev_hash bytea;
+    lo bigint;
+    hi bigint;
+    n bigint;
+    m bigint;
+    made record;
+    sid bigint;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pg-audit: max_rows must be 1 or more, not %', max_rows;
+    END IF;
+    SELECT * INTO plan FROM {horizon}();
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    lo := plan.first_id;
+    prev_hash := plan.prev_hash;
+    WHILE plan.upto_id IS NOT NULL AND lo <= plan.upto_id LOOP
         SELECT count(*), max(c.id) INTO n, m
-          FROM (SELECT l.id FROM {table} AS l WHERE l.id >= lo AND l.id <= horizon ORDER BY l.id LIMIT max_rows) AS c;
-        hi := CASE WHEN n = max_rows THEN m ELSE horizon END;
+          FROM (SELECT l.id FROM {table} AS l WHERE l.id >= lo AND l.id <= plan.upto_id ORDER BY l.id LIMIT max_rows) AS c;
+        hi := CASE WHEN n = max_rows THEN m ELSE plan.upto_id END;
         SELECT * INTO made FROM {seal_of}(lo, hi, prev_hash);
         INSERT INTO {seals} (first_id, last_id, row_count, rows, prev_hash, hash)
              VALUES (lo, hi, made.row_count, made.rows, prev_hash, made.hash)
@@ -289,8 +356,7 @@ BEGIN
     END LOOP;
 END
 ",
-        seals_lit = seals.literal(),
-        archives = names.archives_table(),
+        horizon = names.function("seal_horizon"),
     );
     let _ = writeln!(
         sql,

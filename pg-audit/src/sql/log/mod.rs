@@ -341,6 +341,12 @@ impl AuditLog {
         seal::seal_sql(&self.names, max_rows)
     }
 
+    /// What a program that computes the digests itself (`pg-audit seal`) seals with: the same
+    /// seals as [`AuditLog::seal_sql`], from the same horizon, under the same lock.
+    pub fn sealing_sql(&self) -> seal::SealingSql {
+        seal::sealing_sql(&self.names)
+    }
+
     /// The seals in order, for `verify` and export.
     pub fn list_seals_sql(&self) -> String {
         seal::list_seals_sql(&self.names)
