@@ -1,5 +1,5 @@
 //! What the archive catalogue records of a relation (rows, ids, content digest), computed by
-//! the server, and the lock that archiving and redaction share.
+//! this program from the server's rows, and the lock that archiving and redaction share.
 
 use pg_audit::AuditLog;
 use tokio_postgres::Client;
@@ -15,20 +15,27 @@ pub(crate) struct Content {
     pub(crate) digest: Vec<u8>,
 }
 
+/// The content of `relation` (a partition of the log when `in_log`, else rows loaded back):
+/// its rows' digests computed by this program ([`crate::digest`]), the digest over them in id
+/// order, as the server's `<log>_content_of` computes it.
 pub(crate) async fn content(
     client: &Client,
     log: &AuditLog,
     relation: &str,
+    in_log: bool,
 ) -> Result<Content, Error> {
-    let row = client
-        .query_one(&log.content_digest_sql(relation), &[])
-        .await
-        .map_err(db(format!("cannot compute the digest of {relation}")))?;
+    use sha2::{Digest as _, Sha256};
+    let mut digests = crate::digest::relation_digests(client, log, relation, in_log).await?;
+    digests.sort_unstable();
+    let mut all = Sha256::new();
+    for (_, d) in &digests {
+        all.update(d);
+    }
     Ok(Content {
-        rows: row.get(0),
-        min_id: row.get(1),
-        max_id: row.get(2),
-        digest: row.get(3),
+        rows: digests.len() as i64,
+        min_id: digests.first().map(|d| d.0),
+        max_id: digests.last().map(|d| d.0),
+        digest: all.finalize().to_vec(),
     })
 }
 

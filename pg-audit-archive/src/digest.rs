@@ -78,15 +78,44 @@ pub async fn row_digests(
     last: i64,
 ) -> Result<Vec<(i64, RowDigest)>, Error> {
     let erased = erased(client, log, archived, first, last).await?;
-    let columns: Vec<&str> = LOG_COLUMNS.iter().map(|c| c.name).collect();
     let filter = format!(" WHERE id >= {first} AND id <= {last}");
-    let mut source = format!("SELECT {} FROM {}{filter}", columns.join(", "), log.table());
+    let mut source = format!("SELECT {} FROM {}{filter}", columns(), log.table());
     if let Some(t) = archived {
-        source.push_str(&format!(
-            " UNION ALL SELECT {} FROM {t}{filter}",
-            columns.join(", ")
-        ));
+        source.push_str(&format!(" UNION ALL SELECT {} FROM {t}{filter}", columns()));
     }
+    digests_of(client, &source, &erased).await
+}
+
+/// The digest of every row of `relation` (a table with the log's columns: a partition, or
+/// archived rows loaded back), an erased value's recorded digest standing in where the log,
+/// or `relation` when it is not part of the log, holds the record it erased.
+pub async fn relation_digests(
+    client: &Client,
+    log: &AuditLog,
+    relation: &str,
+    in_log: bool,
+) -> Result<Vec<(i64, RowDigest)>, Error> {
+    let archived = (!in_log).then_some(relation);
+    let erased = erased(client, log, archived, i64::MIN, i64::MAX).await?;
+    let source = format!("SELECT {} FROM {relation}", columns());
+    digests_of(client, &source, &erased).await
+}
+
+/// The log's columns, in table order.
+fn columns() -> String {
+    LOG_COLUMNS
+        .iter()
+        .map(|c| c.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The digests of the rows of `source`, a query of the log's columns, by binary `COPY`.
+async fn digests_of(
+    client: &Client,
+    source: &str,
+    erased: &Erased,
+) -> Result<Vec<(i64, RowDigest)>, Error> {
     let stream = client
         .copy_out(&format!("COPY ({source}) TO STDOUT (FORMAT binary)"))
         .await
@@ -97,8 +126,7 @@ pub async fn row_digests(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(db("cannot read the log's rows"))?;
         reader.push(chunk, |fields| {
-            let (id, digest) = row_digest(fields, &erased)?;
-            out.push((id, digest));
+            out.push(row_digest(fields, erased)?);
             Ok(())
         })?;
     }

@@ -149,7 +149,7 @@ async fn archive_locked(
             row.get::<_, String>(0)
         )));
     }
-    let expected = content(client, log, &qualified.to_string()).await?;
+    let expected = content(client, log, &qualified.to_string(), true).await?;
 
     // The content digest in the name: a file of another log, database or partition of the
     // same name is never replaced, and a run interrupted before the drop replaces only its own
@@ -179,7 +179,7 @@ async fn archive_locked(
     let loaded = "pg_temp.pg_audit_archive_check";
     fresh_table(client, log, loaded).await?;
     load_path(client, log, archive, &path, loaded).await?;
-    let read_back = content(client, log, loaded).await?;
+    let read_back = content(client, log, loaded, false).await?;
     if read_back != expected {
         return Err(Error::Mismatch(format!(
             "{location} read back differs from {name} ({} rows, {} in the file; digest {} against {}): the partition is kept; check the storage and run again",

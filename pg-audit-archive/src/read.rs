@@ -442,7 +442,7 @@ pub(crate) async fn check_against_catalogue(
     relation: &str,
     file: &ArchivedFile,
 ) -> Result<(), Error> {
-    let got = content(client, log, relation).await?;
+    let got = content(client, log, relation, false).await?;
     if got.rows != file.row_count || got.digest != file.content_sha256 {
         return Err(Error::Mismatch(format!(
             "the archived file {} differs from what the catalogue recorded at archive time: {} rows (recorded {}), content digest {} (recorded {}); a row in it was changed, removed or added",

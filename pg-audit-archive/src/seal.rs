@@ -193,7 +193,14 @@ async fn seal_in(
         let row = client
             .query_one(
                 &sql.insert,
-                &[&lo, &hi, &sealed.row_count, &sealed.rows, &prev, &sealed.hash],
+                &[
+                    &lo,
+                    &hi,
+                    &sealed.row_count,
+                    &sealed.rows,
+                    &prev,
+                    &sealed.hash,
+                ],
             )
             .await
             .map_err(db("cannot record a seal"))?;

@@ -5,6 +5,7 @@
 
 use pg_audit::AuditLog;
 use pg_audit_archive::digest::reseal;
+use sha2::Digest as _;
 
 /// Log rows written as the owner, one odd shape each.
 const ROWS: &[&str] = &[
@@ -71,6 +72,25 @@ async fn the_programs_digests_are_the_servers() {
             "ids {first}..={last}"
         );
     }
+    // A relation's content digest (what the archive catalogue records) as the server's.
+    let server = client
+        .query_one(&log.content_digest_sql("audit.auditlog"), &[])
+        .await
+        .unwrap();
+    let mut digests =
+        pg_audit_archive::digest::relation_digests(&client, &log, "audit.auditlog", true)
+            .await
+            .unwrap();
+    digests.sort_unstable();
+    let mut all = sha2::Sha256::new();
+    for (_, d) in &digests {
+        sha2::Digest::update(&mut all, d);
+    }
+    assert_eq!(digests.len() as i64, server.get::<_, i64>(0));
+    assert_eq!(
+        sha2::Digest::finalize(all).to_vec(),
+        server.get::<_, Vec<u8>>(3)
+    );
     // The erased value's recorded digest stands in for the marker, as on the server: the
     // entry's digest is the one of the value before.
     let erased = client
