@@ -50,15 +50,23 @@ SQL
 n=$("${psql[@]}" -c "SELECT count(*) FROM audit.auditlog_month")
 pg_bytes=$("${psql[@]}" -c "SELECT pg_total_relation_size('audit.auditlog_month')")
 ms() { date +%s%N | cut -c1-13; }
-t0=$(ms); $cli seal >/dev/null; t1=$(ms)
+# Each step's wall time and the program's peak memory (maximum resident set, KiB).
+run() { /usr/bin/time -f %M -o "$work/rss" "$@" >/dev/null; cat "$work/rss"; }
+t0=$(ms); seal_kib=$(run $cli seal); t1=$(ms)
 seal_ms=$((t1 - t0))
-t0=$(ms); $cli archive --older-than '6 months' --to "$work/archive" >/dev/null; t1=$(ms)
+t0=$(ms); archive_kib=$(run $cli archive --older-than '6 months' --to "$work/archive"); t1=$(ms)
 archive_ms=$((t1 - t0))
 file_bytes=$(stat -c %s "$work"/archive/*.parquet)
 t0=$(ms); $cli history users 42 --archived >/dev/null; t1=$(ms)
 history_ms=$((t1 - t0))
-t0=$(ms); $cli verify >/dev/null; t1=$(ms)
+t0=$(ms); verify_kib=$(run $cli verify); t1=$(ms)
 verify_ms=$((t1 - t0))
+# The live log too: a second month, written now and sealed, so verify reads both.
+"${psql[@]}" -c "UPDATE users SET plan = 'team', updated_at = now() WHERE id % 4 = 0"
+live=$("${psql[@]}" -c "SELECT count(*) FROM audit.auditlog")
+$cli seal >/dev/null
+t0=$(ms); verify_all_kib=$(run $cli verify); t1=$(ms)
+verify_all_ms=$((t1 - t0))
 
 # Writers with and without a sealer beside them, with 1 client (a core left for the sealer:
 # what remains is waiting) and 2 (both cores busy: the sealer's CPU shows too). While the
@@ -69,10 +77,12 @@ echo "INSERT INTO hot (v) VALUES ('x');" >"$work/insert.sql"
 bench() { "$bindir/pgbench" -h "$work" -U postgres -n -c "$1" -j "$1" -T 15 -f "$work/insert.sql" postgres 2>/dev/null | awk '/^tps/ {print int($3)}'; }
 median() { printf '%s\n' "$@" | sort -n | sed -n 2p; }
 echo "month of log: $n rows; PostgreSQL $((pg_bytes / 1048576)) MiB (table and indexes), Parquet $((file_bytes / 1048576)) MiB (zstd)"
-echo "seal: $seal_ms ms, $((n * 1000 / (seal_ms > 0 ? seal_ms : 1))) rows/s"
-echo "archive (write, read back and compare, drop): $archive_ms ms, $((n * 1000 / (archive_ms > 0 ? archive_ms : 1))) rows/s"
+per_s() { echo $(($1 * 1000 / ($2 > 0 ? $2 : 1))); }
+echo "seal: $seal_ms ms, $(per_s "$n" "$seal_ms") rows/s, peak $((seal_kib / 1024)) MiB"
+echo "archive (write, read back and compare, drop): $archive_ms ms, $(per_s "$n" "$archive_ms") rows/s, peak $((archive_kib / 1024)) MiB"
 echo "history --archived of one record: $history_ms ms (the program's start included)"
-echo "verify (archive loaded back, every seal recomputed): $verify_ms ms"
+echo "verify (the archived month loaded back, every seal recomputed): $verify_ms ms, $(per_s "$n" "$verify_ms") rows/s, peak $((verify_kib / 1024)) MiB"
+echo "verify of the archived month and $live live rows: $verify_all_ms ms, $(per_s $((n + live)) "$verify_all_ms") rows/s, peak $((verify_all_kib / 1024)) MiB"
 for clients in 1 2; do
     without=(); with=()
     for _ in 1 2 3; do

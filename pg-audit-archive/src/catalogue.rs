@@ -24,19 +24,27 @@ pub(crate) async fn content(
     relation: &str,
     in_log: bool,
 ) -> Result<Content, Error> {
-    use sha2::{Digest as _, Sha256};
-    let mut digests = crate::digest::relation_digests(client, log, relation, in_log).await?;
-    digests.sort_unstable();
-    let mut all = Sha256::new();
-    for (_, d) in &digests {
-        all.update(d);
+    let digests = crate::digest::relation_digests(client, log, relation, in_log).await?;
+    Ok(Content::of(digests))
+}
+
+impl Content {
+    /// The content of rows with `digests`: their number, lowest and highest id, and the
+    /// digest over their digests in id order.
+    pub(crate) fn of(mut digests: Vec<(i64, crate::digest::RowDigest)>) -> Content {
+        use sha2::{Digest as _, Sha256};
+        digests.sort_unstable();
+        let mut all = Sha256::new();
+        for (_, d) in &digests {
+            all.update(d);
+        }
+        Content {
+            rows: digests.len() as i64,
+            min_id: digests.first().map(|d| d.0),
+            max_id: digests.last().map(|d| d.0),
+            digest: all.finalize().to_vec(),
+        }
     }
-    Ok(Content {
-        rows: digests.len() as i64,
-        min_id: digests.first().map(|d| d.0),
-        max_id: digests.last().map(|d| d.0),
-        digest: all.finalize().to_vec(),
-    })
 }
 
 /// Takes (or with `take` false, releases) the session lock that archiving and redaction share:

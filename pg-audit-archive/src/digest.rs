@@ -30,9 +30,8 @@ pub struct Resealed {
     pub hash: Vec<u8>,
 }
 
-/// The seal over ids `first..=last` of `source` (the log, or the log and archived rows loaded
-/// back: a query giving the log's columns, [`AuditLog::reseal_sql`]'s source), chained to
-/// `prev_hash`, with the digests computed here.
+/// The seal over ids `first..=last` of the log (and, with `archived`, the archived rows loaded
+/// back into that table), chained to `prev_hash`, with the digests computed here.
 pub async fn reseal(
     client: &Client,
     log: &AuditLog,
@@ -40,7 +39,23 @@ pub async fn reseal(
     (first, last): (i64, i64),
     prev_hash: Option<&[u8]>,
 ) -> Result<Resealed, Error> {
+    reseal_with(client, log, archived, &[], (first, last), prev_hash).await
+}
+
+/// [`reseal`], with the digests of rows read elsewhere (`more`, sorted: archived files read
+/// directly) taken in where their ids fall in the range.
+pub(crate) async fn reseal_with(
+    client: &Client,
+    log: &AuditLog,
+    archived: Option<&str>,
+    more: &[(i64, RowDigest)],
+    (first, last): (i64, i64),
+    prev_hash: Option<&[u8]>,
+) -> Result<Resealed, Error> {
     let mut digests = row_digests(client, log, archived, first, last).await?;
+    let from = more.partition_point(|d| d.0 < first);
+    let to = more.partition_point(|d| d.0 <= last);
+    digests.extend_from_slice(&more[from..to]);
     digests.sort_unstable();
     Ok(seal_of(&digests, first, last, prev_hash))
 }
@@ -136,9 +151,9 @@ async fn digests_of(
 
 /// The recorded digests of erased values that stand in for the marker: by entry, column and
 /// key.
-type Erased = HashMap<(i64, String, String), Vec<u8>>;
+pub(crate) type Erased = HashMap<(i64, String, String), Vec<u8>>;
 
-async fn erased(
+pub(crate) async fn erased(
     client: &Client,
     log: &AuditLog,
     archived: Option<&str>,
@@ -158,34 +173,57 @@ async fn erased(
     Ok(erased)
 }
 
-/// The digest of one row, its fields in the log's column order (`None`: NULL).
+/// One field of a row, in the terms the digest reads it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field<'a> {
+    /// NULL.
+    Null,
+    /// An integer; a timestamp as microseconds since 1970-01-01 UTC.
+    Int(i64),
+    /// Text; a JSON column as the server prints it.
+    Text(&'a str),
+}
+
+/// The digest of one row from the binary `COPY` form of its fields, in the log's column order.
 fn row_digest(fields: &[Option<&[u8]>], erased: &Erased) -> Result<(i64, RowDigest), Error> {
     let bad = |what: &str| Error::Mismatch(format!("the log's rows came back malformed: {what}"));
-    let id = int8(fields[0]).ok_or_else(|| bad("id"))?;
-    let mut scalars: Vec<(&str, String)> = Vec::new();
-    let mut json: Vec<(&str, &str, &[u8])> = Vec::new();
+    let mut typed = Vec::with_capacity(fields.len());
     for (column, field) in LOG_COLUMNS.iter().zip(fields) {
-        let Some(value) = field else { continue };
-        match column.sql_type {
-            "bigint" => {
-                let v = int8(Some(value)).ok_or_else(|| bad(column.name))?;
-                scalars.push((column.name, v.to_string()));
-            }
-            "timestamptz" => {
-                let v = int8(Some(value)).ok_or_else(|| bad(column.name))?;
-                scalars.push((
-                    column.name,
-                    (v + PG_EPOCH_UNIX_SECS * 1_000_000).to_string(),
-                ));
-            }
-            "text" => {
-                let text = std::str::from_utf8(value).map_err(|_| bad(column.name))?;
-                scalars.push((column.name, json_string(text)));
-            }
+        typed.push(match (field, column.sql_type) {
+            (None, _) => Field::Null,
+            (Some(v), "bigint") => Field::Int(int8(Some(v)).ok_or_else(|| bad(column.name))?),
+            (Some(v), "timestamptz") => Field::Int(
+                int8(Some(v)).ok_or_else(|| bad(column.name))? + PG_EPOCH_UNIX_SECS * 1_000_000,
+            ),
             // jsonb's binary form is a version byte and its text.
-            "jsonb" => json.push((column.name, column.sql_type, value.get(1..).unwrap_or(&[]))),
-            "json" => json.push((column.name, column.sql_type, value)),
-            other => return Err(bad(&format!("a column of type {other}"))),
+            (Some(v), "jsonb") => Field::Text(
+                std::str::from_utf8(v.get(1..).unwrap_or(&[])).map_err(|_| bad(column.name))?,
+            ),
+            (Some(v), _) => Field::Text(std::str::from_utf8(v).map_err(|_| bad(column.name))?),
+        });
+    }
+    row_digest_of(&typed, erased)
+}
+
+/// The digest of one row, its fields in the log's column order: the form docs/digest.md
+/// writes out.
+pub(crate) fn row_digest_of(
+    fields: &[Field<'_>],
+    erased: &Erased,
+) -> Result<(i64, RowDigest), Error> {
+    let bad = |what: &str| Error::Mismatch(format!("a log row is malformed: {what}"));
+    let Some(Field::Int(id)) = fields.first().copied() else {
+        return Err(bad("id"));
+    };
+    let mut scalars: Vec<(&str, String)> = Vec::new();
+    let mut json: Vec<(&str, &str)> = Vec::new();
+    for (column, field) in LOG_COLUMNS.iter().zip(fields) {
+        match (column.sql_type, *field) {
+            (_, Field::Null) => {}
+            ("bigint" | "timestamptz", Field::Int(v)) => scalars.push((column.name, v.to_string())),
+            ("text", Field::Text(t)) => scalars.push((column.name, json_string(t))),
+            ("json" | "jsonb", Field::Text(t)) => json.push((column.name, t)),
+            _ => return Err(bad(column.name)),
         }
     }
     // The scalars as jsonb prints an object: keys by length, then bytes.
@@ -203,8 +241,7 @@ fn row_digest(fields: &[Option<&[u8]>], erased: &Erased) -> Result<(i64, RowDige
     text.push('}');
     let mut row = Sha256::new();
     row.update(text.as_bytes());
-    for (name, _, value) in json {
-        let value = std::str::from_utf8(value).map_err(|_| bad(name))?;
+    for (name, value) in json {
         row.update(json_digest(id, name, value, erased).ok_or_else(|| bad(name))?);
     }
     Ok((id, row.finalize().into()))
@@ -457,4 +494,47 @@ impl CopyReader {
             ))
         }
     }
+}
+
+/// The digests of the rows of `batch`, an archived file's (the log's columns by name, as the
+/// archive writes them), appended to `out`.
+pub(crate) fn batch_digests(
+    batch: &arrow_array::RecordBatch,
+    erased: &Erased,
+    out: &mut Vec<(i64, RowDigest)>,
+) -> Result<(), Error> {
+    use crate::file::{IntColumn, ints, texts};
+    use pg_audit::sql::archive::ArchiveType;
+    enum Column<'a> {
+        Int(IntColumn<'a>),
+        Text(&'a arrow_array::StringArray),
+    }
+    let columns: Vec<Column<'_>> = LOG_COLUMNS
+        .iter()
+        .map(|c| match ArchiveType::of(c) {
+            ArchiveType::Int64 | ArchiveType::TimestampMicros => {
+                ints(batch, c.name).map(Column::Int)
+            }
+            ArchiveType::Text => texts(batch, c.name).map(Column::Text),
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            Error::Mismatch(
+                "an archived file lacks a log column, or holds it with another type".into(),
+            )
+        })?;
+    let mut fields = Vec::with_capacity(columns.len());
+    for row in 0..batch.num_rows() {
+        use arrow_array::Array as _;
+        fields.clear();
+        for column in &columns {
+            fields.push(match column {
+                Column::Int(c) => c.get(row).map_or(Field::Null, Field::Int),
+                Column::Text(c) if c.is_null(row) => Field::Null,
+                Column::Text(c) => Field::Text(c.value(row)),
+            });
+        }
+        out.push(row_digest_of(&fields, erased)?);
+    }
+    Ok(())
 }

@@ -361,6 +361,31 @@ async fn open(
         .map_err(pq(format!("cannot open the archived file {location}")))
 }
 
+/// The digest of every row of the archived file at `path`, read back from the store, an erased
+/// value's recorded digest (`erased`) standing in for the marker.
+pub(crate) async fn file_digests(
+    archive: &Archive,
+    path: &Path,
+    location: &str,
+    erased: &crate::digest::Erased,
+) -> Result<Vec<(i64, crate::digest::RowDigest)>, Error> {
+    let stream = open(archive, path, location)
+        .await?
+        .with_batch_size(BATCH_ROWS)
+        .build()
+        .map_err(pq(format!("cannot read {location}")))?;
+    pin_mut!(stream);
+    let mut out = Vec::new();
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(pq(format!("cannot read {location}")))?
+    {
+        crate::digest::batch_digests(&batch, erased, &mut out)?;
+    }
+    Ok(out)
+}
+
 /// The temporary tables rows are loaded back through.
 const STAGE: &str = "pg_temp.pg_audit_archive_stage";
 
@@ -380,47 +405,13 @@ pub async fn load_archived(
     fresh_table(client, log, target).await?;
     for file in &files {
         progress(file);
-        // A catalogue row pointing at what the archive never wrote is a finding.
-        let (archive, path) = match file.open() {
-            Ok(opened) => opened,
-            Err(e @ Error::Mismatch(_)) => {
-                problems.push(e.to_string());
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some((archive, path)) = reach(file, &mut problems).await? else {
+            continue;
         };
-        // A file that is gone is a finding; a store that cannot be reached is an error.
-        match archive.store.head(&path).await {
-            Ok(_) => {}
-            Err(object_store::Error::NotFound { .. }) => {
-                problems.push(format!(
-                    "the archived file {} is missing ({} rows, ids {}..={})",
-                    file.location,
-                    file.row_count,
-                    file.min_id.unwrap_or(0),
-                    file.max_id.unwrap_or(0)
-                ));
-                continue;
-            }
-            Err(e) => {
-                return Err(Error::Store(
-                    format!("cannot reach the archived file {}", file.location),
-                    e,
-                ));
-            }
-        }
         fresh_table(client, log, single).await?;
-        match load_path(client, log, &archive, &path, single).await {
-            Ok(()) => {}
-            Err(e @ (Error::Parquet(..) | Error::Mismatch(_) | Error::Store(..))) => {
-                problems.push(format!(
-                    "the archived file {} cannot be read as the catalogue recorded it: {}",
-                    file.location,
-                    crate::chain(&e)
-                ));
-                continue;
-            }
-            Err(e) => return Err(e),
+        if let Err(e) = load_path(client, log, &archive, &path, single).await {
+            unreadable(file, e, &mut problems)?;
+            continue;
         }
         match check_against_catalogue(client, log, single, file).await {
             Ok(()) => {}
@@ -435,6 +426,87 @@ pub async fn load_archived(
     Ok((files, problems))
 }
 
+/// Every archived row's digest, read from the files themselves (no erased value recorded in
+/// them: see [`load_archived`] otherwise), each file checked against its catalogue row; and
+/// what differs from the catalogue. `progress` hears each file as it starts. For `verify`.
+pub(crate) async fn digest_archived(
+    files: &[ArchivedFile],
+    progress: &dyn Fn(&ArchivedFile),
+) -> Result<(Vec<(i64, crate::digest::RowDigest)>, Vec<String>), Error> {
+    let mut problems = Vec::new();
+    let mut all = Vec::new();
+    let none = crate::digest::Erased::new();
+    for file in files {
+        progress(file);
+        let Some((archive, path)) = reach(file, &mut problems).await? else {
+            continue;
+        };
+        let digests = match file_digests(&archive, &path, &file.location, &none).await {
+            Ok(digests) => digests,
+            Err(e) => {
+                unreadable(file, e, &mut problems)?;
+                continue;
+            }
+        };
+        let got = crate::catalogue::Content::of(digests.clone());
+        if let Some(problem) = differs(file, &got) {
+            problems.push(problem);
+        }
+        all.extend(digests);
+    }
+    all.sort_unstable();
+    Ok((all, problems))
+}
+
+/// The archive and path of `file`, or `None` with a finding when the catalogue row points at
+/// what the archive never wrote or the file is gone; an error when the store cannot be reached.
+async fn reach(
+    file: &ArchivedFile,
+    problems: &mut Vec<String>,
+) -> Result<Option<(Archive, Path)>, Error> {
+    let (archive, path) = match file.open() {
+        Ok(opened) => opened,
+        Err(e @ Error::Mismatch(_)) => {
+            problems.push(e.to_string());
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    match archive.store.head(&path).await {
+        Ok(_) => Ok(Some((archive, path))),
+        Err(object_store::Error::NotFound { .. }) => {
+            problems.push(format!(
+                "the archived file {} is missing ({} rows, ids {}..={})",
+                file.location,
+                file.row_count,
+                file.min_id.unwrap_or(0),
+                file.max_id.unwrap_or(0)
+            ));
+            Ok(None)
+        }
+        Err(e) => Err(Error::Store(
+            format!("cannot reach the archived file {}", file.location),
+            e,
+        )),
+    }
+}
+
+/// A file that cannot be read as the catalogue recorded it is a finding; anything else an
+/// error.
+fn unreadable(file: &ArchivedFile, e: Error, problems: &mut Vec<String>) -> Result<(), Error> {
+    match e {
+        e @ (Error::Parquet(..) | Error::Mismatch(_) | Error::Store(..)) => {
+            problems.push(format!(
+                "the archived file {} cannot be read as the catalogue recorded it: {}",
+                file.location,
+                crate::chain(&e)
+            ));
+            Ok(())
+        }
+        e => Err(e),
+    }
+}
+
 /// Whether `relation` holds what the catalogue says `file` holds.
 pub(crate) async fn check_against_catalogue(
     client: &Client,
@@ -443,17 +515,24 @@ pub(crate) async fn check_against_catalogue(
     file: &ArchivedFile,
 ) -> Result<(), Error> {
     let got = content(client, log, relation, false).await?;
-    if got.rows != file.row_count || got.digest != file.content_sha256 {
-        return Err(Error::Mismatch(format!(
+    match differs(file, &got) {
+        Some(problem) => Err(Error::Mismatch(problem)),
+        None => Ok(()),
+    }
+}
+
+/// What differs between `got` and what the catalogue says `file` holds.
+fn differs(file: &ArchivedFile, got: &crate::catalogue::Content) -> Option<String> {
+    (got.rows != file.row_count || got.digest != file.content_sha256).then(|| {
+        format!(
             "the archived file {} differs from what the catalogue recorded at archive time: {} rows (recorded {}), content digest {} (recorded {}); a row in it was changed, removed or added",
             file.location,
             got.rows,
             file.row_count,
             hex::encode(&got.digest),
             hex::encode(&file.content_sha256)
-        )));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// Makes the session's temporary table `name` with the log's columns (and the staging table)

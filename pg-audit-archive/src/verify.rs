@@ -8,6 +8,7 @@ use pg_audit::AuditLog;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
+use crate::digest::RowDigest;
 use crate::seal::{Seal, seals};
 use crate::{Error, archived_files, db, load_archived};
 
@@ -107,31 +108,60 @@ pub async fn verify(
 ) -> Result<Report, Error> {
     let mut problems = unexpected_relations(client, log).await?;
     let files = archived_files(client, log).await?;
-    let archived = if files.is_empty() {
-        None
+    let steps = files.len();
+    let step = std::cell::Cell::new(0);
+    let heard = |f: &crate::ArchivedFile| {
+        let item = &f.partition_name;
+        let phase = "reading the archive";
+        progress(Step {
+            phase,
+            step: step.replace(step.get() + 1),
+            steps,
+            item,
+        });
+    };
+    // Archived rows are read from the files here, unless a recorded erasure concerns one: then
+    // they are loaded back into the server, whose checks of erasures read them.
+    let (archived, in_files) = if files.is_empty() {
+        (None, Vec::new())
     } else {
-        let steps = files.len();
-        let step = std::cell::Cell::new(0);
-        let (_, mismatches) = load_archived(client, log, ARCHIVED, &|f| {
-            let item = &f.partition_name;
-            let phase = "reading the archive";
-            progress(Step {
-                phase,
-                step: step.replace(step.get() + 1),
-                steps,
-                item,
-            });
-        })
-        .await?;
-        problems.extend(mismatches);
-        Some(ARCHIVED)
+        let overlaps = client
+            .query_one(&log.archive_overlaps_sql(), &[])
+            .await
+            .map_err(db("cannot read the archive catalogue"))?;
+        if overlaps.get::<_, bool>(0) {
+            let (_, mismatches) = load_archived(client, log, ARCHIVED, &heard).await?;
+            problems.extend(mismatches);
+            (Some(ARCHIVED), Vec::new())
+        } else {
+            let (digests, mismatches) = crate::read::digest_archived(&files, &heard).await?;
+            problems.extend(mismatches);
+            let live: Vec<i64> = overlaps.get(1);
+            let both = live
+                .iter()
+                .find(|id| digests.binary_search_by_key(*id, |d| d.0).is_ok());
+            if let Some(id) = both {
+                problems.push(format!(
+                    "entry {id} is both in the log and in an archived file: a row was inserted with an archived id"
+                ));
+            }
+            (None, digests)
+        }
     };
     let seals = seals(client, log).await?;
-    let sealed_rows = reseal_all(client, log, &seals, archived, &mut problems, progress).await?;
+    let sealed_rows = reseal_all(
+        client,
+        log,
+        &seals,
+        (archived, &in_files),
+        &mut problems,
+        progress,
+    )
+    .await?;
     if let Some(exported) = exported {
         problems.extend(against_export(&seals, exported));
     }
-    let coverage = coverage(client, log, &seals, archived, &mut problems).await?;
+    let coverage = coverage(client, log, &seals, (archived, &in_files), &mut problems).await?;
     redactions(client, log, archived, &mut problems).await?;
     problems.extend(coverage.impossible);
     let counts = client
@@ -172,7 +202,7 @@ async fn reseal_all(
     client: &Client,
     log: &AuditLog,
     seals: &[Seal],
-    archived: Option<&str>,
+    (archived, in_files): (Option<&str>, &[(i64, RowDigest)]),
     problems: &mut Vec<String>,
     progress: &dyn Fn(Step<'_>),
 ) -> Result<i64, Error> {
@@ -198,8 +228,15 @@ async fn reseal_all(
             ));
         }
         let range = (seal.first_id, seal.last_id);
-        let now =
-            crate::digest::reseal(client, log, archived, range, seal.prev_hash.as_deref()).await?;
+        let now = crate::digest::reseal_with(
+            client,
+            log,
+            archived,
+            in_files,
+            range,
+            seal.prev_hash.as_deref(),
+        )
+        .await?;
         let (count, now_rows, now_hash) = (now.row_count, now.rows, now.hash);
         rows += count;
         if now_rows != seal.rows {
@@ -249,7 +286,7 @@ async fn coverage(
     client: &Client,
     log: &AuditLog,
     seals: &[Seal],
-    archived: Option<&str>,
+    (archived, in_files): (Option<&str>, &[(i64, RowDigest)]),
     problems: &mut Vec<String>,
 ) -> Result<Coverage, Error> {
     let first = seals.first().map_or(i64::MAX, |s| s.first_id);
@@ -258,8 +295,14 @@ async fn coverage(
         .query_one(&log.seal_coverage_sql(archived), &[&first, &last])
         .await
         .map_err(db("cannot count the rows outside the seals"))?;
-    let impossible: i64 = row.get("impossible");
-    let first_impossible: Option<i64> = row.get("first_impossible");
+    // The rows read from the archived files count as the server counts the live ones.
+    let count = |keep: &dyn Fn(i64) -> bool| in_files.iter().filter(|d| keep(d.0)).count() as i64;
+    let impossible: i64 = row.get::<_, i64>("impossible") + count(&|id| id < 1);
+    let first_impossible: Option<i64> = row
+        .get::<_, Option<i64>>("first_impossible")
+        .into_iter()
+        .chain(in_files.first().map(|d| d.0).filter(|id| *id < 1))
+        .min();
     let live_below: Option<i64> = row.get("live_below_first");
     let both: Option<i64> = row.get("live_and_archived");
     if let (Some(id), false) = (live_below, seals.is_empty()) {
@@ -273,8 +316,8 @@ async fn coverage(
         ));
     }
     Ok(Coverage {
-        before_first: row.get("before_first"),
-        unsealed: row.get("unsealed"),
+        before_first: row.get::<_, i64>("before_first") + count(&|id| id < first),
+        unsealed: row.get::<_, i64>("unsealed") + count(&|id| id > last),
         impossible: first_impossible.map(|id| {
             format!(
                 "entry {id} has an id the log never hands out ({impossible} such entries): inserted by hand"

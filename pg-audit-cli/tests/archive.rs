@@ -705,3 +705,140 @@ fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// docs/digest.md is enough to verify without pg-audit: `third_party_verify.py` (Python's
+/// standard library and DuckDB) recomputes the seals from the exported file and the Parquet
+/// files, agrees with `pg-audit verify`, accounts for an erasure only with its recorded
+/// digests, and reports a changed, removed or inserted row and an altered or removed seal.
+#[test]
+fn an_independent_verifier_written_from_the_docs_agrees_and_catches_tampering() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server
+        .create_database("archive_third_party")
+        .expect("database");
+    let url = db.url();
+    fill(&db);
+    let dir = tempdir("archive_third_party");
+    let files = dir.join("files");
+    seal_all(&db, &["--max-rows", "700"]);
+    ok(
+        &[
+            "archive",
+            "--older-than",
+            "6 months",
+            "--to",
+            files.to_str().unwrap(),
+        ],
+        url,
+        &[],
+    );
+    ok(
+        &[
+            "redact",
+            "--table",
+            "users",
+            "--key",
+            "42",
+            "--columns",
+            "email",
+            "--reason",
+            "erasure request",
+        ],
+        url,
+        &[],
+    );
+    assert!(ok(&["verify"], url, &[]).starts_with("ok:"));
+    let seals = dir.join("seals.jsonl");
+    ok(&["seal", "--export", seals.to_str().unwrap()], url, &[]);
+    let erased = dir.join("erased.jsonl");
+    std::fs::write(
+        &erased,
+        db.psql(
+            "SELECT json_build_object('entry_id', entry_id, 'column_name', column_name, 'key', key,
+                                      'digest', encode(digest, 'hex'))
+               FROM audit.auditlog_redacted_values",
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let parquet: Vec<String> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().path().to_str().unwrap().to_owned())
+        .filter(|p| p.ends_with(".parquet"))
+        .collect();
+    assert_eq!(parquet.len(), 1, "{parquet:?}");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/third_party_verify.py");
+    let verify = |seals: &std::path::Path, file: &str, with_erased: bool| -> (bool, String) {
+        let mut cmd = Command::new("python3");
+        cmd.arg(script).arg(seals).arg(file);
+        if with_erased {
+            cmd.arg("--erased").arg(&erased);
+        }
+        let out = cmd.output().expect("python3 runs (CI installs duckdb)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let file = &parquet[0];
+    let (good, text) = verify(&seals, file, true);
+    assert!(good, "{text}");
+    assert!(text.starts_with("ok: "), "{text}");
+    assert!(
+        !text.starts_with("ok: 0 seal"),
+        "some seal is checked: {text}"
+    );
+    // Without the erased value's recorded digest, the erasure is a change.
+    let (good, text) = verify(&seals, file, false);
+    assert!(!good && text.contains("does not match"), "{text}");
+
+    // The file altered: a value changed, a row removed, a row inserted.
+    let tampered = dir.join("tampered.parquet");
+    let tampered = tampered.to_str().unwrap();
+    for (what, query) in [
+        (
+            "a value changed",
+            "SELECT * REPLACE (CASE WHEN id = (SELECT min(id) + 5 FROM f) THEN 'mallory' ELSE db_user END AS db_user) FROM f",
+        ),
+        (
+            "a row removed",
+            "SELECT * FROM f WHERE id <> (SELECT min(id) + 5 FROM f)",
+        ),
+        (
+            "a row inserted",
+            "SELECT * FROM f UNION ALL (SELECT * FROM f WHERE id = (SELECT min(id) + 5 FROM f))",
+        ),
+    ] {
+        duckdb(&format!(
+            "import duckdb, json
+con = duckdb.connect()
+con.execute(\"CREATE VIEW f AS SELECT * FROM read_parquet('{file}')\")
+con.execute(\"COPY ({query}) TO '{tampered}' (FORMAT parquet)\")
+print(json.dumps(True))"
+        ));
+        let (good, text) = verify(&seals, tampered, true);
+        assert!(!good && text.contains("does not match"), "{what}: {text}");
+    }
+
+    // The seals altered: a hash changed, a seal removed.
+    let text = std::fs::read_to_string(&seals).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 3, "{text}");
+    let altered = dir.join("altered.jsonl");
+    let mut first: Value = serde_json::from_str(lines[0]).unwrap();
+    let hash = first["hash"].as_str().unwrap().to_owned();
+    let flipped = if hash.starts_with('0') { "1" } else { "0" };
+    first["hash"] = Value::String(format!("{flipped}{}", &hash[1..]));
+    let mut rest: Vec<String> = vec![first.to_string()];
+    rest.extend(lines[1..].iter().map(|l| (*l).to_owned()));
+    std::fs::write(&altered, rest.join("\n")).unwrap();
+    let (good, text) = verify(&altered, file, true);
+    assert!(!good, "a seal's hash altered: {text}");
+    let mut without: Vec<&str> = lines.clone();
+    without.remove(1);
+    std::fs::write(&altered, without.join("\n")).unwrap();
+    let (good, text) = verify(&altered, file, true);
+    assert!(
+        !good && text.contains("does not follow"),
+        "a seal removed: {text}"
+    );
+}

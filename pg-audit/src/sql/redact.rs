@@ -38,6 +38,18 @@ pub(crate) fn unerased_sql(names: &LogNames, archived: Option<&str>) -> String {
     )
 }
 
+/// The SQL of [`crate::AuditLog::archive_overlaps_sql`].
+pub(crate) fn archive_overlaps_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT EXISTS (SELECT FROM {values} AS r JOIN {archives} AS a ON r.entry_id >= a.min_id AND r.entry_id <= a.max_id) AS erased,
+       ARRAY(SELECT l.id FROM {log} AS l JOIN {archives} AS a ON l.id >= a.min_id AND l.id <= a.max_id
+              ORDER BY l.id LIMIT 1000) AS live",
+        values = names.redacted_values_table(),
+        archives = names.archives_table(),
+        log = names.table(),
+    )
+}
+
 /// The SQL of [`crate::AuditLog::redaction_counts_sql`].
 pub(crate) fn redaction_counts_sql(names: &LogNames) -> String {
     format!(

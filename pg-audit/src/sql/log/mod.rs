@@ -380,6 +380,13 @@ impl AuditLog {
         redact::applied_redactions_sql(&self.names, archived)
     }
 
+    /// Whether a recorded erasure concerns an archived entry (`erased`), and the live ids in
+    /// archived files' id ranges (`live`, the first 1,000): what tells `verify` whether it may
+    /// read archived rows from the files alone.
+    pub fn archive_overlaps_sql(&self) -> String {
+        redact::archive_overlaps_sql(&self.names)
+    }
+
     /// The redactions recorded and the values they erased: `redactions`, `redacted_values`.
     pub fn redaction_counts_sql(&self) -> String {
         redact::redaction_counts_sql(&self.names)
