@@ -32,6 +32,48 @@ pub struct Report {
     pub redactions: i64,
     /// The values they erased.
     pub redacted_values: i64,
+    /// The seals taken as verified before (up to [`Options::since`]): their chain checked,
+    /// their rows not recomputed.
+    pub chained_only: usize,
+    /// The last seal, when nothing was altered: what a later `since` verification starts from.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// What [`verify`] checks besides the log and its archive.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options<'a> {
+    /// Seals kept outside the database (`pg-audit seal --export`), compared with the
+    /// database's.
+    pub exported: Option<&'a [Seal]>,
+    /// The last seal an earlier verification found intact: seals up to it are checked by their
+    /// chain only (and it must be unchanged), the rows of the later ones recomputed, archived
+    /// files read only when a later seal covers them. A full verification (`None`) remains the
+    /// one that rereads everything.
+    pub since: Option<&'a Checkpoint>,
+}
+
+/// The last seal a verification found intact, kept by whoever verifies, outside the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// The seal.
+    pub seal_id: i64,
+    /// Its hash.
+    pub hash: Vec<u8>,
+}
+
+impl Checkpoint {
+    /// As a file holds it: `{"seal_id": N, "hash": "<hex>"}`.
+    pub fn to_json(&self) -> Value {
+        json!({"seal_id": self.seal_id, "hash": hex::encode(&self.hash)})
+    }
+
+    /// A checkpoint from its JSON, `None` when it is not one.
+    pub fn from_json(v: &Value) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            seal_id: v.get("seal_id")?.as_i64()?,
+            hash: hex::decode(v.get("hash")?.as_str()?).ok()?,
+        })
+    }
 }
 
 impl Report {
@@ -51,6 +93,7 @@ impl Report {
             "archived_files": self.archived_files,
             "redactions": self.redactions,
             "redacted_values": self.redacted_values,
+            "chained_only": self.chained_only,
             "problems": self.problems,
         })
     }
@@ -65,8 +108,16 @@ impl Report {
         } else {
             String::new()
         };
+        let chained = if self.chained_only > 0 {
+            format!(
+                " ({} verified before, their chain checked)",
+                self.chained_only
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{}: {} seal(s) over {} row(s) ({} archived file(s)); {} value(s) erased by {} recorded redaction(s); {} row(s) not yet sealed{not_covered}",
+            "{}: {} seal(s){chained} over {} row(s) ({} archived file(s)); {} value(s) erased by {} recorded redaction(s); {} row(s) not yet sealed{not_covered}",
             if self.ok() { "ok" } else { "ALTERED" },
             self.seals,
             self.sealed_rows,
@@ -103,11 +154,35 @@ const ARCHIVED: &str = "pg_temp.pg_audit_verify";
 pub async fn verify(
     client: &Client,
     log: &AuditLog,
-    exported: Option<&[Seal]>,
+    options: &Options<'_>,
     progress: &dyn Fn(Step<'_>),
 ) -> Result<Report, Error> {
     let mut problems = unexpected_relations(client, log).await?;
-    let files = archived_files(client, log).await?;
+    let seals = seals(client, log).await?;
+    let since = options.since.map_or(i64::MIN, |c| c.seal_id);
+    if let Some(c) = options.since {
+        match seals.iter().find(|s| s.seal_id == c.seal_id) {
+            None => problems.push(format!(
+                "seal {}, found intact by the verification this one continues, is missing from the database",
+                c.seal_id
+            )),
+            Some(s) if s.hash != c.hash => problems.push(format!(
+                "seal {} differs from the one the verification this one continues found intact: it was rewritten since",
+                c.seal_id
+            )),
+            Some(_) => {}
+        }
+    }
+    // Archived files are read when a seal to recompute may cover their rows.
+    let recheck_from = seals
+        .iter()
+        .find(|s| s.seal_id > since)
+        .map_or(i64::MAX, |s| s.first_id);
+    let mut files = archived_files(client, log).await?;
+    let listed = files.len();
+    if options.since.is_some() {
+        files.retain(|f| f.max_id.is_none_or(|max| max >= recheck_from));
+    }
     let steps = files.len();
     let step = std::cell::Cell::new(0);
     let heard = |f: &crate::ArchivedFile| {
@@ -148,17 +223,16 @@ pub async fn verify(
             (None, digests)
         }
     };
-    let seals = seals(client, log).await?;
     let sealed_rows = reseal_all(
         client,
         log,
-        &seals,
+        (&seals, since),
         (archived, &in_files),
         &mut problems,
         progress,
     )
     .await?;
-    if let Some(exported) = exported {
+    if let Some(exported) = options.exported {
         problems.extend(against_export(&seals, exported));
     }
     let coverage = coverage(client, log, &seals, (archived, &in_files), &mut problems).await?;
@@ -168,15 +242,24 @@ pub async fn verify(
         .query_one(&log.redaction_counts_sql(), &[])
         .await
         .map_err(db("cannot count the redactions"))?;
+    let checkpoint = seals
+        .last()
+        .filter(|_| problems.is_empty())
+        .map(|s| Checkpoint {
+            seal_id: s.seal_id,
+            hash: s.hash.clone(),
+        });
     Ok(Report {
         problems,
         seals: seals.len(),
         sealed_rows,
         unsealed_rows: coverage.unsealed,
         rows_before_first_seal: coverage.before_first,
-        archived_files: files.len(),
+        archived_files: listed,
         redactions: counts.get(0),
         redacted_values: counts.get(1),
+        chained_only: seals.iter().filter(|s| s.seal_id <= since).count(),
+        checkpoint,
     })
 }
 
@@ -201,7 +284,7 @@ async fn unexpected_relations(client: &Client, log: &AuditLog) -> Result<Vec<Str
 async fn reseal_all(
     client: &Client,
     log: &AuditLog,
-    seals: &[Seal],
+    (seals, since): (&[Seal], i64),
     (archived, in_files): (Option<&str>, &[(i64, RowDigest)]),
     problems: &mut Vec<String>,
     progress: &dyn Fn(Step<'_>),
@@ -226,6 +309,12 @@ async fn reseal_all(
                 seal.first_id,
                 seal.last_id
             ));
+        }
+        if seal.seal_id <= since {
+            // Verified before: its chain is checked above, its rows are not read again.
+            rows += seal.row_count;
+            previous = Some(seal);
+            continue;
         }
         let range = (seal.first_id, seal.last_id);
         let now = crate::digest::reseal_with(

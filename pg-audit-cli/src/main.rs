@@ -141,6 +141,12 @@ enum Command {
         /// The seals as exported by `pg-audit seal --export`, to compare with the database's.
         #[arg(long, value_name = "FILE")]
         seals: Option<std::path::PathBuf>,
+        /// Continue from the last verification that found nothing altered, kept in FILE
+        /// (written when nothing is altered; a missing file means a full verification): the
+        /// seals it covered are checked by their chain only, the later ones recomputed. Run a
+        /// full verification (without it) regularly too.
+        #[arg(long, value_name = "FILE")]
+        since_last: Option<std::path::PathBuf>,
         #[command(flatten)]
         db: options::Db,
     },
@@ -229,7 +235,11 @@ fn main() -> ExitCode {
             export,
             db,
         } => seal::seal(max_rows, export.as_deref(), &db),
-        Command::Verify { seals, db } => match seal::verify(seals.as_deref(), &db) {
+        Command::Verify {
+            seals,
+            since_last,
+            db,
+        } => match seal::verify(seals.as_deref(), since_last.as_deref(), &db) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),

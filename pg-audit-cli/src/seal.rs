@@ -66,7 +66,11 @@ pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> 
 }
 
 /// `pg-audit verify [--seals FILE]`: `Ok(true)` when nothing was altered.
-pub(crate) fn verify(seals_file: Option<&Path>, db: &Db) -> Result<bool> {
+pub(crate) fn verify(
+    seals_file: Option<&Path>,
+    since_last: Option<&Path>,
+    db: &Db,
+) -> Result<bool> {
     let exported = match seals_file {
         None => None,
         Some(path) => {
@@ -77,9 +81,31 @@ pub(crate) fn verify(seals_file: Option<&Path>, db: &Db) -> Result<bool> {
             Some(seals)
         }
     };
+    let since = match since_last {
+        Some(path) if path.exists() => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let checkpoint = serde_json::from_str::<Value>(&text)
+                .ok()
+                .as_ref()
+                .and_then(pg_audit_archive::Checkpoint::from_json)
+                .ok_or_else(|| {
+                    format!(
+                        "{} is not what `pg-audit verify --since-last` writes; remove it for a full verification",
+                        path.display()
+                    )
+                })?;
+            Some(checkpoint)
+        }
+        _ => None,
+    };
+    let options = pg_audit_archive::Options {
+        exported: exported.as_deref(),
+        since: since.as_ref(),
+    };
     let report = db.with_client(async |client, log| {
         let progress = Progress::new(0, "verifying");
-        let report = pg_audit_archive::verify(client, log, exported.as_deref(), &|step| {
+        let report = pg_audit_archive::verify(client, log, &options, &|step| {
             progress.at(step.phase, step.step, step.steps, step.item);
         })
         .await?;
@@ -96,6 +122,13 @@ pub(crate) fn verify(seals_file: Option<&Path>, db: &Db) -> Result<bool> {
             table.print(false);
         }
         crate::output::line(&report.summary());
+    }
+    if let (Some(path), Some(checkpoint)) = (since_last, &report.checkpoint) {
+        // Written whole, then moved into place: an interrupted write never leaves half a file.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("{}\n", checkpoint.to_json()))
+            .and_then(|()| std::fs::rename(&partial, path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     Ok(report.ok())
 }

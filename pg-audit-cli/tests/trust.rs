@@ -458,3 +458,91 @@ fn a_catalogue_row_pointing_anywhere_is_named_not_read() {
     assert!(stderr.contains("is not a regular file"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `verify --since-last FILE` continues from the last verification that found nothing altered:
+/// it recomputes only the seals made since (a row changed in one is found), checks the earlier
+/// seals' chain and that the seal it stopped at is unchanged, and writes the file only when
+/// nothing is altered; a full `verify` still rereads everything.
+#[test]
+fn verify_since_last_rechecks_new_seals_and_the_chain_of_the_rest() {
+    let db = sealed("trust_since_last");
+    let url = db.url().to_owned();
+    let dir = std::env::temp_dir().join(format!("pg-audit-since-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = dir.join("verified.json");
+    let _ = std::fs::remove_file(&state);
+    let state_arg = state.to_str().unwrap();
+    let first = ok(&["verify", "--since-last", state_arg], &url);
+    assert!(
+        first.starts_with("ok:") && !first.contains("verified before"),
+        "{first}"
+    );
+    let checkpoint: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert!(checkpoint["seal_id"].as_i64().unwrap() >= 1, "{checkpoint}");
+
+    // New rows, sealed: only their seal is recomputed.
+    psql(
+        &db,
+        "INSERT INTO users SELECT g, 'later', 'Later' FROM generate_series(100, 110) AS g",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while psql(
+        &db,
+        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+    )
+    .trim()
+        != "0"
+    {
+        ok(&["seal"], &url);
+        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
+    }
+    let saved = std::fs::read_to_string(&state).unwrap();
+    // A row of a new seal changed: found, and the file is left as it was.
+    psql(
+        &db,
+        "ALTER TABLE audit.auditlog DISABLE TRIGGER USER;
+         UPDATE audit.auditlog SET db_user = 'mallory' WHERE id = (SELECT max(id) FROM audit.auditlog);",
+    );
+    let found = finds(&["verify", "--since-last", state_arg], &url);
+    assert!(found.contains("was changed after seal"), "{found}");
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), saved);
+    psql(
+        &db,
+        "UPDATE audit.auditlog SET db_user = 'postgres' WHERE id = (SELECT max(id) FROM audit.auditlog);",
+    );
+    let again = ok(&["verify", "--since-last", state_arg], &url);
+    assert!(
+        again.contains("verified before, their chain checked"),
+        "{again}"
+    );
+    let saved = std::fs::read_to_string(&state).unwrap();
+    // A row of a seal verified before changed: only a full verification rereads it.
+    psql(
+        &db,
+        "UPDATE audit.auditlog SET db_user = 'mallory' WHERE id = 1;",
+    );
+    assert!(ok(&["verify", "--since-last", state_arg], &url).starts_with("ok:"));
+    let full = finds(&["verify"], &url);
+    assert!(full.contains("was changed after seal"), "{full}");
+    psql(
+        &db,
+        "UPDATE audit.auditlog SET db_user = 'postgres' WHERE id = 1;",
+    );
+    // The seal it stopped at rewritten: found from the chain alone.
+    psql(
+        &db,
+        &format!(
+            "ALTER TABLE audit.auditlog_seals DISABLE TRIGGER USER;
+             UPDATE audit.auditlog_seals SET hash = sha256('forged') WHERE seal_id = {};",
+            serde_json::from_str::<serde_json::Value>(&saved).unwrap()["seal_id"]
+        ),
+    );
+    let found = finds(&["verify", "--since-last", state_arg], &url);
+    assert!(found.contains("it was rewritten since"), "{found}");
+    // A garbled file is refused, naming the fix.
+    std::fs::write(&state, "not json").unwrap();
+    let out = pg_audit(&["verify", "--since-last", state_arg], &url);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("remove it for a full verification"));
+}
