@@ -161,14 +161,28 @@ pub fn parse_key(columns: &[String], text: &str) -> Result<Value, KeyMismatch> {
     key_object(columns, key)
 }
 
-/// A key object as text the command line takes back: `id=1`, `order_id=7,line_no=1`.
+/// A key object as text the command line takes back ([`parse_key`]): `id=1`,
+/// `order_id=7,line_no=1`; as the JSON object when pairs would not read back as they were (a
+/// value holding a comma or `=`, a string that reads as a number, an odd column name).
 pub fn key_text(key: &Value) -> String {
     match key {
-        Value::Object(columns) => columns
-            .iter()
-            .map(|(column, value)| format!("{column}={}", value_text(value)))
-            .collect::<Vec<_>>()
-            .join(","),
+        Value::Object(columns) => {
+            let plain = columns.iter().all(|(column, value)| {
+                let text = value_text(value);
+                is_name(column)
+                    && !text.contains([',', '='])
+                    && text.trim() == text
+                    && scalar(&text) == *value
+            });
+            if !plain {
+                return key.to_string();
+            }
+            columns
+                .iter()
+                .map(|(column, value)| format!("{column}={}", value_text(value)))
+                .collect::<Vec<_>>()
+                .join(",")
+        }
         other => other.to_string(),
     }
 }
@@ -196,6 +210,35 @@ fn scalar(text: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn printed_keys_read_back_whatever_they_hold() {
+        use serde_json::json;
+        let columns =
+            |k: &Value| -> Vec<String> { k.as_object().unwrap().keys().cloned().collect() };
+        for key in [
+            json!({"id": 1}),
+            json!({"order_id": 7, "line_no": 1}),
+            json!({"org": "a,b", "n": 1}),
+            json!({"org": "x=y", "n": 2}),
+            json!({"code": "007", "n": 3}),
+            json!({"name": " padded "}),
+            json!({"name": "plain,comma"}),
+            json!({"odd col": 1}),
+            json!({"flag": true, "s": "true"}),
+        ] {
+            let text = super::key_text(&key);
+            assert_eq!(
+                super::parse_key(&columns(&key), &text).unwrap(),
+                key,
+                "{text}"
+            );
+        }
+        assert_eq!(
+            super::key_text(&json!({"order_id": 7, "line_no": 1})),
+            "line_no=1,order_id=7"
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -253,9 +253,21 @@ pub struct AuditEntry {
 impl AuditEntry {
     /// The audited columns this change touched, with their values before and after (`Null`
     /// where there was no row): for an UPDATE the columns that differ, for an INSERT or DELETE
-    /// every audited column.
+    /// every audited column. An UPDATE whose every changed value was erased since (both sides
+    /// `"[redacted]"`) shows those columns: the change happened, its values are gone.
     pub fn changes(&self) -> BTreeMap<String, (Value, Value)> {
-        changed_columns(self.old_values.as_ref(), self.new_values.as_ref())
+        let changed = changed_columns(self.old_values.as_ref(), self.new_values.as_ref());
+        if !changed.is_empty() || self.operation != Operation::Update {
+            return changed;
+        }
+        let marker = Value::String(pg_audit::sql::shape::REDACTED.to_owned());
+        let (Some(Value::Object(old)), Some(new)) = (&self.old_values, &self.new_values) else {
+            return changed;
+        };
+        old.iter()
+            .filter(|(k, v)| **v == marker && new.get(k.as_str()) == Some(&marker))
+            .map(|(k, v)| (k.clone(), (v.clone(), v.clone())))
+            .collect()
     }
 }
 
@@ -333,6 +345,39 @@ mod tests {
     use pg_audit::LOG_COLUMNS;
 
     use super::schema::auditlog;
+
+    #[test]
+    fn an_update_of_erased_values_still_shows_as_a_change() {
+        use serde_json::json;
+        let entry = |old: serde_json::Value, new: serde_json::Value| super::AuditEntry {
+            id: 1,
+            changed_at: std::time::SystemTime::UNIX_EPOCH,
+            tx_started_at: std::time::SystemTime::UNIX_EPOCH,
+            txid: 1,
+            operation: pg_audit::Operation::Update,
+            schema_name: "public".into(),
+            table_name: "users".into(),
+            record_pk: Some(json!({"id": 1})),
+            old_values: Some(old),
+            new_values: Some(new),
+            db_user: "app".into(),
+            context: crate::AuditContext::new(),
+            old_record_pk: None,
+        };
+        let r = json!("[redacted]");
+        // Only erased columns changed: they are shown, values unknown.
+        let erased = entry(
+            json!({"id": 1, "email": r, "name": "Ann"}),
+            json!({"id": 1, "email": r, "name": "Ann"}),
+        );
+        assert_eq!(erased.changes().keys().collect::<Vec<_>>(), ["email"]);
+        // A visible change: the erased column, unchanged as far as anyone can tell, is not.
+        let visible = entry(
+            json!({"id": 1, "email": r, "name": "Ann"}),
+            json!({"id": 1, "email": r, "name": "Anna"}),
+        );
+        assert_eq!(visible.changes().keys().collect::<Vec<_>>(), ["name"]);
+    }
 
     /// A Diesel SQL type as the engine names it.
     trait SqlName {
