@@ -1,10 +1,11 @@
 //! Archiving one partition: written, read back and compared, recorded, dropped — in that order,
 //! so an interruption anywhere leaves the partition in place and a second run starts it again.
 
+use object_store::ObjectStoreExt as _;
 use pg_audit::{AuditLog, Ident, QualifiedName, Retention};
 use tokio_postgres::Client;
 
-use crate::catalogue::{Content, content, lock_archive};
+use crate::catalogue::{Content, lock_archive};
 use crate::file::file_metadata;
 use crate::read::{file_digests, write_file};
 use crate::{Archive, Error, db};
@@ -149,14 +150,18 @@ async fn archive_locked(
             row.get::<_, String>(0)
         )));
     }
-    let expected = content(client, log, &qualified.to_string(), true).await?;
-
-    // The content digest in the name: a file of another log, database or partition of the
-    // same name is never replaced, and a run interrupted before the drop replaces only its own
-    // file, with the same rows.
-    let file = format!("{name}.{}.parquet", &hex::encode(&expected.digest)[..16]);
-    let path = archive.path(&file);
-    let location = archive.url(&file);
+    // The rows are written under a name of this run's, digested as they go; then the file
+    // takes the name carrying its content digest (a file of another log, database or
+    // partition of the same name is never replaced, and a run interrupted before the drop
+    // replaces only its own file, with the same rows), and is read back and digested again.
+    let erased = crate::digest::erased(client, log, None, i64::MIN, i64::MAX).await?;
+    let partial = archive.path(&format!(
+        "{name}.partial-{}-{}.parquet",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
     let metadata = file_metadata(
         log,
         name,
@@ -164,19 +169,27 @@ async fn archive_locked(
         &partition.range_end,
         false,
     );
+    let mut written = Vec::new();
     let bytes = write_file(
         client,
         &log.archive_rows_sql(&qualified.to_string()),
         archive,
-        &path,
-        &location,
+        &partial,
+        &partial.to_string(),
         metadata,
+        Some((&erased, &mut written)),
         progress,
     )
     .await?;
-
-    // Read back what was written, and digest it as the rows it came from were.
-    let erased = crate::digest::erased(client, log, None, i64::MIN, i64::MAX).await?;
+    let expected = Content::of(written);
+    let file = format!("{name}.{}.parquet", &hex::encode(&expected.digest)[..16]);
+    let path = archive.path(&file);
+    let location = archive.url(&file);
+    archive
+        .store
+        .rename(&partial, &path)
+        .await
+        .map_err(|e| Error::Store(format!("cannot name the archived file {location}"), e))?;
     let read_back = Content::of(file_digests(archive, &path, &location, &erased).await?);
     if read_back != expected {
         return Err(Error::Mismatch(format!(

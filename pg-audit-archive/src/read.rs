@@ -611,6 +611,10 @@ pub(crate) async fn write_file(
     path: &Path,
     location: &str,
     metadata: Vec<(String, String)>,
+    mut digests: Option<(
+        &crate::digest::Erased,
+        &mut Vec<(i64, crate::digest::RowDigest)>,
+    )>,
     progress: &dyn Fn(u64),
 ) -> Result<u64, Error> {
     let writer = BufWriter::new(archive.store.clone(), path.clone());
@@ -627,8 +631,12 @@ pub(crate) async fn write_file(
         let row = row.map_err(db(format!("cannot read the rows for {location}")))?;
         batch.push(&row);
         if batch.len() == BATCH_ROWS {
+            let rows = batch.finish();
+            if let Some((erased, out)) = &mut digests {
+                crate::digest::batch_digests(&rows, erased, out)?;
+            }
             writer
-                .write(&batch.finish())
+                .write(&rows)
                 .await
                 .map_err(pq(format!("cannot write {location}")))?;
             written += BATCH_ROWS as u64;
@@ -637,8 +645,12 @@ pub(crate) async fn write_file(
     }
     if batch.len() > 0 {
         written += batch.len() as u64;
+        let rows = batch.finish();
+        if let Some((erased, out)) = &mut digests {
+            crate::digest::batch_digests(&rows, erased, out)?;
+        }
         writer
-            .write(&batch.finish())
+            .write(&rows)
             .await
             .map_err(pq(format!("cannot write {location}")))?;
     }

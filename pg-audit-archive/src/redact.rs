@@ -269,6 +269,7 @@ async fn rewrite_file(
         &path,
         &file.location,
         metadata,
+        None,
         &|_| {},
     )
     .await?;
