@@ -175,7 +175,7 @@ async fn archive_locked(
         &log.archive_rows_sql(&qualified.to_string()),
         archive,
         &partial,
-        &partial.to_string(),
+        partial.as_ref(),
         metadata,
         Some((&erased, &mut written)),
         progress,
