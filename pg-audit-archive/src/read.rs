@@ -608,8 +608,7 @@ pub(crate) async fn write_file(
     client: &Client,
     rows_sql: &str,
     archive: &Archive,
-    path: &Path,
-    location: &str,
+    (path, location): (&Path, &str),
     metadata: Vec<(String, String)>,
     mut digests: Option<(
         &crate::digest::Erased,
