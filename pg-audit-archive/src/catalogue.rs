@@ -31,19 +31,27 @@ pub(crate) async fn content(
 impl Content {
     /// The content of rows with `digests`: their number, lowest and highest id, and the
     /// digest over their digests in id order.
-    pub(crate) fn of(mut digests: Vec<(i64, crate::digest::RowDigest)>) -> Content {
+    pub(crate) fn of(digests: Vec<(i64, crate::digest::RowDigest)>) -> Content {
+        Content::keeping(digests).0
+    }
+
+    /// [`Content::of`], giving the digests back sorted.
+    pub(crate) fn keeping(
+        mut digests: Vec<(i64, crate::digest::RowDigest)>,
+    ) -> (Content, Vec<(i64, crate::digest::RowDigest)>) {
         use sha2::{Digest as _, Sha256};
         digests.sort_unstable();
         let mut all = Sha256::new();
         for (_, d) in &digests {
             all.update(d);
         }
-        Content {
+        let content = Content {
             rows: digests.len() as i64,
             min_id: digests.first().map(|d| d.0),
             max_id: digests.last().map(|d| d.0),
             digest: all.finalize().to_vec(),
-        }
+        };
+        (content, digests)
     }
 }
 

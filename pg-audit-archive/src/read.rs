@@ -448,7 +448,7 @@ pub(crate) async fn digest_archived(
                 continue;
             }
         };
-        let got = crate::catalogue::Content::of(digests.clone());
+        let (got, digests) = crate::catalogue::Content::keeping(digests);
         if let Some(problem) = differs(file, &got) {
             problems.push(problem);
         }
