@@ -131,6 +131,10 @@ enum Command {
         /// Write every seal, as JSON lines, to this file.
         #[arg(long, value_name = "FILE")]
         export: Option<std::path::PathBuf>,
+        /// Keep sealing: seal, wait this many seconds, and again, on one connection, until
+        /// Ctrl-C or SIGTERM (instead of a run from cron).
+        #[arg(long, value_name = "SECONDS", conflicts_with = "export")]
+        every: Option<u64>,
         #[command(flatten)]
         db: options::Db,
     },
@@ -233,8 +237,15 @@ fn main() -> ExitCode {
         Command::Seal {
             max_rows,
             export,
+            every: None,
             db,
         } => seal::seal(max_rows, export.as_deref(), &db),
+        Command::Seal {
+            max_rows,
+            every: Some(every),
+            db,
+            ..
+        } => seal::keep_sealing(max_rows, std::time::Duration::from_secs(every), &db),
         Command::Verify {
             seals,
             since_last,

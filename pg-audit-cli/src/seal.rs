@@ -65,6 +65,38 @@ pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> 
     })
 }
 
+/// `pg-audit seal --every SECONDS`: seals, waits, and again, on one connection, until Ctrl-C
+/// or SIGTERM; a line for each run that sealed something.
+pub(crate) fn keep_sealing(max_rows: u32, every: std::time::Duration, db: &Db) -> Result<()> {
+    db.with_client(async |client, log| {
+        let stop = crate::capture::shutdown();
+        tokio::pin!(stop);
+        loop {
+            let made = pg_audit_archive::seal(client, log, max_rows, &|_| {}).await?;
+            if let (Some(first), Some(last)) = (made.first(), made.last()) {
+                let rows: i64 = made.iter().map(|m| m.row_count).sum();
+                if db.json {
+                    crate::output::line(
+                        &json!({"seals": made.len(), "rows": rows, "first_id": first.first_id, "last_id": last.last_id})
+                            .to_string(),
+                    );
+                } else {
+                    crate::output::line(&format!(
+                        "sealed {rows} row(s) (ids {}..={}) in {} seal(s)",
+                        first.first_id,
+                        last.last_id,
+                        made.len()
+                    ));
+                }
+            }
+            tokio::select! {
+                () = &mut stop => return Ok(()),
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    })
+}
+
 /// `pg-audit verify [--seals FILE]`: `Ok(true)` when nothing was altered.
 pub(crate) fn verify(
     seals_file: Option<&Path>,

@@ -546,3 +546,41 @@ fn verify_since_last_rechecks_new_seals_and_the_chain_of_the_rest() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("remove it for a full verification"));
 }
+
+/// `seal --every SECONDS` keeps sealing on one connection until SIGTERM, saying what each run
+/// sealed, and exits 0.
+#[test]
+fn seal_every_keeps_sealing_until_told_to_stop() {
+    let db = sealed("trust_seal_every");
+    let url = db.url().to_owned();
+    let mut sealer = std::process::Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(["seal", "--every", "1"])
+        .env("DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    psql(
+        &db,
+        "INSERT INTO users SELECT g, 'x', 'y' FROM generate_series(200, 240) AS g",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while psql(
+        &db,
+        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+    )
+    .trim()
+        != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the sealer sealed nothing");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &sealer.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let out = sealer.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("sealed 41 row(s)"), "{said}");
+}
