@@ -553,7 +553,7 @@ fn verify_since_last_rechecks_new_seals_and_the_chain_of_the_rest() {
 fn seal_every_keeps_sealing_until_told_to_stop() {
     let db = sealed("trust_seal_every");
     let url = db.url().to_owned();
-    let mut sealer = std::process::Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+    let sealer = std::process::Command::new(env!("CARGO_BIN_EXE_pg-audit"))
         .args(["seal", "--every", "1"])
         .env("DATABASE_URL", &url)
         .stdout(std::process::Stdio::piped())
