@@ -8,7 +8,8 @@
 # triggers (inserts of a users table, then updates of a third of them), moved into a partition
 # eight months back. Writers: pgbench, single-row INSERTs into an audited table, 15 s per run,
 # alternating runs without a sealer, with one seal halfway through the run, with `pg-audit seal
-# --every 1` running, and with `pg-audit seal` started again as soon as it ends; the ratios are
+# --every 1` running, with `seal --every 0` sealing back-to-back on one connection, and with
+# `pg-audit seal` started again as soon as it ends; the ratios are
 # the medians' (with/without).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -88,7 +89,7 @@ echo "verify of the archived month and $live live rows: $verify_all_ms ms, $(per
 # seal does grows with the rows written since the last one, so this is the load of sealing once
 # a minute at any write rate (a minute's rows, once a minute).
 for clients in 1 2; do
-    without=(); with=(); cadence=(); every=()
+    without=(); with=(); cadence=(); every=(); nonstop=()
     for _ in 1 2 3; do
         without+=("$(bench "$clients")")
         $cli seal >/dev/null 2>&1
@@ -98,14 +99,17 @@ for clients in 1 2; do
         $cli seal --every 1 >/dev/null 2>&1 & sealer=$!
         every+=("$(bench "$clients")")
         kill -TERM $sealer; wait $sealer 2>/dev/null || true
+        $cli seal --every 0 >/dev/null 2>&1 & sealer=$!
+        nonstop+=("$(bench "$clients")")
+        kill -TERM $sealer; wait $sealer 2>/dev/null || true
         (while true; do $cli seal >/dev/null 2>&1; done) & sealer=$!
         (while true; do "${psql[@]}" -c "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"; sleep 0.05; done) >"$work/waits.$clients" & sampler=$!
         with+=("$(bench "$clients")")
         kill $sealer $sampler; wait $sealer $sampler 2>/dev/null || true
     done
-    mw=$(median "${without[@]}"); mwith=$(median "${with[@]}"); mc=$(median "${cadence[@]}"); me=$(median "${every[@]}")
+    mw=$(median "${without[@]}"); mwith=$(median "${with[@]}"); mc=$(median "${cadence[@]}"); me=$(median "${every[@]}"); mn=$(median "${nonstop[@]}")
     waits=$(sort -n "$work/waits.$clients" | tail -n 1)
-    echo "single-row audited INSERTs, $clients client(s): tps without a sealer ${without[*]} (median $mw); sealing once per run ${cadence[*]} (median $mc, ratio $(awk "BEGIN {printf \"%.3f\", $mc / $mw}")); \`seal --every 1\` running ${every[*]} (median $me, ratio $(awk "BEGIN {printf \"%.3f\", $me / $mw}")); a new \`pg-audit seal\` process back-to-back ${with[*]} (median $mwith); ratio $(awk "BEGIN {printf \"%.3f\", $mwith / $mw}"); most backends waiting on a lock at once while sealing: ${waits:-0} ($(wc -l <"$work/waits.$clients") samples)"
+    echo "single-row audited INSERTs, $clients client(s): tps without a sealer ${without[*]} (median $mw); sealing once per run ${cadence[*]} (median $mc, ratio $(awk "BEGIN {printf \"%.3f\", $mc / $mw}")); \`seal --every 1\` running ${every[*]} (median $me, ratio $(awk "BEGIN {printf \"%.3f\", $me / $mw}")); \`seal --every 0\` (back-to-back on one connection) ${nonstop[*]} (median $mn, ratio $(awk "BEGIN {printf \"%.3f\", $mn / $mw}")); a new \`pg-audit seal\` process back-to-back ${with[*]} (median $mwith); ratio $(awk "BEGIN {printf \"%.3f\", $mwith / $mw}"); most backends waiting on a lock at once while sealing: ${waits:-0} ($(wc -l <"$work/waits.$clients") samples)"
 done
 sealed=$("${psql[@]}" -c "SELECT count(*), coalesce(sum(row_count), 0) FROM audit.auditlog_seals")
 echo "seals made: $sealed (seals, rows)"

@@ -160,6 +160,14 @@ pub(crate) async fn erased(
     first: i64,
     last: i64,
 ) -> Result<Erased, Error> {
+    let any: bool = client
+        .query_one(&log.erasures_in_sql(), &[&first, &last])
+        .await
+        .map_err(db("cannot read the redactions"))?
+        .get(0);
+    if !any {
+        return Ok(Erased::new());
+    }
     let rows = client
         .query(&log.applied_redactions_sql(archived), &[&first, &last])
         .await

@@ -132,7 +132,8 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         export: Option<std::path::PathBuf>,
         /// Keep sealing: seal, wait this many seconds, and again, on one connection, until
-        /// Ctrl-C or SIGTERM (instead of a run from cron).
+        /// Ctrl-C or SIGTERM (instead of a run from cron). Its commits do not wait for the disk:
+        /// a crash can lose the last second's seals, which the next run makes again.
         #[arg(long, value_name = "SECONDS", conflicts_with = "export")]
         every: Option<u64>,
         #[command(flatten)]

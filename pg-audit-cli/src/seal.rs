@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use pg_audit::QualifiedName;
+use pg_audit_archive::Commit;
 use pg_audit_diesel::log::AuditReader;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -15,7 +16,7 @@ use crate::output::{Progress, Table};
 pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> {
     db.with_client(async |client, log| {
         let progress = Progress::new(0, "sealing");
-        let made = pg_audit_archive::seal(client, log, max_rows, &|m| {
+        let made = pg_audit_archive::seal(client, log, max_rows, Commit::Synchronous, &|m| {
             progress.step(&format!("seal {} (ids {}..={})", m.seal_id, m.first_id, m.last_id));
         })
         .await?;
@@ -72,7 +73,8 @@ pub(crate) fn keep_sealing(max_rows: u32, every: std::time::Duration, db: &Db) -
         let stop = crate::capture::shutdown();
         tokio::pin!(stop);
         loop {
-            let made = pg_audit_archive::seal(client, log, max_rows, &|_| {}).await?;
+            let made = pg_audit_archive::seal(client, log, max_rows, Commit::Asynchronous, &|_| {})
+                    .await?;
             if let (Some(first), Some(last)) = (made.first(), made.last()) {
                 let rows: i64 = made.iter().map(|m| m.row_count).sum();
                 if db.json {

@@ -50,6 +50,14 @@ pub(crate) fn archive_overlaps_sql(names: &LogNames) -> String {
     )
 }
 
+/// The SQL of [`crate::AuditLog::erasures_in_sql`].
+pub(crate) fn erasures_in_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT EXISTS (SELECT FROM {} WHERE entry_id >= $1 AND entry_id <= $2)",
+        names.redacted_values_table()
+    )
+}
+
 /// The SQL of [`crate::AuditLog::redaction_counts_sql`].
 pub(crate) fn redaction_counts_sql(names: &LogNames) -> String {
     format!(

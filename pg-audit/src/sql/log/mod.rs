@@ -371,6 +371,13 @@ impl AuditLog {
         seal::seal_coverage_sql(&self.names, archived)
     }
 
+    /// Whether any value of the entries of ids `$1..=$2` is recorded as erased: one index
+    /// probe, to skip [`AuditLog::applied_redactions_sql`] (whose plan reaches every
+    /// partition) where no erasure can apply.
+    pub fn erasures_in_sql(&self) -> String {
+        redact::erasures_in_sql(&self.names)
+    }
+
     /// The erased values' digests that stand in for them in the rows of ids `$1..=$2` (the
     /// log's and, with `archived`, the archived rows loaded into it): `entry_id`,
     /// `column_name`, `key`, `digest`, for each recorded erasure `redact` could have made. What
