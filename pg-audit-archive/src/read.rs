@@ -61,8 +61,8 @@ impl ArchivedFile {
             self.partition_name,
             &hex::encode(&self.content_sha256)[..16.min(2 * self.content_sha256.len())]
         );
-        let name = self.location.rsplit('/').next().unwrap_or("");
-        if name != expected {
+        let name = crate::store::split_url(&self.location).map(|(_, name)| name);
+        if name.ok() != Some(crate::store::stored_name(&expected)) {
             return Err(Error::Mismatch(format!(
                 "the catalogue says {} was archived to {}, which is not a file the archive writes for it (expected a file named {expected}): not read",
                 self.partition_name, self.location

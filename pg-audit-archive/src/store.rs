@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt as _, TryFutureExt as _};
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
-use object_store::path::Path;
+use object_store::path::{Path, PathPart};
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt as _};
 use parquet::arrow::arrow_reader::ArrowReaderOptions;
 use parquet::arrow::async_reader::{AsyncFileReader, MetadataSuffixFetch};
@@ -110,47 +110,76 @@ impl Archive {
 
     /// Opens the archive holding the file recorded as `url`, and the file's path in it.
     pub fn open_file(url: &str) -> Result<(Self, Path), Error> {
-        let (dir, name) = url
-            .rsplit_once('/')
-            .ok_or_else(|| Error::Location(format!("not an archived file's URL: {url}")))?;
-        let dir = match dir.strip_prefix("file://") {
-            Some(path) => {
-                let decoded = url::Url::parse(&format!("file://{path}/"))
-                    .ok()
-                    .and_then(|u| u.to_file_path().ok())
-                    .ok_or_else(|| Error::Location(format!("not a file URL: {url}")))?;
-                // Only a regular file is read: a FIFO would hang the reader, a symbolic link
-                // or a device point at what the archive never wrote.
-                if let Ok(meta) = std::fs::symlink_metadata(decoded.join(name))
-                    && !meta.file_type().is_file()
-                {
-                    return Err(Error::Location(format!(
-                        "{url} is not a regular file (a link, a FIFO or a device): not read"
-                    )));
-                }
-                decoded.display().to_string()
+        let (dir, name) = split_url(url)?;
+        if url.starts_with("file://") {
+            // Only a regular file is read: a FIFO would hang the reader, a symbolic link or a
+            // device point at what the archive never wrote.
+            let real = std::path::Path::new(&dir).join(&name);
+            if let Ok(meta) = std::fs::symlink_metadata(&real)
+                && !meta.file_type().is_file()
+            {
+                return Err(Error::Location(format!(
+                    "{url} is not a regular file (a link, a FIFO or a device): not read"
+                )));
             }
-            None => dir.to_owned(),
-        };
+        }
         let archive = Archive::open(&dir)?;
-        let path = archive.path(name);
+        let part = PathPart::parse(&name)
+            .map_err(|e| Error::Location(format!("not an archived file's URL: {url}: {e}")))?;
+        let path = archive.prefix.parts().chain([part]).collect();
         Ok((archive, path))
     }
 
-    /// The path of file `name` in the store.
+    /// The path of file `name` in the store (the store encodes what it cannot hold in a name).
     pub(crate) fn path(&self, name: &str) -> Path {
         self.prefix.clone().join(name)
     }
 
-    /// The URL file `name` is recorded under.
+    /// The URL file `name` is recorded under: the object's real name, as the store holds it
+    /// (for a directory, a `file://` URL of the file on disk).
     pub(crate) fn url(&self, name: &str) -> String {
-        format!("{}/{name}", self.base)
+        let path = self.path(name);
+        let stored = path.filename().unwrap_or_default();
+        match url::Url::parse(&format!("{}/", self.base)) {
+            Ok(mut url) if url.scheme() == "file" => {
+                if let Ok(mut segments) = url.path_segments_mut() {
+                    segments.pop_if_empty().push(stored);
+                }
+                url.to_string()
+            }
+            _ => format!("{}/{stored}", self.base),
+        }
     }
 
     /// The location, as a URL.
     pub fn location(&self) -> &str {
         &self.base
     }
+}
+
+/// The directory (a path for a `file://` URL, the location's URL otherwise) and the stored name
+/// of the file recorded as `url`.
+pub(crate) fn split_url(url: &str) -> Result<(String, String), Error> {
+    if url.starts_with("file://") {
+        let real = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .ok_or_else(|| Error::Location(format!("not a file URL: {url}")))?;
+        return match (real.parent(), real.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) => Ok((dir.display().to_string(), name.to_owned())),
+            _ => Err(Error::Location(format!(
+                "not an archived file's URL: {url}"
+            ))),
+        };
+    }
+    url.rsplit_once('/')
+        .map(|(dir, name)| (dir.to_owned(), name.to_owned()))
+        .ok_or_else(|| Error::Location(format!("not an archived file's URL: {url}")))
+}
+
+/// The name the store gives a file named `name`.
+pub(crate) fn stored_name(name: &str) -> String {
+    PathPart::from(name).as_ref().to_owned()
 }
 
 /// Parquet's reader over an object: byte ranges and the footer, fetched as the reader asks.

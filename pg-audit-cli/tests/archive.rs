@@ -842,3 +842,77 @@ print(json.dumps(True))"
         "a seal removed: {text}"
     );
 }
+
+/// The catalogue records each file under its real name: a log whose name holds characters an
+/// object store encodes (`%`) and a URL encodes (a space) is archived to a file that exists at
+/// the recorded URL, read there by DuckDB, and read back by `history --archived` and `verify`.
+#[test]
+fn the_catalogue_records_each_files_real_name() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("archive_odd_name")
+        .unwrap();
+    let url = db.url();
+    let log = ["--log-name", "odd log%"];
+    let with_log = |args: &[&str]| -> String {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&log);
+        ok(&all, url, &[])
+    };
+    db.psql(&with_log(&["sql", "table"])).expect("the log");
+    db.psql("CREATE TABLE users (id int PRIMARY KEY, email text)")
+        .expect("table");
+    db.psql(&with_log(&["sql", "trigger", "--table", "users"]))
+        .expect("trigger");
+    db.psql(
+        r#"DO $$
+         DECLARE lo timestamptz := date_trunc('month', now() - interval '8 months');
+         BEGIN
+             EXECUTE format('CREATE TABLE audit.%I PARTITION OF audit.%I FOR VALUES FROM (%L) TO (%L)',
+                            'odd log%_old', 'odd log%', lo, lo + interval '1 month');
+         END $$;
+         INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 50) AS g;
+         UPDATE audit."odd log%" SET changed_at = date_trunc('month', now() - interval '8 months') + id * interval '1 second';
+         INSERT INTO users VALUES (51, 'now@example.com');"#,
+    )
+    .expect("workload");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while db
+        .psql(r#"SELECT count(*) FROM audit."odd log%" WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit."odd log%_seals")"#)
+        .expect("count")
+        .trim()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "rows stayed unsealed");
+        with_log(&["seal"]);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let dir = tempdir("odd-name");
+    let to = dir.to_str().unwrap();
+    with_log(&["archive", "--older-than", "6 months", "--to", to]);
+    let location = db
+        .psql(r#"SELECT location FROM audit."odd log%_archives""#)
+        .expect("catalogue");
+    let location = location.trim();
+    assert!(location.starts_with("file://"), "{location}");
+    let found = duckdb(&format!(
+        r#"
+import duckdb, json, os, urllib.parse
+path = urllib.parse.unquote(urllib.parse.urlparse({location:?}).path)
+rows = duckdb.execute("SELECT count(*) FROM read_parquet(?)", [path]).fetchone()[0]
+print(json.dumps({{"exists": os.path.isfile(path), "name": os.path.basename(path), "rows": rows,
+                   "listed": sorted(os.listdir({to:?}))}}))
+"#
+    ));
+    assert_eq!(found["exists"], true, "{found}");
+    assert_eq!(found["rows"], 50, "{found}");
+    assert_eq!(
+        found["listed"],
+        serde_json::json!([found["name"]]),
+        "{found}"
+    );
+    let history = with_log(&["history", "users", "7", "--archived"]);
+    assert!(history.contains("user7@example.com"), "{history}");
+    let verified = with_log(&["verify"]);
+    assert!(verified.starts_with("ok:"), "{verified}");
+}
