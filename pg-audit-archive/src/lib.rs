@@ -45,7 +45,7 @@ pub use read::{
 pub use redact::{Erase, Redacted, redact};
 pub use seal::{Commit, Made, Seal, read_export, seal, seals, write_export};
 pub use store::Archive;
-pub use verify::{Checkpoint, Options, Report, Step, verify};
+pub use verify::{Checkpoint, Options, Prune, Report, Step, prunes, verify};
 
 /// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.
 /// The session starts with pg-audit's pinned settings ([`pg_audit::session`]).

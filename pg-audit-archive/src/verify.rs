@@ -37,6 +37,102 @@ pub struct Report {
     pub chained_only: usize,
     /// The last seal, when nothing was altered: what a later `since` verification starts from.
     pub checkpoint: Option<Checkpoint>,
+    /// What `partitions prune` removed, as recorded.
+    pub prunes: Vec<Prune>,
+    /// Sealed rows gone because a recorded prune removed them: not reported as deleted, the
+    /// rest of their seals compared by the digest prefixes the seals hold (a seal's hash needs
+    /// every one of its rows).
+    pub pruned_rows: i64,
+}
+
+/// A removal `partitions prune` (`<log>_prune_partitions`) recorded: what, when, by whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prune {
+    /// Its id, in order of pruning.
+    pub prune_id: i64,
+    /// The partition, or the DEFAULT partition for its old rows.
+    pub relation: String,
+    /// `detached`, `dropped` or `deleted old rows`.
+    pub action: String,
+    /// The partition's range (no start for the DEFAULT partition's rows), as text.
+    pub range: (Option<String>, String),
+    /// The rows removed.
+    pub row_count: i64,
+    /// Their ids, as runs of consecutive ids (ascending, inclusive).
+    pub runs: Vec<(i64, i64)>,
+    /// When, as text.
+    pub pruned_at: String,
+    /// The session user who pruned.
+    pub pruned_by: String,
+}
+
+impl Prune {
+    /// Whether the prune removed the row of id `id`.
+    pub fn holds(&self, id: i64) -> bool {
+        let i = self.runs.partition_point(|r| r.1 < id);
+        self.runs.get(i).is_some_and(|r| r.0 <= id)
+    }
+
+    /// As `verify` prints it: `audit.auditlog_p20250101 (ids 1..=5000, 5000 row(s)) dropped at
+    /// ... by ...`.
+    pub fn describe(&self) -> String {
+        let ids = match (self.runs.first(), self.runs.last()) {
+            (Some(first), Some(last)) if self.runs.len() == 1 => {
+                format!("ids {}..={}", first.0, last.1)
+            }
+            (Some(first), Some(last)) => {
+                format!("ids {}..={} in {} runs", first.0, last.1, self.runs.len())
+            }
+            _ => "no ids".to_owned(),
+        };
+        format!(
+            "{} ({ids}, {} row(s)) {} at {} by {}",
+            self.relation, self.row_count, self.action, self.pruned_at, self.pruned_by
+        )
+    }
+
+    /// As `verify --json` lists it.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "prune_id": self.prune_id,
+            "relation": self.relation,
+            "action": self.action,
+            "range_start": self.range.0,
+            "range_end": self.range.1,
+            "rows": self.row_count,
+            "id_runs": self.runs.iter().map(|r| [r.0, r.1]).collect::<Vec<_>>(),
+            "pruned_at": self.pruned_at,
+            "pruned_by": self.pruned_by,
+        })
+    }
+}
+
+/// The prunes recorded, in order; none where the log predates the record.
+pub async fn prunes(client: &Client, log: &AuditLog) -> Result<Vec<Prune>, Error> {
+    let rows = match client.query(&log.prunes_sql(), &[]).await {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(db("cannot read the prune record")(e)),
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let starts: Vec<i64> = r.get("run_starts");
+            let ends: Vec<i64> = r.get("run_ends");
+            Prune {
+                prune_id: r.get("prune_id"),
+                relation: r.get("relation"),
+                action: r.get("action"),
+                range: (r.get("range_start"), r.get("range_end")),
+                row_count: r.get("row_count"),
+                runs: starts.into_iter().zip(ends).collect(),
+                pruned_at: r.get("pruned_at"),
+                pruned_by: r.get("pruned_by"),
+            }
+        })
+        .collect())
 }
 
 /// What [`verify`] checks besides the log and its archive.
@@ -94,6 +190,8 @@ impl Report {
             "redactions": self.redactions,
             "redacted_values": self.redacted_values,
             "chained_only": self.chained_only,
+            "pruned_rows": self.pruned_rows,
+            "prunes": self.prunes.iter().map(Prune::to_json).collect::<Vec<_>>(),
             "problems": self.problems,
         })
     }
@@ -116,8 +214,17 @@ impl Report {
         } else {
             String::new()
         };
+        let pruned = if self.pruned_rows > 0 {
+            format!(
+                "; {} sealed row(s) removed by {} recorded prune(s)",
+                self.pruned_rows,
+                self.prunes.len()
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "{}: {} seal(s){chained} over {} row(s) ({} archived file(s)); {} value(s) erased by {} recorded redaction(s); {} row(s) not yet sealed{not_covered}",
+            "{}: {} seal(s){chained} over {} row(s) ({} archived file(s)); {} value(s) erased by {} recorded redaction(s); {} row(s) not yet sealed{not_covered}{pruned}",
             if self.ok() { "ok" } else { "ALTERED" },
             self.seals,
             self.sealed_rows,
@@ -223,12 +330,13 @@ pub async fn verify(
             (None, digests)
         }
     };
-    let sealed_rows = reseal_all(
+    let prunes = prunes(client, log).await?;
+    let (sealed_rows, pruned_rows) = reseal_all(
         client,
         log,
         (&seals, since),
         (archived, &in_files),
-        &mut problems,
+        (&prunes, &mut problems),
         progress,
     )
     .await?;
@@ -260,6 +368,8 @@ pub async fn verify(
         redacted_values: counts.get(1),
         chained_only: seals.iter().filter(|s| s.seal_id <= since).count(),
         checkpoint,
+        prunes,
+        pruned_rows,
     })
 }
 
@@ -280,17 +390,20 @@ async fn unexpected_relations(client: &Client, log: &AuditLog) -> Result<Vec<Str
         .collect())
 }
 
-/// Recomputes every seal and checks the chain; the rows the seals cover.
+/// Recomputes every seal and checks the chain; the rows the seals cover, and those of them a
+/// recorded prune removed.
 async fn reseal_all(
     client: &Client,
     log: &AuditLog,
     (seals, since): (&[Seal], i64),
     (archived, in_files): (Option<&str>, &[(i64, RowDigest)]),
-    problems: &mut Vec<String>,
+    (prunes, problems): (&[Prune], &mut Vec<String>),
     progress: &dyn Fn(Step<'_>),
-) -> Result<i64, Error> {
+) -> Result<(i64, i64), Error> {
+    let pruned = |id: i64| prunes.iter().any(|p| p.holds(id));
     let mut previous: Option<&Seal> = None;
     let mut rows = 0i64;
+    let mut pruned_rows = 0i64;
     for (step, seal) in seals.iter().enumerate() {
         progress(Step {
             phase: "verifying seals",
@@ -329,7 +442,13 @@ async fn reseal_all(
         let (count, now_rows, now_hash) = (now.row_count, now.rows, now.hash);
         rows += count;
         if now_rows != seal.rows {
-            problems.push(first_difference(seal, &now_rows));
+            match compare(seal, &now_rows, &pruned) {
+                Ok(gone) => {
+                    rows += gone;
+                    pruned_rows += gone;
+                }
+                Err(problem) => problems.push(problem),
+            }
         } else if now_hash != seal.hash || count != seal.row_count {
             problems.push(format!(
                 "seal {} (ids {}..={}) was altered: its hash no longer matches the rows it covers",
@@ -338,7 +457,7 @@ async fn reseal_all(
         }
         previous = Some(seal);
     }
-    Ok(rows)
+    Ok((rows, pruned_rows))
 }
 
 /// The database's seals against an exported copy.
@@ -447,43 +566,55 @@ async fn redactions(
     Ok(())
 }
 
-/// What differs first between a seal's rows and the rows now.
-fn first_difference(seal: &Seal, now: &[u8]) -> String {
+/// A seal's rows against the rows now: `Ok` with how many are gone because a recorded prune
+/// removed them (`pruned`) when every other row is as sealed, else what differs first.
+fn compare(seal: &Seal, now: &[u8], pruned: &dyn Fn(i64) -> bool) -> Result<i64, String> {
     let then = Seal::entries(&seal.rows);
     let now = Seal::entries(now);
+    let mut gone = 0;
     if let Some(pair) = now.windows(2).find(|w| w[0].0 == w[1].0) {
-        return format!(
+        return Err(format!(
             "entry {} appears twice in the range of seal {}: a row was inserted with an existing id",
             pair[0].0, seal.seal_id
-        );
+        ));
     }
+    let inserted = |id: i64| {
+        format!(
+            "entry {id} was inserted after seal {} (which covers ids {}..={})",
+            seal.seal_id, seal.first_id, seal.last_id
+        )
+    };
     let (mut i, mut j) = (0, 0);
     while i < then.len() || j < now.len() {
         match (then.get(i), now.get(j)) {
             (Some(a), Some(b)) if a.0 == b.0 => {
                 if a.1 != b.1 {
-                    return format!(
+                    return Err(format!(
                         "entry {} was changed after seal {} (not by a recorded redaction)",
                         a.0, seal.seal_id
-                    );
+                    ));
                 }
                 i += 1;
                 j += 1;
             }
-            (Some(a), Some(b)) if a.0 < b.0 => {
-                return format!("entry {} was deleted after seal {}", a.0, seal.seal_id);
-            }
-            (Some(a), None) => {
-                return format!("entry {} was deleted after seal {}", a.0, seal.seal_id);
-            }
-            (_, Some(b)) => {
-                return format!(
-                    "entry {} was inserted after seal {} (which covers ids {}..={})",
-                    b.0, seal.seal_id, seal.first_id, seal.last_id
-                );
+            (None, Some(b)) => return Err(inserted(b.0)),
+            (Some(a), Some(b)) if b.0 < a.0 => return Err(inserted(b.0)),
+            (Some(a), _) => {
+                if !pruned(a.0) {
+                    return Err(format!(
+                        "entry {} was deleted after seal {}",
+                        a.0, seal.seal_id
+                    ));
+                }
+                gone += 1;
+                i += 1;
             }
             (None, None) => unreachable!("the loop runs while either has rows"),
         }
     }
-    format!("seal {} differs from its rows", seal.seal_id)
+    if gone > 0 && i64::try_from(then.len()) == Ok(seal.row_count) {
+        Ok(gone)
+    } else {
+        Err(format!("seal {} differs from its rows", seal.seal_id))
+    }
 }

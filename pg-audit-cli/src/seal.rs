@@ -155,6 +155,13 @@ pub(crate) fn verify(
         if !report.ok() {
             table.print(false);
         }
+        if report.pruned_rows > 0 {
+            let mut pruned = Table::new(&["pruned"]);
+            for p in &report.prunes {
+                pruned.push(vec![json!(p.describe())]);
+            }
+            pruned.print(false);
+        }
         crate::output::line(&report.summary());
     }
     if let (Some(path), Some(checkpoint)) = (since_last, &report.checkpoint) {

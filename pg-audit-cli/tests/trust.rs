@@ -584,3 +584,82 @@ fn seal_every_keeps_sealing_until_told_to_stop() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("sealed 41 row(s)"), "{said}");
 }
+
+/// `partitions prune --drop` after sealing is recorded (what, when, by whom, which ids), and
+/// `verify` takes the rows it removed as pruned, not deleted, names the prunes, and still
+/// reports a row deleted by hand, also beside pruned ones in the same seal.
+#[test]
+fn verify_takes_recorded_prunes_as_pruned_not_deleted() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("trust_pruned")
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    // Ids 1..=10 in an old month's partition, 11..=20 current, and 15 moved to the DEFAULT
+    // partition with an old time, which `--drop` deletes: one seal covers all three.
+    psql(
+        &db,
+        "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
+         INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 10) AS g;
+         UPDATE audit.auditlog SET changed_at = '2020-01-05';
+         INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(11, 20) AS g;
+         UPDATE audit.auditlog SET changed_at = '2019-06-01' WHERE id = 15;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while psql(
+        &db,
+        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+    )
+    .trim()
+        != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
+        ok(&["seal"], &url);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(
+        &["partitions", "prune", "--older-than", "1 year", "--drop"],
+        &url,
+    );
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT string_agg(relation || ' ' || action || ' ' || row_count || ' ' || run_starts::text || run_ends::text || ' ' || (pruned_by = session_user), '; ' ORDER BY prune_id) FROM audit.auditlog_prunes"
+        )
+        .trim(),
+        "audit.auditlog_p20200101 dropped 10 {1}{10} true; audit.auditlog_default deleted old rows 1 {15}{15} true"
+    );
+    let refused = db
+        .psql("UPDATE audit.auditlog_prunes SET row_count = 0")
+        .unwrap_err();
+    assert!(refused.to_string().contains("append-only"), "{refused}");
+    let out = ok(&["verify"], &url);
+    assert!(
+        out.contains("audit.auditlog_p20200101 (ids 1..=10, 10 row(s)) dropped at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("audit.auditlog_default (ids 15..=15, 1 row(s)) deleted old rows at"),
+        "{out}"
+    );
+    assert!(
+        out.contains("ok: ") && out.contains("11 sealed row(s) removed by 2 recorded prune(s)"),
+        "{out}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&ok(&["verify", "--json"], &url)).unwrap();
+    assert_eq!(json["pruned_rows"], 11, "{json}");
+    assert_eq!(
+        json["prunes"][0]["id_runs"],
+        serde_json::json!([[1, 10]]),
+        "{json}"
+    );
+    // A row deleted by hand beside the pruned ones is still a deletion.
+    psql(&db, "DELETE FROM audit.auditlog WHERE id = 16");
+    let out = pg_audit(&["verify"], &url);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("entry 16 was deleted after seal"), "{said}");
+}

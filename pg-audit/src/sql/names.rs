@@ -51,6 +51,12 @@ impl LogNames {
         self.function("archives")
     }
 
+    /// The prune record: partitions detached or dropped, and old rows deleted, by
+    /// `<log>_prune_partitions`.
+    pub(crate) fn prunes_table(&self) -> QualifiedName {
+        self.function("prunes")
+    }
+
     /// The seals.
     pub(crate) fn seals_table(&self) -> QualifiedName {
         self.function("seals")
@@ -174,6 +180,7 @@ impl LogNames {
         vec![
             self.config_table(),
             self.archives_table(),
+            self.prunes_table(),
             self.seals_table(),
             self.seal_state_table(),
             self.redactions_table(),
@@ -190,16 +197,18 @@ impl LogNames {
             self.redactions_table(),
             self.redacted_values_table(),
             self.archives_table(),
+            self.prunes_table(),
         ]
     }
 
     /// The tables a reader may read: the log, the install records, the archive catalogue, the
-    /// seals and the redaction log.
+    /// prune record, the seals and the redaction log.
     pub(crate) fn readable_tables(&self) -> Vec<QualifiedName> {
         vec![
             self.table.clone(),
             self.config_table(),
             self.archives_table(),
+            self.prunes_table(),
             self.seals_table(),
             self.redactions_table(),
             self.redacted_values_table(),

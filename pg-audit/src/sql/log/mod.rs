@@ -123,6 +123,7 @@ impl AuditLog {
             table::table_sql(names, self.period) + &partition::functions_sql(names, self.period),
             install::objects_sql(names),
             archive::objects_sql(names),
+            partition::prunes_table_sql(names),
             seal::objects_sql(names),
             redact::objects_sql(names),
             table::append_only_tables_sql(names),
@@ -188,6 +189,14 @@ impl AuditLog {
     /// (NULL for the DEFAULT partition), `is_default`, `total_bytes`; oldest first, DEFAULT first.
     pub fn list_partitions_sql(&self) -> String {
         format!("SELECT * FROM {}()", self.names.function("partitions"))
+    }
+
+    /// SQL listing what `<log>_prune_partitions` removed, oldest first: `prune_id`, `relation`
+    /// (the partition, or the DEFAULT partition for its old rows), `action` (`detached`,
+    /// `dropped`, `deleted old rows`), `range_start` and `range_end` (as text), `row_count`,
+    /// the ids as runs `run_starts[i]..=run_ends[i]`, `pruned_at` (as text), `pruned_by`.
+    pub fn prunes_sql(&self) -> String {
+        partition::prunes_sql(&self.names)
     }
 
     /// SQL listing the partitions (never the DEFAULT one) whose whole range ended more than `$1`

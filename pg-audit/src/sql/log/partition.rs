@@ -138,6 +138,18 @@ pub(crate) fn functions_sql(names: &LogNames, period: PartitionPeriod) -> String
     let partitions = names.function("partitions");
     let ensure = names.function("ensure_partitions");
     let prune = names.function("prune_partitions");
+    let prunes = names.prunes_table();
+    // The prune record: which ids went, as runs of consecutive ids (a month is one run or a
+    // few), so `verify` tells rows pruned from rows deleted.
+    let record = format!(
+        "INSERT INTO {prunes} (relation, action, range_start, range_end, row_count, run_starts, run_ends)
+                     VALUES (p.partition_name, action, p.range_start, p.range_end, n, starts, ends);"
+    );
+    let partition_runs = text_literal(&id_runs("%s"));
+    let default_runs = text_literal(&format!(
+        "WITH gone AS (DELETE FROM %s WHERE changed_at OPERATOR(pg_catalog.<) $1 RETURNING id) {}",
+        id_runs("gone")
+    ));
     let strip = names.function("strip_grants");
     let field = period.date_trunc_field();
     let step = period.interval();
@@ -283,12 +295,11 @@ END
             "                -- DETACH takes an ACCESS EXCLUSIVE lock on the log, which audited writes wait
                 -- for: it waits at most lock_timeout, then lets them through and tries again.
                 EXECUTE pg_catalog.format('ALTER TABLE %s DETACH PARTITION %s', {table_lit}, p.partition_name);
-                EXECUTE pg_catalog.format('SELECT count(*) FROM %s', p.partition_name) INTO n;
+                EXECUTE pg_catalog.format({partition_runs}, p.partition_name) INTO n, starts, ends;
+                action := CASE WHEN drop_partitions THEN 'dropped' ELSE 'detached' END;
+                {record}
                 IF drop_partitions THEN
                     EXECUTE pg_catalog.format('DROP TABLE %s', p.partition_name);
-                    action := 'dropped';
-                ELSE
-                    action := 'detached';
                 END IF;"
         ),
     );
@@ -301,6 +312,8 @@ DECLARE
     cutoff timestamptz;
     p record;
     n bigint;
+    starts bigint[];
+    ends bigint[];
     attempt integer;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
@@ -320,9 +333,10 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     IF drop_partitions AND only_partition IS NULL THEN
-        EXECUTE pg_catalog.format('DELETE FROM %s WHERE changed_at < $1', default_part) USING cutoff;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        EXECUTE pg_catalog.format({default_runs}, default_part) USING cutoff INTO n, starts, ends;
         IF n > 0 THEN
+            INSERT INTO {prunes} (relation, action, range_start, range_end, row_count, run_starts, run_ends)
+                 VALUES (default_part::regclass::text, 'deleted old rows', NULL, cutoff, n, starts, ends);
             partition_name := default_part::regclass::text;
             range_start := NULL;
             range_end := cutoff;
@@ -348,6 +362,54 @@ END
         )
     );
     sql
+}
+
+/// A query of how many ids `from` (a relation or a query's name, with a column `id`) holds and
+/// their runs of consecutive ids: `n`, `starts`, `ends` (`starts[i]..=ends[i]`, ascending).
+fn id_runs(from: &str) -> String {
+    format!(
+        "SELECT coalesce(pg_catalog.sum(r.hi OPERATOR(pg_catalog.-) r.lo OPERATOR(pg_catalog.+) 1), 0)::bigint,
+       coalesce(pg_catalog.array_agg(r.lo ORDER BY r.lo), '{{}}'), coalesce(pg_catalog.array_agg(r.hi ORDER BY r.lo), '{{}}')
+  FROM (SELECT pg_catalog.min(s.id) AS lo, pg_catalog.max(s.id) AS hi
+          FROM (SELECT i.id, i.id OPERATOR(pg_catalog.-) pg_catalog.row_number() OVER (ORDER BY i.id) AS run FROM {from} AS i) AS s
+         GROUP BY s.run) AS r"
+    )
+}
+
+/// The prune record's table, part of the log's DDL: append-only like the seals (its trigger is
+/// made with theirs).
+pub(crate) fn prunes_table_sql(names: &LogNames) -> String {
+    let prunes = names.prunes_table();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {prunes} (
+    prune_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    relation text NOT NULL,
+    action text NOT NULL,
+    range_start timestamptz,
+    range_end timestamptz NOT NULL,
+    row_count bigint NOT NULL,
+    run_starts bigint[] NOT NULL,
+    run_ends bigint[] NOT NULL,
+    pruned_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    pruned_by text NOT NULL DEFAULT session_user
+);
+COMMENT ON TABLE {prunes} IS {};
+REVOKE ALL ON TABLE {prunes} FROM PUBLIC;
+",
+        text_literal(
+            "pg-audit: partitions detached or dropped and old rows deleted by prune_partitions; the ids as runs run_starts[i]..run_ends[i]"
+        )
+    )
+}
+
+/// [`crate::AuditLog::prunes_sql`].
+pub(crate) fn prunes_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT prune_id, relation, action, range_start::text AS range_start, range_end::text AS range_end,
+       row_count, run_starts, run_ends, pruned_at::text AS pruned_at, pruned_by
+  FROM {} ORDER BY prune_id",
+        names.prunes_table()
+    )
 }
 
 /// [`crate::AuditLog::partitions_older_than_sql`].

@@ -159,6 +159,7 @@ pub(crate) fn drop_sql(names: &LogNames) -> String {
     // The tables whose append-only triggers call a function dropped below.
     for table in [
         names.archives_table(),
+        names.prunes_table(),
         names.seals_table(),
         names.seal_state_table(),
         names.redacted_values_table(),
