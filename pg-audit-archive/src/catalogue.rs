@@ -2,8 +2,10 @@
 //! this program from the server's rows, and the lock that archiving and redaction share.
 
 use pg_audit::AuditLog;
+use sha2::{Digest as _, Sha256};
 use tokio_postgres::Client;
 
+use crate::digest::RowDigest;
 use crate::{Error, db};
 
 /// What a relation holds, in the terms the catalogue records.
@@ -16,8 +18,8 @@ pub(crate) struct Content {
 }
 
 /// The content of `relation` (a partition of the log when `in_log`, else rows loaded back):
-/// its rows' digests computed by this program ([`crate::digest`]), the digest over them in id
-/// order, as the server's `<log>_content_of` computes it.
+/// its rows' digests computed by this program ([`crate::digest`]), the digest over them in the
+/// archived files' order, as the server's `<log>_content_of` computes it.
 pub(crate) async fn content(
     client: &Client,
     log: &AuditLog,
@@ -25,33 +27,41 @@ pub(crate) async fn content(
     in_log: bool,
 ) -> Result<Content, Error> {
     let digests = crate::digest::relation_digests(client, log, relation, in_log).await?;
-    Ok(Content::of(digests))
+    let mut content = ContentDigest::default();
+    for (id, digest) in &digests {
+        content.push(*id, digest);
+    }
+    Ok(content.finish())
 }
 
-impl Content {
-    /// The content of rows with `digests`: their number, lowest and highest id, and the
-    /// digest over their digests in id order.
-    pub(crate) fn of(digests: Vec<(i64, crate::digest::RowDigest)>) -> Content {
-        Content::keeping(digests).0
+/// A [`Content`] computed as rows go by, in the archived files' order
+/// (`pg_audit::sql::archive::file_order`): what a file is written and read back in, so neither
+/// holds its rows' digests.
+#[derive(Default)]
+pub(crate) struct ContentDigest {
+    rows: i64,
+    min_id: Option<i64>,
+    max_id: Option<i64>,
+    hash: Sha256,
+}
+
+impl ContentDigest {
+    /// The next row.
+    pub(crate) fn push(&mut self, id: i64, digest: &RowDigest) {
+        self.rows += 1;
+        self.min_id = Some(self.min_id.map_or(id, |m| m.min(id)));
+        self.max_id = Some(self.max_id.map_or(id, |m| m.max(id)));
+        self.hash.update(digest);
     }
 
-    /// [`Content::of`], giving the digests back sorted.
-    pub(crate) fn keeping(
-        mut digests: Vec<(i64, crate::digest::RowDigest)>,
-    ) -> (Content, Vec<(i64, crate::digest::RowDigest)>) {
-        use sha2::{Digest as _, Sha256};
-        digests.sort_unstable();
-        let mut all = Sha256::new();
-        for (_, d) in &digests {
-            all.update(d);
+    /// The content of the rows pushed.
+    pub(crate) fn finish(self) -> Content {
+        Content {
+            rows: self.rows,
+            min_id: self.min_id,
+            max_id: self.max_id,
+            digest: self.hash.finalize().to_vec(),
         }
-        let content = Content {
-            rows: digests.len() as i64,
-            min_id: digests.first().map(|d| d.0),
-            max_id: digests.last().map(|d| d.0),
-            digest: all.finalize().to_vec(),
-        };
-        (content, digests)
     }
 }
 

@@ -104,6 +104,7 @@ pub async fn row_digests(
 /// The digest of every row of `relation` (a table with the log's columns: a partition, or
 /// archived rows loaded back), an erased value's recorded digest standing in where the log,
 /// or `relation` when it is not part of the log, holds the record it erased.
+/// In the archived files' order (`pg_audit::sql::archive::file_order`).
 pub async fn relation_digests(
     client: &Client,
     log: &AuditLog,
@@ -112,7 +113,11 @@ pub async fn relation_digests(
 ) -> Result<Vec<(i64, RowDigest)>, Error> {
     let archived = (!in_log).then_some(relation);
     let erased = erased(client, log, archived, i64::MIN, i64::MAX).await?;
-    let source = format!("SELECT {} FROM {relation}", columns());
+    let source = format!(
+        "SELECT {} FROM {relation} AS l ORDER BY {}",
+        columns(),
+        pg_audit::sql::archive::file_order("l")
+    );
     digests_of(client, &source, &erased).await
 }
 

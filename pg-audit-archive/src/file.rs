@@ -73,7 +73,7 @@ pub(crate) fn file_metadata(
         ("pg_audit.range_end".to_owned(), range_end.to_owned()),
         (
             "pg_audit.sorted_by".to_owned(),
-            "record_key NULLS LAST, id".to_owned(),
+            pg_audit::sql::archive::FILE_ORDER.to_owned(),
         ),
     ];
     if redacted {

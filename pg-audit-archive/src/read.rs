@@ -20,7 +20,7 @@ use pg_audit_diesel::log::AuditEntry;
 use serde_json::Value;
 use tokio_postgres::Client;
 
-use crate::catalogue::content;
+use crate::catalogue::{Content, ContentDigest, content};
 use crate::file::{BATCH_ROWS, BatchBuilder, append_csv, ints, properties, schema, texts};
 use crate::store::ObjectReader;
 use crate::{Archive, Error, db, pq};
@@ -361,29 +361,40 @@ async fn open(
         .map_err(pq(format!("cannot open the archived file {location}")))
 }
 
-/// The digest of every row of the archived file at `path`, read back from the store, an erased
-/// value's recorded digest (`erased`) standing in for the marker.
+/// Where [`file_digests`] sends each batch's rows' digests.
+pub(crate) type DigestSink<'a> = &'a mut dyn FnMut(&[(i64, crate::digest::RowDigest)]);
+
+/// The digest of every row of the archived file at `path`, read back from the store in the
+/// file's order, an erased value's recorded digest (`erased`) standing in for the marker: each
+/// batch's to `each`, and the file's content.
 pub(crate) async fn file_digests(
     archive: &Archive,
     path: &Path,
     location: &str,
     erased: &crate::digest::Erased,
-) -> Result<Vec<(i64, crate::digest::RowDigest)>, Error> {
+    each: DigestSink<'_>,
+) -> Result<Content, Error> {
     let stream = open(archive, path, location)
         .await?
         .with_batch_size(BATCH_ROWS)
         .build()
         .map_err(pq(format!("cannot read {location}")))?;
     pin_mut!(stream);
-    let mut out = Vec::new();
+    let mut content = ContentDigest::default();
+    let mut digests = Vec::with_capacity(BATCH_ROWS);
     while let Some(batch) = stream
         .try_next()
         .await
         .map_err(pq(format!("cannot read {location}")))?
     {
-        crate::digest::batch_digests(&batch, erased, &mut out)?;
+        digests.clear();
+        crate::digest::batch_digests(&batch, erased, &mut digests)?;
+        for (id, digest) in &digests {
+            content.push(*id, digest);
+        }
+        each(&digests);
     }
-    Ok(out)
+    Ok(content.finish())
 }
 
 /// The temporary tables rows are loaded back through.
@@ -441,18 +452,22 @@ pub(crate) async fn digest_archived(
         let Some((archive, path)) = reach(file, &mut problems).await? else {
             continue;
         };
-        let digests = match file_digests(&archive, &path, &file.location, &none).await {
-            Ok(digests) => digests,
+        let before = all.len();
+        let read = file_digests(&archive, &path, &file.location, &none, &mut |d| {
+            all.extend_from_slice(d);
+        })
+        .await;
+        let got = match read {
+            Ok(got) => got,
             Err(e) => {
+                all.truncate(before);
                 unreadable(file, e, &mut problems)?;
                 continue;
             }
         };
-        let (got, digests) = crate::catalogue::Content::keeping(digests);
         if let Some(problem) = differs(file, &got) {
             problems.push(problem);
         }
-        all.extend(digests);
     }
     all.sort_unstable();
     Ok((all, problems))
@@ -610,12 +625,9 @@ pub(crate) async fn write_file(
     archive: &Archive,
     (path, location): (&Path, &str),
     metadata: Vec<(String, String)>,
-    mut digests: Option<(
-        &crate::digest::Erased,
-        &mut Vec<(i64, crate::digest::RowDigest)>,
-    )>,
+    erased: &crate::digest::Erased,
     progress: &dyn Fn(u64),
-) -> Result<u64, Error> {
+) -> Result<(u64, Content), Error> {
     let writer = BufWriter::new(archive.store.clone(), path.clone());
     let mut writer = AsyncArrowWriter::try_new(writer, schema(), Some(properties(metadata)))
         .map_err(pq(format!("cannot start writing {location}")))?;
@@ -624,44 +636,62 @@ pub(crate) async fn write_file(
         .await
         .map_err(db(format!("cannot read the rows for {location}")))?;
     pin_mut!(rows);
+    // The rows' digests are computed on a thread of their own while this one reads the next
+    // rows and encodes them: each is a core's work.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<RecordBatch>(4);
+    let digester = {
+        let erased = erased.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut content = ContentDigest::default();
+            let mut digests = Vec::with_capacity(BATCH_ROWS);
+            for batch in rx {
+                digests.clear();
+                crate::digest::batch_digests(&batch, &erased, &mut digests)?;
+                for (id, digest) in &digests {
+                    content.push(*id, digest);
+                }
+            }
+            Ok::<_, Error>(content.finish())
+        })
+    };
     let mut batch = BatchBuilder::new();
     let mut written = 0u64;
-    while let Some(row) = rows.next().await {
-        let row = row.map_err(db(format!("cannot read the rows for {location}")))?;
-        batch.push(&row);
-        if batch.len() == BATCH_ROWS {
+    let mut end = false;
+    while !end {
+        let row = rows.next().await;
+        if let Some(row) = row {
+            batch.push(&row.map_err(db(format!("cannot read the rows for {location}")))?);
+        } else {
+            end = true;
+        }
+        if batch.len() == BATCH_ROWS || (end && batch.len() > 0) {
+            written += batch.len() as u64;
             let rows = batch.finish();
-            if let Some((erased, out)) = &mut digests {
-                crate::digest::batch_digests(&rows, erased, out)?;
+            // A digester that stopped has its error, taken below.
+            if tx.send(rows.clone()).is_err() {
+                break;
             }
             writer
                 .write(&rows)
                 .await
                 .map_err(pq(format!("cannot write {location}")))?;
-            written += BATCH_ROWS as u64;
             progress(written);
         }
     }
-    if batch.len() > 0 {
-        written += batch.len() as u64;
-        let rows = batch.finish();
-        if let Some((erased, out)) = &mut digests {
-            crate::digest::batch_digests(&rows, erased, out)?;
-        }
-        writer
-            .write(&rows)
-            .await
-            .map_err(pq(format!("cannot write {location}")))?;
-    }
+    drop(tx);
+    let content = digester.await.map_err(|e| {
+        Error::Mismatch(format!("the digests of {location} were not computed: {e}"))
+    })??;
     writer
         .close()
         .await
         .map_err(pq(format!("cannot finish {location}")))?;
     progress(written);
-    Ok(archive
+    let bytes = archive
         .store
         .head(path)
         .await
         .map_err(|e| Error::Store(format!("cannot find {location} after writing it"), e))?
-        .size)
+        .size;
+    Ok((bytes, content))
 }

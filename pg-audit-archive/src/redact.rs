@@ -268,7 +268,7 @@ async fn rewrite_file(
         &archive,
         (&path, &file.location),
         metadata,
-        None,
+        &crate::digest::Erased::new(),
         &|_| {},
     )
     .await?;

@@ -58,10 +58,22 @@ fn in_expr(column: &LogColumn, alias: &str) -> String {
 pub(crate) fn archive_rows_sql(relation: &str) -> String {
     let list: Vec<String> = LOG_COLUMNS.iter().map(|c| out_expr(c, "l")).collect();
     format!(
-        "SELECT {} FROM {relation} AS l ORDER BY l.record_key NULLS LAST, l.id",
-        list.join(", ")
+        "SELECT {} FROM {relation} AS l ORDER BY {}",
+        list.join(", "),
+        file_order("l")
     )
 }
+
+/// The order of an archived file's rows, over the rows of `alias`: by record (a record's
+/// entries together, for readers that skip row groups by `record_key`), then by id; the order
+/// a file's content digest is computed in, so it is computed as the rows stream by. As the
+/// files' metadata names it: [`FILE_ORDER`].
+pub fn file_order(alias: &str) -> String {
+    format!("{alias}.record_key NULLS LAST, {alias}.id")
+}
+
+/// The files' order as their metadata (`pg_audit.sorted_by`) names it.
+pub const FILE_ORDER: &str = "record_key NULLS LAST, id";
 
 /// The SQL of [`crate::AuditLog::content_digest_sql`].
 pub(crate) fn content_digest_sql(names: &LogNames, relation: &str) -> String {

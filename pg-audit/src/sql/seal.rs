@@ -158,13 +158,14 @@ pub(crate) fn seal_query(names: &LogNames, source: &str) -> String {
 }
 
 /// The rows of `relation` (the log's columns), their lowest and highest id, and a digest over
-/// their digests in id order: what the archive's catalogue records of a file.
+/// their digests in the archived files' order: what the archive's catalogue records of a file.
 pub(crate) fn content_query(names: &LogNames, relation: &str) -> String {
     format!(
         "SELECT pg_catalog.count(*) AS row_count, pg_catalog.min(l.id) AS min_id, pg_catalog.max(l.id) AS max_id,
-       pg_catalog.sha256(coalesce(pg_catalog.string_agg({}, ''::bytea ORDER BY l.id), ''::bytea)) AS content_sha256
+       pg_catalog.sha256(coalesce(pg_catalog.string_agg({}, ''::bytea ORDER BY {}), ''::bytea)) AS content_sha256
   FROM {relation} AS l",
-        row_digest_expr(names, "l")
+        row_digest_expr(names, "l"),
+        crate::sql::archive::file_order("l")
     )
 }
 
