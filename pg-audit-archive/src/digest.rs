@@ -141,17 +141,42 @@ async fn digests_of(
         .await
         .map_err(db("cannot read the log's rows"))?;
     pin_mut!(stream);
-    let mut reader = CopyReader::default();
-    let mut out = Vec::new();
+    // The rows are parsed and digested on a thread of their own while this task receives the
+    // next ones: each is a core's work.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let digester = {
+        let erased = erased.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut reader = CopyReader::default();
+            let mut out = Vec::new();
+            for chunk in rx {
+                reader.push(chunk, |fields| {
+                    out.push(row_digest(fields, &erased)?);
+                    Ok(())
+                })?;
+            }
+            reader.finish()?;
+            Ok::<_, Error>(out)
+        })
+    };
+    let mut failed = None;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(db("cannot read the log's rows"))?;
-        reader.push(chunk, |fields| {
-            out.push(row_digest(fields, erased)?);
-            Ok(())
-        })?;
+        match chunk {
+            // A digester that stopped has its error, taken below.
+            Ok(chunk) if tx.send(chunk).is_err() => break,
+            Ok(_) => {}
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
     }
-    reader.finish()?;
-    Ok(out)
+    drop(tx);
+    let digested = digester.await;
+    if let Some(e) = failed {
+        return Err(db("cannot read the log's rows")(e));
+    }
+    digested.map_err(|e| Error::Mismatch(format!("the rows' digests were not computed: {e}")))?
 }
 
 /// The recorded digests of erased values that stand in for the marker: by entry, column and

@@ -43,7 +43,7 @@ pub use read::{
     record_key_sql,
 };
 pub use redact::{Erase, Redacted, redact};
-pub use seal::{Commit, Made, Seal, read_export, seal, seals, write_export};
+pub use seal::{Commit, Made, Seal, Sealing, read_export, seal, seals, write_export};
 pub use store::Archive;
 pub use verify::{Checkpoint, Options, Prune, Report, Step, prunes, verify};
 

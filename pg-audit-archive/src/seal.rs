@@ -1,6 +1,7 @@
 //! The seals as stored, and as exported: one JSON object per line, the form
 //! `pg-audit seal --export` writes and `pg-audit verify --seals` compares with the database's.
 
+use futures_util::StreamExt as _;
 use pg_audit::AuditLog;
 use pg_audit::sql::seal::SEAL_ROW_BYTES;
 use serde_json::{Value, json};
@@ -149,17 +150,34 @@ pub enum Commit {
     Asynchronous,
 }
 
-/// Seals the log's final rows, at most `max_rows` per seal, as `<log>_seal()` does (the same
-/// horizon, lock and seals) but with the digests computed by this program
+/// How [`seal`] seals.
+#[derive(Debug, Clone, Copy)]
+pub struct Sealing<'a> {
+    /// The most rows one seal covers (`pg_audit::sql::seal::DEFAULT_SEAL_ROWS` by default).
+    pub max_rows: u32,
+    /// How the seals are committed.
+    pub commit: Commit,
+    /// More sessions (from [`crate::connect`]) that read and digest the rows of the seals, one
+    /// seal each at a time, while the sealing session records them: `pg-audit seal --jobs N`
+    /// opens N - 1. None: the sealing session reads them itself.
+    pub helpers: &'a [Client],
+}
+
+/// Seals the log's final rows, at most `sealing.max_rows` per seal, as `<log>_seal()` does
+/// (the same horizon, lock and seals) but with the digests computed by this program
 /// ([`crate::digest`]), several times faster. Nothing when another sealer is running.
 /// `progress` hears each seal made.
 pub async fn seal(
     client: &Client,
     log: &AuditLog,
-    max_rows: u32,
-    commit: Commit,
+    sealing: &Sealing<'_>,
     progress: &dyn Fn(&Made),
 ) -> Result<Vec<Made>, Error> {
+    let Sealing {
+        max_rows,
+        commit,
+        helpers,
+    } = *sealing;
     if max_rows == 0 {
         return Err(Error::Refused("--max-rows must be 1 or more".into()));
     }
@@ -171,7 +189,7 @@ pub async fn seal(
         .batch_execute(begin)
         .await
         .map_err(db("cannot seal"))?;
-    let made = seal_in(client, log, max_rows, progress).await;
+    let made = seal_in(client, helpers, log, max_rows, progress).await;
     let end = if made.is_ok() { "COMMIT" } else { "ROLLBACK" };
     let ended = client.batch_execute(end).await.map_err(db("cannot seal"));
     let made = made?;
@@ -181,6 +199,7 @@ pub async fn seal(
 
 async fn seal_in(
     client: &Client,
+    helpers: &[Client],
     log: &AuditLog,
     max_rows: u32,
     progress: &dyn Fn(&Made),
@@ -198,7 +217,7 @@ async fn seal_in(
     let Some(upto) = upto else {
         return Ok(Vec::new());
     };
-    let mut made = Vec::new();
+    let mut ranges = Vec::new();
     while lo <= upto {
         // Ids are unique: a range no wider than `max_rows` holds no more rows, and needs no
         // query for its end (what a sealer running often seals each time).
@@ -211,7 +230,31 @@ async fn seal_in(
                 .map_err(db("cannot seal"))?
                 .map_or(upto, |r| r.get(0))
         };
-        let sealed = crate::digest::reseal(client, log, None, (lo, hi), prev.as_deref()).await?;
+        ranges.push((lo, hi));
+        lo = hi + 1;
+    }
+    // The ranges' rows are read and digested on the helpers, as many at once as there are
+    // helpers (a window of consecutive ranges: never two on one), or else one at a time on
+    // this session; the seals are chained and recorded here, in order.
+    let readers: Vec<&Client> = if helpers.is_empty() {
+        vec![client]
+    } else {
+        helpers.iter().collect()
+    };
+    let mut digested = futures_util::stream::iter(ranges.iter().enumerate())
+        .map(|(k, &(lo, hi))| {
+            let reader = readers[k % readers.len()];
+            async move {
+                let mut digests = crate::digest::row_digests(reader, log, None, lo, hi).await?;
+                digests.sort_unstable();
+                Ok::<_, Error>(digests)
+            }
+        })
+        .buffered(readers.len());
+    let mut made = Vec::new();
+    for &(lo, hi) in &ranges {
+        let digests = digested.next().await.expect("one digest list per range")?;
+        let sealed = crate::digest::seal_of(&digests, lo, hi, prev.as_deref());
         let row = client
             .query_one(
                 &sql.insert,
@@ -235,7 +278,6 @@ async fn seal_in(
         progress(&one);
         made.push(one);
         prev = Some(sealed.hash);
-        lo = hi + 1;
     }
     Ok(made)
 }

@@ -4,6 +4,7 @@
 //! session with pg-audit's settings pinned ([`crate::connect`] opens one): never by a function
 //! of the log's, which its owner — whom seals guard against — could replace.
 
+use futures_util::StreamExt as _;
 use pg_audit::AuditLog;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
@@ -146,6 +147,9 @@ pub struct Options<'a> {
     /// files read only when a later seal covers them. A full verification (`None`) remains the
     /// one that rereads everything.
     pub since: Option<&'a Checkpoint>,
+    /// More sessions (from [`crate::connect`]) to recompute seals on, one seal each at a time,
+    /// beside the one `verify` is given: `pg-audit verify --jobs N` opens N - 1.
+    pub helpers: &'a [Client],
 }
 
 /// The last seal a verification found intact, kept by whoever verifies, outside the database.
@@ -331,8 +335,13 @@ pub async fn verify(
         }
     };
     let prunes = prunes(client, log).await?;
+    // Archived rows loaded back are in this session's temporary table: then only this session
+    // reads them.
+    let clients: Vec<&Client> = std::iter::once(client)
+        .chain(options.helpers.iter().filter(|_| archived.is_none()))
+        .collect();
     let (sealed_rows, pruned_rows) = reseal_all(
-        client,
+        &clients,
         log,
         (&seals, since),
         (archived, &in_files),
@@ -393,7 +402,7 @@ async fn unexpected_relations(client: &Client, log: &AuditLog) -> Result<Vec<Str
 /// Recomputes every seal and checks the chain; the rows the seals cover, and those of them a
 /// recorded prune removed.
 async fn reseal_all(
-    client: &Client,
+    clients: &[&Client],
     log: &AuditLog,
     (seals, since): (&[Seal], i64),
     (archived, in_files): (Option<&str>, &[(i64, RowDigest)]),
@@ -401,10 +410,33 @@ async fn reseal_all(
     progress: &dyn Fn(Step<'_>),
 ) -> Result<(i64, i64), Error> {
     let pruned = |id: i64| prunes.iter().any(|p| p.holds(id));
+    // Each seal's rows are recomputed on one of the connections, as many at once as there
+    // are connections (a window of consecutive seals: never two on one), and taken in order.
+    let mut recomputed = futures_util::stream::iter(seals.iter().enumerate())
+        .map(|(k, seal)| async move {
+            if seal.seal_id <= since {
+                return Ok(None);
+            }
+            crate::digest::reseal_with(
+                clients[k % clients.len()],
+                log,
+                archived,
+                in_files,
+                (seal.first_id, seal.last_id),
+                seal.prev_hash.as_deref(),
+            )
+            .await
+            .map(Some)
+        })
+        .buffered(clients.len());
     let mut previous: Option<&Seal> = None;
     let mut rows = 0i64;
     let mut pruned_rows = 0i64;
     for (step, seal) in seals.iter().enumerate() {
+        let now = recomputed
+            .next()
+            .await
+            .expect("one recomputation per seal")?;
         progress(Step {
             phase: "verifying seals",
             step,
@@ -423,22 +455,12 @@ async fn reseal_all(
                 seal.last_id
             ));
         }
-        if seal.seal_id <= since {
+        let Some(now) = now else {
             // Verified before: its chain is checked above, its rows are not read again.
             rows += seal.row_count;
             previous = Some(seal);
             continue;
-        }
-        let range = (seal.first_id, seal.last_id);
-        let now = crate::digest::reseal_with(
-            client,
-            log,
-            archived,
-            in_files,
-            range,
-            seal.prev_hash.as_deref(),
-        )
-        .await?;
+        };
         let (count, now_rows, now_hash) = (now.row_count, now.rows, now.hash);
         rows += count;
         if now_rows != seal.rows {

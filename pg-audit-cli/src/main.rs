@@ -137,6 +137,8 @@ enum Command {
         #[arg(long, value_name = "SECONDS", conflicts_with = "export")]
         every: Option<u64>,
         #[command(flatten)]
+        jobs: options::Jobs,
+        #[command(flatten)]
         db: options::Db,
     },
     /// Recompute every seal from the log and the archived files, and report the first entry
@@ -152,6 +154,8 @@ enum Command {
         /// full verification (without it) regularly too.
         #[arg(long, value_name = "FILE")]
         since_last: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        jobs: options::Jobs,
         #[command(flatten)]
         db: options::Db,
     },
@@ -239,19 +243,22 @@ fn main() -> ExitCode {
             max_rows,
             export,
             every: None,
+            jobs,
             db,
-        } => seal::seal(max_rows, export.as_deref(), &db),
+        } => seal::seal(max_rows, export.as_deref(), jobs, &db),
         Command::Seal {
             max_rows,
             every: Some(every),
+            jobs,
             db,
             ..
-        } => seal::keep_sealing(max_rows, std::time::Duration::from_secs(every), &db),
+        } => seal::keep_sealing(max_rows, std::time::Duration::from_secs(every), jobs, &db),
         Command::Verify {
             seals,
             since_last,
+            jobs,
             db,
-        } => match seal::verify(seals.as_deref(), since_last.as_deref(), &db) {
+        } => match seal::verify(seals.as_deref(), since_last.as_deref(), jobs, &db) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::from(1),
             Err(e) => Err(e),

@@ -97,6 +97,30 @@ impl Db {
     }
 }
 
+/// How many sessions a long command spreads its work over.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct Jobs {
+    /// Sessions to spread the work over, each recomputing one seal's rows at a time [default:
+    /// this machine's cores, at most 4]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    jobs: Option<u16>,
+}
+
+impl Jobs {
+    /// The sessions besides the command's own, opened on `url`: `--jobs` less one.
+    pub(crate) async fn helpers(&self, url: &str) -> Result<Vec<tokio_postgres::Client>> {
+        let jobs = self.jobs.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+            usize::from,
+        );
+        let mut helpers = Vec::with_capacity(jobs - 1);
+        for _ in 1..jobs {
+            helpers.push(pg_audit_archive::connect(url).await?);
+        }
+        Ok(helpers)
+    }
+}
+
 /// The error for a log that is not in the database.
 fn no_log(log: &AuditLog) -> Box<dyn std::error::Error> {
     format!(

@@ -4,19 +4,25 @@
 use std::path::Path;
 
 use pg_audit::QualifiedName;
-use pg_audit_archive::Commit;
+use pg_audit_archive::{Commit, Sealing};
 use pg_audit_diesel::log::AuditReader;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::options::{Db, Result};
+use crate::options::{Db, Jobs, Result};
 use crate::output::{Progress, Table};
 
 /// `pg-audit seal [--max-rows N] [--export FILE]`.
-pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> {
+pub(crate) fn seal(max_rows: u32, export: Option<&Path>, jobs: Jobs, db: &Db) -> Result<()> {
     db.with_client(async |client, log| {
+        let helpers = jobs.helpers(db.url()?).await?;
+        let sealing = Sealing {
+            max_rows,
+            commit: Commit::Synchronous,
+            helpers: &helpers,
+        };
         let progress = Progress::new(0, "sealing");
-        let made = pg_audit_archive::seal(client, log, max_rows, Commit::Synchronous, &|m| {
+        let made = pg_audit_archive::seal(client, log, &sealing, &|m| {
             progress.step(&format!("seal {} (ids {}..={})", m.seal_id, m.first_id, m.last_id));
         })
         .await?;
@@ -68,13 +74,23 @@ pub(crate) fn seal(max_rows: u32, export: Option<&Path>, db: &Db) -> Result<()> 
 
 /// `pg-audit seal --every SECONDS`: seals, waits, and again, on one connection, until Ctrl-C
 /// or SIGTERM; a line for each run that sealed something.
-pub(crate) fn keep_sealing(max_rows: u32, every: std::time::Duration, db: &Db) -> Result<()> {
+pub(crate) fn keep_sealing(
+    max_rows: u32,
+    every: std::time::Duration,
+    jobs: Jobs,
+    db: &Db,
+) -> Result<()> {
     db.with_client(async |client, log| {
+        let helpers = jobs.helpers(db.url()?).await?;
+        let sealing = Sealing {
+            max_rows,
+            commit: Commit::Asynchronous,
+            helpers: &helpers,
+        };
         let stop = crate::capture::shutdown();
         tokio::pin!(stop);
         loop {
-            let made = pg_audit_archive::seal(client, log, max_rows, Commit::Asynchronous, &|_| {})
-                    .await?;
+            let made = pg_audit_archive::seal(client, log, &sealing, &|_| {}).await?;
             if let (Some(first), Some(last)) = (made.first(), made.last()) {
                 let rows: i64 = made.iter().map(|m| m.row_count).sum();
                 if db.json {
@@ -103,6 +119,7 @@ pub(crate) fn keep_sealing(max_rows: u32, every: std::time::Duration, db: &Db) -
 pub(crate) fn verify(
     seals_file: Option<&Path>,
     since_last: Option<&Path>,
+    jobs: Jobs,
     db: &Db,
 ) -> Result<bool> {
     let exported = match seals_file {
@@ -133,11 +150,13 @@ pub(crate) fn verify(
         }
         _ => None,
     };
-    let options = pg_audit_archive::Options {
-        exported: exported.as_deref(),
-        since: since.as_ref(),
-    };
     let report = db.with_client(async |client, log| {
+        let helpers = jobs.helpers(db.url()?).await?;
+        let options = pg_audit_archive::Options {
+            exported: exported.as_deref(),
+            since: since.as_ref(),
+            helpers: &helpers,
+        };
         let progress = Progress::new(0, "verifying");
         let report = pg_audit_archive::verify(client, log, &options, &|step| {
             progress.at(step.phase, step.step, step.steps, step.item);

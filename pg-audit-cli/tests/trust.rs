@@ -663,3 +663,59 @@ fn verify_takes_recorded_prunes_as_pruned_not_deleted() {
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("entry 16 was deleted after seal"), "{said}");
 }
+
+/// `seal` and `verify --jobs N` read seals' rows on several sessions: the seals they make chain
+/// as one session's would, and a verification on four sessions finds what one finds.
+#[test]
+fn seal_and_verify_on_several_sessions_agree_with_one() {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database("trust_jobs")
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    psql(
+        &db,
+        "INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 60) AS g;
+         UPDATE users SET email = 'x' || email WHERE id % 3 = 0;",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while psql(
+        &db,
+        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+    )
+    .trim()
+        != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
+        ok(&["seal", "--max-rows", "7", "--jobs", "3"], &url);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let seals: u32 = psql(&db, "SELECT count(*) FROM audit.auditlog_seals")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(seals >= 12, "{seals} seals for 80 rows of at most 7");
+    let one = ok(&["verify", "--jobs", "1"], &url);
+    let four = ok(&["verify", "--jobs", "4"], &url);
+    assert!(one.starts_with("ok: "), "{one}");
+    assert_eq!(one, four);
+    psql(
+        &db,
+        "ALTER TABLE audit.auditlog DISABLE TRIGGER USER;
+         UPDATE audit.auditlog SET new_values = '{\"id\": 50, \"email\": \"forged\"}' WHERE id = 50;",
+    );
+    for jobs in ["1", "4"] {
+        let out = pg_audit(&["verify", "--jobs", jobs], &url);
+        assert_eq!(out.status.code(), Some(1), "--jobs {jobs}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("entry 50 was changed after seal"),
+            "--jobs {jobs}: {said}"
+        );
+    }
+    let refused = pg_audit(&["verify", "--jobs", "0"], &url);
+    assert_eq!(refused.status.code(), Some(2));
+}
