@@ -162,9 +162,12 @@ async fn digests_of(
     let mut failed = None;
     while let Some(chunk) = stream.next().await {
         match chunk {
-            // A digester that stopped has its error, taken below.
-            Ok(chunk) if tx.send(chunk).is_err() => break,
-            Ok(_) => {}
+            Ok(chunk) => {
+                // A digester that stopped has its error, taken below.
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+            }
             Err(e) => {
                 failed = Some(e);
                 break;
