@@ -63,6 +63,8 @@ t0=$(ms); $cli history users 42 --archived >/dev/null; t1=$(ms)
 history_ms=$((t1 - t0))
 t0=$(ms); verify_kib=$(run $cli verify); t1=$(ms)
 verify_ms=$((t1 - t0))
+t0=$(ms); verify1_kib=$(run $cli verify --jobs 1); t1=$(ms)
+verify1_ms=$((t1 - t0))
 # The live log too: a second month, written now and sealed, so verify reads both.
 "${psql[@]}" -c "UPDATE users SET plan = 'team', updated_at = now() WHERE id % 4 = 0"
 live=$("${psql[@]}" -c "SELECT count(*) FROM audit.auditlog")
@@ -83,7 +85,8 @@ per_s() { echo $(($1 * 1000 / ($2 > 0 ? $2 : 1))); }
 echo "seal: $seal_ms ms, $(per_s "$n" "$seal_ms") rows/s, peak $((seal_kib / 1024)) MiB"
 echo "archive (write, read back and compare, drop): $archive_ms ms, $(per_s "$n" "$archive_ms") rows/s, peak $((archive_kib / 1024)) MiB"
 echo "history --archived of one record: $history_ms ms (the program's start included)"
-echo "verify (the archived month read from its file, every seal recomputed): $verify_ms ms, $(per_s "$n" "$verify_ms") rows/s, peak $((verify_kib / 1024)) MiB"
+echo "verify (default --jobs; the archived month read from its file, every seal recomputed): $verify_ms ms, $(per_s "$n" "$verify_ms") rows/s, peak $((verify_kib / 1024)) MiB"
+echo "verify --jobs 1 (one session) of the same: $verify1_ms ms, $(per_s "$n" "$verify1_ms") rows/s, peak $((verify1_kib / 1024)) MiB"
 echo "verify of the archived month and $live live rows: $verify_all_ms ms, $(per_s $((n + live)) "$verify_all_ms") rows/s, peak $((verify_all_kib / 1024)) MiB"
 # A sealer at a cadence: once per 15 s run, halfway, sealing what that run wrote. The work a
 # seal does grows with the rows written since the last one, so this is the load of sealing once
