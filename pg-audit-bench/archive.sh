@@ -3,6 +3,7 @@
 # speed of sealing and of archiving, and the cost to writers of a sealer running beside them.
 #
 #   pg-audit-bench/archive.sh [ROWS]      # default 1,000,000 log rows; needs pgbench
+#   WRITERS=0 pg-audit-bench/archive.sh   # without the writers' runs (most of the time)
 #
 # A throwaway server (release build of the program). The month: ROWS log rows written by the
 # triggers (inserts of a users table, then updates of a third of them), moved into a partition
@@ -91,6 +92,7 @@ echo "verify of the archived month and $live live rows: $verify_all_ms ms, $(per
 # A sealer at a cadence: once per 15 s run, halfway, sealing what that run wrote. The work a
 # seal does grows with the rows written since the last one, so this is the load of sealing once
 # a minute at any write rate (a minute's rows, once a minute).
+[ "${WRITERS:-1}" = 0 ] && exit 0  # WRITERS=0: the log's steps only
 for clients in 1 2; do
     without=(); with=(); cadence=(); every=(); nonstop=()
     for _ in 1 2 3; do

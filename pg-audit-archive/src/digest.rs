@@ -142,14 +142,16 @@ async fn digests_of(
         .map_err(db("cannot read the log's rows"))?;
     pin_mut!(stream);
     // The rows are parsed and digested on a thread of their own while this task receives the
-    // next ones: each is a core's work.
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    // next ones: each is a core's work. The server sends a row a message: they cross to the
+    // thread by the hundred kilobytes, not one by one.
+    const HANDOFF_BYTES: usize = 256 * 1024;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Bytes>>(8);
     let digester = {
         let erased = erased.clone();
         tokio::task::spawn_blocking(move || {
             let mut reader = CopyReader::default();
             let mut out = Vec::new();
-            for chunk in rx {
+            for chunk in rx.into_iter().flatten() {
                 reader.push(chunk, |fields| {
                     out.push(row_digest(fields, &erased)?);
                     Ok(())
@@ -160,18 +162,31 @@ async fn digests_of(
         })
     };
     let mut failed = None;
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(chunk) => {
-                // A digester that stopped has its error, taken below.
-                if tx.send(chunk).is_err() {
-                    break;
-                }
+    let mut pending = Vec::new();
+    let mut pending_bytes = 0;
+    loop {
+        let chunk = stream.next().await;
+        let end = match chunk {
+            Some(Ok(chunk)) => {
+                pending_bytes += chunk.len();
+                pending.push(chunk);
+                false
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 failed = Some(e);
+                true
+            }
+            None => true,
+        };
+        if (end || pending_bytes >= HANDOFF_BYTES) && !pending.is_empty() {
+            pending_bytes = 0;
+            // A digester that stopped has its error, taken below.
+            if tx.send(std::mem::take(&mut pending)).is_err() {
                 break;
             }
+        }
+        if end {
+            break;
         }
     }
     drop(tx);

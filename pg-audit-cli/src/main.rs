@@ -136,8 +136,12 @@ enum Command {
         /// a crash can lose the last second's seals, which the next run makes again.
         #[arg(long, value_name = "SECONDS", conflicts_with = "export")]
         every: Option<u64>,
-        #[command(flatten)]
-        jobs: options::Jobs,
+        /// Sessions that read and digest the seals' rows, one seal each at a time, beside the
+        /// one recording them. More than one pays when a backlog is sealed (the first seal of
+        /// a large log); a run sealing a minute's rows makes one seal, and a session more costs
+        /// it a connection.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
         #[command(flatten)]
         db: options::Db,
     },

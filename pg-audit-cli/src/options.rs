@@ -113,12 +113,17 @@ impl Jobs {
             || std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
             usize::from,
         );
-        let mut helpers = Vec::with_capacity(jobs - 1);
-        for _ in 1..jobs {
-            helpers.push(pg_audit_archive::connect(url).await?);
-        }
-        Ok(helpers)
+        helper_sessions(url, jobs).await
     }
+}
+
+/// `jobs - 1` sessions on `url`, to share a command's work with its own.
+pub(crate) async fn helper_sessions(url: &str, jobs: usize) -> Result<Vec<tokio_postgres::Client>> {
+    let mut helpers = Vec::with_capacity(jobs.saturating_sub(1));
+    for _ in 1..jobs {
+        helpers.push(pg_audit_archive::connect(url).await?);
+    }
+    Ok(helpers)
 }
 
 /// The error for a log that is not in the database.

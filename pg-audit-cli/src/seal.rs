@@ -9,13 +9,13 @@ use pg_audit_diesel::log::AuditReader;
 use serde_json::{Value, json};
 use tokio_postgres::Client;
 
-use crate::options::{Db, Jobs, Result};
+use crate::options::{Db, Jobs, Result, helper_sessions};
 use crate::output::{Progress, Table};
 
 /// `pg-audit seal [--max-rows N] [--export FILE]`.
-pub(crate) fn seal(max_rows: u32, export: Option<&Path>, jobs: Jobs, db: &Db) -> Result<()> {
+pub(crate) fn seal(max_rows: u32, export: Option<&Path>, jobs: u16, db: &Db) -> Result<()> {
     db.with_client(async |client, log| {
-        let helpers = jobs.helpers(db.url()?).await?;
+        let helpers = helper_sessions(db.url()?, usize::from(jobs)).await?;
         let sealing = Sealing {
             max_rows,
             commit: Commit::Synchronous,
@@ -77,11 +77,11 @@ pub(crate) fn seal(max_rows: u32, export: Option<&Path>, jobs: Jobs, db: &Db) ->
 pub(crate) fn keep_sealing(
     max_rows: u32,
     every: std::time::Duration,
-    jobs: Jobs,
+    jobs: u16,
     db: &Db,
 ) -> Result<()> {
     db.with_client(async |client, log| {
-        let helpers = jobs.helpers(db.url()?).await?;
+        let helpers = helper_sessions(db.url()?, usize::from(jobs)).await?;
         let sealing = Sealing {
             max_rows,
             commit: Commit::Asynchronous,

@@ -58,37 +58,49 @@ fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
 
 /// A log with `users` audited and a few changes, every row sealed.
 fn sealed(hint: &str) -> TempDatabase<'static> {
-    let db = pg_audit_tempdb::shared()
-        .unwrap()
-        .create_database(hint)
-        .unwrap();
-    let url = db.url().to_owned();
-    psql(&db, &ok(&["sql", "table"], &url));
-    psql(
-        &db,
-        "CREATE TABLE users (id int PRIMARY KEY, email text, name text)",
-    );
-    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    let db = audited(hint, "id int PRIMARY KEY, email text, name text");
     psql(
         &db,
         "INSERT INTO users SELECT g, 'u' || g || '@example.com', 'Name ' || g FROM generate_series(1, 20) AS g;
          UPDATE users SET email = 'new@example.com' WHERE id = 7;
          DELETE FROM users WHERE id = 9;",
     );
+    seal_all(&db, &[]);
+    db
+}
+
+/// A database with the log and an audited table `users` of `columns`.
+fn audited(hint: &str, columns: &str) -> TempDatabase<'static> {
+    let db = pg_audit_tempdb::shared()
+        .unwrap()
+        .create_database(hint)
+        .unwrap();
+    let url = db.url().to_owned();
+    psql(&db, &ok(&["sql", "table"], &url));
+    psql(&db, &format!("CREATE TABLE users ({columns})"));
+    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
+    db
+}
+
+/// Runs `pg-audit seal` (with `args`) until every row is sealed: a run seals only rows whose
+/// transactions have all ended, and other tests' transactions on the shared server hold it
+/// back a while.
+fn seal_all(db: &TempDatabase<'_>, args: &[&str]) {
+    let mut seal = vec!["seal"];
+    seal.extend_from_slice(args);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
-        ok(&["seal"], &url);
+        ok(&seal, db.url());
         let unsealed = psql(
-            &db,
+            db,
             "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
         );
         if unsealed.trim() == "0" {
-            break;
+            return;
         }
         assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    db
 }
 
 #[test]
@@ -316,14 +328,8 @@ fn a_context_key_given_twice_is_stored_once_and_redaction_erases_what_readers_se
 
 #[test]
 fn redaction_reaches_partitions_prune_detached() {
-    let db = pg_audit_tempdb::shared()
-        .unwrap()
-        .create_database("trust_detached")
-        .unwrap();
+    let db = audited("trust_detached", "id int PRIMARY KEY, email text");
     let url = db.url().to_owned();
-    psql(&db, &ok(&["sql", "table"], &url));
-    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
-    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
     psql(
         &db,
         "CREATE TABLE audit.auditlog_p20200101 PARTITION OF audit.auditlog FOR VALUES FROM ('2020-01-01') TO ('2020-02-01');
@@ -486,17 +492,7 @@ fn verify_since_last_rechecks_new_seals_and_the_chain_of_the_rest() {
         &db,
         "INSERT INTO users SELECT g, 'later', 'Later' FROM generate_series(100, 110) AS g",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while psql(
-        &db,
-        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
-    )
-    .trim()
-        != "0"
-    {
-        ok(&["seal"], &url);
-        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
-    }
+    seal_all(&db, &[]);
     let saved = std::fs::read_to_string(&state).unwrap();
     // A row of a new seal changed: found, and the file is left as it was.
     psql(
@@ -590,14 +586,8 @@ fn seal_every_keeps_sealing_until_told_to_stop() {
 /// reports a row deleted by hand, also beside pruned ones in the same seal.
 #[test]
 fn verify_takes_recorded_prunes_as_pruned_not_deleted() {
-    let db = pg_audit_tempdb::shared()
-        .unwrap()
-        .create_database("trust_pruned")
-        .unwrap();
+    let db = audited("trust_pruned", "id int PRIMARY KEY, email text");
     let url = db.url().to_owned();
-    psql(&db, &ok(&["sql", "table"], &url));
-    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
-    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
     // Ids 1..=10 in an old month's partition, 11..=20 current, and 15 moved to the DEFAULT
     // partition with an old time, which `--drop` deletes: one seal covers all three.
     psql(
@@ -608,18 +598,7 @@ fn verify_takes_recorded_prunes_as_pruned_not_deleted() {
          INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(11, 20) AS g;
          UPDATE audit.auditlog SET changed_at = '2019-06-01' WHERE id = 15;",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while psql(
-        &db,
-        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
-    )
-    .trim()
-        != "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
-        ok(&["seal"], &url);
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    seal_all(&db, &[]);
     ok(
         &["partitions", "prune", "--older-than", "1 year", "--drop"],
         &url,
@@ -668,31 +647,14 @@ fn verify_takes_recorded_prunes_as_pruned_not_deleted() {
 /// as one session's would, and a verification on four sessions finds what one finds.
 #[test]
 fn seal_and_verify_on_several_sessions_agree_with_one() {
-    let db = pg_audit_tempdb::shared()
-        .unwrap()
-        .create_database("trust_jobs")
-        .unwrap();
+    let db = audited("trust_jobs", "id int PRIMARY KEY, email text");
     let url = db.url().to_owned();
-    psql(&db, &ok(&["sql", "table"], &url));
-    psql(&db, "CREATE TABLE users (id int PRIMARY KEY, email text)");
-    psql(&db, &ok(&["sql", "trigger", "--table", "users"], &url));
     psql(
         &db,
         "INSERT INTO users SELECT g, 'u' || g || '@example.com' FROM generate_series(1, 60) AS g;
          UPDATE users SET email = 'x' || email WHERE id % 3 = 0;",
     );
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    while psql(
-        &db,
-        "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
-    )
-    .trim()
-        != "0"
-    {
-        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
-        ok(&["seal", "--max-rows", "7", "--jobs", "3"], &url);
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    seal_all(&db, &["--max-rows", "7", "--jobs", "3"]);
     let seals: u32 = psql(&db, "SELECT count(*) FROM audit.auditlog_seals")
         .trim()
         .parse()
