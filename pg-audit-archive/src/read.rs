@@ -44,7 +44,7 @@ pub struct ArchivedFile {
     pub max_id: Option<i64>,
     /// The file's size.
     pub bytes: i64,
-    /// The digest of its rows (the seals' row digests, in id order).
+    /// The digest of its rows (the seals' row digests, in the file's order).
     pub content_sha256: Vec<u8>,
     /// When it was archived.
     pub archived_at: String,
