@@ -67,9 +67,10 @@ pub(crate) fn redaction_counts_sql(names: &LogNames) -> String {
     )
 }
 
-/// The SQL of [`crate::AuditLog::unjustified_redactions_sql`].
-pub(crate) fn unjustified_redactions_sql(names: &LogNames, archived: Option<&str>) -> String {
-    let source = live_and_archived(names, &column_list(), archived, "");
+/// Whether `redact` could have erased the key `r.key` of column `r.column_name` of the log row
+/// `l` (a recorded erasure `r`): a value of the JSON columns that is not a key column, or the
+/// context's user id.
+fn redact_could_erase() -> String {
     let rules: String = crate::sql::shape::LOG_COLUMNS
         .iter()
         .filter_map(|c| {
@@ -77,15 +78,22 @@ pub(crate) fn unjustified_redactions_sql(names: &LogNames, archived: Option<&str
                 .map(|rule| format!(" WHEN {} THEN ({rule})", text_literal(c.name)))
         })
         .collect();
+    format!("coalesce(CASE r.column_name{rules} ELSE false END, false)")
+}
+
+/// The SQL of [`crate::AuditLog::unjustified_redactions_sql`].
+pub(crate) fn unjustified_redactions_sql(names: &LogNames, archived: Option<&str>) -> String {
+    let source = live_and_archived(names, &column_list(), archived, "");
     format!(
         "SELECT r.redaction_id, r.entry_id, r.column_name, r.key
   FROM {values} AS r
   JOIN {redactions} AS d ON d.redaction_id = r.redaction_id
   LEFT JOIN ({source}) AS l ON l.id = r.entry_id
- WHERE l.id IS NOT NULL AND NOT coalesce(CASE r.column_name{rules} ELSE false END, false)
+ WHERE l.id IS NOT NULL AND NOT {could}
  ORDER BY r.entry_id, r.column_name, r.key",
         values = names.redacted_values_table(),
         redactions = names.redactions_table(),
+        could = redact_could_erase(),
     )
 }
 
@@ -97,22 +105,16 @@ pub(crate) fn applied_redactions_sql(names: &LogNames, archived: Option<&str>) -
         archived,
         " WHERE id >= $1 AND id <= $2",
     );
-    let rules: String = crate::sql::shape::LOG_COLUMNS
-        .iter()
-        .filter_map(|c| {
-            redaction_applies(c.name, "l", "r.key")
-                .map(|rule| format!(" WHEN {} THEN ({rule})", text_literal(c.name)))
-        })
-        .collect();
     format!(
         "SELECT r.entry_id, r.column_name, r.key, r.digest
   FROM {values} AS r
   JOIN {redactions} AS d ON d.redaction_id = r.redaction_id
   JOIN ({source}) AS l ON l.id = r.entry_id
- WHERE r.entry_id >= $1 AND r.entry_id <= $2 AND coalesce(CASE r.column_name{rules} ELSE false END, false)
+ WHERE r.entry_id >= $1 AND r.entry_id <= $2 AND {could}
  ORDER BY r.entry_id, r.column_name, r.key, r.redaction_id",
         values = names.redacted_values_table(),
         redactions = names.redactions_table(),
+        could = redact_could_erase(),
     )
 }
 
