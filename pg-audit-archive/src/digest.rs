@@ -559,26 +559,8 @@ pub(crate) fn batch_digests(
     erased: &Erased,
     out: &mut Vec<(i64, RowDigest)>,
 ) -> Result<(), Error> {
-    use crate::file::{IntColumn, ints, texts};
-    use pg_audit::sql::archive::ArchiveType;
-    enum Column<'a> {
-        Int(IntColumn<'a>),
-        Text(&'a arrow_array::StringArray),
-    }
-    let columns: Vec<Column<'_>> = LOG_COLUMNS
-        .iter()
-        .map(|c| match ArchiveType::of(c) {
-            ArchiveType::Int64 | ArchiveType::TimestampMicros => {
-                ints(batch, c.name).map(Column::Int)
-            }
-            ArchiveType::Text => texts(batch, c.name).map(Column::Text),
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            Error::Mismatch(
-                "an archived file lacks a log column, or holds it with another type".into(),
-            )
-        })?;
+    use crate::file::{Column, log_columns};
+    let columns = log_columns(batch)?;
     let mut fields = Vec::with_capacity(columns.len());
     for row in 0..batch.num_rows() {
         use arrow_array::Array as _;

@@ -179,20 +179,7 @@ impl IntColumn<'_> {
 /// Appends the rows of `batch` as CSV lines in the log's column order, for `COPY ... (FORMAT
 /// csv)`: every text value quoted, NULL as nothing.
 pub(crate) fn append_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), crate::Error> {
-    let columns: Vec<Column<'_>> = LOG_COLUMNS
-        .iter()
-        .map(|c| match ArchiveType::of(c) {
-            ArchiveType::Int64 | ArchiveType::TimestampMicros => {
-                ints(batch, c.name).map(Column::Int)
-            }
-            ArchiveType::Text => texts(batch, c.name).map(Column::Text),
-        })
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            crate::Error::Mismatch(
-                "an archived file lacks a log column, or holds it with another type".into(),
-            )
-        })?;
+    let columns = log_columns(batch)?;
     for row in 0..batch.num_rows() {
         for (i, column) in columns.iter().enumerate() {
             if i > 0 {
@@ -223,7 +210,27 @@ pub(crate) fn append_csv(batch: &RecordBatch, out: &mut Vec<u8>) -> Result<(), c
     Ok(())
 }
 
-enum Column<'a> {
+/// One of the log's columns in a batch of an archived file.
+pub(crate) enum Column<'a> {
     Int(IntColumn<'a>),
     Text(&'a StringArray),
+}
+
+/// The log's columns of `batch`, in the log's order, by name: an error when the file lacks one
+/// or holds it with another type.
+pub(crate) fn log_columns(batch: &RecordBatch) -> Result<Vec<Column<'_>>, crate::Error> {
+    LOG_COLUMNS
+        .iter()
+        .map(|c| match ArchiveType::of(c) {
+            ArchiveType::Int64 | ArchiveType::TimestampMicros => {
+                ints(batch, c.name).map(Column::Int)
+            }
+            ArchiveType::Text => texts(batch, c.name).map(Column::Text),
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            crate::Error::Mismatch(
+                "an archived file lacks a log column, or holds it with another type".into(),
+            )
+        })
 }
