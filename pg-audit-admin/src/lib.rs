@@ -270,6 +270,46 @@ fn base(original: &OriginalUri, uri: &axum::http::Uri) -> String {
     full.strip_suffix(inner).unwrap_or("").to_owned()
 }
 
+/// A page's query string, or the admin's error page naming what is wrong with it (axum's own
+/// `Query` answers a plain-text "Failed to deserialize query string").
+pub(crate) struct Query<T>(pub(crate) T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for Query<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(q)) => Ok(Query(q)),
+            Err(e) => Err(PageError::bad_request(format!(
+                "This page's address is incomplete or wrong ({}). Follow a link from the activity or the tables instead.",
+                e.body_text()
+                    .trim_start_matches("Failed to deserialize query string: ")
+            ))),
+        }
+    }
+}
+
+/// A page's path parameter, or the admin's error page naming what is wrong with it.
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S>
+    for Path<T>
+{
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(p)) => Ok(Path(p)),
+            Err(e) => Err(PageError::bad_request(format!(
+                "This page's address is wrong: {}",
+                e.body_text()
+            ))),
+        }
+    }
+}
+
 /// An error page's response.
 #[derive(Debug)]
 pub(crate) struct PageError(StatusCode, String);

@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use axum::Extension;
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{Form, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Double, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Double, Integer, Jsonb, Nullable, Text, Timestamptz};
 use maud::{Markup, html};
 use pg_audit::{Operation, QualifiedName};
 use pg_audit_diesel::log::{Activity, AuditEntry, AuditReader, Drift, LogTime, Page, TimeRange};
@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::html::{href, key as key_text, page, text, time, value};
-use crate::{Access, Mount, PageError, Shared, csrf, with_conn};
+use crate::{Access, Mount, PageError, Path, Query, Shared, csrf, with_conn};
 
 const PAGE_SIZE: u32 = 50;
 
@@ -145,16 +145,25 @@ fn record_href(base: &str, table: &str, key: &Value) -> String {
     )
 }
 
+/// One side of a changed path: its value, or a note that the key was absent.
+fn side(v: Option<&Value>) -> Markup {
+    match v {
+        Some(v) => value(v),
+        None => html! { span.muted { "(absent)" } },
+    }
+}
+
+/// What an entry changed, key by key inside JSON columns (`meta.score: 3 → 99`).
 fn changes_summary(e: &AuditEntry) -> Markup {
-    let changes = e.changes();
+    let changes = e.changed_paths();
     html! {
-        @for (i, (column, (old, new))) in changes.iter().enumerate() {
+        @for (i, c) in changes.iter().enumerate() {
             @if i > 0 { ", " }
-            span.mono { (text(column)) }
+            span.mono { (text(&c.path)) }
             @match e.operation {
-                Operation::Update => { ": " span.old { (value(old)) } " → " span.new { (value(new)) } }
-                Operation::Delete => { "=" span.old { (value(old)) } }
-                _ => { "=" span.new { (value(new)) } }
+                Operation::Update => { ": " span.old { (side(c.before.as_ref())) } " → " span.new { (side(c.after.as_ref())) } }
+                Operation::Delete => { "=" span.old { (side(c.before.as_ref())) } }
+                _ => { "=" span.new { (side(c.after.as_ref())) } }
             }
         }
     }
@@ -316,13 +325,19 @@ pub(crate) async fn record(
     let table = table_name(&q.table)?;
     let key = parse_key(&q.key)?;
     let reader = AuditReader::with_log(state.log.clone());
+    let archives = state.log.archives_table();
     #[allow(unused_mut)]
-    let (mut history, blame) = {
+    let (mut history, blame, any_archived) = {
         let (table, key) = (table.clone(), key.clone());
         with_conn(&state, move |conn| {
             let history = reader.history_of(conn, &table, &key, Page::first(500))?;
             let blame = reader.blame_of(conn, &table, &key)?;
-            Ok((history, blame))
+            // Archived entries are offered only where something was ever archived.
+            let any_archived =
+                diesel::sql_query(format!("SELECT EXISTS (SELECT FROM {archives}) AS any"))
+                    .get_result::<Any>(conn)?
+                    .any;
+            Ok((history, blame, any_archived))
         })
         .await?
     };
@@ -368,7 +383,9 @@ pub(crate) async fn record(
                 a href=(href(&base, "/", &[("key", key.to_string()), ("table", table_text.clone())])) { "in the activity" } }
             @if let Some(note) = &archive_note { p.muted { "Including entries archived to Parquet: " (note) "." } }
             @else if cfg!(feature = "archive") {
-                p { a href=(href(&base, "/record", &[("table", table_text.clone()), ("key", key.to_string()), ("archived", "1".to_owned())])) { "Include entries archived to Parquet" } }
+                @if any_archived {
+                    p { a href=(href(&base, "/record", &[("table", table_text.clone()), ("key", key.to_string()), ("archived", "1".to_owned())])) { "Include entries archived to Parquet" } }
+                }
             }
             @if history.is_empty() { p.muted { "The log holds no entry of this record." } }
             @if deleted && write {
@@ -428,7 +445,8 @@ pub(crate) async fn record(
     Ok((csrf::set_cookie(cookie), body).into_response())
 }
 
-/// Changed columns before → after, highlighted; unchanged ones folded away.
+/// Changed columns before → after (key by key inside JSON), highlighted; unchanged ones
+/// folded away.
 fn diff(e: &AuditEntry) -> Markup {
     let changes = e.changes();
     let unchanged: BTreeMap<&String, &Value> = e
@@ -441,13 +459,14 @@ fn diff(e: &AuditEntry) -> Markup {
                 .collect()
         })
         .unwrap_or_default();
+    let paths = pg_audit_diesel::log::changed_paths(&changes);
     html! {
         div.scroll { table.diff {
             thead { tr { th { "column" } th { "before" } th { "after" } } }
-            tbody { @for (column, (old, new)) in &changes { tr {
-                td.mono { (text(column)) }
-                td.old { @if e.old_values.is_some() { (value(old)) } }
-                td.new { @if e.new_values.is_some() { (value(new)) } }
+            tbody { @for c in &paths { tr {
+                td.mono { (text(&c.path)) }
+                td.old { @if e.old_values.is_some() { (side(c.before.as_ref())) } }
+                td.new { @if e.new_values.is_some() { (side(c.after.as_ref())) } }
             } } }
         } }
         @if !unchanged.is_empty() {
@@ -748,6 +767,20 @@ pub(crate) struct TableQuery {
     after: Option<String>,
 }
 
+/// Whether a query found anything.
+#[derive(QueryableByName)]
+struct Any {
+    #[diesel(sql_type = Bool)]
+    any: bool,
+}
+
+/// How far the log's counts go.
+#[derive(QueryableByName)]
+struct Through {
+    #[diesel(sql_type = BigInt)]
+    through_id: i64,
+}
+
 #[derive(QueryableByName)]
 struct Day {
     #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
@@ -790,17 +823,16 @@ pub(crate) async fn table(
                 .filter(|d| d.table_schema == installed.table_schema && d.table_name == installed.table_name)
                 .map(|d| d.problem)
                 .collect();
-            let days: Vec<Day> = diesel::sql_query(format!(
-                "SELECT pg_catalog.date_trunc('day', l.changed_at, 'UTC') AS day, pg_catalog.count(*) AS changes
-                   FROM {} AS l
-                  WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-                    AND l.changed_at OPERATOR(pg_catalog.>=) (pg_catalog.date_trunc('day', pg_catalog.now(), 'UTC') OPERATOR(pg_catalog.-) interval '29 days')
-                  GROUP BY 1 ORDER BY 1",
-                log.table()
-            ))
-            .bind::<Text, _>(&installed.table_schema)
-            .bind::<Text, _>(&installed.table_name)
-            .load(conn)?;
+            // From the log's counts, and the entries past them.
+            let through = diesel::sql_query(log.counted_through_sql())
+                .get_result::<Through>(conn)?
+                .through_id;
+            let days: Vec<Day> = diesel::sql_query(log.days_sql())
+                .bind::<Text, _>(&installed.table_schema)
+                .bind::<Text, _>(&installed.table_name)
+                .bind::<Integer, _>(29)
+                .bind::<BigInt, _>(through)
+                .load(conn)?;
             let qualified = table_name(&installed_name(&installed)).ok();
             // Rebuilding the table reads all its entries: only when a time is chosen.
             let rows = match (qualified, at) {

@@ -27,6 +27,11 @@ pub(crate) enum PartitionsCommand {
         #[command(flatten)]
         db: Db,
     },
+    /// Count the entries not counted yet into the log's counts (entries per table, operation,
+    /// user, UTC day and block of ids), which the admin's chart and filters read instead of
+    /// walking the log. Run it every minute or so from cron; it stops at transactions still
+    /// writing, and the next run counts their entries.
+    Count(#[command(flatten)] Db),
     /// Detach (or with --drop, drop) the partitions whose whole range is older than the
     /// retention period; prints each as it goes.
     Prune {
@@ -40,6 +45,62 @@ pub(crate) enum PartitionsCommand {
         #[command(flatten)]
         db: Db,
     },
+}
+
+/// `pg-audit partitions count`: counts in steps of
+/// [`DEFAULT_COUNT_ROWS`](pg_audit::sql::counts::DEFAULT_COUNT_ROWS), each committed, until
+/// nothing is left or what is left is held by transactions still running.
+fn count(db: &Db) -> Result<()> {
+    #[derive(QueryableByName)]
+    struct Counted {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        through_id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        behind: i64,
+    }
+    let (mut conn, log) = db.connect()?;
+    let sql = log.count_sql(pg_audit::sql::counts::DEFAULT_COUNT_ROWS);
+    let mut counted: Counted = diesel::sql_query(&sql).get_result(&mut conn)?;
+    let progress = Progress::new(0, "counting");
+    // A call that sees transactions running counts up to what the previous call saw: a few
+    // more calls, a moment apart, let the ones running now end.
+    let mut still = 0;
+    while counted.behind > 0 && still < 10 {
+        progress.at(
+            "counting",
+            0,
+            0,
+            &format!(
+                "through id {}, {} behind",
+                counted.through_id, counted.behind
+            ),
+        );
+        let next: Counted = diesel::sql_query(&sql).get_result(&mut conn)?;
+        if next.through_id == counted.through_id {
+            still += 1;
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        } else {
+            still = 0;
+        }
+        counted = next;
+    }
+    drop(progress);
+    let mut table = Table::new(&["through_id", "behind"]);
+    table.push(vec![json!(counted.through_id), json!(counted.behind)]);
+    table.finish(
+        db.json,
+        "",
+        &format!(
+            "every entry up to id {} is counted{}",
+            counted.through_id,
+            if counted.behind > 0 {
+                "; the ids past it belong to transactions still running (or rolled back): the next run counts them"
+            } else {
+                ""
+            }
+        ),
+    );
+    Ok(())
 }
 
 /// `pg-audit history TABLE KEY`.
@@ -105,17 +166,19 @@ fn print_entries(entries: &[AuditEntry], json: bool, empty: &str) {
         "txid",
     ]);
     for e in entries {
+        // Key by key inside JSON columns: `meta.score: 3 → 99`.
+        let side = |v: &Option<Value>| v.as_ref().map_or_else(|| "(absent)".to_owned(), value_text);
         let changes: Vec<String> = e
-            .changes()
+            .changed_paths()
             .into_iter()
-            .map(|(column, (old, new))| match (old, new) {
-                (Value::Null, new) if e.old_values.is_none() => {
-                    format!("{column}={}", value_text(&new))
+            .map(|c| {
+                if e.old_values.is_none() {
+                    format!("{}={}", c.path, side(&c.after))
+                } else if e.new_values.is_none() {
+                    format!("{}={}", c.path, side(&c.before))
+                } else {
+                    format!("{}: {} → {}", c.path, side(&c.before), side(&c.after))
                 }
-                (old, Value::Null) if e.new_values.is_none() => {
-                    format!("{column}={}", value_text(&old))
-                }
-                (old, new) => format!("{column}: {} → {}", value_text(&old), value_text(&new)),
             })
             .collect();
         table.push(vec![
@@ -271,6 +334,7 @@ pub(crate) fn partitions(cmd: PartitionsCommand) -> Result<()> {
                 &format!("every partition up to {ahead} periods ahead exists"),
             );
         }
+        PartitionsCommand::Count(db) => count(&db)?,
         PartitionsCommand::Prune {
             older_than,
             drop,

@@ -37,6 +37,7 @@
 mod drift;
 mod driver;
 pub mod json;
+mod paths;
 mod reader;
 
 use std::collections::BTreeMap;
@@ -56,6 +57,7 @@ use crate::AuditContext;
 
 pub use crate::key::{KeyMismatch, key_object, key_text, parse_key, value_text};
 pub use drift::{Drift, drift};
+pub use paths::{PathChange, changed_paths};
 #[cfg(feature = "async")]
 pub use reader::AsyncAuditReader;
 pub use reader::{Activity, AuditReader, Blame, RowAt, TableAt};

@@ -78,6 +78,18 @@ impl LogNames {
     }
 
     /// The capture worker's progress, by slot.
+    pub(crate) fn counts_table(&self) -> QualifiedName {
+        self.function("counts")
+    }
+
+    pub(crate) fn context_counts_table(&self) -> QualifiedName {
+        self.function("context_counts")
+    }
+
+    pub(crate) fn counts_state_table(&self) -> QualifiedName {
+        self.function("counts_state")
+    }
+
     pub(crate) fn capture_progress_table(&self) -> QualifiedName {
         self.function("capture_progress")
     }
@@ -149,6 +161,7 @@ impl LogNames {
             ("content_of", "regclass"),
             ("seal_horizon", ""),
             ("seal", "integer"),
+            ("count", "bigint"),
             (
                 "redact",
                 "regclass, bigint, text, text, jsonb, text[], text",
@@ -187,6 +200,9 @@ impl LogNames {
             self.redacted_values_table(),
             self.capture_progress_table(),
             self.capture_issues_table(),
+            self.counts_table(),
+            self.context_counts_table(),
+            self.counts_state_table(),
         ]
     }
 
@@ -212,6 +228,9 @@ impl LogNames {
             self.seals_table(),
             self.redactions_table(),
             self.redacted_values_table(),
+            self.counts_table(),
+            self.context_counts_table(),
+            self.counts_state_table(),
         ]
     }
 }

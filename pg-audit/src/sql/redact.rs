@@ -205,6 +205,7 @@ END
     // The marker and the digest inside the string literals of `format` templates.
     let marker = in_template(&marker);
     let vd = in_template(&value_digest_expr("e.key", "e.value::text"));
+    let erase_user_counts = crate::sql::counts::erase_user_sql(names);
     let redact_body = format!(
         "
 DECLARE
@@ -240,6 +241,7 @@ BEGIN
                                     OR jsonb_typeof(l.new_values) = ''object'' AND l.new_values->r.key <> {marker}::jsonb))
              RETURNING l.id', target, filter);
     ELSIF user_id IS NOT NULL THEN
+        {erase_user_counts}
         EXECUTE pg_catalog.format(
             'INSERT INTO {values_fmt} (redaction_id, entry_id, column_name, key, digest)
              SELECT $1, l.id, ''context'', e.key, {vd}

@@ -11,11 +11,11 @@
 use std::fmt::Write as _;
 
 use crate::ident::text_literal;
-use crate::sql::create_function;
 use crate::sql::digest::{
     SOURCE, column_list, live_and_archived, row_digest_expr, split_at_source,
 };
 use crate::sql::names::LogNames;
+use crate::sql::{create_function, horizon};
 
 /// The most rows one seal covers, unless the caller asks otherwise.
 pub const DEFAULT_SEAL_ROWS: u32 = 100_000;
@@ -173,7 +173,6 @@ pub(crate) fn content_query(names: &LogNames, relation: &str) -> String {
 /// relation's content digest, the sealer), part of the log's DDL.
 pub(crate) fn objects_sql(names: &LogNames) -> String {
     let table = names.table();
-    let table_lit = table.literal();
     let seals = names.seals_table();
     let state = names.seal_state_table();
     let seal_of = names.function("seal_of");
@@ -257,19 +256,10 @@ END
         )
     );
 
-    // The horizon: every writer holds a transaction id before it takes a log id (the triggers
-    // run after the audited write; the capture worker asks for one first). So once every
-    // transaction running when the sequence was read has ended, no row with an id up to that
-    // value can still appear.
     let horizon_body = format!(
         "
 DECLARE
-    handed_out bigint;
-    called boolean;
-    snap pg_snapshot;
-    pending record;
-    horizon bigint;
-    prev_last bigint;
+{declare}    prev_last bigint;
     prev bytea;
 BEGIN
     -- One sealer at a time, until the caller's transaction ends; no writer takes this lock.
@@ -277,25 +267,7 @@ BEGIN
         RAISE NOTICE 'pg-audit: another seal of this log is running';
         RETURN;
     END IF;
-    EXECUTE pg_catalog.format('SELECT last_value, is_called FROM %s', pg_get_serial_sequence({table_lit}, 'id'))
-       INTO handed_out, called;
-    IF NOT called THEN
-        handed_out := handed_out - 1;
-    END IF;
-    snap := pg_current_snapshot();
-    SELECT s.pending_id, s.pending_snapshot INTO pending FROM {state} AS s;
-    IF NOT EXISTS (SELECT FROM pg_snapshot_xip(snap) AS x
-                    WHERE x IS DISTINCT FROM pg_current_xact_id_if_assigned()
-                      AND pg_xact_status(x) = 'in progress') THEN
-        horizon := handed_out;
-    ELSIF pending.pending_id IS NOT NULL
-          AND NOT EXISTS (SELECT FROM pg_snapshot_xip(pending.pending_snapshot) AS x
-                           WHERE pg_xact_status(x) = 'in progress') THEN
-        horizon := pending.pending_id;
-    END IF;
-    DELETE FROM {state};
-    INSERT INTO {state} (pending_id, pending_snapshot) VALUES (handed_out, snap);
-    SELECT s.last_id, s.hash INTO prev_last, prev FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
+{steps}    SELECT s.last_id, s.hash INTO prev_last, prev FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1;
     -- The first seal starts after what was archived before sealing began (not in the database).
     first_id := coalesce(prev_last, (SELECT max(a.max_id) FROM {archives} AS a), 0) + 1;
     upto_id := horizon;
@@ -305,6 +277,8 @@ END
 ",
         seals_lit = seals.literal(),
         archives = names.archives_table(),
+        declare = horizon::DECLARE,
+        steps = horizon::steps(names, &state),
     );
     let _ = writeln!(
         sql,

@@ -1,15 +1,16 @@
 //! What happened across the log: the entries that pass a filter, one transaction's, one
 //! request's, one user's.
 
-use diesel::QueryResult;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
+use diesel::{QueryResult, QueryableByName};
 use pg_audit::context::{REQUEST_ID, USER_ID};
+use pg_audit::sql::counts::{BLOCK_IDS, Counted};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Operation};
 use serde_json::Value;
 
 use super::record::resolve_table;
-use crate::log::driver::Driver;
+use crate::log::driver::{Driver, Query, first};
 use crate::log::{AuditEntry, LogTime, Page, TimeRange};
 
 /// What [`AuditReader::activity`](super::AuditReader::activity) lists: every field that is set
@@ -35,35 +36,148 @@ pub struct Activity {
 }
 
 /// The newest entries that pass `filter`, newest first, keyset-paged on the entry id.
+///
+/// No filter answers by walking the log's id index from the newest entry; each filter takes
+/// the path that does not walk the whole log when it matches little or nothing:
+/// - a record of a named table: the record-key hash indexes, as the history does;
+/// - a transaction: the BRIN index on `(changed_at, txid)`, then the transaction's entries
+///   sorted;
+/// - a request, a user, a table, an operation or a time range: the entries the counts have
+///   not reached yet (the tail, walked), then the id blocks the log's counts say hold
+///   entries of the request, else the user, else the table and operation, else the days,
+///   newest first, each walked between its lowest and highest id
+///   ([`pg_audit::sql::counts`]).
 pub(super) async fn activity<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     filter: &Activity,
     page: Page,
 ) -> QueryResult<Vec<AuditEntry>> {
-    // A record of a named table goes through the record-key hash indexes; a key alone (any
-    // table) is filtered while walking the id index.
-    let (from, key_clause) = if filter.key.is_some() && filter.table.is_some() {
-        let key = record_key_expr("r.schema_name", "r.table_name", "$9::jsonb");
-        let resolve = resolve_table(log);
-        (
-            format!(", ({resolve}) AS r"),
-            format!(
-                "l.schema_name OPERATOR(pg_catalog.=) r.schema_name
-                     AND ((l.record_key OPERATOR(pg_catalog.=) {key} AND l.record_pk OPERATOR(pg_catalog.=) $9)
-                       OR (l.old_record_key OPERATOR(pg_catalog.=) {key} AND l.old_record_pk OPERATOR(pg_catalog.=) $9))"
-            ),
-        )
+    let record = filter.key.is_some() && filter.table.is_some();
+    // The counts that narrow most: a request's entries, a user's, a table's or an
+    // operation's, or (a time range alone) every entry of its days.
+    let counted = if filter.request_id.is_some() {
+        Counted::Context(REQUEST_ID)
+    } else if filter.user_id.is_some() {
+        Counted::Context(USER_ID)
     } else {
-        (
-            String::new(),
-            "($9::jsonb IS NULL OR l.record_pk OPERATOR(pg_catalog.=) $9 OR l.old_record_pk OPERATOR(pg_catalog.=) $9)"
-                .to_owned(),
-        )
+        Counted::Tables
     };
-    let query = diesel::sql_query(format!(
-        "SELECT {} FROM {} AS l{from}
-              WHERE ($1::text IS NULL OR l.schema_name OPERATOR(pg_catalog.=) $1)
+    let by_counts = !record
+        && filter.txid.is_none()
+        && filter.key.is_none()
+        && (filter.request_id.is_some()
+            || filter.user_id.is_some()
+            || filter.schema.is_some()
+            || filter.table.is_some()
+            || filter.operation.is_some()
+            || filter.range.from.is_some()
+            || filter.range.until.is_some());
+    if !by_counts {
+        let shape = if record {
+            Shape::Record
+        } else if filter.txid.is_some() {
+            Shape::Transaction
+        } else {
+            Shape::Walk
+        };
+        return conn
+            .load(bind_filter(
+                diesel::sql_query(select_sql(log, shape)).into_boxed(),
+                filter,
+                page.before,
+                None,
+                page.limit,
+            ))
+            .await;
+    }
+    let limit = page.limit as usize;
+    let through = counted_through(log, conn).await?;
+    // The tail: entries past the counts, walked.
+    let mut entries: Vec<AuditEntry> = conn
+        .load(bind_filter(
+            diesel::sql_query(select_sql(log, Shape::Walk)).into_boxed(),
+            filter,
+            page.before,
+            Some(through),
+            page.limit,
+        ))
+        .await?;
+    // Then the counted blocks, newest first, a few at a time and more each round.
+    let highest = page
+        .before
+        .map_or(through, |b| b.saturating_sub(1).min(through));
+    let mut top_block = highest.div_euclid(BLOCK_IDS);
+    let mut chunk: i64 = 4;
+    while entries.len() < limit && highest > 0 && top_block >= 0 {
+        let blocks: Vec<Block> = conn
+            .load(
+                diesel::sql_query(log.blocks_sql(counted))
+                    .into_boxed()
+                    .bind::<Nullable<Text>, _>(filter.schema.as_deref())
+                    .bind::<Nullable<Text>, _>(filter.table.as_deref())
+                    .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
+                    .bind::<Nullable<Text>, _>(match counted {
+                        Counted::Context(REQUEST_ID) => filter.request_id.as_deref(),
+                        Counted::Context(_) => filter.user_id.as_deref(),
+                        Counted::Tables => None,
+                    })
+                    .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
+                    .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
+                    .bind::<BigInt, _>(top_block)
+                    .bind::<BigInt, _>(chunk),
+            )
+            .await?;
+        let Some(last) = blocks.last() else { break };
+        let next_top = last.block - 1;
+        let full = blocks.len() as i64 == chunk;
+        let (lo, hi): (Vec<i64>, Vec<i64>) = blocks
+            .iter()
+            .filter(|b| b.lo <= highest)
+            .map(|b| (b.lo, b.hi.min(highest)))
+            .unzip();
+        let remaining = (limit - entries.len()) as u32;
+        let found: Vec<AuditEntry> = conn
+            .load(
+                bind_filter(
+                    diesel::sql_query(select_sql(log, Shape::Blocks)).into_boxed(),
+                    filter,
+                    page.before,
+                    None,
+                    remaining,
+                )
+                .bind::<Array<BigInt>, _>(lo)
+                .bind::<Array<BigInt>, _>(hi),
+            )
+            .await?;
+        entries.extend(found);
+        if !full {
+            break;
+        }
+        top_block = next_top;
+        chunk = (chunk * 4).min(256);
+    }
+    entries.truncate(limit);
+    Ok(entries)
+}
+
+/// How [`activity`] finds entries.
+#[derive(Clone, Copy)]
+enum Shape {
+    /// The id index, newest first (`$12`: only ids above it).
+    Walk,
+    /// One record of a named table, through the record-key hash indexes.
+    Record,
+    /// One transaction, through the BRIN index, sorted.
+    Transaction,
+    /// The id ranges `$13[i]..=$14[i]`, each walked newest first.
+    Blocks,
+}
+
+/// The listing's query for `shape`: every filter as a parameter (`$1`–`$11`, bound by
+/// [`bind_filter`]).
+fn select_sql(log: &AuditLog, shape: Shape) -> String {
+    let filters = "($1::text IS NULL OR l.schema_name OPERATOR(pg_catalog.=) $1)
                 AND ($2::text IS NULL OR l.table_name OPERATOR(pg_catalog.=) $2)
                 AND ($3::text IS NULL OR l.operation OPERATOR(pg_catalog.=) $3)
                 AND ($4::text IS NULL OR (l.context OPERATOR(pg_catalog.->>) 'user_id') OPERATOR(pg_catalog.=) $4)
@@ -71,26 +185,104 @@ pub(super) async fn activity<D: Driver>(
                 AND ($6::bigint IS NULL OR l.txid OPERATOR(pg_catalog.=) $6)
                 AND ($7::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $7)
                 AND ($8::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.<) $8)
-                AND {key_clause}
-                AND ($10::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $10)
+                AND ($10::bigint IS NULL OR l.id OPERATOR(pg_catalog.<) $10)";
+    let any_key = "($9::jsonb IS NULL OR l.record_pk OPERATOR(pg_catalog.=) $9 OR l.old_record_pk OPERATOR(pg_catalog.=) $9)";
+    let columns = entry_select_list("l");
+    let table = log.table();
+    match shape {
+        Shape::Walk => format!(
+            "SELECT {columns} FROM {table} AS l
+              WHERE {filters} AND {any_key}
+                AND ($12::bigint IS NULL OR l.id OPERATOR(pg_catalog.>) $12)
               ORDER BY l.id DESC
-              LIMIT $11",
-        entry_select_list("l"),
-        log.table()
-    ))
-    .into_boxed()
-    .bind::<Nullable<Text>, _>(filter.schema.as_deref())
-    .bind::<Nullable<Text>, _>(filter.table.as_deref())
-    .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
-    .bind::<Nullable<Text>, _>(filter.user_id.as_deref())
-    .bind::<Nullable<Text>, _>(filter.request_id.as_deref())
-    .bind::<Nullable<BigInt>, _>(filter.txid)
-    .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
-    .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
-    .bind::<Nullable<Jsonb>, _>(filter.key.as_ref())
-    .bind::<Nullable<BigInt>, _>(page.before)
-    .bind::<BigInt, _>(i64::from(page.limit));
-    conn.load(query).await
+              LIMIT $11"
+        ),
+        Shape::Record => {
+            let key = record_key_expr("r.schema_name", "r.table_name", "$9::jsonb");
+            format!(
+                "SELECT {columns} FROM {table} AS l, ({resolve}) AS r
+                  WHERE {filters}
+                    AND l.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                    AND ((l.record_key OPERATOR(pg_catalog.=) {key} AND l.record_pk OPERATOR(pg_catalog.=) $9)
+                      OR (l.old_record_key OPERATOR(pg_catalog.=) {key} AND l.old_record_pk OPERATOR(pg_catalog.=) $9))
+                    AND $12::bigint IS NULL
+                  ORDER BY l.id DESC
+                  LIMIT $11",
+                resolve = resolve_table(log),
+            )
+        }
+        // OFFSET 0 keeps the planner from walking the id index for the LIMIT: the
+        // transaction's entries are found first, then sorted.
+        Shape::Transaction => format!(
+            "SELECT t.* FROM (
+                SELECT {columns} FROM {table} AS l
+                 WHERE {filters} AND {any_key} AND $12::bigint IS NULL
+                OFFSET 0) AS t
+              ORDER BY t.id DESC
+              LIMIT $11"
+        ),
+        Shape::Blocks => format!(
+            "SELECT e.* FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::bigint[])) AS r(lo, hi)
+              CROSS JOIN LATERAL (
+                SELECT {columns} FROM {table} AS l
+                 WHERE l.id OPERATOR(pg_catalog.>=) r.lo AND l.id OPERATOR(pg_catalog.<=) r.hi
+                   AND {filters} AND {any_key} AND $12::bigint IS NULL
+                 ORDER BY l.id DESC
+                 LIMIT $11) AS e
+              ORDER BY e.id DESC
+              LIMIT $11"
+        ),
+    }
+}
+
+/// Binds `filter`, `before`, `limit` and `above` (`$12`: only ids above it, for the walk) as
+/// [`select_sql`] numbers them.
+fn bind_filter<'q>(
+    query: Query<'q>,
+    filter: &'q Activity,
+    before: Option<i64>,
+    above: Option<i64>,
+    limit: u32,
+) -> Query<'q> {
+    let query = query
+        .bind::<Nullable<Text>, _>(filter.schema.as_deref())
+        .bind::<Nullable<Text>, _>(filter.table.as_deref())
+        .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
+        .bind::<Nullable<Text>, _>(filter.user_id.as_deref())
+        .bind::<Nullable<Text>, _>(filter.request_id.as_deref())
+        .bind::<Nullable<BigInt>, _>(filter.txid)
+        .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
+        .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
+        .bind::<Nullable<Jsonb>, _>(filter.key.as_ref())
+        .bind::<Nullable<BigInt>, _>(before)
+        .bind::<BigInt, _>(i64::from(limit));
+    query.bind::<Nullable<BigInt>, _>(above)
+}
+
+/// One id block the counts say holds matching entries, and their lowest and highest id.
+#[derive(QueryableByName)]
+struct Block {
+    #[diesel(sql_type = BigInt)]
+    block: i64,
+    #[diesel(sql_type = BigInt)]
+    lo: i64,
+    #[diesel(sql_type = BigInt)]
+    hi: i64,
+}
+
+/// How far the log's counts go: every entry up to the id returned is counted.
+#[derive(QueryableByName)]
+struct Through {
+    #[diesel(sql_type = BigInt)]
+    through_id: i64,
+}
+
+/// The id up to which the counts hold every entry (0 before the first count).
+pub(crate) async fn counted_through<D: Driver>(log: &AuditLog, conn: &mut D) -> QueryResult<i64> {
+    let rows: Vec<Through> = conn
+        .load(diesel::sql_query(log.counted_through_sql()).into_boxed())
+        .await?;
+    Ok(first(rows).map_or(0, |t| t.through_id))
 }
 
 /// Everything transaction `txid` did, in order.

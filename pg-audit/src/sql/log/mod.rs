@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, quote_literal};
 use crate::sql::names::LogNames;
-use crate::sql::{adopt, archive, capture, check, install, redact, seal};
+use crate::sql::{adopt, archive, capture, check, counts, install, redact, seal};
 
 pub mod partition;
 mod table;
@@ -126,6 +126,7 @@ impl AuditLog {
             partition::prunes_table_sql(names),
             seal::objects_sql(names),
             redact::objects_sql(names),
+            counts::objects_sql(names),
             table::append_only_tables_sql(names),
             adopt::objects_sql(names),
         ]
@@ -183,6 +184,37 @@ impl AuditLog {
             "SELECT * FROM {}({ahead})",
             self.names.function("ensure_partitions")
         )
+    }
+
+    /// SQL that counts up to `max_rows` more entries into the log's counts (entries per table,
+    /// operation, user, UTC day and block of ids, which the admin's chart and filters read
+    /// instead of the log) and returns one row: `through_id` (every entry up to it is
+    /// counted), `behind` (ids handed out past it: at most that many entries are not counted
+    /// yet), `counted` (count rows written). Run it as the log's owner, every minute or so;
+    /// until it runs, readers walk the uncounted entries in the log.
+    pub fn count_sql(&self, max_rows: i64) -> String {
+        counts::count_sql(&self.names, max_rows)
+    }
+
+    /// SQL a reader runs to learn how far the counts go: `through_id`, `behind`.
+    pub fn counted_through_sql(&self) -> String {
+        counts::counted_through_sql(&self.names)
+    }
+
+    /// SQL of a table's entries per UTC day, today's and the `$3` (integer) days' before, from
+    /// the counts and the uncounted tail: `$1` schema, `$2` table, `$4` the counts'
+    /// `through_id`; rows `day` (midnight UTC), `changes`.
+    pub fn days_sql(&self) -> String {
+        counts::days_sql(&self.names)
+    }
+
+    /// SQL of the id blocks that can hold entries passing a filter, newest first, at most `$8`:
+    /// rows `block`, `lo`, `hi` (the lowest and highest id of its matching entries).
+    /// Parameters: `$1` schema, `$2` table, `$3` operation, `$4` user id (each NULL for any), `$5`
+    /// and `$6` the time range (timestamptz, NULL for unbounded), `$7` the highest block;
+    /// `filter` says which filters are set.
+    pub fn blocks_sql(&self, filter: counts::Counted) -> String {
+        counts::blocks_sql(&self.names, filter)
     }
 
     /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`

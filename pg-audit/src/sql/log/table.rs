@@ -162,6 +162,9 @@ pub(crate) fn drop_sql(names: &LogNames) -> String {
         names.prunes_table(),
         names.seals_table(),
         names.seal_state_table(),
+        names.counts_table(),
+        names.context_counts_table(),
+        names.counts_state_table(),
         names.redacted_values_table(),
         names.redactions_table(),
     ] {

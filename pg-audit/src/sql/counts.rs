@@ -1,0 +1,274 @@
+//! The log's counts: how many entries each table, operation and user has per day and per block
+//! of ids, kept by `<log>_count()` (maintenance, never the write path), and the queries that
+//! answer from them instead of walking the log.
+//!
+//! Two tables, both derived from the log and rebuilt from it if lost:
+//! - `<log>_counts`: per id block ([`BLOCK_IDS`] ids), UTC day, table and operation, the
+//!   entries and their lowest and highest id. The admin's chart sums days; a filter on a table
+//!   or an operation walks only the blocks that hold matching entries, between their ids.
+//! - `<log>_context_counts`: the same per context user id and per request id (`field`,
+//!   `value`). Erasing a user removes theirs.
+//!
+//! Blocks are disjoint ranges of ids, so a filter's blocks, newest first, are its entries'
+//! id ranges in the order the activity lists them. Counting stops at the same horizon the
+//! sealer uses ([`super::horizon`]); `<log>_counts_state.through_id` says how far it got, and
+//! readers walk the entries past it (the tail) in the log itself, so the counts are always
+//! exact and only their speed depends on how often they are kept.
+
+use std::fmt::Write as _;
+
+use crate::QualifiedName;
+use crate::ident::text_literal;
+use crate::sql::names::LogNames;
+use crate::sql::{create_function, horizon};
+
+/// How many ids one block holds.
+pub const BLOCK_IDS: i64 = 8192;
+
+/// The most entries one call of `<log>_count()` counts unless told otherwise.
+pub const DEFAULT_COUNT_ROWS: i64 = 1_000_000;
+
+/// The context fields the counts know, as `<log>_context_counts.field` names them.
+pub const CONTEXT_FIELDS: [&str; 2] = [crate::context::USER_ID, crate::context::REQUEST_ID];
+
+/// The counts' tables and `<log>_count(max_rows)`, part of the log's DDL.
+pub(crate) fn objects_sql(names: &LogNames) -> String {
+    let counts = names.counts_table();
+    let users = names.context_counts_table();
+    let state = names.counts_state_table();
+    let table = names.table();
+    let mut sql = String::new();
+    let index =
+        |table: &QualifiedName, suffix: &str| crate::Ident::generated(table.name.as_str(), suffix);
+    let _ = writeln!(
+        sql,
+        "CREATE TABLE IF NOT EXISTS {counts} (
+    block bigint NOT NULL,
+    day date NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    operation text NOT NULL,
+    entries bigint NOT NULL,
+    first_id bigint NOT NULL,
+    last_id bigint NOT NULL,
+    PRIMARY KEY (schema_name, table_name, block, day, operation)
+);
+COMMENT ON TABLE {counts} IS {counts_comment};
+CREATE INDEX IF NOT EXISTS {by_day} ON {counts} (schema_name, table_name, day);
+CREATE INDEX IF NOT EXISTS {by_operation} ON {counts} (operation, block);
+CREATE INDEX IF NOT EXISTS {by_block} ON {counts} (day, block);
+CREATE TABLE IF NOT EXISTS {users} (
+    field text NOT NULL,
+    value text NOT NULL,
+    block bigint NOT NULL,
+    day date NOT NULL,
+    entries bigint NOT NULL,
+    first_id bigint NOT NULL,
+    last_id bigint NOT NULL,
+    PRIMARY KEY (field, value, block, day)
+);
+COMMENT ON TABLE {users} IS {users_comment};
+CREATE TABLE IF NOT EXISTS {state} (
+    through_id bigint NOT NULL DEFAULT 0,
+    pending_id bigint,
+    pending_snapshot pg_snapshot
+);
+REVOKE ALL ON TABLE {counts} FROM PUBLIC;
+REVOKE ALL ON TABLE {users} FROM PUBLIC;
+REVOKE ALL ON TABLE {state} FROM PUBLIC;
+",
+        counts_comment = text_literal(&format!(
+            "pg-audit counts: entries per table, operation, UTC day and block of {BLOCK_IDS} ids; derived from the log by {}()",
+            names.function("count")
+        )),
+        users_comment = text_literal(&format!(
+            "pg-audit counts: entries per context user id and request id, UTC day and block of {BLOCK_IDS} ids; derived from the log by {}()",
+            names.function("count")
+        )),
+        by_day = index(&counts, "_day_idx"),
+        by_operation = index(&counts, "_operation_idx"),
+        by_block = index(&counts, "_block_idx"),
+    );
+    let body = format!(
+        "
+DECLARE
+{declare}    done bigint;
+    upto bigint;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'pg-audit: max_rows must be 1 or more, not %', max_rows;
+    END IF;
+    -- One counter at a time, until the caller's transaction ends; no writer takes this lock.
+    IF NOT pg_try_advisory_xact_lock(hashtext({counts_lit})) THEN
+        RAISE NOTICE 'pg-audit: another count of this log is running';
+        RETURN;
+    END IF;
+{steps}    SELECT s.through_id INTO done FROM {state} AS s;
+    done := coalesce(done, 0);
+    counted := 0;
+    -- (least() ignores a NULL: no horizon this time counts nothing.)
+    upto := CASE WHEN horizon IS NOT NULL THEN least(horizon, done + max_rows) END;
+    IF upto IS NOT NULL AND upto > done THEN
+        INSERT INTO {counts} AS c (block, day, schema_name, table_name, operation, entries, first_id, last_id)
+        SELECT l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date, l.schema_name, l.table_name, l.operation,
+               count(*), min(l.id), max(l.id)
+          FROM {table} AS l
+         WHERE l.id > done AND l.id <= upto
+         GROUP BY 1, 2, 3, 4, 5
+        ON CONFLICT (schema_name, table_name, block, day, operation) DO UPDATE
+           SET entries = c.entries + excluded.entries,
+               first_id = least(c.first_id, excluded.first_id),
+               last_id = greatest(c.last_id, excluded.last_id);
+        GET DIAGNOSTICS counted = ROW_COUNT;
+        INSERT INTO {users} AS u (field, value, block, day, entries, first_id, last_id)
+        SELECT f.field, l.context->>f.field, l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
+               count(*), min(l.id), max(l.id)
+          FROM {table} AS l CROSS JOIN (VALUES {fields}) AS f(field)
+         WHERE l.id > done AND l.id <= upto AND l.context->>f.field IS NOT NULL
+         GROUP BY 1, 2, 3, 4
+        ON CONFLICT (field, value, block, day) DO UPDATE
+           SET entries = u.entries + excluded.entries,
+               first_id = least(u.first_id, excluded.first_id),
+               last_id = greatest(u.last_id, excluded.last_id);
+        UPDATE {state} SET through_id = upto;
+        done := upto;
+    END IF;
+    through_id := done;
+    behind := greatest(handed_out - done, 0);
+    RETURN NEXT;
+END
+",
+        declare = horizon::DECLARE,
+        steps = horizon::steps(names, &state),
+        counts_lit = counts.literal(),
+        fields = CONTEXT_FIELDS
+            .map(|f| format!("({})", text_literal(f)))
+            .join(", "),
+    );
+    let _ = writeln!(
+        sql,
+        "{}\n",
+        create_function(
+            &format!(
+                "{}(max_rows bigint DEFAULT {DEFAULT_COUNT_ROWS})",
+                names.function("count")
+            ),
+            "TABLE (through_id bigint, behind bigint, counted bigint)",
+            "plpgsql",
+            false,
+            &body
+        )
+    );
+    sql
+}
+
+/// `<log>_count(max_rows)`: counts up to `max_rows` more entries (never past the horizon), and
+/// returns one row: `through_id` (every entry up to it is counted), `behind` (ids handed out
+/// past it, an upper bound on the entries not counted yet), `counted` (count rows written by
+/// this call). Run it until `behind` stops falling, or every minute from cron.
+pub(crate) fn count_sql(names: &LogNames, max_rows: i64) -> String {
+    format!(
+        "SELECT through_id, behind, counted FROM {}({max_rows})",
+        names.function("count")
+    )
+}
+
+/// How far the counts go: one row, `through_id` (0 before the first count) and `behind` (ids
+/// handed out since: the tail readers walk in the log). Readers may run it.
+pub(crate) fn counted_through_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT coalesce((SELECT s.through_id FROM {state} AS s), 0) AS through_id,
+                GREATEST(coalesce((SELECT s.pending_id FROM {state} AS s), 0)
+                                    OPERATOR(pg_catalog.-) coalesce((SELECT s.through_id FROM {state} AS s), 0), 0) AS behind",
+        state = names.counts_state_table()
+    )
+}
+
+/// A table's entries per UTC day, today's and the `$3` (integer) days' before, counted and in
+/// the tail past `through_id` (`$4`): rows `day` (timestamptz, midnight UTC) and `changes`.
+/// `$1`, `$2`: the table's schema and name.
+pub(crate) fn days_sql(names: &LogNames) -> String {
+    let first_day =
+        "(pg_catalog.timezone('UTC', pg_catalog.now())::date OPERATOR(pg_catalog.-) $3::integer)";
+    format!(
+        "SELECT pg_catalog.timezone('UTC', d.day::timestamp) AS day, pg_catalog.sum(d.n)::bigint AS changes FROM (
+            SELECT c.day, c.entries AS n FROM {counts} AS c
+             WHERE c.schema_name OPERATOR(pg_catalog.=) $1 AND c.table_name OPERATOR(pg_catalog.=) $2
+               AND c.day OPERATOR(pg_catalog.>=) {first_day}
+            UNION ALL
+            SELECT pg_catalog.timezone('UTC', l.changed_at)::date, 1 FROM {log} AS l
+             WHERE l.id OPERATOR(pg_catalog.>) $4
+               AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
+               AND l.changed_at OPERATOR(pg_catalog.>=) pg_catalog.timezone('UTC', {first_day}::timestamp)) AS d
+          GROUP BY d.day ORDER BY d.day",
+        counts = names.counts_table(),
+        log = names.table(),
+    )
+}
+
+/// Which of the counts a listing's blocks come from: the most selective filter set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counted {
+    /// `<log>_context_counts` of this field ([`CONTEXT_FIELDS`]), `$4` its value.
+    Context(&'static str),
+    /// `<log>_counts`: the schema, table and operation filters (each may be NULL: every
+    /// entry in the time range).
+    Tables,
+}
+
+/// The id blocks that can hold entries passing a filter, newest first, at most `$8` of them,
+/// each with the lowest and highest id of its matching entries: rows `block`, `lo`, `hi`.
+/// Parameters: `$1` schema, `$2` table, `$3` operation (each NULL for any), `$4` the context
+/// field's value, `$5` and `$6` the time range's start and end (timestamptz, NULL for
+/// unbounded; whole UTC days), `$7` the highest block. Entries in a block pass the other
+/// filters or not: the caller filters them.
+pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
+    let days = |alias: &str| {
+        format!(
+            "($5::timestamptz IS NULL OR {alias}.day OPERATOR(pg_catalog.>=) pg_catalog.timezone('UTC', $5::timestamptz)::date)
+            AND ($6::timestamptz IS NULL OR {alias}.day OPERATOR(pg_catalog.<=) pg_catalog.timezone('UTC', $6::timestamptz)::date)
+            AND {alias}.block OPERATOR(pg_catalog.<=) $7"
+        )
+    };
+    let source = match counted {
+        Counted::Tables => format!(
+            "{} AS c
+          WHERE ($1::text IS NULL OR c.schema_name OPERATOR(pg_catalog.=) $1)
+            AND ($2::text IS NULL OR c.table_name OPERATOR(pg_catalog.=) $2)
+            AND ($3::text IS NULL OR c.operation OPERATOR(pg_catalog.=) $3)
+            AND $4::text IS NULL
+            AND {}",
+            names.counts_table(),
+            days("c")
+        ),
+        Counted::Context(field) => format!(
+            "{} AS c
+          WHERE c.field OPERATOR(pg_catalog.=) {} AND c.value OPERATOR(pg_catalog.=) $4
+            AND ($1::text IS NULL OR true) AND ($2::text IS NULL OR true) AND ($3::text IS NULL OR true)
+            AND {}",
+            names.context_counts_table(),
+            text_literal(field),
+            days("c")
+        ),
+    };
+    format!(
+        "SELECT c.block, pg_catalog.min(c.first_id) AS lo, pg_catalog.max(c.last_id) AS hi
+           FROM {source}
+          GROUP BY c.block
+          ORDER BY c.block DESC
+          LIMIT $8"
+    )
+}
+
+/// The statement of `<log>_redact` erasing a user's counts with their id: the PL/pgSQL
+/// variable `user_id` holds it.
+pub(crate) fn erase_user_sql(names: &LogNames) -> String {
+    format!(
+        "EXECUTE {} USING user_id;",
+        text_literal(&format!(
+            "DELETE FROM {} AS c WHERE c.field = {} AND c.value = $1",
+            names.context_counts_table(),
+            text_literal(crate::context::USER_ID)
+        ))
+    )
+}
