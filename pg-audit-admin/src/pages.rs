@@ -713,12 +713,24 @@ pub(crate) async fn tables(
     Mount(base): Mount,
 ) -> Result<Markup, PageError> {
     let log = state.log.clone();
-    let (installed, elsewhere) = with_conn(&state, move |conn| {
+    let (installed, elsewhere, changes) = with_conn(&state, move |conn| {
         let installed: Vec<Installed> = diesel::sql_query(format!(
             "SELECT table_schema, table_name, config FROM {} ORDER BY table_schema, table_name",
             log.config_table()
         ))
         .load(conn)?;
+        // Each table's changes in 30 days, from the log's counts and the entries past them.
+        let through = diesel::sql_query(log.counted_through_sql())
+            .get_result::<Through>(conn)?
+            .through_id;
+        let changes: Vec<TableChanges> = diesel::sql_query(log.tables_days_sql())
+            .bind::<Integer, _>(29)
+            .bind::<BigInt, _>(through)
+            .load(conn)?;
+        let changes: BTreeMap<(String, String), i64> = changes
+            .into_iter()
+            .map(|c| ((c.schema_name, c.table_name), c.changes))
+            .collect();
         // A table's own problems are on its page; the rest (the log's, the server's) here.
         let elsewhere: Vec<Drift> = pg_audit_diesel::log::drift(conn, &log)?
             .into_iter()
@@ -728,7 +740,7 @@ pub(crate) async fn tables(
                     .any(|t| t.table_schema == d.table_schema && t.table_name == d.table_name)
             })
             .collect();
-        Ok((installed, elsewhere))
+        Ok((installed, elsewhere, changes))
     })
     .await?;
     Ok(page(
@@ -742,11 +754,12 @@ pub(crate) async fn tables(
                 }
             }
             div.scroll { table {
-                thead { tr { th { "table" } th { "key" } th { "audited columns" } th { "condition" } th { "operations" } } }
+                thead { tr { th { "table" } th { "changes, 30 days" } th { "key" } th { "audited columns" } th { "condition" } th { "operations" } } }
                 tbody { @for t in &installed {
                     @let name = installed_name(t);
                     tr {
                         td { a href=(href(&base, "/table", &[("name", &name)])) { (text(&name)) } }
+                        td { (changes.get(&(t.table_schema.clone(), t.table_name.clone())).copied().unwrap_or(0)) }
                         td.mono { (value(&t.config["primary_key"])) }
                         td.mono { (value(&t.config["audited"])) }
                         td.mono { (value(&t.config["condition"])) }
@@ -772,6 +785,17 @@ pub(crate) struct TableQuery {
 struct Any {
     #[diesel(sql_type = Bool)]
     any: bool,
+}
+
+/// A table's changes in a period.
+#[derive(QueryableByName)]
+struct TableChanges {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = BigInt)]
+    changes: i64,
 }
 
 /// How far the log's counts go.

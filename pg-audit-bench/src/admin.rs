@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, Pool};
 use pg_audit::{AuditLog, QualifiedName, TriggerSpec};
 
-use crate::history::{RECORDS, TABLES, fill};
+use crate::history::{RECORDS, TABLES, USERS, fill};
 
 const REQUESTS: u64 = 200;
 
@@ -37,6 +37,40 @@ pub(crate) fn run(
     }
     // What autovacuum does to a log filled over months: BRIN ranges summarized, statistics.
     conn.batch_execute("VACUUM (ANALYZE) audit.auditlog")?;
+    // The counts, as a run of `pg-audit partitions count` keeps them; one hour's entries
+    // (3,600 here) left past them, as a log counted every few minutes would have at worst.
+    let start = Instant::now();
+    let counted: Vec<Counted> = diesel::sql_query(log.count_sql(rows as i64 - 3_600)).load(conn)?;
+    let took = start.elapsed().as_secs_f64();
+    let sizes: Vec<Sizes> = diesel::sql_query(
+        "SELECT pg_total_relation_size('audit.auditlog_counts') AS counts,
+                pg_total_relation_size('audit.auditlog_context_counts') AS context,
+                (SELECT sum(pg_total_relation_size(p.relid))::bigint FROM pg_partition_tree('audit.auditlog') AS p) AS log",
+    )
+    .load(conn)?;
+    if let (Some(c), Some(s)) = (counted.first(), sizes.first()) {
+        println!(
+            "\nCounted {} entries in {took:.1} s ({:.0} entries/s), {} left past the counts; \
+             the counts take {:.1} MB (per table {:.1} MB, per user and request {:.1} MB) \
+             beside the log's {:.1} MB.",
+            c.through_id,
+            c.through_id as f64 / took,
+            rows as i64 - c.through_id,
+            (s.counts + s.context) as f64 / 1e6,
+            s.counts as f64 / 1e6,
+            s.context as f64 / 1e6,
+            s.log as f64 / 1e6,
+        );
+    }
+    conn.batch_execute("VACUUM (ANALYZE) audit.auditlog_counts, audit.auditlog_context_counts")?;
+    let month_ago: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "to_char(now() AT TIME ZONE 'UTC' - interval '35 days', 'YYYY-MM-DD\"T\"00:00')",
+    ))
+    .get_result(conn)?;
+    let day_after: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "to_char(now() AT TIME ZONE 'UTC' - interval '34 days', 'YYYY-MM-DD\"T\"00:00')",
+    ))
+    .get_result(conn)?;
 
     let pool = Pool::builder()
         .max_size(4)
@@ -67,6 +101,61 @@ pub(crate) fn run(
             "activity, one table",
             REQUESTS,
             Box::new(|i| format!("/audit?table=public.t{}", i % TABLES)),
+        ),
+        (
+            "activity, one user",
+            REQUESTS,
+            Box::new(|i| format!("/audit?user=user-{}", (i * 7) % USERS)),
+        ),
+        (
+            "activity, a user with 100 entries",
+            REQUESTS,
+            Box::new(|_| "/audit?user=rare".to_owned()),
+        ),
+        (
+            "activity, a user with no entries",
+            REQUESTS,
+            Box::new(|i| format!("/audit?user=nobody-{i}")),
+        ),
+        (
+            "activity, one request",
+            REQUESTS,
+            Box::new(move |i| format!("/audit?request=r-{}", (i * 104_729) % (rows / 3))),
+        ),
+        (
+            "activity, a request with no entries",
+            REQUESTS,
+            Box::new(|i| format!("/audit?request=none-{i}")),
+        ),
+        (
+            "activity, one operation",
+            REQUESTS,
+            Box::new(|_| "/audit?op=DELETE".to_owned()),
+        ),
+        (
+            "activity, an operation with no entries",
+            REQUESTS,
+            Box::new(|_| "/audit?op=TRUNCATE".to_owned()),
+        ),
+        (
+            "activity, one table and operation",
+            REQUESTS,
+            Box::new(|i| format!("/audit?table=public.t{}&op=UPDATE", i % TABLES)),
+        ),
+        (
+            "activity, one day a month ago",
+            REQUESTS,
+            Box::new(move |_| format!("/audit?from={month_ago}&until={day_after}")),
+        ),
+        (
+            "user (the last 90 days)",
+            REQUESTS,
+            Box::new(|i| format!("/audit/user?id=user-{}", (i * 7) % USERS)),
+        ),
+        (
+            "request",
+            REQUESTS,
+            Box::new(move |i| format!("/audit/request?id=r-{}", (i * 104_729) % (rows / 3))),
         ),
         (
             "activity, one record",
@@ -103,7 +192,7 @@ pub(crate) fn run(
         ),
         (
             "table (configuration, drift, 30 days' chart)",
-            20,
+            REQUESTS,
             Box::new(|i| format!("/audit/table?name=public.t{}", i % TABLES)),
         ),
         (
@@ -118,8 +207,8 @@ pub(crate) fn run(
         ),
     ];
     println!("\nThe admin's pages over a log of {rows} rows:\n");
-    println!("| page | requests | median | p95 | max |");
-    println!("|---|---|---|---|---|");
+    println!("| page | requests | median | p95 | p99 | max |");
+    println!("|---|---|---|---|---|---|");
     for (name, requests, path) in &pages {
         let mut latencies = Vec::new();
         for i in 0..*requests {
@@ -133,13 +222,30 @@ pub(crate) fn run(
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
         println!(
-            "| {name} | {requests} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            "| {name} | {requests} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
             pct(0.5),
             pct(0.95),
+            pct(0.99),
             pct(1.0)
         );
     }
     Ok(())
+}
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    through_id: i64,
+}
+
+#[derive(QueryableByName)]
+struct Sizes {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    counts: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    context: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    log: i64,
 }
 
 /// The status of `GET path`, the whole body read.

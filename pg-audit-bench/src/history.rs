@@ -15,6 +15,9 @@ pub(crate) const TABLES: u64 = 20;
 /// Records per table: with 10 million rows, each record has 20 changes spread over the whole
 /// time range, so its history spans every partition.
 pub(crate) const RECORDS: u64 = 25_000;
+/// Users writing the changes (each transaction of three rows one user, one request id), and
+/// one more, `rare`, writing one change in 100,000.
+pub(crate) const USERS: u64 = 1_000;
 
 #[derive(QueryableByName)]
 struct PlanLine {
@@ -50,7 +53,8 @@ pub(crate) fn fill(conn: &mut PgConnection, rows: u64) -> Result<u64, Box<dyn st
              SELECT ts, ts, 1000000 + g / 3, (ARRAY['INSERT', 'UPDATE', 'DELETE'])[1 + g % 3], 'public', 't' || (g % {TABLES}),
                     jsonb_hash_extended(k, hashtext('public.t' || (g % {TABLES}))), k,
                     NULL, k || jsonb_build_object('name', 'name ' || g, 'price', g % 1000),
-                    '{{\"user_id\": \"user-1\", \"request_id\": \"r\"}}'::json
+                    json_build_object('user_id', CASE WHEN g % 100000 = 7 THEN 'rare' ELSE 'user-' || (g / 3) % {USERS} END,
+                                      'request_id', 'r-' || g / 3)
                FROM generate_series({from}, {to} - 1) AS g,
                     LATERAL (SELECT now() - ({rows} - g) * interval '1 second' AS ts,
                                     jsonb_build_object('id', (g / {TABLES}) % {RECORDS}) AS k) AS x"

@@ -29,6 +29,12 @@ fn setup(hint: &str, n: usize) -> (TestDb, PgConnection, AuditLog) {
             .unwrap();
         exec(&mut conn, &spec.install_sql(&log));
     }
+    // A bulk statement first: 200 entries of one table and operation in one block, more
+    // than a count row lists by id.
+    exec(
+        &mut conn,
+        "INSERT INTO a SELECT g, 0 FROM generate_series(100, 299) AS g",
+    );
     let mut rng = Rng::new(7);
     for i in 0..n {
         if rng.below(10) == 0 {
@@ -211,6 +217,15 @@ fn filtered_listings_equal_the_log_however_far_it_is_counted() {
         }
     }
     assert!(checked > 100);
+    // Both ways of reading a block were taken: by its entries' ids, and walked.
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT count(*) FILTER (WHERE ids IS NULL) > 0 AND count(*) FILTER (WHERE ids IS NOT NULL) > 0
+               FROM audit.auditlog_counts"
+        ),
+        json!(true)
+    );
     // Counted to the end: the counts hold every entry.
     assert_eq!(
         value(
@@ -250,6 +265,23 @@ fn days_from_the_counts_and_the_tail_equal_the_log() {
           WHERE table_name = 'a' GROUP BY 1 ORDER BY 1",
     );
     assert_eq!(days(&mut conn, through), want);
+    let tables = |conn: &mut PgConnection, through: i64| {
+        rows(
+            conn,
+            &format!(
+                "SELECT * FROM ({}) t ORDER BY table_name",
+                log.tables_days_sql()
+                    .replace("$1", "29")
+                    .replace("$2", &through.to_string())
+            ),
+        )
+    };
+    let want_tables = rows(
+        &mut conn,
+        "SELECT schema_name, table_name, count(*) AS changes FROM audit.auditlog
+          GROUP BY 1, 2 ORDER BY table_name",
+    );
+    assert_eq!(tables(&mut conn, through), want_tables);
     count(&mut conn, &log, 1_000_000);
     let through = value(
         &mut conn,
@@ -258,6 +290,7 @@ fn days_from_the_counts_and_the_tail_equal_the_log() {
     .as_i64()
     .unwrap();
     assert_eq!(days(&mut conn, through), want);
+    assert_eq!(tables(&mut conn, through), want_tables);
 }
 
 /// Counting never passes a transaction still writing: its entries are counted once it ends,

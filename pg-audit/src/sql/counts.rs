@@ -25,6 +25,10 @@ use crate::sql::{create_function, horizon};
 /// How many ids one block holds.
 pub const BLOCK_IDS: i64 = 8192;
 
+/// The most entries a count row lists by id (`ids`): a group this small is read by its ids,
+/// a larger one walked between its lowest and highest id.
+pub const EXACT_IDS: i64 = 32;
+
 /// The most entries one call of `<log>_count()` counts unless told otherwise.
 pub const DEFAULT_COUNT_ROWS: i64 = 1_000_000;
 
@@ -51,6 +55,7 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
     entries bigint NOT NULL,
     first_id bigint NOT NULL,
     last_id bigint NOT NULL,
+    ids bigint[],
     PRIMARY KEY (schema_name, table_name, block, day, operation)
 );
 COMMENT ON TABLE {counts} IS {counts_comment};
@@ -65,6 +70,7 @@ CREATE TABLE IF NOT EXISTS {users} (
     entries bigint NOT NULL,
     first_id bigint NOT NULL,
     last_id bigint NOT NULL,
+    ids bigint[],
     PRIMARY KEY (field, value, block, day)
 );
 COMMENT ON TABLE {users} IS {users_comment};
@@ -109,27 +115,29 @@ BEGIN
     -- (least() ignores a NULL: no horizon this time counts nothing.)
     upto := CASE WHEN horizon IS NOT NULL THEN least(horizon, done + max_rows) END;
     IF upto IS NOT NULL AND upto > done THEN
-        INSERT INTO {counts} AS c (block, day, schema_name, table_name, operation, entries, first_id, last_id)
+        INSERT INTO {counts} AS c (block, day, schema_name, table_name, operation, entries, first_id, last_id, ids)
         SELECT l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date, l.schema_name, l.table_name, l.operation,
-               count(*), min(l.id), max(l.id)
+               count(*), min(l.id), max(l.id), CASE WHEN count(*) <= {EXACT_IDS} THEN array_agg(l.id) END
           FROM {table} AS l
          WHERE l.id > done AND l.id <= upto
          GROUP BY 1, 2, 3, 4, 5
         ON CONFLICT (schema_name, table_name, block, day, operation) DO UPDATE
            SET entries = c.entries + excluded.entries,
                first_id = least(c.first_id, excluded.first_id),
-               last_id = greatest(c.last_id, excluded.last_id);
+               last_id = greatest(c.last_id, excluded.last_id),
+               ids = CASE WHEN cardinality(c.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN c.ids || excluded.ids END;
         GET DIAGNOSTICS counted = ROW_COUNT;
-        INSERT INTO {users} AS u (field, value, block, day, entries, first_id, last_id)
+        INSERT INTO {users} AS u (field, value, block, day, entries, first_id, last_id, ids)
         SELECT f.field, l.context->>f.field, l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
-               count(*), min(l.id), max(l.id)
+               count(*), min(l.id), max(l.id), CASE WHEN count(*) <= {EXACT_IDS} THEN array_agg(l.id) END
           FROM {table} AS l CROSS JOIN (VALUES {fields}) AS f(field)
          WHERE l.id > done AND l.id <= upto AND l.context->>f.field IS NOT NULL
          GROUP BY 1, 2, 3, 4
         ON CONFLICT (field, value, block, day) DO UPDATE
            SET entries = u.entries + excluded.entries,
                first_id = least(u.first_id, excluded.first_id),
-               last_id = greatest(u.last_id, excluded.last_id);
+               last_id = greatest(u.last_id, excluded.last_id),
+               ids = CASE WHEN cardinality(u.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN u.ids || excluded.ids END;
         UPDATE {state} SET through_id = upto;
         done := upto;
     END IF;
@@ -206,6 +214,25 @@ pub(crate) fn days_sql(names: &LogNames) -> String {
     )
 }
 
+/// Every table's entries, today's and the `$1` (integer) days' before, counted and in the tail
+/// past `through_id` (`$2`): rows `schema_name`, `table_name`, `changes`.
+pub(crate) fn tables_days_sql(names: &LogNames) -> String {
+    let first_day =
+        "(pg_catalog.timezone('UTC', pg_catalog.now())::date OPERATOR(pg_catalog.-) $1::integer)";
+    format!(
+        "SELECT d.schema_name, d.table_name, pg_catalog.sum(d.n)::bigint AS changes FROM (
+            SELECT c.schema_name, c.table_name, c.entries AS n FROM {counts} AS c
+             WHERE c.day OPERATOR(pg_catalog.>=) {first_day}
+            UNION ALL
+            SELECT l.schema_name, l.table_name, 1 FROM {log} AS l
+             WHERE l.id OPERATOR(pg_catalog.>) $2
+               AND l.changed_at OPERATOR(pg_catalog.>=) pg_catalog.timezone('UTC', {first_day}::timestamp)) AS d
+          GROUP BY d.schema_name, d.table_name",
+        counts = names.counts_table(),
+        log = names.table(),
+    )
+}
+
 /// Which of the counts a listing's blocks come from: the most selective filter set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Counted {
@@ -216,8 +243,10 @@ pub enum Counted {
     Tables,
 }
 
-/// The id blocks that can hold entries passing a filter, newest first, at most `$8` of them,
-/// each with the lowest and highest id of its matching entries: rows `block`, `lo`, `hi`.
+/// The count rows that can hold entries passing a filter, newest block first, at most `$8` of
+/// them: rows `block`, `lo`, `hi` (the lowest and highest id of their entries) and `ids` (the
+/// entries' ids, when at most [`EXACT_IDS`]; else NULL). A block may have several rows (days,
+/// operations), and the last block of a full answer may have more rows than it lists.
 /// Parameters: `$1` schema, `$2` table, `$3` operation (each NULL for any), `$4` the context
 /// field's value, `$5` and `$6` the time range's start and end (timestamptz, NULL for
 /// unbounded; whole UTC days), `$7` the highest block. Entries in a block pass the other
@@ -252,9 +281,8 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
         ),
     };
     format!(
-        "SELECT c.block, pg_catalog.min(c.first_id) AS lo, pg_catalog.max(c.last_id) AS hi
+        "SELECT c.block, c.first_id AS lo, c.last_id AS hi, c.ids
            FROM {source}
-          GROUP BY c.block
           ORDER BY c.block DESC
           LIMIT $8"
     )

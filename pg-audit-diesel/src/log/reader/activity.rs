@@ -128,14 +128,19 @@ pub(super) async fn activity<D: Driver>(
                     .bind::<BigInt, _>(chunk),
             )
             .await?;
-        let Some(last) = blocks.last() else { break };
-        let next_top = last.block - 1;
+        let Some(last) = blocks.last().map(|b| b.block) else {
+            break;
+        };
         let full = blocks.len() as i64 == chunk;
-        let (lo, hi): (Vec<i64>, Vec<i64>) = blocks
-            .iter()
-            .filter(|b| b.lo <= highest)
-            .map(|b| (b.lo, b.hi.min(highest)))
-            .unzip();
+        if full && blocks.iter().all(|b| b.block == last) {
+            // One block with more rows than asked for: ask for more.
+            chunk *= 4;
+            continue;
+        }
+        // A full answer may have cut its last block short: that block comes next round.
+        let next_top = if full { last } else { last - 1 };
+        let (lo, hi, exact) =
+            block_ids(blocks.iter().filter(|b| !full || b.block != last), highest);
         let remaining = (limit - entries.len()) as u32;
         let found: Vec<AuditEntry> = conn
             .load(
@@ -147,7 +152,8 @@ pub(super) async fn activity<D: Driver>(
                     remaining,
                 )
                 .bind::<Array<BigInt>, _>(lo)
-                .bind::<Array<BigInt>, _>(hi),
+                .bind::<Array<BigInt>, _>(hi)
+                .bind::<Array<BigInt>, _>(exact),
             )
             .await?;
         entries.extend(found);
@@ -155,7 +161,7 @@ pub(super) async fn activity<D: Driver>(
             break;
         }
         top_block = next_top;
-        chunk = (chunk * 4).min(256);
+        chunk = (chunk * 4).min(1024);
     }
     entries.truncate(limit);
     Ok(entries)
@@ -170,7 +176,7 @@ enum Shape {
     Record,
     /// One transaction, through the BRIN index, sorted.
     Transaction,
-    /// The id ranges `$13[i]..=$14[i]`, each walked newest first.
+    /// The id ranges `$13[i]..=$14[i]`, each walked newest first, and the ids `$15`.
     Blocks,
 }
 
@@ -222,13 +228,18 @@ fn select_sql(log: &AuditLog, shape: Shape) -> String {
               LIMIT $11"
         ),
         Shape::Blocks => format!(
-            "SELECT e.* FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::bigint[])) AS r(lo, hi)
-              CROSS JOIN LATERAL (
+            "SELECT e.* FROM (
                 SELECT {columns} FROM {table} AS l
-                 WHERE l.id OPERATOR(pg_catalog.>=) r.lo AND l.id OPERATOR(pg_catalog.<=) r.hi
+                 WHERE l.id OPERATOR(pg_catalog.=) ANY ($15::bigint[])
                    AND {filters} AND {any_key} AND $12::bigint IS NULL
-                 ORDER BY l.id DESC
-                 LIMIT $11) AS e
+                UNION ALL
+                SELECT w.* FROM ROWS FROM (pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::bigint[])) AS r(lo, hi)
+                 CROSS JOIN LATERAL (
+                   SELECT {columns} FROM {table} AS l
+                    WHERE l.id OPERATOR(pg_catalog.>=) r.lo AND l.id OPERATOR(pg_catalog.<=) r.hi
+                      AND {filters} AND {any_key}
+                    ORDER BY l.id DESC
+                    LIMIT $11) AS w) AS e
               ORDER BY e.id DESC
               LIMIT $11"
         ),
@@ -259,7 +270,8 @@ fn bind_filter<'q>(
     query.bind::<Nullable<BigInt>, _>(above)
 }
 
-/// One id block the counts say holds matching entries, and their lowest and highest id.
+/// A count row the counts say holds matching entries: its id block, its entries' lowest and
+/// highest id, and their ids when few.
 #[derive(QueryableByName)]
 struct Block {
     #[diesel(sql_type = BigInt)]
@@ -268,6 +280,48 @@ struct Block {
     lo: i64,
     #[diesel(sql_type = BigInt)]
     hi: i64,
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    ids: Option<Vec<i64>>,
+}
+
+/// What to read of `rows` (whole blocks), up to id `highest`: per block, the ids of its
+/// entries when every row lists them, else one range from the lowest to the highest id of
+/// its rows (which holds every row's entries). Returned as the ranges' lows and highs and the
+/// exact ids; blocks are disjoint, so nothing is read twice.
+fn block_ids<'a>(
+    rows: impl Iterator<Item = &'a Block>,
+    highest: i64,
+) -> (Vec<i64>, Vec<i64>, Vec<i64>) {
+    let mut by_block: std::collections::BTreeMap<i64, Vec<&Block>> = Default::default();
+    for row in rows {
+        by_block.entry(row.block).or_default().push(row);
+    }
+    let (mut lo, mut hi, mut exact) = (Vec::new(), Vec::new(), Vec::new());
+    for rows in by_block.values() {
+        if rows.iter().all(|r| r.ids.is_some()) {
+            let mut ids: Vec<i64> = rows
+                .iter()
+                .flat_map(|r| r.ids.iter().flatten().copied())
+                .filter(|id| *id <= highest)
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            exact.extend(ids);
+        } else {
+            let first = rows.iter().map(|r| r.lo).min().unwrap_or(i64::MAX);
+            let last = rows
+                .iter()
+                .map(|r| r.hi)
+                .max()
+                .unwrap_or(i64::MIN)
+                .min(highest);
+            if first <= last {
+                lo.push(first);
+                hi.push(last);
+            }
+        }
+    }
+    (lo, hi, exact)
 }
 
 /// How far the log's counts go: every entry up to the id returned is counted.

@@ -208,6 +208,13 @@ impl AuditLog {
         counts::days_sql(&self.names)
     }
 
+    /// SQL of every table's entries, today's and the `$1` (integer) days' before, from the counts
+    /// and the uncounted tail past `$2` (the counts' `through_id`): rows `schema_name`,
+    /// `table_name`, `changes`.
+    pub fn tables_days_sql(&self) -> String {
+        counts::tables_days_sql(&self.names)
+    }
+
     /// SQL of the id blocks that can hold entries passing a filter, newest first, at most `$8`:
     /// rows `block`, `lo`, `hi` (the lowest and highest id of its matching entries).
     /// Parameters: `$1` schema, `$2` table, `$3` operation, `$4` user id (each NULL for any), `$5`
