@@ -10,7 +10,7 @@ use pg_audit::{AuditLog, Operation, QualifiedName, TriggerSpec};
 use pg_audit_diesel::log::{Activity, AuditReader, Page, TimeRange};
 use pg_audit_tests::{Rng, TestDb, exec, rows, value};
 use pretty_assertions::assert_eq;
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A log, two audited tables, and `n` changes by a handful of users spread over id blocks
 /// (the sequence jumps ahead now and then, as a busy log's ids would) and over days.

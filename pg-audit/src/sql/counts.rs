@@ -11,7 +11,7 @@
 //!
 //! Blocks are disjoint ranges of ids, so a filter's blocks, newest first, are its entries'
 //! id ranges in the order the activity lists them. Counting stops at the same horizon the
-//! sealer uses ([`super::horizon`]); `<log>_counts_state.through_id` says how far it got, and
+//! sealer uses (`sql/horizon.rs`); `<log>_counts_state.through_id` says how far it got, and
 //! readers walk the entries past it (the tail) in the log itself, so the counts are always
 //! exact and only their speed depends on how often they are kept.
 
