@@ -108,7 +108,7 @@ pub(crate) fn run(
             Box::new(|i| format!("/audit?user=user-{}", (i * 7) % USERS)),
         ),
         (
-            "activity, a user with 100 entries",
+            "activity, a user with one entry in 100,000",
             REQUESTS,
             Box::new(|_| "/audit?user=rare".to_owned()),
         ),
