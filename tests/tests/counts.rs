@@ -217,6 +217,38 @@ fn filtered_listings_equal_the_log_however_far_it_is_counted() {
         }
     }
     assert!(checked > 100);
+    // A user's and a request's whole listings, oldest first, read the same way.
+    let reader = AuditReader::new();
+    for user in ["ann", "rare", "nobody"] {
+        let filter = Activity {
+            user_id: Some(user.to_owned()),
+            ..Activity::default()
+        };
+        let mut want = expected(&mut conn, &filter);
+        want.reverse();
+        let got: Vec<i64> = reader
+            .by_user(&mut conn, user, TimeRange::default())
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(got, want, "{user}");
+    }
+    for request in ["r3", "r-none"] {
+        let filter = Activity {
+            request_id: Some(request.to_owned()),
+            ..Activity::default()
+        };
+        let mut want = expected(&mut conn, &filter);
+        want.reverse();
+        let got: Vec<i64> = reader
+            .request(&mut conn, request, TimeRange::default())
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(got, want, "{request}");
+    }
     // Both ways of reading a block were taken: by its entries' ids, and walked.
     assert_eq!(
         value(

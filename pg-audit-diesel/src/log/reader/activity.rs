@@ -366,7 +366,8 @@ pub(super) enum ContextField {
     User,
 }
 
-/// Everything whose context has `value` in `field`, in a time range, in order.
+/// Everything whose context has `value` in `field`, in a time range, in order: the activity
+/// filtered by it (through the log's counts), whole.
 pub(super) async fn by_context<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
@@ -374,24 +375,20 @@ pub(super) async fn by_context<D: Driver>(
     value: &str,
     range: TimeRange,
 ) -> QueryResult<Vec<AuditEntry>> {
-    let field = match field {
-        ContextField::Request => REQUEST_ID,
-        ContextField::User => USER_ID,
+    let value = Some(value.to_owned());
+    let filter = match field {
+        ContextField::Request => Activity {
+            request_id: value,
+            range,
+            ..Activity::default()
+        },
+        ContextField::User => Activity {
+            user_id: value,
+            range,
+            ..Activity::default()
+        },
     };
-    // The time range prunes partitions and uses the BRIN index; give one on large logs.
-    let query = diesel::sql_query(format!(
-        "SELECT {} FROM {} AS l
-              WHERE (l.context OPERATOR(pg_catalog.->>) $1) OPERATOR(pg_catalog.=) $2
-                AND ($3::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.>=) $3)
-                AND ($4::timestamptz IS NULL OR l.changed_at OPERATOR(pg_catalog.<) $4)
-              ORDER BY l.id",
-        entry_select_list("l"),
-        log.table()
-    ))
-    .into_boxed()
-    .bind::<Text, _>(field)
-    .bind::<Text, _>(value)
-    .bind::<Nullable<Timestamptz>, _>(range.from.map(LogTime))
-    .bind::<Nullable<Timestamptz>, _>(range.until.map(LogTime));
-    conn.load(query).await
+    let mut entries = activity(log, conn, &filter, Page::first(u32::MAX)).await?;
+    entries.reverse();
+    Ok(entries)
 }
