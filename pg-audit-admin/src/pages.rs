@@ -720,12 +720,8 @@ pub(crate) async fn tables(
         ))
         .load(conn)?;
         // Each table's changes in 30 days, from the log's counts and the entries past them.
-        let through = diesel::sql_query(log.counted_through_sql())
-            .get_result::<Through>(conn)?
-            .through_id;
         let changes: Vec<TableChanges> = diesel::sql_query(log.tables_days_sql())
             .bind::<Integer, _>(29)
-            .bind::<BigInt, _>(through)
             .load(conn)?;
         let changes: BTreeMap<(String, String), i64> = changes
             .into_iter()
@@ -798,13 +794,6 @@ struct TableChanges {
     changes: i64,
 }
 
-/// How far the log's counts go.
-#[derive(QueryableByName)]
-struct Through {
-    #[diesel(sql_type = BigInt)]
-    through_id: i64,
-}
-
 #[derive(QueryableByName)]
 struct Day {
     #[diesel(sql_type = Timestamptz, deserialize_as = LogTime)]
@@ -848,14 +837,10 @@ pub(crate) async fn table(
                 .map(|d| d.problem)
                 .collect();
             // From the log's counts, and the entries past them.
-            let through = diesel::sql_query(log.counted_through_sql())
-                .get_result::<Through>(conn)?
-                .through_id;
             let days: Vec<Day> = diesel::sql_query(log.days_sql())
                 .bind::<Text, _>(&installed.table_schema)
                 .bind::<Text, _>(&installed.table_name)
                 .bind::<Integer, _>(29)
-                .bind::<BigInt, _>(through)
                 .load(conn)?;
             let qualified = table_name(&installed_name(&installed)).ok();
             // Rebuilding the table reads all its entries: only when a time is chosen.

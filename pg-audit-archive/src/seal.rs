@@ -181,9 +181,13 @@ pub async fn seal(
     if max_rows == 0 {
         return Err(Error::Refused("--max-rows must be 1 or more".into()));
     }
+    // READ COMMITTED whatever the session's default: the horizon reads rows committed after
+    // the transaction began (and refuses any other level).
     let begin = match commit {
-        Commit::Synchronous => "BEGIN",
-        Commit::Asynchronous => "BEGIN; SET LOCAL synchronous_commit = off",
+        Commit::Synchronous => "BEGIN ISOLATION LEVEL READ COMMITTED",
+        Commit::Asynchronous => {
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = off"
+        }
     };
     client
         .batch_execute(begin)

@@ -60,7 +60,24 @@ fn count(db: &Db) -> Result<()> {
     }
     let (mut conn, log) = db.connect()?;
     let sql = log.count_sql(pg_audit::sql::counts::DEFAULT_COUNT_ROWS);
-    let mut counted: Counted = diesel::sql_query(&sql).get_result(&mut conn)?;
+    // No row: another count holds the counts' lock (an overlapping cron run, say).
+    // Each call a transaction of its own, at READ COMMITTED whatever the database's default
+    // (the count reads rows committed after it began, and refuses another level).
+    let run = |conn: &mut PgConnection| -> Result<Option<Counted>> {
+        let rows = conn
+            .build_transaction()
+            .read_committed()
+            .run(|conn| diesel::sql_query(&sql).load::<Counted>(conn))?;
+        Ok(rows.into_iter().next())
+    };
+    let Some(mut counted) = run(&mut conn)? else {
+        Table::new(&["through_id", "behind"]).finish(
+            db.json,
+            "another count of this log is running (pg-audit partitions count, or its function); this run counted nothing",
+            "",
+        );
+        return Ok(());
+    };
     let progress = Progress::new(0, "counting");
     // A call that sees transactions running counts up to what the previous call saw: a few
     // more calls, a moment apart, let the ones running now end.
@@ -75,7 +92,9 @@ fn count(db: &Db) -> Result<()> {
                 counted.through_id, counted.behind
             ),
         );
-        let next: Counted = diesel::sql_query(&sql).get_result(&mut conn)?;
+        let Some(next) = run(&mut conn)? else {
+            break;
+        };
         if next.through_id == counted.through_id {
             still += 1;
             std::thread::sleep(std::time::Duration::from_millis(200));

@@ -275,36 +275,27 @@ fn days_from_the_counts_and_the_tail_equal_the_log() {
     let (_db, mut conn, log) = setup("counts_days", 120);
     count(&mut conn, &log, 60);
     exec(&mut conn, "INSERT INTO a VALUES (1000, 1), (1001, 2)");
-    let days = |conn: &mut PgConnection, through: i64| {
+    let days = |conn: &mut PgConnection| {
         rows(
             conn,
             &log.days_sql()
                 .replace("$1", "'public'")
                 .replace("$2", "'a'")
-                .replace("$3", "29")
-                .replace("$4", &through.to_string()),
+                .replace("$3", "29"),
         )
     };
-    let through = value(
-        &mut conn,
-        &format!("SELECT through_id FROM ({}) t", log.counted_through_sql()),
-    )
-    .as_i64()
-    .unwrap();
     let want = rows(
         &mut conn,
         "SELECT date_trunc('day', changed_at, 'UTC') AS day, count(*) AS changes FROM audit.auditlog
           WHERE table_name = 'a' GROUP BY 1 ORDER BY 1",
     );
-    assert_eq!(days(&mut conn, through), want);
-    let tables = |conn: &mut PgConnection, through: i64| {
+    assert_eq!(days(&mut conn), want);
+    let tables = |conn: &mut PgConnection| {
         rows(
             conn,
             &format!(
                 "SELECT * FROM ({}) t ORDER BY table_name",
-                log.tables_days_sql()
-                    .replace("$1", "29")
-                    .replace("$2", &through.to_string())
+                log.tables_days_sql().replace("$1", "29")
             ),
         )
     };
@@ -313,97 +304,170 @@ fn days_from_the_counts_and_the_tail_equal_the_log() {
         "SELECT schema_name, table_name, count(*) AS changes FROM audit.auditlog
           GROUP BY 1, 2 ORDER BY table_name",
     );
-    assert_eq!(tables(&mut conn, through), want_tables);
+    assert_eq!(tables(&mut conn), want_tables);
     count(&mut conn, &log, 1_000_000);
-    let through = value(
-        &mut conn,
-        &format!("SELECT through_id FROM ({}) t", log.counted_through_sql()),
-    )
-    .as_i64()
-    .unwrap();
-    assert_eq!(days(&mut conn, through), want);
-    assert_eq!(tables(&mut conn, through), want_tables);
+    assert_eq!(days(&mut conn), want);
+    assert_eq!(tables(&mut conn), want_tables);
 }
 
-/// Counting never passes a transaction still writing: its entries are counted once it ends,
-/// not skipped.
+/// Counting and sealing never pass a transaction still writing — also when it is the newest
+/// transaction, which a snapshot's list of running transactions leaves out: its entries are
+/// counted and sealed once it ends, never skipped.
 #[test]
-fn counting_stops_at_a_transaction_still_writing() {
-    let (db, mut conn, log) = setup("counts_horizon", 5);
-    let mut open = db.conn();
-    exec(&mut open, "BEGIN; INSERT INTO a VALUES (500, 1);");
-    let in_flight = value(&mut open, "SELECT max(id) FROM audit.auditlog")
-        .as_i64()
-        .unwrap();
-    exec(&mut conn, "INSERT INTO a VALUES (501, 1)");
-    for _ in 0..2 {
-        let through = count(&mut conn, &log, 1_000_000);
-        assert!(through < in_flight, "{through} < {in_flight}");
+fn counting_and_sealing_stop_at_a_transaction_still_writing() {
+    for committed_after in [false, true] {
+        let (db, mut conn, log) = setup(&format!("counts_horizon_{committed_after}"), 5);
+        let mut open = db.conn();
+        exec(
+            &mut open,
+            "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"late\"}'; INSERT INTO a VALUES (500, 1);",
+        );
+        let in_flight = value(&mut open, "SELECT max(id) FROM audit.auditlog")
+            .as_i64()
+            .unwrap();
+        if committed_after {
+            // A writer that began later and committed: the open one is no longer the newest.
+            exec(&mut conn, "INSERT INTO a VALUES (501, 1)");
+        }
+        let sealed_through = |conn: &mut PgConnection| {
+            exec(conn, "SELECT * FROM audit.auditlog_seal()");
+            value(
+                conn,
+                "SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals",
+            )
+            .as_i64()
+            .unwrap()
+        };
+        for _ in 0..2 {
+            let through = count(&mut conn, &log, 1_000_000);
+            assert!(through < in_flight, "{through} < {in_flight}");
+            let sealed = sealed_through(&mut conn);
+            assert!(sealed < in_flight, "sealed {sealed} < {in_flight}");
+        }
+        exec(&mut open, "COMMIT");
+        // Until both reach the end: other tests' transactions on the shared server hold them
+        // back a while.
+        let last = value(&mut conn, "SELECT max(id) FROM audit.auditlog")
+            .as_i64()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while count(&mut conn, &log, 1_000_000) < last || sealed_through(&mut conn) < last {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never counted or sealed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(
+            value(
+                &mut conn,
+                "SELECT sum(entries)::bigint FROM audit.auditlog_counts"
+            ),
+            value(&mut conn, "SELECT count(*) FROM audit.auditlog")
+        );
+        // Every seal holds every row of its range: none was inserted after it.
+        assert_eq!(
+            value(
+                &mut conn,
+                "SELECT bool_and(s.row_count = (SELECT count(*) FROM audit.auditlog AS l
+                                               WHERE l.id BETWEEN s.first_id AND s.last_id))
+                      AND max(s.last_id) >= (SELECT max(id) FROM audit.auditlog)
+                   FROM audit.auditlog_seals AS s"
+            ),
+            json!(true)
+        );
+        let late = Activity {
+            user_id: Some("late".into()),
+            ..Activity::default()
+        };
+        assert_eq!(listed(&mut conn, &late, 50), [in_flight]);
+        assert_eq!(expected(&mut conn, &late), [in_flight]);
     }
-    exec(&mut open, "COMMIT");
-    count(&mut conn, &log, 1_000_000);
-    count(&mut conn, &log, 1_000_000);
-    assert_eq!(
-        value(
-            &mut conn,
-            "SELECT sum(entries)::bigint FROM audit.auditlog_counts"
-        ),
-        value(&mut conn, "SELECT count(*) FROM audit.auditlog")
+}
+
+/// At REPEATABLE READ a count would pass over rows committed while it starts: it is refused,
+/// naming the level to use.
+#[test]
+fn counting_refuses_repeatable_read() {
+    let (_db, mut conn, _log) = setup("counts_isolation", 3);
+    let e = pg_audit_tests::exec_err(
+        &mut conn,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT * FROM audit.auditlog_count();",
     );
-    assert_eq!(
-        listed(
-            &mut conn,
-            &Activity {
-                table: Some("a".into()),
-                ..Activity::default()
-            },
-            50
-        ),
-        expected(
-            &mut conn,
-            &Activity {
-                table: Some("a".into()),
-                ..Activity::default()
-            }
-        )
+    assert!(
+        e.contains("sealing and counting run at READ COMMITTED, not repeatable read"),
+        "{e}"
     );
 }
 
-/// Erasing a user erases their counts: the counts never keep an erased id.
+/// Erasing a user erases their counts — also ones a count still running is writing (the
+/// erasure waits for it) — and moves them to the erasure marker's, as the entries' user id
+/// becomes it: the counts never keep an erased id, and the marker's listing stays exact.
 #[test]
 fn erasing_a_user_erases_their_counts() {
-    let (_db, mut conn, log) = setup("counts_erase", 60);
+    let (db, mut conn, log) = setup("counts_erase", 60);
     count(&mut conn, &log, 1_000_000);
+    exec(
+        &mut conn,
+        "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"ann\"}'; INSERT INTO b VALUES (900, 1); COMMIT;",
+    );
+    // A count of ann's newest entry, not committed yet, while the erasure runs.
+    let mut counter = db.conn();
+    exec(&mut counter, "BEGIN");
+    let mut counted = 0;
+    for _ in 0..50 {
+        counted = rows(&mut counter, &log.count_sql(1_000_000)).len();
+        if value(
+            &mut counter,
+            "SELECT max(through_id) FROM audit.auditlog_counts_state",
+        ) == value(&mut counter, "SELECT max(id) FROM audit.auditlog")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(counted, 1);
     let held = |conn: &mut PgConnection| {
         value(
             conn,
-            "SELECT count(*) FROM audit.auditlog_context_counts WHERE field = 'user_id' AND value = 'ann'",
+            "SELECT count(*) FROM audit.auditlog_context_counts WHERE field = 'user_id' AND value_hash = hashtextextended('ann', 0)",
         )
     };
-    assert_ne!(held(&mut conn), json!(0));
-    exec(
-        &mut conn,
-        &log.insert_redaction_sql()
-            .replace("$1", "'a request'")
-            .replace("$2", "NULL")
-            .replace("$3", "NULL")
-            .replace("$4::text::jsonb", "NULL::jsonb")
-            .replace("$5::text[]", "NULL::text[]")
-            .replace("$6", "'context user_id'"),
-    );
-    let redaction = value(
-        &mut conn,
-        "SELECT max(redaction_id) FROM audit.auditlog_redactions",
-    );
-    exec(
-        &mut conn,
-        &log.redact_sql("audit.auditlog")
-            .replace("$1", &redaction.to_string())
-            .replace("$2", "NULL")
-            .replace("$3", "NULL")
-            .replace("$4::text::jsonb", "NULL::jsonb")
-            .replace("$5::text[]", "NULL::text[]")
-            .replace("$6", "'ann'"),
-    );
+    let url = db.url().to_owned();
+    let insert = log
+        .insert_redaction_sql()
+        .replace("$1", "'a request'")
+        .replace("$2", "NULL")
+        .replace("$3", "NULL")
+        .replace("$4::text::jsonb", "NULL::jsonb")
+        .replace("$5::text[]", "NULL::text[]")
+        .replace("$6", "'context user_id'");
+    let redact = log
+        .redact_sql("audit.auditlog")
+        .replace(
+            "$1",
+            "(SELECT max(redaction_id) FROM audit.auditlog_redactions)",
+        )
+        .replace("$2", "NULL")
+        .replace("$3", "NULL")
+        .replace("$4::text::jsonb", "NULL::jsonb")
+        .replace("$5::text[]", "NULL::text[]")
+        .replace("$6", "'ann'");
+    let eraser = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        exec(&mut conn, &format!("BEGIN; {insert}; {redact}; COMMIT;"));
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!eraser.is_finished(), "the erasure waits for the count");
+    exec(&mut counter, "COMMIT");
+    eraser.join().unwrap();
     assert_eq!(held(&mut conn), json!(0));
+    // The entries now carry the marker, and so do their counts.
+    let marker = Activity {
+        user_id: Some("[redacted]".into()),
+        ..Activity::default()
+    };
+    let want = expected(&mut conn, &marker);
+    assert!(want.len() >= 2, "{want:?}");
+    assert_eq!(listed(&mut conn, &marker, 1), want);
 }

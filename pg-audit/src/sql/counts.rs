@@ -6,8 +6,10 @@
 //! - `<log>_counts`: per id block ([`BLOCK_IDS`] ids), UTC day, table and operation, the
 //!   entries and their lowest and highest id. The admin's chart sums days; a filter on a table
 //!   or an operation walks only the blocks that hold matching entries, between their ids.
-//! - `<log>_context_counts`: the same per context user id and per request id (`field`,
-//!   `value`). Erasing a user removes theirs.
+//! - `<log>_context_counts`: the same per context user id and per request id (`field`, and
+//!   `value_hash`: a 64-bit hash of the value, so any length is counted and no id is stored
+//!   in clear; two values sharing a hash only cost a reader a few more rows). Erasing a user
+//!   moves their counts to the erasure marker's, as their entries' user id becomes it.
 //!
 //! Blocks are disjoint ranges of ids, so a filter's blocks, newest first, are its entries'
 //! id ranges in the order the activity lists them. Counting stops at the same horizon the
@@ -64,25 +66,25 @@ CREATE INDEX IF NOT EXISTS {by_operation} ON {counts} (operation, block);
 CREATE INDEX IF NOT EXISTS {by_block} ON {counts} (day, block);
 CREATE TABLE IF NOT EXISTS {users} (
     field text NOT NULL,
-    value text NOT NULL,
+    value_hash bigint NOT NULL,
     block bigint NOT NULL,
     day date NOT NULL,
     entries bigint NOT NULL,
     first_id bigint NOT NULL,
     last_id bigint NOT NULL,
     ids bigint[],
-    PRIMARY KEY (field, value, block, day)
+    PRIMARY KEY (field, value_hash, block, day)
 );
 COMMENT ON TABLE {users} IS {users_comment};
 CREATE TABLE IF NOT EXISTS {state} (
     through_id bigint NOT NULL DEFAULT 0,
-    pending_id bigint,
-    pending_snapshot pg_snapshot
+    {state_columns}
 );
 REVOKE ALL ON TABLE {counts} FROM PUBLIC;
 REVOKE ALL ON TABLE {users} FROM PUBLIC;
 REVOKE ALL ON TABLE {state} FROM PUBLIC;
 ",
+        state_columns = horizon::STATE_COLUMNS,
         counts_comment = text_literal(&format!(
             "pg-audit counts: entries per table, operation, UTC day and block of {BLOCK_IDS} ids; derived from the log by {}()",
             names.function("count")
@@ -104,7 +106,8 @@ BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
         RAISE EXCEPTION 'pg-audit: max_rows must be 1 or more, not %', max_rows;
     END IF;
-    -- One counter at a time, until the caller's transaction ends; no writer takes this lock.
+    -- One counter at a time, until the caller's transaction ends; no writer takes this lock
+    -- (an erasure does: it waits for the count, and the count for it).
     IF NOT pg_try_advisory_xact_lock(hashtext({counts_lit})) THEN
         RAISE NOTICE 'pg-audit: another count of this log is running';
         RETURN;
@@ -122,22 +125,16 @@ BEGIN
          WHERE l.id > done AND l.id <= upto
          GROUP BY 1, 2, 3, 4, 5
         ON CONFLICT (schema_name, table_name, block, day, operation) DO UPDATE
-           SET entries = c.entries + excluded.entries,
-               first_id = least(c.first_id, excluded.first_id),
-               last_id = greatest(c.last_id, excluded.last_id),
-               ids = CASE WHEN cardinality(c.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN c.ids || excluded.ids END;
+           SET {merge_c};
         GET DIAGNOSTICS counted = ROW_COUNT;
-        INSERT INTO {users} AS u (field, value, block, day, entries, first_id, last_id, ids)
-        SELECT f.field, l.context->>f.field, l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
+        INSERT INTO {users} AS u (field, value_hash, block, day, entries, first_id, last_id, ids)
+        SELECT f.field, hashtextextended(l.context->>f.field, 0), l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
                count(*), min(l.id), max(l.id), CASE WHEN count(*) <= {EXACT_IDS} THEN array_agg(l.id) END
           FROM {table} AS l CROSS JOIN (VALUES {fields}) AS f(field)
          WHERE l.id > done AND l.id <= upto AND l.context->>f.field IS NOT NULL
          GROUP BY 1, 2, 3, 4
-        ON CONFLICT (field, value, block, day) DO UPDATE
-           SET entries = u.entries + excluded.entries,
-               first_id = least(u.first_id, excluded.first_id),
-               last_id = greatest(u.last_id, excluded.last_id),
-               ids = CASE WHEN cardinality(u.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN u.ids || excluded.ids END;
+        ON CONFLICT (field, value_hash, block, day) DO UPDATE
+           SET {merge_u};
         UPDATE {state} SET through_id = upto;
         done := upto;
     END IF;
@@ -149,6 +146,8 @@ END
         declare = horizon::DECLARE,
         steps = horizon::steps(names, &state),
         counts_lit = counts.literal(),
+        merge_c = merge("c"),
+        merge_u = merge("u"),
         fields = CONTEXT_FIELDS
             .map(|f| format!("({})", text_literal(f)))
             .join(", "),
@@ -168,6 +167,26 @@ END
         )
     );
     sql
+}
+
+/// The `SET` of a count row's upsert into the row aliased `alias`: the entries added, the
+/// lowest and highest id widened, the ids kept while few.
+fn merge(alias: &str) -> String {
+    format!(
+        "entries = {alias}.entries + excluded.entries,
+               first_id = least({alias}.first_id, excluded.first_id),
+               last_id = greatest({alias}.last_id, excluded.last_id),
+               ids = CASE WHEN cardinality({alias}.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN {alias}.ids || excluded.ids END"
+    )
+}
+
+/// `(SELECT through_id ...)`: how far the counts go, read in the statement that reads them, so
+/// the two agree whatever count commits meanwhile.
+fn through_expr(names: &LogNames) -> String {
+    format!(
+        "(SELECT coalesce(pg_catalog.max(s.through_id), 0) FROM {} AS s)",
+        names.counts_state_table()
+    )
 }
 
 /// `<log>_count(max_rows)`: counts up to `max_rows` more entries (never past the horizon), and
@@ -193,8 +212,8 @@ pub(crate) fn counted_through_sql(names: &LogNames) -> String {
 }
 
 /// A table's entries per UTC day, today's and the `$3` (integer) days' before, counted and in
-/// the tail past `through_id` (`$4`): rows `day` (timestamptz, midnight UTC) and `changes`.
-/// `$1`, `$2`: the table's schema and name.
+/// the tail past the counts: rows `day` (timestamptz, midnight UTC) and `changes`. `$1`, `$2`:
+/// the table's schema and name.
 pub(crate) fn days_sql(names: &LogNames) -> String {
     let first_day =
         "(pg_catalog.timezone('UTC', pg_catalog.now())::date OPERATOR(pg_catalog.-) $3::integer)";
@@ -205,17 +224,18 @@ pub(crate) fn days_sql(names: &LogNames) -> String {
                AND c.day OPERATOR(pg_catalog.>=) {first_day}
             UNION ALL
             SELECT pg_catalog.timezone('UTC', l.changed_at)::date, 1 FROM {log} AS l
-             WHERE l.id OPERATOR(pg_catalog.>) $4
+             WHERE l.id OPERATOR(pg_catalog.>) {through}
                AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
                AND l.changed_at OPERATOR(pg_catalog.>=) pg_catalog.timezone('UTC', {first_day}::timestamp)) AS d
           GROUP BY d.day ORDER BY d.day",
         counts = names.counts_table(),
         log = names.table(),
+        through = through_expr(names),
     )
 }
 
 /// Every table's entries, today's and the `$1` (integer) days' before, counted and in the tail
-/// past `through_id` (`$2`): rows `schema_name`, `table_name`, `changes`.
+/// past the counts: rows `schema_name`, `table_name`, `changes`.
 pub(crate) fn tables_days_sql(names: &LogNames) -> String {
     let first_day =
         "(pg_catalog.timezone('UTC', pg_catalog.now())::date OPERATOR(pg_catalog.-) $1::integer)";
@@ -225,11 +245,12 @@ pub(crate) fn tables_days_sql(names: &LogNames) -> String {
              WHERE c.day OPERATOR(pg_catalog.>=) {first_day}
             UNION ALL
             SELECT l.schema_name, l.table_name, 1 FROM {log} AS l
-             WHERE l.id OPERATOR(pg_catalog.>) $2
+             WHERE l.id OPERATOR(pg_catalog.>) {through}
                AND l.changed_at OPERATOR(pg_catalog.>=) pg_catalog.timezone('UTC', {first_day}::timestamp)) AS d
           GROUP BY d.schema_name, d.table_name",
         counts = names.counts_table(),
         log = names.table(),
+        through = through_expr(names),
     )
 }
 
@@ -272,7 +293,8 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
         ),
         Counted::Context(field) => format!(
             "{} AS c
-          WHERE c.field OPERATOR(pg_catalog.=) {} AND c.value OPERATOR(pg_catalog.=) $4
+          WHERE c.field OPERATOR(pg_catalog.=) {}
+            AND c.value_hash OPERATOR(pg_catalog.=) pg_catalog.hashtextextended($4::text, 0)
             AND ($1::text IS NULL OR true) AND ($2::text IS NULL OR true) AND ($3::text IS NULL OR true)
             AND {}",
             names.context_counts_table(),
@@ -288,15 +310,26 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
     )
 }
 
-/// The statement of `<log>_redact` erasing a user's counts with their id: the PL/pgSQL
-/// variable `user_id` holds it.
+/// The statements of `<log>_redact` erasing a user (the PL/pgSQL variable `user_id`): their
+/// context counts become the erasure marker's, as their entries' user id does. It waits for a
+/// count running meanwhile (the counts' lock), so no count of theirs lands after it.
 pub(crate) fn erase_user_sql(names: &LogNames) -> String {
+    let users = names.context_counts_table();
+    let field = text_literal(crate::context::USER_ID);
+    let marker = text_literal(crate::sql::shape::REDACTED);
     format!(
-        "EXECUTE {} USING user_id;",
-        text_literal(&format!(
-            "DELETE FROM {} AS c WHERE c.field = {} AND c.value = $1",
-            names.context_counts_table(),
-            text_literal(crate::context::USER_ID)
+        "PERFORM pg_advisory_xact_lock(hashtext({counts_lit}));
+        EXECUTE {statement} USING user_id;",
+        counts_lit = names.counts_table().literal(),
+        statement = text_literal(&format!(
+            "WITH gone AS (
+                DELETE FROM {users} AS c WHERE c.field = {field} AND c.value_hash = pg_catalog.hashtextextended($1, 0)
+                RETURNING c.block, c.day, c.entries, c.first_id, c.last_id, c.ids)
+             INSERT INTO {users} AS c (field, value_hash, block, day, entries, first_id, last_id, ids)
+             SELECT {field}, pg_catalog.hashtextextended({marker}, 0), g.block, g.day, g.entries, g.first_id, g.last_id, g.ids
+               FROM gone AS g
+             ON CONFLICT (field, value_hash, block, day) DO UPDATE SET {merge}",
+            merge = merge("c")
         ))
     )
 }

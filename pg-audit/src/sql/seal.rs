@@ -178,6 +178,7 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
     let seal_of = names.function("seal_of");
     let seal = names.function("seal");
     let columns = column_list();
+    let state_columns = horizon::STATE_COLUMNS;
     let mut sql = String::new();
 
     let _ = writeln!(
@@ -195,8 +196,7 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
 );
 COMMENT ON TABLE {seals} IS 'pg-audit seals: a hash chain over the log in id order; append-only';
 CREATE TABLE IF NOT EXISTS {state} (
-    pending_id bigint NOT NULL,
-    pending_snapshot pg_snapshot NOT NULL
+    {state_columns}
 );
 "
     );

@@ -202,15 +202,14 @@ impl AuditLog {
     }
 
     /// SQL of a table's entries per UTC day, today's and the `$3` (integer) days' before, from
-    /// the counts and the uncounted tail: `$1` schema, `$2` table, `$4` the counts'
-    /// `through_id`; rows `day` (midnight UTC), `changes`.
+    /// the counts and the uncounted tail: `$1` schema, `$2` table; rows `day` (midnight UTC),
+    /// `changes`.
     pub fn days_sql(&self) -> String {
         counts::days_sql(&self.names)
     }
 
     /// SQL of every table's entries, today's and the `$1` (integer) days' before, from the counts
-    /// and the uncounted tail past `$2` (the counts' `through_id`): rows `schema_name`,
-    /// `table_name`, `changes`.
+    /// and the uncounted tail: rows `schema_name`, `table_name`, `changes`.
     pub fn tables_days_sql(&self) -> String {
         counts::tables_days_sql(&self.names)
     }
