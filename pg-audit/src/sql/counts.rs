@@ -128,7 +128,7 @@ BEGIN
            SET {merge_c};
         GET DIAGNOSTICS counted = ROW_COUNT;
         INSERT INTO {users} AS u (field, value_hash, block, day, entries, first_id, last_id, ids)
-        SELECT f.field, hashtextextended(l.context->>f.field, 0), l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
+        SELECT f.field, {hash_value}, l.id / {BLOCK_IDS}, (l.changed_at AT TIME ZONE 'UTC')::date,
                count(*), min(l.id), max(l.id), CASE WHEN count(*) <= {EXACT_IDS} THEN array_agg(l.id) END
           FROM {table} AS l CROSS JOIN (VALUES {fields}) AS f(field)
          WHERE l.id > done AND l.id <= upto AND l.context->>f.field IS NOT NULL
@@ -147,6 +147,7 @@ END
         steps = horizon::steps(names, &state),
         counts_lit = counts.literal(),
         merge_c = merge("c"),
+        hash_value = value_hash("l.context->>f.field"),
         merge_u = merge("u"),
         fields = CONTEXT_FIELDS
             .map(|f| format!("({})", text_literal(f)))
@@ -178,6 +179,13 @@ fn merge(alias: &str) -> String {
                last_id = greatest({alias}.last_id, excluded.last_id),
                ids = CASE WHEN cardinality({alias}.ids) + cardinality(excluded.ids) <= {EXACT_IDS} THEN {alias}.ids || excluded.ids END"
     )
+}
+
+/// The key a context value is counted under (`value_hash`), from the SQL expression `value`
+/// of its text: the count, the readers' filter and erasure all take it from here, so they
+/// agree.
+fn value_hash(value: &str) -> String {
+    format!("pg_catalog.hashtextextended({value}, 0)")
 }
 
 /// `(SELECT through_id ...)`: how far the counts go, read in the statement that reads them, so
@@ -270,8 +278,9 @@ pub enum Counted {
 /// operations), and the last block of a full answer may have more rows than it lists.
 /// Parameters: `$1` schema, `$2` table, `$3` operation (each NULL for any), `$4` the context
 /// field's value, `$5` and `$6` the time range's start and end (timestamptz, NULL for
-/// unbounded; whole UTC days), `$7` the highest block. Entries in a block pass the other
-/// filters or not: the caller filters them.
+/// unbounded; whole UTC days), `$7` the highest block; each source reads only the ones it
+/// holds (the caller binds every one). Entries in a block pass the other filters or not: the
+/// caller filters them.
 pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
     let days = |alias: &str| {
         format!(
@@ -286,7 +295,6 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
           WHERE ($1::text IS NULL OR c.schema_name OPERATOR(pg_catalog.=) $1)
             AND ($2::text IS NULL OR c.table_name OPERATOR(pg_catalog.=) $2)
             AND ($3::text IS NULL OR c.operation OPERATOR(pg_catalog.=) $3)
-            AND $4::text IS NULL
             AND {}",
             names.counts_table(),
             days("c")
@@ -294,11 +302,11 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
         Counted::Context(field) => format!(
             "{} AS c
           WHERE c.field OPERATOR(pg_catalog.=) {}
-            AND c.value_hash OPERATOR(pg_catalog.=) pg_catalog.hashtextextended($4::text, 0)
-            AND ($1::text IS NULL OR true) AND ($2::text IS NULL OR true) AND ($3::text IS NULL OR true)
+            AND c.value_hash OPERATOR(pg_catalog.=) {}
             AND {}",
             names.context_counts_table(),
             text_literal(field),
+            value_hash("$4::text"),
             days("c")
         ),
     };
@@ -316,19 +324,20 @@ pub(crate) fn blocks_sql(names: &LogNames, counted: Counted) -> String {
 pub(crate) fn erase_user_sql(names: &LogNames) -> String {
     let users = names.context_counts_table();
     let field = text_literal(crate::context::USER_ID);
-    let marker = text_literal(crate::sql::shape::REDACTED);
     format!(
         "PERFORM pg_advisory_xact_lock(hashtext({counts_lit}));
         EXECUTE {statement} USING user_id;",
         counts_lit = names.counts_table().literal(),
         statement = text_literal(&format!(
             "WITH gone AS (
-                DELETE FROM {users} AS c WHERE c.field = {field} AND c.value_hash = pg_catalog.hashtextextended($1, 0)
+                DELETE FROM {users} AS c WHERE c.field = {field} AND c.value_hash = {erased}
                 RETURNING c.block, c.day, c.entries, c.first_id, c.last_id, c.ids)
              INSERT INTO {users} AS c (field, value_hash, block, day, entries, first_id, last_id, ids)
-             SELECT {field}, pg_catalog.hashtextextended({marker}, 0), g.block, g.day, g.entries, g.first_id, g.last_id, g.ids
+             SELECT {field}, {marker}, g.block, g.day, g.entries, g.first_id, g.last_id, g.ids
                FROM gone AS g
              ON CONFLICT (field, value_hash, block, day) DO UPDATE SET {merge}",
+            erased = value_hash("$1"),
+            marker = value_hash(&text_literal(crate::sql::shape::REDACTED)),
             merge = merge("c")
         ))
     )

@@ -63,8 +63,7 @@ pub(super) async fn activity<D: Driver>(
     } else {
         Counted::Tables
     };
-    let by_counts = !record
-        && filter.txid.is_none()
+    let by_counts = filter.txid.is_none()
         && filter.key.is_none()
         && (filter.request_id.is_some()
             || filter.user_id.is_some()
