@@ -843,7 +843,8 @@ pub(crate) async fn table(
                 .bind::<Integer, _>(29)
                 .load(conn)?;
             let qualified = table_name(&installed_name(&installed)).ok();
-            // Rebuilding the table reads all its entries: only when a time is chosen.
+            // Only when a time is chosen: the page reads the table itself for the rows the log
+            // never saw.
             let rows = match (qualified, at) {
                 (Some(q), Some(at)) => Some(reader.table_at(conn, &q, at, after.as_ref(), PAGE_SIZE)?),
                 _ => None,

@@ -58,6 +58,23 @@ fn log_maintenance_calls() {
     insta::assert_snapshot!(sql);
 }
 
+/// The table as of a time: the logged records' page, and the rows the log never saw.
+#[test]
+fn log_table_at() {
+    let log = AuditLog::new();
+    let table = pg_audit::QualifiedName::parse("public.users").unwrap();
+    let sql = [
+        log.table_at_sql(),
+        log.unseen_rows_sql(pg_audit::sql::records::LiveRows {
+            table: &table,
+            key: "pg_catalog.jsonb_build_object('id', t.id)",
+            values: "pg_catalog.to_jsonb(t)",
+        }),
+    ]
+    .join("\n\n");
+    insta::assert_snapshot!(sql);
+}
+
 #[test]
 fn trigger_all_columns() {
     insta::assert_snapshot!(users().build().unwrap().install_sql(&AuditLog::new()));

@@ -135,7 +135,7 @@ BEGIN
          GROUP BY 1, 2, 3, 4
         ON CONFLICT (field, value_hash, block, day) DO UPDATE
            SET {merge_u};
-        UPDATE {state} SET through_id = upto;
+{records}        UPDATE {state} SET through_id = upto;
         done := upto;
     END IF;
     through_id := done;
@@ -149,6 +149,7 @@ END
         merge_c = merge("c"),
         hash_value = value_hash("l.context->>f.field"),
         merge_u = merge("u"),
+        records = crate::sql::records::count_steps(names),
         fields = CONTEXT_FIELDS
             .map(|f| format!("({})", text_literal(f)))
             .join(", "),

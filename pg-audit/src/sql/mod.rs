@@ -13,6 +13,7 @@ pub(crate) mod horizon;
 pub mod install;
 pub mod log;
 pub(crate) mod names;
+pub mod records;
 pub mod redact;
 pub mod seal;
 pub mod shape;

@@ -90,6 +90,11 @@ impl LogNames {
         self.function("counts_state")
     }
 
+    /// Each record the log has seen, for rebuilding a table as of a time.
+    pub(crate) fn records_table(&self) -> QualifiedName {
+        self.function("records")
+    }
+
     pub(crate) fn capture_progress_table(&self) -> QualifiedName {
         self.function("capture_progress")
     }
@@ -203,6 +208,7 @@ impl LogNames {
             self.counts_table(),
             self.context_counts_table(),
             self.counts_state_table(),
+            self.records_table(),
         ]
     }
 
@@ -231,6 +237,7 @@ impl LogNames {
             self.counts_table(),
             self.context_counts_table(),
             self.counts_state_table(),
+            self.records_table(),
         ]
     }
 }

@@ -2,15 +2,16 @@
 //! the rows the log never saw change, read from the table.
 //!
 //! [`table_at`] takes four steps: [`audited_table`] finds the table's install record,
-//! [`logged_rows`] rebuilds every record the log holds, [`unlogged_rows`] reads the rest from
-//! the table, and [`merge`] orders the two into one page.
+//! [`logged_rows`] walks the log's records in key order and reads each one's state through
+//! the log's indexes (never every entry of the table), [`unseen_rows`] reads the rows the log
+//! never saw from the table, and [`merge`] orders the two into one page.
 
 use std::time::SystemTime;
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz};
 use pg_audit::sql::install::{AUDITED_FIELD, EXCLUDE_FIELD, KEY_FIELD, TRACK_ONLY_FIELD};
-use pg_audit::sql::shape::record_key_expr;
+use pg_audit::sql::records::LiveRows;
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
@@ -23,7 +24,8 @@ use crate::log::driver::{Driver, first};
 /// [`AuditReader::table_at`](super::AuditReader::table_at)).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TableAt {
-    /// The rows, ordered by key (as JSON text).
+    /// The rows, ordered by key (the key object's JSON text as PostgreSQL writes it, byte by
+    /// byte).
     pub rows: Vec<RowAt>,
     /// Whether rows the log never saw change were read from the table (false: the reader
     /// lacks `SELECT` on it, and only rows the log holds are listed).
@@ -52,13 +54,18 @@ pub(super) async fn table_at<D: Driver>(
 ) -> Result<TableAt, Error> {
     let audited = audited_table(log, conn, table).await?;
     let after = after.map(Value::to_string);
-    let page = KeyPage {
+    let page = Page {
         after: after.as_deref(),
         limit: i64::from(limit),
+        through: counted_through(log, conn).await?,
     };
     let logged = logged_rows(log, conn, &audited, at, page).await?;
-    let unlogged = unlogged_rows(log, conn, &audited, page).await?;
-    Ok(merge(logged, unlogged, limit as usize))
+    let unseen = if audited.may_read {
+        unseen_rows(log, conn, &audited, page).await?
+    } else {
+        None
+    };
+    Ok(merge(logged, unseen, page.limit as usize))
 }
 
 /// An audited table as its install record has it.
@@ -71,22 +78,44 @@ struct AuditedTable {
     /// The install record's configuration: its key columns and which columns are audited.
     #[diesel(sql_type = Jsonb)]
     config: Value,
+    /// Whether the reader may `SELECT` from the table.
+    #[diesel(sql_type = Bool)]
+    may_read: bool,
 }
 
-/// One row of a page: its key object and its audited columns.
+/// One row of a page: its key object's JSON text as PostgreSQL writes it (the page's order),
+/// the key object and the audited columns.
 #[derive(QueryableByName)]
 struct KeyedRow {
+    #[diesel(sql_type = Text)]
+    key: String,
     #[diesel(sql_type = Jsonb, deserialize_as = crate::log::json::LogJson)]
     k: Value,
     #[diesel(sql_type = Jsonb, deserialize_as = crate::log::json::LogJson)]
     v: Value,
 }
 
-/// Which rows of the table a step returns: keys after `after` (as JSON text), at most `limit`.
+/// Which page: the key after which it starts (as JSON text), the most rows, and how far the
+/// log's counts went when it began (its entries past that are read from the log).
 #[derive(Clone, Copy)]
-struct KeyPage<'a> {
+struct Page<'a> {
     after: Option<&'a str>,
     limit: i64,
+    through: i64,
+}
+
+#[derive(QueryableByName)]
+struct Through {
+    #[diesel(sql_type = BigInt)]
+    through_id: i64,
+}
+
+/// How far the log's counts (and records) go.
+async fn counted_through<D: Driver>(log: &AuditLog, conn: &mut D) -> QueryResult<i64> {
+    let rows: Vec<Through> = conn
+        .load(diesel::sql_query(log.counted_through_sql()).into_boxed())
+        .await?;
+    Ok(first(rows).map_or(0, |t| t.through_id))
 }
 
 /// Step 1: the install record of `table` (resolved as every reader query resolves it), or
@@ -97,7 +126,11 @@ async fn audited_table<D: Driver>(
     table: &QualifiedName,
 ) -> Result<AuditedTable, Error> {
     let sql = format!(
-        "SELECT r.schema_name, r.table_name, c.config
+        "SELECT r.schema_name, r.table_name, c.config,
+                coalesce(pg_catalog.has_table_privilege(
+                    pg_catalog.to_regclass(pg_catalog.quote_ident(r.schema_name) OPERATOR(pg_catalog.||) '.'
+                                           OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.table_name)),
+                    'SELECT'), false) AS may_read
            FROM ({resolve}) AS r
            JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
                             AND c.table_name OPERATOR(pg_catalog.=) r.table_name",
@@ -109,97 +142,42 @@ async fn audited_table<D: Driver>(
     })
 }
 
-/// Step 2: every record the log holds, as it was at `at`. Each entry is seen from each key it
-/// concerns, with the state before it and after it (NULL: no row); a key-changing UPDATE ends
-/// the old key's row and starts the new key's. A record's state is its last entry's at or
-/// before `at` (unless a TRUNCATE came after it), else the state before its first entry after
-/// `at`.
+/// Step 2: the records the log holds as they were at `at`, walked in key order from the
+/// records the counts keep (`AuditLog::table_at_sql`).
 async fn logged_rows<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     audited: &AuditedTable,
     at: SystemTime,
-    page: KeyPage<'_>,
+    page: Page<'_>,
 ) -> QueryResult<Vec<KeyedRow>> {
-    let log = log.table();
-    let sql = format!(
-        "WITH ev AS (
-            SELECT l.record_pk AS k, l.id, l.changed_at,
-                   CASE WHEN l.operation IN ('UPDATE', 'DELETE') AND l.old_record_pk IS NULL
-                        THEN l.old_values END AS before,
-                   CASE WHEN l.operation IN ('INSERT', 'UPDATE') THEN l.new_values END AS after
-              FROM {log} AS l
-             WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-               AND l.record_pk IS NOT NULL
-            UNION ALL
-            SELECT l.old_record_pk, l.id, l.changed_at, l.old_values, NULL
-              FROM {log} AS l
-             WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-               AND l.old_record_pk IS NOT NULL),
-         truncated AS (
-            SELECT pg_catalog.max(l.id) AS id FROM {log} AS l
-             WHERE l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-               AND l.operation OPERATOR(pg_catalog.=) 'TRUNCATE' AND l.changed_at OPERATOR(pg_catalog.<=) $3),
-         last_before AS (
-            SELECT DISTINCT ON (ev.k) ev.k, ev.id, ev.after AS v FROM ev
-             WHERE ev.changed_at OPERATOR(pg_catalog.<=) $3
-             ORDER BY ev.k, ev.id DESC),
-         first_after AS (
-            SELECT DISTINCT ON (ev.k) ev.k, ev.before AS v FROM ev
-             WHERE ev.changed_at OPERATOR(pg_catalog.>) $3
-               AND NOT EXISTS (SELECT FROM last_before AS b WHERE b.k OPERATOR(pg_catalog.=) ev.k)
-             ORDER BY ev.k, ev.id)
-         SELECT s.k, s.v FROM (
-            SELECT b.k, b.v FROM last_before AS b, truncated AS t
-             WHERE t.id IS NULL OR b.id OPERATOR(pg_catalog.>) t.id
-            UNION ALL
-            SELECT a.k, a.v FROM first_after AS a) AS s
-          WHERE s.v IS NOT NULL AND ($4::jsonb IS NULL OR s.k::text OPERATOR(pg_catalog.>) $4::jsonb::text)
-          ORDER BY s.k::text
-          LIMIT $5"
-    );
     conn.load(
-        diesel::sql_query(sql)
+        diesel::sql_query(log.table_at_sql())
             .into_boxed()
             .bind::<Text, _>(&audited.schema_name)
             .bind::<Text, _>(&audited.table_name)
             .bind::<Timestamptz, _>(LogTime(at))
             .bind::<Nullable<Text>, _>(page.after)
-            .bind::<BigInt, _>(page.limit),
+            .bind::<BigInt, _>(page.limit)
+            .bind::<BigInt, _>(page.through),
     )
     .await
 }
 
 /// Step 3: the rows the log never saw, from the table itself and restricted to the audited
-/// columns; `None` when the reader may not `SELECT` from the table.
-async fn unlogged_rows<D: Driver>(
+/// columns; `None` when column privileges keep a column from the reader.
+async fn unseen_rows<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     audited: &AuditedTable,
-    page: KeyPage<'_>,
+    page: Page<'_>,
 ) -> Result<Option<Vec<KeyedRow>>, Error> {
-    let sql = format!(
-        "SELECT s.k, s.v FROM (
-            SELECT {key} AS k, {values} AS v FROM {table} AS t) AS s
-          WHERE NOT EXISTS (
-                SELECT FROM {log} AS l
-                 WHERE l.record_key OPERATOR(pg_catalog.=) {record_key}
-                   AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-                   AND (l.record_pk OPERATOR(pg_catalog.=) s.k))
-            AND NOT EXISTS (
-                SELECT FROM {log} AS l
-                 WHERE l.old_record_key OPERATOR(pg_catalog.=) {record_key}
-                   AND l.schema_name OPERATOR(pg_catalog.=) $1 AND l.table_name OPERATOR(pg_catalog.=) $2
-                   AND l.old_record_pk OPERATOR(pg_catalog.=) s.k)
-            AND ($3::jsonb IS NULL OR s.k::text OPERATOR(pg_catalog.>) $3::jsonb::text)
-          ORDER BY s.k::text
-          LIMIT $4",
-        key = audited.key_expr()?,
-        values = audited.values_expr()?,
-        table = audited.name()?,
-        log = log.table(),
-        record_key = record_key_expr("$1", "$2", "s.k"),
-    );
+    let (table, key, values) = (audited.name()?, audited.key_expr()?, audited.values_expr()?);
+    let sql = log.unseen_rows_sql(LiveRows {
+        table: &table,
+        key: &key,
+        values: &values,
+    });
     let rows = conn
         .load(
             diesel::sql_query(sql)
@@ -207,7 +185,8 @@ async fn unlogged_rows<D: Driver>(
                 .bind::<Text, _>(&audited.schema_name)
                 .bind::<Text, _>(&audited.table_name)
                 .bind::<Nullable<Text>, _>(page.after)
-                .bind::<BigInt, _>(page.limit),
+                .bind::<BigInt, _>(page.limit)
+                .bind::<BigInt, _>(page.through),
         )
         .await;
     match rows {
@@ -220,24 +199,33 @@ async fn unlogged_rows<D: Driver>(
     }
 }
 
-/// Step 4: the logged and unlogged rows in key order, at most `limit`.
-fn merge(logged: Vec<KeyedRow>, unlogged: Option<Vec<KeyedRow>>, limit: usize) -> TableAt {
-    let current_rows = unlogged.is_some();
+/// Step 4: the logged and unseen rows in key order (their JSON text as PostgreSQL writes it,
+/// byte by byte, as both queries order them), at most `limit`.
+fn merge(logged: Vec<KeyedRow>, unseen: Option<Vec<KeyedRow>>, limit: usize) -> TableAt {
+    let current_rows = unseen.is_some();
     let row = |from_log: bool| {
-        move |r: KeyedRow| RowAt {
-            key: r.k,
-            values: r.v,
-            from_log,
+        move |r: KeyedRow| {
+            (
+                r.key,
+                RowAt {
+                    key: r.k,
+                    values: r.v,
+                    from_log,
+                },
+            )
         }
     };
-    let mut rows: Vec<RowAt> = logged
+    let mut rows: Vec<(String, RowAt)> = logged
         .into_iter()
         .map(row(true))
-        .chain(unlogged.into_iter().flatten().map(row(false)))
+        .chain(unseen.into_iter().flatten().map(row(false)))
         .collect();
-    rows.sort_by_cached_key(|r| r.key.to_string());
+    rows.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     rows.truncate(limit);
-    TableAt { rows, current_rows }
+    TableAt {
+        rows: rows.into_iter().map(|(_, r)| r).collect(),
+        current_rows,
+    }
 }
 
 impl AuditedTable {

@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, quote_literal};
 use crate::sql::names::LogNames;
-use crate::sql::{adopt, archive, capture, check, counts, install, redact, seal};
+use crate::sql::{adopt, archive, capture, check, counts, install, records, redact, seal};
 
 pub mod partition;
 mod table;
@@ -127,6 +127,7 @@ impl AuditLog {
             seal::objects_sql(names),
             redact::objects_sql(names),
             counts::objects_sql(names),
+            records::objects_sql(names),
             table::append_only_tables_sql(names),
             adopt::objects_sql(names),
         ]
@@ -221,6 +222,24 @@ impl AuditLog {
     /// `filter` says which filters are set.
     pub fn blocks_sql(&self, filter: counts::Counted) -> String {
         counts::blocks_sql(&self.names, filter)
+    }
+
+    /// SQL of one page of the records of a table the log holds, as they were at a time,
+    /// rebuilt record by record from the records `count_sql` keeps and the log's entries past
+    /// them: rows `key` (the key object's JSON text), `k` (the key object), `v` (audited
+    /// columns), in key order (the text, byte by byte). Parameters: `$1` schema, `$2` table,
+    /// `$3` the time, `$4` the key the page starts after (its JSON text, NULL for the first
+    /// page), `$5` the most rows.
+    pub fn table_at_sql(&self) -> String {
+        records::table_at_sql(&self.names)
+    }
+
+    /// SQL of the rows of `live` the log never saw (unchanged since before auditing, the same
+    /// at any time), rows `key`, `k`, `v` in the same order as [`Self::table_at_sql`].
+    /// Parameters: `$1` schema, `$2` table, `$3` the key the page starts after, `$4` the most
+    /// rows.
+    pub fn unseen_rows_sql(&self, live: records::LiveRows<'_>) -> String {
+        records::unseen_rows_sql(&self.names, live)
     }
 
     /// SQL that lists the log's partitions: `partition_name`, `range_start`, `range_end`

@@ -165,6 +165,7 @@ pub(crate) fn drop_sql(names: &LogNames) -> String {
         names.counts_table(),
         names.context_counts_table(),
         names.counts_state_table(),
+        names.records_table(),
         names.redacted_values_table(),
         names.redactions_table(),
     ] {
