@@ -25,10 +25,13 @@ pub(crate) fn run(
     fill(conn, rows)?;
     let log = AuditLog::new();
     // The audited tables the log names, installed (their install records are what the table
-    // pages read); empty, so "as of a time" is the log's alone.
+    // pages read), each holding its records: "as of a time" reads the table too, and finds
+    // every row of it in the log.
     for t in 0..TABLES {
         conn.batch_execute(&format!(
-            "CREATE TABLE public.t{t} (id int PRIMARY KEY, name text, price int)"
+            "CREATE TABLE public.t{t} (id int PRIMARY KEY, name text, price int);
+             INSERT INTO public.t{t} SELECT g, 'name ' || g, g % 1000 FROM generate_series(0, {}) AS g;",
+            RECORDS - 1
         ))?;
         let spec = TriggerSpec::builder(QualifiedName::parse(&format!("public.t{t}"))?)
             .primary_key(["id"])
@@ -45,26 +48,33 @@ pub(crate) fn run(
     let sizes: Vec<Sizes> = diesel::sql_query(
         "SELECT pg_total_relation_size('audit.auditlog_counts') AS counts,
                 pg_total_relation_size('audit.auditlog_context_counts') AS context,
+                pg_total_relation_size('audit.auditlog_records') AS records,
                 (SELECT sum(pg_total_relation_size(p.relid))::bigint FROM pg_partition_tree('audit.auditlog') AS p) AS log",
     )
     .load(conn)?;
     if let (Some(c), Some(s)) = (counted.first(), sizes.first()) {
         println!(
             "\nCounted {} entries in {took:.1} s ({:.0} entries/s), {} left past the counts; \
-             the counts take {:.1} MB (per table {:.1} MB, per user and request {:.1} MB) \
-             beside the log's {:.1} MB.",
+             the counts take {:.1} MB (per table {:.1} MB, per user and request {:.1} MB, \
+             records {:.1} MB) beside the log's {:.1} MB.",
             c.through_id,
             c.through_id as f64 / took,
             rows as i64 - c.through_id,
-            (s.counts + s.context) as f64 / 1e6,
+            (s.counts + s.context + s.records) as f64 / 1e6,
             s.counts as f64 / 1e6,
             s.context as f64 / 1e6,
+            s.records as f64 / 1e6,
             s.log as f64 / 1e6,
         );
     }
-    conn.batch_execute("VACUUM (ANALYZE) audit.auditlog_counts, audit.auditlog_context_counts")?;
+    conn.batch_execute("VACUUM (ANALYZE) audit.auditlog_counts, audit.auditlog_context_counts, audit.auditlog_records")?;
     let month_ago: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
         "to_char(now() AT TIME ZONE 'UTC' - interval '35 days', 'YYYY-MM-DD\"T\"00:00')",
+    ))
+    .get_result(conn)?;
+    let as_of = month_ago.clone();
+    let recent: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "to_char(now() AT TIME ZONE 'UTC' - interval '1 minute', 'YYYY-MM-DD\"T\"HH24:MI')",
     ))
     .get_result(conn)?;
     let day_after: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
@@ -196,11 +206,21 @@ pub(crate) fn run(
             Box::new(|i| format!("/audit/table?name=public.t{}", i % TABLES)),
         ),
         (
-            "table as of a time (first page of rows)",
-            5,
+            "table as of a month ago (first page of rows)",
+            REQUESTS / 4,
+            Box::new(move |i| format!("/audit/table?name=public.t{}&at={as_of}", i % TABLES)),
+        ),
+        (
+            "table as of a minute ago (its last hour uncounted)",
+            REQUESTS / 4,
+            Box::new(move |i| format!("/audit/table?name=public.t{}&at={recent}", i % TABLES)),
+        ),
+        (
+            "table as of before the log began",
+            REQUESTS / 4,
             Box::new(|i| {
                 format!(
-                    "/audit/table?name=public.t{}&at=2026-11-01T00:00",
+                    "/audit/table?name=public.t{}&at=2000-01-01T00:00",
                     i % TABLES
                 )
             }),
@@ -244,6 +264,8 @@ struct Sizes {
     counts: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     context: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    records: i64,
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     log: i64,
 }
