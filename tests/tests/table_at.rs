@@ -283,3 +283,65 @@ fn a_log_counted_before_the_records_existed_is_counted_again() {
         serde_json::json!(last)
     );
 }
+
+/// Pruning the partitions that held a record's every entry forgets the record: the table as
+/// of a time then shows the row from the table, as one the log never saw, rather than losing
+/// it.
+#[test]
+fn a_record_whose_entries_were_pruned_is_read_from_the_table() {
+    let db = TestDb::new("table_at_pruned");
+    let mut conn = db.conn();
+    let log = AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id int PRIMARY KEY, name text);
+         CREATE TABLE audit.auditlog_p20240101 PARTITION OF audit.auditlog
+             FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2024-02-01 00:00+00');",
+    );
+    let spec = TriggerSpec::builder(QualifiedName::parse("public.t").unwrap())
+        .build()
+        .unwrap();
+    exec(&mut conn, &spec.install_sql(&log));
+    exec(&mut conn, "INSERT INTO t VALUES (1, 'old'), (2, 'old')");
+    exec(
+        &mut conn,
+        "ALTER TABLE audit.auditlog DISABLE TRIGGER USER;
+         UPDATE audit.auditlog SET changed_at = '2024-01-15 00:00+00';
+         ALTER TABLE audit.auditlog ENABLE TRIGGER USER;",
+    );
+    exec(&mut conn, "UPDATE t SET name = 'new' WHERE id = 2");
+    let last = value(&mut conn, "SELECT max(id) FROM audit.auditlog")
+        .as_i64()
+        .unwrap();
+    count(&mut conn, &log, 1_000, last);
+    exec(
+        &mut conn,
+        &format!(
+            "SELECT * FROM ({}) AS p",
+            log.prune_partitions_sql("1 year", pg_audit::Retention::Drop)
+                .unwrap()
+        ),
+    );
+    let page = AuditReader::new()
+        .table_at(
+            &mut conn,
+            &QualifiedName::parse("t").unwrap(),
+            SystemTime::now(),
+            None,
+            10,
+        )
+        .unwrap();
+    let rows: Vec<(String, bool)> = page
+        .rows
+        .iter()
+        .map(|r| (r.values.to_string(), r.from_log))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            (r#"{"id":1,"name":"old"}"#.to_owned(), false),
+            (r#"{"id":2,"name":"new"}"#.to_owned(), true),
+        ]
+    );
+}

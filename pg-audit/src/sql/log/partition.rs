@@ -139,6 +139,7 @@ pub(crate) fn functions_sql(names: &LogNames, period: PartitionPeriod) -> String
     let ensure = names.function("ensure_partitions");
     let prune = names.function("prune_partitions");
     let prunes = names.prunes_table();
+    let records = names.records_table();
     // The prune record: which ids went, as runs of consecutive ids (a month is one run or a
     // few), so `verify` tells rows pruned from rows deleted.
     let record = format!(
@@ -315,6 +316,7 @@ DECLARE
     starts bigint[];
     ends bigint[];
     attempt integer;
+    pruned_to timestamptz;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'pg-audit: older_than must be a positive interval, not %', older_than;
@@ -330,8 +332,15 @@ BEGIN
         range_start := p.range_start;
         range_end := p.range_end;
         "rows" := n;
+        pruned_to := p.range_end;
         RETURN NEXT;
     END LOOP;
+    -- The records whose every entry was in the partitions removed (all of them older than the
+    -- last one's end): the table as of a time takes such a row from the table, as a row the
+    -- log never saw.
+    IF pruned_to IS NOT NULL AND only_partition IS NULL THEN
+        DELETE FROM {records} AS r WHERE r.key IS NOT NULL AND r.last_at < pruned_to;
+    END IF;
     IF drop_partitions AND only_partition IS NULL THEN
         EXECUTE pg_catalog.format({default_runs}, default_part) USING cutoff INTO n, starts, ends;
         IF n > 0 THEN
