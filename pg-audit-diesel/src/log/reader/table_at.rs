@@ -78,7 +78,7 @@ struct AuditedTable {
     /// The install record's configuration: its key columns and which columns are audited.
     #[diesel(sql_type = Jsonb)]
     config: Value,
-    /// Whether the reader may `SELECT` from the table.
+    /// Whether the reader may use the table's schema and `SELECT` from the table.
     #[diesel(sql_type = Bool)]
     may_read: bool,
 }
@@ -127,10 +127,12 @@ async fn audited_table<D: Driver>(
 ) -> Result<AuditedTable, Error> {
     let sql = format!(
         "SELECT r.schema_name, r.table_name, c.config,
-                coalesce(pg_catalog.has_table_privilege(
-                    pg_catalog.to_regclass(pg_catalog.quote_ident(r.schema_name) OPERATOR(pg_catalog.||) '.'
-                                           OPERATOR(pg_catalog.||) pg_catalog.quote_ident(r.table_name)),
-                    'SELECT'), false) AS may_read
+                coalesce((SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                                 AND pg_catalog.has_table_privilege(t.oid, 'SELECT')
+                            FROM pg_catalog.pg_class AS t
+                            JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) t.relnamespace
+                           WHERE n.nspname OPERATOR(pg_catalog.=) r.schema_name
+                             AND t.relname OPERATOR(pg_catalog.=) r.table_name), false) AS may_read
            FROM ({resolve}) AS r
            JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
                             AND c.table_name OPERATOR(pg_catalog.=) r.table_name",
