@@ -284,64 +284,108 @@ fn a_log_counted_before_the_records_existed_is_counted_again() {
     );
 }
 
-/// Pruning the partitions that held a record's every entry forgets the record: the table as
-/// of a time then shows the row from the table, as one the log never saw, rather than losing
-/// it.
+/// Retention and archiving remove partitions whole. A record whose every entry went is
+/// forgotten, so its row is read from the table (as one the log never saw) rather than
+/// vanishing; one with entries left is read from those. Partitions are removed as
+/// `prune --drop` does (all at once) and as `archive` and `prune` with progress do (one at a
+/// time, a middle one first); after each step the pages equal the definition over what is left.
 #[test]
-fn a_record_whose_entries_were_pruned_is_read_from_the_table() {
-    let db = TestDb::new("table_at_pruned");
-    let mut conn = db.conn();
-    let log = AuditLog::new();
-    exec(&mut conn, &log.create_sql());
-    exec(
-        &mut conn,
-        "CREATE TABLE t (id int PRIMARY KEY, name text);
-         CREATE TABLE audit.auditlog_p20240101 PARTITION OF audit.auditlog
-             FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2024-02-01 00:00+00');",
-    );
-    let spec = TriggerSpec::builder(QualifiedName::parse("public.t").unwrap())
-        .build()
-        .unwrap();
-    exec(&mut conn, &spec.install_sql(&log));
-    exec(&mut conn, "INSERT INTO t VALUES (1, 'old'), (2, 'old')");
-    exec(
-        &mut conn,
-        "ALTER TABLE audit.auditlog DISABLE TRIGGER USER;
-         UPDATE audit.auditlog SET changed_at = '2024-01-15 00:00+00';
-         ALTER TABLE audit.auditlog ENABLE TRIGGER USER;",
-    );
-    exec(&mut conn, "UPDATE t SET name = 'new' WHERE id = 2");
-    let last = value(&mut conn, "SELECT max(id) FROM audit.auditlog")
-        .as_i64()
-        .unwrap();
-    count(&mut conn, &log, 1_000, last);
-    exec(
-        &mut conn,
-        &format!(
-            "SELECT * FROM ({}) AS p",
-            log.prune_partitions_sql("1 year", pg_audit::Retention::Drop)
-                .unwrap()
-        ),
-    );
-    let page = AuditReader::new()
-        .table_at(
+fn records_whose_entries_were_removed_are_read_from_the_table() {
+    for one_at_a_time in [false, true] {
+        let db = TestDb::new(&format!("table_at_pruned_{one_at_a_time}"));
+        let mut conn = db.conn();
+        let log = AuditLog::new();
+        exec(&mut conn, &log.create_sql());
+        exec(
             &mut conn,
-            &QualifiedName::parse("t").unwrap(),
-            SystemTime::now(),
-            None,
-            10,
-        )
-        .unwrap();
-    let rows: Vec<(String, bool)> = page
-        .rows
-        .iter()
-        .map(|r| (r.values.to_string(), r.from_log))
-        .collect();
-    assert_eq!(
-        rows,
-        [
-            (r#"{"id":1,"name":"old"}"#.to_owned(), false),
-            (r#"{"id":2,"name":"new"}"#.to_owned(), true),
-        ]
-    );
+            "CREATE TABLE t (id int PRIMARY KEY, name text);
+             CREATE TABLE audit.auditlog_p20240101 PARTITION OF audit.auditlog
+                 FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2024-02-01 00:00+00');
+             CREATE TABLE audit.auditlog_p20240201 PARTITION OF audit.auditlog
+                 FOR VALUES FROM ('2024-02-01 00:00+00') TO ('2024-03-01 00:00+00');
+             CREATE TABLE audit.auditlog_p20240301 PARTITION OF audit.auditlog
+                 FOR VALUES FROM ('2024-03-01 00:00+00') TO ('2024-04-01 00:00+00');",
+        );
+        let spec = TriggerSpec::builder(QualifiedName::parse("public.t").unwrap())
+            .build()
+            .unwrap();
+        exec(&mut conn, &spec.install_sql(&log));
+        // 1: only in January; 2: only in February; 3: January and February; 4: January and
+        // now; 5: March.
+        exec(
+            &mut conn,
+            "INSERT INTO t VALUES (1, 'jan'), (2, 'feb'), (3, 'jan'), (4, 'jan'), (5, 'mar');
+             UPDATE t SET name = 'feb' WHERE id = 3;",
+        );
+        exec(
+            &mut conn,
+            "ALTER TABLE audit.auditlog DISABLE TRIGGER USER;
+             UPDATE audit.auditlog SET changed_at = CASE
+                 WHEN record_pk = '{\"id\": 2}' OR (record_pk = '{\"id\": 3}' AND operation = 'UPDATE')
+                     THEN timestamptz '2024-02-15 00:00+00'
+                 WHEN record_pk = '{\"id\": 5}' THEN timestamptz '2024-03-15 00:00+00'
+                 ELSE timestamptz '2024-01-15 00:00+00' END;
+             ALTER TABLE audit.auditlog ENABLE TRIGGER USER;",
+        );
+        exec(&mut conn, "UPDATE t SET name = 'now' WHERE id = 4");
+        let last = value(&mut conn, "SELECT max(id) FROM audit.auditlog")
+            .as_i64()
+            .unwrap();
+        count(&mut conn, &log, 1_000, last);
+        let remove = |conn: &mut PgConnection, partition: Option<&str>| {
+            let sql = match partition {
+                Some(p) => log.prune_partition_sql("1 year", pg_audit::Retention::Drop, p),
+                None => log.prune_partitions_sql("1 year", pg_audit::Retention::Drop),
+            };
+            exec(conn, &format!("SELECT * FROM ({}) AS p", sql.unwrap()));
+        };
+        let steps: &[Option<&str>] = if one_at_a_time {
+            &[
+                Some("audit.auditlog_p20240201"),
+                Some("audit.auditlog_p20240101"),
+                Some("audit.auditlog_p20240301"),
+            ]
+        } else {
+            &[None]
+        };
+        let reader = AuditReader::new();
+        let now = SystemTime::now();
+        let micros = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_micros() as i64
+        };
+        for (n, step) in steps.iter().enumerate() {
+            remove(&mut conn, *step);
+            for at in [
+                now,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_707_000_000),
+            ] {
+                let expected: Vec<Row> = diesel::sql_query(DEFINITION)
+                    .bind::<BigInt, _>(micros(at))
+                    .load(&mut conn)
+                    .unwrap();
+                assert_eq!(
+                    pages(&reader, &mut conn, at, 2),
+                    canonical(expected),
+                    "one at a time: {one_at_a_time}, step {n}, at {at:?}"
+                );
+            }
+        }
+        // Everything removed but row 4's last entry: it alone is read from the log.
+        let rows: Vec<(String, bool)> = pages(&reader, &mut conn, now, 10)
+            .into_iter()
+            .map(|r| (r.v, r.from_log))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (r#"{"id":1,"name":"jan"}"#.to_owned(), false),
+                (r#"{"id":2,"name":"feb"}"#.to_owned(), false),
+                (r#"{"id":3,"name":"feb"}"#.to_owned(), false),
+                (r#"{"id":4,"name":"now"}"#.to_owned(), true),
+                (r#"{"id":5,"name":"mar"}"#.to_owned(), false),
+            ]
+        );
+    }
 }

@@ -201,15 +201,16 @@ SELECT c.key, c.key::jsonb AS k, s.v
      WHERE r.seen IS NULL AND {after_tail}) AS c
   CROSS JOIN LATERAL (
     SELECT CASE WHEN c.absent THEN NULL
-                -- Unchanged since: its last entry's state, found by id.
-                WHEN NOT c.in_tail AND c.last_at OPERATOR(pg_catalog.<=) $3 THEN (
+                -- Unchanged since: its last entry's state, found by id; else (or if that entry
+                -- went with its partition) read through the indexes.
+                ELSE coalesce(CASE WHEN NOT c.in_tail AND c.last_at OPERATOR(pg_catalog.<=) $3 THEN (
                     SELECT l.new_values FROM {log} AS l
                      WHERE l.id OPERATOR(pg_catalog.=) c.last_id
                        AND l.changed_at OPERATOR(pg_catalog.>=) c.first_at AND l.changed_at OPERATOR(pg_catalog.<=) c.last_at
                        AND l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE'])
                        AND l.record_pk OPERATOR(pg_catalog.=) c.key::jsonb
-                       AND l.id OPERATOR(pg_catalog.>) coalesce((SELECT t.id FROM truncated AS t), 0))
-                ELSE {state} END AS v
+                       AND l.id OPERATOR(pg_catalog.>) coalesce((SELECT t.id FROM truncated AS t), 0)) END,
+                    {state}) END AS v
     OFFSET 0) AS s
  WHERE s.v IS NOT NULL
  ORDER BY c.key

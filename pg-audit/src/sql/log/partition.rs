@@ -316,7 +316,9 @@ DECLARE
     starts bigint[];
     ends bigint[];
     attempt integer;
-    pruned_to timestamptz;
+    pruned boolean := false;
+    horizon timestamptz;
+    default_oldest timestamptz;
 BEGIN
     IF older_than IS NULL OR older_than < interval '0' THEN
         RAISE EXCEPTION 'pg-audit: older_than must be a positive interval, not %', older_than;
@@ -332,15 +334,14 @@ BEGIN
         range_start := p.range_start;
         range_end := p.range_end;
         "rows" := n;
-        pruned_to := p.range_end;
+        pruned := true;
+        -- The records whose every entry was in this partition (its range holds all of its
+        -- rows: a row that fell in the DEFAULT partition keeps a range from being made).
+        DELETE FROM {records} AS r
+         WHERE r.key IS NOT NULL AND r.first_at OPERATOR(pg_catalog.>=) p.range_start
+           AND r.last_at OPERATOR(pg_catalog.<) p.range_end;
         RETURN NEXT;
     END LOOP;
-    -- The records whose every entry was in the partitions removed (all of them older than the
-    -- last one's end): the table as of a time takes such a row from the table, as a row the
-    -- log never saw.
-    IF pruned_to IS NOT NULL AND only_partition IS NULL THEN
-        DELETE FROM {records} AS r WHERE r.key IS NOT NULL AND r.last_at < pruned_to;
-    END IF;
     IF drop_partitions AND only_partition IS NULL THEN
         EXECUTE pg_catalog.format({default_runs}, default_part) USING cutoff INTO n, starts, ends;
         IF n > 0 THEN
@@ -353,6 +354,17 @@ BEGIN
             "rows" := n;
             RETURN NEXT;
         END IF;
+    END IF;
+    -- The records whose entries spanned partitions removed: those whose last entry is older
+    -- than everything left (the oldest partition left and the DEFAULT partition's oldest row).
+    -- The table as of a time takes a forgotten record's row from the table, as a row the log
+    -- never saw.
+    IF pruned THEN
+        SELECT pg_catalog.min(l.range_start) INTO horizon FROM {partitions}() AS l WHERE NOT l.is_default;
+        EXECUTE pg_catalog.format('SELECT pg_catalog.min(changed_at) FROM %s', default_part) INTO default_oldest;
+        horizon := LEAST(horizon, default_oldest);
+        DELETE FROM {records} AS r
+         WHERE r.key IS NOT NULL AND (horizon IS NULL OR r.last_at OPERATOR(pg_catalog.<) horizon);
     END IF;
 END
 "#
