@@ -177,28 +177,12 @@ pub(crate) fn table_at_sql(names: &LogNames) -> String {
     let records = names.records_table();
     let of_table =
         "r.schema_name OPERATOR(pg_catalog.=) $1 AND r.table_name OPERATOR(pg_catalog.=) $2";
-    format!(
-        "WITH {tail},
-     truncated AS MATERIALIZED (
-        SELECT pg_catalog.max(x.id) AS id FROM (
-            SELECT r.last_id AS id FROM {records} AS r
-             WHERE {of_table} AND r.key IS NULL AND r.last_at OPERATOR(pg_catalog.<=) $3
-            UNION ALL
-            SELECT l.id FROM tail_entries AS l
-             WHERE l.operation OPERATOR(pg_catalog.=) 'TRUNCATE' AND l.changed_at OPERATOR(pg_catalog.<=) $3) AS x)
-SELECT c.key, c.key::jsonb AS k, s.v
-  FROM (
-    SELECT r.key, r.last_id, r.first_at, r.last_at, t.key IS NOT NULL AS in_tail,
-           t.key IS NULL
-           AND ((r.born AND r.first_at OPERATOR(pg_catalog.>) $3) OR (r.gone AND r.last_at OPERATOR(pg_catalog.<=) $3)) AS absent
-      FROM {records} AS r
-      LEFT JOIN LATERAL (SELECT tail.key FROM tail WHERE tail.key OPERATOR(pg_catalog.=) r.key LIMIT 1) AS t ON true
-     WHERE {of_table} AND r.key IS NOT NULL AND {after_r}
-    UNION ALL
-    SELECT DISTINCT tail.key, NULL::bigint, NULL::timestamptz, NULL::timestamptz, true, false FROM tail
-      LEFT JOIN LATERAL (SELECT true AS seen FROM {records} AS r
-                          WHERE {of_table} AND r.key OPERATOR(pg_catalog.=) tail.key) AS r ON true
-     WHERE r.seen IS NULL AND {after_tail}) AS c
+    // A page of the candidates `c` (key, last_id, first_at, last_at, in_tail, absent) in key
+    // order, with their state at the time: each branch of the union is a page of its own, so
+    // the records are walked through their index and the walk stops at the page's last row.
+    let page_of = |candidates: &str| {
+        format!(
+            "(SELECT c.key, s.v FROM ({candidates}) AS c
   CROSS JOIN LATERAL (
     SELECT CASE WHEN c.absent THEN NULL
                 -- Unchanged since: its last entry's state, found by id; else (or if that entry
@@ -214,12 +198,44 @@ SELECT c.key, c.key::jsonb AS k, s.v
     OFFSET 0) AS s
  WHERE s.v IS NOT NULL
  ORDER BY c.key
+ LIMIT $5)",
+            log = names.table(),
+            state = state_at(names.table()),
+        )
+    };
+    format!(
+        "WITH {tail},
+     truncated AS MATERIALIZED (
+        SELECT pg_catalog.max(x.id) AS id FROM (
+            SELECT r.last_id AS id FROM {records} AS r
+             WHERE {of_table} AND r.key IS NULL AND r.last_at OPERATOR(pg_catalog.<=) $3
+            UNION ALL
+            SELECT l.id FROM tail_entries AS l
+             WHERE l.operation OPERATOR(pg_catalog.=) 'TRUNCATE' AND l.changed_at OPERATOR(pg_catalog.<=) $3) AS x)
+SELECT p.key, p.key::jsonb AS k, p.v FROM (
+{records_page}
+UNION ALL
+{tail_page}) AS p
+ ORDER BY p.key
  LIMIT $5",
         tail = tail_ctes(names, "$6"),
-        log = names.table(),
-        after_r = after("r.key", "$4"),
-        after_tail = after("tail.key", "$4"),
-        state = state_at(names.table()),
+        records_page = page_of(&format!(
+            "SELECT r.key, r.last_id, r.first_at, r.last_at, r.key IN (SELECT tail.key FROM tail) AS in_tail,
+           r.key NOT IN (SELECT tail.key FROM tail)
+           AND ((r.born AND r.first_at OPERATOR(pg_catalog.>) $3) OR (r.gone AND r.last_at OPERATOR(pg_catalog.<=) $3)) AS absent
+      FROM {records} AS r
+     WHERE {of_table} AND r.key IS NOT NULL AND {after_r}",
+            after_r = after("r.key", "$4"),
+        )),
+        tail_page = page_of(&format!(
+            "SELECT DISTINCT tail.key, NULL::bigint AS last_id, NULL::timestamptz AS first_at, NULL::timestamptz AS last_at,
+           true AS in_tail, false AS absent
+      FROM tail
+      LEFT JOIN LATERAL (SELECT true AS seen FROM {records} AS r
+                          WHERE {of_table} AND r.key OPERATOR(pg_catalog.=) tail.key) AS r ON true
+     WHERE r.seen IS NULL AND {after_tail}",
+            after_tail = after("tail.key", "$4"),
+        )),
     )
 }
 
