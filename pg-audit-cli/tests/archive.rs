@@ -33,17 +33,19 @@ fn ok(args: &[&str], url: &str, env: &[(&str, &str)]) -> String {
     String::from_utf8(out.stdout).expect("utf-8")
 }
 
-/// Runs Python with DuckDB (`pip install duckdb`; CI installs it), printing JSON.
+/// Runs Python with DuckDB (`pip install duckdb`; `scripts/test` installs it), printing JSON.
 fn duckdb(script: &str) -> Value {
     let out = Command::new("python3")
         .args(["-c", script])
         .output()
-        .expect("python3 runs (CI installs it with duckdb)");
+        .expect("python3 runs (`scripts/test` installs it with DuckDB)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "DuckDB failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        !stderr.contains("No module named 'duckdb'"),
+        "DuckDB's Python package is not installed: run the tests with `scripts/test`, which \
+         installs it, or `pip install duckdb`"
     );
+    assert!(out.status.success(), "DuckDB failed: {stderr}");
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
 
@@ -415,7 +417,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An S3-compatible server (moto; CI installs it with pip), killed at the end.
+/// An S3-compatible server (moto; `scripts/test` installs it with pip), killed at the end.
 struct S3(Child, u16);
 
 impl Drop for S3 {
@@ -439,10 +441,21 @@ fn s3_server() -> S3 {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python3 runs moto's server (pip install 'moto[server]'; CI installs it)");
-    let server = S3(child, port);
+        .expect(
+            "python3 runs moto's server (pip install 'moto[server]'; `scripts/test` installs it)",
+        );
+    let mut server = S3(child, port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            server
+                .0
+                .try_wait()
+                .expect("the S3 server's status")
+                .is_none(),
+            "moto's S3 server exited at once: run the tests with `scripts/test`, which installs \
+             it, or `pip install 'moto[server]' boto3`"
+        );
         assert!(Instant::now() < deadline, "the S3 server did not start");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -774,7 +787,9 @@ fn an_independent_verifier_written_from_the_docs_agrees_and_catches_tampering() 
         if with_erased {
             cmd.arg("--erased").arg(&erased);
         }
-        let out = cmd.output().expect("python3 runs (CI installs duckdb)");
+        let out = cmd
+            .output()
+            .expect("python3 runs (`scripts/test` installs DuckDB)");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)

@@ -34,7 +34,7 @@ impl Browser {
     /// Starts chromedriver and a headless Chromium session.
     pub async fn start() -> Browser {
         let driver_bin = find(&["chromedriver"]).expect(
-            "chromedriver is not installed: apt-get install chromium chromium-driver (.ci/run does)",
+            "chromedriver is not installed: apt-get install chromium chromium-driver (scripts/test does)",
         );
         let chromium = find(&["chromium", "chromium-browser", "google-chrome"])
             .expect("chromium is not installed: apt-get install chromium chromium-driver");

@@ -21,7 +21,7 @@ impl PgBouncer {
         let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
-            .expect("pgbouncer is not installed: apt-get install pgbouncer (.ci/run does)");
+            .expect("pgbouncer is not installed: apt-get install pgbouncer (scripts/test does)");
         let authority = server_url
             .split("://")
             .nth(1)
