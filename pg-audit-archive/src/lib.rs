@@ -47,21 +47,12 @@ pub use seal::{Commit, Made, Seal, Sealing, read_export, seal, seals, write_expo
 pub use store::Archive;
 pub use verify::{Checkpoint, Options, Prune, Report, Step, prunes, verify};
 
-/// Connects to PostgreSQL (without TLS) and drives the connection on the current runtime.
-/// The session starts with pg-audit's pinned settings ([`pg_audit::session`]).
+/// Connects to PostgreSQL with a libpq connection string (URL or `key=value`, the `PG*`
+/// variables, the password file, TLS as `sslmode` says: [`pg_audit_connect`]) and drives the
+/// connection on the current runtime. The session starts with pg-audit's pinned settings
+/// ([`pg_audit::session`]).
 pub async fn connect(url: &str) -> Result<tokio_postgres::Client, Error> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::Db("cannot read the database URL".into(), e))?;
-    config.options(pg_audit::session::merge_options(config.get_options()));
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| Error::Db("cannot connect to the database".into(), e))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    pg_audit_connect::connect(url).await.map_err(Error::Connect)
 }
 
 /// What went wrong; each prints its cause once, through `source`.
@@ -75,6 +66,8 @@ pub enum Error {
     Parquet(String, parquet::errors::ParquetError),
     /// The database (what was being done).
     Db(String, tokio_postgres::Error),
+    /// Connecting to the database.
+    Connect(pg_audit_connect::Error),
     /// What was read back differs from what was written, or the archive catalogue and the
     /// files disagree.
     Mismatch(String),
@@ -91,6 +84,7 @@ impl std::fmt::Display for Error {
             | Error::Db(what, _)
             | Error::Mismatch(what)
             | Error::Refused(what) => f.write_str(what),
+            Error::Connect(e) => write!(f, "{e}"),
         }
     }
 }
@@ -101,6 +95,7 @@ impl std::error::Error for Error {
             Error::Store(_, e) => Some(e),
             Error::Parquet(_, e) => Some(e),
             Error::Db(_, e) => Some(e),
+            Error::Connect(e) => e.source(),
             Error::Location(_) | Error::Mismatch(_) | Error::Refused(_) => None,
         }
     }

@@ -57,6 +57,7 @@ use std::fmt;
 use std::time::Duration;
 
 use pg_audit::AuditLog;
+use pg_audit_connect::ConnInfo;
 
 pub use setup::{Status, drop_slot, status};
 
@@ -105,6 +106,13 @@ pub enum Error {
         /// The error.
         source: tokio_postgres::Error,
     },
+    /// Connecting an ordinary session failed (or its TLS settings are wrong).
+    Connect {
+        /// What the worker was doing.
+        doing: &'static str,
+        /// The error.
+        source: pg_audit_connect::Error,
+    },
     /// The replication stream failed.
     Replication(pgwire_replication::PgWireError),
     /// The stream carried something the worker cannot read.
@@ -144,7 +152,7 @@ impl fmt::Display for Error {
                 "replication slot {slot} is not this worker's ({reason}); give this worker \
                  another slot name with --slot"
             ),
-            Error::Database { doing, .. } => write!(f, "{doing}"),
+            Error::Database { doing, .. } | Error::Connect { doing, .. } => write!(f, "{doing}"),
             Error::Replication(e) => write!(f, "replication stream: {e}"),
             Error::Protocol(what) => write!(f, "replication stream: {what}"),
         }
@@ -155,6 +163,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Database { source, .. } => Some(source),
+            Error::Connect { source, .. } => Some(source),
             _ => None,
         }
     }
@@ -163,8 +172,8 @@ impl std::error::Error for Error {
 /// The capture worker's configuration.
 #[derive(Debug, Clone)]
 pub struct Worker {
-    pub(crate) source: tokio_postgres::Config,
-    pub(crate) target: tokio_postgres::Config,
+    pub(crate) source: ConnInfo,
+    pub(crate) target: ConnInfo,
     pub(crate) log: AuditLog,
     pub(crate) slot: String,
     pub(crate) batch_rows: usize,
@@ -239,41 +248,27 @@ impl Worker {
 }
 
 /// The log's default slot for the source's database.
-fn default_slot(log: &AuditLog, source: &tokio_postgres::Config) -> String {
-    log.default_slot(
-        source
-            .get_dbname()
-            .or(source.get_user())
-            .unwrap_or("postgres"),
-    )
+fn default_slot(log: &AuditLog, source: &ConnInfo) -> String {
+    log.default_slot(&source.dbname)
 }
 
-fn parse_url(which: &'static str, url: &str) -> Result<tokio_postgres::Config, Error> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| Error::Url {
-            which,
-            reason: e.to_string(),
-        })
+/// A connection string as libpq reads it ([`pg_audit_connect`]).
+fn parse_url(which: &'static str, url: &str) -> Result<ConnInfo, Error> {
+    ConnInfo::parse(url).map_err(|e| Error::Url {
+        which,
+        reason: e.to_string(),
+    })
 }
 
 /// Connects an ordinary session with the settings the triggers run with
 /// ([`pg_audit::session`]), from its first statement.
 pub(crate) async fn connect(
-    config: &tokio_postgres::Config,
+    info: &ConnInfo,
     doing: &'static str,
 ) -> Result<tokio_postgres::Client, Error> {
-    let mut config = config.clone();
-    config.options(pg_audit::session::merge_options(config.get_options()));
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    pg_audit_connect::connect_to(info)
         .await
-        .map_err(|source| Error::Database { doing, source })?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "pg-audit capture: session ended");
-        }
-    });
-    Ok(client)
+        .map_err(|source| Error::Connect { doing, source })
 }
 
 impl Error {
@@ -282,15 +277,25 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         match self {
             Error::Replication(_) => true,
-            Error::Database { source, .. } => match source.as_db_error() {
-                None => true,
-                // connection_exception, and the server shutting down or crashing.
-                Some(db) => {
-                    let code = db.code().code();
-                    code.starts_with("08") || code.starts_with("57P")
-                }
-            },
+            Error::Database { source, .. } => lost(source),
+            // Not the connection string or the TLS settings: those would fail again.
+            Error::Connect {
+                source: pg_audit_connect::Error::Connect { source, .. },
+                ..
+            } => lost(source),
             _ => false,
+        }
+    }
+}
+
+/// Whether a session's error is its connection lost: no error from the server (the
+/// connection failed), a connection_exception, or the server shutting down or crashing.
+fn lost(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(db) => {
+            let code = db.code().code();
+            code.starts_with("08") || code.starts_with("57P")
         }
     }
 }

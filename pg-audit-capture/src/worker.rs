@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 
 use pg_audit::sql::capture::MESSAGE_PREFIX;
 use pg_audit::{Operation, QualifiedName, TriggerSpec};
-use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pg_audit_connect::{Host, SslMode as ConnSslMode};
+use pgwire_replication::{
+    Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent, SslMode, TlsConfig,
+};
 use tokio_postgres::Client;
 
 use crate::message::{self, ContextMessage};
@@ -249,32 +252,55 @@ async fn run_once<F: std::future::Future<Output = ()>>(
 
 fn replication_config(worker: &Worker, progress: u64) -> Result<ReplicationConfig, Error> {
     let source = &worker.source;
-    let host = match source.get_hosts().first() {
-        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-        #[cfg(unix)]
-        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
-        None => "localhost".to_owned(),
+    let (host, port) = match source.hosts.first() {
+        Some((Host::Tcp(h), port)) => (h.clone(), *port),
+        Some((Host::Unix(dir), port)) => (dir.display().to_string(), *port),
+        None => ("localhost".to_owned(), 5432),
     };
-    let password = source
-        .get_password()
-        .map(|p| String::from_utf8_lossy(p).into_owned())
-        .unwrap_or_default();
+    // TLS as the ordinary sessions have it ([`pg_audit_connect`]); never over a Unix socket.
+    let mode = match source.sslmode {
+        _ if host.starts_with('/') => SslMode::Disable,
+        ConnSslMode::Disable => SslMode::Disable,
+        ConnSslMode::Prefer => SslMode::Prefer,
+        ConnSslMode::Require => SslMode::Require,
+        ConnSslMode::VerifyCa => SslMode::VerifyCa,
+        ConnSslMode::VerifyFull => SslMode::VerifyFull,
+    };
+    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+        // The same refusal, with the same message, as the ordinary sessions'.
+        pg_audit_connect::rustls_config(source).map_err(|source| Error::Connect {
+            doing: "setting up TLS for the replication connection",
+            source,
+        })?;
+    }
+    let tls = TlsConfig {
+        mode,
+        // `system`: the replication client's own roots (Mozilla's, as most systems ship).
+        ca_pem_path: source
+            .sslrootcert
+            .clone()
+            .filter(|p| p.as_os_str() != "system"),
+        sni_hostname: None,
+        client_cert_pem_path: source.sslcert.clone().filter(|p| p.is_file()),
+        client_key_pem_path: source.sslkey.clone().filter(|p| p.is_file()),
+    };
     let config = ReplicationConfig::new(
         host,
-        source.get_user().unwrap_or("postgres"),
-        password,
-        source.get_dbname().unwrap_or("postgres"),
+        source.user.clone(),
+        source.password.clone().unwrap_or_default(),
+        source.dbname.clone(),
         worker.slot.clone(),
         worker.log.publication().as_str(),
     )
-    .with_port(source.get_ports().first().copied().unwrap_or(5432))
+    .with_port(port)
+    .with_tls(tls)
     .with_start_lsn(Lsn::from_u64(progress))
     .with_ack_lsn(Lsn::from_u64(progress))
     .with_status_interval(Duration::from_millis(500))
     .with_wakeup_interval(Duration::from_secs(1))
     .with_application_name("pg-audit capture")
     // Values in the text forms `to_jsonb` writes in the pinned trigger functions.
-    .with_options(pg_audit::session::merge_options(source.get_options()));
+    .with_options(pg_audit::session::merge_options(source.options.as_deref()));
     Ok(config)
 }
 

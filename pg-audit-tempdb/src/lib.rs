@@ -587,6 +587,49 @@ impl Cluster {
         Ok(())
     }
 
+    /// Turns TLS on and lets TCP connections in over TLS only (`hostssl` rules, and a
+    /// `hostnossl` rule that rejects; the Unix socket stays open, as [`Cluster::socket_conninfo`]
+    /// reaches it). The server's certificate names `localhost` and `127.0.0.1` and is signed
+    /// by a root made here ([`Tls::root`]). Needs the `openssl` program.
+    pub fn require_tls(&self) -> Result<Tls, Error> {
+        let tls = Tls::make(&self.dir.join("tls"))?;
+        tls.serve(self, "server")?;
+        fs::write(
+            self.data().join("pg_hba.conf"),
+            "# pg-audit-tempdb: TLS only over TCP\n\
+             local all all trust\n\
+             hostnossl all all all reject\n\
+             hostssl all all all trust\n\
+             hostssl replication all all trust\n",
+        )
+        .map_err(|e| err(format!("cannot write pg_hba.conf: {e}")))?;
+        self.run_psql("ALTER SYSTEM SET ssl = on")?;
+        self.run_psql("SELECT pg_catalog.pg_reload_conf()")?;
+        // The reload is signalled; wait until new sessions see it.
+        for _ in 0..100 {
+            if self.run_psql("SHOW ssl")?.trim() == "on" {
+                return Ok(tls);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(err("the server did not turn TLS on"))
+    }
+
+    /// A libpq `key=value` string for `database` over the cluster's Unix socket, as the
+    /// `postgres` superuser (open after [`Cluster::require_tls`]).
+    pub fn socket_conninfo(&self, database: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={database}",
+            self.dir.display(),
+            self.port
+        )
+    }
+
+    /// Runs `sql` with psql over the Unix socket as the superuser; returns what it printed.
+    fn run_psql(&self, sql: &str) -> Result<String, Error> {
+        psql(Some(&self.bindir), &self.socket_conninfo("postgres"), sql)
+    }
+
     fn is_running(&self) -> bool {
         self.command("pg_ctl")
             .args(["status", "-D"])
@@ -926,5 +969,132 @@ mod tests {
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_alive(child.id()));
+    }
+}
+
+/// Certificates made for a cluster that takes TLS only ([`Cluster::require_tls`]): a root that
+/// signed the server's certificate, another root that signed nothing the server shows, and a
+/// certificate for another name ([`Tls::serve_misnamed`]).
+#[derive(Debug)]
+pub struct Tls {
+    dir: PathBuf,
+}
+
+impl Tls {
+    fn make(dir: &Path) -> Result<Tls, Error> {
+        fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let tls = Tls {
+            dir: dir.to_owned(),
+        };
+        for root in ["root", "other-root"] {
+            tls.openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "7",
+                "-subj",
+                &format!("/CN=pg-audit-tempdb {root}"),
+                "-keyout",
+                &format!("{root}.key"),
+                "-out",
+                &format!("{root}.crt"),
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])?;
+        }
+        for (name, names) in [
+            ("server", "DNS:localhost,IP:127.0.0.1"),
+            ("misnamed", "DNS:elsewhere.example"),
+        ] {
+            tls.openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=pg-audit-tempdb server",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+            ])?;
+            fs::write(
+                dir.join(format!("{name}.ext")),
+                format!("subjectAltName={names}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+            )
+            .map_err(|e| err(format!("cannot write {name}.ext: {e}")))?;
+            tls.openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "root.crt",
+                "-CAkey",
+                "root.key",
+                "-CAcreateserial",
+                "-days",
+                "7",
+                "-out",
+                &format!("{name}.crt"),
+                "-extfile",
+                &format!("{name}.ext"),
+            ])?;
+        }
+        Ok(tls)
+    }
+
+    /// The root that signed the server's certificate (PEM), for `sslrootcert`.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root.crt")
+    }
+
+    /// A root that signed nothing the server shows.
+    pub fn other_root(&self) -> PathBuf {
+        self.dir.join("other-root.crt")
+    }
+
+    /// Serves a certificate signed by [`Tls::root`] for `elsewhere.example` only, from the
+    /// next connection on.
+    pub fn serve_misnamed(&self, cluster: &Cluster) -> Result<(), Error> {
+        self.serve(cluster, "misnamed")?;
+        cluster.run_psql("SELECT pg_catalog.pg_reload_conf()")?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        Ok(())
+    }
+
+    /// Puts the certificate `name` and its key where the server reads them, its own.
+    fn serve(&self, cluster: &Cluster, name: &str) -> Result<(), Error> {
+        for ext in ["crt", "key"] {
+            let to = cluster.data().join(format!("server.{ext}"));
+            fs::copy(self.dir.join(format!("{name}.{ext}")), &to)
+                .map_err(|e| err(format!("cannot copy {name}.{ext}: {e}")))?;
+            if let Some((uid, gid)) = cluster.run_as {
+                std::os::unix::fs::chown(&to, Some(uid), Some(gid))
+                    .map_err(|e| err(format!("cannot hand {} to the server: {e}", to.display())))?;
+            }
+            fs::set_permissions(&to, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| err(format!("cannot restrict {}: {e}", to.display())))?;
+        }
+        Ok(())
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<(), Error> {
+        let output = Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(args)
+            .output()
+            .map_err(|e| {
+                err(format!(
+                    "cannot run openssl (install it: apt-get install openssl): {e}"
+                ))
+            })?;
+        check(&output, "openssl")
     }
 }

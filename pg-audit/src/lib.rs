@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod calendar;
+pub mod conninfo;
 pub mod context;
 mod error;
 pub mod ident;

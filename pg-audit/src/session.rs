@@ -27,6 +27,7 @@
 //! ```
 
 use crate::Error;
+use crate::conninfo::{parse_pairs, percent_decode};
 
 /// Each pinned setting as PostgreSQL names it (the spelling `pg_proc.proconfig` records) and
 /// its value, in the order functions declare them.
@@ -194,73 +195,6 @@ pub fn pin_conninfo(conninfo: &str) -> Result<String, Error> {
             .collect::<Vec<_>>()
             .join(" "))
     }
-}
-
-/// `key=value` pairs as libpq reads them: whitespace around `=` allowed, a value single-quoted
-/// (with `\` escaping any character) or unquoted up to whitespace (with `\` escaping).
-fn parse_pairs(conninfo: &str) -> Result<Vec<(String, String)>, Error> {
-    let bad = |reason: String| Error::Conninfo { reason };
-    let mut pairs = Vec::new();
-    let mut chars = conninfo.chars().peekable();
-    loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            return Ok(pairs);
-        }
-        let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(bad(format!("`{key}` is not followed by `=`")));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if_eq(&'\'').is_some() {
-            loop {
-                match chars.next() {
-                    None => return Err(bad(format!("the value of `{key}` has no closing quote"))),
-                    Some('\'') => break,
-                    Some('\\') => value.extend(chars.next()),
-                    Some(c) => value.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
-                    value.extend(chars.next());
-                } else {
-                    value.push(c);
-                }
-            }
-        }
-        pairs.push((key, value));
-    }
-}
-
-fn percent_decode(text: &str) -> Result<String, Error> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| Error::Conninfo {
-                    reason: format!("`{text}` holds an invalid percent-encoding"),
-                })?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).map_err(|_| Error::Conninfo {
-        reason: format!("`{text}` does not decode to UTF-8"),
-    })
 }
 
 fn percent_encode(text: &str) -> String {
