@@ -934,3 +934,108 @@ fn every_type_with_hostile_values_is_captured_as_the_triggers_log_it_or_noted() 
     );
     terminate(worker);
 }
+
+/// A server that takes TLS only (`hostssl` rules, `hostnossl` rejected), as managed services
+/// are set up: the worker's sessions and its replication connection, seal and verify all run
+/// over `sslmode=verify-full` with the server's root; a root that did not sign the server's
+/// certificate is refused with the reason; the string may be libpq's `key=value` form with
+/// `PGSSLMODE` and `PGSSLROOTCERT` from the environment.
+#[test]
+fn over_tls_only_every_connection_checks_the_server() {
+    let cluster = logical_cluster("capture-tls");
+    let server = cluster.server();
+    let db = server.create_database("capture_tls").unwrap();
+    install(&db);
+    let tls = cluster.require_tls().unwrap();
+    let port = cluster.port();
+    let name = db.name();
+    let root = tls.root().display().to_string();
+    let url = format!(
+        "postgres://postgres@localhost:{port}/{name}?sslmode=verify-full&sslrootcert={root}"
+    );
+    // Without TLS the server refuses: everything below ran over TLS.
+    let plain = format!("postgres://postgres@127.0.0.1:{port}/{name}?sslmode=disable");
+    let out = pg_audit(&["capture", "status"], &plain);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no encryption"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut worker = spawn_worker(&url, "100");
+    server
+        .psql(
+            &url,
+            "INSERT INTO plain_wal (id, name) VALUES (1, 'over TLS')",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server
+        .psql(
+            &url,
+            "SELECT count(*) FROM audit.auditlog WHERE table_name = 'plain_wal' AND record_pk = '{\"id\": 1}'",
+        )
+        .unwrap()
+        .trim()
+        != "1"
+    {
+        assert!(
+            worker.0.try_wait().unwrap().is_none(),
+            "the worker stopped"
+        );
+        assert!(Instant::now() < deadline, "the worker did not capture the row");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(worker);
+    for command in [&["seal"][..], &["verify"]] {
+        let out = pg_audit(command, &url);
+        assert!(
+            out.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same as key=value pairs, TLS settings from the environment.
+    let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(["verify"])
+        .env(
+            "DATABASE_URL",
+            format!("host=localhost port={port} user=postgres dbname={name}"),
+        )
+        .env("PGSSLMODE", "verify-full")
+        .env("PGSSLROOTCERT", &root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `postgres:///db` over the Unix socket the environment names, as psql reads it.
+    for command in [&["seal"][..], &["verify"], &["capture", "status"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+            .args(command)
+            .env("DATABASE_URL", format!("postgres:///{name}"))
+            .env("PGHOST", cluster.dir())
+            .env("PGPORT", port.to_string())
+            .env("PGUSER", "postgres")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A root that did not sign the server's certificate.
+    let wrong = url.replace(&root, &tls.other_root().display().to_string());
+    for command in [&["capture"][..], &["capture", "status"], &["verify"]] {
+        let out = pg_audit(command, &wrong);
+        assert!(!out.status.success(), "{command:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("UnknownIssuer"), "{command:?}: {stderr}");
+    }
+}
