@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use pg_audit::sql::capture::MESSAGE_PREFIX;
+use pg_audit::sql::capture::{GENERATED_COLUMNS_SQL, MESSAGE_PREFIX, generated_values_sql};
 use pg_audit::{Operation, QualifiedName, TriggerSpec};
 use pg_audit_connect::{Host, SslMode as ConnSslMode};
 use pgwire_replication::{
@@ -28,6 +28,9 @@ struct Table {
     operations: Vec<Operation>,
     /// The condition's query ([`TriggerSpec::capture_condition_sql`]).
     condition: Option<String>,
+    /// The query computing its stored generated columns, which the stream leaves out
+    /// ([`pg_audit::sql::capture::generated_values_sql`]).
+    generated: Option<String>,
 }
 
 /// One change, values still as text.
@@ -363,6 +366,7 @@ impl State<'_> {
                 }
                 None => None,
             };
+            let generated = self.generated_sql(&schema, &name).await?;
             self.tables.insert(
                 (schema, name),
                 Arc::new(Table {
@@ -371,6 +375,7 @@ impl State<'_> {
                     exclude: exclude.unwrap_or_default(),
                     operations,
                     condition,
+                    generated,
                 }),
             );
         }
@@ -381,6 +386,68 @@ impl State<'_> {
         }
         for key in self.tables.keys() {
             self.retired.remove(key);
+        }
+        Ok(())
+    }
+
+    /// The query computing `schema`.`name`'s stored generated columns, if it has any.
+    async fn generated_sql(&self, schema: &str, name: &str) -> Result<Option<String>, Error> {
+        let columns: Vec<(String, String)> = self
+            .source
+            .query(GENERATED_COLUMNS_SQL, &[&schema, &name])
+            .await
+            .map_err(db("reading a captured table's generated columns"))?
+            .iter()
+            .map(|r| (r.get("name"), r.get("expr")))
+            .collect();
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let ident = |n: &str| pg_audit::Ident::new(n).map_err(|e| Error::Protocol(e.to_string()));
+        let table = QualifiedName::new(Some(ident(schema)?), ident(name)?);
+        Ok(Some(generated_values_sql(&table, &columns)))
+    }
+
+    /// Adds the generated columns' values to `rows` (a change's old and new values), computed
+    /// by the source server from the rest of each row. A row they cannot be computed for
+    /// (a value that does not read back into its column) gets them as null, noted in
+    /// `issues`.
+    async fn add_generated(
+        &self,
+        sql: &str,
+        rows: &mut [&mut Vec<(String, Option<String>)>],
+        issues: &mut Vec<Issue>,
+    ) -> Result<(), Error> {
+        let mut payload = String::from("[");
+        for (ord, row) in rows.iter().enumerate() {
+            if ord > 0 {
+                payload.push(',');
+            }
+            let _ = write!(payload, "{{\"ord\":{ord},\"row\":{}}}", full_object(row));
+        }
+        payload.push(']');
+        match self.source.query(sql, &[&payload]).await {
+            Ok(values) => {
+                for v in values {
+                    let ord: i64 = v.get("ord");
+                    if let Some(row) = usize::try_from(ord).ok().and_then(|o| rows.get_mut(o)) {
+                        row.push((v.get("name"), v.get("value")));
+                    }
+                }
+            }
+            Err(e) if e.as_db_error().is_some() => {
+                let issue = format!(
+                    "the generated columns could not be computed: {}",
+                    crate::chain(&e)
+                );
+                tracing::warn!(%issue, "pg-audit capture: generated columns are logged as null");
+                issues.push(Issue {
+                    column: None,
+                    issue,
+                    raw: payload,
+                });
+            }
+            Err(e) => return Err(db("computing generated columns")(e)),
         }
         Ok(())
     }
@@ -668,17 +735,22 @@ impl State<'_> {
         if change.op == Operation::Truncate {
             return Ok(row);
         }
-        let old = match &change.old {
+        let mut old = match &change.old {
             Some(cells) => Some(self.values(rel, cells, None, &mut row.issues).await?),
             None => None,
         };
-        let new = match &change.new {
+        let mut new = match &change.new {
             Some(cells) => Some(
                 self.values(rel, cells, old.as_deref(), &mut row.issues)
                     .await?,
             ),
             None => None,
         };
+        if let Some(sql) = &table.generated {
+            let mut rows: Vec<&mut Vec<(String, Option<String>)>> =
+                old.iter_mut().chain(new.iter_mut()).collect();
+            self.add_generated(sql, &mut rows, &mut row.issues).await?;
+        }
         let audited = |values: &[(String, Option<String>)]| -> String {
             let mut out = String::from("{");
             let mut push = |name: &str, value: &Option<String>| {

@@ -108,7 +108,10 @@ fn install(db: &pg_audit_tempdb::TempDatabase<'_>) {
             let table = format!("{name}_{suffix}");
             sql.push_str(&format!(
                 "CREATE TABLE {table} (id int PRIMARY KEY, name text, secret text, active boolean,
-                    score numeric, tags text[], doc jsonb, seen timestamptz, big text);\n"
+                    score numeric, tags text[], doc jsonb, seen timestamptz, big text,
+                    -- The stream leaves generated columns out; the worker computes them.
+                    label text GENERATED ALWAYS AS (upper(name) || ':' || coalesce(score::text, '-')) STORED,
+                    tag_count int GENERATED ALWAYS AS (cardinality(tags)) STORED);\n"
             ));
             let spec = configure(TriggerSpec::builder(
                 QualifiedName::parse(&format!("public.{table}")).unwrap(),

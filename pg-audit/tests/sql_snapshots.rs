@@ -185,3 +185,17 @@ fn wal_capture_worker_sql() {
         .join(";\n\n")
     );
 }
+
+#[test]
+fn capture_generated_values() {
+    let table = pg_audit::QualifiedName::parse("public.items").unwrap();
+    let columns = [
+        ("label".to_owned(), "(upper(name) || ':'::text)".to_owned()),
+        ("n".to_owned(), "cardinality(tags)".to_owned()),
+    ];
+    insta::assert_snapshot!(format!(
+        "{}\n\n{}",
+        pg_audit::sql::capture::GENERATED_COLUMNS_SQL,
+        pg_audit::sql::capture::generated_values_sql(&table, &columns)
+    ));
+}

@@ -75,6 +75,50 @@ pub fn emit_context_sql(context_sql: &str) -> String {
     )
 }
 
+/// The stored generated columns of the table `$1`.`$2` and their expressions, in column order:
+/// rows `name`, `expr` (as the server prints it under the worker's pinned `search_path`, so
+/// every name outside `pg_catalog` comes qualified). The write-ahead log does not carry their
+/// values (PostgreSQL before 18 leaves them out of `pgoutput`); the worker computes them with
+/// [`generated_values_sql`].
+pub const GENERATED_COLUMNS_SQL: &str = "SELECT a.attname::text AS name, pg_catalog.pg_get_expr(d.adbin, d.adrelid) AS expr
+  FROM pg_catalog.pg_attribute AS a
+  JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) a.attrelid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  JOIN pg_catalog.pg_attrdef AS d ON d.adrelid OPERATOR(pg_catalog.=) a.attrelid AND d.adnum OPERATOR(pg_catalog.=) a.attnum
+ WHERE n.nspname OPERATOR(pg_catalog.=) $1 AND c.relname OPERATOR(pg_catalog.=) $2
+   AND a.attgenerated OPERATOR(pg_catalog.=) 's' AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped
+ ORDER BY a.attnum";
+
+/// The values of `table`'s generated columns (`columns`: name and expression, from
+/// [`GENERATED_COLUMNS_SQL`]) for captured rows, computed by the source server from the rest
+/// of each row as it computed them when the row was written (generation expressions are
+/// immutable): `$1` is a JSON array of `{"ord", "row"}` (`row` the row's other columns as the
+/// triggers' `to_jsonb` writes them); rows `ord`, `name`, `value` (the value's JSON text, as
+/// `to_jsonb` writes it). The expressions read the row's columns by their names only (a
+/// subquery of its own, so the array's fields cannot shadow them).
+pub fn generated_values_sql(table: &QualifiedName, columns: &[(String, String)]) -> String {
+    // jsonb_build_object takes at most 100 arguments: 50 columns an object.
+    let objects: Vec<String> = columns
+        .chunks(50)
+        .map(|chunk| {
+            let pairs: Vec<String> = chunk
+                .iter()
+                .map(|(name, expr)| format!("{}, pg_catalog.to_jsonb({expr})", text_literal(name)))
+                .collect();
+            format!("pg_catalog.jsonb_build_object({})", pairs.join(", "))
+        })
+        .collect();
+    format!(
+        "SELECT x.ord, g.key AS name, g.value::text AS value
+  FROM pg_catalog.json_to_recordset($1::text::pg_catalog.json) AS x(ord bigint, \"row\" jsonb)
+ CROSS JOIN LATERAL (SELECT {objects} AS v
+                       FROM pg_catalog.jsonb_populate_record(NULL::{table}, x.\"row\")) AS r
+ CROSS JOIN LATERAL pg_catalog.jsonb_each(r.v) AS g
+ ORDER BY x.ord",
+        objects = objects.join(" OPERATOR(pg_catalog.||) ")
+    )
+}
+
 /// The SQL of [`crate::AuditLog::capture_setup_sql`].
 pub(crate) fn capture_setup_sql(names: &LogNames) -> String {
     let table = names.capture_progress_table();
