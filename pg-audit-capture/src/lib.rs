@@ -48,6 +48,7 @@
 //! `tokio-postgres`.
 
 mod message;
+mod metrics;
 mod pgoutput;
 mod setup;
 mod value;
@@ -59,6 +60,7 @@ use std::time::Duration;
 use pg_audit::AuditLog;
 use pg_audit_connect::ConnInfo;
 
+pub use metrics::Metrics;
 pub use setup::{Status, drop_slot, status};
 
 /// What stopped the worker or a command, naming the fix.
@@ -178,6 +180,7 @@ pub struct Worker {
     pub(crate) slot: String,
     pub(crate) batch_rows: usize,
     pub(crate) batch_wait: Duration,
+    pub(crate) metrics: std::sync::Arc<Metrics>,
 }
 
 impl Worker {
@@ -194,6 +197,7 @@ impl Worker {
             log,
             batch_rows: 10_000,
             batch_wait: Duration::from_millis(100),
+            metrics: std::sync::Arc::default(),
         })
     }
 
@@ -230,6 +234,12 @@ impl Worker {
     pub fn batch_wait(mut self, wait: Duration) -> Worker {
         self.batch_wait = wait;
         self
+    }
+
+    /// The worker's metrics ([`Metrics::register`] puts them in a Prometheus registry),
+    /// updated while it runs.
+    pub fn metrics(&self) -> std::sync::Arc<Metrics> {
+        std::sync::Arc::clone(&self.metrics)
     }
 
     /// The slot's name.

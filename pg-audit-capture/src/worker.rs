@@ -73,12 +73,17 @@ pub(crate) async fn run(
             return Ok(());
         }
         let result = run_once(worker, &mut stop, &mut started).await;
+        worker.metrics.streaming.set(0);
+        if result.is_err() {
+            worker.metrics.errors.inc();
+        }
         match result {
             Ok(()) => return Ok(()),
             // A connection lost once streaming worked (a server restart, a network drop):
             // start again from the progress written, which is what exactly once rests on.
             Err(e) if started && e.is_connection_lost() => {
                 tracing::warn!(error = %crate::chain(&e), "pg-audit capture: lost a connection; reconnecting in 1 s");
+                worker.metrics.reconnects.inc();
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => return Ok(()),
@@ -163,6 +168,12 @@ async fn run_once<F: std::future::Future<Output = ()>>(
         .await
         .map_err(Error::Replication)?;
     tracing::info!(slot = %worker.slot, from = %format_lsn(start.progress), "pg-audit capture: streaming");
+    let metrics = &worker.metrics;
+    metrics.streaming.set(1);
+    // The server's end of WAL as last reported, and what the worker has confirmed: their
+    // difference is the lag in bytes.
+    let mut server_end = start.progress;
+    let mut confirmed = start.progress;
 
     let mut batch: Vec<Tx> = Vec::new();
     let mut batch_end = 0u64;
@@ -198,7 +209,8 @@ async fn run_once<F: std::future::Future<Output = ()>>(
                         messages: Vec::new(),
                     });
                 }
-                ReplicationEvent::XLogData { data, .. } => {
+                ReplicationEvent::XLogData { data, wal_end, .. } => {
+                    server_end = server_end.max(wal_end.as_u64());
                     let message =
                         pgoutput::parse(&data).map_err(|e| Error::Protocol(e.to_string()))?;
                     state.on_message(message, current.as_mut()).await?;
@@ -227,9 +239,11 @@ async fn run_once<F: std::future::Future<Output = ()>>(
                     }
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    server_end = server_end.max(wal_end.as_u64());
                     // Nothing held: everything up to here is written or was not ours.
                     if batch.is_empty() && current.is_none() && wal_end.as_u64() > state.progress {
                         client.update_applied_lsn(wal_end);
+                        confirmed = confirmed.max(wal_end.as_u64());
                     }
                 }
                 ReplicationEvent::StoppedAt { .. } => break,
@@ -239,9 +253,23 @@ async fn run_once<F: std::future::Future<Output = ()>>(
         if !batch.is_empty() && (batch_rows >= worker.batch_rows || due) {
             state.write(std::mem::take(&mut batch), batch_end).await?;
             client.update_applied_lsn(Lsn::from_u64(batch_end));
+            confirmed = confirmed.max(batch_end);
             batch_rows = 0;
             deadline = None;
         }
+        metrics
+            .lag_bytes
+            .set(i64::try_from(server_end.saturating_sub(confirmed)).unwrap_or(i64::MAX));
+        let held_since = batch
+            .first()
+            .or(current.as_ref())
+            .map(|tx| tx.commit_micros);
+        metrics.lag_seconds.set(held_since.map_or(0.0, |micros| {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            ((now - PG_EPOCH_MICROS - micros) as f64 / 1e6).max(0.0)
+        }));
     }
     if !batch.is_empty() {
         state.write(batch, batch_end).await?;
@@ -699,6 +727,10 @@ impl State<'_> {
             break;
         }
         self.progress = end;
+        let metrics = &self.worker.metrics;
+        metrics.batches.inc();
+        metrics.changes.inc_by(rows.len() as u64);
+        metrics.entries.inc_by(kept.len() as u64);
         tracing::debug!(rows = rows.len(), lsn = %format_lsn(end), "pg-audit capture: batch written");
         Ok(())
     }

@@ -20,6 +20,11 @@ pub(crate) struct CaptureArgs {
     /// Write a batch once it holds this many changes.
     #[arg(long, value_name = "ROWS", default_value_t = 10_000)]
     batch_rows: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (lag in bytes and seconds, batches,
+    /// changes, entries, errors, reconnects) and a health check at /health (200 while
+    /// streaming, 503 otherwise), e.g. 127.0.0.1:9187.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +96,9 @@ pub(crate) fn run(args: CaptureArgs) -> Result<()> {
                     .batch_rows(args.batch_rows)
                     .batch_wait(std::time::Duration::from_millis(args.batch_wait_ms));
                 tracing::info!(slot = worker.slot_name(), "pg-audit capture: starting");
+                if let Some(addr) = args.metrics_listen {
+                    serve_metrics(addr, worker.metrics()).await?;
+                }
                 worker.run(shutdown()).await?;
                 Ok(())
             }
@@ -205,4 +213,61 @@ fn print_status(status: &pg_audit_capture::Status, json: bool) {
             field("issue")
         ));
     }
+}
+
+/// Serves the worker's metrics and health at `addr` for as long as the program runs.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: std::sync::Arc<pg_audit_capture::Metrics>,
+) -> Result<()> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let registry = std::sync::Arc::new(registry);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = std::sync::Arc::clone(&registry);
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(_) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                            "the metrics could not be written\n".to_owned(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/health",
+            get(move || async move {
+                if metrics.is_streaming() {
+                    (StatusCode::OK, "streaming\n")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n")
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    tracing::info!(%addr, "pg-audit capture: serving metrics at /metrics and health at /health");
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "pg-audit capture: the metrics server stopped");
+        }
+    });
+    Ok(())
 }

@@ -27,6 +27,10 @@ struct Cli {
     /// set, chooses instead (e.g. RUST_LOG=pg_audit=debug).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// How diagnostics are written: `text` lines, or `json`, one object a line (for a log
+    /// collector).
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -214,7 +218,7 @@ enum ArchiveCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    init_tracing(cli.verbose, cli.log_format == "json");
     let result = match cli.command {
         Command::Sql(cmd) => sql::run(cmd),
         Command::History {
@@ -310,8 +314,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Diagnostics on standard error: RUST_LOG when set, else warnings, or more with -v.
-fn init_tracing(verbose: u8) {
+/// Diagnostics on standard error: RUST_LOG when set, else warnings, or more with -v; as JSON
+/// objects, one a line, with `json`.
+fn init_tracing(verbose: u8, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(match verbose {
@@ -320,12 +325,17 @@ fn init_tracing(verbose: u8) {
             _ => "pg_audit=debug,info",
         })
     });
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 /// `pg-audit man`.

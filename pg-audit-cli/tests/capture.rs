@@ -1042,3 +1042,127 @@ fn over_tls_only_every_connection_checks_the_server() {
         assert!(stderr.contains("UnknownIssuer"), "{command:?}: {stderr}");
     }
 }
+
+/// `GET path` on the loopback port: status line and body.
+fn http_get(port: u16, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// A metric's value in Prometheus's text format.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// `--metrics-listen`: the worker's metrics as Prometheus scrapes them, counting what it
+/// wrote, and a health check that says whether it streams; `--log-format json` writes its
+/// diagnostics as JSON objects, one a line.
+#[test]
+fn metrics_and_health_are_served_and_logs_are_json() {
+    let cluster = logical_cluster("capture-metrics");
+    let server = cluster.server();
+    let db = server.create_database("capture_metrics").unwrap();
+    install(&db);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args([
+            "capture",
+            "--batch-wait-ms",
+            "20",
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+            "-v",
+        ])
+        .env("DATABASE_URL", db.url())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut worker = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || http_get(port, "/health").0 != "HTTP/1.1 200 OK"
+    {
+        assert!(worker.0.try_wait().unwrap().is_none(), "the worker stopped");
+        assert!(
+            Instant::now() < deadline,
+            "the worker never reported streaming"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(http_get(port, "/health").1, "streaming\n");
+    db.batch_execute(
+        "INSERT INTO plain_wal (id, name) SELECT g, 'n' FROM generate_series(1, 25) AS g;
+         INSERT INTO cond_wal (id, name, active) VALUES (1, 'kept', true), (2, 'dropped', false);",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (status, text) = http_get(port, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if metric(&text, "pg_audit_capture_entries_total") >= 26.0 {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the entries were not counted:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // 27 changes, the condition kept 26 of them.
+    assert_eq!(metric(&text, "pg_audit_capture_entries_total"), 26.0);
+    assert_eq!(metric(&text, "pg_audit_capture_changes_total"), 27.0);
+    assert!(metric(&text, "pg_audit_capture_batches_total") >= 1.0);
+    assert_eq!(metric(&text, "pg_audit_capture_streaming"), 1.0);
+    assert_eq!(metric(&text, "pg_audit_capture_errors_total"), 0.0);
+    assert!(metric(&text, "pg_audit_capture_lag_seconds") >= 0.0);
+    assert!(
+        text.contains("# TYPE pg_audit_capture_lag_bytes gauge"),
+        "{text}"
+    );
+
+    // SIGTERM: the worker stops; what it wrote on standard error is JSON, line by line.
+    let pid = worker.0.id();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let child = std::mem::replace(&mut worker.0, Command::new("true").spawn().unwrap());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 2, "{stderr}");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(stderr.contains("serving metrics"), "{stderr}");
+}
