@@ -13,6 +13,9 @@ use axum::http::{StatusCode, header};
 use diesel::PgConnection;
 use diesel::r2d2::{ConnectionManager, Pool};
 use pg_audit_admin::Access;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::options::{Db, Result};
 
@@ -32,6 +35,7 @@ pub(crate) fn serve(
     listen: SocketAddr,
     token: Option<String>,
     basic_auth: Option<String>,
+    metrics_listen: Option<SocketAddr>,
     db: &Db,
 ) -> Result<()> {
     let credentials = match (token, basic_auth) {
@@ -73,6 +77,7 @@ pub(crate) fn serve(
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let open = matches!(credentials, Credentials::Open);
     let port = listen.port();
+    let metrics = Metrics::new(pool.clone(), log.clone());
     let admin = pg_audit_admin::router(pool)
         .log(log)
         .authorize(move |request| {
@@ -96,7 +101,17 @@ pub(crate) fn serve(
             response
         },
     ));
+    let timed = metrics.clone();
+    let app = app.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let timed = timed.clone();
+            async move { timed.time(request, next).await }
+        },
+    ));
     crate::options::block_on(async move {
+        if let Some(addr) = metrics_listen {
+            metrics.serve(addr).await?;
+        }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -116,6 +131,175 @@ pub(crate) fn serve(
             .await?;
         Ok::<_, Box<dyn std::error::Error>>(())
     })?
+}
+
+/// A metric for each set of labels, made by a plain function.
+type Family<L, M> = prometheus_client::metrics::family::Family<L, M, fn() -> M>;
+
+/// The admin server's metrics: requests and their durations by page (the route's pattern,
+/// so a page's many addresses count once), and at each scrape the seals' age and the ids past
+/// them.
+#[derive(Clone)]
+struct Metrics {
+    registry: std::sync::Arc<prometheus_client::registry::Registry>,
+    requests: Family<Vec<(String, String)>, Counter>,
+    seconds: Family<Vec<(String, String)>, Histogram>,
+    seal_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    past_seals: Gauge,
+    pool: Pool<ConnectionManager<PgConnection>>,
+    log: pg_audit::AuditLog,
+}
+
+#[derive(diesel::QueryableByName)]
+struct SealMetrics {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+    seal_age_seconds: Option<f64>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    ids_past_seals: i64,
+}
+
+impl Metrics {
+    fn new(pool: Pool<ConnectionManager<PgConnection>>, log: pg_audit::AuditLog) -> Metrics {
+        fn histogram() -> Histogram {
+            // 1 ms to 16 s.
+            Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.001, 2.0, 15,
+            ))
+        }
+        let requests: Family<_, Counter> = Family::new_with_constructor(Counter::default);
+        let seconds: Family<_, Histogram> = Family::new_with_constructor(histogram);
+        let seal_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let past_seals = Gauge::default();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let r = registry.sub_registry_with_prefix("pg_audit_admin");
+        r.register(
+            "requests",
+            "Requests answered, by page and status",
+            requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time to answer a request, by page",
+            seconds.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("pg_audit");
+        r.register(
+            "seal_age_seconds",
+            "Seconds since the newest seal was made (-1 before the first)",
+            seal_age.clone(),
+        );
+        r.register(
+            "ids_past_seals",
+            "Log ids handed out past the last sealed one",
+            past_seals.clone(),
+        );
+        Metrics {
+            registry: std::sync::Arc::new(registry),
+            requests,
+            seconds,
+            seal_age,
+            past_seals,
+            pool,
+            log,
+        }
+    }
+
+    /// Answers `request`, counting it and its duration under its page.
+    async fn time(
+        &self,
+        request: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let page = request
+            .extensions()
+            .get::<axum::extract::MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        let start = std::time::Instant::now();
+        let response = next.run(request).await;
+        let labels = vec![("page".to_owned(), page.clone())];
+        self.seconds
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+        self.requests
+            .get_or_create(&vec![
+                ("page".to_owned(), page),
+                ("status".to_owned(), response.status().as_u16().to_string()),
+            ])
+            .inc();
+        response
+    }
+
+    /// Reads the seals' state; `false` when the database does not answer.
+    fn refresh(&self) -> bool {
+        use diesel::RunQueryDsl as _;
+        let Ok(mut conn) = self.pool.get() else {
+            return false;
+        };
+        match diesel::sql_query(self.log.seal_metrics_sql()).get_result::<SealMetrics>(&mut conn) {
+            Ok(m) => {
+                self.seal_age.set(m.seal_age_seconds.unwrap_or(-1.0));
+                self.past_seals.set(m.ids_past_seals);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %pg_audit::error_chain(&e), "pg-audit admin: reading the seals for the metrics");
+                false
+            }
+        }
+    }
+
+    /// Serves /metrics and /health at `addr` while the program runs.
+    async fn serve(self, addr: SocketAddr) -> Result<()> {
+        use axum::routing::get;
+        let scrape = self.clone();
+        let health = self;
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                get(move || async move {
+                    let m = scrape.clone();
+                    let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
+                    let mut text = String::new();
+                    let status = match prometheus_client::encoding::text::encode(
+                        &mut text,
+                        &scrape.registry,
+                    ) {
+                        Ok(()) => StatusCode::OK,
+                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    (
+                        status,
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        text,
+                    )
+                }),
+            )
+            .route(
+                "/health",
+                get(move || async move {
+                    let m = health.clone();
+                    match tokio::task::spawn_blocking(move || m.refresh()).await {
+                        Ok(true) => (StatusCode::OK, "ok\n"),
+                        _ => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "the database does not answer\n",
+                        ),
+                    }
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "pg-audit admin: the metrics server stopped");
+            }
+        });
+        Ok(())
+    }
 }
 
 /// No page may hold a connection for long: a query of the admin's over a huge log is cut off.

@@ -97,6 +97,11 @@ enum Command {
             hide_env_values = true
         )]
         basic_auth: Option<String>,
+        /// Also serve Prometheus metrics at http://ADDR/metrics (requests and their durations
+        /// by page, the age of the newest seal, the ids past the seals) and a health check at
+        /// /health (200 when the database answers), without credentials: keep ADDR private.
+        #[arg(long, value_name = "ADDR")]
+        metrics_listen: Option<std::net::SocketAddr>,
         #[command(flatten)]
         db: options::Db,
     },
@@ -300,8 +305,9 @@ fn main() -> ExitCode {
             listen,
             token,
             basic_auth,
+            metrics_listen,
             db,
-        } => admin::serve(listen, token, basic_auth, &db),
+        } => admin::serve(listen, token, basic_auth, metrics_listen, &db),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -165,3 +165,95 @@ fn other_addresses_need_credentials() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
 }
+
+/// A metric's value in Prometheus's text format: the first line starting with `prefix`.
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(prefix)?
+                .trim()
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+}
+
+/// `--metrics-listen`: requests counted by page (its route, not its address) and status, their
+/// durations, the seals' age and what is past them, on a port of their own; /health says
+/// whether the database answers.
+#[test]
+fn metrics_count_pages_and_follow_the_seals() {
+    let db = setup("server_metrics");
+    let port = free_port();
+    let metrics = free_port();
+    let _server = start(
+        db.url(),
+        port,
+        &["--metrics-listen", &format!("127.0.0.1:{metrics}")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", metrics)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the metrics server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        get(metrics, "/health", None),
+        ("HTTP/1.1 200 OK".to_owned(), "ok\n".to_owned())
+    );
+    for _ in 0..3 {
+        assert_eq!(get(port, "/", None).0, "HTTP/1.1 200 OK");
+    }
+    for id in [1, 2] {
+        get(
+            port,
+            &format!("/record?table=public.users&key=%7B%22id%22%3A{id}%7D"),
+            None,
+        );
+    }
+    let (status, text) = get(metrics, "/metrics", None);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        metric(
+            &text,
+            "pg_audit_admin_requests_total{page=\"/\",status=\"200\"}"
+        ),
+        3.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "pg_audit_admin_requests_total{page=\"/record\",status=\"200\"}"
+        ),
+        2.0,
+        "two keys, one page: {text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "pg_audit_admin_request_duration_seconds_count{page=\"/\"}"
+        ),
+        3.0
+    );
+    // Never sealed: -1, and every id is past the seals.
+    assert_eq!(metric(&text, "pg_audit_seal_age_seconds"), -1.0);
+    assert_eq!(metric(&text, "pg_audit_ids_past_seals"), 1.0);
+    let sealed = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+        .args(["seal"])
+        .env("DATABASE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        sealed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    let text = get(metrics, "/metrics", None).1;
+    let age = metric(&text, "pg_audit_seal_age_seconds");
+    assert!((0.0..60.0).contains(&age), "{age}");
+    assert_eq!(metric(&text, "pg_audit_ids_past_seals"), 0.0);
+}

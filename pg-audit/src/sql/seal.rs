@@ -115,6 +115,18 @@ pub(crate) fn seal_progress_sql(names: &LogNames) -> String {
     )
 }
 
+/// The SQL of [`crate::AuditLog::seal_metrics_sql`].
+pub(crate) fn seal_metrics_sql(names: &LogNames) -> String {
+    format!(
+        "SELECT (SELECT pg_catalog.date_part('epoch', pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) s.sealed_at)
+                   FROM {seals} AS s ORDER BY s.seal_id DESC LIMIT 1) AS seal_age_seconds,
+                (coalesce((SELECT pg_catalog.max(l.id) FROM {log} AS l), 0)
+                 OPERATOR(pg_catalog.-) coalesce((SELECT pg_catalog.max(s.last_id) FROM {seals} AS s), 0))::bigint AS ids_past_seals",
+        seals = names.seals_table(),
+        log = names.table(),
+    )
+}
+
 /// The SQL of [`crate::AuditLog::unexpected_relations_sql`].
 pub(crate) fn unexpected_relations_sql(names: &LogNames) -> String {
     let expected: Vec<String> = [

@@ -495,6 +495,13 @@ impl AuditLog {
         seal::seal_progress_sql(&self.names)
     }
 
+    /// What monitoring reads of the seals, cheaply (the log's greatest id and the seals'
+    /// newest row, through indexes): `seal_age_seconds` (since the newest seal was made; NULL
+    /// before the first), `ids_past_seals` (ids handed out past the last sealed one).
+    pub fn seal_metrics_sql(&self) -> String {
+        seal::seal_metrics_sql(&self.names)
+    }
+
     /// Records a redaction (`$1` reason, `$2` table schema, `$3` table name, `$4` record key
     /// object or NULL, `$5` columns or NULL, `$6` what the erasure targets, e.g. `context
     /// user_id`) and returns its `redaction_id`.
