@@ -1049,7 +1049,7 @@ fn http_get(port: u16, path: &str) -> (String, String) {
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();
@@ -1165,4 +1165,143 @@ fn metrics_and_health_are_served_and_logs_are_json() {
         );
     }
     assert!(stderr.contains("serving metrics"), "{stderr}");
+}
+
+/// A managed server's profile: after the database is made, nothing runs as a superuser. Its
+/// owner — a role with REPLICATION, as `rds_replication` grants, and no other attribute —
+/// installs the log and the triggers (one table captured from the WAL), makes partitions,
+/// runs the worker, counts, seals, verifies, checks, archives and serves the admin; the
+/// application's role writes. No event trigger is needed.
+#[test]
+fn the_whole_lifecycle_runs_without_a_superuser() {
+    let cluster = logical_cluster("capture-managed");
+    let server = cluster.server();
+    let port = cluster.port();
+    // What the provider's console does: a database and roles.
+    let admin = cluster.url("postgres");
+    server
+        .batch_execute(
+            &admin,
+            "CREATE ROLE owner LOGIN REPLICATION; CREATE ROLE app LOGIN;",
+        )
+        .unwrap();
+    server
+        .batch_execute(&admin, "CREATE DATABASE managed OWNER owner")
+        .unwrap();
+    let owner = format!("postgres://owner@127.0.0.1:{port}/managed");
+    let app = format!("postgres://app@127.0.0.1:{port}/managed");
+    assert_eq!(
+        server
+            .psql(
+                &owner,
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            .unwrap()
+            .trim(),
+        "f"
+    );
+    let run = |args: &[&str]| {
+        let out = pg_audit(args, &owner);
+        assert!(
+            out.status.success(),
+            "pg-audit {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    server.psql(&owner, &run(&["sql", "table"])).unwrap();
+    server
+        .psql(
+            &owner,
+            "CREATE TABLE items (id int PRIMARY KEY, name text);
+             CREATE TABLE hot (id int PRIMARY KEY, n int);
+             GRANT SELECT, INSERT, UPDATE, DELETE ON items, hot TO app;",
+        )
+        .unwrap();
+    server
+        .psql(&owner, &run(&["sql", "trigger", "--table", "items"]))
+        .unwrap();
+    server
+        .psql(
+            &owner,
+            &run(&["sql", "trigger", "--table", "hot", "--capture", "wal"]),
+        )
+        .unwrap();
+    run(&["partitions", "ensure"]);
+    // An old month, to archive.
+    server
+        .psql(
+            &owner,
+            "CREATE TABLE audit.auditlog_p20240101 PARTITION OF audit.auditlog
+                 FOR VALUES FROM ('2024-01-01 00:00+00') TO ('2024-02-01 00:00+00')",
+        )
+        .unwrap();
+
+    let worker = spawn_worker(&owner, "100");
+    server
+        .psql(
+            &app,
+            "BEGIN; SET LOCAL pg_audit.context = '{\"user_id\": \"u1\"}';
+             INSERT INTO items VALUES (1, 'a'); UPDATE items SET name = 'b' WHERE id = 1;
+             INSERT INTO hot SELECT g, g FROM generate_series(1, 10) AS g; COMMIT;",
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server
+        .psql(
+            &owner,
+            "SELECT count(*) FROM audit.auditlog WHERE table_name = 'hot'",
+        )
+        .unwrap()
+        .trim()
+        != "10"
+    {
+        assert!(Instant::now() < deadline, "the worker did not capture hot");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    terminate(worker);
+    // The application may not touch the log.
+    assert!(server.psql(&app, "DELETE FROM audit.auditlog").is_err());
+
+    run(&["partitions", "count"]);
+    run(&["seal"]);
+    run(&["verify"]);
+    run(&["check"]);
+    assert!(run(&["history", "items", "1"]).contains("u1"));
+    let dir = cluster.dir().join("archived");
+    run(&[
+        "archive",
+        "--older-than",
+        "1 year",
+        "--to",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(run(&["archive", "list"]).contains("auditlog_p20240101"));
+    run(&["verify"]);
+
+    // The admin, read-only on loopback, as the owner.
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _admin = Running(
+        Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+            .args(["admin", "--listen", &format!("127.0.0.1:{admin_port}")])
+            .env("DATABASE_URL", &owner)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", admin_port)).is_err() {
+        assert!(Instant::now() < deadline, "the admin did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http_get(admin_port, "/");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(body.contains("u1"), "{body}");
+    let (status, _) = http_get(admin_port, "/table?name=public.hot");
+    assert_eq!(status, "HTTP/1.1 200 OK");
 }
