@@ -264,7 +264,7 @@ fn default_slot(log: &AuditLog, source: &ConnInfo) -> String {
 
 /// A connection string as libpq reads it ([`pg_audit_connect`]).
 fn parse_url(which: &'static str, url: &str) -> Result<ConnInfo, Error> {
-    ConnInfo::parse(url).map_err(|e| Error::Url {
+    pg_audit_connect::parse(url).map_err(|e| Error::Url {
         which,
         reason: e.to_string(),
     })
@@ -286,7 +286,18 @@ impl Error {
     /// error that would happen again: what the worker reconnects after.
     pub fn is_connection_lost(&self) -> bool {
         match self {
-            Error::Replication(_) => true,
+            // The stream's own errors: the network, or the server going away (its message
+            // carries the SQLSTATE); not authentication, TLS or a refusal, which would recur.
+            Error::Replication(e) => match e {
+                pgwire_replication::PgWireError::Io(_)
+                | pgwire_replication::PgWireError::Task(_) => true,
+                pgwire_replication::PgWireError::Server(message) => {
+                    ["(SQLSTATE 08", "(SQLSTATE 57P", "(SQLSTATE 53"]
+                        .iter()
+                        .any(|code| message.contains(code))
+                }
+                _ => false,
+            },
             Error::Database { source, .. } => lost(source),
             // Not the connection string or the TLS settings: those would fail again.
             Error::Connect {

@@ -18,7 +18,7 @@ pub struct Metrics {
     pub(crate) entries: Counter,
     /// Errors that ended an attempt (each followed by a reconnect or the worker's exit).
     pub(crate) errors: Counter,
-    /// Reconnects after a lost connection.
+    /// Reconnect attempts after a lost connection.
     pub(crate) reconnects: Counter,
     /// WAL the server has written that the worker has not confirmed, in bytes.
     pub(crate) lag_bytes: Gauge,
@@ -55,7 +55,7 @@ impl Metrics {
         );
         r.register(
             "reconnects",
-            "Reconnects after a lost connection",
+            "Reconnect attempts after a lost connection",
             self.reconnects.clone(),
         );
         r.register(

@@ -164,9 +164,7 @@ async fn run_once<F: std::future::Future<Output = ()>>(
     };
     state.load_tables().await?;
     state.load_epoch().await?;
-    let mut client = ReplicationClient::connect(replication_config(worker, start.progress)?)
-        .await
-        .map_err(Error::Replication)?;
+    let mut client = connect_replication(worker, start.progress).await?;
     tracing::info!(slot = %worker.slot, from = %format_lsn(start.progress), "pg-audit capture: streaming");
     let metrics = &worker.metrics;
     metrics.streaming.set(1);
@@ -281,58 +279,96 @@ async fn run_once<F: std::future::Future<Output = ()>>(
     Ok(())
 }
 
-fn replication_config(worker: &Worker, progress: u64) -> Result<ReplicationConfig, Error> {
+/// The replication connection's configuration for each of the source's targets, in order,
+/// each named for messages.
+fn replication_configs(
+    worker: &Worker,
+    progress: u64,
+) -> Result<Vec<(String, ReplicationConfig)>, Error> {
     let source = &worker.source;
-    let (host, port) = match source.hosts.first() {
-        Some((Host::Tcp(h), port)) => (h.clone(), *port),
-        Some((Host::Unix(dir), port)) => (dir.display().to_string(), *port),
-        None => ("localhost".to_owned(), 5432),
-    };
-    // TLS as the ordinary sessions have it ([`pg_audit_connect`]); never over a Unix socket.
-    let mode = match source.sslmode {
-        _ if host.starts_with('/') => SslMode::Disable,
-        ConnSslMode::Disable => SslMode::Disable,
-        ConnSslMode::Prefer => SslMode::Prefer,
-        ConnSslMode::Require => SslMode::Require,
-        ConnSslMode::VerifyCa => SslMode::VerifyCa,
-        ConnSslMode::VerifyFull => SslMode::VerifyFull,
-    };
-    if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
-        // The same refusal, with the same message, as the ordinary sessions'.
-        pg_audit_connect::rustls_config(source).map_err(|source| Error::Connect {
-            doing: "setting up TLS for the replication connection",
-            source,
-        })?;
+    source
+        .targets
+        .iter()
+        .map(|target| {
+            let host = match &target.host {
+                Host::Tcp(h) => h.clone(),
+                Host::Unix(dir) => dir.display().to_string(),
+            };
+            // TLS as the ordinary sessions have it ([`pg_audit_connect`]); never over a Unix
+            // socket.
+            let mode = match source.sslmode {
+                _ if matches!(target.host, Host::Unix(_)) => SslMode::Disable,
+                ConnSslMode::Disable => SslMode::Disable,
+                ConnSslMode::Prefer => SslMode::Prefer,
+                ConnSslMode::Require => SslMode::Require,
+                ConnSslMode::VerifyCa => SslMode::VerifyCa,
+                ConnSslMode::VerifyFull => SslMode::VerifyFull,
+            };
+            if mode == SslMode::VerifyFull && host.parse::<std::net::IpAddr>().is_ok() {
+                return Err(Error::Url {
+                    which: "source",
+                    reason: format!(
+                        "the replication connection cannot check a certificate against an IP \
+                         address ({host}) under sslmode=verify-full: name the host by its DNS name"
+                    ),
+                });
+            }
+            if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
+                // The same refusal, with the same message, as the ordinary sessions'.
+                pg_audit_connect::rustls_config(source).map_err(|source| Error::Connect {
+                    doing: "setting up TLS for the replication connection",
+                    source,
+                })?;
+            }
+            let tls = TlsConfig {
+                mode,
+                // `system`: the replication client's own roots (Mozilla's, as most systems ship).
+                ca_pem_path: source
+                    .sslrootcert
+                    .clone()
+                    .filter(|p| p.as_os_str() != "system"),
+                sni_hostname: None,
+                client_cert_pem_path: source.sslcert.clone().filter(|p| p.is_file()),
+                client_key_pem_path: source.sslkey.clone().filter(|p| p.is_file()),
+            };
+            let name = format!("{host}:{}", target.port);
+            let config = ReplicationConfig::new(
+                host,
+                source.user.clone(),
+                source.password_for(target).unwrap_or_default().to_owned(),
+                source.dbname.clone(),
+                worker.slot.clone(),
+                worker.log.publication().as_str(),
+            )
+            .with_port(target.port)
+            .with_tls(tls)
+            .with_start_lsn(Lsn::from_u64(progress))
+            .with_ack_lsn(Lsn::from_u64(progress))
+            .with_status_interval(Duration::from_millis(500))
+            .with_wakeup_interval(Duration::from_secs(1))
+            .with_application_name("pg-audit capture")
+            // Values in the text forms `to_jsonb` writes in the pinned trigger functions.
+            .with_options(pg_audit::session::merge_options(source.options.as_deref()));
+            Ok((name, config))
+        })
+        .collect()
+}
+
+/// The replication connection: each of the source's targets in turn, as libpq tries them.
+async fn connect_replication(worker: &Worker, progress: u64) -> Result<ReplicationClient, Error> {
+    let mut last = None;
+    for (name, config) in replication_configs(worker, progress)? {
+        match ReplicationClient::connect(config).await {
+            Ok(client) => return Ok(client),
+            Err(e) => {
+                tracing::debug!(target = %name, error = %e, "pg-audit capture: the replication connection failed");
+                last = Some(e);
+            }
+        }
     }
-    let tls = TlsConfig {
-        mode,
-        // `system`: the replication client's own roots (Mozilla's, as most systems ship).
-        ca_pem_path: source
-            .sslrootcert
-            .clone()
-            .filter(|p| p.as_os_str() != "system"),
-        sni_hostname: None,
-        client_cert_pem_path: source.sslcert.clone().filter(|p| p.is_file()),
-        client_key_pem_path: source.sslkey.clone().filter(|p| p.is_file()),
-    };
-    let config = ReplicationConfig::new(
-        host,
-        source.user.clone(),
-        source.password.clone().unwrap_or_default(),
-        source.dbname.clone(),
-        worker.slot.clone(),
-        worker.log.publication().as_str(),
-    )
-    .with_port(port)
-    .with_tls(tls)
-    .with_start_lsn(Lsn::from_u64(progress))
-    .with_ack_lsn(Lsn::from_u64(progress))
-    .with_status_interval(Duration::from_millis(500))
-    .with_wakeup_interval(Duration::from_secs(1))
-    .with_application_name("pg-audit capture")
-    // Values in the text forms `to_jsonb` writes in the pinned trigger functions.
-    .with_options(pg_audit::session::merge_options(source.options.as_deref()));
-    Ok(config)
+    Err(Error::Replication(
+        last.expect("a connection string has a target"),
+    ))
 }
 
 struct State<'w> {

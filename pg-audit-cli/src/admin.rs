@@ -73,11 +73,19 @@ pub(crate) fn serve(
     let pool = Pool::builder()
         .max_size(8)
         .connection_customizer(Box::new(StatementTimeout))
-        .build(ConnectionManager::<PgConnection>::new(url))
+        .build(ConnectionManager::<PgConnection>::new(url.clone()))
         .map_err(|e| format!("cannot connect to the database: {e}"))?;
     let open = matches!(credentials, Credentials::Open);
     let port = listen.port();
-    let metrics = Metrics::new(pool.clone(), log.clone());
+    // The metrics and the health check read through a connection of their own, never
+    // waiting long for it: a flood of scrapes cannot starve the pages, and a database that
+    // does not answer makes /health say so in seconds.
+    let metrics_pool = Pool::builder()
+        .max_size(1)
+        .connection_timeout(std::time::Duration::from_secs(5))
+        .connection_customizer(Box::new(StatementTimeout))
+        .build_unchecked(ConnectionManager::<PgConnection>::new(url));
+    let metrics = Metrics::new(metrics_pool, log.clone());
     let admin = pg_audit_admin::router(pool)
         .log(log)
         .authorize(move |request| {
@@ -116,13 +124,16 @@ pub(crate) fn serve(
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
         let addr = listener.local_addr()?;
-        eprintln!(
-            "pg-audit admin on http://{addr}/ ({}); Ctrl-C to stop",
-            if open {
-                "read-only: pass --token or --basic-auth to revert and restore"
-            } else {
-                "sign in with the credentials given"
-            }
+        crate::output::diagnostic(
+            crate::output::Level::Info,
+            &format!(
+                "pg-audit admin on http://{addr}/ ({}); Ctrl-C to stop",
+                if open {
+                    "read-only: pass --token or --basic-auth to revert and restore"
+                } else {
+                    "sign in with the credentials given"
+                }
+            ),
         );
         axum::serve(listener, app)
             .with_graceful_shutdown(async {

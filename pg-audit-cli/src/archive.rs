@@ -101,14 +101,20 @@ pub(crate) fn history(
         Ok(pg_audit_archive::history(client, log, table, key).await?)
     })?;
     for location in &found.missing {
-        eprintln!(
-            "warning: the archived file {location} is missing; its entries are not shown (`pg-audit verify` reports it)"
+        crate::output::diagnostic(
+            crate::output::Level::Warn,
+            &format!(
+                "the archived file {location} is missing; its entries are not shown (`pg-audit verify` reports it)"
+            ),
         );
     }
     for problem in &found.unreadable {
-        eprintln!(
-            "warning: {}; its entries are not shown",
-            crate::output::escape_controls(problem)
+        crate::output::diagnostic(
+            crate::output::Level::Warn,
+            &format!(
+                "{}; its entries are not shown",
+                crate::output::escape_controls(problem)
+            ),
         );
     }
     Ok(found)

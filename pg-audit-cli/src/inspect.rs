@@ -250,8 +250,9 @@ pub(crate) fn key_object(
                 )
                 .into());
             }
-            eprintln!(
-                "note: no pg-audit install is recorded for {table}; taking its key to be `id`"
+            crate::output::diagnostic(
+                crate::output::Level::Note,
+                &format!("no pg-audit install is recorded for {table}; taking its key to be `id`"),
             );
             vec!["id".to_owned()]
         }

@@ -314,7 +314,7 @@ fn main() -> ExitCode {
         Err(e) => {
             // The error and its causes, each printed once (as `anyhow`'s `{:#}` does; a cause
             // whose text is already there, as some libraries repeat their sources, is skipped).
-            eprintln!("error: {}", pg_audit::error_chain(&*e));
+            output::diagnostic(output::Level::Error, &pg_audit::error_chain(&*e));
             ExitCode::from(2)
         }
     }
@@ -336,6 +336,7 @@ fn init_tracing(verbose: u8, json: bool) {
         .with_writer(std::io::stderr)
         .with_target(false);
     if json {
+        output::json_diagnostics();
         builder.json().init();
     } else {
         builder

@@ -27,6 +27,69 @@ pub(crate) fn print(text: &str) {
     }
 }
 
+/// Set by `--log-format json`: diagnostics are JSON objects, one a line.
+static JSON_DIAGNOSTICS: AtomicBool = AtomicBool::new(false);
+
+/// Writes diagnostics as JSON objects from now on.
+pub(crate) fn json_diagnostics() {
+    JSON_DIAGNOSTICS.store(true, Ordering::Relaxed);
+}
+
+/// How serious a diagnostic the program writes itself (outside `tracing`) is.
+#[derive(Clone, Copy)]
+pub(crate) enum Level {
+    /// What the program is doing (the admin's address).
+    Info,
+    /// Worth knowing (`note:`).
+    Note,
+    /// Something is missing or wrong, and the command goes on (`warning:`).
+    Warn,
+    /// The command failed (`error:`).
+    Error,
+}
+
+/// A diagnostic on standard error: `warning: ...` and the like, or with `--log-format json`
+/// an object as `tracing`'s are written (`timestamp`, `level`, `fields.message`).
+pub(crate) fn diagnostic(level: Level, text: &str) {
+    if JSON_DIAGNOSTICS.load(Ordering::Relaxed) {
+        let name = match level {
+            Level::Info | Level::Note => "INFO",
+            Level::Warn => "WARN",
+            Level::Error => "ERROR",
+        };
+        let object = serde_json::json!({
+            "timestamp": now_rfc3339(),
+            "level": name,
+            "fields": { "message": text },
+        });
+        eprintln!("{object}");
+    } else {
+        let prefix = match level {
+            Level::Info => "",
+            Level::Note => "note: ",
+            Level::Warn => "warning: ",
+            Level::Error => "error: ",
+        };
+        eprintln!("{prefix}{text}");
+    }
+}
+
+/// The time now as RFC 3339 in UTC, to the microsecond.
+fn now_rfc3339() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let (days, secs) = pg_audit::calendar::days_and_seconds(now.as_secs() as i64);
+    let (y, m, d) = pg_audit::calendar::civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        now.subsec_micros()
+    )
+}
+
 /// [`print()`] of a line.
 pub(crate) fn line(text: &str) {
     print(&format!("{text}\n"));

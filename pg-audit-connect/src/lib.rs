@@ -10,18 +10,23 @@
 //! | `verify-ca` | always | signed by a root of `sslrootcert` |
 //! | `verify-full` | always | signed by a root of `sslrootcert`, and naming the host |
 //!
-//! `sslrootcert=system` trusts the system's roots. Without `sslrootcert`,
-//! `~/.postgresql/root.crt` is used when it exists; `verify-ca` and `verify-full` refuse to
-//! start without a root, as libpq does. A client certificate (`sslcert`, `sslkey`, or
-//! `~/.postgresql/postgresql.crt` and `.key`) is sent when the server asks for one. Unix
-//! sockets never use TLS (nor does libpq over them).
+//! `sslrootcert=system` trusts the system's roots (with `verify-full` only, as libpq 16+).
+//! Without `sslrootcert`, `~/.postgresql/root.crt` is used when it exists; `verify-ca` and
+//! `verify-full` refuse to start without a root, as libpq does. A root that is the server's own
+//! certificate (as PostgreSQL's documentation makes one) trusts that exact certificate. A
+//! client certificate (`sslcert`, `sslkey`, or `~/.postgresql/postgresql.crt` and `.key`) is
+//! sent when the server asks for one; its key must be readable by its owner only, as libpq
+//! requires. Unix sockets never use TLS (nor does libpq over them). Hosts are tried in turn,
+//! each with its own password from the password file. Where rustls is stricter than OpenSSL —
+//! a certificate that names its host only in its common name, a version 1 certificate — the
+//! error says so.
 
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use pg_audit::conninfo::{ConnInfo, Host, SslMode};
+pub use pg_audit::conninfo::{ChannelBinding, ConnInfo, Host, SslMode, Target, TlsVersion};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -71,72 +76,189 @@ impl From<pg_audit::Error> for Error {
     }
 }
 
-/// Reads `conninfo` ([`ConnInfo::parse`]) and connects, with TLS as its `sslmode` says and
-/// pg-audit's pinned session settings ([`pg_audit::session`]) as startup options; the
-/// connection is driven on the current tokio runtime.
+/// Reads `conninfo` as libpq does, from this process's environment and the system's user
+/// name ([`ConnInfo::parse_with`]); what libpq would warn about is logged (`tracing`).
+pub fn parse(conninfo: &str) -> Result<ConnInfo, Error> {
+    let os_user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map(|u| u.name);
+    let info = ConnInfo::parse_with(
+        conninfo,
+        &|name| std::env::var(name).ok(),
+        os_user.as_deref(),
+    )?;
+    for warning in &info.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok(info)
+}
+
+/// Reads `conninfo` ([`parse`]) and connects, with TLS as its `sslmode` says and pg-audit's
+/// pinned session settings ([`pg_audit::session`]) as startup options; the connection is
+/// driven on the current tokio runtime.
 pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, Error> {
-    connect_to(&ConnInfo::parse(conninfo)?).await
+    connect_to(&parse(conninfo)?).await
 }
 
-/// [`connect`] for a connection string already read.
+/// [`connect`] for a connection string already read: each target in turn, as libpq tries
+/// them, until one answers (with `target_session_attrs=read-write`, one that takes writes).
 pub async fn connect_to(info: &ConnInfo) -> Result<tokio_postgres::Client, Error> {
-    let (client, connection) =
-        config(info)
-            .connect(tls(info)?)
-            .await
-            .map_err(|source| Error::Connect {
-                target: target(info),
-                source,
-            })?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    let mut tls = None;
+    let mut failed = Vec::new();
+    for target in &info.targets {
+        let config = config(info, target);
+        let attempt = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
+            config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map(|(client, connection)| {
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                    client
+                })
+        } else {
+            if tls.is_none() {
+                tls = Some(self::tls(info)?);
+            }
+            let tls = tls.clone().expect("made above");
+            config.connect(tls).await.map(|(client, connection)| {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                client
+            })
+        };
+        match attempt {
+            Ok(client) => return Ok(client),
+            Err(source) => failed.push((target_name(info, target), source)),
+        }
+    }
+    let (target, source) = failed.pop().expect("a connection string has a target");
+    let target = if failed.is_empty() {
+        target
+    } else {
+        let mut tried: Vec<String> = failed.iter().map(|(t, e)| format!("{t} ({e})")).collect();
+        tried.push(target);
+        tried.join(", then ")
+    };
+    Err(match certificate_refused(&source) {
+        Some(reason) => Error::Tls(format!(
+            "{target}: the server's certificate was refused: {reason}"
+        )),
+        None => Error::Connect { target, source },
+    })
 }
 
-/// `user@host:port/database` (the first host), for messages.
+/// Why rustls refused the server's certificate, in words, if that is what `e` is.
+fn certificate_refused(e: &tokio_postgres::Error) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        // tokio-rustls wraps rustls's error in an io::Error, whose `source` skips it.
+        let inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map_or(c, |inner| inner as &(dyn std::error::Error + 'static));
+        if let Some(rustls::Error::InvalidCertificate(cert)) = inner.downcast_ref::<rustls::Error>()
+        {
+            return Some(match cert {
+                CertificateError::UnknownIssuer => {
+                    "it is not signed by a root of sslrootcert".to_owned()
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => format!(
+                    "it does not name the host ({cert}); rustls reads names from the \
+                     subjectAltName only, where libpq also reads the common name: reissue it \
+                     with the host in subjectAltName, or use sslmode=verify-ca"
+                ),
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    format!("it has expired ({cert})")
+                }
+                CertificateError::Other(other)
+                    if format!("{other:?}").contains("UnsupportedCertVersion") =>
+                {
+                    "it is a version 1 certificate, which rustls does not accept: reissue it as \
+                     version 3 (OpenSSL's default with -addext or an extensions file)"
+                        .to_owned()
+                }
+                other => format!("{other:?}"),
+            });
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// `user@host:port/database` for the first target, for messages.
 pub fn target(info: &ConnInfo) -> String {
-    let host = match info.hosts.first() {
-        Some((Host::Tcp(h), port)) if h.contains(':') => format!("[{h}]:{port}"),
-        Some((Host::Tcp(h), port)) => format!("{h}:{port}"),
-        Some((Host::Unix(dir), port)) => format!("{}/.s.PGSQL.{port}", dir.display()),
-        None => String::new(),
+    info.targets
+        .first()
+        .map_or_else(String::new, |t| target_name(info, t))
+}
+
+fn target_name(info: &ConnInfo, target: &Target) -> String {
+    let host = match &target.host {
+        Host::Tcp(h) if h.contains(':') => format!("[{h}]:{}", target.port),
+        Host::Tcp(h) => format!("{h}:{}", target.port),
+        Host::Unix(dir) => format!("{}/.s.PGSQL.{}", dir.display(), target.port),
     };
     format!("{}@{host}/{}", info.user, info.dbname)
 }
 
-/// The tokio-postgres configuration of `info`, with pg-audit's pinned session settings added
-/// to its options.
-pub fn config(info: &ConnInfo) -> tokio_postgres::Config {
+/// The tokio-postgres configuration of one target of `info`, with pg-audit's pinned session
+/// settings added to its options.
+pub fn config(info: &ConnInfo, target: &Target) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
-    for (host, port) in &info.hosts {
-        match host {
-            Host::Tcp(name) => config.host(name),
-            #[cfg(unix)]
-            Host::Unix(dir) => config.host_path(dir),
-            #[cfg(not(unix))]
-            Host::Unix(dir) => config.host(dir.display().to_string()),
-        };
-        config.port(*port);
+    match &target.host {
+        Host::Tcp(name) => config.host(name),
+        #[cfg(unix)]
+        Host::Unix(dir) => config.host_path(dir),
+        #[cfg(not(unix))]
+        Host::Unix(dir) => config.host(dir.display().to_string()),
+    };
+    if let Some(addr) = target.hostaddr.as_deref().and_then(|a| a.parse().ok()) {
+        config.hostaddr(addr);
     }
+    config.port(target.port);
     config.user(&info.user).dbname(&info.dbname);
-    if let Some(password) = &info.password {
+    if let Some(password) = info.password_for(target) {
         config.password(password);
     }
     config.options(pg_audit::session::merge_options(info.options.as_deref()));
     if let Some(name) = &info.application_name {
         config.application_name(name);
     }
-    // libpq: zero or none waits forever, and less than 2 seconds is 2.
-    if let Some(seconds) = info.connect_timeout.filter(|s| *s > 0) {
+    // libpq: less than 2 seconds is 2.
+    if let Some(seconds) = info.connect_timeout {
         config.connect_timeout(Duration::from_secs(seconds.max(2)));
     }
-    let over_sockets_only = info.hosts.iter().all(|(h, _)| matches!(h, Host::Unix(_)));
-    config.ssl_mode(match info.sslmode {
-        _ if over_sockets_only => tokio_postgres::config::SslMode::Disable,
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+    config.keepalives(info.keepalives);
+    if let Some(idle) = info.keepalives_idle {
+        config.keepalives_idle(Duration::from_secs(idle));
+    }
+    if let Some(interval) = info.keepalives_interval {
+        config.keepalives_interval(Duration::from_secs(interval));
+    }
+    if let Some(count) = info.keepalives_count {
+        config.keepalives_retries(count);
+    }
+    if let Some(ms) = info.tcp_user_timeout {
+        config.tcp_user_timeout(Duration::from_millis(ms));
+    }
+    config.channel_binding(match info.channel_binding {
+        ChannelBinding::Disable => tokio_postgres::config::ChannelBinding::Disable,
+        ChannelBinding::Prefer => tokio_postgres::config::ChannelBinding::Prefer,
+        ChannelBinding::Require => tokio_postgres::config::ChannelBinding::Require,
+    });
+    if info.read_write {
+        config.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+    }
+    // TLS never runs over a Unix socket (nor does libpq's).
+    config.ssl_mode(match (&target.host, info.sslmode) {
+        (Host::Unix(_), _) | (_, SslMode::Disable) => tokio_postgres::config::SslMode::Disable,
+        (_, SslMode::Prefer) => tokio_postgres::config::SslMode::Prefer,
+        (_, SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull) => {
             tokio_postgres::config::SslMode::Require
         }
     });
@@ -156,27 +278,45 @@ pub fn rustls_config(info: &ConnInfo) -> Result<rustls::ClientConfig, Error> {
             Arc::new(Unchecked(provider.clone()))
         }
         SslMode::VerifyCa | SslMode::VerifyFull => {
-            let roots = roots(info)?;
+            let (roots, pinned) = roots(info)?;
             let webpki =
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                     .build()
                     .map_err(|e| Error::Tls(format!("the root certificates: {e}")))?;
-            if info.sslmode == SslMode::VerifyFull {
-                webpki
-            } else {
-                Arc::new(ChainOnly(webpki))
-            }
+            Arc::new(Checked {
+                webpki,
+                pinned,
+                check_name: info.sslmode == SslMode::VerifyFull,
+            })
         }
     };
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| {
+        info.ssl_min_protocol_version.is_none_or(|min| *v >= min)
+            && info.ssl_max_protocol_version.is_none_or(|max| *v <= max)
+    })
+    .map(|(_, v)| v)
+    .collect();
+    if versions.is_empty() {
+        return Err(Error::Tls(
+            "ssl_min_protocol_version and ssl_max_protocol_version leave no version rustls speaks \
+             (TLS 1.2 and 1.3)"
+                .to_owned(),
+        ));
+    }
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(&versions)
         .map_err(|e| Error::Tls(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(verifier);
     // As libpq: a client certificate that does not exist is not sent; one that exists needs
-    // its key.
-    match info.sslcert.as_deref().filter(|c| c.is_file()) {
-        None => Ok(builder.with_no_client_auth()),
+    // its key, readable by its owner only.
+    let mut config = match info.sslcert.as_deref().filter(|c| c.is_file()) {
+        None => builder.with_no_client_auth(),
         Some(cert) => {
             let key = info
                 .sslkey
@@ -188,18 +328,44 @@ pub fn rustls_config(info: &ConnInfo) -> Result<rustls::ClientConfig, Error> {
                         cert.display()
                     ))
                 })?;
+            check_key_permissions(key)?;
             let certs = pem_certificates(cert)?;
             let key = PrivateKeyDer::from_pem_file(key)
                 .map_err(|e| Error::Tls(format!("cannot read the key {}: {e}", key.display())))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| Error::Tls(format!("the client certificate {}: {e}", cert.display())))
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                Error::Tls(format!("the client certificate {}: {e}", cert.display()))
+            })?
         }
-    }
+    };
+    config.enable_sni = info.sslsni;
+    Ok(config)
 }
 
-/// The trusted roots: `sslrootcert`'s certificates, or the system's for `system`.
-fn roots(info: &ConnInfo) -> Result<RootCertStore, Error> {
+/// libpq's rule for a client key: readable by its owner only, or also by the group when root
+/// owns it.
+fn check_key_permissions(key: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+        let meta = std::fs::metadata(key)
+            .map_err(|e| Error::Tls(format!("cannot read the key {}: {e}", key.display())))?;
+        let mode = meta.permissions().mode();
+        let allowed = if meta.uid() == 0 { 0o027 } else { 0o077 };
+        if mode & allowed != 0 {
+            return Err(Error::Tls(format!(
+                "private key file \"{}\" has group or world access; file must have permissions \
+                 u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) \
+                 or less if owned by root",
+                key.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The trusted roots (`sslrootcert`'s certificates, or the system's for `system`), and their
+/// exact encodings, so a root that is the server's own certificate trusts that certificate.
+fn roots(info: &ConnInfo) -> Result<(RootCertStore, Vec<Vec<u8>>), Error> {
     let mut roots = RootCertStore::empty();
     let certs = match info.sslrootcert.as_deref() {
         Some(path) if path == Path::new("system") => {
@@ -211,6 +377,14 @@ fn roots(info: &ConnInfo) -> Result<RootCertStore, Error> {
                 )));
             }
             found.certs
+        }
+        Some(path) if !path.exists() => {
+            return Err(Error::Tls(format!(
+                "root certificate file \"{}\" does not exist; either provide the file, use the \
+                 system's trusted roots with sslrootcert=system, or change sslmode to disable \
+                 server certificate verification",
+                path.display()
+            )));
         }
         Some(path) => pem_certificates(path)?,
         None => {
@@ -226,8 +400,9 @@ fn roots(info: &ConnInfo) -> Result<RootCertStore, Error> {
             )));
         }
     };
+    let pinned = certs.iter().map(|c| c.as_ref().to_vec()).collect();
     let (_, ignored) = roots.add_parsable_certificates(certs);
-    if roots.is_empty() {
+    if roots.is_empty() && ignored > 0 {
         return Err(Error::Tls(format!(
             "no usable root certificate in {} ({ignored} could not be read)",
             info.sslrootcert
@@ -236,7 +411,7 @@ fn roots(info: &ConnInfo) -> Result<RootCertStore, Error> {
                 .display()
         )));
     }
-    Ok(roots)
+    Ok((roots, pinned))
 }
 
 fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
@@ -306,11 +481,17 @@ impl ServerCertVerifier for Unchecked {
     }
 }
 
-/// `verify-ca`: the chain checked against the roots, the name not.
+/// `verify-ca` and `verify-full`: the chain checked against the roots, and the name with
+/// `check_name`; a certificate that is itself one of the roots, byte for byte, is trusted as
+/// that certificate (a self-signed server certificate given as `sslrootcert`).
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct Checked {
+    webpki: Arc<WebPkiServerVerifier>,
+    pinned: Vec<Vec<u8>>,
+    check_name: bool,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Checked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -319,13 +500,23 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_slice() == end_entity.as_ref())
         {
+            return Ok(ServerCertVerified::assertion());
+        }
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
     }
@@ -336,7 +527,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        self.webpki.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -345,10 +536,10 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        self.webpki.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.webpki.supported_verify_schemes()
     }
 }

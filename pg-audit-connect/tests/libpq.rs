@@ -37,7 +37,7 @@ async fn with_ours(conninfo: &str, env: &BTreeMap<String, String>) -> Result<Str
     let mut env = env.clone();
     env.entry("HOME".to_owned())
         .or_insert_with(|| "/nonexistent".to_owned());
-    let info = ConnInfo::parse_with(conninfo, &|name| env.get(name).cloned())
+    let info = ConnInfo::parse_with(conninfo, &|name| env.get(name).cloned(), None)
         .map_err(|e| e.to_string())?;
     let client = connect_to(&info)
         .await
@@ -159,7 +159,54 @@ async fn every_string_reaches_what_psql_reaches() {
             format!("host=127.0.0.1 port={port} user=pw dbname=db1"),
             env(&[("PGPASSWORD", "s@cret:1")]),
         ),
+        (
+            format!("host=localhost hostaddr=127.0.0.1 port={port} user=postgres dbname=db1"),
+            env(&[]),
+        ),
+        (
+            format!("postgres://postgres:se?cret@127.0.0.1:{port}/db1"),
+            env(&[]),
+        ),
+        (
+            format!(
+                "host=127.0.0.1 port={port} user=postgres dbname=db1 target_session_attrs=read-write"
+            ),
+            env(&[]),
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/db1?"),
+            env(&[]),
+        ),
         // Refused by both.
+        (
+            format!(
+                "host=127.0.0.1 port={port} user=pw dbname=db1 channel_binding=require sslmode=disable"
+            ),
+            env(&[("PGPASSWORD", "s@cret:1")]),
+        ),
+        (
+            format!("host={socket} port={port} user=postgres dbname=db1 requirepeer=nobody"),
+            env(&[]),
+        ),
+        (
+            format!("host=127.0.0.1 port={port} user=postgres dbname=db1 gssencmode=require"),
+            env(&[]),
+        ),
+        (
+            format!("host=127.0.0.1 port={port} user=postgres dbname=db1 sslmode="),
+            env(&[]),
+        ),
+        (
+            format!(
+                "host=127.0.0.1 port={port}{}user=nobody dbname=db1",
+                "\u{a0}"
+            ),
+            env(&[]),
+        ),
+        (
+            format!("postgres://postgres@127.0.0.1:{port}/db1?&&"),
+            env(&[]),
+        ),
         (
             format!("host=127.0.0.1 port={port} user=pw dbname=db1"),
             env(&[("PGPASSWORD", "wrong")]),
@@ -189,5 +236,5 @@ async fn every_string_reaches_what_psql_reaches() {
             _ => panic!("{conninfo:?} {env:?}: psql {psql:?}, ours {ours:?}"),
         }
     }
-    assert_eq!(refused, 6, "the cases meant to be refused, and only those");
+    assert_eq!(refused, 12, "the cases meant to be refused, and only those");
 }

@@ -1060,6 +1060,11 @@ impl Tls {
         self.dir.join("other-root.crt")
     }
 
+    /// The server's own certificate (signed by [`Tls::root`]), as a client may pin it.
+    pub fn server_certificate(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
     /// Serves a certificate signed by [`Tls::root`] for `elsewhere.example` only, from the
     /// next connection on.
     pub fn serve_misnamed(&self, cluster: &Cluster) -> Result<(), Error> {
