@@ -28,9 +28,22 @@ struct Table {
     operations: Vec<Operation>,
     /// The condition's query ([`TriggerSpec::capture_condition_sql`]).
     condition: Option<String>,
-    /// The query computing its stored generated columns, which the stream leaves out
-    /// ([`pg_audit::sql::capture::generated_values_sql`]).
-    generated: Option<String>,
+    /// Its stored generated columns, which the stream leaves out.
+    generated: Option<Generated>,
+}
+
+/// A table's stored generated columns and the query computing them
+/// ([`pg_audit::sql::capture::generated_values_sql`]).
+struct Generated {
+    columns: Vec<String>,
+    sql: String,
+}
+
+/// A change's values, as JSON by column, before they become a row.
+struct Decoded {
+    old: Option<Vec<(String, Option<String>)>>,
+    new: Option<Vec<(String, Option<String>)>>,
+    issues: Vec<Issue>,
 }
 
 /// One change, values still as text.
@@ -454,8 +467,8 @@ impl State<'_> {
         Ok(())
     }
 
-    /// The query computing `schema`.`name`'s stored generated columns, if it has any.
-    async fn generated_sql(&self, schema: &str, name: &str) -> Result<Option<String>, Error> {
+    /// `schema`.`name`'s stored generated columns and the query computing them, if it has any.
+    async fn generated_sql(&self, schema: &str, name: &str) -> Result<Option<Generated>, Error> {
         let columns: Vec<(String, String)> = self
             .source
             .query(GENERATED_COLUMNS_SQL, &[&schema, &name])
@@ -469,51 +482,125 @@ impl State<'_> {
         }
         let ident = |n: &str| pg_audit::Ident::new(n).map_err(|e| Error::Protocol(e.to_string()));
         let table = QualifiedName::new(Some(ident(schema)?), ident(name)?);
-        Ok(Some(generated_values_sql(&table, &columns)))
+        Ok(Some(Generated {
+            sql: generated_values_sql(&table, &columns),
+            columns: columns.into_iter().map(|(name, _)| name).collect(),
+        }))
     }
 
-    /// Adds the generated columns' values to `rows` (a change's old and new values), computed
-    /// by the source server from the rest of each row. A row they cannot be computed for
-    /// (a value that does not read back into its column) gets them as null, noted in
-    /// `issues`.
+    /// Adds the generated columns' values to every change of a table that has them, computed
+    /// by the source server from the rest of each row: one statement a table for the batch
+    /// (split when large); if one fails (a value that does not read back into its column),
+    /// change by change, and a change they cannot be computed for gets them as null, noted in
+    /// its issues.
+    async fn generated(&self, batch: &[Tx], decoded: &mut [Decoded]) -> Result<(), Error> {
+        let mut by_table: Vec<(Arc<Table>, Vec<usize>)> = Vec::new();
+        let changes = batch.iter().flat_map(|tx| &tx.changes);
+        for (i, change) in changes.enumerate() {
+            if change.table.generated.is_none() {
+                continue;
+            }
+            match by_table
+                .iter_mut()
+                .find(|(t, _)| Arc::ptr_eq(t, &change.table))
+            {
+                Some((_, changes)) => changes.push(i),
+                None => by_table.push((Arc::clone(&change.table), vec![i])),
+            }
+        }
+        for (table, changes) in by_table {
+            let generated = table.generated.as_ref().expect("grouped by it");
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
+            for (n, &i) in changes.iter().enumerate() {
+                chunk.push(i);
+                bytes += decoded[i].old.as_ref().map_or(0, |v| v.len() * 32)
+                    + decoded[i].new.as_ref().map_or(0, |v| v.len() * 32);
+                if bytes >= PAYLOAD_BYTES || n + 1 == changes.len() {
+                    if !self.add_generated(generated, &chunk, decoded).await? {
+                        for &one in &chunk {
+                            if !self.add_generated(generated, &[one], decoded).await? {
+                                let d = &mut decoded[one];
+                                for values in d.old.iter_mut().chain(d.new.iter_mut()) {
+                                    values.extend(
+                                        generated.columns.iter().map(|c| (c.clone(), None)),
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    chunk.clear();
+                    bytes = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Computes the generated columns of the changes `which` of `decoded` in one statement;
+    /// `false` (nothing added, the reason noted in each change's issues) when the server
+    /// refuses it.
     async fn add_generated(
         &self,
-        sql: &str,
-        rows: &mut [&mut Vec<(String, Option<String>)>],
-        issues: &mut Vec<Issue>,
-    ) -> Result<(), Error> {
+        generated: &Generated,
+        which: &[usize],
+        decoded: &mut [Decoded],
+    ) -> Result<bool, Error> {
+        // One entry per row: (change, whether it is the new row).
+        let mut slots = Vec::new();
         let mut payload = String::from("[");
-        for (ord, row) in rows.iter().enumerate() {
-            if ord > 0 {
-                payload.push(',');
+        for &i in which {
+            for (is_new, values) in [(false, &decoded[i].old), (true, &decoded[i].new)] {
+                if let Some(values) = values {
+                    if !slots.is_empty() {
+                        payload.push(',');
+                    }
+                    let _ = write!(
+                        payload,
+                        "{{\"ord\":{},\"row\":{}}}",
+                        slots.len(),
+                        full_object(values)
+                    );
+                    slots.push((i, is_new));
+                }
             }
-            let _ = write!(payload, "{{\"ord\":{ord},\"row\":{}}}", full_object(row));
         }
         payload.push(']');
-        match self.source.query(sql, &[&payload]).await {
+        match self.source.query(&generated.sql, &[&payload]).await {
             Ok(values) => {
                 for v in values {
                     let ord: i64 = v.get("ord");
-                    if let Some(row) = usize::try_from(ord).ok().and_then(|o| rows.get_mut(o)) {
-                        row.push((v.get("name"), v.get("value")));
+                    if let Some(&(i, is_new)) = usize::try_from(ord).ok().and_then(|o| slots.get(o))
+                    {
+                        let side = if is_new {
+                            &mut decoded[i].new
+                        } else {
+                            &mut decoded[i].old
+                        };
+                        if let Some(row) = side {
+                            row.push((v.get("name"), v.get("value")));
+                        }
                     }
                 }
+                Ok(true)
             }
             Err(e) if e.as_db_error().is_some() => {
-                let issue = format!(
-                    "the generated columns could not be computed: {}",
-                    crate::chain(&e)
-                );
-                tracing::warn!(%issue, "pg-audit capture: generated columns are logged as null");
-                issues.push(Issue {
-                    column: None,
-                    issue,
-                    raw: payload,
-                });
+                if let [one] = which {
+                    let issue = format!(
+                        "the generated columns could not be computed: {}",
+                        crate::chain(&e)
+                    );
+                    tracing::warn!(%issue, "pg-audit capture: generated columns are logged as null");
+                    decoded[*one].issues.push(Issue {
+                        column: None,
+                        issue,
+                        raw: payload,
+                    });
+                }
+                Ok(false)
             }
-            Err(e) => return Err(db("computing generated columns")(e)),
+            Err(e) => Err(db("computing generated columns")(e)),
         }
-        Ok(())
     }
 
     async fn load_epoch(&mut self) -> Result<(), Error> {
@@ -643,10 +730,21 @@ impl State<'_> {
 
     /// Writes `batch` and the progress `end` in one transaction of the log's database.
     async fn write(&mut self, batch: Vec<Tx>, end: u64) -> Result<(), Error> {
-        let mut rows = Vec::new();
+        // Every change's values first, then the generated columns of a table's changes in one
+        // statement, then the rows.
+        let mut decoded = Vec::new();
         for tx in &batch {
             for change in &tx.changes {
-                rows.push(self.row(tx, change).await?);
+                decoded.push(self.decode(change).await?);
+            }
+        }
+        self.generated(&batch, &mut decoded).await?;
+        let mut rows = Vec::new();
+        let mut decoded = decoded.into_iter();
+        for tx in &batch {
+            for change in &tx.changes {
+                let values = decoded.next().expect("one decoded per change");
+                rows.push(self.row(tx, change, values));
             }
         }
         let kept = self.conditions(&rows).await?;
@@ -771,8 +869,31 @@ impl State<'_> {
         Ok(())
     }
 
+    /// A change's values, as JSON by column (old and new, as the change has them), with what
+    /// could not be converted noted.
+    async fn decode(&self, change: &Change) -> Result<Decoded, Error> {
+        let rel = &*change.relation;
+        let mut issues = Vec::new();
+        if change.op == Operation::Truncate {
+            return Ok(Decoded {
+                old: None,
+                new: None,
+                issues,
+            });
+        }
+        let old = match &change.old {
+            Some(cells) => Some(self.values(rel, cells, None, &mut issues).await?),
+            None => None,
+        };
+        let new = match &change.new {
+            Some(cells) => Some(self.values(rel, cells, old.as_deref(), &mut issues).await?),
+            None => None,
+        };
+        Ok(Decoded { old, new, issues })
+    }
+
     /// One change as a log row, its values as JSON.
-    async fn row(&self, tx: &Tx, change: &Change) -> Result<Row, Error> {
+    fn row(&self, tx: &Tx, change: &Change, decoded: Decoded) -> Row {
         let message = change
             .context
             .and_then(|i| tx.messages.get(i))
@@ -800,24 +921,10 @@ impl State<'_> {
             full_new: None,
             issues: Vec::new(),
         };
+        let Decoded { old, new, issues } = decoded;
+        row.issues = issues;
         if change.op == Operation::Truncate {
-            return Ok(row);
-        }
-        let mut old = match &change.old {
-            Some(cells) => Some(self.values(rel, cells, None, &mut row.issues).await?),
-            None => None,
-        };
-        let mut new = match &change.new {
-            Some(cells) => Some(
-                self.values(rel, cells, old.as_deref(), &mut row.issues)
-                    .await?,
-            ),
-            None => None,
-        };
-        if let Some(sql) = &table.generated {
-            let mut rows: Vec<&mut Vec<(String, Option<String>)>> =
-                old.iter_mut().chain(new.iter_mut()).collect();
-            self.add_generated(sql, &mut rows, &mut row.issues).await?;
+            return row;
         }
         let audited = |values: &[(String, Option<String>)]| -> String {
             let mut out = String::from("{");
@@ -895,7 +1002,7 @@ impl State<'_> {
             row.full_old = old.as_deref().map(full_object);
             row.full_new = new.as_deref().map(full_object);
         }
-        Ok(row)
+        row
     }
 
     /// A tuple's values as JSON, by column name; unchanged TOASTed values from `old`. A value
