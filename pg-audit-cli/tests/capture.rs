@@ -991,7 +991,13 @@ fn over_tls_only_every_connection_checks_the_server() {
         std::thread::sleep(Duration::from_millis(100));
     }
     terminate(worker);
-    for command in [&["seal"][..], &["verify"]] {
+    // seal and verify (pg-audit-connect), history and check (libpq) over the same string.
+    for command in [
+        &["seal"][..],
+        &["verify"],
+        &["history", "plain_wal", "1"],
+        &["check"],
+    ] {
         let out = pg_audit(command, &url);
         assert!(
             out.status.success(),
