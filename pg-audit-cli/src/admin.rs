@@ -80,12 +80,15 @@ pub(crate) fn serve(
     // The metrics and the health check read through a connection of their own, never
     // waiting long for it: a flood of scrapes cannot starve the pages, and a database that
     // does not answer makes /health say so in seconds.
-    let metrics_pool = Pool::builder()
-        .max_size(1)
-        .connection_timeout(std::time::Duration::from_secs(5))
-        .connection_customizer(Box::new(StatementTimeout))
-        .build_unchecked(ConnectionManager::<PgConnection>::new(url));
-    let metrics = Metrics::new(metrics_pool, log.clone());
+    let metrics = metrics_listen.map(|addr| {
+        let pool = Pool::builder()
+            .max_size(1)
+            .connection_timeout(std::time::Duration::from_secs(5))
+            .connection_customizer(Box::new(StatementTimeout))
+            .build_unchecked(ConnectionManager::<PgConnection>::new(url.clone()));
+        let (metrics, registry) = Metrics::new(pool, log.clone());
+        (addr, metrics, registry)
+    });
     let admin = pg_audit_admin::router(pool)
         .log(log)
         .authorize(move |request| {
@@ -109,16 +112,22 @@ pub(crate) fn serve(
             response
         },
     ));
-    let timed = metrics.clone();
-    let app = app.layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
+    // Requests are timed only when the metrics are served.
+    let app = match &metrics {
+        Some((_, timed, _)) => {
             let timed = timed.clone();
-            async move { timed.time(request, next).await }
-        },
-    ));
+            app.layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let timed = timed.clone();
+                    async move { timed.time(request, next).await }
+                },
+            ))
+        }
+        None => app,
+    };
     crate::options::block_on(async move {
-        if let Some(addr) = metrics_listen {
-            metrics.serve(addr).await?;
+        if let Some((addr, metrics, registry)) = metrics {
+            crate::metrics::serve(addr, "pg-audit admin", registry, metrics).await?;
         }
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -152,7 +161,6 @@ type Family<L, M> = prometheus_client::metrics::family::Family<L, M, fn() -> M>;
 /// them.
 #[derive(Clone)]
 struct Metrics {
-    registry: std::sync::Arc<prometheus_client::registry::Registry>,
     requests: Family<Vec<(String, String)>, Counter>,
     seconds: Family<Vec<(String, String)>, Histogram>,
     seal_age: Gauge<f64, std::sync::atomic::AtomicU64>,
@@ -170,7 +178,11 @@ struct SealMetrics {
 }
 
 impl Metrics {
-    fn new(pool: Pool<ConnectionManager<PgConnection>>, log: pg_audit::AuditLog) -> Metrics {
+    /// The metrics, and the registry holding them.
+    fn new(
+        pool: Pool<ConnectionManager<PgConnection>>,
+        log: pg_audit::AuditLog,
+    ) -> (Metrics, prometheus_client::registry::Registry) {
         fn histogram() -> Histogram {
             // 1 ms to 16 s.
             Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
@@ -204,15 +216,15 @@ impl Metrics {
             "Log ids handed out past the last sealed one",
             past_seals.clone(),
         );
-        Metrics {
-            registry: std::sync::Arc::new(registry),
+        let metrics = Metrics {
             requests,
             seconds,
             seal_age,
             past_seals,
             pool,
             log,
-        }
+        };
+        (metrics, registry)
     }
 
     /// Answers `request`, counting it and its duration under its page.
@@ -258,58 +270,15 @@ impl Metrics {
             }
         }
     }
+}
 
-    /// Serves /metrics and /health at `addr` while the program runs.
-    async fn serve(self, addr: SocketAddr) -> Result<()> {
-        use axum::routing::get;
-        let scrape = self.clone();
-        let health = self;
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                get(move || async move {
-                    let m = scrape.clone();
-                    let _ = tokio::task::spawn_blocking(move || m.refresh()).await;
-                    let mut text = String::new();
-                    let status = match prometheus_client::encoding::text::encode(
-                        &mut text,
-                        &scrape.registry,
-                    ) {
-                        Ok(()) => StatusCode::OK,
-                        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                    };
-                    (
-                        status,
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }),
-            )
-            .route(
-                "/health",
-                get(move || async move {
-                    let m = health.clone();
-                    match tokio::task::spawn_blocking(move || m.refresh()).await {
-                        Ok(true) => (StatusCode::OK, "ok\n"),
-                        _ => (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "the database does not answer\n",
-                        ),
-                    }
-                }),
-            );
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "pg-audit admin: the metrics server stopped");
-            }
-        });
-        Ok(())
+impl crate::metrics::Watched for Metrics {
+    async fn check(&self) -> (bool, &'static str) {
+        let metrics = self.clone();
+        match tokio::task::spawn_blocking(move || metrics.refresh()).await {
+            Ok(true) => (true, "ok\n"),
+            _ => (false, "the database does not answer\n"),
+        }
     }
 }
 

@@ -215,59 +215,26 @@ fn print_status(status: &pg_audit_capture::Status, json: bool) {
     }
 }
 
+/// The worker, as its metrics server watches it: healthy while it streams.
+#[derive(Clone)]
+struct Streaming(std::sync::Arc<pg_audit_capture::Metrics>);
+
+impl crate::metrics::Watched for Streaming {
+    async fn check(&self) -> (bool, &'static str) {
+        if self.0.is_streaming() {
+            (true, "streaming\n")
+        } else {
+            (false, "not streaming\n")
+        }
+    }
+}
+
 /// Serves the worker's metrics and health at `addr` for as long as the program runs.
 async fn serve_metrics(
     addr: std::net::SocketAddr,
     metrics: std::sync::Arc<pg_audit_capture::Metrics>,
 ) -> Result<()> {
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry);
-    let registry = std::sync::Arc::new(registry);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = std::sync::Arc::clone(&registry);
-                async move {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => (
-                            StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        ),
-                        Err(_) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-                            "the metrics could not be written\n".to_owned(),
-                        ),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/health",
-            get(move || async move {
-                if metrics.is_streaming() {
-                    (StatusCode::OK, "streaming\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not streaming\n")
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
-    tracing::info!(%addr, "pg-audit capture: serving metrics at /metrics and health at /health");
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::warn!(error = %e, "pg-audit capture: the metrics server stopped");
-        }
-    });
-    Ok(())
+    crate::metrics::serve(addr, "pg-audit capture", registry, Streaming(metrics)).await
 }

@@ -9,6 +9,7 @@ mod admin;
 mod archive;
 mod capture;
 mod inspect;
+mod metrics;
 mod options;
 mod output;
 mod seal;
