@@ -299,6 +299,23 @@ fn replication_configs(
     progress: u64,
 ) -> Result<Vec<(String, ReplicationConfig)>, Error> {
     let source = &worker.source;
+    let verifies = matches!(
+        source.sslmode,
+        ConnSslMode::VerifyCa | ConnSslMode::VerifyFull
+    );
+    if verifies
+        && source
+            .targets
+            .iter()
+            .any(|t| matches!(t.host, Host::Tcp(_)))
+    {
+        // The same refusal, with the same message, as the ordinary sessions' (a mode that
+        // verifies without a root, a root that cannot be read).
+        pg_audit_connect::rustls_config(source).map_err(|source| Error::Connect {
+            doing: "setting up TLS for the replication connection",
+            source,
+        })?;
+    }
     source
         .targets
         .iter()
@@ -325,13 +342,6 @@ fn replication_configs(
                          address ({host}) under sslmode=verify-full: name the host by its DNS name"
                     ),
                 });
-            }
-            if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) {
-                // The same refusal, with the same message, as the ordinary sessions'.
-                pg_audit_connect::rustls_config(source).map_err(|source| Error::Connect {
-                    doing: "setting up TLS for the replication connection",
-                    source,
-                })?;
             }
             let tls = TlsConfig {
                 mode,

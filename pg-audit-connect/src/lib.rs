@@ -109,26 +109,12 @@ pub async fn connect_to(info: &ConnInfo) -> Result<tokio_postgres::Client, Error
     for target in &info.targets {
         let config = config(info, target);
         let attempt = if config.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-            config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map(|(client, connection)| {
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
-                    client
-                })
+            start(&config, tokio_postgres::NoTls).await
         } else {
             if tls.is_none() {
                 tls = Some(self::tls(info)?);
             }
-            let tls = tls.clone().expect("made above");
-            config.connect(tls).await.map(|(client, connection)| {
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                client
-            })
+            start(&config, tls.clone().expect("made above")).await
         };
         match attempt {
             Ok(client) => return Ok(client),
@@ -149,6 +135,22 @@ pub async fn connect_to(info: &ConnInfo) -> Result<tokio_postgres::Client, Error
         )),
         None => Error::Connect { target, source },
     })
+}
+
+/// Connects with `config` and drives the connection on the current runtime.
+async fn start<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
 }
 
 /// Why rustls refused the server's certificate, in words, if that is what `e` is.
