@@ -9,6 +9,9 @@ use pg_audit::sql::capture::emit_context_sql;
 use pg_audit::{AuditLog, Capture, QualifiedName, TriggerSpec};
 use pg_audit_tempdb::Cluster;
 
+#[path = "support/http.rs"]
+mod http;
+
 fn logical_cluster(name: &str) -> Cluster {
     Cluster::start_private(
         name,
@@ -1054,20 +1057,7 @@ fn over_tls_only_every_connection_checks_the_server() {
 
 /// `GET path` on the loopback port: status line and body.
 fn http_get(port: u16, path: &str) -> (String, String) {
-    use std::io::{Read as _, Write as _};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
+    http::get(port, &format!("127.0.0.1:{port}"), path, None)
 }
 
 /// A metric's value in Prometheus's text format.

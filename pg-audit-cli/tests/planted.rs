@@ -7,6 +7,8 @@
 //! The commands are read from the program's own help, recursively, so a new command fails this
 //! test until it is swept too.
 
+#[path = "support/http.rs"]
+mod http;
 #[path = "support/planted.rs"]
 mod planted;
 
@@ -408,7 +410,15 @@ fn planted_objects_never_run_in_any_command() {
     for (url, credentials) in [(&owner, true), (&reader, false)] {
         let port = free_port();
         let listen = format!("127.0.0.1:{port}");
-        let mut args = vec!["admin", "--listen", &listen];
+        let metrics_port = free_port();
+        let metrics_listen = format!("127.0.0.1:{metrics_port}");
+        let mut args = vec![
+            "admin",
+            "--listen",
+            &listen,
+            "--metrics-listen",
+            &metrics_listen,
+        ];
         if credentials {
             args.extend(["--basic-auth", "sweeper:sweep-password"]);
         }
@@ -460,6 +470,17 @@ fn planted_objects_never_run_in_any_command() {
                     .collect::<Vec<_>>()
             );
         }
+        // Its metrics server reads the seals through a session of its own.
+        for path in ["/metrics", "/health"] {
+            let (status, body) = http::get(metrics_port, &metrics_listen, path, None);
+            assert_eq!(status, "HTTP/1.1 200 OK", "{path}: {body}");
+        }
+        assert_eq!(
+            planted::calls(server, &superuser),
+            0,
+            "planted objects ran during the admin's metrics: {}",
+            planted::fired(server, &superuser)
+        );
         sweep.step(&["admin"], "pg-audit admin");
     }
 

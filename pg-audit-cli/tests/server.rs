@@ -1,9 +1,11 @@
 //! `pg-audit admin`: the admin's pages served on their own, against a real server.
 
-use std::io::{Read as _, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/http.rs"]
+mod http;
 
 struct Server(Child);
 
@@ -46,22 +48,7 @@ fn get(port: u16, path: &str, authorization: Option<&str>) -> (String, String) {
 
 /// `GET path` with this `Host` header.
 fn get_as(port: u16, host: &str, path: &str, authorization: Option<&str>) -> (String, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let auth = authorization
-        .map(|a| format!("Authorization: {a}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{auth}\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (
-        head.lines().next().unwrap_or("").to_owned(),
-        body.to_owned(),
-    )
+    http::get(port, host, path, authorization)
 }
 
 fn setup(hint: &str) -> pg_audit_tempdb::TempDatabase<'static> {
@@ -242,17 +229,27 @@ fn metrics_count_pages_and_follow_the_seals() {
     // Never sealed: -1, and every id is past the seals.
     assert_eq!(metric(&text, "pg_audit_seal_age_seconds"), -1.0);
     assert_eq!(metric(&text, "pg_audit_ids_past_seals"), 1.0);
-    let sealed = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
-        .args(["seal"])
-        .env("DATABASE_URL", db.url())
-        .output()
-        .unwrap();
-    assert!(
-        sealed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&sealed.stderr)
-    );
-    let text = get(metrics, "/metrics", None).1;
+    // Sealing stops at transactions still open anywhere on the server (other tests' too):
+    // seal until the seal exists.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let sealed = Command::new(env!("CARGO_BIN_EXE_pg-audit"))
+            .args(["seal"])
+            .env("DATABASE_URL", db.url())
+            .output()
+            .unwrap();
+        assert!(
+            sealed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sealed.stderr)
+        );
+        let text = get(metrics, "/metrics", None).1;
+        if metric(&text, "pg_audit_seal_age_seconds") != -1.0 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no seal was made:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let age = metric(&text, "pg_audit_seal_age_seconds");
     assert!((0.0..60.0).contains(&age), "{age}");
     assert_eq!(metric(&text, "pg_audit_ids_past_seals"), 0.0);
