@@ -232,7 +232,12 @@ pub(crate) async fn activity(
         filter.table = Some(name.name.as_str().to_owned());
     }
     if let Some(op) = given(&q.op) {
-        filter.operation = Some(op.parse()?);
+        filter.operation =
+            Some(
+                Operation::from_logged(op).ok_or_else(|| pg_audit::Error::UnknownOperation {
+                    name: op.to_owned(),
+                })?,
+            );
     }
     filter.user_id = given(&q.user).map(str::to_owned);
     filter.request_id = given(&q.request).map(str::to_owned);
@@ -281,7 +286,7 @@ pub(crate) async fn activity(
                 (field("table", "table", &q.table, "schema.table"))
                 label { "operation" select name="op" {
                     option value="" { "any" }
-                    @for op in Operation::ALL {
+                    @for op in Operation::LOGGED {
                         option value=(op.keyword()) selected[given(&q.op) == Some(op.keyword())] { (op.keyword()) }
                     }
                 } }
@@ -416,6 +421,9 @@ pub(crate) async fn record(
             @for e in &history {
                 div.entry id={ "e" (e.id) } {
                     h3 { (e.operation.keyword()) " · " (time(e.changed_at)) " · entry " (e.id) }
+                    @if e.operation == Operation::Snapshot {
+                        p.muted { "Baseline: the row as it stood when pg-audit baseline read it; no change was made." }
+                    }
                     p {
                         "by " @match &e.context.user_id { Some(u) => { a href=(href(&base, "/user", &[("id", u)])) { (text(u)) } }, None => { span.muted { "unknown" } } }
                         @if let Some(r) = &e.context.change_reason { " — why: " (text(r)) }

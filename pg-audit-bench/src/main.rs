@@ -25,6 +25,7 @@ use pg_audit_diesel::{AuditConnectionExt, AuditContext};
 use pg_audit_tempdb::Cluster;
 
 mod admin;
+mod baseline;
 mod designs;
 mod history;
 mod report;
@@ -65,6 +66,8 @@ struct Options {
     admin_rows: u64,
     /// Capture from the write-ahead log against triggers, instead of the main workloads.
     wal: bool,
+    /// Rows of the table for the baseline benchmark; 0: not run.
+    baseline_rows: u64,
 }
 
 impl Options {
@@ -78,6 +81,7 @@ impl Options {
             history_rows: 0,
             admin_rows: 0,
             wal: false,
+            baseline_rows: 0,
         };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
@@ -115,6 +119,13 @@ impl Options {
                         .unwrap_or(10_000_000);
                 }
                 "--wal" => opts.wal = true,
+                "--baseline" => {
+                    opts.baseline_rows = args
+                        .next()
+                        .filter(|n| !n.starts_with("--"))
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1_000_000);
+                }
                 "-h" | "--help" => usage(),
                 other => {
                     eprintln!("unknown argument `{other}`");
@@ -136,6 +147,7 @@ fn usage() -> ! {
          \x20      pg-audit-bench --history [ROWS]\n\
          \x20      pg-audit-bench --admin [ROWS]\n\
          \x20      pg-audit-bench --wal [--quick | --smoke]\n\
+         \x20      pg-audit-bench --baseline [ROWS]\n\
          \n\
          --quick    3 repetitions of shorter runs\n\
          --smoke    1 tiny repetition: checks the benchmark works (used by CI)\n\
@@ -144,7 +156,9 @@ fn usage() -> ! {
          \x20          and time reading one record's history\n\
          --admin    the same log, and the admin's pages timed over HTTP\n\
          --wal      capture from the write-ahead log: the write path, and the whole system\n\
-         \x20          with the capture worker running, and its lag"
+         \x20          with the capture worker running, and its lag\n\
+         --baseline a baseline of a table of ROWS rows (default 1 million) while writers\n\
+         \x20          update it: its speed, and the writers' latencies with and without it"
     );
     std::process::exit(2);
 }
@@ -193,6 +207,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         scripts,
         opts,
     };
+    if bench.opts.baseline_rows > 0 {
+        return baseline::run(&mut bench.conn, &bench.url, bench.opts.baseline_rows);
+    }
     if bench.opts.admin_rows > 0 {
         return admin::run(&mut bench.conn, &bench.url, bench.opts.admin_rows);
     }

@@ -25,6 +25,8 @@ struct Table {
     key: Vec<String>,
     track_only: Option<Vec<String>>,
     exclude: Vec<String>,
+    /// The masked columns, as the JSON array the insert reads (`None`: none).
+    mask: Option<Arc<str>>,
     operations: Vec<Operation>,
     /// The condition's query ([`TriggerSpec::capture_condition_sql`]).
     condition: Option<String>,
@@ -429,6 +431,7 @@ impl State<'_> {
                 .unwrap_or_default();
             let track_only: Option<Vec<String>> = row.get("track_only");
             let exclude: Option<Vec<String>> = row.get("exclude_fields");
+            let mask: Option<Vec<String>> = row.get("mask");
             let condition_text: Option<String> = row.get("condition");
             let operations: Vec<Operation> = row
                 .get::<_, Option<Vec<String>>>("operations")
@@ -460,6 +463,9 @@ impl State<'_> {
                     key,
                     track_only,
                     exclude: exclude.unwrap_or_default(),
+                    mask: mask
+                        .filter(|m| !m.is_empty())
+                        .map(|m| Arc::from(serde_json::to_string(&m).expect("strings serialize"))),
                     operations,
                     condition,
                     generated,
@@ -927,6 +933,7 @@ impl State<'_> {
             db_user: first.db_user.clone().unwrap_or_else(|| "?".to_owned()),
             context: message.context,
             condition: table.condition.as_deref().map(Arc::from),
+            mask: table.mask.clone(),
             full_old: None,
             full_new: None,
             issues: Vec::new(),
@@ -1006,7 +1013,7 @@ impl State<'_> {
                 row.record_pk = Some(key(old_v));
                 row.old_values = Some(audited(old_v));
             }
-            Operation::Truncate => {}
+            Operation::Truncate | Operation::Snapshot => {}
         }
         if table.condition.is_some() {
             row.full_old = old.as_deref().map(full_object);
@@ -1169,6 +1176,8 @@ struct Row {
     context: Option<String>,
     /// The condition's query of the table's configuration as of the change.
     condition: Option<Arc<str>>,
+    /// The masked columns of that configuration (a JSON array).
+    mask: Option<Arc<str>>,
     /// The whole rows, for a condition.
     full_old: Option<String>,
     full_new: Option<String>,
@@ -1219,7 +1228,7 @@ impl Row {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "null".to_owned());
         let _ = write!(
             out,
-            "{{\"ord\":{ord},\"changed_at\":{},\"tx_started_at\":{},\"txid\":{},\"operation\":\"{}\",\"schema_name\":{},\"table_name\":{},\"record_pk\":{},\"old_record_pk\":{},\"old_values\":{},\"new_values\":{},\"db_user\":{},\"context\":{}}}",
+            "{{\"ord\":{ord},\"changed_at\":{},\"tx_started_at\":{},\"txid\":{},\"operation\":\"{}\",\"schema_name\":{},\"table_name\":{},\"record_pk\":{},\"old_record_pk\":{},\"old_values\":{},\"new_values\":{},\"db_user\":{},\"context\":{},\"mask\":{}}}",
             json_string(&self.changed_at),
             json_string(&self.tx_started_at),
             self.txid,
@@ -1232,6 +1241,7 @@ impl Row {
             opt(&self.new_values),
             json_string(&self.db_user),
             opt(&self.context),
+            self.mask.as_deref().unwrap_or("null"),
         );
     }
 }

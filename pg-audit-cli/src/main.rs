@@ -7,6 +7,7 @@ use clap::{CommandFactory as _, Parser, Subcommand};
 
 mod admin;
 mod archive;
+mod baseline;
 mod capture;
 mod inspect;
 mod metrics;
@@ -42,6 +43,11 @@ enum Command {
     /// `psql -v ON_ERROR_STOP=1`.
     #[command(subcommand)]
     Sql(sql::SqlCommand),
+    /// Write each row an audited table holds now to the log as a SNAPSHOT entry, so rows
+    /// never changed since auditing began have a history, a state at any time and a place in
+    /// the table as of a time. Runs in short batches in key order (a writer waits for one
+    /// batch at most) and resumes where an interrupted run stopped.
+    Baseline(baseline::BaselineArgs),
     /// The history of one record, newest first: `pg-audit history users 42`, or for a
     /// composite key `pg-audit history order_lines acme,1` (values in key order) or
     /// `'{"org": "acme", "line_no": 1}'`.
@@ -236,6 +242,7 @@ fn main() -> ExitCode {
             db,
         } => inspect::history(&table, &key, limit, before, archived, &db),
         Command::Tx { txid, db } => inspect::tx(txid, &db),
+        Command::Baseline(args) => baseline::baseline(&args),
         Command::Partitions(cmd) => inspect::partitions(cmd),
         Command::Check(db) => match inspect::check(&db) {
             Ok(true) => Ok(()),

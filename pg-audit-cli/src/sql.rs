@@ -77,6 +77,11 @@ pub(crate) struct TriggerArgs {
     /// Log every column but these; their values never reach the log in any form.
     #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
     exclude_fields: Option<Vec<String>>,
+    /// Log these columns as keyed digests (HMAC-SHA-256 with a key only the log's owner can
+    /// read): entries show that the value changed and equal values compare equal, but the
+    /// values cannot be read or guessed from the log.
+    #[arg(long, value_name = "COLUMNS", value_delimiter = ',')]
+    mask_fields: Option<Vec<String>>,
     /// Log only rows for which this SQL boolean is true. `NEW` is the row after the change and
     /// `OLD` the row before; on INSERT both are the inserted row, on DELETE both the deleted
     /// row. Example: "NEW.is_active".
@@ -140,6 +145,9 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
                 }
                 if let Some(cols) = &args.exclude_fields {
                     spec = spec.exclude_fields(cols.clone());
+                }
+                if let Some(cols) = &args.mask_fields {
+                    spec = spec.mask(cols.clone());
                 }
                 if let Some(condition) = &args.condition {
                     spec = spec.condition(condition.clone());

@@ -345,6 +345,10 @@ fn planted_objects_never_run_in_any_command() {
         (vec!["tx", &txid], owner.as_str()),
         (vec!["partitions", "list"], owner.as_str()),
         (vec!["partitions", "ensure"], owner.as_str()),
+        (
+            vec!["baseline", "--table", "app.items", "--batch-size", "1"],
+            owner.as_str(),
+        ),
         (vec!["partitions", "count"], owner.as_str()),
         (
             vec!["partitions", "prune", "--older-than", "10 years"],

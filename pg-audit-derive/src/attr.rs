@@ -9,7 +9,7 @@ use syn::spanned::Spanned as _;
 use syn::{Ident, LitStr, Token};
 
 use crate::ctxt::Ctxt;
-use crate::symbol::{CAPTURE, CONDITION, EXCLUDE_FIELDS, KEYS, OPERATIONS, TRACK_ONLY};
+use crate::symbol::{CAPTURE, CONDITION, EXCLUDE_FIELDS, KEYS, MASK, OPERATIONS, TRACK_ONLY};
 
 /// A column as written in a list: a string literal or an identifier, turned into the Diesel
 /// column identifier it names, carrying the user's span.
@@ -30,6 +30,7 @@ pub(crate) struct Keyed<T> {
 pub(crate) struct Attrs {
     pub(crate) track_only: Option<Keyed<Vec<Column>>>,
     pub(crate) exclude_fields: Option<Keyed<Vec<Column>>>,
+    pub(crate) mask: Option<Keyed<Vec<Column>>>,
     pub(crate) condition: Option<Keyed<(LitStr, Condition)>>,
     pub(crate) operations: Option<Keyed<Vec<Operation>>>,
     pub(crate) capture: Option<Keyed<Capture>>,
@@ -88,6 +89,10 @@ pub(crate) fn parse(args: TokenStream, cx: &mut Ctxt) -> Attrs {
             EXCLUDE_FIELDS => {
                 let value = columns(&meta, EXCLUDE_FIELDS, cx)?;
                 set(&mut attrs.exclude_fields, key, value, EXCLUDE_FIELDS, cx);
+            }
+            MASK => {
+                let value = columns(&meta, MASK, cx)?;
+                set(&mut attrs.mask, key, value, MASK, cx);
             }
             CONDITION => {
                 let lit: LitStr = meta.value()?.parse()?;

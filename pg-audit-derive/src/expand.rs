@@ -106,6 +106,11 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
         }
         (None, None) => quote!(::pg_audit_diesel::ColumnSelection::All),
     };
+    let mask: Vec<TokenStream> = attrs
+        .mask
+        .as_ref()
+        .map(|m| m.value.iter().map(column_path).collect())
+        .unwrap_or_default();
     let condition = match &attrs.condition {
         Some(c) => {
             let lit = &c.value.0;
@@ -125,6 +130,7 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
                     Operation::Update => "Update",
                     Operation::Delete => "Delete",
                     Operation::Truncate => "Truncate",
+                    Operation::Snapshot => "Snapshot",
                 },
                 Span::call_site(),
             );
@@ -149,6 +155,7 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
                 const MODEL: &'static str = #model_name;
                 const CONFIG: ::pg_audit_diesel::AuditConfig = ::pg_audit_diesel::AuditConfig {
                     columns: #columns,
+                    mask: &[#(#mask),*],
                     condition: #condition,
                     operations: &[#(#operations),*],
                     capture: ::pg_audit_diesel::__private::Capture::#capture,

@@ -112,7 +112,7 @@ impl fmt::Display for Error {
             Error::MissingValues { table, columns } => write!(
                 f,
                 "cannot re-insert the record into {table}: {} {} NOT NULL without a default and \
-                 not in the log (excluded or not tracked); give values for them with \
+                 not in the log (excluded, not tracked, or masked); give values for them with \
                  `AuditReader::restore_with`",
                 columns.join(", "),
                 if columns.len() == 1 { "is" } else { "are" }

@@ -47,6 +47,7 @@ where
         .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
         .and_then(|mut versions| {
             versions.extend(reconcile.reinstall_differing(conn)?);
+            versions.extend(reconcile.take_baselines(conn)?);
             Ok(versions)
         });
     let unlock = conn.batch_execute(&format!(
@@ -94,6 +95,7 @@ where
 pub struct AuditMigrations {
     log: AuditLog,
     models: Option<ModelSet>,
+    baseline: Option<crate::Baseline>,
 }
 
 impl AuditMigrations {
@@ -103,6 +105,7 @@ impl AuditMigrations {
         AuditMigrations {
             log: AuditLog::new(),
             models: None,
+            baseline: None,
         }
     }
 
@@ -111,6 +114,7 @@ impl AuditMigrations {
         AuditMigrations {
             log: AuditLog::new(),
             models: Some(models),
+            baseline: None,
         }
     }
 
@@ -118,6 +122,17 @@ impl AuditMigrations {
     #[must_use]
     pub fn log(mut self, log: AuditLog) -> Self {
         self.log = log;
+        self
+    }
+
+    /// After the migrations, [`run_migrations`] takes each model's baseline
+    /// ([`take_baseline`](crate::take_baseline): every row the table holds written to the log as
+    /// a `SNAPSHOT` entry, in short batches), resuming one a stopped start left unfinished and
+    /// skipping those finished. The first start after it is set takes as long as the batches
+    /// (about 1M rows a minute); other instances wait for it on the migrations' lock.
+    #[must_use]
+    pub fn baseline(mut self, baseline: crate::Baseline) -> Self {
+        self.baseline = Some(baseline);
         self
     }
 
@@ -152,6 +167,29 @@ impl AuditMigrations {
 
     /// Reinstalls each model whose recorded configuration differs from the one it declares;
     /// returns `reinstalled <table>` for each.
+    /// Each model's baseline, when [`baseline`](Self::baseline) asked for them: `baseline
+    /// <table> (<rows> rows)` for each taken now.
+    fn take_baselines<C>(&self, conn: &mut C) -> diesel::migration::Result<Vec<String>>
+    where
+        C: diesel::Connection<Backend = Pg> + diesel::connection::LoadConnection,
+    {
+        let Some(options) = &self.baseline else {
+            return Ok(Vec::new());
+        };
+        let models = match &self.models {
+            Some(models) => models.clone(),
+            None => ModelSet::registered()?,
+        };
+        let mut taken = Vec::new();
+        for (_, spec) in models.specs()? {
+            let outcome = crate::take_baseline(conn, &self.log, spec.table(), options, |_| {})?;
+            if !outcome.already {
+                taken.push(format!("baseline {} ({} rows)", spec.table(), outcome.rows));
+            }
+        }
+        Ok(taken)
+    }
+
     fn reinstall_differing<C>(&self, conn: &mut C) -> diesel::migration::Result<Vec<String>>
     where
         C: diesel::Connection<Backend = Pg> + diesel::connection::LoadConnection,

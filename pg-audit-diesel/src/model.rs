@@ -26,6 +26,8 @@ pub enum ColumnSelection {
 pub struct AuditConfig {
     /// The logged columns.
     pub columns: ColumnSelection,
+    /// The masked columns (logged as keyed digests; see `pg_audit::sql::mask`).
+    pub mask: &'static [&'static str],
     /// The condition, a SQL boolean over `NEW` and `OLD`.
     pub condition: Option<&'static str>,
     /// The logged operations.
@@ -85,6 +87,9 @@ fn trigger_spec<T: Audited + ?Sized>() -> Result<TriggerSpec, Error> {
         ColumnSelection::TrackOnly(cols) => builder.track_only(cols.iter().copied()),
         ColumnSelection::Exclude(cols) => builder.exclude_fields(cols.iter().copied()),
     };
+    if !config.mask.is_empty() {
+        builder = builder.mask(config.mask.iter().copied());
+    }
     if let Some(condition) = config.condition {
         builder = builder.condition(condition);
     }

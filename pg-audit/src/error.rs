@@ -44,6 +44,18 @@ pub enum Error {
         /// The primary-key column.
         column: String,
     },
+    /// A masked column is part of the key, which the log stores as it is.
+    MaskedPrimaryKey {
+        /// The column.
+        column: String,
+    },
+    /// A masked column is not logged at all (excluded, or not among `track_only`).
+    MaskedNotLogged {
+        /// The column.
+        column: String,
+        /// `exclude_fields` or `track_only`.
+        option: &'static str,
+    },
     /// No operation was selected for auditing.
     NoOperations,
     /// An operation name is not one of insert, update, delete, truncate.
@@ -107,6 +119,18 @@ impl fmt::Display for Error {
             Error::ExcludedPrimaryKey { column } => write!(
                 f,
                 "primary-key column `{column}` cannot be excluded: the log stores every record's key"
+            ),
+            Error::MaskedPrimaryKey { column } => write!(
+                f,
+                "primary-key column `{column}` cannot be masked: the log stores every record's key as it is"
+            ),
+            Error::MaskedNotLogged { column, option } if *option == "exclude_fields" => write!(
+                f,
+                "column `{column}` is both masked and excluded: choose one (excluded values never reach the log; masked ones reach it as digests)"
+            ),
+            Error::MaskedNotLogged { column, .. } => write!(
+                f,
+                "masked column `{column}` is not among track_only: add it there, or do not mask it"
             ),
             Error::NoOperations => f.write_str(
                 "no operation to audit; choose at least one of insert, update, delete, truncate",

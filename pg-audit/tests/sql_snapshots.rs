@@ -199,3 +199,35 @@ fn capture_generated_values() {
         pg_audit::sql::capture::generated_values_sql(&table, &columns)
     ));
 }
+
+#[test]
+fn baseline_statements() {
+    let log = AuditLog::new();
+    let spec = TriggerSpec::builder(pg_audit::QualifiedName::parse("public.accounts").unwrap())
+        .primary_key(["org", "id"])
+        .exclude_fields(["secret"])
+        .condition("NEW.active")
+        .build()
+        .unwrap();
+    insta::assert_snapshot!(
+        [
+            log.installed_table_sql(),
+            log.baseline_progress_sql(),
+            log.baseline_begin_sql(false),
+            log.baseline_begin_sql(true),
+            log.baseline_step_sql(),
+            log.baseline_batch_sql(&spec, true),
+            log.baseline_batch_sql(&spec, false),
+        ]
+        .join(";\n\n")
+    );
+}
+
+#[test]
+fn trigger_masked() {
+    let spec = TriggerSpec::builder(pg_audit::QualifiedName::parse("public.people").unwrap())
+        .mask(["ssn", "dob"])
+        .build()
+        .unwrap();
+    insta::assert_snapshot!(spec.install_sql(&AuditLog::new()));
+}

@@ -615,7 +615,7 @@ fn restore_names_the_columns_the_log_cannot_give_and_takes_them_from_the_caller(
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "cannot re-insert the record into \"public\".\"accounts\": secret is NOT NULL without a default and not in the log (excluded or not tracked); give values for them with `AuditReader::restore_with`"
+        "cannot re-insert the record into \"public\".\"accounts\": secret is NOT NULL without a default and not in the log (excluded, not tracked, or masked); give values for them with `AuditReader::restore_with`"
     );
     assert_eq!(logged(&mut conn), before, "nothing was written");
     let mut values = serde_json::Map::new();

@@ -458,3 +458,48 @@ fn run_migrations_follows_the_release_and_reinstall_repairs_drift() {
     assert_eq!(source().reinstall(&mut conn).unwrap(), 2);
     assert_eq!(problems(&mut conn), json!(0));
 }
+
+/// With `baseline`, the start that installs a model also writes its existing rows to the log
+/// as SNAPSHOT entries (as its triggers would log them); later starts find it finished.
+#[test]
+fn migrations_with_a_baseline_snapshot_the_rows_that_were_there() {
+    let (_db, mut conn) = app_db("mig_baseline");
+    exec(
+        &mut conn,
+        "INSERT INTO users SELECT g, 'n' || g, 'e' || g FROM generate_series(1, 25) AS g;
+         INSERT INTO notes SELECT g, 'b' || g FROM generate_series(1, 7) AS g;",
+    );
+    let source = || {
+        AuditMigrations::models(ModelSet::new().with::<UserV1>().with::<Note>()).baseline(
+            pg_audit_diesel::Baseline {
+                batch_size: 10,
+                ..Default::default()
+            },
+        )
+    };
+    let applied = pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    assert!(
+        applied.contains(&"baseline \"users\" (25 rows)".to_owned()),
+        "{applied:?}"
+    );
+    assert!(
+        applied.contains(&"baseline \"notes\" (7 rows)".to_owned()),
+        "{applied:?}"
+    );
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT json_agg(DISTINCT table_name || ':' || (new_values ? 'email')) FROM audit.auditlog WHERE operation = 'SNAPSHOT'"
+        ),
+        serde_json::json!(["notes:false", "users:false"])
+    );
+    let again = pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    assert!(again.is_empty(), "{again:?}");
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT count(*) FROM audit.auditlog WHERE operation = 'SNAPSHOT'"
+        ),
+        serde_json::json!(32)
+    );
+}

@@ -2,7 +2,7 @@
 //! (`<log>_records`, kept by `<log>_count()`), must equal the table rebuilt from every entry
 //! of the log — the plain definition below — whatever part of the log is counted, at every
 //! time, on histories with key changes, deletes, re-inserts, TRUNCATEs, rows from before
-//! auditing and statement times out of id order.
+//! auditing, a baseline's snapshots taken midway and statement times out of id order.
 
 use std::time::{Duration, SystemTime};
 
@@ -21,8 +21,9 @@ const DEFINITION: &str = "
 WITH at AS (SELECT timestamptz 'epoch' + $1 * interval '1 microsecond' AS t),
  ev AS (
     SELECT l.record_pk AS k, l.id, l.changed_at,
-           CASE WHEN l.operation IN ('UPDATE', 'DELETE') AND l.old_record_pk IS NULL THEN l.old_values END AS before,
-           CASE WHEN l.operation IN ('INSERT', 'UPDATE') THEN l.new_values END AS after
+           CASE WHEN l.operation IN ('UPDATE', 'DELETE') AND l.old_record_pk IS NULL THEN l.old_values
+                WHEN l.operation = 'SNAPSHOT' THEN l.new_values END AS before,
+           CASE WHEN l.operation IN ('INSERT', 'UPDATE', 'SNAPSHOT') THEN l.new_values END AS after
       FROM audit.auditlog AS l WHERE l.table_name = 't' AND l.record_pk IS NOT NULL
     UNION ALL
     SELECT l.old_record_pk, l.id, l.changed_at, l.old_values, NULL
@@ -156,6 +157,15 @@ fn the_table_at_any_time_equals_its_definition_however_much_is_counted() {
                 ),
             };
             exec(&mut conn, &statement);
+            if i == 200 {
+                // A baseline's snapshot of every row, midway through the history.
+                diesel::sql_query(log.baseline_batch_sql(&spec, true))
+                    .bind::<diesel::sql_types::Nullable<Text>, _>(None::<&str>)
+                    .bind::<BigInt, _>(1_000_000)
+                    .bind::<Text, _>("{}")
+                    .execute(&mut conn)
+                    .unwrap();
+            }
         }
         // One change a minute, then a few moved out of id order (a long statement's start).
         exec(
@@ -388,4 +398,96 @@ fn records_whose_entries_were_removed_are_read_from_the_table() {
             ]
         );
     }
+}
+
+/// After a finished baseline the log holds every row: a reader that may not read the table
+/// still gets the whole table, from the log alone.
+#[test]
+fn after_a_finished_baseline_the_log_alone_gives_the_whole_table() {
+    let db = TestDb::new("table_at_baseline");
+    let mut conn = db.conn();
+    let log = AuditLog::new();
+    exec(&mut conn, &log.create_sql());
+    exec(
+        &mut conn,
+        "CREATE TABLE t (id int PRIMARY KEY, name text);
+         INSERT INTO t SELECT g, 'before auditing ' || g FROM generate_series(1, 30) AS g;",
+    );
+    let spec = TriggerSpec::builder(QualifiedName::parse("public.t").unwrap())
+        .build()
+        .unwrap();
+    exec(&mut conn, &spec.install_sql(&log));
+    let roles = pg_audit_tests::Roles::new("baseline", &["reader"]);
+    let role = roles.name("reader");
+    exec(
+        &mut conn,
+        &log.grant_read_sql(&pg_audit::Ident::new(role.trim_matches('"')).unwrap()),
+    );
+    // The reader may read the log, not the table.
+    let mut as_reader = db.conn();
+    exec(&mut as_reader, &format!("SET ROLE {role}"));
+    let reader = AuditReader::new();
+    let table = QualifiedName::parse("t").unwrap();
+    let before = reader
+        .table_at(&mut as_reader, &table, SystemTime::now(), None, 100)
+        .unwrap();
+    assert!(!before.current_rows);
+    assert!(before.rows.is_empty());
+    // The baseline, as `pg-audit baseline` takes it: begun, one batch, recorded finished.
+    let (schema, name) = ("public", "t");
+    diesel::sql_query(log.baseline_begin_sql(false))
+        .bind::<Text, _>(schema)
+        .bind::<Text, _>(name)
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(log.baseline_batch_sql(&spec, true))
+        .bind::<diesel::sql_types::Nullable<Text>, _>(None::<&str>)
+        .bind::<BigInt, _>(1_000)
+        .bind::<Text, _>("{}")
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query(log.baseline_step_sql())
+        .bind::<Text, _>(schema)
+        .bind::<Text, _>(name)
+        .bind::<diesel::sql_types::Nullable<Text>, _>(Some(r#"{"id": 30}"#))
+        .bind::<BigInt, _>(30)
+        .bind::<diesel::sql_types::Bool, _>(true)
+        .execute(&mut conn)
+        .unwrap();
+    exec(&mut conn, "UPDATE t SET name = 'changed' WHERE id = 7");
+    let page = reader
+        .table_at(&mut as_reader, &table, SystemTime::now(), None, 100)
+        .unwrap();
+    assert!(page.current_rows);
+    assert_eq!(page.rows.len(), 30);
+    assert!(page.rows.iter().all(|r| r.from_log));
+    let one = page.rows.iter().find(|r| r.key["id"] == 1).unwrap();
+    assert_eq!(one.values["name"], "before auditing 1");
+    let seven = page.rows.iter().find(|r| r.key["id"] == 7).unwrap();
+    assert_eq!(seven.values["name"], "changed");
+    // A row's state before its snapshot is the snapshot's: the log saw no change of it.
+    let long_ago = SystemTime::now() - Duration::from_secs(86_400);
+    let state = reader
+        .state_of_at(
+            &mut as_reader,
+            &table,
+            &serde_json::json!({"id": 3}),
+            long_ago,
+        )
+        .unwrap();
+    assert_eq!(state.unwrap()["name"], "before auditing 3");
+    // Blame names the snapshot for columns no entry changed since.
+    let blame = reader
+        .blame_of(&mut as_reader, &table, &serde_json::json!({"id": 7}))
+        .unwrap();
+    let by_column = |c: &str| {
+        blame
+            .iter()
+            .find(|b| b.column == c)
+            .unwrap()
+            .entry
+            .operation
+    };
+    assert_eq!(by_column("name"), pg_audit::Operation::Update);
+    assert_eq!(by_column("id"), pg_audit::Operation::Snapshot);
 }

@@ -147,7 +147,9 @@ pub struct OperationText(Operation);
 impl FromSql<Text, Pg> for OperationText {
     fn from_sql(value: PgValue<'_>) -> deserialize::Result<Self> {
         let text = <String as FromSql<Text, Pg>>::from_sql(value)?;
-        Ok(OperationText(text.parse()?))
+        Operation::from_logged(&text)
+            .map(OperationText)
+            .ok_or_else(|| format!("the log holds an unknown operation `{text}`").into())
     }
 }
 
@@ -168,7 +170,8 @@ mod operation_name {
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Operation, D::Error> {
         let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        text.parse().map_err(D::Error::custom)
+        Operation::from_logged(&text)
+            .ok_or_else(|| D::Error::custom(format!("unknown operation `{text}`")))
     }
 }
 

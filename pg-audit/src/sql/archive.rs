@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::ident::text_literal;
+use crate::ident::{QualifiedName, text_literal};
 use crate::sql::names::LogNames;
 use crate::sql::shape::{LOG_COLUMNS, LogColumn};
 
@@ -61,6 +61,20 @@ pub(crate) fn archive_rows_sql(relation: &str) -> String {
         "SELECT {} FROM {relation} AS l ORDER BY {}",
         list.join(", "),
         file_order("l")
+    )
+}
+
+/// The SQL of [`crate::AuditLog::export_rows_sql`].
+pub(crate) fn export_rows_sql(log: &QualifiedName) -> String {
+    let list: Vec<String> = LOG_COLUMNS.iter().map(|c| out_expr(c, "l")).collect();
+    format!(
+        "SELECT {} FROM {log} AS l
+ WHERE l.changed_at OPERATOR(pg_catalog.>=) $1::text::timestamptz AND l.changed_at OPERATOR(pg_catalog.<) $2::text::timestamptz
+   AND ($3::text IS NULL OR l.schema_name OPERATOR(pg_catalog.=) $3::text)
+   AND ($4::text IS NULL OR l.table_name OPERATOR(pg_catalog.=) $4::text)
+   AND ($5::text IS NULL OR (l.context OPERATOR(pg_catalog.->>) 'user_id') OPERATOR(pg_catalog.=) $5::text)
+ ORDER BY l.id",
+        list.join(", "),
     )
 }
 

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, text_literal};
 use crate::sql::install::{
-    AUDITED_FIELD, CAPTURE_FIELD, EXCLUDE_FIELD, KEY_FIELD, TRACK_ONLY_FIELD,
+    AUDITED_FIELD, CAPTURE_FIELD, EXCLUDE_FIELD, KEY_FIELD, MASK_FIELD, TRACK_ONLY_FIELD,
 };
 use crate::sql::names::LogNames;
 use crate::sql::shape::{record_key_expr, written_columns};
@@ -208,6 +208,7 @@ ON CONFLICT (slot) DO UPDATE SET lsn = EXCLUDED.lsn, last_commit = EXCLUDED.last
 
 /// The SQL of [`crate::AuditLog::capture_insert_sql`].
 pub(crate) fn capture_insert_sql(names: &LogNames) -> String {
+    let masked = names.function("masked");
     let columns: Vec<&str> = written_columns().map(|c| c.name).collect();
     let key = |pk: &str| {
         format!(
@@ -230,6 +231,10 @@ pub(crate) fn capture_insert_sql(names: &LogNames) -> String {
             }
             // Normalized as the triggers store it: one value per key.
             "context" => "r.context::pg_catalog.jsonb::pg_catalog.json".to_owned(),
+            // Masked as the triggers mask them.
+            "old_values" | "new_values" => format!(
+                "CASE WHEN r.mask IS NULL THEN r.{c} ELSE {masked}(r.{c}, ARRAY(SELECT pg_catalog.jsonb_array_elements_text(r.mask))) END"
+            ),
             other => format!("r.{other}"),
         })
         .collect();
@@ -239,7 +244,7 @@ SELECT {values}, r.changed_at, r.tx_started_at, r.txid, r.db_user
   FROM pg_catalog.json_to_recordset($1::text::pg_catalog.json) AS r(
        ord bigint, changed_at timestamptz, tx_started_at timestamptz, txid bigint, operation text,
        schema_name text, table_name text, record_pk jsonb, old_record_pk jsonb, old_values jsonb,
-       new_values jsonb, db_user text, context json)
+       new_values jsonb, db_user text, context json, mask jsonb)
  WHERE r.operation OPERATOR(pg_catalog.<>) 'UPDATE'
     OR r.old_values IS NULL OR r.old_values OPERATOR(pg_catalog.<>) r.new_values OR {changed_key}
  ORDER BY r.ord",
@@ -251,6 +256,26 @@ SELECT {values}, r.changed_at, r.tx_started_at, r.txid, r.db_user
 
 /// The SQL of [`crate::AuditLog::captured_tables_sql`].
 pub(crate) fn captured_tables_sql(names: &LogNames) -> String {
+    installed_tables_sql(
+        names,
+        &format!(
+            "r.config ->> {} OPERATOR(pg_catalog.=) {}",
+            text_literal(CAPTURE_FIELD),
+            text_literal(Capture::Wal.name()),
+        ),
+    )
+}
+
+/// One table's install record, as [`captured_tables_sql`] reads them: `$1` schema, `$2` name.
+pub(crate) fn installed_table_sql(names: &LogNames) -> String {
+    installed_tables_sql(
+        names,
+        "r.table_schema OPERATOR(pg_catalog.=) $1 AND r.table_name OPERATOR(pg_catalog.=) $2",
+    )
+}
+
+/// The install records passing `filter` (over `r`), each with its configuration as columns.
+fn installed_tables_sql(names: &LogNames, filter: &str) -> String {
     let list = |path: &str| {
         format!(
             "CASE WHEN pg_catalog.jsonb_typeof(r.config #> {path}) OPERATOR(pg_catalog.=) 'array' THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text(r.config #> {path})) END"
@@ -262,18 +287,18 @@ pub(crate) fn captured_tables_sql(names: &LogNames) -> String {
        {} AS primary_key,
        {} AS track_only,
        {} AS exclude_fields,
+       {} AS mask,
        r.config ->> 'condition' AS condition,
        {} AS operations
   FROM {} AS r
- WHERE r.config ->> {} OPERATOR(pg_catalog.=) {}
+ WHERE {filter}
  ORDER BY 1, 2",
         list(&path(&[KEY_FIELD])),
         list(&path(&[AUDITED_FIELD, TRACK_ONLY_FIELD])),
         list(&path(&[AUDITED_FIELD, EXCLUDE_FIELD])),
+        list(&path(&[MASK_FIELD])),
         list(&path(&["operations"])),
         names.config_table(),
-        text_literal(CAPTURE_FIELD),
-        text_literal(Capture::Wal.name()),
     )
 }
 
@@ -317,5 +342,55 @@ mod tests {
                 name: "logical".into()
             })
         );
+    }
+}
+
+/// A table's install record as [`captured_tables_sql`] reads it, from which its spec is made
+/// again (for the capture worker's condition, and a baseline's rows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledTable {
+    /// `table_schema`.
+    pub schema: String,
+    /// `table_name`.
+    pub name: String,
+    /// `primary_key`.
+    pub primary_key: Vec<String>,
+    /// `track_only`.
+    pub track_only: Option<Vec<String>>,
+    /// `exclude_fields`.
+    pub exclude_fields: Option<Vec<String>>,
+    /// `mask` (empty: none).
+    pub mask: Vec<String>,
+    /// `condition`, as written.
+    pub condition: Option<String>,
+}
+
+impl InstalledTable {
+    /// The table's name, schema-qualified.
+    pub fn table(&self) -> Result<crate::QualifiedName, crate::Error> {
+        Ok(crate::QualifiedName::new(
+            Some(crate::Ident::new(&self.schema)?),
+            crate::Ident::new(&self.name)?,
+        ))
+    }
+
+    /// The spec the record was installed from, as far as the values it logs go (key, columns,
+    /// condition).
+    pub fn spec(&self) -> Result<crate::TriggerSpec, crate::Error> {
+        let mut builder =
+            crate::TriggerSpec::builder(self.table()?).primary_key(self.primary_key.clone());
+        if let Some(columns) = &self.track_only {
+            builder = builder.track_only(columns.clone());
+        }
+        if let Some(columns) = &self.exclude_fields {
+            builder = builder.exclude_fields(columns.clone());
+        }
+        if !self.mask.is_empty() {
+            builder = builder.mask(self.mask.clone());
+        }
+        if let Some(condition) = &self.condition {
+            builder = builder.condition(condition.clone());
+        }
+        builder.build()
     }
 }

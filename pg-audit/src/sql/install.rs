@@ -22,6 +22,8 @@ pub const AUDITED_FIELD: &str = "audited";
 pub const TRACK_ONLY_FIELD: &str = "track_only";
 /// In [`AUDITED_FIELD`]: these columns are never logged.
 pub const EXCLUDE_FIELD: &str = "exclude_fields";
+/// The install record's field listing the masked columns (absent when none are).
+pub const MASK_FIELD: &str = "mask";
 /// The install record's field saying where changes are captured: `"wal"`, or absent for
 /// triggers (records written before capture from the write-ahead log existed have none).
 pub const CAPTURE_FIELD: &str = "capture";
@@ -38,6 +40,8 @@ pub(crate) struct InstallRecord {
     pub(crate) primary_key: Vec<String>,
     /// `"all"`, `{"track_only": [...]}` or `{"exclude_fields": [...]}`, as JSON.
     pub(crate) audited: Audited,
+    /// The masked columns.
+    pub(crate) mask: Vec<String>,
     /// The condition as written.
     pub(crate) condition: Option<String>,
     /// The audited operations' keywords.
@@ -81,8 +85,13 @@ impl InstallRecord {
         } else {
             String::new()
         };
+        let mask = if self.mask.is_empty() {
+            String::new()
+        } else {
+            format!(",{}:{}", json_string(MASK_FIELD), json_list(&self.mask))
+        };
         format!(
-            "{{{}:{},{}:{audited},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}{capture}}}",
+            "{{{}:{},{}:{audited}{mask},\"condition\":{condition},{}:{},\"levels\":{},{}:{},{}:{}{capture}}}",
             json_string(KEY_FIELD),
             json_list(&self.primary_key),
             json_string(AUDITED_FIELD),

@@ -3,6 +3,7 @@
 
 pub mod adopt;
 pub mod archive;
+pub mod baseline;
 pub mod capture;
 pub mod catalog;
 pub mod check;
@@ -12,6 +13,7 @@ pub(crate) mod digest;
 pub(crate) mod horizon;
 pub mod install;
 pub mod log;
+pub mod mask;
 pub(crate) mod names;
 pub mod records;
 pub mod redact;

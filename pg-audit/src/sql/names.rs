@@ -57,6 +57,16 @@ impl LogNames {
         self.function("prunes")
     }
 
+    /// The key of masked columns' digests.
+    pub(crate) fn mask_key_table(&self) -> QualifiedName {
+        self.function("mask_key")
+    }
+
+    /// The baselines' progress.
+    pub(crate) fn baselines_table(&self) -> QualifiedName {
+        self.function("baselines")
+    }
+
     /// The seals.
     pub(crate) fn seals_table(&self) -> QualifiedName {
         self.function("seals")
@@ -167,6 +177,7 @@ impl LogNames {
             ("seal_horizon", ""),
             ("seal", "integer"),
             ("count", "bigint"),
+            ("masked", "jsonb, text[]"),
             (
                 "redact",
                 "regclass, bigint, text, text, jsonb, text[], text",
@@ -209,6 +220,8 @@ impl LogNames {
             self.context_counts_table(),
             self.counts_state_table(),
             self.records_table(),
+            self.baselines_table(),
+            self.mask_key_table(),
         ]
     }
 
@@ -238,6 +251,7 @@ impl LogNames {
             self.context_counts_table(),
             self.counts_state_table(),
             self.records_table(),
+            self.baselines_table(),
         ]
     }
 }

@@ -22,7 +22,7 @@
 use crate::QualifiedName;
 use crate::ident::text_literal;
 use crate::sql::names::LogNames;
-use crate::sql::shape::record_key_expr;
+use crate::sql::shape::{Operation, record_key_expr};
 
 /// The records table, part of the log's DDL (after the counts, whose state it shares).
 pub(crate) fn objects_sql(names: &LogNames) -> String {
@@ -76,10 +76,12 @@ REVOKE ALL ON TABLE {records} FROM PUBLIC;
 /// state before and after it; NULL: no row). A key-changing UPDATE ends the old key's record
 /// and starts the new key's.
 fn sides(source: &str, filter: &str) -> String {
+    let before = Operation::before_state_sql("l");
+    let after = Operation::after_state_sql("l");
     format!(
         "SELECT l.id, l.changed_at, l.schema_name, l.table_name, (l.record_pk::text) COLLATE \"C\" AS key,
-                CASE WHEN l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['UPDATE', 'DELETE']) AND l.old_record_pk IS NULL THEN l.old_values END AS before,
-                CASE WHEN l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE']) THEN l.new_values END AS after
+                {before} AS before,
+                {after} AS after
            FROM {source} AS l
           WHERE l.record_pk IS NOT NULL AND {filter}
          UNION ALL
@@ -191,7 +193,7 @@ pub(crate) fn table_at_sql(names: &LogNames) -> String {
                     SELECT l.new_values FROM {log} AS l
                      WHERE l.id OPERATOR(pg_catalog.=) c.last_id
                        AND l.changed_at OPERATOR(pg_catalog.>=) c.first_at AND l.changed_at OPERATOR(pg_catalog.<=) c.last_at
-                       AND l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE'])
+                       AND l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE', 'SNAPSHOT'])
                        AND l.record_pk OPERATOR(pg_catalog.=) c.key::jsonb
                        AND l.id OPERATOR(pg_catalog.>) coalesce((SELECT t.id FROM truncated AS t), 0)) END,
                     {state}) END AS v
@@ -277,10 +279,12 @@ SELECT w.key, w.key::jsonb AS k, (SELECT {values} FROM {table} AS t WHERE t.ctid
 /// table was truncated after it (`truncated`), else the state before its first entry after.
 fn state_at(log: &QualifiedName) -> String {
     let record_key = record_key_expr("$1", "$2", "c.key::jsonb");
+    let after = Operation::after_state_sql("l");
+    let before = Operation::before_state_sql("l");
     let entries = |when: &str| {
         format!(
-            "SELECT l.id, CASE WHEN l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE']) THEN l.new_values END AS after,
-                            CASE WHEN l.operation OPERATOR(pg_catalog.=) ANY (ARRAY['UPDATE', 'DELETE']) AND l.old_record_pk IS NULL THEN l.old_values END AS before
+            "SELECT l.id, {after} AS after,
+                            {before} AS before
                        FROM {log} AS l
                       WHERE l.record_key OPERATOR(pg_catalog.=) {record_key} AND {THIS_TABLE}
                         AND l.record_pk OPERATOR(pg_catalog.=) c.key::jsonb AND {when}

@@ -271,10 +271,15 @@ pub enum Operation {
     Delete,
     /// `TRUNCATE`: one log row per statement, with no row values.
     Truncate,
+    /// A row as it stood when `pg-audit baseline` read it (`new_values`; no `old_values`): no
+    /// trigger writes it. Its state holds before and after it, so a row never changed since
+    /// auditing began still has a history, a state at any time and a place in the table as of
+    /// a time.
+    Snapshot,
 }
 
 impl Operation {
-    /// Every operation.
+    /// Every operation a trigger (or the capture worker) logs.
     pub const ALL: [Operation; 4] = [
         Operation::Insert,
         Operation::Update,
@@ -287,6 +292,43 @@ impl Operation {
     /// `operations` leaves it out.
     pub const DEFAULT: [Operation; 4] = Operation::ALL;
 
+    /// Every operation an entry of the log may hold: the triggers' and `SNAPSHOT`.
+    pub const LOGGED: [Operation; 5] = [
+        Operation::Insert,
+        Operation::Update,
+        Operation::Delete,
+        Operation::Truncate,
+        Operation::Snapshot,
+    ];
+
+    /// The operation an entry's `operation` column holds (its keyword, any case).
+    pub fn from_logged(keyword: &str) -> Option<Operation> {
+        Operation::LOGGED
+            .into_iter()
+            .find(|op| op.keyword().eq_ignore_ascii_case(keyword))
+    }
+
+    /// Whether a trigger logs it (not a snapshot).
+    pub fn is_triggered(self) -> bool {
+        Operation::ALL.contains(&self)
+    }
+
+    /// The SQL expression of the row's state after the entry aliased `l` (NULL: no row).
+    pub fn after_state_sql(l: &str) -> String {
+        format!(
+            "CASE WHEN {l}.operation OPERATOR(pg_catalog.=) ANY (ARRAY['INSERT', 'UPDATE', 'SNAPSHOT']) THEN {l}.new_values END"
+        )
+    }
+
+    /// The SQL expression of the row's state before the entry aliased `l` for its own key
+    /// (NULL: no row, or the key changed): a snapshot's row stood as it was read.
+    pub fn before_state_sql(l: &str) -> String {
+        format!(
+            "CASE WHEN {l}.operation OPERATOR(pg_catalog.=) ANY (ARRAY['UPDATE', 'DELETE']) AND {l}.old_record_pk IS NULL THEN {l}.old_values \
+WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
+        )
+    }
+
     /// The lower-case name the `operations` option of the attribute and the program take:
     /// `insert`, `update`, `delete`, `truncate`.
     pub fn name(self) -> &'static str {
@@ -295,6 +337,7 @@ impl Operation {
             Operation::Update => "update",
             Operation::Delete => "delete",
             Operation::Truncate => "truncate",
+            Operation::Snapshot => "snapshot",
         }
     }
 
@@ -305,6 +348,7 @@ impl Operation {
             Operation::Update => "UPDATE",
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
+            Operation::Snapshot => "SNAPSHOT",
         }
     }
 
@@ -319,6 +363,8 @@ impl Operation {
             Operation::Update => "pg_audit_update",
             Operation::Delete => "pg_audit_delete",
             Operation::Truncate => "pg_audit_truncate",
+            // The builder refuses it among a table's operations.
+            Operation::Snapshot => unreachable!("no trigger logs a snapshot"),
         }
     }
 
@@ -331,7 +377,7 @@ impl Operation {
             Operation::Update => {
                 format!("REFERENCING OLD TABLE AS {OLD_ROWS} NEW TABLE AS {NEW_ROWS}")
             }
-            Operation::Truncate => String::new(),
+            Operation::Truncate | Operation::Snapshot => String::new(),
         }
     }
 
@@ -343,6 +389,7 @@ impl Operation {
             Operation::Delete => tgtype::DELETE,
             Operation::Update => tgtype::UPDATE,
             Operation::Truncate => tgtype::TRUNCATE,
+            Operation::Snapshot => 0,
         }
     }
 

@@ -29,6 +29,8 @@ pub(super) async fn blame<D: Driver>(
 ) -> QueryResult<Vec<Blame>> {
     let mut blame: Vec<Blame> = Vec::new();
     let mut open: Option<Vec<String>> = None; // columns not yet attributed
+    // A snapshot sets nothing: columns no older entry set were as it read them.
+    let mut snapshot: Option<AuditEntry> = None;
     let mut page = Some(Page::first(200));
     while let Some(p) = page {
         let entries = history(log, conn, table, key, p).await?;
@@ -48,6 +50,10 @@ pub(super) async fn blame<D: Driver>(
                 Operation::Insert => columns.clone(),
                 Operation::Update => entry.changes().into_keys().collect(),
                 Operation::Delete | Operation::Truncate => Vec::new(),
+                Operation::Snapshot => {
+                    snapshot = Some(entry.clone());
+                    Vec::new()
+                }
             };
             columns.retain(|column| {
                 if !set.contains(column) {
@@ -70,6 +76,21 @@ pub(super) async fn blame<D: Driver>(
                 page = None;
                 break;
             }
+        }
+    }
+    if let (Some(entry), Some(columns)) = (snapshot, open) {
+        for column in columns {
+            let value = entry
+                .new_values
+                .as_ref()
+                .and_then(|row| row.get(&column))
+                .cloned()
+                .unwrap_or(Value::Null);
+            blame.push(Blame {
+                column,
+                value,
+                entry: entry.clone(),
+            });
         }
     }
     blame.sort_by(|a, b| b.entry.id.cmp(&a.entry.id).then(a.column.cmp(&b.column)));

@@ -7,7 +7,7 @@ use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
 use serde_json::{Map, Value};
 
 use super::history::{entry_of, history};
-use super::record::read_ident;
+use super::record::{read_ident, resolve_table, table_query};
 use crate::Error;
 use crate::log::Page;
 use crate::log::driver::{Driver, first};
@@ -34,6 +34,39 @@ pub(super) async fn reverted<D: Driver>(
             row.entry(column.clone()).or_insert_with(|| value.clone());
         }
     }
+    Ok(unmasked(log, conn, table, values).await?)
+}
+
+/// `values` without the table's masked columns, whose digests the log holds instead of the
+/// values: a revert leaves them as they are, and a restore needs them supplied.
+async fn unmasked<D: Driver>(
+    log: &AuditLog,
+    conn: &mut D,
+    table: &QualifiedName,
+    mut values: Option<Value>,
+) -> QueryResult<Option<Value>> {
+    #[derive(QueryableByName)]
+    struct Masked {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let sql = format!(
+        "SELECT m.name FROM ({resolve}) AS r
+           JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
+                            AND c.table_name OPERATOR(pg_catalog.=) r.table_name
+          CROSS JOIN LATERAL pg_catalog.jsonb_array_elements_text(
+                CASE WHEN pg_catalog.jsonb_typeof(c.config OPERATOR(pg_catalog.->) {field}) OPERATOR(pg_catalog.=) 'array'
+                     THEN c.config OPERATOR(pg_catalog.->) {field} ELSE '[]' END) AS m(name)",
+        resolve = resolve_table(log),
+        config = log.config_table(),
+        field = pg_audit::quote_literal(pg_audit::sql::install::MASK_FIELD).expect("a constant"),
+    );
+    let masked: Vec<Masked> = conn.load(table_query(sql, table)).await?;
+    if let Some(Value::Object(row)) = &mut values {
+        for m in masked {
+            row.remove(&m.name);
+        }
+    }
     Ok(values)
 }
 
@@ -46,7 +79,9 @@ pub(super) async fn deleted<D: Driver>(
 ) -> Result<Option<Value>, Error> {
     let newest = history(log, conn, table, key, Page::first(1)).await?;
     match newest.first() {
-        Some(e) if e.operation == Operation::Delete => Ok(e.old_values.clone()),
+        Some(e) if e.operation == Operation::Delete => {
+            Ok(unmasked(log, conn, table, e.old_values.clone()).await?)
+        }
         Some(_) => Err(Error::NotDeleted { key: key.clone() }),
         None => Err(Error::NoHistory { key: key.clone() }),
     }

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use diesel::QueryResult;
 use diesel::sql_types::{BigInt, Nullable, Timestamptz};
-use pg_audit::{AuditLog, QualifiedName};
+use pg_audit::{AuditLog, Operation, QualifiedName};
 use serde_json::Value;
 
 use super::history::{key_change, record_sql};
@@ -47,7 +47,26 @@ pub(super) async fn state_at<D: Driver>(
         }
         match key_change(log, conn, table, &key, upper).await? {
             Some((change, before)) => (key, upper) = (before, Some(change)),
-            None => return Ok(None),
+            None => {
+                // A record whose first entry is a snapshot stood as the snapshot read it
+                // before then too (the log saw no change of it).
+                let query = record_query(
+                    record_sql(
+                        log,
+                        "WHERE l.changed_at OPERATOR(pg_catalog.>) $5
+                          ORDER BY l.changed_at, l.id
+                          LIMIT 1",
+                    ),
+                    table,
+                    &key,
+                )
+                .bind::<Nullable<BigInt>, _>(upper)
+                .bind::<Timestamptz, _>(LogTime(at));
+                let next: Option<AuditEntry> = first(conn.load(query).await?);
+                return Ok(next
+                    .filter(|e| e.operation == Operation::Snapshot)
+                    .and_then(|e| e.new_values));
+            }
         }
     }
 }

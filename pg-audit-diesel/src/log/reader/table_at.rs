@@ -4,7 +4,8 @@
 //! [`table_at`] takes four steps: [`audited_table`] finds the table's install record,
 //! [`logged_rows`] walks the log's records in key order and reads each one's state through
 //! the log's indexes (never every entry of the table), [`unseen_rows`] reads the rows the log
-//! never saw from the table, and [`merge`] orders the two into one page.
+//! never saw from the table (none after a finished baseline, which put them all in the log),
+//! and [`merge`] orders the two into one page.
 
 use std::time::SystemTime;
 
@@ -27,8 +28,10 @@ pub struct TableAt {
     /// The rows, ordered by key (the key object's JSON text as PostgreSQL writes it, byte by
     /// byte).
     pub rows: Vec<RowAt>,
-    /// Whether rows the log never saw change were read from the table (false: the reader
-    /// lacks `SELECT` on it, and only rows the log holds are listed).
+    /// Whether the page is the whole table: the rows the log never saw change were read from
+    /// the table, or a finished baseline (`pg-audit baseline`) put every row in the log
+    /// (false: the reader lacks `SELECT` on the table, and only rows the log holds are
+    /// listed).
     pub current_rows: bool,
 }
 
@@ -60,7 +63,10 @@ pub(super) async fn table_at<D: Driver>(
         through: counted_through(log, conn).await?,
     };
     let logged = logged_rows(log, conn, &audited, at, page).await?;
-    let unseen = if audited.may_read {
+    // A finished baseline wrote every row the table held: the log alone has them all.
+    let unseen = if audited.baselined {
+        Some(Vec::new())
+    } else if audited.may_read {
         unseen_rows(log, conn, &audited, page).await?
     } else {
         None
@@ -81,6 +87,9 @@ struct AuditedTable {
     /// Whether the reader may use the table's schema and `SELECT` from the table.
     #[diesel(sql_type = Bool)]
     may_read: bool,
+    /// Whether a baseline of the table finished (`pg-audit baseline`).
+    #[diesel(sql_type = Bool)]
+    baselined: bool,
 }
 
 /// One row of a page: its key object's JSON text as PostgreSQL writes it (the page's order),
@@ -132,12 +141,17 @@ async fn audited_table<D: Driver>(
                             FROM pg_catalog.pg_class AS t
                             JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) t.relnamespace
                            WHERE n.nspname OPERATOR(pg_catalog.=) r.schema_name
-                             AND t.relname OPERATOR(pg_catalog.=) r.table_name), false) AS may_read
+                             AND t.relname OPERATOR(pg_catalog.=) r.table_name), false) AS may_read,
+                EXISTS (SELECT FROM {baselines} AS b
+                         WHERE b.schema_name OPERATOR(pg_catalog.=) r.schema_name
+                           AND b.table_name OPERATOR(pg_catalog.=) r.table_name
+                           AND b.finished_at IS NOT NULL) AS baselined
            FROM ({resolve}) AS r
            JOIN {config} AS c ON c.table_schema OPERATOR(pg_catalog.=) r.schema_name
                             AND c.table_name OPERATOR(pg_catalog.=) r.table_name",
         resolve = resolve_table(log),
-        config = log.config_table()
+        config = log.config_table(),
+        baselines = log.baselines_table(),
     );
     first(conn.load(table_query(sql, table)).await?).ok_or_else(|| Error::NotAudited {
         table: table.to_string(),

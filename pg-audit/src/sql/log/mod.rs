@@ -15,7 +15,10 @@ use std::fmt::Write as _;
 use crate::Error;
 use crate::ident::{Ident, QualifiedName, quote_literal};
 use crate::sql::names::LogNames;
-use crate::sql::{adopt, archive, capture, check, counts, install, records, redact, seal};
+use crate::sql::trigger::TriggerSpec;
+use crate::sql::{
+    adopt, archive, baseline, capture, check, counts, install, mask, records, redact, seal,
+};
 
 pub mod partition;
 mod table;
@@ -111,6 +114,12 @@ impl AuditLog {
         self.names.default_partition()
     }
 
+    /// The baselines' progress (`pg-audit baseline`): which tables' rows were all written to
+    /// the log as `SNAPSHOT` entries.
+    pub fn baselines_table(&self) -> QualifiedName {
+        self.names.baselines_table()
+    }
+
     /// The table recording each audited table's installed configuration.
     pub fn config_table(&self) -> QualifiedName {
         self.names.config_table()
@@ -128,6 +137,8 @@ impl AuditLog {
             redact::objects_sql(names),
             counts::objects_sql(names),
             records::objects_sql(names),
+            baseline::objects_sql(names),
+            mask::objects_sql(names),
             table::append_only_tables_sql(names),
             adopt::objects_sql(names),
         ]
@@ -351,6 +362,13 @@ impl AuditLog {
     /// [`crate::sql::archive::ArchiveType`] says.
     pub fn archive_rows_sql(&self, relation: &str) -> String {
         archive::archive_rows_sql(relation)
+    }
+
+    /// The log's entries for an export, in the archive's form ([`Self::archive_rows_sql`]), by
+    /// id: `$1` and `$2` the time range (`changed_at` from `$1`, before `$2`; text), `$3` the
+    /// schema, `$4` the table and `$5` the context's `user_id` (text, each NULL for any).
+    pub fn export_rows_sql(&self) -> String {
+        archive::export_rows_sql(self.table())
     }
 
     /// The number of rows, lowest and highest id, and content digest (a SHA-256 over the
@@ -591,6 +609,38 @@ impl AuditLog {
     /// (text[] or NULL), `exclude_fields` (text[] or NULL), `condition`, `operations` (text[]).
     pub fn captured_tables_sql(&self) -> String {
         capture::captured_tables_sql(&self.names)
+    }
+
+    /// SQL reading one table's install record with the columns of
+    /// [`captured_tables_sql`](Self::captured_tables_sql) (no row: not installed): `$1` its
+    /// schema, `$2` its name. [`InstalledTable`](crate::sql::capture::InstalledTable) makes
+    /// its spec.
+    pub fn installed_table_sql(&self) -> String {
+        capture::installed_table_sql(&self.names)
+    }
+
+    /// SQL reading a table's baseline progress (see [`crate::sql::baseline`]): `last_key`
+    /// (text), `rows`, `finished`, `started_at`, `finished_at`; `$1` schema, `$2` table.
+    pub fn baseline_progress_sql(&self) -> String {
+        baseline::progress_sql(&self.names)
+    }
+
+    /// SQL beginning a table's baseline (`$1` schema, `$2` table); with `again`, anew.
+    pub fn baseline_begin_sql(&self, again: bool) -> String {
+        baseline::begin_sql(&self.names, again)
+    }
+
+    /// SQL recording a baseline batch: `$1` schema, `$2` table, `$3` the last key (text),
+    /// `$4` rows written, `$5` finished.
+    pub fn baseline_step_sql(&self) -> String {
+        baseline::step_sql(&self.names)
+    }
+
+    /// One batch of `spec`'s table's baseline: `$1` the key after which it starts (JSON text;
+    /// NULL when `first`), `$2` the most rows, `$3` the entries' context (JSON text).
+    /// Returns `rows`, `written` (bigint) and `last_key` (text, NULL once no row is left).
+    pub fn baseline_batch_sql(&self, spec: &TriggerSpec, first: bool) -> String {
+        baseline::batch_sql(spec, &self.names, first)
     }
 }
 

@@ -166,6 +166,8 @@ pub(crate) fn drop_sql(names: &LogNames) -> String {
         names.context_counts_table(),
         names.counts_state_table(),
         names.records_table(),
+        names.baselines_table(),
+        names.mask_key_table(),
         names.redacted_values_table(),
         names.redactions_table(),
     ] {

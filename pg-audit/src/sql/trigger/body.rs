@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use super::TriggerSpec;
 use super::row::{SEED, condition_for, key_json, record_key, values_json};
+use crate::ident::QualifiedName;
 use crate::sql::log::AuditLog;
 use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, record_key_seed_expr, written_columns};
 
@@ -15,6 +16,7 @@ use crate::sql::shape::{NEW_ROWS, OLD_ROWS, Operation, record_key_seed_expr, wri
 pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     let columns: Vec<&str> = written_columns().map(|c| c.name).collect();
     let insert_into = format!("INSERT INTO {} ({})", log.table(), columns.join(", "));
+    let masked = log.names().function("masked");
     // The table's names are read once per call: a partition's triggers pass the audited
     // table's, so its rows are logged under the table's name. The context is read once, before
     // any branch, into `v_context`.
@@ -34,11 +36,11 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     let mut branches = String::new();
     for (i, &op) in spec.operations().iter().enumerate() {
         let keyword = if i == 0 { "IF" } else { "ELSIF" };
-        let statement = Rows::of(spec, op, false).insert(spec, op, &insert_into);
+        let statement = Rows::of(spec, op, false).insert(spec, op, &insert_into, &masked);
         let branch = if spec.is_row_level(op) {
             // Row-level as configured; statement-level on a partitioned table, whose
             // partitions are audited by statement-level triggers of their own.
-            let row = Rows::of(spec, op, true).insert(spec, op, &insert_into);
+            let row = Rows::of(spec, op, true).insert(spec, op, &insert_into, &masked);
             format!(
                 "IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN\n        {row}\n        ELSE\n        {statement}\n        END IF;"
             )
@@ -119,7 +121,13 @@ impl Rows {
     }
 
     /// The branch's statements: one `INSERT` into the log.
-    fn insert(&self, spec: &TriggerSpec, op: Operation, insert_into: &str) -> String {
+    fn insert(
+        &self,
+        spec: &TriggerSpec,
+        op: Operation,
+        insert_into: &str,
+        masked: &QualifiedName,
+    ) -> String {
         let keyword = format!("'{}'", op.keyword());
         let context = CONTEXT;
         match self {
@@ -130,7 +138,7 @@ impl Rows {
             Rows::Trigger => {
                 // The condition, here rather than in the trigger's `WHEN`: with the function's
                 // pinned settings, whatever the writer's session set.
-                let statement = row_statement(spec, op, insert_into);
+                let statement = row_statement(spec, op, insert_into, masked);
                 match condition_for(spec, op, "NEW", "OLD") {
                     Some(c) => format!("IF ({c}) THEN\n        {statement}\n        END IF;"),
                     None => statement,
@@ -140,16 +148,22 @@ impl Rows {
                 let (key_row, old, new) = if *pair {
                     (
                         NEW_ROW,
-                        values_json(spec, OLD_ROW),
-                        values_json(spec, NEW_ROW),
+                        values_json(spec, OLD_ROW, masked),
+                        values_json(spec, NEW_ROW, masked),
                     )
                 } else {
                     let (_, alias) = single_rows(op);
                     match op {
-                        Operation::Delete => {
-                            (alias, values_json(spec, alias), "NULL::jsonb".into())
-                        }
-                        _ => (alias, "NULL::jsonb".into(), values_json(spec, alias)),
+                        Operation::Delete => (
+                            alias,
+                            values_json(spec, alias, masked),
+                            "NULL::jsonb".into(),
+                        ),
+                        _ => (
+                            alias,
+                            "NULL::jsonb".into(),
+                            values_json(spec, alias, masked),
+                        ),
                     }
                 };
                 let row = LogRow {
@@ -186,7 +200,12 @@ impl Rows {
 }
 
 /// A row-level trigger's `INSERT` of `NEW`/`OLD` for `op` (the caller applies the condition).
-fn row_statement(spec: &TriggerSpec, op: Operation, insert_into: &str) -> String {
+fn row_statement(
+    spec: &TriggerSpec,
+    op: Operation,
+    insert_into: &str,
+    masked: &QualifiedName,
+) -> String {
     let keyword = format!("'{}'", op.keyword());
     let key_row = if op == Operation::Delete {
         "OLD"
@@ -217,8 +236,8 @@ fn row_statement(spec: &TriggerSpec, op: Operation, insert_into: &str) -> String
             {insert_into}
             VALUES ({});
         END IF;",
-            values_json(spec, "OLD"),
-            values_json(spec, "NEW"),
+            values_json(spec, "OLD", masked),
+            values_json(spec, "NEW", masked),
             key_json(spec, "NEW"),
             key_json(spec, "OLD"),
             LogRow {
@@ -231,11 +250,11 @@ fn row_statement(spec: &TriggerSpec, op: Operation, insert_into: &str) -> String
         ),
         Operation::Delete => format!(
             "{insert_into}\n        VALUES ({});",
-            row(&values_json(spec, "OLD"), "NULL").list()
+            row(&values_json(spec, "OLD", masked), "NULL").list()
         ),
         _ => format!(
             "{insert_into}\n        VALUES ({});",
-            row("NULL", &values_json(spec, "NEW")).list()
+            row("NULL", &values_json(spec, "NEW", masked)).list()
         ),
     }
 }

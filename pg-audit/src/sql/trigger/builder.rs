@@ -16,6 +16,7 @@ pub struct TriggerSpecBuilder {
     primary_key: Vec<String>,
     track_only: Option<Vec<String>>,
     exclude: Option<Vec<String>>,
+    mask: Option<Vec<String>>,
     condition: Option<String>,
     operations: Option<Vec<Operation>>,
     level: TriggerLevel,
@@ -38,6 +39,7 @@ impl TriggerSpecBuilder {
             primary_key: vec!["id".to_owned()],
             track_only: None,
             exclude: None,
+            mask: None,
             condition: None,
             operations: None,
             level: TriggerLevel::Auto,
@@ -63,6 +65,13 @@ impl TriggerSpecBuilder {
         columns: I,
     ) -> Self {
         self.exclude = Some(strings(columns));
+        self
+    }
+
+    /// Logs these columns as keyed digests (see [`crate::sql::mask`]): that they changed, and
+    /// whether two values are equal, never the values.
+    pub fn mask<I: IntoIterator<Item = S>, S: Into<String>>(mut self, columns: I) -> Self {
+        self.mask = Some(strings(columns));
         self
     }
 
@@ -108,6 +117,31 @@ impl TriggerSpecBuilder {
             }
             (None, None) => Columns::All,
         };
+        let mask = match self.mask {
+            Some(cols) => column_list("mask", cols)?,
+            None => Vec::new(),
+        };
+        for column in &mask {
+            let name = || column.as_str().to_owned();
+            if primary_key.contains(column) {
+                return Err(Error::MaskedPrimaryKey { column: name() });
+            }
+            match &columns {
+                Columns::Exclude(cols) if cols.contains(column) => {
+                    return Err(Error::MaskedNotLogged {
+                        column: name(),
+                        option: "exclude_fields",
+                    });
+                }
+                Columns::TrackOnly(cols) if !cols.contains(column) => {
+                    return Err(Error::MaskedNotLogged {
+                        column: name(),
+                        option: "track_only",
+                    });
+                }
+                _ => {}
+            }
+        }
         let condition = self
             .condition
             .as_deref()
@@ -125,6 +159,7 @@ impl TriggerSpecBuilder {
             table: self.table,
             primary_key,
             columns,
+            mask,
             condition,
             operations,
             level: self.level,

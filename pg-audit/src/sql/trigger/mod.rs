@@ -40,6 +40,7 @@ mod row;
 mod wal;
 
 pub use builder::TriggerSpecBuilder;
+pub(crate) use row::{condition_for, key_json, values_json};
 
 /// Which columns of the audited table reach the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +116,7 @@ pub struct TriggerSpec {
     table: QualifiedName,
     primary_key: Vec<Ident>,
     columns: Columns,
+    mask: Vec<Ident>,
     condition: Option<Condition>,
     operations: Vec<Operation>,
     level: TriggerLevel,
@@ -131,6 +133,11 @@ impl TriggerSpec {
     /// The audited table.
     pub fn table(&self) -> &QualifiedName {
         &self.table
+    }
+
+    /// The masked columns (logged as keyed digests).
+    pub fn mask(&self) -> &[Ident] {
+        &self.mask
     }
 
     /// The key columns.
@@ -264,6 +271,14 @@ impl TriggerSpec {
             "{}",
             install::delete_sql(&log.config_table(), &self.table)
         );
+        let _ = writeln!(
+            sql,
+            "DO {};",
+            dollar_quote(&format!(
+                "\nBEGIN\n    {}\nEND\n",
+                crate::sql::baseline::forget_plpgsql(log.names(), &self.table.literal())
+            ))
+        );
         sql
     }
 
@@ -310,6 +325,7 @@ END
         if let Columns::TrackOnly(cols) | Columns::Exclude(cols) = &self.columns {
             names.extend(cols.iter().map(|c| c.as_str().to_owned()));
         }
+        names.extend(self.mask.iter().map(|c| c.as_str().to_owned()));
         if let Some(condition) = &self.condition {
             names.extend(condition.column_refs().into_iter().map(|r| r.column));
         }
@@ -338,6 +354,7 @@ END
                 Columns::TrackOnly(cols) => Audited::TrackOnly(names(cols)),
                 Columns::Exclude(cols) => Audited::Exclude(names(cols)),
             },
+            mask: names(&self.mask),
             condition: self.condition.as_ref().map(|c| c.as_str().to_owned()),
             operations: self
                 .operations

@@ -3,15 +3,26 @@
 //! trigger function ([`super::body`]) and the trigger definitions ([`super::create`]) use them.
 
 use super::{Columns, TriggerSpec};
-use crate::ident::Ident;
+use crate::ident::{Ident, QualifiedName};
 use crate::sql::condition::RowRef;
 use crate::sql::shape::{Operation, record_key_from_seed};
 
 /// The variable holding the seed of the table's record keys, computed once per call.
 pub(super) const SEED: &str = "v_seed";
 
-/// The JSON object of the audited columns of `row` (an expression of the table's row type).
-pub(super) fn values_json(spec: &TriggerSpec, row: &str) -> String {
+/// The JSON object of the audited columns of `row` (an expression of the table's row type),
+/// its masked columns as digests by the log's `masked` function.
+pub(crate) fn values_json(spec: &TriggerSpec, row: &str, masked: &QualifiedName) -> String {
+    let values = plain_values_json(spec, row);
+    if spec.mask().is_empty() {
+        return values;
+    }
+    let columns: Vec<String> = spec.mask().iter().map(Ident::literal).collect();
+    format!("{masked}({values}, ARRAY[{}]::text[])", columns.join(", "))
+}
+
+/// The JSON object of the audited columns of `row`, in clear.
+fn plain_values_json(spec: &TriggerSpec, row: &str) -> String {
     match spec.columns() {
         Columns::All => format!("pg_catalog.to_jsonb({row})"),
         Columns::TrackOnly(cols) => json_object(row, cols),
@@ -26,7 +37,7 @@ pub(super) fn values_json(spec: &TriggerSpec, row: &str) -> String {
 }
 
 /// The key object of `row`: `{"id": row.id}`.
-pub(super) fn key_json(spec: &TriggerSpec, row: &str) -> String {
+pub(crate) fn key_json(spec: &TriggerSpec, row: &str) -> String {
     json_object(row, spec.primary_key())
 }
 
@@ -45,7 +56,8 @@ pub(crate) fn condition_for(
 ) -> Option<String> {
     let condition = spec.condition()?;
     let (new, old) = match op {
-        Operation::Insert => (new, new),
+        // A snapshot's row is kept as an insert of it would be.
+        Operation::Insert | Operation::Snapshot => (new, new),
         Operation::Delete => (old, old),
         Operation::Update => (new, old),
         Operation::Truncate => return None,
@@ -92,7 +104,11 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(
-            values_json(&spec, "NEW"),
+            values_json(
+                &spec,
+                "NEW",
+                &QualifiedName::parse("audit.auditlog_masked").unwrap()
+            ),
             "(pg_catalog.to_jsonb(NEW) OPERATOR(pg_catalog.-) ARRAY['password_hash']::text[])"
         );
     }
