@@ -123,6 +123,22 @@ impl BatchBuilder {
         self.rows += 1;
     }
 
+    /// A row from its fields (as the digest reads them), in the log's column order.
+    pub(crate) fn push_fields(&mut self, fields: &[crate::digest::Field<'_>]) {
+        use crate::digest::Field;
+        for (column, field) in self.columns.iter_mut().zip(fields) {
+            match (column, field) {
+                (Builder::Int(b), Field::Int(v)) => b.append_value(*v),
+                (Builder::Time(b), Field::Int(v)) => b.append_value(*v),
+                (Builder::Text(b), Field::Text(t)) => b.append_value(t),
+                (Builder::Int(b), _) => b.append_null(),
+                (Builder::Time(b), _) => b.append_null(),
+                (Builder::Text(b), _) => b.append_null(),
+            }
+        }
+        self.rows += 1;
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.rows
     }

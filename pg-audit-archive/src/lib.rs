@@ -8,7 +8,8 @@
 //!
 //! The tamper evidence over the log and its archive lives here too: [`verify`] (returning a
 //! [`Report`] that `pg-audit verify` prints), the seals and their export ([`seals`],
-//! [`write_export`], [`read_export`]), and [`redact`].
+//! [`write_export`], [`read_export`]), [`redact`], and the export of entries for auditors
+//! with the seals that prove them ([`export`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), pg_audit_archive::Error> {
@@ -29,6 +30,7 @@
 
 mod catalogue;
 pub mod digest;
+pub mod export;
 mod file;
 mod partition;
 mod read;
@@ -73,6 +75,8 @@ pub enum Error {
     Mismatch(String),
     /// Refused, and why (with the fix).
     Refused(String),
+    /// Reading or writing a local file (what was being done).
+    Io(String, std::io::Error),
 }
 
 impl std::fmt::Display for Error {
@@ -83,7 +87,8 @@ impl std::fmt::Display for Error {
             | Error::Parquet(what, _)
             | Error::Db(what, _)
             | Error::Mismatch(what)
-            | Error::Refused(what) => f.write_str(what),
+            | Error::Refused(what)
+            | Error::Io(what, _) => f.write_str(what),
             Error::Connect(e) => write!(f, "{e}"),
         }
     }
@@ -95,6 +100,7 @@ impl std::error::Error for Error {
             Error::Store(_, e) => Some(e),
             Error::Parquet(_, e) => Some(e),
             Error::Db(_, e) => Some(e),
+            Error::Io(_, e) => Some(e),
             Error::Connect(e) => e.source(),
             Error::Location(_) | Error::Mismatch(_) | Error::Refused(_) => None,
         }

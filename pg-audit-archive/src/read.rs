@@ -322,13 +322,7 @@ fn entries_of(
         {
             continue;
         }
-        let op = match operation.value(row) {
-            "INSERT" => Operation::Insert,
-            "UPDATE" => Operation::Update,
-            "DELETE" => Operation::Delete,
-            "TRUNCATE" => Operation::Truncate,
-            _ => return Err(bad()),
-        };
+        let op = Operation::from_logged(operation.value(row)).ok_or_else(bad)?;
         out.push(AuditEntry {
             id: id.get(row).ok_or_else(bad)?,
             changed_at: time(changed_at.get(row)),
@@ -348,7 +342,7 @@ fn entries_of(
     Ok(out)
 }
 
-async fn open(
+pub(crate) async fn open(
     archive: &Archive,
     path: &Path,
     location: &str,

@@ -9,6 +9,7 @@ mod admin;
 mod archive;
 mod baseline;
 mod capture;
+mod export;
 mod inspect;
 mod metrics;
 mod options;
@@ -179,6 +180,27 @@ enum Command {
         #[command(flatten)]
         db: options::Db,
     },
+    /// Write the entries changed between two times (of one table, of one user) to a file for
+    /// auditors — JSON lines, CSV or Parquet, live and archived entries — with a proof beside it
+    /// (FILE.proof.jsonl): the seals covering them and every row digest those seals cover.
+    Export(export::ExportArgs),
+    /// Check an export against its proof, without the database: the file is the one exported,
+    /// each entry is exactly a row its seals cover, and the seals are intact and chained; with
+    /// --seals, that they are the seals kept apart. Exits 1 when anything differs or an entry is
+    /// not sealed.
+    VerifyExport {
+        /// The exported file.
+        file: std::path::PathBuf,
+        /// Its proof [default: FILE.proof.jsonl].
+        #[arg(long, value_name = "FILE")]
+        proof: Option<std::path::PathBuf>,
+        /// The seals as exported by `pg-audit seal --export` and kept apart from the database.
+        #[arg(long, value_name = "FILE")]
+        seals: Option<std::path::PathBuf>,
+        /// Print JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Erase a person's data from every log entry, live and archived: the named columns of one
     /// record (--table and --key), or a user id in contexts (--user). Each value becomes
     /// `"[redacted]"`; the redaction is recorded (who, when, why, which entries) and the seals
@@ -243,6 +265,17 @@ fn main() -> ExitCode {
         } => inspect::history(&table, &key, limit, before, archived, &db),
         Command::Tx { txid, db } => inspect::tx(txid, &db),
         Command::Baseline(args) => baseline::baseline(&args),
+        Command::Export(args) => export::export(&args),
+        Command::VerifyExport {
+            file,
+            proof,
+            seals,
+            json,
+        } => match export::verify_export(&file, proof.as_deref(), seals.as_deref(), json) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(e) => Err(e),
+        },
         Command::Partitions(cmd) => inspect::partitions(cmd),
         Command::Check(db) => match inspect::check(&db) {
             Ok(true) => Ok(()),
