@@ -155,6 +155,9 @@ fn side(v: Option<&Value>) -> Markup {
 
 /// What an entry changed, key by key inside JSON columns (`meta.score: 3 → 99`).
 fn changes_summary(e: &AuditEntry) -> Markup {
+    if let Some(schema) = e.schema_changes() {
+        return html! { span.mono { (text(&schema.join("; "))) } };
+    }
     let changes = e.changed_paths();
     html! {
         @for (i, c) in changes.iter().enumerate() {

@@ -1013,7 +1013,7 @@ impl State<'_> {
                 row.record_pk = Some(key(old_v));
                 row.old_values = Some(audited(old_v));
             }
-            Operation::Truncate | Operation::Snapshot => {}
+            Operation::Truncate | Operation::Snapshot | Operation::Ddl => {}
         }
         if table.condition.is_some() {
             row.full_old = old.as_deref().map(full_object);

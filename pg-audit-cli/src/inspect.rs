@@ -187,19 +187,20 @@ fn print_entries(entries: &[AuditEntry], json: bool, empty: &str) {
     for e in entries {
         // Key by key inside JSON columns: `meta.score: 3 → 99`.
         let side = |v: &Option<Value>| v.as_ref().map_or_else(|| "(absent)".to_owned(), value_text);
-        let changes: Vec<String> = e
-            .changed_paths()
-            .into_iter()
-            .map(|c| {
-                if e.old_values.is_none() {
-                    format!("{}={}", c.path, side(&c.after))
-                } else if e.new_values.is_none() {
-                    format!("{}={}", c.path, side(&c.before))
-                } else {
-                    format!("{}: {} → {}", c.path, side(&c.before), side(&c.after))
-                }
-            })
-            .collect();
+        let changes: Vec<String> = e.schema_changes().unwrap_or_else(|| {
+            e.changed_paths()
+                .into_iter()
+                .map(|c| {
+                    if e.old_values.is_none() {
+                        format!("{}={}", c.path, side(&c.after))
+                    } else if e.new_values.is_none() {
+                        format!("{}={}", c.path, side(&c.before))
+                    } else {
+                        format!("{}: {} → {}", c.path, side(&c.before), side(&c.after))
+                    }
+                })
+                .collect()
+        });
         table.push(vec![
             json!(e.id),
             json!(utc_string(e.changed_at)),

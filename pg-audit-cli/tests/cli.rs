@@ -372,3 +372,40 @@ fn completions_and_the_manual_are_generated_from_the_same_definition() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn history_reads_a_renamed_column_as_one_and_tx_lists_the_schema_change() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server.create_database("cli_rename").expect("database");
+    db.psql("CREATE TABLE people (id int PRIMARY KEY, name text)")
+        .expect("create table");
+    db.psql(&stdout(&["sql", "table"]))
+        .expect("install the log");
+    db.psql(&stdout(&[
+        "sql",
+        "trigger",
+        "--table",
+        "people",
+        "--database-url",
+        db.url(),
+    ]))
+    .expect("install the trigger");
+    db.psql(
+        "INSERT INTO people VALUES (1, 'Ann');
+         ALTER TABLE people RENAME COLUMN name TO full_name;
+         UPDATE people SET full_name = 'Anna';",
+    )
+    .expect("changes");
+    let history = stdout(&["history", "people", "1", "--database-url", db.url()]);
+    assert!(history.contains("full_name: Ann → Anna"), "{history}");
+    assert!(history.contains("full_name=Ann"), "{history}");
+    assert!(!history.contains(" name="), "{history}");
+    let txid = db
+        .psql("SELECT txid FROM audit.auditlog WHERE operation = 'DDL'")
+        .expect("txid");
+    let tx = stdout(&["tx", txid.trim(), "--database-url", db.url()]);
+    assert!(
+        tx.contains("DDL") && tx.contains("renamed name → full_name"),
+        "{tx}"
+    );
+}

@@ -131,6 +131,7 @@ fn expand(model: &Model, attrs: &Attrs) -> TokenStream {
                     Operation::Delete => "Delete",
                     Operation::Truncate => "Truncate",
                     Operation::Snapshot => "Snapshot",
+                    Operation::Ddl => "Ddl",
                 },
                 Span::call_site(),
             );

@@ -61,6 +61,15 @@ pub enum Error {
         /// The columns.
         columns: Vec<String>,
     },
+    /// A revert to an entry holding columns the table has dropped since.
+    SchemaChanged {
+        /// The entry.
+        entry: i64,
+        /// The table.
+        table: String,
+        /// The columns dropped since.
+        columns: Vec<String>,
+    },
     /// A table has no install recorded in the log: it is not audited there.
     NotAudited {
         /// The table.
@@ -116,6 +125,16 @@ impl fmt::Display for Error {
                  `AuditReader::restore_with`",
                 columns.join(", "),
                 if columns.len() == 1 { "is" } else { "are" }
+            ),
+            Error::SchemaChanged {
+                entry,
+                table,
+                columns,
+            } => write!(
+                f,
+                "cannot put back {table} as it was after entry {entry}: {} {} dropped from the table since (a recorded schema change); nothing was written",
+                columns.join(", "),
+                if columns.len() == 1 { "was" } else { "were" }
             ),
             Error::NotAudited { table } => write!(
                 f,

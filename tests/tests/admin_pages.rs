@@ -162,6 +162,27 @@ fn every_page_works_for_the_read_only_role_and_bad_input_is_a_message() {
         &mut conn,
         "DROP PUBLICATION pg_audit_audit_auditlog; ALTER TABLE audit.auditlog_default SET LOGGED;",
     );
+
+    // Across a column's rename the record reads as one column, and the change is listed.
+    exec(
+        &mut conn,
+        "INSERT INTO items VALUES (2, 'before');
+         ALTER TABLE items RENAME COLUMN name TO title;
+         UPDATE items SET title = 'after' WHERE id = 2;",
+    );
+    let record = get("/audit/record?table=public.items&key=%7B%22id%22%3A2%7D").body;
+    assert!(
+        record.contains(
+            r#"<td class="mono">title</td><td class="old">before</td><td class="new">after</td>"#
+        ),
+        "{record}"
+    );
+    assert!(
+        !record.contains(r#"<td class="mono">name</td>"#),
+        "{record}"
+    );
+    let activity = get("/audit").body;
+    assert!(activity.contains("renamed name → title"), "{activity}");
     drop(runtime);
     exec(
         &mut conn,

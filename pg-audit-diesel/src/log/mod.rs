@@ -256,6 +256,45 @@ pub struct AuditEntry {
 }
 
 impl AuditEntry {
+    /// A schema change entry's changes in words, one per change (`renamed name → full_name`,
+    /// `added phone text`, `dropped email`, `retyped email text → varchar(100)`, `table renamed
+    /// public.a → public.b`); `None` for any other entry.
+    pub fn schema_changes(&self) -> Option<Vec<String>> {
+        if self.operation != Operation::Ddl {
+            return None;
+        }
+        let text = |v: Option<&Value>| match v {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Array(parts)) => parts
+                .iter()
+                .map(|p| p.as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join("."),
+            Some(other) => other.to_string(),
+            None => String::new(),
+        };
+        let changes = self.new_values.as_ref()?.get("changes")?.as_array()?;
+        Some(
+            changes
+                .iter()
+                .filter_map(|c| {
+                    let (kind, detail) = c.as_object()?.iter().next()?;
+                    let f = |k: &str| text(detail.get(k));
+                    Some(match kind.as_str() {
+                        "renamed" => format!("renamed {} → {}", f("from"), f("to")),
+                        "added" => format!("added {} {}", f("column"), f("type")),
+                        "dropped" => format!("dropped {}", f("column")),
+                        "retyped" => {
+                            format!("retyped {} {} → {}", f("column"), f("from"), f("to"))
+                        }
+                        "table_renamed" => format!("table renamed {} → {}", f("from"), f("to")),
+                        other => other.to_owned(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// The audited columns this change touched, with their values before and after (`Null`
     /// where there was no row): for an UPDATE the columns that differ, for an INSERT or DELETE
     /// every audited column. An UPDATE whose every changed value was erased since (both sides

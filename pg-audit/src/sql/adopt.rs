@@ -20,6 +20,7 @@ pub(crate) fn partition_functions_sql(
     guard: &QualifiedName,
     adopt: &QualifiedName,
     on_ddl: &QualifiedName,
+    record_schema: &QualifiedName,
     event_trigger: &Ident,
 ) -> String {
     let guard_name = Operation::guard_trigger_name();
@@ -105,7 +106,22 @@ END
         triggers = text_literal(TRIGGERS_FIELD),
         referencing = referencing.join(" "),
     );
-    let on_ddl_body = format!("\nBEGIN\n    PERFORM {adopt}();\nEND\n");
+    // After a table's DDL: its new partitions adopted, its schema change recorded. A change
+    // that cannot be recorded does not undo the application's DDL: it warns, keeps the shape
+    // last recorded, and the drift check reports the change until an install records it.
+    let on_ddl_body = format!(
+        "
+BEGIN
+    PERFORM {adopt}();
+    BEGIN
+        PERFORM {record_schema}();
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'pg-audit: this schema change of an audited table was not recorded in the log: %', SQLERRM
+            USING HINT = 'pg-audit check reports it; install the table''s audit again to record it.';
+    END;
+END
+"
+    );
     let event_trigger_lit = event_trigger.literal();
     let install_event_trigger = format!(
         "
@@ -155,6 +171,7 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
         &names.function("unaudited_partition"),
         &names.function("adopt_partitions"),
         &names.function("adopt_on_ddl"),
+        &names.function("record_schema"),
         &names.event_trigger(),
     )
 }

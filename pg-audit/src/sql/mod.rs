@@ -17,6 +17,7 @@ pub mod mask;
 pub(crate) mod names;
 pub mod records;
 pub mod redact;
+pub mod schema;
 pub mod seal;
 pub mod shape;
 pub mod trigger;

@@ -178,6 +178,7 @@ impl LogNames {
             ("seal", "integer"),
             ("count", "bigint"),
             ("masked", "jsonb, text[]"),
+            ("record_schema", "regclass, text"),
             (
                 "redact",
                 "regclass, bigint, text, text, jsonb, text[], text",

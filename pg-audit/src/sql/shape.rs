@@ -276,6 +276,9 @@ pub enum Operation {
     /// auditing began still has a history, a state at any time and a place in the table as of
     /// a time.
     Snapshot,
+    /// A schema change of the table (see [`crate::sql::schema`]): no key, its shape before and
+    /// after.
+    Ddl,
 }
 
 impl Operation {
@@ -292,13 +295,14 @@ impl Operation {
     /// `operations` leaves it out.
     pub const DEFAULT: [Operation; 4] = Operation::ALL;
 
-    /// Every operation an entry of the log may hold: the triggers' and `SNAPSHOT`.
-    pub const LOGGED: [Operation; 5] = [
+    /// Every operation an entry of the log may hold: the triggers', `SNAPSHOT` and `DDL`.
+    pub const LOGGED: [Operation; 6] = [
         Operation::Insert,
         Operation::Update,
         Operation::Delete,
         Operation::Truncate,
         Operation::Snapshot,
+        Operation::Ddl,
     ];
 
     /// The operation an entry's `operation` column holds (its keyword, any case).
@@ -338,6 +342,7 @@ WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
             Operation::Delete => "delete",
             Operation::Truncate => "truncate",
             Operation::Snapshot => "snapshot",
+            Operation::Ddl => "ddl",
         }
     }
 
@@ -349,6 +354,7 @@ WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
             Operation::Delete => "DELETE",
             Operation::Truncate => "TRUNCATE",
             Operation::Snapshot => "SNAPSHOT",
+            Operation::Ddl => crate::sql::schema::DDL,
         }
     }
 
@@ -364,7 +370,9 @@ WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
             Operation::Delete => "pg_audit_delete",
             Operation::Truncate => "pg_audit_truncate",
             // The builder refuses it among a table's operations.
-            Operation::Snapshot => unreachable!("no trigger logs a snapshot"),
+            Operation::Snapshot | Operation::Ddl => {
+                unreachable!("no trigger logs a snapshot or a schema change")
+            }
         }
     }
 
@@ -377,7 +385,7 @@ WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
             Operation::Update => {
                 format!("REFERENCING OLD TABLE AS {OLD_ROWS} NEW TABLE AS {NEW_ROWS}")
             }
-            Operation::Truncate | Operation::Snapshot => String::new(),
+            Operation::Truncate | Operation::Snapshot | Operation::Ddl => String::new(),
         }
     }
 
@@ -389,7 +397,7 @@ WHEN {l}.operation OPERATOR(pg_catalog.=) 'SNAPSHOT' THEN {l}.new_values END"
             Operation::Delete => tgtype::DELETE,
             Operation::Update => tgtype::UPDATE,
             Operation::Truncate => tgtype::TRUNCATE,
-            Operation::Snapshot => 0,
+            Operation::Snapshot | Operation::Ddl => 0,
         }
     }
 

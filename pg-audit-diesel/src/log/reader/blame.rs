@@ -49,7 +49,7 @@ pub(super) async fn blame<D: Driver>(
             let set: Vec<String> = match entry.operation {
                 Operation::Insert => columns.clone(),
                 Operation::Update => entry.changes().into_keys().collect(),
-                Operation::Delete | Operation::Truncate => Vec::new(),
+                Operation::Delete | Operation::Truncate | Operation::Ddl => Vec::new(),
                 Operation::Snapshot => {
                     snapshot = Some(entry.clone());
                     Vec::new()

@@ -8,6 +8,7 @@ use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
 use super::record::{record_query, resolve_table};
+use super::renames::SchemaChanges;
 use crate::Error;
 use crate::log::driver::{Driver, first};
 use crate::log::{AuditEntry, Page};
@@ -42,6 +43,9 @@ pub(super) async fn history<D: Driver>(
             None => break,
         }
     }
+    SchemaChanges::of(log, conn, table)
+        .await?
+        .follow_all(&mut entries);
     Ok(entries)
 }
 
@@ -181,7 +185,11 @@ pub(super) async fn entry_of<D: Driver>(
     )
     .bind::<Nullable<BigInt>, _>(upper)
     .bind::<BigInt, _>(entry);
-    Ok(first(conn.load(query).await?))
+    let mut found: Option<AuditEntry> = first(conn.load(query).await?);
+    if let Some(e) = &mut found {
+        SchemaChanges::of(log, conn, table).await?.follow(e);
+    }
+    Ok(found)
 }
 
 /// The key columns recorded at install for each audited table named `table`, in key order

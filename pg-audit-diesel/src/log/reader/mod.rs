@@ -5,7 +5,9 @@
 //! `AsyncPgConnection`; both are thin.
 //!
 //! Every query names its record the same way (`record.rs`): the table resolved as the
-//! triggers resolve it, else by its install record, and a model's key as a JSON object.
+//! triggers resolve it, else by its install record, and a model's key as a JSON object. Every
+//! entry a record's question returns has its columns under the names they have now
+//! (`renames.rs`: the table's recorded schema changes).
 //!
 //! | module | the question |
 //! |---|---|
@@ -22,6 +24,7 @@ mod async_api;
 mod blame;
 mod history;
 mod record;
+mod renames;
 mod revert;
 mod state;
 mod sync_api;

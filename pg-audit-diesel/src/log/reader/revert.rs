@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use super::history::{entry_of, history};
 use super::record::{read_ident, resolve_table, table_query};
+use super::renames::SchemaChanges;
 use crate::Error;
 use crate::log::Page;
 use crate::log::driver::{Driver, first};
@@ -27,6 +28,19 @@ pub(super) async fn reverted<D: Driver>(
             entry,
             key: key.clone(),
         })?;
+    let dropped = match &target.new_values {
+        Some(values) => SchemaChanges::of(log, conn, table)
+            .await?
+            .dropped_since(entry, values),
+        None => Vec::new(),
+    };
+    if !dropped.is_empty() {
+        return Err(Error::SchemaChanged {
+            entry,
+            table: table.to_string(),
+            columns: dropped,
+        });
+    }
     let mut values = target.new_values;
     if let (Some(Value::Object(row)), Some(Value::Object(then))) = (&mut values, &target.record_pk)
     {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::history::{key_change, record_sql};
 use super::record::record_query;
+use super::renames::SchemaChanges;
 use crate::Error;
 use crate::log::driver::{Driver, first};
 use crate::log::{AuditEntry, Diff, LogTime, changed_columns};
@@ -39,7 +40,8 @@ pub(super) async fn state_at<D: Driver>(
         .bind::<Nullable<BigInt>, _>(upper)
         .bind::<Timestamptz, _>(LogTime(at));
         let last: Option<AuditEntry> = first(conn.load(query).await?);
-        if let Some(last) = last {
+        if let Some(mut last) = last {
+            SchemaChanges::of(log, conn, table).await?.follow(&mut last);
             // An UPDATE that took the record away from this key ends it under the key.
             return Ok(Some(last)
                 .filter(|e| e.old_record_pk.as_ref() != Some(&key))
@@ -62,7 +64,10 @@ pub(super) async fn state_at<D: Driver>(
                 )
                 .bind::<Nullable<BigInt>, _>(upper)
                 .bind::<Timestamptz, _>(LogTime(at));
-                let next: Option<AuditEntry> = first(conn.load(query).await?);
+                let mut next: Option<AuditEntry> = first(conn.load(query).await?);
+                if let Some(e) = &mut next {
+                    SchemaChanges::of(log, conn, table).await?.follow(e);
+                }
                 return Ok(next
                     .filter(|e| e.operation == Operation::Snapshot)
                     .and_then(|e| e.new_values));

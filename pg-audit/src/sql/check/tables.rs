@@ -28,6 +28,7 @@ pub(super) fn tables_query(names: &LogNames) -> String {
     );
     let grantee = "CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::regrole::text END";
     let pinned = crate::session::proconfig_array();
+    let shape = crate::sql::schema::shape_expr("o.rel");
     let missing_pins = format!(
         "(SELECT pg_catalog.string_agg(s.s, ', ') FROM pg_catalog.unnest({pinned}) AS s(s) WHERE s.s <> ALL (coalesce(f.proconfig, '{{}}')))"
     );
@@ -91,6 +92,9 @@ pub(super) fn tables_query(names: &LogNames) -> String {
                AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
                                 WHERE a.attrelid OPERATOR(pg_catalog.=) o.rel AND a.attname OPERATOR(pg_catalog.=) c.name
                                   AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+            UNION ALL
+            SELECT pg_catalog.format('the columns of %s changed since the log last recorded them, and the change is not in the log; install its audit again to record it', o.rel::regclass)
+             WHERE o.rel IS NOT NULL AND t.shape IS NOT NULL AND t.shape OPERATOR(pg_catalog.<>) {shape}
             UNION ALL
             SELECT pg_catalog.format('BEFORE UPDATE trigger %s can change tracked columns unseen by the UPDATE OF trigger; reinstall', b.tgname)
               FROM pg_catalog.pg_trigger AS u

@@ -17,7 +17,7 @@ use crate::ident::{Ident, QualifiedName, quote_literal};
 use crate::sql::names::LogNames;
 use crate::sql::trigger::TriggerSpec;
 use crate::sql::{
-    adopt, archive, baseline, capture, check, counts, install, mask, records, redact, seal,
+    adopt, archive, baseline, capture, check, counts, install, mask, records, redact, schema, seal,
 };
 
 pub mod partition;
@@ -131,6 +131,7 @@ impl AuditLog {
         [
             table::table_sql(names, self.period) + &partition::functions_sql(names, self.period),
             install::objects_sql(names),
+            schema::objects_sql(names),
             archive::objects_sql(names),
             partition::prunes_table_sql(names),
             seal::objects_sql(names),
@@ -617,6 +618,12 @@ impl AuditLog {
     /// its spec.
     pub fn installed_table_sql(&self) -> String {
         capture::installed_table_sql(&self.names)
+    }
+
+    /// SQL listing a table's schema changes, oldest first (see [`crate::sql::schema`]): `id`
+    /// and `changes` (jsonb); `$1` the schema, `$2` the table.
+    pub fn schema_changes_sql(&self) -> String {
+        schema::changes_sql(&self.names)
     }
 
     /// SQL reading a table's baseline progress (see [`crate::sql::baseline`]): `last_key`

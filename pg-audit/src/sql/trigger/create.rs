@@ -179,7 +179,7 @@ fn condition_columns(spec: &TriggerSpec, op: Operation) -> Option<String> {
     let row = match op {
         Operation::Insert | Operation::Update => "NEW",
         Operation::Delete => "OLD",
-        Operation::Truncate | Operation::Snapshot => return None,
+        Operation::Truncate | Operation::Snapshot | Operation::Ddl => return None,
     };
     let mut columns: Vec<String> = Vec::new();
     for r in spec.condition()?.column_refs() {

@@ -243,6 +243,11 @@ impl TriggerSpec {
             self.install_record()
                 .insert_sql(log.names(), &self.table, &function)
         );
+        let _ = writeln!(
+            sql,
+            "{}",
+            crate::sql::schema::install_sql(log.names(), &self.table.literal())
+        );
         // A partitioned table's partitions get triggers of their own (after the record, which
         // says which).
         let _ = writeln!(

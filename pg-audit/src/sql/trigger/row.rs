@@ -60,7 +60,7 @@ pub(crate) fn condition_for(
         Operation::Insert | Operation::Snapshot => (new, new),
         Operation::Delete => (old, old),
         Operation::Update => (new, old),
-        Operation::Truncate => return None,
+        Operation::Truncate | Operation::Ddl => return None,
     };
     Some(condition.render(|row| match row {
         RowRef::New => new.to_owned(),

@@ -101,6 +101,11 @@ END
             "\n{}",
             self.install_record().insert_wal_sql(log.names(), table)
         );
+        let _ = writeln!(
+            sql,
+            "{}",
+            crate::sql::schema::install_sql(log.names(), &table.literal())
+        );
         sql
     }
 
