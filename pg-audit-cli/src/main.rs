@@ -10,6 +10,7 @@ mod archive;
 mod baseline;
 mod capture;
 mod export;
+mod import;
 mod inspect;
 mod metrics;
 mod options;
@@ -180,6 +181,11 @@ enum Command {
         #[command(flatten)]
         db: options::Db,
     },
+    /// Import the history another audit tool kept — audit-trigger's `audit.logged_actions` or
+    /// supa_audit's `audit.record_version` — into the log: each row as the entry pg-audit's
+    /// triggers would have written, with its time, user and transaction where the source has
+    /// them. Resumable and idempotent: running it again imports only what was logged since.
+    Import(import::ImportArgs),
     /// Write the entries changed between two times (of one table, of one user) to a file for
     /// auditors — JSON lines, CSV or Parquet, live and archived entries — with a proof beside it
     /// (FILE.proof.jsonl): the seals covering them and every row digest those seals cover.
@@ -266,6 +272,7 @@ fn main() -> ExitCode {
         Command::Tx { txid, db } => inspect::tx(txid, &db),
         Command::Baseline(args) => baseline::baseline(&args),
         Command::Export(args) => export::export(&args),
+        Command::Import(args) => import::import(&args),
         Command::VerifyExport {
             file,
             proof,

@@ -127,13 +127,31 @@ where
     .get_result::<Resolved>(conn)
     .optional()?
     .ok_or_else(not_audited)?;
-    let installed = diesel::sql_query(log.installed_table_sql())
-        .bind::<Text, _>(&resolved.schema)
-        .bind::<Text, _>(&resolved.name)
+    let spec =
+        installed_spec(conn, log, &resolved.schema, &resolved.name)?.ok_or_else(not_audited)?;
+    Ok(batches(conn, log, &spec, options, progress)?)
+}
+
+/// The spec `schema`.`table` was installed with, as its install record in `log` says (key,
+/// columns, masks, condition); `None` when it has none.
+pub fn installed_spec<C>(
+    conn: &mut C,
+    log: &AuditLog,
+    schema: &str,
+    table: &str,
+) -> Result<Option<TriggerSpec>, Error>
+where
+    C: Connection<Backend = Pg> + LoadConnection,
+{
+    let Some(installed) = diesel::sql_query(log.installed_table_sql())
+        .bind::<Text, _>(schema)
+        .bind::<Text, _>(table)
         .get_result::<Installed>(conn)
         .optional()?
-        .ok_or_else(not_audited)?;
-    let spec = InstalledTable {
+    else {
+        return Ok(None);
+    };
+    InstalledTable {
         schema: installed.table_schema,
         name: installed.table_name,
         primary_key: installed.primary_key.unwrap_or_default(),
@@ -143,11 +161,11 @@ where
         condition: installed.condition,
     }
     .spec()
+    .map(Some)
     .map_err(|source| Error::Config {
-        model: "baseline",
+        model: "install record",
         source,
-    })?;
-    Ok(batches(conn, log, &spec, options, progress)?)
+    })
 }
 
 /// The batches of `spec`'s (schema-qualified) table.

@@ -231,3 +231,42 @@ fn trigger_masked() {
         .unwrap();
     insta::assert_snapshot!(spec.install_sql(&AuditLog::new()));
 }
+
+#[test]
+fn import_statements() {
+    use pg_audit::sql::import::ImportSource;
+    let log = AuditLog::new();
+    let table = pg_audit::QualifiedName::parse("public.people").unwrap();
+    let key = [pg_audit::Ident::new("id").unwrap()];
+    let hstore = pg_audit::Ident::new("public").unwrap();
+    let spec = TriggerSpec::builder(table.clone())
+        .exclude_fields(["born"])
+        .mask(["name"])
+        .build()
+        .unwrap();
+    insta::assert_snapshot!(
+        [
+            ImportSource::AuditTrigger.tables_sql(),
+            log.import_progress_sql(),
+            log.import_step_sql(),
+            log.import_batch_sql(
+                ImportSource::AuditTrigger,
+                &table,
+                &key,
+                Some(&hstore),
+                false,
+                None
+            ),
+            log.import_batch_sql(
+                ImportSource::SupaAudit,
+                &table,
+                &key,
+                None,
+                true,
+                Some(&spec)
+            ),
+            log.schema_changes_sql(),
+        ]
+        .join(";\n\n")
+    );
+}

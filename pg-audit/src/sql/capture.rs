@@ -345,7 +345,7 @@ mod tests {
     }
 }
 
-/// A table's install record as [`captured_tables_sql`] reads it, from which its spec is made
+/// A table's install record as [`AuditLog::captured_tables_sql`](crate::AuditLog::captured_tables_sql) reads it, from which its spec is made
 /// again (for the capture worker's condition, and a baseline's rows).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTable {

@@ -11,6 +11,7 @@ pub mod condition;
 pub mod counts;
 pub(crate) mod digest;
 pub(crate) mod horizon;
+pub mod import;
 pub mod install;
 pub mod log;
 pub mod mask;

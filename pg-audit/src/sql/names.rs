@@ -62,6 +62,11 @@ impl LogNames {
         self.function("mask_key")
     }
 
+    /// The imports' progress.
+    pub(crate) fn imports_table(&self) -> QualifiedName {
+        self.function("imports")
+    }
+
     /// The baselines' progress.
     pub(crate) fn baselines_table(&self) -> QualifiedName {
         self.function("baselines")
@@ -223,6 +228,7 @@ impl LogNames {
             self.records_table(),
             self.baselines_table(),
             self.mask_key_table(),
+            self.imports_table(),
         ]
     }
 

@@ -17,7 +17,8 @@ use crate::ident::{Ident, QualifiedName, quote_literal};
 use crate::sql::names::LogNames;
 use crate::sql::trigger::TriggerSpec;
 use crate::sql::{
-    adopt, archive, baseline, capture, check, counts, install, mask, records, redact, schema, seal,
+    adopt, archive, baseline, capture, check, counts, import, install, mask, records, redact,
+    schema, seal,
 };
 
 pub mod partition;
@@ -140,6 +141,7 @@ impl AuditLog {
             records::objects_sql(names),
             baseline::objects_sql(names),
             mask::objects_sql(names),
+            import::objects_sql(names),
             table::append_only_tables_sql(names),
             adopt::objects_sql(names),
         ]
@@ -624,6 +626,35 @@ impl AuditLog {
     /// and `changes` (jsonb); `$1` the schema, `$2` the table.
     pub fn schema_changes_sql(&self) -> String {
         schema::changes_sql(&self.names)
+    }
+
+    /// SQL reading how far an import of a table went: `last_id` (NULL: none yet); `$1` the
+    /// source's name, `$2` the schema, `$3` the table (see [`crate::sql::import`]).
+    pub fn import_progress_sql(&self) -> String {
+        import::progress_sql(&self.names)
+    }
+
+    /// SQL recording an import batch: `$1` source, `$2` schema, `$3` table, `$4` the last
+    /// source id, `$5` rows written, `$6` rows not mapped.
+    pub fn import_step_sql(&self) -> String {
+        import::step_sql(&self.names)
+    }
+
+    /// One batch of an import of `table` (key columns `key`) from `source`: `$1` the source
+    /// id after which it starts, `$2` the most rows; returns `last_id`, `rows`, `written`.
+    /// `hstore`: the `hstore` extension's schema (audit-trigger); `auth`: whether supa_audit's
+    /// table has Supabase's `auth_uid`/`auth_role`; `installed`: the table's install (its
+    /// columns and masks applied to the imported values).
+    pub fn import_batch_sql(
+        &self,
+        source: import::ImportSource,
+        table: &QualifiedName,
+        key: &[Ident],
+        hstore: Option<&Ident>,
+        auth: bool,
+        installed: Option<&TriggerSpec>,
+    ) -> String {
+        import::batch_sql(&self.names, source, table, key, hstore, auth, installed)
     }
 
     /// SQL reading a table's baseline progress (see [`crate::sql::baseline`]): `last_key`

@@ -168,6 +168,7 @@ pub(crate) fn drop_sql(names: &LogNames) -> String {
         names.records_table(),
         names.baselines_table(),
         names.mask_key_table(),
+        names.imports_table(),
         names.redacted_values_table(),
         names.redactions_table(),
     ] {

@@ -1,0 +1,241 @@
+//! `pg-audit import --from audit-trigger|supa-audit`: another audit tool's history into the
+//! log, table by table, in batches that resume where a run stopped.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use pg_audit::sql::catalog::PRIMARY_KEY_SQL;
+use pg_audit::sql::import::ImportSource;
+use pg_audit::{Ident, QualifiedName};
+use serde_json::json;
+
+use crate::options::{Db, Result};
+use crate::output::{Progress, Table};
+
+/// The options of `pg-audit import`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ImportArgs {
+    /// The tool whose history to import: `audit-trigger` (`audit.logged_actions`) or
+    /// `supa-audit` (`audit.record_version`).
+    #[arg(long, value_parser = source())]
+    from: ImportSource,
+    /// Source rows per batch (each batch one transaction, with its progress).
+    #[arg(long, value_name = "ROWS", default_value_t = 5_000,
+          value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    batch_size: i64,
+    #[command(flatten)]
+    db: Db,
+}
+
+fn source() -> impl clap::builder::TypedValueParser<Value = ImportSource> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(ImportSource::ALL.map(ImportSource::name))
+        .map(|name| ImportSource::named(&name).expect("a listed source"))
+}
+
+#[derive(QueryableByName)]
+struct SourceTable {
+    #[diesel(sql_type = Text)]
+    schema_name: String,
+    #[diesel(sql_type = Text)]
+    table_name: String,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+}
+
+#[derive(QueryableByName)]
+struct Found {
+    #[diesel(sql_type = Nullable<Text>)]
+    found: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct KeyColumn {
+    #[diesel(sql_type = Nullable<Text>)]
+    column_name: Option<String>,
+    #[diesel(sql_type = Bool)]
+    table_exists: bool,
+}
+
+#[derive(QueryableByName)]
+struct LastId {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    last_id: Option<i64>,
+}
+
+#[derive(QueryableByName)]
+struct Batch {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    last_id: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    rows: i64,
+    #[diesel(sql_type = BigInt)]
+    written: i64,
+}
+
+fn found(conn: &mut PgConnection, sql: &str, bind: &str) -> Result<Option<String>> {
+    Ok(diesel::sql_query(sql)
+        .bind::<Text, _>(bind)
+        .get_result::<Found>(conn)?
+        .found)
+}
+
+/// `pg-audit import`.
+pub(crate) fn import(args: &ImportArgs) -> Result<()> {
+    let (mut conn, log) = args.db.connect()?;
+    let source = args.from;
+    if found(
+        &mut conn,
+        "SELECT pg_catalog.to_regclass($1::text)::text AS found",
+        source.table(),
+    )?
+    .is_none()
+    {
+        return Err(format!(
+            "no {} history in this database: {} does not exist (or this role may not see it)",
+            source.name(),
+            source.table()
+        )
+        .into());
+    }
+    let hstore = match source {
+        ImportSource::AuditTrigger => Some(Ident::with_kind(
+            found(
+                &mut conn,
+                "SELECT (SELECT n.nspname::text FROM pg_catalog.pg_extension AS e
+                           JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) e.extnamespace
+                          WHERE e.extname OPERATOR(pg_catalog.=) $1) AS found",
+                "hstore",
+            )?
+            .ok_or("audit-trigger's rows are hstore, and the hstore extension is not installed")?,
+            "schema",
+        )?),
+        ImportSource::SupaAudit => None,
+    };
+    let auth = source == ImportSource::SupaAudit
+        && found(
+            &mut conn,
+            "SELECT (SELECT a.attname::text FROM pg_catalog.pg_attribute AS a
+                      WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1::text)
+                        AND a.attname OPERATOR(pg_catalog.=) 'auth_uid' AND NOT a.attisdropped) AS found",
+            source.table(),
+        )?
+        .is_some();
+    let tables: Vec<SourceTable> = diesel::sql_query(source.tables_sql()).load(&mut conn)?;
+    let mut out = Table::new(&["table", "source_rows", "imported", "unmapped", "note"]);
+    let bar = Progress::new(tables.len(), "import");
+    let mut total = (0i64, 0i64);
+    for (n, t) in tables.iter().enumerate() {
+        let table = QualifiedName::new(
+            Some(Ident::with_kind(t.schema_name.as_str(), "schema")?),
+            Ident::with_kind(t.table_name.as_str(), "table")?,
+        );
+        bar.at("import", n, tables.len(), &table.to_string());
+        // The key pg-audit's own entries of the table use (its install record), else the
+        // table's primary key.
+        let installed =
+            pg_audit_diesel::installed_spec(&mut conn, &log, &t.schema_name, &t.table_name)?;
+        let columns: Vec<KeyColumn> = diesel::sql_query(PRIMARY_KEY_SQL)
+            .bind::<Text, _>(table.to_string())
+            .load(&mut conn)?;
+        let exists = columns.iter().all(|c| c.table_exists);
+        let key: Vec<String> = match &installed {
+            Some(spec) => spec
+                .primary_key()
+                .iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
+            None => columns.into_iter().filter_map(|c| c.column_name).collect(),
+        };
+        let unmappable = if !exists {
+            Some("the table no longer exists: its rows cannot be typed or keyed")
+        } else if key.is_empty() {
+            Some("the table has no primary key (install its audit with --primary-key, then import)")
+        } else {
+            None
+        };
+        if let Some(note) = unmappable {
+            out.push(vec![
+                json!(table.to_string()),
+                json!(t.rows),
+                json!(0),
+                json!(t.rows),
+                json!(note),
+            ]);
+            total.1 += t.rows;
+            continue;
+        }
+        let key: Vec<Ident> = key
+            .iter()
+            .map(|c| Ident::with_kind(c.as_str(), "column"))
+            .collect::<std::result::Result<_, _>>()?;
+        let sql = log.import_batch_sql(
+            source,
+            &table,
+            &key,
+            hstore.as_ref(),
+            auth,
+            installed.as_ref(),
+        );
+        let (mut imported, mut unmapped) = (0i64, 0i64);
+        loop {
+            let batch = conn.build_transaction().read_committed().run(|conn| {
+                let after = diesel::sql_query(log.import_progress_sql())
+                    .bind::<Text, _>(source.name())
+                    .bind::<Text, _>(&t.schema_name)
+                    .bind::<Text, _>(&t.table_name)
+                    .get_result::<LastId>(conn)?
+                    .last_id
+                    .unwrap_or(i64::MIN);
+                let batch = diesel::sql_query(&sql)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(args.batch_size)
+                    .get_result::<Batch>(conn)?;
+                if let Some(last) = batch.last_id {
+                    diesel::sql_query(log.import_step_sql())
+                        .bind::<Text, _>(source.name())
+                        .bind::<Text, _>(&t.schema_name)
+                        .bind::<Text, _>(&t.table_name)
+                        .bind::<BigInt, _>(last)
+                        .bind::<BigInt, _>(batch.written)
+                        .bind::<BigInt, _>(batch.rows - batch.written)
+                        .execute(conn)?;
+                }
+                Ok::<_, diesel::result::Error>(batch)
+            })?;
+            imported += batch.written;
+            unmapped += batch.rows - batch.written;
+            if batch.rows < args.batch_size {
+                break;
+            }
+        }
+        total.0 += imported;
+        total.1 += unmapped;
+        let note = match (source, unmapped) {
+            (_, 0) => String::new(),
+            (ImportSource::AuditTrigger, _) => {
+                "rows without row values (statement-level INSERT/UPDATE/DELETE), or without the key's columns".to_owned()
+            }
+            (ImportSource::SupaAudit, _) => "rows without the key's columns".to_owned(),
+        };
+        out.push(vec![
+            json!(table.to_string()),
+            json!(t.rows),
+            json!(imported),
+            json!(unmapped),
+            json!(note),
+        ]);
+    }
+    drop(bar);
+    out.finish(
+        args.db.json,
+        &format!("{} holds no history", source.table()),
+        &format!(
+            "{} entries imported from {} into {}, {} rows not mapped; running it again imports only what was logged since",
+            total.0,
+            source.table(),
+            log.table(),
+            total.1
+        ),
+    );
+    Ok(())
+}
