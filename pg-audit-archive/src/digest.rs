@@ -559,6 +559,18 @@ pub(crate) fn batch_digests(
     erased: &Erased,
     out: &mut Vec<(i64, RowDigest)>,
 ) -> Result<(), Error> {
+    each_row(batch, |fields| {
+        out.push(row_digest_of(fields, erased)?);
+        Ok(())
+    })
+}
+
+/// Each row of `batch` (the log's columns by name, as the archive writes them) as its
+/// fields, in the log's column order, to `each`.
+pub(crate) fn each_row(
+    batch: &arrow_array::RecordBatch,
+    mut each: impl FnMut(&[Field<'_>]) -> Result<(), Error>,
+) -> Result<(), Error> {
     use crate::file::{Column, log_columns};
     let columns = log_columns(batch)?;
     let mut fields = Vec::with_capacity(columns.len());
@@ -572,7 +584,7 @@ pub(crate) fn batch_digests(
                 Column::Text(c) => Field::Text(c.value(row)),
             });
         }
-        out.push(row_digest_of(&fields, erased)?);
+        each(&fields)?;
     }
     Ok(())
 }

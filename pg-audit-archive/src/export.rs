@@ -27,8 +27,8 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio_postgres::Client;
 
-use crate::digest::{Erased, Field, RowDigest, row_digest_of};
-use crate::file::{BATCH_ROWS, BatchBuilder, Column, log_columns};
+use crate::digest::{Erased, Field, RowDigest, each_row, row_digest_of};
+use crate::file::{BATCH_ROWS, BatchBuilder};
 use crate::seal::Seal;
 use crate::{Error, db, pq};
 
@@ -141,26 +141,50 @@ pub async fn export(
 ) -> Result<Exported, Error> {
     let proof = proof_path(out);
     for path in [out, proof.as_path()] {
-        if path.exists() {
+        // A symbolic link, dangling or not, counts as a file: it would be replaced.
+        if path.symlink_metadata().is_ok() {
             return Err(Error::Mismatch(format!(
                 "{} exists; choose another name or remove it (an export never overwrites a file)",
                 path.display()
             )));
         }
     }
-    // The time range, as the server reads it (refused here, before anything is written).
+    // The time range, as the server reads it (refused here, before anything is written), and
+    // recorded in the proof as the times it resolved to (`today` is no time to prove against).
     let bounds = client
         .query_one(
-            "SELECT $1::text::timestamptz < $2::text::timestamptz",
+            "SELECT (extract(epoch FROM $1::text::timestamptz) * 1000000)::bigint,
+                    (extract(epoch FROM $2::text::timestamptz) * 1000000)::bigint",
             &[&selection.from, &selection.until],
         )
         .await
         .map_err(db("cannot read --from and --until as times"))?;
-    if !bounds.get::<_, bool>(0) {
+    let (from_us, until_us): (i64, i64) = (bounds.get(0), bounds.get(1));
+    if from_us >= until_us {
         return Err(Error::Mismatch(format!(
             "--from ({}) is not before --until ({}): nothing to export",
             selection.from, selection.until
         )));
+    }
+    // A table named must be one the log audits (a misspelt name would export nothing).
+    if let (Some(schema), Some(table)) = (&selection.schema, &selection.table) {
+        let audited: bool = client
+            .query_one(
+                &format!(
+                    "SELECT EXISTS (SELECT FROM {} AS r WHERE r.table_schema OPERATOR(pg_catalog.=) $1 AND r.table_name OPERATOR(pg_catalog.=) $2)",
+                    log.config_table()
+                ),
+                &[schema, table],
+            )
+            .await
+            .map_err(db("cannot read the install records"))?
+            .get(0);
+        if !audited {
+            return Err(Error::Refused(format!(
+                "{schema}.{table} is not audited by {} (no install record): check the name",
+                log.table()
+            )));
+        }
     }
     let partial = {
         let mut name = out.as_os_str().to_owned();
@@ -204,27 +228,17 @@ pub async fn export(
             .await
             .map_err(pq(format!("cannot read {}", file.location)))?
         {
-            let columns = log_columns(&batch)?;
-            let mut fields = Vec::with_capacity(columns.len());
-            for row in 0..batch.num_rows() {
-                use arrow_array::Array as _;
-                fields.clear();
-                for column in &columns {
-                    fields.push(match column {
-                        Column::Int(c) => c.get(row).map_or(Field::Null, Field::Int),
-                        Column::Text(c) if c.is_null(row) => Field::Null,
-                        Column::Text(c) => Field::Text(c.value(row)),
-                    });
-                }
-                if picks.takes(&fields) {
-                    writer.write(&fields)?;
-                    ids.add(&fields);
+            each_row(&batch, |fields| {
+                if picks.takes(fields) {
+                    writer.write(fields)?;
+                    ids.add(fields);
                     archived_rows += 1;
                     if archived_rows.is_multiple_of(10_000) {
                         progress(archived_rows);
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
     }
 
@@ -281,8 +295,8 @@ pub async fn export(
         &json!({
             "pg_audit_export": 1,
             "log": log.table().to_string(),
-            "from": selection.from,
-            "until": selection.until,
+            "from": time_text(from_us),
+            "until": time_text(until_us),
             "schema": selection.schema,
             "table": selection.table,
             "user": selection.user,
@@ -792,10 +806,51 @@ pub fn verify_export(
     let sealed_to = proof_seals.iter().map(|(s, _)| s.last_id).max();
     let sealed_from = proof_seals.iter().map(|(s, _)| s.first_id).min();
 
+    // What the export says it holds: each entry is checked against it.
+    let said = |k: &str| header.get(k).and_then(Value::as_str).map(str::to_owned);
+    let range = (
+        said("from").as_deref().and_then(time_micros),
+        said("until").as_deref().and_then(time_micros),
+    );
+    let (Some(from_us), Some(until_us)) = range else {
+        return Err(bad("its time range is not one pg-audit writes".into()));
+    };
+    let (schema, table, user) = (said("schema"), said("table"), said("user"));
+    let mut seen = std::collections::HashSet::new();
     // Each entry, digested again.
     let mut check = |fields: &[Field<'_>]| -> Result<(), Error> {
         report.rows += 1;
         let (id, digest) = row_digest_of(fields, &erased)?;
+        if !seen.insert(id) {
+            report
+                .problems
+                .push(format!("entry {id} is in the export twice"));
+        }
+        let text = |name: &str| match field_of(fields, name) {
+            Some(Field::Text(t)) => Some(t.to_owned()),
+            _ => None,
+        };
+        let outside = match field_of(fields, "changed_at") {
+            Some(Field::Int(at)) => at < from_us || at >= until_us,
+            _ => true,
+        } || schema
+            .as_ref()
+            .is_some_and(|s| text("schema_name").as_ref() != Some(s))
+            || table
+                .as_ref()
+                .is_some_and(|t| text("table_name").as_ref() != Some(t))
+            || user.as_ref().is_some_and(|u| {
+                text("context")
+                    .and_then(|c| serde_json::from_str::<Value>(&c).ok())
+                    .and_then(|c| c.get("user_id").and_then(Value::as_str).map(str::to_owned))
+                    .as_ref()
+                    != Some(u)
+            });
+        if outside {
+            report.problems.push(format!(
+                "entry {id} is not one the export selects (its time, table or user)"
+            ));
+        }
         match covered.get(&id) {
             Some(d) if *d == digest => report.sealed += 1,
             Some(_) => report
@@ -811,48 +866,26 @@ pub fn verify_export(
         Ok(())
     };
     let file = File::open(export).map_err(io(export))?;
+    // An entry that cannot be read as the log's columns, exactly once each, is altered.
+    let mut unreadable = Vec::new();
     match format {
         Format::Jsonl => {
             for (n, line) in BufReader::new(file).lines().enumerate() {
                 let line = line.map_err(io(export))?;
-                let texts = json_fields(&line).ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{} line {} is not an entry",
-                        export.display(),
-                        n + 1
-                    ))
-                })?;
-                check(&fields_of(&texts).ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{} line {} is not an entry",
-                        export.display(),
-                        n + 1
-                    ))
-                })?)?;
+                match json_fields(&line).as_deref().and_then(fields_of) {
+                    Some(fields) => check(&fields)?,
+                    None => unreadable.push(n + 1),
+                }
             }
         }
         Format::Csv => {
-            let mut text = String::new();
-            BufReader::new(file)
-                .read_to_string(&mut text)
-                .map_err(io(export))?;
-            let mut records = CsvRecords::new(&text);
+            let mut records = CsvRecords::new(BufReader::new(file));
             records.next(); // the header
             for (n, record) in records.enumerate() {
-                let record = record.ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{} record {} is malformed",
-                        export.display(),
-                        n + 1
-                    ))
-                })?;
-                check(&fields_of(&record).ok_or_else(|| {
-                    Error::Mismatch(format!(
-                        "{} record {} is not an entry",
-                        export.display(),
-                        n + 1
-                    ))
-                })?)?;
+                match record.map_err(io(export))?.as_deref().and_then(fields_of) {
+                    Some(fields) => check(&fields)?,
+                    None => unreadable.push(n + 1),
+                }
             }
         }
         Format::Parquet => {
@@ -865,22 +898,15 @@ pub fn verify_export(
                 let batch = batch.map_err(|e| {
                     Error::Mismatch(format!("cannot read {}: {e}", export.display()))
                 })?;
-                let columns = log_columns(&batch)?;
-                let mut fields = Vec::with_capacity(columns.len());
-                for row in 0..batch.num_rows() {
-                    use arrow_array::Array as _;
-                    fields.clear();
-                    for column in &columns {
-                        fields.push(match column {
-                            Column::Int(c) => c.get(row).map_or(Field::Null, Field::Int),
-                            Column::Text(c) if c.is_null(row) => Field::Null,
-                            Column::Text(c) => Field::Text(c.value(row)),
-                        });
-                    }
-                    check(&fields)?;
-                }
+                each_row(&batch, &mut check)?;
             }
         }
+    }
+    for n in unreadable {
+        report.rows += 1;
+        report.problems.push(format!(
+            "entry {n} of the file cannot be read as a log entry (a column missing, added or given twice, or a value of the wrong type)"
+        ));
     }
     if header.get("rows").and_then(Value::as_u64) != Some(report.rows) {
         report.problems.push(format!(
@@ -901,9 +927,44 @@ enum Cell {
     Text(String),
 }
 
-/// The cells of a JSON line, by the log's columns: JSON columns as their exact text.
+/// A JSON object's members in order, each value as its exact text: duplicates kept, so that
+/// a line naming a key twice is told from one naming it once.
+struct Members(Vec<(String, Box<serde_json::value::RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
+                let mut out = Vec::new();
+                while let Some(pair) = map.next_entry()? {
+                    out.push(pair);
+                }
+                Ok(Members(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
+}
+
+/// The cells of a JSON line, by the log's columns: JSON columns as their exact text. `None`
+/// unless the line holds each of the log's columns exactly once, and nothing else.
 fn json_fields(line: &str) -> Option<Vec<Cell>> {
-    let map: HashMap<String, Box<serde_json::value::RawValue>> = serde_json::from_str(line).ok()?;
+    let Members(members) = serde_json::from_str(line).ok()?;
+    if members.len() != LOG_COLUMNS.len() {
+        return None;
+    }
+    let map: HashMap<String, Box<serde_json::value::RawValue>> = members.into_iter().collect();
+    if map.len() != LOG_COLUMNS.len() {
+        return None;
+    }
     LOG_COLUMNS
         .iter()
         .map(|c| {
@@ -942,77 +1003,83 @@ fn fields_of(cells: &[Cell]) -> Option<Vec<Field<'_>>> {
         .collect()
 }
 
-/// The records of a CSV text as [`csv_line`] writes them: a quoted cell is text (a `'` before
-/// a guarded one dropped), an unquoted empty one NULL, an unquoted one a number or time.
-struct CsvRecords<'a> {
-    rest: &'a str,
+/// The records of a CSV file as [`csv_line`] writes them, one at a time (a quoted cell may
+/// hold line breaks): a quoted cell is text (a `'` before a guarded one dropped), an unquoted
+/// empty one NULL, an unquoted one a number or time. `None` for a malformed record.
+struct CsvRecords<R> {
+    reader: R,
 }
 
-impl<'a> CsvRecords<'a> {
-    fn new(text: &'a str) -> Self {
-        CsvRecords { rest: text }
+impl<R: std::io::BufRead> CsvRecords<R> {
+    fn new(reader: R) -> Self {
+        CsvRecords { reader }
     }
 }
 
-impl Iterator for CsvRecords<'_> {
-    type Item = Option<Vec<Cell>>;
+impl<R: std::io::BufRead> Iterator for CsvRecords<R> {
+    type Item = std::io::Result<Option<Vec<Cell>>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        let mut cells = Vec::new();
-        let mut chars = self.rest.char_indices().peekable();
+        // A record's lines, each with its line break (a `\r` before it is the value's): until
+        // its quotes are balanced.
+        let mut record = String::new();
         loop {
-            // One cell.
-            match chars.peek() {
-                Some((_, '"')) => {
-                    chars.next();
-                    let mut text = String::new();
-                    loop {
-                        match chars.next() {
-                            Some((_, '"')) if matches!(chars.peek(), Some((_, '"'))) => {
-                                chars.next();
-                                text.push('"');
-                            }
-                            Some((_, '"')) => break,
-                            Some((_, c)) => text.push(c),
-                            None => return Some(None),
-                        }
-                    }
-                    if text.starts_with('\'') && guarded(&text[1..]) {
-                        text.remove(0);
-                    }
-                    cells.push(Cell::Text(text));
-                }
-                _ => {
-                    let mut text = String::new();
-                    while let Some((_, c)) = chars.peek() {
-                        if *c == ',' || *c == '\n' {
-                            break;
-                        }
-                        text.push(*c);
+            match self.reader.read_line(&mut record) {
+                Ok(0) if record.is_empty() => return None,
+                Ok(0) => return Some(Ok(None)),
+                Ok(_) if record.matches('"').count().is_multiple_of(2) => break,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if record.ends_with('\n') {
+            record.pop();
+        }
+        Some(Ok(csv_cells(&record)))
+    }
+}
+
+/// The cells of one CSV record (its line breaks inside quotes kept).
+fn csv_cells(record: &str) -> Option<Vec<Cell>> {
+    let mut cells = Vec::new();
+    let mut chars = record.chars().peekable();
+    loop {
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            let mut text = String::new();
+            loop {
+                match chars.next()? {
+                    '"' if chars.peek() == Some(&'"') => {
                         chars.next();
+                        text.push('"');
                     }
-                    cells.push(if text.is_empty() {
-                        Cell::Null
-                    } else {
-                        Cell::Raw(text)
-                    });
+                    '"' => break,
+                    c => text.push(c),
                 }
             }
-            match chars.next() {
-                Some((_, ',')) => continue,
-                Some((i, '\n')) => {
-                    self.rest = &self.rest[i + 1..];
-                    return Some(Some(cells));
-                }
-                None => {
-                    self.rest = "";
-                    return Some(Some(cells));
-                }
-                Some(_) => return Some(None),
+            if text.starts_with('\'') && guarded(&text[1..]) {
+                text.remove(0);
             }
+            cells.push(Cell::Text(text));
+        } else {
+            let mut text = String::new();
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                text.push(c);
+                chars.next();
+            }
+            cells.push(if text.is_empty() {
+                Cell::Null
+            } else {
+                Cell::Raw(text)
+            });
+        }
+        match chars.next() {
+            Some(',') => continue,
+            None => return Some(cells),
+            Some(_) => return None,
         }
     }
 }
@@ -1044,6 +1111,8 @@ mod tests {
             "-2",
             "@x",
             "\tx",
+            "\r\n",
+            "a\r\nb\r",
         ];
         let fields: Vec<Field<'_>> = LOG_COLUMNS
             .iter()
@@ -1055,7 +1124,11 @@ mod tests {
             .collect();
         let line = csv_line(&fields);
         assert!(!line.contains("\"=cmd"), "{line}");
-        let cells = CsvRecords::new(&line).next().unwrap().unwrap();
+        let cells = CsvRecords::new(line.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .unwrap();
         let back = fields_of(&cells).unwrap();
         for (a, b) in fields.iter().zip(&back) {
             match (a, b) {

@@ -22,6 +22,11 @@ pub(crate) struct ImportArgs {
     #[arg(long, value_name = "ROWS", default_value_t = 5_000,
           value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
     batch_size: i64,
+    /// Import the history of tables pg-audit does not audit yet as the source logged it (by
+    /// default they are left for later: a table's exclusions and masks must be installed
+    /// first, or the import would put into the log what they keep out).
+    #[arg(long)]
+    as_logged: bool,
     #[command(flatten)]
     db: Db,
 }
@@ -124,6 +129,8 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
     let mut out = Table::new(&["table", "source_rows", "imported", "unmapped", "note"]);
     let bar = Progress::new(tables.len(), "import");
     let mut total = (0i64, 0i64);
+    // Rows a value of which the table's type refused, each named.
+    let mut failed: Vec<String> = Vec::new();
     for (n, t) in tables.iter().enumerate() {
         let table = QualifiedName::new(
             Some(Ident::with_kind(t.schema_name.as_str(), "schema")?),
@@ -146,7 +153,11 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
                 .collect(),
             None => columns.into_iter().filter_map(|c| c.column_name).collect(),
         };
-        let unmappable = if !exists {
+        let unmappable = if installed.is_none() && !args.as_logged {
+            Some(
+                "not audited by pg-audit yet: install its audit first (pg-audit sql trigger), so that its exclusions and masks apply, then import again; or pass --as-logged",
+            )
+        } else if !exists {
             Some("the table no longer exists: its rows cannot be typed or keyed")
         } else if key.is_empty() {
             Some("the table has no primary key (install its audit with --primary-key, then import)")
@@ -168,6 +179,9 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
             .iter()
             .map(|c| Ident::with_kind(c.as_str(), "column"))
             .collect::<std::result::Result<_, _>>()?;
+        if let Some(spec) = &installed {
+            pg_audit_diesel::refuse_renamed_kept_out(&mut conn, spec)?;
+        }
         let sql = log.import_batch_sql(
             source,
             &table,
@@ -177,34 +191,77 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
             installed.as_ref(),
         );
         let (mut imported, mut unmapped) = (0i64, 0i64);
+        let step = |conn: &mut PgConnection, last: i64, written: i64, skipped: i64| {
+            diesel::sql_query(log.import_step_sql())
+                .bind::<Text, _>(source.name())
+                .bind::<Text, _>(&t.schema_name)
+                .bind::<Text, _>(&t.table_name)
+                .bind::<BigInt, _>(last)
+                .bind::<BigInt, _>(written)
+                .bind::<BigInt, _>(skipped)
+                .execute(conn)
+        };
+        let after = |conn: &mut PgConnection| -> QueryResult<i64> {
+            Ok(diesel::sql_query(log.import_progress_sql())
+                .bind::<Text, _>(source.name())
+                .bind::<Text, _>(&t.schema_name)
+                .bind::<Text, _>(&t.table_name)
+                .get_result::<LastId>(conn)?
+                .last_id
+                .unwrap_or(i64::MIN))
+        };
+        // Rows taken one by one after a batch failed on a value (until this many are past).
+        let mut one_by_one = 0;
         loop {
-            let batch = conn.build_transaction().read_committed().run(|conn| {
-                let after = diesel::sql_query(log.import_progress_sql())
-                    .bind::<Text, _>(source.name())
-                    .bind::<Text, _>(&t.schema_name)
-                    .bind::<Text, _>(&t.table_name)
-                    .get_result::<LastId>(conn)?
-                    .last_id
-                    .unwrap_or(i64::MIN);
+            let size = if one_by_one > 0 { 1 } else { args.batch_size };
+            let result = conn.build_transaction().read_committed().run(|conn| {
                 let batch = diesel::sql_query(&sql)
-                    .bind::<BigInt, _>(after)
-                    .bind::<BigInt, _>(args.batch_size)
+                    .bind::<BigInt, _>(after(conn)?)
+                    .bind::<BigInt, _>(size)
                     .get_result::<Batch>(conn)?;
                 if let Some(last) = batch.last_id {
-                    diesel::sql_query(log.import_step_sql())
-                        .bind::<Text, _>(source.name())
-                        .bind::<Text, _>(&t.schema_name)
-                        .bind::<Text, _>(&t.table_name)
-                        .bind::<BigInt, _>(last)
-                        .bind::<BigInt, _>(batch.written)
-                        .bind::<BigInt, _>(batch.rows - batch.written)
-                        .execute(conn)?;
+                    step(conn, last, batch.written, batch.rows - batch.written)?;
                 }
                 Ok::<_, diesel::result::Error>(batch)
-            })?;
+            });
+            let batch = match result {
+                Ok(batch) => batch,
+                // A value the table's type refuses: the batch again row by row, and the row
+                // that fails alone set aside, named.
+                Err(diesel::result::Error::DatabaseError(_, info)) if size > 1 => {
+                    bar.line(&format!(
+                        "{table}: a batch failed ({}); taking its rows one by one",
+                        info.message()
+                    ));
+                    one_by_one = args.batch_size;
+                    continue;
+                }
+                Err(diesel::result::Error::DatabaseError(_, info)) => {
+                    let message = info.message().to_owned();
+                    let skipped = conn.build_transaction().read_committed().run(|conn| {
+                        let from = after(conn)?;
+                        let next = diesel::sql_query(source.next_id_sql(&table))
+                            .bind::<BigInt, _>(from)
+                            .get_result::<LastId>(conn)?
+                            .last_id;
+                        if let Some(id) = next {
+                            step(conn, id, 0, 1)?;
+                        }
+                        Ok::<_, diesel::result::Error>(next)
+                    })?;
+                    if let Some(id) = skipped {
+                        failed.push(format!("{table}: source row {id} not imported: {message}"));
+                    }
+                    unmapped += 1;
+                    one_by_one -= 1;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             imported += batch.written;
             unmapped += batch.rows - batch.written;
-            if batch.rows < args.batch_size {
+            one_by_one = (one_by_one - 1).max(0);
+            if batch.rows < size {
                 break;
             }
         }
@@ -226,6 +283,9 @@ pub(crate) fn import(args: &ImportArgs) -> Result<()> {
         ]);
     }
     drop(bar);
+    for line in &failed {
+        crate::output::diagnostic(crate::output::Level::Warn, line);
+    }
     out.finish(
         args.db.json,
         &format!("{} holds no history", source.table()),

@@ -2,38 +2,15 @@
 //! SNAPSHOT entries — every row once, as the triggers would log it, resumable after a kill,
 //! and ordered against writers changing rows while it runs.
 
-use std::process::{Command, Output, Stdio};
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{ok, pg_audit, psql};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pg_audit_tempdb::TempDatabase;
-
-fn pg_audit(args: &[&str], url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("pg-audit runs")
-}
-
-fn ok(args: &[&str], url: &str) -> String {
-    let out = pg_audit(args, url);
-    assert!(
-        out.status.success(),
-        "pg-audit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
-    db.psql(sql)
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
-        .trim()
-        .to_owned()
-}
 
 /// A database with the log and `accounts` (composite key, a secret column, an `active` flag)
 /// holding `rows` rows written before its triggers were installed.

@@ -250,7 +250,7 @@ fn entries(db: &pg_audit_tempdb::TempDatabase<'_>, table: &str) -> Vec<String> {
             "SELECT ROW(txid, operation, record_pk, old_record_pk, old_values, new_values,
                     context::jsonb, CASE WHEN context IS NOT NULL THEN db_user END,
                     record_key IS NOT DISTINCT FROM pg_catalog.jsonb_hash_extended(record_pk, pg_catalog.hashtext('public.' || table_name)))::text
-               FROM audit.auditlog WHERE table_name = '{table}'
+               FROM audit.auditlog WHERE table_name = '{table}' AND operation <> 'DDL'
                 AND (record_pk ->> 'id')::int IS DISTINCT FROM 100000 AND NOT coalesce((record_pk ->> 'id')::int >= 100000, false)
               ORDER BY txid, id"
         ))

@@ -2,39 +2,16 @@
 //! JSON lines, CSV and Parquet (read back by DuckDB), with a proof checked without the
 //! database — and what it says when the file, the proof or the seals were altered.
 
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{ok, pg_audit, psql};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use pg_audit_tempdb::TempDatabase;
 use serde_json::Value;
-
-fn pg_audit(args: &[&str], url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("pg-audit runs")
-}
-
-fn ok(args: &[&str], url: &str) -> String {
-    let out = pg_audit(args, url);
-    assert!(
-        out.status.success(),
-        "pg-audit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
-    db.psql(sql)
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
-        .trim()
-        .to_owned()
-}
 
 /// Runs `pg-audit seal` until every row is sealed (other tests' transactions on the shared
 /// server hold the horizon back a while).
@@ -300,6 +277,64 @@ fn exports_are_proven_by_the_seals_in_every_format_and_alterations_are_named() {
         "{said}"
     );
 
+    // Forgeries whose file digest is put right in the proof: an entry given twice, a field
+    // added, a key given twice, an entry the export's filter does not select.
+    let forge = |name: &str, text: String, from: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, &text).unwrap();
+        let sum = String::from_utf8(
+            Command::new("sha256sum")
+                .arg(&file)
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+        let proof = std::fs::read_to_string(dir.join(format!("{from}.proof.jsonl"))).unwrap();
+        let mut header: Value = serde_json::from_str(proof.lines().next().unwrap()).unwrap();
+        header["sha256"] = Value::String(sum);
+        header["rows"] = Value::from(text.lines().count());
+        let rest: Vec<&str> = proof.lines().skip(1).collect();
+        std::fs::write(
+            dir.join(format!("{name}.proof.jsonl")),
+            format!("{header}\n{}\n", rest.join("\n")),
+        )
+        .unwrap();
+        let (code, said) = verify_export(&file, Some(&seals));
+        assert_eq!(code, Some(1), "{name}: {said}");
+        said
+    };
+    let first = text.lines().next().unwrap();
+    let said = forge("twice.jsonl", format!("{text}{first}\n"), "all.jsonl");
+    assert!(said.contains("is in the export twice"), "{said}");
+    let said = forge(
+        "added.jsonl",
+        text.replacen("{\"id\":", "{\"approved_by\":\"CFO\",\"id\":", 1),
+        "all.jsonl",
+    );
+    assert!(said.contains("cannot be read"), "{said}");
+    let said = forge(
+        "keytwice.jsonl",
+        text.replacen("{\"id\":", "{\"operation\":\"DELETE\",\"id\":", 1),
+        "all.jsonl",
+    );
+    assert!(said.contains("cannot be read"), "{said}");
+    let bob = std::fs::read_to_string(dir.join("bob-orders.jsonl")).unwrap();
+    let people_line = text
+        .lines()
+        .find(|l| l.contains("\"table_name\":\"people\""))
+        .unwrap();
+    let said = forge(
+        "smuggled.jsonl",
+        format!("{bob}{people_line}\n"),
+        "bob-orders.jsonl",
+    );
+    assert!(said.contains("is not one the export selects"), "{said}");
+
     // Seals that are not the ones kept apart.
     let forged_seals = dir.join("forged-seals.jsonl");
     let kept = std::fs::read_to_string(&seals).unwrap();
@@ -331,6 +366,44 @@ fn exports_are_proven_by_the_seals_in_every_format_and_alterations_are_named() {
     let (code, said) = verify_export(&late, Some(&seals));
     assert_eq!(code, Some(1), "{said}");
     assert!(said.contains("not proven: 1 of 80"), "{said}");
+
+    // A misspelt table is refused rather than exported empty; a dangling link is not replaced.
+    let out = pg_audit(
+        &[
+            "export",
+            "--from",
+            "2000-01-01",
+            "--until",
+            "2100-01-01",
+            "--table",
+            "ordres",
+            "-o",
+            &dir.join("x.jsonl").display().to_string(),
+        ],
+        &url,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not audited"));
+    let link = dir.join("link.jsonl");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
+    let out = pg_audit(
+        &[
+            "export",
+            "--from",
+            "2000-01-01",
+            "--until",
+            "2100-01-01",
+            "-o",
+            &link.display().to_string(),
+        ],
+        &url,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists"));
+    // The proof records the times a relative --from resolved to.
+    let proof = std::fs::read_to_string(dir.join("recent.jsonl.proof.jsonl")).unwrap();
+    let header: Value = serde_json::from_str(proof.lines().next().unwrap()).unwrap();
+    assert!(header["from"].as_str().unwrap().ends_with('Z'), "{header}");
 
     // Bad input is named.
     let out = pg_audit(

@@ -5,37 +5,13 @@
 //! user where the source has them. Running it again imports only what is new; what cannot be
 //! mapped is counted and named.
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
+
+use cli::{ok, pg_audit, psql};
 
 use pg_audit_tempdb::TempDatabase;
 use serde_json::Value;
-
-fn pg_audit(args: &[&str], url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("pg-audit runs")
-}
-
-fn ok(args: &[&str], url: &str) -> String {
-    let out = pg_audit(args, url);
-    assert!(
-        out.status.success(),
-        "pg-audit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
-    db.psql(sql)
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
-        .trim()
-        .to_owned()
-}
 
 fn fixture(path: &str) -> String {
     std::fs::read_to_string(format!(
@@ -126,8 +102,19 @@ fn audit_trigger_history_becomes_the_entries_pg_audit_writes() {
     );
     workload(&db, 0);
     psql(&db, "BEGIN; TRUNCATE people; TRUNCATE twin; COMMIT;");
+    // Not audited by pg-audit yet: left for later, unless taken as the source logged it.
+    let out = ok(&["import", "--from", "audit-trigger"], &url);
+    assert!(out.contains("not audited by pg-audit yet"), "{out}");
+    assert_eq!(entries(&db, "people", "id").len(), 0);
     let out = ok(
-        &["import", "--from", "audit-trigger", "--batch-size", "2"],
+        &[
+            "import",
+            "--from",
+            "audit-trigger",
+            "--batch-size",
+            "2",
+            "--as-logged",
+        ],
         &url,
     );
     assert!(
@@ -171,11 +158,30 @@ fn audit_trigger_history_becomes_the_entries_pg_audit_writes() {
     );
 
     // Again: nothing new; after more changes, only those.
-    ok(&["import", "--from", "audit-trigger"], &url);
+    ok(&["import", "--from", "audit-trigger", "--as-logged"], &url);
     assert_eq!(entries(&db, "people", columns).len(), 6);
+    // A value the table's type refuses is set aside and named; the rows after it are imported.
+    psql(
+        &db,
+        "INSERT INTO audit.logged_actions (schema_name, table_name, relid, action_tstamp_tx, action_tstamp_stm,
+                                           action_tstamp_clk, action, row_data, statement_only)
+         VALUES ('public', 'people', 'people'::regclass, now(), now(), now(), 'I', 'id=>99, score=>\"not a number\"', false)",
+    );
     workload(&db, 1);
-    let out = ok(&["import", "--from", "audit-trigger"], &url);
-    assert!(out.contains("5 entries imported"), "{out}");
+    let out = cli::pg_audit(&["import", "--from", "audit-trigger", "--as-logged"], &url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("5 entries imported"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not imported: invalid input syntax for type numeric"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         entries(&db, "people", columns),
         entries(&db, "twin", columns)

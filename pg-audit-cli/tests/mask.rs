@@ -2,36 +2,11 @@
 //! never the value — in trigger entries, baselines, after redaction — with a key the writing
 //! application can neither read nor use, and seals that still verify.
 
-use std::process::{Command, Output};
+#[path = "support/cli.rs"]
+mod cli;
 
-use pg_audit_tempdb::TempDatabase;
-
-fn pg_audit(args: &[&str], url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pg-audit"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("pg-audit runs")
-}
-
-fn ok(args: &[&str], url: &str) -> String {
-    let out = pg_audit(args, url);
-    assert!(
-        out.status.success(),
-        "pg-audit {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
-
-fn psql(db: &TempDatabase<'_>, sql: &str) -> String {
-    db.psql(sql)
-        .unwrap_or_else(|e| panic!("{e}\n{sql}"))
-        .trim()
-        .to_owned()
-}
+use cli::{ok, psql};
+use std::process::Command;
 
 /// HMAC-SHA-256 of `message` under the hex key `key`, by OpenSSL.
 fn openssl_hmac(key: &str, message: &str) -> String {
@@ -200,5 +175,51 @@ fn masked_values_never_reach_the_log_and_their_digests_are_keyed_hmacs() {
         "0"
     );
     ok(&["verify"], &url);
+
+    // A masked column renamed: writes and baselines are refused rather than log it in clear.
+    psql(&db, "ALTER TABLE people RENAME COLUMN ssn TO social");
+    let err = db
+        .psql(&format!(
+            "SET ROLE {app}; UPDATE people SET social = '555-55-5555' WHERE id = 1"
+        ))
+        .expect_err("the write is refused");
+    assert!(
+        err.to_string()
+            .contains("has no column ssn, which its audit keeps out of the log"),
+        "{err}"
+    );
+    let out = cli::pg_audit(&["baseline", "--table", "people", "--again"], &url);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no column ssn"));
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT count(*) FROM audit.auditlog WHERE concat(old_values, new_values)::text LIKE '%555-55%'"
+        ),
+        "0"
+    );
+    // Installed again under the new name, writes are logged masked.
+    psql(
+        &db,
+        &ok(
+            &[
+                "sql",
+                "trigger",
+                "--table",
+                "people",
+                "--mask-fields",
+                "social,dob",
+            ],
+            &url,
+        ),
+    );
+    psql(&db, "UPDATE people SET social = '555-55-5555' WHERE id = 1");
+    assert_eq!(
+        psql(
+            &db,
+            "SELECT new_values->>'social' LIKE 'hmac-sha256:%' FROM audit.auditlog WHERE operation = 'UPDATE' ORDER BY id DESC LIMIT 1"
+        ),
+        "t"
+    );
     psql(&db, &format!("DROP OWNED BY {app}; DROP ROLE {app}"));
 }

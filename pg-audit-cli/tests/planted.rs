@@ -242,6 +242,26 @@ fn planted_objects_never_run_in_any_command() {
         sweep.psql(&owner, &ok(args, &owner));
     }
     sweep.psql(&owner, &ok(&["sql", "grant", "--role", "reader"], ""));
+    // Another tool's history to import: supa_audit's own table (its script, without the calls
+    // only an extension may make) holding a row of app.codes.
+    let supa: String = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/supa_audit/supa_audit--0.3.1.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .lines()
+    .filter(|l| !l.contains("pg_extension_config_dump"))
+    .collect::<Vec<_>>()
+    .join("\n");
+    sweep.psql(
+        &owner,
+        &format!(
+            "CREATE EXTENSION IF NOT EXISTS \"uuid-ossp\";
+             {supa}
+             INSERT INTO audit.record_version (record_id, op, table_oid, table_schema, table_name, record)
+             VALUES (gen_random_uuid(), 'INSERT', 'app.codes'::regclass, 'app', 'codes', '{{\"code\": \"Z9\", \"label\": \"imported\"}}');"
+        ),
+    );
     // A month that has ended, for the archive.
     sweep.psql(
         &owner,
@@ -388,6 +408,7 @@ fn planted_objects_never_run_in_any_command() {
             owner.as_str(),
         ),
         (vec!["verify"], owner.as_str()),
+        (vec!["import", "--from", "supa-audit"], owner.as_str()),
         (vec!["completions", "bash"], ""),
         (vec!["man"], ""),
     ];
@@ -397,6 +418,41 @@ fn planted_objects_never_run_in_any_command() {
             sweep.psql(&owner, &out);
         }
         sweep.step(args, &format!("pg-audit {}", args.join(" ")));
+    }
+    // An export once every entry is sealed (other tests' transactions hold the seals' horizon
+    // back a while), checked against the seals kept apart.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        ok(&["seal"], &owner);
+        let unsealed = sweep.value(
+            "SELECT count(*) FROM audit.auditlog WHERE id > (SELECT coalesce(max(last_id), 0) FROM audit.auditlog_seals)",
+        );
+        if unsealed == "0" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "rows stayed unsealed");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(&["seal", "--export", seals], &owner);
+    let export = dir.join("export.jsonl");
+    let export = export.to_str().unwrap();
+    for (args, url) in [
+        (
+            vec![
+                "export",
+                "--from",
+                "2000-01-01",
+                "--until",
+                "2100-01-01",
+                "-o",
+                export,
+            ],
+            owner.as_str(),
+        ),
+        (vec!["verify-export", export, "--seals", seals], ""),
+    ] {
+        ok(&args, url);
+        sweep.step(&args, &format!("pg-audit {}", args.join(" ")));
     }
 
     // The admin, with credentials (every page and form, revert and restore included), and

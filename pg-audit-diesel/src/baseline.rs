@@ -129,7 +129,32 @@ where
     .ok_or_else(not_audited)?;
     let spec =
         installed_spec(conn, log, &resolved.schema, &resolved.name)?.ok_or_else(not_audited)?;
+    refuse_renamed_kept_out(conn, &spec)?;
     Ok(batches(conn, log, &spec, options, progress)?)
+}
+
+/// [`Error::KeptOutRenamed`] when `spec`'s table no longer has a column `spec` keeps out of
+/// the log by name (renamed since its install: its values would be logged in clear).
+pub fn refuse_renamed_kept_out<C>(conn: &mut C, spec: &TriggerSpec) -> Result<(), Error>
+where
+    C: Connection<Backend = Pg> + LoadConnection,
+{
+    #[derive(QueryableByName)]
+    struct Missing {
+        #[diesel(sql_type = Text)]
+        name: String,
+    }
+    let Some(sql) = spec.missing_kept_out_sql() else {
+        return Ok(());
+    };
+    let missing: Vec<Missing> = diesel::sql_query(sql).load(conn)?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::KeptOutRenamed {
+        table: spec.table().to_string(),
+        columns: missing.into_iter().map(|m| m.name).collect(),
+    })
 }
 
 /// The spec `schema`.`table` was installed with, as its install record in `log` says (key,

@@ -61,6 +61,14 @@ pub enum Error {
         /// The columns.
         columns: Vec<String>,
     },
+    /// A table no longer has columns its audit keeps out of the log by name (excluded or
+    /// masked): renamed since, their values would be logged in clear.
+    KeptOutRenamed {
+        /// The table.
+        table: String,
+        /// The columns.
+        columns: Vec<String>,
+    },
     /// A revert to an entry holding columns the table has dropped since.
     SchemaChanged {
         /// The entry.
@@ -125,6 +133,11 @@ impl fmt::Display for Error {
                  `AuditReader::restore_with`",
                 columns.join(", "),
                 if columns.len() == 1 { "is" } else { "are" }
+            ),
+            Error::KeptOutRenamed { table, columns } => write!(
+                f,
+                "{table} has no column {}, which its audit keeps out of the log (excluded or masked): renamed or dropped since the audit was installed, its values would reach the log in clear; install the table's audit again with the new name first",
+                columns.join(", ")
             ),
             Error::SchemaChanged {
                 entry,

@@ -108,7 +108,9 @@ pub use pg_audit_derive::{pg_audit, with_change_reason};
 
 #[cfg(feature = "async")]
 pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
-pub use baseline::{Baseline, BaselineOutcome, installed_spec, take_baseline};
+pub use baseline::{
+    Baseline, BaselineOutcome, installed_spec, refuse_renamed_kept_out, take_baseline,
+};
 pub use context::{AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};

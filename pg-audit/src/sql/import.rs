@@ -61,6 +61,21 @@ impl ImportSource {
         )
     }
 
+    /// The next source id of `table`'s rows after `$1`: `last_id` (NULL: none). What an import
+    /// steps over when a row cannot be read (a value the table's type refuses).
+    pub fn next_id_sql(self, table: &QualifiedName) -> String {
+        let (schema_col, table_col) = self.columns();
+        let id = self.id();
+        format!(
+            "SELECT pg_catalog.min(s.{id}) AS last_id FROM {} AS s
+              WHERE s.{schema_col}::text OPERATOR(pg_catalog.=) {} AND s.{table_col}::text OPERATOR(pg_catalog.=) {}
+                AND s.{id} OPERATOR(pg_catalog.>) $1",
+            self.table(),
+            text_literal(table.schema.as_ref().map_or("public", |s| s.as_str())),
+            text_literal(table.name.as_str()),
+        )
+    }
+
     fn columns(self) -> (&'static str, &'static str) {
         match self {
             ImportSource::AuditTrigger => ("schema_name", "table_name"),

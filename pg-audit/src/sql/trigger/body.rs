@@ -30,9 +30,16 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
             format!("    {ABBREVIATIONS_VAR} text;\n")
         } else {
             String::new()
-        },
+        }
+        .to_owned()
+            + if kept_out(spec).is_empty() {
+                ""
+            } else {
+                "    v_missing text;\n"
+            },
         crate::context::read_statements("    ")
     );
+    body.push_str(&kept_out_guard(spec));
     let mut branches = String::new();
     for (i, &op) in spec.operations().iter().enumerate() {
         let keyword = if i == 0 { "IF" } else { "ELSIF" };
@@ -61,6 +68,40 @@ pub(super) fn function_body(spec: &TriggerSpec, log: &AuditLog) -> String {
     body.push_str(&branches);
     body.push_str("    RETURN NULL;\nEND\n");
     body
+}
+
+/// The columns the configuration keeps out of the log by name: excluded, and masked.
+pub(super) fn kept_out(spec: &TriggerSpec) -> Vec<&crate::ident::Ident> {
+    let mut names: Vec<&crate::ident::Ident> = spec.mask().iter().collect();
+    if let super::Columns::Exclude(cols) = spec.columns() {
+        names.extend(cols);
+    }
+    names
+}
+
+/// PL/pgSQL refusing the write when the table no longer has a column the configuration keeps
+/// out by name (renamed since the install): its values would otherwise reach the log in clear
+/// under the new name. One catalog probe per call, only for tables with such columns.
+fn kept_out_guard(spec: &TriggerSpec) -> String {
+    let names = kept_out(spec);
+    if names.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = names.iter().map(|c| c.literal()).collect();
+    format!(
+        "    SELECT c.name INTO v_missing FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS c(name)
+     WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                        WHERE a.attrelid OPERATOR(pg_catalog.=) TG_RELID AND a.attname OPERATOR(pg_catalog.=) c.name
+                          AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)
+     LIMIT 1;
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION 'pg-audit: %.% has no column %, which its audit keeps out of the log (excluded or masked): renamed or dropped since the audit was installed, its values would reach the log in clear', {SCHEMA}, {TABLE}, v_missing
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Install the table''s audit again with the column''s new name (or without it); writes are refused until then.';
+    END IF;
+",
+        list.join(", ")
+    )
 }
 
 /// The variable holding the writer's `timezone_abbreviations` while the condition runs.

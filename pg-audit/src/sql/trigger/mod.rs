@@ -135,6 +135,25 @@ impl TriggerSpec {
         &self.table
     }
 
+    /// SQL listing the columns this spec keeps out of the log by name (excluded, masked) that
+    /// its table no longer has (`name`): renamed since, their values would reach the log in
+    /// clear, so a baseline or an import refuses to run. `None` without such columns.
+    pub fn missing_kept_out_sql(&self) -> Option<String> {
+        let names = body::kept_out(self);
+        if names.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = names.iter().map(|c| c.literal()).collect();
+        Some(format!(
+            "SELECT c.name FROM pg_catalog.unnest(ARRAY[{}]::text[]) AS c(name)
+ WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_attribute AS a
+                    WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass({}) AND a.attname OPERATOR(pg_catalog.=) c.name
+                      AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped)",
+            list.join(", "),
+            self.table.literal()
+        ))
+    }
+
     /// The masked columns (logged as keyed digests).
     pub fn mask(&self) -> &[Ident] {
         &self.mask
