@@ -112,13 +112,35 @@ const STATEMENT_TRACKED: Variant = Variant {
     },
 };
 
-/// The variants of the main workloads; with `designs`, also each trigger level on its own.
-pub(crate) fn variants(designs: bool) -> Vec<Variant> {
-    if designs {
+/// Two columns masked (`email`, `description`): a digest each per row, and the check that the
+/// table still has them.
+const MASKED: Variant = Variant {
+    name: "pg-audit masked",
+    audited: true,
+    suffix: "masked",
+    install: |t| pg_audit(t, |s| s.mask(["email", "description"])),
+};
+
+/// Two columns excluded: the check that the table still has them, and nothing else.
+const EXCLUDED: Variant = Variant {
+    name: "pg-audit excluded",
+    audited: true,
+    suffix: "excluded",
+    install: |t| pg_audit(t, |s| s.exclude_fields(["email", "description"])),
+};
+
+/// The variants of the main workloads; with `designs`, also each trigger level on its own;
+/// with `masks`, masked and excluded columns.
+pub(crate) fn variants(designs: bool, masks: bool) -> Vec<Variant> {
+    let mut out = if designs {
         vec![PLAIN, FLOOR, AUTO, ROW, STATEMENT]
     } else {
         vec![PLAIN, FLOOR, AUTO]
+    };
+    if masks {
+        out.extend([EXCLUDED, MASKED]);
     }
+    out
 }
 
 /// The variants of the "UPDATE of no audited column" workload (tracking `name`, `email`).

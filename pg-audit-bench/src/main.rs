@@ -60,6 +60,8 @@ struct Options {
     diesel_txns: u32,
     only: Option<String>,
     designs: bool,
+    /// Also tables with masked and with excluded columns.
+    masks: bool,
     /// Rows of the log for the history-lookup benchmark; 0: not run.
     history_rows: u64,
     /// Rows of the log for the admin's pages benchmark; 0: not run.
@@ -78,6 +80,7 @@ impl Options {
             diesel_txns: 4_000,
             only: None,
             designs: false,
+            masks: false,
             history_rows: 0,
             admin_rows: 0,
             wal: false,
@@ -104,6 +107,7 @@ impl Options {
                 }
                 "--only" => opts.only = Some(args.next().unwrap_or_else(|| usage())),
                 "--designs" => opts.designs = true,
+                "--masks" => opts.masks = true,
                 "--history" => {
                     opts.history_rows = args
                         .next()
@@ -143,7 +147,7 @@ impl Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pg-audit-bench [--quick | --smoke] [--reps N] [--only WORKLOAD-SUBSTRING] [--designs]\n\
+        "usage: pg-audit-bench [--quick | --smoke] [--reps N] [--only WORKLOAD-SUBSTRING] [--designs] [--masks]\n\
          \x20      pg-audit-bench --history [ROWS]\n\
          \x20      pg-audit-bench --admin [ROWS]\n\
          \x20      pg-audit-bench --wal [--quick | --smoke]\n\
@@ -152,6 +156,7 @@ fn usage() -> ! {
          --quick    3 repetitions of shorter runs\n\
          --smoke    1 tiny repetition: checks the benchmark works (used by CI)\n\
          --designs  also measure the trigger designs that were not chosen (docs/performance.md)\n\
+         --masks    also tables with two masked, and with two excluded, columns\n\
          --history  only the history lookup: fill the log with ROWS rows (default 10 million)\n\
          \x20          and time reading one record's history\n\
          --admin    the same log, and the admin's pages timed over HTTP\n\
@@ -219,7 +224,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if bench.opts.history_rows > 0 {
         return history::run(&mut bench.conn, &bench.url, bench.opts.history_rows);
     }
-    let variants = designs::variants(bench.opts.designs);
+    let variants = designs::variants(bench.opts.designs, bench.opts.masks);
     for v in &variants {
         bench.create_table(&v.table())?;
         bench.install(v)?;

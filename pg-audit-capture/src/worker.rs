@@ -21,12 +21,17 @@ use crate::value::{self, Kind};
 use crate::{Error, Worker, db};
 
 /// A captured table's configuration, as installed.
+#[derive(Clone)]
 struct Table {
     key: Vec<String>,
     track_only: Option<Vec<String>>,
     exclude: Vec<String>,
     /// The masked columns, as the JSON array the insert reads (`None`: none).
     mask: Option<Arc<str>>,
+    /// The columns the configuration keeps out of the log by name (excluded, masked): a change
+    /// whose row lacks one (renamed since the install) has its values withheld, and no value
+    /// of theirs is kept in a capture issue.
+    kept_out: Vec<String>,
     operations: Vec<Operation>,
     /// The condition's query ([`TriggerSpec::capture_condition_sql`]).
     condition: Option<String>,
@@ -36,6 +41,7 @@ struct Table {
 
 /// A table's stored generated columns and the query computing them
 /// ([`pg_audit::sql::capture::generated_values_sql`]).
+#[derive(Clone)]
 struct Generated {
     columns: Vec<String>,
     sql: String,
@@ -462,6 +468,12 @@ impl State<'_> {
                 Arc::new(Table {
                     key,
                     track_only,
+                    kept_out: exclude
+                        .iter()
+                        .flatten()
+                        .chain(mask.iter().flatten())
+                        .cloned()
+                        .collect(),
                     exclude: exclude.unwrap_or_default(),
                     mask: mask
                         .filter(|m| !m.is_empty())
@@ -854,7 +866,11 @@ impl State<'_> {
                                         "the log refused the change: {}",
                                         crate::chain(&e)
                                     ),
-                                    raw: one[1..one.len() - 1].to_owned(),
+                                    raw: if row.withhold_raw {
+                                        WITHHELD.to_owned()
+                                    } else {
+                                        one[1..one.len() - 1].to_owned()
+                                    },
                                 }
                                 .json(row),
                             );
@@ -934,15 +950,52 @@ impl State<'_> {
             context: message.context,
             condition: table.condition.as_deref().map(Arc::from),
             mask: table.mask.clone(),
+            withhold_raw: !table.kept_out.is_empty(),
             full_old: None,
             full_new: None,
             issues: Vec::new(),
         };
         let Decoded { old, new, issues } = decoded;
         row.issues = issues;
+        for issue in &mut row.issues {
+            if issue
+                .column
+                .as_ref()
+                .is_some_and(|c| table.kept_out.contains(c))
+            {
+                issue.raw = WITHHELD.to_owned();
+            }
+        }
         if change.op == Operation::Truncate {
             return row;
         }
+        // A column kept out by name missing from the row: renamed since the install, its
+        // values would be logged in clear under the new name. Only the key is logged.
+        let missing = table.kept_out.iter().find(|c| {
+            [&new, &old]
+                .into_iter()
+                .flatten()
+                .any(|values| !values.iter().any(|(n, _)| n == *c))
+        });
+        let withheld_table;
+        let table = match missing {
+            Some(column) => {
+                tracing::warn!(table = %format!("{}.{}", rel.schema, rel.name), column = %column, "pg-audit capture: a column this table's audit keeps out of the log is missing (renamed?): the change is logged without its values; install the table's audit again");
+                row.issues.push(Issue {
+                    column: Some(column.clone()),
+                    issue: format!(
+                        "the table has no column {column}, which its audit keeps out of the log (renamed or dropped?): the change's values were withheld, only its key logged; install the table's audit again with the new name"
+                    ),
+                    raw: WITHHELD.to_owned(),
+                });
+                withheld_table = Table {
+                    track_only: Some(table.key.clone()),
+                    ..table.clone()
+                };
+                &withheld_table
+            }
+            None => table,
+        };
         let audited = |values: &[(String, Option<String>)]| -> String {
             let mut out = String::from("{");
             let mut push = |name: &str, value: &Option<String>| {
@@ -1014,6 +1067,11 @@ impl State<'_> {
                 row.old_values = Some(audited(old_v));
             }
             Operation::Truncate | Operation::Snapshot | Operation::Ddl => {}
+        }
+        // Withheld, an UPDATE's two sides are its key alone: without the side before, it is
+        // logged (the insert leaves out UPDATEs whose two sides are equal).
+        if missing.is_some() && change.op == Operation::Update {
+            row.old_values = None;
         }
         if table.condition.is_some() {
             row.full_old = old.as_deref().map(full_object);
@@ -1178,12 +1236,18 @@ struct Row {
     condition: Option<Arc<str>>,
     /// The masked columns of that configuration (a JSON array).
     mask: Option<Arc<str>>,
+    /// Whether the configuration keeps columns out of the log: no raw value of the change is
+    /// kept in a capture issue.
+    withhold_raw: bool,
     /// The whole rows, for a condition.
     full_old: Option<String>,
     full_new: Option<String>,
     /// What could not be logged as it came.
     issues: Vec<Issue>,
 }
+
+/// What a capture issue keeps instead of a value its table's audit keeps out of the log.
+const WITHHELD: &str = "(withheld: a masked or excluded column)";
 
 /// A value logged as the JSON string of its text, or (no column) a change set aside whole.
 struct Issue {

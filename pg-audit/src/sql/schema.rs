@@ -9,7 +9,9 @@
 //! `old_values` is the table's shape before (`{"table": [schema, name], "columns": {attnum:
 //! {"name", "type"}}}`), `new_values` the shape after plus `changes` (each `{"added"}`,
 //! `{"dropped"}`, `{"renamed": {"from", "to"}}`, `{"retyped": {"column", "from", "to"}}`,
-//! `{"table_renamed": {"from", "to"}}`), `statement` (the DDL, when the event trigger saw it)
+//! `{"table_renamed": {"from", "to"}}`), `statement` (what the client sent, when the event
+//! trigger saw it and no audited table keeps columns out of the log: the text may hold
+//! values)
 //! and `recorded_by` (`event trigger`, or `install` for a change found by a later install).
 //!
 //! Columns are followed by their number (`attnum`), which a rename keeps: that is how a
@@ -65,7 +67,7 @@ pub(crate) fn objects_sql(names: &LogNames) -> String {
                 "table_name" => "v_now -> 'table' ->> 1".to_owned(),
                 "record_key" => ddl_key_expr("(v_now -> 'table' ->> 0)", "(v_now -> 'table' ->> 1)"),
                 "old_values" => "r.shape".to_owned(),
-                "new_values" => "v_now OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('changes', v_changes, 'statement', CASE WHEN via OPERATOR(pg_catalog.=) 'event trigger' THEN pg_catalog.current_query() END, 'recorded_by', via)".to_owned(),
+                "new_values" => "v_now OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object('changes', v_changes, 'statement', CASE WHEN via OPERATOR(pg_catalog.=) 'event trigger' AND NOT v_withhold THEN pg_catalog.current_query() END, 'recorded_by', via)".to_owned(),
                 "context" => "v_context".to_owned(),
                 "record_pk" | "old_record_pk" | "old_record_key" => "NULL".to_owned(),
                 other => panic!("log column `{other}` has no value in a schema change"),
@@ -90,6 +92,11 @@ DECLARE
     written integer := 0;
     v_raw text;
     v_context json;
+    -- The statement's text is all the client sent (several statements, their literals): kept
+    -- only while no audited table keeps columns out of the log, whose values it could hold.
+    v_withhold boolean := EXISTS (SELECT FROM {config} AS c
+                                   WHERE c.config OPERATOR(pg_catalog.?) {mask_field}
+                                      OR (c.config OPERATOR(pg_catalog.->) {audited_field}) OPERATOR(pg_catalog.?) {exclude_field});
 BEGIN
     {read_context}
     FOR r IN SELECT t.table_schema, t.table_name, t.relid, t.shape FROM {config} AS t
@@ -130,6 +137,9 @@ BEGIN
 END
 ",
         read_context = crate::context::read_statements("    "),
+        mask_field = text_literal(crate::sql::install::MASK_FIELD),
+        audited_field = text_literal(crate::sql::install::AUDITED_FIELD),
+        exclude_field = text_literal(crate::sql::install::EXCLUDE_FIELD),
         shape = shape_expr("r.relid"),
         table_renamed = change(
             "table_renamed",
