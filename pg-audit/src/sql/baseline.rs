@@ -109,24 +109,28 @@ pub(crate) fn batch_sql(spec: &TriggerSpec, names: &LogNames, first: bool) -> St
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let (from, after) = if first {
-        (
-            format!("{table} AS {ROW}"),
-            "\n         WHERE $1::text IS NULL".to_owned(),
-        )
+    // The key after which the page starts, each column a scalar subquery read once: the
+    // comparison is then an index condition, and each batch starts where the last ended
+    // (joined to the row instead, the walk started from the table's first key every time).
+    let after = if first {
+        "\n         WHERE $1::text IS NULL".to_owned()
     } else {
-        (
-            format!(
-                "pg_catalog.jsonb_populate_record(NULL::{table}, $1::text::pg_catalog.jsonb) AS pg_audit_after
-         CROSS JOIN {table} AS {ROW}"
-            ),
-            format!(
-                "\n         WHERE ROW({}) OPERATOR(pg_catalog.>) ROW({})",
-                key_columns(ROW),
-                key_columns("pg_audit_after")
-            ),
+        let bound: Vec<String> = spec
+            .primary_key()
+            .iter()
+            .map(|c| {
+                format!(
+                    "(SELECT pg_audit_after.{c} FROM pg_catalog.jsonb_populate_record(NULL::{table}, $1::text::pg_catalog.jsonb) AS pg_audit_after)"
+                )
+            })
+            .collect();
+        format!(
+            "\n         WHERE ROW({}) OPERATOR(pg_catalog.>) ROW({})",
+            key_columns(ROW),
+            bound.join(", ")
         )
     };
+    let from = format!("{table} AS {ROW}");
     let key = crate::sql::trigger::key_json(spec, ROW);
     let values = crate::sql::trigger::values_json(spec, ROW, &names.function("masked"));
     let condition = crate::sql::trigger::condition_for(spec, Operation::Snapshot, ROW, ROW)
