@@ -222,7 +222,11 @@ pub async fn export(
             .build()
             .map_err(pq(format!("cannot read {}", file.location)))?;
         pin_mut!(stream);
-        let picks = Picks::new(client, selection).await?;
+        let picks = Picks {
+            from_us,
+            until_us,
+            selection,
+        };
         while let Some(batch) = stream
             .try_next()
             .await
@@ -411,30 +415,14 @@ impl IdSpan {
     }
 }
 
-/// The selection applied to archived rows, its times read by the server once.
+/// The selection applied to archived rows, its times as the server read them.
 struct Picks<'a> {
     from_us: i64,
     until_us: i64,
     selection: &'a Selection,
 }
 
-impl<'a> Picks<'a> {
-    async fn new(client: &Client, selection: &'a Selection) -> Result<Picks<'a>, Error> {
-        let row = client
-            .query_one(
-                "SELECT (extract(epoch FROM $1::text::timestamptz) * 1000000)::bigint,
-                        (extract(epoch FROM $2::text::timestamptz) * 1000000)::bigint",
-                &[&selection.from, &selection.until],
-            )
-            .await
-            .map_err(db("cannot read --from and --until as times"))?;
-        Ok(Picks {
-            from_us: row.get(0),
-            until_us: row.get(1),
-            selection,
-        })
-    }
-
+impl Picks<'_> {
     fn takes(&self, fields: &[Field<'_>]) -> bool {
         let text = |name: &str| match field_of(fields, name) {
             Some(Field::Text(t)) => Some(t),

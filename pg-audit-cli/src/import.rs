@@ -2,7 +2,7 @@
 //! log, table by table, in batches that resume where a run stopped.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text};
+use diesel::sql_types::{BigInt, Nullable, Text};
 use pg_audit::sql::catalog::PRIMARY_KEY_SQL;
 use pg_audit::sql::import::ImportSource;
 use pg_audit::{Ident, QualifiedName};
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::options::{Db, Result};
 use crate::output::{Progress, Table};
+use crate::sql::KeyColumn;
 
 /// The options of `pg-audit import`.
 #[derive(Debug, clap::Args)]
@@ -54,14 +55,6 @@ struct Found {
 }
 
 #[derive(QueryableByName)]
-struct KeyColumn {
-    #[diesel(sql_type = Nullable<Text>)]
-    column_name: Option<String>,
-    #[diesel(sql_type = Bool)]
-    table_exists: bool,
-}
-
-#[derive(QueryableByName)]
 struct LastId {
     #[diesel(sql_type = Nullable<BigInt>)]
     last_id: Option<i64>,
@@ -88,13 +81,7 @@ fn found(conn: &mut PgConnection, sql: &str, bind: &str) -> Result<Option<String
 pub(crate) fn import(args: &ImportArgs) -> Result<()> {
     let (mut conn, log) = args.db.connect()?;
     let source = args.from;
-    if found(
-        &mut conn,
-        "SELECT pg_catalog.to_regclass($1::text)::text AS found",
-        source.table(),
-    )?
-    .is_none()
-    {
+    if !crate::options::relation_exists(&mut conn, source.table())? {
         return Err(format!(
             "no {} history in this database: {} does not exist (or this role may not see it)",
             source.name(),

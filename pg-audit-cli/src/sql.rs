@@ -11,6 +11,15 @@ use pg_audit::sql::catalog::PRIMARY_KEY_SQL;
 
 use crate::options::{LogArgs, Result};
 
+/// A row of [`PRIMARY_KEY_SQL`]: a key column, or a table that does not exist.
+#[derive(QueryableByName)]
+pub(crate) struct KeyColumn {
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) column_name: Option<String>,
+    #[diesel(sql_type = Bool)]
+    pub(crate) table_exists: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum SqlCommand {
     /// SQL that creates the audit log: its schema, the partitioned table with its DEFAULT
@@ -192,13 +201,6 @@ fn table_primary_key(table: &QualifiedName, url: Option<&str>) -> Result<Vec<Str
         PgConnection::establish(&pg_audit::session::pin_conninfo(url)?).map_err(|e| {
             format!("cannot connect to the database to read {table}'s primary key: {e}")
         })?;
-    #[derive(QueryableByName)]
-    struct KeyColumn {
-        #[diesel(sql_type = Nullable<Text>)]
-        column_name: Option<String>,
-        #[diesel(sql_type = Bool)]
-        table_exists: bool,
-    }
     // The program's session resolves no name through a search path (its path holds only
     // pg_catalog): an unqualified table is read from `public`.
     let qualified = match &table.schema {
