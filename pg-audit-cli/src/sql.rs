@@ -9,6 +9,10 @@ use diesel::prelude::*;
 use diesel::sql_types::{Bool, Nullable, Text};
 use pg_audit::sql::catalog::PRIMARY_KEY_SQL;
 
+use std::path::PathBuf;
+
+use pg_audit_runtime::migration::{self, Layout, SqlMigration};
+
 use crate::options::{LogArgs, Result};
 
 /// A row of [`PRIMARY_KEY_SQL`]: a key column, or a table that does not exist.
@@ -29,7 +33,7 @@ pub(crate) enum SqlCommand {
     /// SQL that installs (or with --uninstall removes) the audit triggers of one table. It
     /// first checks the table, its key and every named column, and fails with a message naming
     /// the problem. Installing again replaces the previous configuration.
-    Trigger(TriggerArgs),
+    Trigger(Box<TriggerArgs>),
     /// SQL that lets an application role read the audit log (to show history) and nothing
     /// more: it cannot change audit rows or run maintenance. Writing audited tables needs no
     /// privilege on the log.
@@ -45,10 +49,49 @@ pub(crate) struct GrantArgs {
     role: String,
 }
 
+/// Where the SQL goes instead of stdout: a migration file of the application's.
+#[derive(Debug, Args)]
+pub(crate) struct MigrationOut {
+    /// Instead of printing, write the SQL as a sqlx migration in DIR
+    /// (`<version>_pg_audit_<what>.up.sql` and `.down.sql`, numbered after every migration
+    /// there), for `sqlx migrate run` or `sqlx::migrate!()`. Nothing is written when DIR
+    /// already holds the same SQL.
+    #[arg(long, value_name = "DIR", conflicts_with = "diesel_migrations")]
+    sqlx_migrations: Option<PathBuf>,
+    /// Instead of printing, write the SQL as a Diesel migration in DIR
+    /// (`<date>_pg_audit_<what>/up.sql` and `down.sql`, dated after every migration there).
+    /// Nothing is written when DIR already holds the same SQL.
+    #[arg(long, value_name = "DIR")]
+    diesel_migrations: Option<PathBuf>,
+}
+
+impl MigrationOut {
+    /// Writes `migration` where asked; `false` when it is to be printed instead.
+    fn write(&self, migration: SqlMigration) -> Result<bool> {
+        let (dir, layout) = match (&self.sqlx_migrations, &self.diesel_migrations) {
+            (Some(dir), _) => (dir, Layout::Sqlx),
+            (None, Some(dir)) => (dir, Layout::Diesel),
+            (None, None) => return Ok(false),
+        };
+        let written = pg_audit_runtime::migration::write_files(dir, layout, &[migration])
+            .map_err(|e| format!("{e}: {}", e.source))?;
+        match written.first() {
+            Some(path) => crate::output::print(&format!("wrote {}\n", path.display())),
+            None => crate::output::print(&format!(
+                "{} already holds this SQL: nothing written\n",
+                dir.display()
+            )),
+        }
+        Ok(true)
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct TableArgs {
     #[command(flatten)]
     log: LogArgs,
+    #[command(flatten)]
+    out: MigrationOut,
     /// Time covered by one partition.
     #[arg(long, value_name = "PERIOD", default_value = "monthly", value_parser = crate::options::period())]
     period: PartitionPeriod,
@@ -118,18 +161,21 @@ pub(crate) struct TriggerArgs {
     #[command(flatten)]
     log: LogArgs,
     /// Print SQL that removes the triggers instead (the log keeps its rows).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["sqlx_migrations", "diesel_migrations"])]
     uninstall: bool,
+    #[command(flatten)]
+    out: MigrationOut,
 }
 
 pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
     let sql = match cmd {
-        SqlCommand::Table(args) => args
-            .log
-            .log()?
-            .period(args.period)
-            .premake(args.premake)
-            .create_sql(),
+        SqlCommand::Table(args) => {
+            let log = args.log.log()?.period(args.period).premake(args.premake);
+            if args.out.write(migration::log_migration(&log))? {
+                return Ok(());
+            }
+            log.create_sql()
+        }
         SqlCommand::Grant(args) => args
             .log
             .log()?
@@ -179,6 +225,11 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
             };
             if args.uninstall {
                 spec.uninstall_sql(&log)
+            } else if args
+                .out
+                .write(migration::table_migration(&spec, &log, None))?
+            {
+                return Ok(());
             } else {
                 spec.install_sql(&log)
             }

@@ -84,6 +84,97 @@ fn printed_sql_installs_with_psql_and_logs_plain_sql_changes() {
 }
 
 #[test]
+fn the_sql_is_written_as_sqlx_and_diesel_migrations_once() {
+    let server = pg_audit_tempdb::shared().expect("test server");
+    let db = server
+        .create_database("cli_migration_files")
+        .expect("database");
+    db.psql("CREATE TABLE users (id serial PRIMARY KEY, name text, password_hash text)")
+        .expect("create table");
+    let dir = std::env::temp_dir().join(format!("pg-audit-cli-migrations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let sqlx_dir = dir.join("sqlx");
+    let sqlx = sqlx_dir.to_str().unwrap();
+    let trigger = [
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--primary-key",
+        "id",
+        "--exclude-fields",
+        "password_hash",
+        "--sqlx-migrations",
+        sqlx,
+    ];
+    let wrote = stdout(&["sql", "table", "--sqlx-migrations", sqlx]);
+    assert!(
+        wrote.starts_with("wrote ") && wrote.trim_end().ends_with("_pg_audit_log.up.sql"),
+        "{wrote}"
+    );
+    let wrote = stdout(&trigger);
+    assert!(
+        wrote.trim_end().ends_with("_pg_audit_users.up.sql"),
+        "{wrote}"
+    );
+    // The same SQL again: nothing written.
+    assert!(stdout(&trigger).contains("nothing written"));
+    let mut files: Vec<String> = std::fs::read_dir(&sqlx_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "{files:?}");
+    // Numbered in the order written: the log's first.
+    assert!(
+        files[0].ends_with("_pg_audit_log.down.sql") && files[1].ends_with("_pg_audit_log.up.sql"),
+        "{files:?}"
+    );
+    for up in files.iter().filter(|f| f.ends_with(".up.sql")) {
+        let sql = std::fs::read_to_string(sqlx_dir.join(up)).unwrap();
+        db.psql(&format!("BEGIN;\n{sql}\nCOMMIT;"))
+            .expect("run the migration");
+    }
+    db.psql("INSERT INTO users (name, password_hash) VALUES ('Ann', 'h')")
+        .expect("insert");
+    assert_eq!(
+        db.psql("SELECT new_values FROM audit.auditlog")
+            .expect("read the log"),
+        "{\"id\": 1, \"name\": \"Ann\"}\n"
+    );
+
+    // Diesel's layout: a directory per migration.
+    let diesel_dir = dir.join("diesel");
+    let wrote = stdout(&[
+        "sql",
+        "table",
+        "--diesel-migrations",
+        diesel_dir.to_str().unwrap(),
+    ]);
+    let written = std::path::PathBuf::from(wrote.trim_end().strip_prefix("wrote ").unwrap());
+    assert!(written.join("up.sql").exists() && written.join("down.sql").exists());
+    // Not both, and not with --uninstall.
+    refused(&[
+        "sql",
+        "table",
+        "--sqlx-migrations",
+        sqlx,
+        "--diesel-migrations",
+        sqlx,
+    ]);
+    refused(&[
+        "sql",
+        "trigger",
+        "--table",
+        "users",
+        "--uninstall",
+        "--sqlx-migrations",
+        sqlx,
+    ]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn every_option_reaches_the_sql() {
     let server = pg_audit_tempdb::shared().expect("test server");
     let db = server.create_database("cli_options").expect("database");

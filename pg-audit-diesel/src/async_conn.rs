@@ -8,9 +8,11 @@ use diesel_async::{
     TransactionManager,
 };
 
-use crate::context::AuditContext;
+use crate::AuditContext;
 use crate::observe;
-use crate::transaction::{Savepoint, Setting, begin_sql, outcome, read_setting_query, top_context};
+use crate::transaction::{
+    Setting, begin_sql, enter_savepoint, nested, outcome, read_setting_query, top_context,
+};
 
 /// An async closure taking the connection, whose future can be required to be `Send`
 /// (`AsyncFnOnce` alone cannot say so on stable Rust; diesel-async uses the same device).
@@ -148,8 +150,8 @@ where
         .get_result::<Setting>(conn)
         .await?
         .into_value();
-    let inner = AuditContext::from_setting(outer.as_deref()).merged(ctx);
-    let (savepoint, set) = Savepoint::enter(outer, &inner)?;
+    let inner = nested(outer.as_deref(), ctx);
+    let (savepoint, set) = enter_savepoint(outer, &inner)?;
     if let Some(set) = set {
         conn.batch_execute(&set).await?;
     }

@@ -81,11 +81,9 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub mod ambient;
 #[cfg(feature = "async")]
 mod async_conn;
 mod baseline;
-mod context;
 mod error;
 mod files;
 mod key;
@@ -93,12 +91,9 @@ pub mod log;
 mod migration;
 mod model;
 mod names;
-mod observe;
 mod sync_conn;
 mod time;
 mod transaction;
-#[cfg(feature = "tower")]
-pub mod web;
 #[cfg(feature = "connection-wrapper")]
 pub mod wrapper;
 
@@ -111,14 +106,19 @@ pub use async_conn::{AsyncAuditConnectionExt, AuditFn};
 pub use baseline::{
     Baseline, BaselineOutcome, installed_spec, refuse_renamed_kept_out, take_baseline,
 };
-pub use context::{AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR};
 pub use error::Error;
 pub use files::{WriteError, write_migration_files};
-pub use migration::{
-    AuditMigrations, MIGRATION_LOCK_KEY, SqlMigration, migrations, run_migrations,
-};
-pub use model::{
-    AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet, emit_context_to_wal,
+pub use migration::{AuditMigrations, migrations, run_migrations};
+pub use model::{AuditConfig, Audited, AuditedModel, ColumnSelection, ModelSet};
+pub use pg_audit_runtime::migration::{MIGRATION_LOCK_KEY, SqlMigration};
+use pg_audit_runtime::observe;
+/// The audit context of each HTTP request: the tower/axum layer, shared with every runtime
+/// (`pg-audit-runtime`'s).
+#[cfg(feature = "tower")]
+pub use pg_audit_runtime::web;
+pub use pg_audit_runtime::{
+    AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR, ambient,
+    emit_context_to_wal,
 };
 pub use sync_conn::AuditConnectionExt;
 pub use time::{parse_rfc3339, rfc3339, utc_string};

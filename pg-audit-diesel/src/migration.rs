@@ -6,12 +6,10 @@ use diesel::migration::{
     Migration, MigrationMetadata, MigrationName, MigrationSource, MigrationVersion,
 };
 use diesel::pg::Pg;
-use pg_audit::{AuditLog, TriggerSpec, dollar_quote, quote_literal};
+use pg_audit::{AuditLog, dollar_quote, quote_literal};
+use pg_audit_runtime::migration::{self, MIGRATION_LOCK_KEY, SqlMigration};
 
 use crate::{Error, ModelSet};
-
-/// The advisory lock key pg-audit's migrations serialise on ("pgaudit" in ASCII).
-pub const MIGRATION_LOCK_KEY: i64 = 0x0070_6761_7564_6974;
 
 /// The migrations of the audit log and of every registered `#[pg_audit]` model, into
 /// `audit.auditlog`. See [`AuditMigrations`] to choose the log or list the models.
@@ -209,21 +207,15 @@ impl AuditMigrations {
         for (model, spec) in models.specs()? {
             let declared: serde_json::Value =
                 serde_json::from_str(&spec.config_json()).expect("the engine writes valid JSON");
-            let recorded: Option<Same> = diesel::sql_query(format!(
-                "SELECT r.config OPERATOR(pg_catalog.=) $1::jsonb AS same
-                   FROM {} AS r
-                   JOIN pg_catalog.pg_namespace AS n ON n.nspname OPERATOR(pg_catalog.=) r.table_schema
-                   JOIN pg_catalog.pg_class AS c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid
-                                                AND c.relname OPERATOR(pg_catalog.=) r.table_name
-                  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2::text)",
-                self.log.config_table()
-            ))
-            .bind::<Jsonb, _>(&declared)
-            .bind::<Text, _>(spec.table().to_string())
-            .get_result(conn)
-            .optional()?;
+            let recorded: Option<Same> = diesel::sql_query(self.log.recorded_config_same_sql())
+                .bind::<Jsonb, _>(&declared)
+                .bind::<Text, _>(spec.table().to_string())
+                .get_result(conn)
+                .optional()?;
             if recorded.is_some_and(|r| !r.same) {
-                conn.batch_execute(model_migration(model, &spec, &self.log).up_sql())?;
+                conn.batch_execute(
+                    migration::table_migration(&spec, &self.log, Some(model)).up_sql(),
+                )?;
                 crate::observe::model_reinstalled(&spec.table().to_string());
                 reinstalled.push(format!("reinstalled {}", spec.table()));
             }
@@ -237,167 +229,23 @@ impl AuditMigrations {
             Some(models) => models.clone(),
             None => ModelSet::registered()?,
         };
-        let mut out = vec![SqlMigration::new(
-            "00000000000001",
-            "log",
-            "log".to_owned(),
-            format!("pg-audit: the audit log {}", self.log.table()),
-            self.log.create_sql(),
-            drop_log_if_empty(&self.log),
-        )];
-        let mut specs = models.specs()?;
-        specs.sort_by(|(_, a), (_, b)| a.table().cmp(b.table()));
-        for (model, spec) in specs {
-            out.push(model_migration(model, &spec, &self.log));
-        }
-        Ok(out)
+        Ok(migration::plan(
+            &self.log,
+            models
+                .specs()?
+                .into_iter()
+                .map(|(model, spec)| (Some(model), spec)),
+        ))
     }
 }
 
-fn model_migration(model: &str, spec: &TriggerSpec, log: &AuditLog) -> SqlMigration {
-    let table = spec.table();
-    let key = format!(
-        "{}.{}",
-        table.schema.as_ref().map_or("", |s| s.as_str()),
-        table.name.as_str()
-    );
-    let slug: String = table
-        .name
-        .as_str()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    SqlMigration::new(
-        "00000000000002",
-        &hash(&key),
-        slug,
-        format!("pg-audit: audit triggers on {table} (model `{model}`)"),
-        spec.install_sql(log),
-        spec.uninstall_sql(log),
-    )
-}
-
-/// Dropping the log would destroy the audit trail: only an empty log is dropped, and only
-/// when it has no archived partitions, seals or redactions either.
-fn drop_log_if_empty(log: &AuditLog) -> String {
-    let trail: Vec<String> = [
-        log.table().clone(),
-        log.archives_table(),
-        log.seals_table(),
-        log.redactions_table(),
-    ]
-    .iter()
-    .map(|t| quote_literal(&t.to_string()).expect("no NUL"))
-    .collect();
-    let check = format!(
+/// `up_sql` guarded for concurrent runs (see [`AuditMigrations`]): an instance that waited
+/// for the lock while another applied the same version skips the install, and Diesel's harness
+/// records the version again in this transaction; installing forgets the other versions.
+fn guarded_up(m: &SqlMigration) -> String {
+    let version = quote_literal(m.version()).expect("no NUL");
+    let body = format!(
         "
-DECLARE
-    tbl regclass;
-    n bigint;
-BEGIN
-    FOREACH tbl IN ARRAY ARRAY[{}]::regclass[] LOOP
-        IF tbl IS NOT NULL THEN
-            EXECUTE 'SELECT count(*) FROM ' || tbl::text INTO n;
-            IF n > 0 THEN
-                RAISE EXCEPTION 'pg-audit: % holds % rows of the audit trail; it is not dropped by a migration revert', tbl, n
-                    USING HINT = 'Archive the rows (pg_dump -t), then drop the log by hand if that is really meant.';
-            END IF;
-        END IF;
-    END LOOP;
-END
-",
-        trail
-            .iter()
-            .map(|t| format!("pg_catalog.to_regclass({t})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    format!("DO {};\n{}", dollar_quote(&check), log.drop_sql())
-}
-
-fn hash(text: &str) -> String {
-    // FNV-1a, 32 bits: short, stable across releases and platforms.
-    let mut h: u32 = 0x811c_9dc5;
-    for b in text.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
-}
-
-/// One migration: SQL to install and SQL to remove.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SqlMigration {
-    /// What every version of this migration starts with: the same log, or the same table.
-    family: String,
-    version: String,
-    slug: String,
-    description: String,
-    up: String,
-    down: String,
-}
-
-impl SqlMigration {
-    fn new(
-        prefix: &str,
-        subject: &str,
-        slug: String,
-        description: String,
-        up: String,
-        down: String,
-    ) -> Self {
-        // Diesel stores versions in a varchar(50): 14 + 10 + 8 + 1 + 8 = 41 characters.
-        let family = format!("{prefix}_pg_audit_{subject}_");
-        SqlMigration {
-            version: format!("{family}{}", hash(&up)),
-            family,
-            slug,
-            description,
-            up,
-            down,
-        }
-    }
-
-    /// The version Diesel records.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    /// A short name for what it is about: `log`, or the audited table's name.
-    pub fn slug(&self) -> &str {
-        &self.slug
-    }
-
-    /// What it installs, in words.
-    pub fn description(&self) -> &str {
-        &self.description
-    }
-
-    /// The SQL that installs.
-    pub fn up_sql(&self) -> &str {
-        &self.up
-    }
-
-    /// The SQL that removes what `up_sql` installed.
-    pub fn down_sql(&self) -> &str {
-        &self.down
-    }
-
-    /// `up_sql` guarded for concurrent runs (see the module documentation). Installing also
-    /// forgets the other recorded versions of the same migration: what is installed is this
-    /// one, so a later release declaring an earlier configuration again (a deploy rolled
-    /// back) finds its version pending and installs it.
-    fn guarded_up(&self) -> String {
-        let version = quote_literal(&self.version).expect("no NUL");
-        let family = quote_literal(&self.family).expect("no NUL");
-        let body = format!(
-            "
 BEGIN
     IF EXISTS (SELECT FROM __diesel_schema_migrations WHERE version = {version}) THEN
         -- Applied by another instance while this one waited for the lock: do not install
@@ -405,31 +253,32 @@ BEGIN
         DELETE FROM __diesel_schema_migrations WHERE version = {version};
     ELSE
         EXECUTE {};
-        DELETE FROM __diesel_schema_migrations
-         WHERE pg_catalog.starts_with(version, {family}) AND version <> {version};
     END IF;
 END
 ",
-            dollar_quote(&self.up)
-        );
-        format!(
-            "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\nDO {};",
-            dollar_quote(&body)
-        )
-    }
+        dollar_quote(&m.up_forgetting_others("__diesel_schema_migrations", false))
+    );
+    format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\nDO {};",
+        dollar_quote(&body)
+    )
 }
+
+/// A migration as Diesel runs it: the shared [`SqlMigration`], installed forgetting the other
+/// versions Diesel recorded of it.
+struct DieselMigration(SqlMigration);
 
 struct Metadata;
 
 impl MigrationMetadata for Metadata {}
 
-impl Migration<Pg> for SqlMigration {
+impl Migration<Pg> for DieselMigration {
     fn run(
         &self,
         conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
     ) -> diesel::migration::Result<()> {
-        conn.batch_execute(&self.guarded_up())?;
-        crate::observe::migration_ran(&self.description, &self.version, true);
+        conn.batch_execute(&guarded_up(&self.0))?;
+        crate::observe::migration_ran(self.0.description(), self.0.version(), true);
         Ok(())
     }
 
@@ -439,9 +288,9 @@ impl Migration<Pg> for SqlMigration {
     ) -> diesel::migration::Result<()> {
         conn.batch_execute(&format!(
             "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}",
-            self.down
+            self.0.down_sql()
         ))?;
-        crate::observe::migration_ran(&self.description, &self.version, false);
+        crate::observe::migration_ran(self.0.description(), self.0.version(), false);
         Ok(())
     }
 
@@ -454,15 +303,15 @@ impl Migration<Pg> for SqlMigration {
     }
 }
 
-impl fmt::Display for SqlMigration {
+impl fmt::Display for DieselMigration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({})", self.version, self.description)
+        self.0.fmt(f)
     }
 }
 
-impl MigrationName for SqlMigration {
+impl MigrationName for DieselMigration {
     fn version(&self) -> MigrationVersion<'_> {
-        MigrationVersion::from(self.version.as_str())
+        MigrationVersion::from(self.0.version())
     }
 }
 
@@ -471,7 +320,7 @@ impl MigrationSource<Pg> for AuditMigrations {
         Ok(self
             .sql_migrations()?
             .into_iter()
-            .map(|m| Box::new(m) as Box<dyn Migration<Pg>>)
+            .map(|m| Box::new(DieselMigration(m)) as Box<dyn Migration<Pg>>)
             .collect())
     }
 }

@@ -210,45 +210,19 @@ impl ModelSet {
     }
 }
 
-/// Set by [`emit_context_to_wal`], or from the registry on first use.
-static WAL_CONTEXT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(UNDECIDED);
-const UNDECIDED: u8 = 0;
-const OFF: u8 = 1;
-const ON: u8 = 2;
+/// Whether any linked model is captured from the WAL: decided from the registry on first use.
+static ANY_WAL_MODEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
 
-/// Makes the helpers (sync, async, `AuditedConnection`, the web layer's transactions) also emit
-/// each transaction's context as a transactional logical message, which the capture worker
-/// (`pg-audit-capture`) attaches to the changes it reads from the write-ahead log; or stops
-/// them. By default they do when any `#[pg_audit]` model linked into the program has
-/// `capture = wal`; call this when tables are installed for WAL capture another way (the
-/// `pg-audit` program, another service's models). The message costs a little WAL per
-/// transaction that sets a context, and gives a read-only one a transaction id.
-pub fn emit_context_to_wal(on: bool) {
-    WAL_CONTEXT.store(
-        if on { ON } else { OFF },
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-
-/// Whether the helpers emit the context to the write-ahead log.
+/// Whether the helpers emit the context to the write-ahead log: as the program said
+/// ([`crate::emit_context_to_wal`]), else when any `#[pg_audit]` model linked into the program
+/// has `capture = wal`.
 pub(crate) fn emits_context_to_wal() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    match WAL_CONTEXT.load(Relaxed) {
-        ON => true,
-        OFF => false,
-        _ => {
-            let any_wal = inventory::iter::<AuditedModel>.into_iter().any(|m| {
+    pg_audit_runtime::transaction::emit_context_to_wal_set().unwrap_or_else(|| {
+        *ANY_WAL_MODEL.get_or_init(|| {
+            inventory::iter::<AuditedModel>.into_iter().any(|m| {
                 m.trigger_spec()
                     .is_ok_and(|s| s.capture() == pg_audit::Capture::Wal)
-            });
-            // A call to `emit_context_to_wal` in the meantime wins.
-            let _ = WAL_CONTEXT.compare_exchange(
-                UNDECIDED,
-                if any_wal { ON } else { OFF },
-                Relaxed,
-                Relaxed,
-            );
-            WAL_CONTEXT.load(Relaxed) == ON
-        }
-    }
+            })
+        })
+    })
 }

@@ -5,9 +5,11 @@ use diesel::connection::{AnsiTransactionManager, SimpleConnection as _, Transact
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 
-use crate::context::AuditContext;
+use crate::AuditContext;
 use crate::observe;
-use crate::transaction::{Savepoint, Setting, begin_sql, finish, read_setting_query, top_context};
+use crate::transaction::{
+    Setting, begin_sql, enter_savepoint, finish, nested, read_setting_query, top_context,
+};
 
 /// Transactions whose audit rows carry a context. Implemented for [`PgConnection`], and so
 /// usable on pooled connections (an r2d2 `PooledConnection` derefs to one).
@@ -92,8 +94,8 @@ where
     let outer = read_setting_query()
         .get_result::<Setting>(conn)?
         .into_value();
-    let inner = AuditContext::from_setting(outer.as_deref()).merged(ctx);
-    let (savepoint, set) = Savepoint::enter(outer, &inner)?;
+    let inner = nested(outer.as_deref(), ctx);
+    let (savepoint, set) = enter_savepoint(outer, &inner)?;
     if let Some(set) = set {
         conn.batch_execute(&set)?;
     }

@@ -33,10 +33,10 @@ use diesel::pg::{GetPgMetadataCache, Pg, PgConnection, PgMetadataCache};
 use diesel::query_builder::{Query, QueryFragment, QueryId};
 use diesel::result::{ConnectionResult, QueryResult};
 
+use crate::AuditContext;
 use crate::ambient;
-use crate::context::AuditContext;
 use crate::observe;
-use crate::transaction::{Savepoint, begin_sql, finish, top_context};
+use crate::transaction::{Savepoint, begin_sql, enter_savepoint, finish, top_context};
 
 /// A `PgConnection` that carries the ambient audit context (see the module documentation).
 /// Usable wherever Diesel takes a connection, including an r2d2
@@ -222,7 +222,7 @@ impl TransactionManager<AuditedConnection> for AuditedTransactionManager {
                 .last()
                 .and_then(|level| level.ctx.to_json())
                 .map(|json| json.to_string());
-            let (savepoint, set) = Savepoint::enter(outer, &ctx)?;
+            let (savepoint, set) = enter_savepoint(outer, &ctx)?;
             if let Some(set) = set {
                 conn.inner.batch_execute(&set)?;
             }

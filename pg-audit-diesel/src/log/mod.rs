@@ -196,12 +196,6 @@ impl From<json::NullableLogJson> for AuditContext {
     }
 }
 
-impl From<Option<Value>> for AuditContext {
-    fn from(value: Option<Value>) -> AuditContext {
-        AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
-    }
-}
-
 /// One audit row, typed.
 ///
 /// It serializes with serde as the CLI's `--json` prints an entry: times as RFC 3339 strings in

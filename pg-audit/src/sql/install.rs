@@ -180,6 +180,21 @@ pub(crate) fn recorded_key_sql(config: &QualifiedName) -> String {
     )
 }
 
+/// SQL telling whether the configuration recorded at install for a table is the one declared:
+/// one row (`same`, bool) when the table has an install record, none otherwise. Parameters
+/// `$1` the declared configuration (jsonb, `TriggerSpec::config_json`), `$2` the table as
+/// `to_regclass` reads it (text).
+pub(crate) fn recorded_config_same_sql(config: &QualifiedName) -> String {
+    format!(
+        "SELECT r.config OPERATOR(pg_catalog.=) $1::jsonb AS same
+   FROM {config} AS r
+   JOIN pg_catalog.pg_namespace AS n ON n.nspname OPERATOR(pg_catalog.=) r.table_schema
+   JOIN pg_catalog.pg_class AS c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid
+                                AND c.relname OPERATOR(pg_catalog.=) r.table_name
+  WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2::text)"
+    )
+}
+
 /// DDL of the record table and of the definitions function (the check function comes last,
 /// [`crate::sql::check::check_function_sql`], as it compares every other function with what it
 /// should be).

@@ -355,6 +355,16 @@ impl AuditLog {
         install::recorded_key_sql(&self.names.config_table())
     }
 
+    /// SQL telling whether the configuration recorded at install for a table is the one
+    /// declared: one row (`same`, bool) when the table has an install record, none otherwise.
+    /// Parameters `$1` the declared configuration (jsonb, [`TriggerSpec::config_json`]), `$2`
+    /// the table as `to_regclass` reads it (text). What the runtimes' migrations reinstall by.
+    ///
+    /// [`TriggerSpec::config_json`]: crate::TriggerSpec::config_json
+    pub fn recorded_config_same_sql(&self) -> String {
+        install::recorded_config_same_sql(&self.names.config_table())
+    }
+
     /// The archive catalogue: one row per archived partition.
     pub fn archives_table(&self) -> QualifiedName {
         self.names.archives_table()

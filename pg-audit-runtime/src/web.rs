@@ -8,7 +8,7 @@
 //! # async fn update_product() {}
 //! # async fn authenticate(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response { next.run(req).await }
 //! # async fn f(listener: tokio::net::TcpListener) -> Result<(), Box<dyn std::error::Error>> {
-//! use pg_audit_diesel::web::AuditLayer;
+//! use pg_audit_runtime::web::AuditLayer; // also `pg_audit_diesel::web`, `pg_audit_sqlx::web`
 //!
 //! let app = Router::new()
 //!     .route("/products/{id}", patch(update_product))
@@ -50,6 +50,8 @@
 //!
 //! Writes made in the handler carry the context, one line each:
 //!
+//! - sqlx (`pg-audit-sqlx`): `pool.begin_audited(&AuditContext::new())` (or with more
+//!   context), directly in the handler;
 //! - sync Diesel on a blocking thread: `ambient::spawn_blocking` (feature
 //!   `tokio`) instead of `tokio::task::spawn_blocking`, then `conn.audited_transaction(..)` or
 //!   `conn.with_change_reason(..)`;

@@ -1,13 +1,12 @@
 //! Ambient audit context: set it for a scope, and every transaction pg-audit opens inside the
 //! scope carries it.
 //!
-//! ```no_run
-//! use pg_audit_diesel::{AuditConnectionExt as _, ambient};
-//! # fn f(conn: &mut diesel::PgConnection) -> diesel::QueryResult<()> {
+//! ```
+//! use pg_audit_runtime::ambient;
 //!
 //! let _guard = ambient::use_change_reason("Bulk update for compliance");
-//! conn.audited_transaction(|conn| { /* rows logged with that reason */ diesel::QueryResult::Ok(()) })?;
-//! # Ok(()) }
+//! // Diesel's `conn.audited_transaction(..)`, sqlx's `pool.begin_audited(..)`: logged with it.
+//! assert_eq!(ambient::current().change_reason.as_deref(), Some("Bulk update for compliance"));
 //! ```
 //!
 //! **Sync code** keeps the context in a thread-local; [`use_context`] and
@@ -24,7 +23,7 @@
 //! carry it. Pass it on with [`current`]:
 //!
 //! ```no_run
-//! # use pg_audit_diesel::ambient;
+//! # use pg_audit_runtime::ambient;
 //! # async fn f() {
 //! tokio::spawn(ambient::current().scope(async move { /* ... */ }));
 //! let ctx = ambient::current();

@@ -14,26 +14,27 @@ use crate::AuditContext;
 
 /// A span around an audited transaction; without the feature `tracing`, nothing.
 #[cfg(feature = "tracing")]
-pub(crate) type Span = tracing::Span;
+pub type Span = tracing::Span;
 
 /// A span around an audited transaction; without the feature `tracing`, nothing.
 #[cfg(not(feature = "tracing"))]
 #[derive(Debug, Clone)]
-pub(crate) struct Span;
+pub struct Span;
 
 /// The guard of an entered [`Span`]; without the feature `tracing`, nothing.
 #[cfg(not(feature = "tracing"))]
-pub(crate) struct Entered;
+pub struct Entered;
 
 #[cfg(not(feature = "tracing"))]
 impl Span {
-    pub(crate) fn enter(&self) -> Entered {
+    /// Enters the span (nothing without the feature).
+    pub fn enter(&self) -> Entered {
         Entered
     }
 }
 
 /// The span of an audited transaction carrying `ctx`.
-pub(crate) fn transaction_span(ctx: &AuditContext) -> Span {
+pub fn transaction_span(ctx: &AuditContext) -> Span {
     #[cfg(feature = "tracing")]
     {
         tracing::info_span!(
@@ -55,7 +56,7 @@ pub(crate) fn transaction_span(ctx: &AuditContext) -> Span {
 
 /// Records whether the transaction is a savepoint inside an open one (once: a field recorded
 /// twice is printed twice).
-pub(crate) fn record_nested(span: &Span, nested: bool) {
+pub fn record_nested(span: &Span, nested: bool) {
     #[cfg(feature = "tracing")]
     span.record("nested", nested);
     #[cfg(not(feature = "tracing"))]
@@ -63,7 +64,7 @@ pub(crate) fn record_nested(span: &Span, nested: bool) {
 }
 
 /// Records whether the transaction committed.
-pub(crate) fn record_outcome(span: &Span, committed: bool) {
+pub fn record_outcome(span: &Span, committed: bool) {
     #[cfg(feature = "tracing")]
     span.record("outcome", if committed { "commit" } else { "rollback" });
     #[cfg(not(feature = "tracing"))]
@@ -71,8 +72,7 @@ pub(crate) fn record_outcome(span: &Span, committed: bool) {
 }
 
 /// Runs `future` inside `span`.
-#[cfg(feature = "async")]
-pub(crate) async fn instrument<F: std::future::Future>(span: Span, future: F) -> F::Output {
+pub async fn instrument<F: std::future::Future>(span: Span, future: F) -> F::Output {
     #[cfg(feature = "tracing")]
     {
         tracing::Instrument::instrument(future, span).await
@@ -85,8 +85,7 @@ pub(crate) async fn instrument<F: std::future::Future>(span: Span, future: F) ->
 }
 
 /// `AuditedConnection` began a transaction carrying `ctx` (it has no closure to wrap in a span).
-#[cfg(feature = "connection-wrapper")]
-pub(crate) fn transaction_begun(ctx: &AuditContext) {
+pub fn transaction_begun(ctx: &AuditContext) {
     #[cfg(feature = "tracing")]
     tracing::debug!(
         target: "pg_audit",
@@ -100,7 +99,7 @@ pub(crate) fn transaction_begun(ctx: &AuditContext) {
 }
 
 /// The span of a run of pg-audit's migrations (`run_migrations`, `reinstall`).
-pub(crate) fn migrations_span(what: &'static str) -> Span {
+pub fn migrations_span(what: &'static str) -> Span {
     #[cfg(feature = "tracing")]
     {
         tracing::info_span!(target: "pg_audit", "pg_audit.migrations", run = what)
@@ -113,7 +112,7 @@ pub(crate) fn migrations_span(what: &'static str) -> Span {
 }
 
 /// A migration's SQL ran: the log or a model's triggers installed (`up`) or removed.
-pub(crate) fn migration_ran(description: &str, version: &str, up: bool) {
+pub fn migration_ran(description: &str, version: &str, up: bool) {
     #[cfg(feature = "tracing")]
     tracing::info!(
         target: "pg_audit",
@@ -126,8 +125,9 @@ pub(crate) fn migration_ran(description: &str, version: &str, up: bool) {
     let _ = (description, version, up);
 }
 
-/// A model's triggers were reinstalled because the installed configuration differed.
-pub(crate) fn model_reinstalled(table: &str) {
+/// A table's triggers were reinstalled because the installed configuration differed from the
+/// one the program declares.
+pub fn model_reinstalled(table: &str) {
     #[cfg(feature = "tracing")]
     tracing::warn!(
         target: "pg_audit",
@@ -141,7 +141,7 @@ pub(crate) fn model_reinstalled(table: &str) {
 /// `ctx` with the trace id of the current OpenTelemetry span when it has none (feature
 /// `opentelemetry`: the span of the current `tracing` span through tracing-opentelemetry, else
 /// OpenTelemetry's current context); otherwise `ctx` as it is.
-pub(crate) fn with_current_trace_id(ctx: AuditContext) -> AuditContext {
+pub fn with_current_trace_id(ctx: AuditContext) -> AuditContext {
     #[cfg(feature = "opentelemetry")]
     if ctx.trace_id.is_none() {
         use opentelemetry::trace::TraceContextExt as _;

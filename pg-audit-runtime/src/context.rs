@@ -29,7 +29,7 @@ pub const REASON_SEPARATOR: &str = "; ";
 /// JSON object the log stores (absent fields left out):
 ///
 /// ```
-/// use pg_audit_diesel::AuditContext;
+/// use pg_audit_runtime::AuditContext;
 /// let ctx = AuditContext::new()
 ///     .user_id("42")
 ///     .change_reason("User requested password reset")
@@ -327,6 +327,13 @@ fn check_json(value: &Value) -> Result<(), InvalidContext> {
             check_json(v)
         }),
         _ => Ok(()),
+    }
+}
+
+/// The context a log entry stores (its `context` column, `None` for none).
+impl From<Option<Value>> for AuditContext {
+    fn from(value: Option<Value>) -> AuditContext {
+        AuditContext::from_setting(value.map(|v| v.to_string()).as_deref())
     }
 }
 
