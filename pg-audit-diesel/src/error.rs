@@ -1,5 +1,8 @@
 use std::fmt;
 
+/// The reader's failures, printed by the runtime-neutral reader's words.
+type Read = pg_audit_runtime::log::ReadError<std::convert::Infallible>;
+
 /// What went wrong auditing models, naming the model or table concerned and the fix.
 ///
 /// Each variant prints its cause once: a configuration mistake is part of the message (it is
@@ -112,28 +115,19 @@ impl fmt::Display for Error {
             ),
             Error::Database(e) => write!(f, "{e}"),
             Error::BadKey { model, problem } => write!(f, "bad key for `{model}`: {problem}"),
-            Error::NotInHistory { entry, key } => {
-                write!(
-                    f,
-                    "audit entry {entry} is not in the history of record {key}"
-                )
+            // The reader's failures, in the words every runtime uses.
+            Error::NotInHistory { entry, key } => Read::NotInHistory {
+                entry: *entry,
+                key: key.clone(),
             }
-            Error::NoHistory { key } => write!(
-                f,
-                "record {key} has no audit entries, so there is nothing to restore; check the key"
-            ),
-            Error::NotDeleted { key } => write!(
-                f,
-                "record {key} cannot be restored: its last logged change is not a DELETE"
-            ),
-            Error::MissingValues { table, columns } => write!(
-                f,
-                "cannot re-insert the record into {table}: {} {} NOT NULL without a default and \
-                 not in the log (excluded, not tracked, or masked); give values for them with \
-                 `AuditReader::restore_with`",
-                columns.join(", "),
-                if columns.len() == 1 { "is" } else { "are" }
-            ),
+            .fmt(f),
+            Error::NoHistory { key } => Read::NoHistory { key: key.clone() }.fmt(f),
+            Error::NotDeleted { key } => Read::NotDeleted { key: key.clone() }.fmt(f),
+            Error::MissingValues { table, columns } => Read::MissingValues {
+                table: table.clone(),
+                columns: columns.clone(),
+            }
+            .fmt(f),
             Error::KeptOutRenamed { table, columns } => write!(
                 f,
                 "{table} has no column {}, which its audit keeps out of the log (excluded or masked): renamed or dropped since the audit was installed, its values would reach the log in clear; install the table's audit again with the new name first",
@@ -143,17 +137,16 @@ impl fmt::Display for Error {
                 entry,
                 table,
                 columns,
-            } => write!(
-                f,
-                "cannot put back {table} as it was after entry {entry}: {} {} dropped from the table since (a recorded schema change); nothing was written",
-                columns.join(", "),
-                if columns.len() == 1 { "was" } else { "were" }
-            ),
-            Error::NotAudited { table } => write!(
-                f,
-                "{table} is not audited in this log (no install is recorded for it); check the \
-                 name, or read the log it is audited in"
-            ),
+            } => Read::SchemaChanged {
+                entry: *entry,
+                table: table.clone(),
+                columns: columns.clone(),
+            }
+            .fmt(f),
+            Error::NotAudited { table } => Read::NotAudited {
+                table: table.clone(),
+            }
+            .fmt(f),
             Error::Rendering { model, sql } => write!(
                 f,
                 "cannot read the table or primary key of `{model}` from Diesel's SQL `{sql}`"
@@ -169,6 +162,34 @@ impl std::error::Error for Error {
             Error::Database(e) => e.source(),
             // `Config` prints its configuration error in its message.
             _ => None,
+        }
+    }
+}
+
+impl From<pg_audit_runtime::log::ReadError<diesel::result::Error>> for Error {
+    fn from(e: pg_audit_runtime::log::ReadError<diesel::result::Error>) -> Self {
+        use pg_audit_runtime::log::ReadError as R;
+        match e {
+            R::Database(e) => Error::Database(e),
+            R::Name(source) => Error::Config {
+                model: "history",
+                source,
+            },
+            R::NotInHistory { entry, key } => Error::NotInHistory { entry, key },
+            R::NoHistory { key } => Error::NoHistory { key },
+            R::NotDeleted { key } => Error::NotDeleted { key },
+            R::MissingValues { table, columns } => Error::MissingValues { table, columns },
+            R::SchemaChanged {
+                entry,
+                table,
+                columns,
+            } => Error::SchemaChanged {
+                entry,
+                table,
+                columns,
+            },
+            R::NotAudited { table } => Error::NotAudited { table },
+            other => Error::Database(crate::log::query_error(other)),
         }
     }
 }

@@ -86,13 +86,11 @@ mod async_conn;
 mod baseline;
 mod error;
 mod files;
-mod key;
 pub mod log;
 mod migration;
 mod model;
 mod names;
 mod sync_conn;
-mod time;
 mod transaction;
 #[cfg(feature = "connection-wrapper")]
 pub mod wrapper;
@@ -120,8 +118,8 @@ pub use pg_audit_runtime::{
     AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR, ambient,
     emit_context_to_wal,
 };
+pub use pg_audit_runtime::{parse_rfc3339, rfc3339, utc_string};
 pub use sync_conn::AuditConnectionExt;
-pub use time::{parse_rfc3339, rfc3339, utc_string};
 #[cfg(feature = "connection-wrapper")]
 pub use wrapper::AuditedConnection;
 

@@ -1,6 +1,7 @@
 //! sqlx integration of pg-audit: transactions whose audit rows carry who, why and from where
 //! ([`AuditedBegin`], [`begin_audited`]), the log and each table's triggers as migrations
-//! ([`AuditMigrations`]), and the web layer (feature `tower`, `axum`) shared with the Diesel
+//! ([`AuditMigrations`]), the log read back ([`AuditReader`]: history, state at a time, diff,
+//! revert and restore, activity, the same questions as Diesel's reader), and the web layer (feature `tower`, `axum`) shared with the Diesel
 //! runtime.
 //!
 //! ```no_run
@@ -33,7 +34,17 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod migration;
+mod reader;
 mod transaction;
+
+/// The log's entries and what the reader's questions take and give (shared with every
+/// runtime).
+pub mod log {
+    pub use pg_audit_runtime::log::{
+        Activity, AuditEntry, Blame, Diff, Page, PathChange, RowAt, TableAt, TimeRange,
+        changed_columns, changed_paths, key_object, key_text, parse_key, value_text,
+    };
+}
 
 /// The SQL engine (the `pg-audit` crate): the log, its partitions and the triggers as SQL text.
 pub use ::pg_audit as sql;
@@ -46,4 +57,5 @@ pub use pg_audit_runtime::{
     AuditContext, InvalidContext, MAX_CONTEXT_LEN, MAX_VALUE_LEN, REASON_SEPARATOR, ambient,
     emit_context_to_wal,
 };
+pub use reader::{AuditReader, ReadError, SqlxDriver};
 pub use transaction::{AuditedBegin, AuditedTransaction, BoxFuture, begin_audited};

@@ -1,45 +1,86 @@
-//! How the reader's queries reach the database: a [`Driver`] runs a query, on a sync
-//! `PgConnection` ([`SyncDriver`], whose futures are complete when made) or on diesel-async's
-//! `AsyncPgConnection` ([`AsyncDriver`], feature `async`). The reader's logic — following a
-//! record across key changes, rebuilding a state, reverting — is written once against it.
+//! Diesel's drivers of the reader (`pg_audit_runtime::log::Driver`): a [`Query`] bound as a
+//! raw SQL query, its rows read by column from the binary values Diesel receives. The sync
+//! driver's futures are complete when made ([`block_ready`]); the async one (feature `async`)
+//! runs on diesel-async's connection.
 
 use std::future::Future;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 
 use diesel::QueryResult;
-use diesel::deserialize::QueryableByName;
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
 use diesel::query_dsl::RunQueryDsl as _;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
+pub(crate) use pg_audit_runtime::log::block_ready;
+use pg_audit_runtime::log::row::diesel_rows::Loaded;
+use pg_audit_runtime::log::row::{FromLogRow, Param, Query};
+use pg_audit_runtime::log::{Driver, ReadError};
 
-/// A raw SQL query with its parameters bound.
-pub(crate) type Query<'q> = BoxedSqlQuery<'q, Pg, SqlQuery>;
+use super::LogTime;
 
-/// Runs the reader's queries.
-pub(crate) trait Driver: Send {
-    /// The rows of `query`.
-    fn load<U>(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<Vec<U>>> + Send
-    where
-        U: QueryableByName<Pg> + Send + 'static;
+/// `query` as Diesel's raw query, each parameter bound as its SQL type.
+fn diesel_query(query: Query) -> BoxedSqlQuery<'static, Pg, SqlQuery> {
+    let mut q = diesel::sql_query(query.sql).into_boxed();
+    for param in query.params {
+        q = match param {
+            Param::Text(v) => q.bind::<Nullable<Text>, _>(v),
+            Param::BigInt(v) => q.bind::<Nullable<BigInt>, _>(v),
+            Param::BigIntArray(v) => q.bind::<Array<BigInt>, _>(v),
+            Param::Jsonb(v) => q.bind::<Nullable<Jsonb>, _>(v),
+            Param::Timestamptz(v) => q.bind::<Nullable<Timestamptz>, _>(v.map(LogTime)),
+        };
+    }
+    q
+}
 
-    /// Runs `query`; the number of rows it affected (or returned).
-    fn execute(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<usize>> + Send;
+/// The reader's failure on a Diesel driver.
+fn read_error(e: DieselError) -> ReadError<DieselError> {
+    ReadError::Database(e)
+}
+
+/// A failure of the reader's queries as Diesel's error, for the reader's methods that return
+/// `QueryResult` (only database and decoding failures reach them).
+pub(crate) fn query_error(e: ReadError<DieselError>) -> DieselError {
+    match e {
+        ReadError::Database(e) => e,
+        other => DieselError::DeserializationError(Box::new(other)),
+    }
+}
+
+fn permission_denied(e: &DieselError) -> bool {
+    matches!(e, DieselError::DatabaseError(DatabaseErrorKind::Unknown, info)
+        if info.message().starts_with("permission denied"))
 }
 
 /// The sync driver: each query runs when its future is made.
 pub(crate) struct SyncDriver<'c>(pub(crate) &'c mut PgConnection);
 
 impl Driver for SyncDriver<'_> {
-    fn load<U>(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<Vec<U>>> + Send
+    type Error = DieselError;
+
+    fn load<U>(
+        &mut self,
+        query: Query,
+    ) -> impl Future<Output = Result<Vec<U>, ReadError<DieselError>>> + Send
     where
-        U: QueryableByName<Pg> + Send + 'static,
+        U: FromLogRow + Send + 'static,
     {
-        std::future::ready(query.load(self.0))
+        let rows: QueryResult<Vec<Loaded<U>>> = diesel_query(query).load(self.0);
+        std::future::ready(
+            rows.map(|rows| rows.into_iter().map(|r| r.0).collect())
+                .map_err(read_error),
+        )
     }
 
-    fn execute(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<usize>> + Send {
-        std::future::ready(query.execute(self.0))
+    fn execute(
+        &mut self,
+        query: Query,
+    ) -> impl Future<Output = Result<usize, ReadError<DieselError>>> + Send {
+        std::future::ready(diesel_query(query).execute(self.0).map_err(read_error))
+    }
+
+    fn permission_denied(error: &DieselError) -> bool {
+        permission_denied(error)
     }
 }
 
@@ -49,28 +90,31 @@ pub(crate) struct AsyncDriver<'c>(pub(crate) &'c mut diesel_async::AsyncPgConnec
 
 #[cfg(feature = "async")]
 impl Driver for AsyncDriver<'_> {
-    fn load<U>(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<Vec<U>>> + Send
+    type Error = DieselError;
+
+    fn load<U>(
+        &mut self,
+        query: Query,
+    ) -> impl Future<Output = Result<Vec<U>, ReadError<DieselError>>> + Send
     where
-        U: QueryableByName<Pg> + Send + 'static,
+        U: FromLogRow + Send + 'static,
     {
-        diesel_async::RunQueryDsl::load(query, self.0)
+        let loading = diesel_async::RunQueryDsl::load::<Loaded<U>>(diesel_query(query), self.0);
+        async move {
+            let rows = loading.await.map_err(read_error)?;
+            Ok(rows.into_iter().map(|r| r.0).collect())
+        }
     }
 
-    fn execute(&mut self, query: Query<'_>) -> impl Future<Output = QueryResult<usize>> + Send {
-        diesel_async::RunQueryDsl::execute(query, self.0)
+    fn execute(
+        &mut self,
+        query: Query,
+    ) -> impl Future<Output = Result<usize, ReadError<DieselError>>> + Send {
+        let running = diesel_async::RunQueryDsl::execute(diesel_query(query), self.0);
+        async move { running.await.map_err(read_error) }
     }
-}
 
-/// The output of a future that completes when first polled, as every future of the reader's
-/// logic does over [`SyncDriver`].
-pub(crate) fn block_ready<F: Future>(future: F) -> F::Output {
-    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(output) => output,
-        Poll::Pending => unreachable!("the sync driver's futures complete when first polled"),
+    fn permission_denied(error: &DieselError) -> bool {
+        permission_denied(error)
     }
-}
-
-/// The first row, if any.
-pub(crate) fn first<T>(rows: Vec<T>) -> Option<T> {
-    rows.into_iter().next()
 }

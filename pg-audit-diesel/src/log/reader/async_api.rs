@@ -9,11 +9,10 @@ use diesel_async::AsyncPgConnection;
 use pg_audit::{AuditLog, QualifiedName};
 use serde_json::{Map, Value};
 
-use super::activity::{self, Activity, ContextField};
-use super::record::model_key;
-use super::{blame, history, revert, state, table_at};
-use super::{blame::Blame, table_at::TableAt};
-use crate::log::driver::AsyncDriver;
+use pg_audit_runtime::log::reader::{self as questions, Activity, Blame, ContextField, TableAt};
+
+use super::model::model_key;
+use crate::log::driver::{AsyncDriver, query_error};
 use crate::log::{AuditEntry, Diff, Page, TimeRange};
 use crate::{AsyncAuditConnectionExt as _, Audited, Error};
 
@@ -70,7 +69,9 @@ impl AsyncAuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        history::history(&self.log, &mut AsyncDriver(conn), table, key, page).await
+        questions::history(&self.log, &mut AsyncDriver(conn), table, key, page)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::recorded_keys`](super::AuditReader::recorded_keys).
@@ -79,7 +80,9 @@ impl AsyncAuditReader {
         conn: &mut AsyncPgConnection,
         table: &QualifiedName,
     ) -> Result<Vec<Vec<String>>, Error> {
-        history::recorded_keys(&self.log, &mut AsyncDriver(conn), table).await
+        questions::recorded_keys(&self.log, &mut AsyncDriver(conn), table)
+            .await
+            .map_err(Error::from)
     }
 
     /// [`AuditReader::activity`](super::AuditReader::activity).
@@ -89,7 +92,9 @@ impl AsyncAuditReader {
         filter: &Activity,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        activity::activity(&self.log, &mut AsyncDriver(conn), filter, page).await
+        questions::activity(&self.log, &mut AsyncDriver(conn), filter, page)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::transaction`](super::AuditReader::transaction).
@@ -98,7 +103,9 @@ impl AsyncAuditReader {
         conn: &mut AsyncPgConnection,
         txid: i64,
     ) -> QueryResult<Vec<AuditEntry>> {
-        activity::transaction(&self.log, &mut AsyncDriver(conn), txid).await
+        questions::transaction(&self.log, &mut AsyncDriver(conn), txid)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::request`](super::AuditReader::request).
@@ -109,7 +116,9 @@ impl AsyncAuditReader {
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
         let field = ContextField::Request;
-        activity::by_context(&self.log, &mut AsyncDriver(conn), field, request_id, range).await
+        questions::by_context(&self.log, &mut AsyncDriver(conn), field, request_id, range)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::by_user`](super::AuditReader::by_user).
@@ -120,7 +129,9 @@ impl AsyncAuditReader {
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
         let field = ContextField::User;
-        activity::by_context(&self.log, &mut AsyncDriver(conn), field, user_id, range).await
+        questions::by_context(&self.log, &mut AsyncDriver(conn), field, user_id, range)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::state_at`](super::AuditReader::state_at).
@@ -142,7 +153,9 @@ impl AsyncAuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
-        state::state_at(&self.log, &mut AsyncDriver(conn), table, key, at).await
+        questions::state_at(&self.log, &mut AsyncDriver(conn), table, key, at)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::diff`](super::AuditReader::diff).
@@ -154,7 +167,9 @@ impl AsyncAuditReader {
         to: SystemTime,
     ) -> Result<Diff, Error> {
         let (table, key) = model_key::<T>(key)?;
-        state::diff(&self.log, &mut AsyncDriver(conn), &table, &key, from, to).await
+        questions::diff(&self.log, &mut AsyncDriver(conn), &table, &key, from, to)
+            .await
+            .map_err(Error::from)
     }
 
     /// [`AuditReader::blame`](super::AuditReader::blame).
@@ -174,7 +189,9 @@ impl AsyncAuditReader {
         table: &QualifiedName,
         key: &Value,
     ) -> QueryResult<Vec<Blame>> {
-        blame::blame(&self.log, &mut AsyncDriver(conn), table, key).await
+        questions::blame(&self.log, &mut AsyncDriver(conn), table, key)
+            .await
+            .map_err(query_error)
     }
 
     /// [`AuditReader::table_at`](super::AuditReader::table_at).
@@ -187,7 +204,9 @@ impl AsyncAuditReader {
         limit: u32,
     ) -> Result<TableAt, Error> {
         let driver = &mut AsyncDriver(conn);
-        table_at::table_at(&self.log, driver, table, at, after, limit).await
+        questions::table_at(&self.log, driver, table, at, after, limit)
+            .await
+            .map_err(Error::from)
     }
 
     /// [`AuditReader::revert`](super::AuditReader::revert), in a transaction of
@@ -213,7 +232,9 @@ impl AsyncAuditReader {
         reason: &str,
     ) -> Result<(), Error> {
         let driver = &mut AsyncDriver(conn);
-        let target = revert::reverted(&self.log, driver, table, key, entry).await?;
+        let target = questions::reverted(&self.log, driver, table, key, entry)
+            .await
+            .map_err(Error::from)?;
         apply(conn, table, key, target.as_ref(), &Map::new(), reason).await
     }
 
@@ -260,7 +281,9 @@ impl AsyncAuditReader {
         reason: &str,
         values: &Map<String, Value>,
     ) -> Result<(), Error> {
-        let deleted = revert::deleted(&self.log, &mut AsyncDriver(conn), table, key).await?;
+        let deleted = questions::deleted(&self.log, &mut AsyncDriver(conn), table, key)
+            .await
+            .map_err(Error::from)?;
         apply(conn, table, key, deleted.as_ref(), values, reason).await
     }
 }
@@ -277,7 +300,9 @@ async fn apply(
     reason: &str,
 ) -> Result<(), Error> {
     conn.with_change_reason(reason, async |conn| {
-        revert::apply(&mut AsyncDriver(conn), table, key, target, supplied).await
+        questions::apply(&mut AsyncDriver(conn), table, key, target, supplied)
+            .await
+            .map_err(Error::from)
     })
     .await
 }

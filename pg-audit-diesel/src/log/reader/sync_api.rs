@@ -8,11 +8,10 @@ use diesel::pg::PgConnection;
 use pg_audit::{AuditLog, QualifiedName};
 use serde_json::{Map, Value};
 
-use super::activity::{self, Activity, ContextField};
-use super::record::model_key;
-use super::{blame, history, revert, state, table_at};
-use super::{blame::Blame, table_at::TableAt};
-use crate::log::driver::{SyncDriver, block_ready};
+use pg_audit_runtime::log::reader::{self as questions, Activity, Blame, ContextField, TableAt};
+
+use super::model::model_key;
+use crate::log::driver::{SyncDriver, block_ready, query_error};
 use crate::log::{AuditEntry, Diff, Page, TimeRange};
 use crate::{AuditConnectionExt, Audited, Error};
 
@@ -61,13 +60,14 @@ impl AuditReader {
         key: &Value,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        block_ready(history::history(
+        block_ready(questions::history(
             &self.log,
             &mut SyncDriver(conn),
             table,
             key,
             page,
         ))
+        .map_err(query_error)
     }
 
     /// The query [`AuditReader::history_of`] runs for one key, to `EXPLAIN` it: parameters
@@ -77,7 +77,7 @@ impl AuditReader {
     /// newest first in the order the changes were made (the log's `id`, which pages continue
     /// from).
     pub fn history_sql(&self) -> String {
-        history::history_sql(&self.log)
+        questions::history_sql(&self.log)
     }
 
     /// The key columns recorded at install for each audited table named `table` (one entry
@@ -87,11 +87,12 @@ impl AuditReader {
         conn: &mut PgConnection,
         table: &QualifiedName,
     ) -> Result<Vec<Vec<String>>, Error> {
-        block_ready(history::recorded_keys(
+        block_ready(questions::recorded_keys(
             &self.log,
             &mut SyncDriver(conn),
             table,
         ))
+        .map_err(Error::from)
     }
 
     /// The newest entries across the whole log that pass `filter`, newest first (keyset
@@ -102,21 +103,23 @@ impl AuditReader {
         filter: &Activity,
         page: Page,
     ) -> QueryResult<Vec<AuditEntry>> {
-        block_ready(activity::activity(
+        block_ready(questions::activity(
             &self.log,
             &mut SyncDriver(conn),
             filter,
             page,
         ))
+        .map_err(query_error)
     }
 
     /// Everything one transaction did, in order.
     pub fn transaction(&self, conn: &mut PgConnection, txid: i64) -> QueryResult<Vec<AuditEntry>> {
-        block_ready(activity::transaction(
+        block_ready(questions::transaction(
             &self.log,
             &mut SyncDriver(conn),
             txid,
         ))
+        .map_err(query_error)
     }
 
     /// Everything done in one request (its `request_id`), in order. The time range prunes
@@ -127,13 +130,14 @@ impl AuditReader {
         request_id: &str,
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
-        block_ready(activity::by_context(
+        block_ready(questions::by_context(
             &self.log,
             &mut SyncDriver(conn),
             ContextField::Request,
             request_id,
             range,
         ))
+        .map_err(query_error)
     }
 
     /// Everything one user did in a time range, in order.
@@ -143,13 +147,14 @@ impl AuditReader {
         user_id: &str,
         range: TimeRange,
     ) -> QueryResult<Vec<AuditEntry>> {
-        block_ready(activity::by_context(
+        block_ready(questions::by_context(
             &self.log,
             &mut SyncDriver(conn),
             ContextField::User,
             user_id,
             range,
         ))
+        .map_err(query_error)
     }
 
     /// Model `T`'s record with key `key` as it was at `at` (its audited columns), rebuilt from
@@ -172,13 +177,14 @@ impl AuditReader {
         key: &Value,
         at: SystemTime,
     ) -> QueryResult<Option<Value>> {
-        block_ready(state::state_at(
+        block_ready(questions::state_at(
             &self.log,
             &mut SyncDriver(conn),
             table,
             key,
             at,
         ))
+        .map_err(query_error)
     }
 
     /// Model `T`'s record at `from` and at `to`, and the columns that differ.
@@ -190,7 +196,7 @@ impl AuditReader {
         to: SystemTime,
     ) -> Result<Diff, Error> {
         let (table, key) = model_key::<T>(key)?;
-        block_ready(state::diff(
+        block_ready(questions::diff(
             &self.log,
             &mut SyncDriver(conn),
             &table,
@@ -198,6 +204,7 @@ impl AuditReader {
             from,
             to,
         ))
+        .map_err(Error::from)
     }
 
     /// Puts model `T`'s record back as it was right after audit entry `entry` (an id from its
@@ -224,13 +231,14 @@ impl AuditReader {
         entry: i64,
         reason: &str,
     ) -> Result<(), Error> {
-        let target = block_ready(revert::reverted(
+        let target = block_ready(questions::reverted(
             &self.log,
             &mut SyncDriver(conn),
             table,
             key,
             entry,
-        ))?;
+        ))
+        .map_err(Error::from)?;
         apply(conn, table, key, target.as_ref(), &Map::new(), reason)
     }
 
@@ -282,12 +290,13 @@ impl AuditReader {
         reason: &str,
         values: &Map<String, Value>,
     ) -> Result<(), Error> {
-        let deleted = block_ready(revert::deleted(
+        let deleted = block_ready(questions::deleted(
             &self.log,
             &mut SyncDriver(conn),
             table,
             key,
-        ))?;
+        ))
+        .map_err(Error::from)?;
         apply(conn, table, key, deleted.as_ref(), values, reason)
     }
 
@@ -310,7 +319,13 @@ impl AuditReader {
         table: &QualifiedName,
         key: &Value,
     ) -> QueryResult<Vec<Blame>> {
-        block_ready(blame::blame(&self.log, &mut SyncDriver(conn), table, key))
+        block_ready(questions::blame(
+            &self.log,
+            &mut SyncDriver(conn),
+            table,
+            key,
+        ))
+        .map_err(query_error)
     }
 
     /// The rows of `table` as they were at `at` (each row's audited columns), ordered by key
@@ -327,7 +342,7 @@ impl AuditReader {
         after: Option<&Value>,
         limit: u32,
     ) -> Result<TableAt, Error> {
-        block_ready(table_at::table_at(
+        block_ready(questions::table_at(
             &self.log,
             &mut SyncDriver(conn),
             table,
@@ -335,6 +350,7 @@ impl AuditReader {
             after,
             limit,
         ))
+        .map_err(Error::from)
     }
 }
 
@@ -349,12 +365,13 @@ fn apply(
     reason: &str,
 ) -> Result<(), Error> {
     conn.with_change_reason(reason, |conn| {
-        block_ready(revert::apply(
+        block_ready(questions::apply(
             &mut SyncDriver(conn),
             table,
             key,
             target,
             supplied,
         ))
+        .map_err(Error::from)
     })
 }

@@ -3,27 +3,25 @@
 
 use std::time::SystemTime;
 
-use diesel::QueryResult;
-use diesel::sql_types::{BigInt, Nullable, Timestamptz};
 use pg_audit::{AuditLog, Operation, QualifiedName};
 use serde_json::Value;
 
+use super::Read;
 use super::history::{key_change, record_sql};
 use super::record::record_query;
 use super::renames::SchemaChanges;
-use crate::Error;
 use crate::log::driver::{Driver, first};
-use crate::log::{AuditEntry, Diff, LogTime, changed_columns};
+use crate::log::{AuditEntry, Diff, changed_columns};
 
 /// The audited columns of the record of `table` keyed `key` as they were at `at` (see
-/// [`AuditReader::state_at`](super::AuditReader::state_at)).
-pub(super) async fn state_at<D: Driver>(
+/// `AuditReader::state_at`).
+pub async fn state_at<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     at: SystemTime,
-) -> QueryResult<Option<Value>> {
+) -> Read<Option<Value>, D> {
     // Newest key first, back across the UPDATEs that changed it.
     let (mut key, mut upper) = (key.clone(), None);
     loop {
@@ -37,8 +35,8 @@ pub(super) async fn state_at<D: Driver>(
             table,
             &key,
         )
-        .bind::<Nullable<BigInt>, _>(upper)
-        .bind::<Timestamptz, _>(LogTime(at));
+        .bind(upper)
+        .bind(at);
         let last: Option<AuditEntry> = first(conn.load(query).await?);
         if let Some(mut last) = last {
             SchemaChanges::of(log, conn, table).await?.follow(&mut last);
@@ -62,8 +60,8 @@ pub(super) async fn state_at<D: Driver>(
                     table,
                     &key,
                 )
-                .bind::<Nullable<BigInt>, _>(upper)
-                .bind::<Timestamptz, _>(LogTime(at));
+                .bind(upper)
+                .bind(at);
                 let mut next: Option<AuditEntry> = first(conn.load(query).await?);
                 if let Some(e) = &mut next {
                     SchemaChanges::of(log, conn, table).await?.follow(e);
@@ -77,14 +75,14 @@ pub(super) async fn state_at<D: Driver>(
 }
 
 /// The record at `from` and at `to`, and the columns that differ.
-pub(super) async fn diff<D: Driver>(
+pub async fn diff<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     from: SystemTime,
     to: SystemTime,
-) -> Result<Diff, Error> {
+) -> Read<Diff, D> {
     let before = state_at(log, conn, table, key, from).await?;
     let after = state_at(log, conn, table, key, to).await?;
     let changed = changed_columns(before.as_ref(), after.as_ref());

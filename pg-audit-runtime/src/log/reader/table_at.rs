@@ -9,20 +9,20 @@
 
 use std::time::SystemTime;
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Jsonb, Nullable, Text, Timestamptz};
 use pg_audit::sql::install::{AUDITED_FIELD, EXCLUDE_FIELD, KEY_FIELD, TRACK_ONLY_FIELD};
 use pg_audit::sql::records::LiveRows;
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
+use super::Read;
+use super::activity::counted_through;
 use super::record::{read_ident, resolve_table, table_query};
-use crate::Error;
-use crate::log::LogTime;
+use crate::log::ReadError;
 use crate::log::driver::{Driver, first};
+use crate::log::row::{Query, log_row};
 
 /// A page of a table as it was at a time (see
-/// [`AuditReader::table_at`](super::AuditReader::table_at)).
+/// `AuditReader::table_at`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TableAt {
     /// The rows, ordered by key (the key object's JSON text as PostgreSQL writes it, byte by
@@ -47,14 +47,14 @@ pub struct RowAt {
 }
 
 /// The rows of `table` at `at`, at most `limit` after the key `after`.
-pub(super) async fn table_at<D: Driver>(
+pub async fn table_at<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     at: SystemTime,
     after: Option<&Value>,
     limit: u32,
-) -> Result<TableAt, Error> {
+) -> Read<TableAt, D> {
     let audited = audited_table(log, conn, table).await?;
     let after = after.map(Value::to_string);
     let page = Page {
@@ -74,34 +74,28 @@ pub(super) async fn table_at<D: Driver>(
     Ok(merge(logged, unseen, page.limit as usize))
 }
 
-/// An audited table as its install record has it.
-#[derive(QueryableByName)]
-struct AuditedTable {
-    #[diesel(sql_type = Text)]
-    schema_name: String,
-    #[diesel(sql_type = Text)]
-    table_name: String,
-    /// The install record's configuration: its key columns and which columns are audited.
-    #[diesel(sql_type = Jsonb)]
-    config: Value,
-    /// Whether the reader may use the table's schema and `SELECT` from the table.
-    #[diesel(sql_type = Bool)]
-    may_read: bool,
-    /// Whether a baseline of the table finished (`pg-audit baseline`).
-    #[diesel(sql_type = Bool)]
-    baselined: bool,
+log_row! {
+    /// An audited table as its install record has it.
+    struct AuditedTable {
+        schema_name: String,
+        table_name: String,
+        /// The install record's configuration: its key columns and which columns are audited.
+        config: Value,
+        /// Whether the reader may use the table's schema and `SELECT` from the table.
+        may_read: bool,
+        /// Whether a baseline of the table finished (`pg-audit baseline`).
+        baselined: bool,
+    }
 }
 
-/// One row of a page: its key object's JSON text as PostgreSQL writes it (the page's order),
-/// the key object and the audited columns.
-#[derive(QueryableByName)]
-struct KeyedRow {
-    #[diesel(sql_type = Text)]
-    key: String,
-    #[diesel(sql_type = Jsonb, deserialize_as = crate::log::json::LogJson)]
-    k: Value,
-    #[diesel(sql_type = Jsonb, deserialize_as = crate::log::json::LogJson)]
-    v: Value,
+log_row! {
+    /// One row of a page: its key object's JSON text as PostgreSQL writes it (the page's order),
+    /// the key object and the audited columns.
+    struct KeyedRow {
+        key: String,
+        k: Value,
+        v: Value,
+    }
 }
 
 /// Which page: the key after which it starts (as JSON text), the most rows, and how far the
@@ -113,27 +107,13 @@ struct Page<'a> {
     through: i64,
 }
 
-#[derive(QueryableByName)]
-struct Through {
-    #[diesel(sql_type = BigInt)]
-    through_id: i64,
-}
-
-/// How far the log's counts (and records) go.
-async fn counted_through<D: Driver>(log: &AuditLog, conn: &mut D) -> QueryResult<i64> {
-    let rows: Vec<Through> = conn
-        .load(diesel::sql_query(log.counted_through_sql()).into_boxed())
-        .await?;
-    Ok(first(rows).map_or(0, |t| t.through_id))
-}
-
 /// Step 1: the install record of `table` (resolved as every reader query resolves it), or
-/// [`Error::NotAudited`].
+/// [`ReadError::NotAudited`].
 async fn audited_table<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
-) -> Result<AuditedTable, Error> {
+) -> Read<AuditedTable, D> {
     let sql = format!(
         "SELECT r.schema_name, r.table_name, c.config,
                 coalesce((SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
@@ -153,7 +133,7 @@ async fn audited_table<D: Driver>(
         config = log.config_table(),
         baselines = log.baselines_table(),
     );
-    first(conn.load(table_query(sql, table)).await?).ok_or_else(|| Error::NotAudited {
+    first(conn.load(table_query(sql, table)).await?).ok_or_else(|| ReadError::NotAudited {
         table: table.to_string(),
     })
 }
@@ -166,16 +146,15 @@ async fn logged_rows<D: Driver>(
     audited: &AuditedTable,
     at: SystemTime,
     page: Page<'_>,
-) -> QueryResult<Vec<KeyedRow>> {
+) -> Read<Vec<KeyedRow>, D> {
     conn.load(
-        diesel::sql_query(log.table_at_sql())
-            .into_boxed()
-            .bind::<Text, _>(&audited.schema_name)
-            .bind::<Text, _>(&audited.table_name)
-            .bind::<Timestamptz, _>(LogTime(at))
-            .bind::<Nullable<Text>, _>(page.after)
-            .bind::<BigInt, _>(page.limit)
-            .bind::<BigInt, _>(page.through),
+        Query::new(log.table_at_sql())
+            .bind(&audited.schema_name)
+            .bind(&audited.table_name)
+            .bind(at)
+            .bind(page.after)
+            .bind(page.limit)
+            .bind(page.through),
     )
     .await
 }
@@ -187,7 +166,7 @@ async fn unseen_rows<D: Driver>(
     conn: &mut D,
     audited: &AuditedTable,
     page: Page<'_>,
-) -> Result<Option<Vec<KeyedRow>>, Error> {
+) -> Read<Option<Vec<KeyedRow>>, D> {
     let (table, key, values) = (audited.name()?, audited.key_expr()?, audited.values_expr()?);
     let sql = log.unseen_rows_sql(LiveRows {
         table: &table,
@@ -196,22 +175,18 @@ async fn unseen_rows<D: Driver>(
     });
     let rows = conn
         .load(
-            diesel::sql_query(sql)
-                .into_boxed()
-                .bind::<Text, _>(&audited.schema_name)
-                .bind::<Text, _>(&audited.table_name)
-                .bind::<Nullable<Text>, _>(page.after)
-                .bind::<BigInt, _>(page.limit)
-                .bind::<BigInt, _>(page.through),
+            Query::new(sql)
+                .bind(&audited.schema_name)
+                .bind(&audited.table_name)
+                .bind(page.after)
+                .bind(page.limit)
+                .bind(page.through),
         )
         .await;
     match rows {
         Ok(rows) => Ok(Some(rows)),
-        Err(diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::Unknown,
-            info,
-        )) if info.message().starts_with("permission denied") => Ok(None),
-        Err(e) => Err(e.into()),
+        Err(ReadError::Database(e)) if D::permission_denied(&e) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -246,7 +221,7 @@ fn merge(logged: Vec<KeyedRow>, unseen: Option<Vec<KeyedRow>>, limit: usize) -> 
 
 impl AuditedTable {
     /// The table, schema-qualified.
-    fn name(&self) -> Result<QualifiedName, Error> {
+    fn name<E>(&self) -> Result<QualifiedName, ReadError<E>> {
         Ok(QualifiedName::new(
             Some(read_ident(self.schema_name.as_str(), "schema")?),
             read_ident(self.table_name.as_str(), "table")?,
@@ -254,13 +229,13 @@ impl AuditedTable {
     }
 
     /// The key object of the table's row `t`.
-    fn key_expr(&self) -> Result<String, Error> {
+    fn key_expr<E>(&self) -> Result<String, ReadError<E>> {
         let key = columns(self.config.get(KEY_FIELD))?;
         Ok(build_object(&key))
     }
 
     /// The audited columns of the table's row `t`, as the triggers record them.
-    fn values_expr(&self) -> Result<String, Error> {
+    fn values_expr<E>(&self) -> Result<String, ReadError<E>> {
         let audited = self.config.get(AUDITED_FIELD);
         if let Some(track) = audited.and_then(|a| a.get(TRACK_ONLY_FIELD)) {
             Ok(build_object(&columns(Some(track))?))
@@ -280,7 +255,7 @@ impl AuditedTable {
 }
 
 /// A list of column names in the install record (none when absent or not a list).
-fn columns(list: Option<&Value>) -> Result<Vec<Ident>, Error> {
+fn columns<E>(list: Option<&Value>) -> Result<Vec<Ident>, ReadError<E>> {
     list.and_then(|l| serde_json::from_value::<Vec<String>>(l.clone()).ok())
         .unwrap_or_default()
         .into_iter()

@@ -2,15 +2,14 @@
 //! entries, see [`pg_audit::sql::schema`]) read once per question, and each older entry's
 //! values renamed column by column, so a history across `RENAME COLUMN` reads as one column.
 
-use diesel::QueryResult;
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Jsonb};
 use pg_audit::{AuditLog, QualifiedName};
 use serde_json::Value;
 
+use super::Read;
 use super::record::{resolve_table, table_query};
 use crate::log::AuditEntry;
 use crate::log::driver::Driver;
+use crate::log::row::log_row;
 
 /// A table's schema changes since its entries were written: each change's entry id and what it
 /// did to which column.
@@ -26,12 +25,11 @@ enum Change {
     Added { column: String },
 }
 
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Jsonb)]
-    changes: Value,
+log_row! {
+    struct Row {
+        id: i64,
+        changes: Value,
+    }
 }
 
 impl SchemaChanges {
@@ -40,7 +38,7 @@ impl SchemaChanges {
         log: &AuditLog,
         conn: &mut D,
         table: &QualifiedName,
-    ) -> QueryResult<SchemaChanges> {
+    ) -> Read<SchemaChanges, D> {
         let sql = format!(
             "SELECT c.id, c.changes FROM ({resolve}) AS r
               CROSS JOIN LATERAL ({changes}) AS c",

@@ -1,19 +1,19 @@
 //! What happened across the log: the entries that pass a filter, one transaction's, one
 //! request's, one user's.
 
-use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
-use diesel::{QueryResult, QueryableByName};
 use pg_audit::context::{REQUEST_ID, USER_ID};
 use pg_audit::sql::counts::{BLOCK_IDS, Counted};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Operation};
 use serde_json::Value;
 
+use super::Read;
 use super::record::resolve_table;
-use crate::log::driver::{Driver, Query, first};
-use crate::log::{AuditEntry, LogTime, Page, TimeRange};
+use crate::log::driver::{Driver, first};
+use crate::log::row::{Query, log_row};
+use crate::log::{AuditEntry, Page, TimeRange};
 
-/// What [`AuditReader::activity`](super::AuditReader::activity) lists: every field that is set
+/// What `AuditReader::activity` lists: every field that is set
 /// narrows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Activity {
@@ -47,12 +47,12 @@ pub struct Activity {
 ///   entries of the request, else the user, else the table and operation, else the days,
 ///   newest first, each walked between its lowest and highest id
 ///   ([`pg_audit::sql::counts`]).
-pub(super) async fn activity<D: Driver>(
+pub async fn activity<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     filter: &Activity,
     page: Page,
-) -> QueryResult<Vec<AuditEntry>> {
+) -> Read<Vec<AuditEntry>, D> {
     let record = filter.key.is_some() && filter.table.is_some();
     // The counts that narrow most: a request's entries, a user's, a table's or an
     // operation's, or (a time range alone) every entry of its days.
@@ -82,7 +82,7 @@ pub(super) async fn activity<D: Driver>(
         };
         return conn
             .load(bind_filter(
-                diesel::sql_query(select_sql(log, shape)).into_boxed(),
+                Query::new(select_sql(log, shape)),
                 filter,
                 page.before,
                 None,
@@ -95,7 +95,7 @@ pub(super) async fn activity<D: Driver>(
     // The tail: entries past the counts, walked.
     let mut entries: Vec<AuditEntry> = conn
         .load(bind_filter(
-            diesel::sql_query(select_sql(log, Shape::Walk)).into_boxed(),
+            Query::new(select_sql(log, Shape::Walk)),
             filter,
             page.before,
             Some(through),
@@ -111,20 +111,19 @@ pub(super) async fn activity<D: Driver>(
     while entries.len() < limit && highest > 0 && top_block >= 0 {
         let blocks: Vec<Block> = conn
             .load(
-                diesel::sql_query(log.blocks_sql(counted))
-                    .into_boxed()
-                    .bind::<Nullable<Text>, _>(filter.schema.as_deref())
-                    .bind::<Nullable<Text>, _>(filter.table.as_deref())
-                    .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
-                    .bind::<Nullable<Text>, _>(match counted {
+                Query::new(log.blocks_sql(counted))
+                    .bind(filter.schema.as_deref())
+                    .bind(filter.table.as_deref())
+                    .bind(filter.operation.map(Operation::keyword))
+                    .bind(match counted {
                         Counted::Context(REQUEST_ID) => filter.request_id.as_deref(),
                         Counted::Context(_) => filter.user_id.as_deref(),
                         Counted::Tables => None,
                     })
-                    .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
-                    .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
-                    .bind::<BigInt, _>(top_block)
-                    .bind::<BigInt, _>(chunk),
+                    .bind(filter.range.from)
+                    .bind(filter.range.until)
+                    .bind(top_block)
+                    .bind(chunk),
             )
             .await?;
         let Some(last) = blocks.last().map(|b| b.block) else {
@@ -144,15 +143,15 @@ pub(super) async fn activity<D: Driver>(
         let found: Vec<AuditEntry> = conn
             .load(
                 bind_filter(
-                    diesel::sql_query(select_sql(log, Shape::Blocks)).into_boxed(),
+                    Query::new(select_sql(log, Shape::Blocks)),
                     filter,
                     page.before,
                     None,
                     remaining,
                 )
-                .bind::<Array<BigInt>, _>(lo)
-                .bind::<Array<BigInt>, _>(hi)
-                .bind::<Array<BigInt>, _>(exact),
+                .bind(lo)
+                .bind(hi)
+                .bind(exact),
             )
             .await?;
         entries.extend(found);
@@ -247,40 +246,37 @@ fn select_sql(log: &AuditLog, shape: Shape) -> String {
 
 /// Binds `filter`, `before`, `limit` and `above` (`$12`: only ids above it, for the walk) as
 /// [`select_sql`] numbers them.
-fn bind_filter<'q>(
-    query: Query<'q>,
-    filter: &'q Activity,
+fn bind_filter(
+    query: Query,
+    filter: &Activity,
     before: Option<i64>,
     above: Option<i64>,
     limit: u32,
-) -> Query<'q> {
+) -> Query {
     let query = query
-        .bind::<Nullable<Text>, _>(filter.schema.as_deref())
-        .bind::<Nullable<Text>, _>(filter.table.as_deref())
-        .bind::<Nullable<Text>, _>(filter.operation.map(Operation::keyword))
-        .bind::<Nullable<Text>, _>(filter.user_id.as_deref())
-        .bind::<Nullable<Text>, _>(filter.request_id.as_deref())
-        .bind::<Nullable<BigInt>, _>(filter.txid)
-        .bind::<Nullable<Timestamptz>, _>(filter.range.from.map(LogTime))
-        .bind::<Nullable<Timestamptz>, _>(filter.range.until.map(LogTime))
-        .bind::<Nullable<Jsonb>, _>(filter.key.as_ref())
-        .bind::<Nullable<BigInt>, _>(before)
-        .bind::<BigInt, _>(i64::from(limit));
-    query.bind::<Nullable<BigInt>, _>(above)
+        .bind(filter.schema.as_deref())
+        .bind(filter.table.as_deref())
+        .bind(filter.operation.map(Operation::keyword))
+        .bind(filter.user_id.as_deref())
+        .bind(filter.request_id.as_deref())
+        .bind(filter.txid)
+        .bind(filter.range.from)
+        .bind(filter.range.until)
+        .bind(filter.key.as_ref())
+        .bind(before)
+        .bind(i64::from(limit));
+    query.bind(above)
 }
 
-/// A count row the counts say holds matching entries: its id block, its entries' lowest and
-/// highest id, and their ids when few.
-#[derive(QueryableByName)]
-struct Block {
-    #[diesel(sql_type = BigInt)]
-    block: i64,
-    #[diesel(sql_type = BigInt)]
-    lo: i64,
-    #[diesel(sql_type = BigInt)]
-    hi: i64,
-    #[diesel(sql_type = Nullable<Array<BigInt>>)]
-    ids: Option<Vec<i64>>,
+log_row! {
+    /// A count row the counts say holds matching entries: its id block, its entries' lowest and
+    /// highest id, and their ids when few.
+    struct Block {
+        block: i64,
+        lo: i64,
+        hi: i64,
+        ids: Option<Vec<i64>>,
+    }
 }
 
 /// What to read of `rows` (whole blocks), up to id `highest`: per block, the ids of its
@@ -323,42 +319,39 @@ fn block_ids<'a>(
     (lo, hi, exact)
 }
 
-/// How far the log's counts go: every entry up to the id returned is counted.
-#[derive(QueryableByName)]
-struct Through {
-    #[diesel(sql_type = BigInt)]
-    through_id: i64,
+log_row! {
+    /// How far the log's counts go: every entry up to the id returned is counted.
+    struct Through {
+        through_id: i64,
+    }
 }
 
 /// The id up to which the counts hold every entry (0 before the first count).
-pub(crate) async fn counted_through<D: Driver>(log: &AuditLog, conn: &mut D) -> QueryResult<i64> {
-    let rows: Vec<Through> = conn
-        .load(diesel::sql_query(log.counted_through_sql()).into_boxed())
-        .await?;
+pub(super) async fn counted_through<D: Driver>(log: &AuditLog, conn: &mut D) -> Read<i64, D> {
+    let rows: Vec<Through> = conn.load(Query::new(log.counted_through_sql())).await?;
     Ok(first(rows).map_or(0, |t| t.through_id))
 }
 
 /// Everything transaction `txid` did, in order.
-pub(super) async fn transaction<D: Driver>(
+pub async fn transaction<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     txid: i64,
-) -> QueryResult<Vec<AuditEntry>> {
+) -> Read<Vec<AuditEntry>, D> {
     conn.load(
-        diesel::sql_query(format!(
+        Query::new(format!(
             "SELECT {} FROM {} AS l WHERE l.txid OPERATOR(pg_catalog.=) $1 ORDER BY l.id",
             entry_select_list("l"),
             log.table()
         ))
-        .into_boxed()
-        .bind::<BigInt, _>(txid),
+        .bind(txid),
     )
     .await
 }
 
 /// The context field a listing of [`by_context`] matches.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum ContextField {
+pub enum ContextField {
     /// The request id.
     Request,
     /// The user id.
@@ -367,13 +360,13 @@ pub(super) enum ContextField {
 
 /// Everything whose context has `value` in `field`, in a time range, in order: the activity
 /// filtered by it (through the log's counts), whole.
-pub(super) async fn by_context<D: Driver>(
+pub async fn by_context<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     field: ContextField,
     value: &str,
     range: TimeRange,
-) -> QueryResult<Vec<AuditEntry>> {
+) -> Read<Vec<AuditEntry>, D> {
     let value = Some(value.to_owned());
     let filter = match field {
         ContextField::Request => Activity {

@@ -1,27 +1,27 @@
 //! What happened to one record: its entries newest first, followed back across the UPDATEs
 //! that changed its key; one entry of it; and the key columns recorded at install.
 
-use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Jsonb, Nullable, Text};
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
+use super::Read;
 use super::record::{record_query, resolve_table};
 use super::renames::SchemaChanges;
-use crate::Error;
+use crate::log::ReadError;
 use crate::log::driver::{Driver, first};
+use crate::log::row::{Query, log_row};
 use crate::log::{AuditEntry, Page};
 
 /// The history of the record of `table` whose key is `key`, newest first (see
-/// [`AuditReader::history_of`](super::AuditReader::history_of)).
-pub(super) async fn history<D: Driver>(
+/// `AuditReader::history_of`).
+pub async fn history<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     page: Page,
-) -> QueryResult<Vec<AuditEntry>> {
+) -> Read<Vec<AuditEntry>, D> {
     let mut entries = Vec::new();
     let (mut key, mut upper) = segment_of(log, conn, table, key, page.before).await?;
     loop {
@@ -32,8 +32,8 @@ pub(super) async fn history<D: Driver>(
         entries.extend(
             conn.load::<AuditEntry>(
                 record_query(history_sql(log), table, &key)
-                    .bind::<Nullable<BigInt>, _>(upper)
-                    .bind::<BigInt, _>(limit),
+                    .bind(upper)
+                    .bind(limit),
             )
             .await?,
         );
@@ -50,13 +50,13 @@ pub(super) async fn history<D: Driver>(
 }
 
 /// The query [`history`] runs for one key (see
-/// [`AuditReader::history_sql`](super::AuditReader::history_sql)).
+/// `AuditReader::history_sql`).
 ///
 /// Entries come newest first in the order the changes were made: the log's `id`. A record's
 /// changes are serialised by its row lock, and an entry's id is taken when its change is made,
 /// while `changed_at` is its statement's start, which is earlier for a change that waited for
 /// the lock; so ordering by `changed_at` would disagree with the ids that pages continue from.
-pub(super) fn history_sql(log: &AuditLog) -> String {
+pub fn history_sql(log: &AuditLog) -> String {
     record_sql(
         log,
         "ORDER BY l.id DESC
@@ -113,14 +113,13 @@ pub(super) async fn key_change<D: Driver>(
     table: &QualifiedName,
     key: &Value,
     upper: Option<i64>,
-) -> QueryResult<Option<(i64, Value)>> {
+) -> Read<Option<(i64, Value)>, D> {
     let resolve = resolve_table(log);
-    #[derive(QueryableByName)]
-    struct Change {
-        #[diesel(sql_type = BigInt)]
-        id: i64,
-        #[diesel(sql_type = Jsonb, deserialize_as = crate::log::json::LogJson)]
-        old_record_pk: Value,
+    log_row! {
+        struct Change {
+            id: i64,
+            old_record_pk: Value,
+        }
     }
     let change: Option<Change> = first(
         conn.load(
@@ -139,7 +138,7 @@ pub(super) async fn key_change<D: Driver>(
                 table,
                 key,
             )
-            .bind::<Nullable<BigInt>, _>(upper),
+            .bind(upper),
         )
         .await?,
     );
@@ -154,7 +153,7 @@ async fn segment_of<D: Driver>(
     table: &QualifiedName,
     key: &Value,
     before: Option<i64>,
-) -> QueryResult<(Value, Option<i64>)> {
+) -> Read<(Value, Option<i64>), D> {
     let (mut key, mut upper) = (key.clone(), None);
     let Some(before) = before else {
         return Ok((key, None));
@@ -170,21 +169,21 @@ async fn segment_of<D: Driver>(
 
 /// One entry of the record of `table` whose key is `key`, or `None` when `entry` is not in its
 /// history.
-pub(super) async fn entry_of<D: Driver>(
+pub async fn entry_of<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     entry: i64,
-) -> QueryResult<Option<AuditEntry>> {
+) -> Read<Option<AuditEntry>, D> {
     let (key, upper) = segment_of(log, conn, table, key, entry.checked_add(1)).await?;
     let query = record_query(
         record_sql(log, "WHERE l.id OPERATOR(pg_catalog.=) $5"),
         table,
         &key,
     )
-    .bind::<Nullable<BigInt>, _>(upper)
-    .bind::<BigInt, _>(entry);
+    .bind(upper)
+    .bind(entry);
     let mut found: Option<AuditEntry> = first(conn.load(query).await?);
     if let Some(e) = &mut found {
         SchemaChanges::of(log, conn, table).await?.follow(e);
@@ -193,29 +192,31 @@ pub(super) async fn entry_of<D: Driver>(
 }
 
 /// The key columns recorded at install for each audited table named `table`, in key order
-/// (see [`AuditReader::recorded_keys`](super::AuditReader::recorded_keys)).
-pub(super) async fn recorded_keys<D: Driver>(
+/// (see `AuditReader::recorded_keys`).
+pub async fn recorded_keys<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
-) -> Result<Vec<Vec<String>>, Error> {
-    #[derive(QueryableByName)]
-    struct Key {
-        #[diesel(sql_type = Jsonb)]
-        primary_key: Value,
+) -> Read<Vec<Vec<String>>, D> {
+    log_row! {
+        struct Key {
+            primary_key: Value,
+        }
     }
     let keys: Vec<Key> = conn
         .load(
-            diesel::sql_query(log.recorded_key_sql())
-                .into_boxed()
-                .bind::<Text, _>(table.name.as_str())
-                .bind::<Nullable<Text>, _>(table.schema.as_ref().map(Ident::as_str)),
+            Query::new(log.recorded_key_sql())
+                .bind(table.name.as_str())
+                .bind(table.schema.as_ref().map(Ident::as_str)),
         )
         .await?;
     keys.into_iter()
         .map(|k| {
             serde_json::from_value(k.primary_key).map_err(|e| {
-                Error::Database(diesel::result::Error::DeserializationError(Box::new(e)))
+                ReadError::Decode(crate::log::row::DecodeError::new(
+                    "primary_key",
+                    e.to_string(),
+                ))
             })
         })
         .collect()

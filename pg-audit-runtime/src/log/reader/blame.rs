@@ -1,15 +1,15 @@
 //! Which entry set each column's value.
 
-use diesel::QueryResult;
 use pg_audit::{AuditLog, Operation, QualifiedName};
 use serde_json::Value;
 
+use super::Read;
 use super::history::history;
 use crate::log::driver::Driver;
 use crate::log::{AuditEntry, Page};
 
 /// One column's last change: the entry that set `value` (see
-/// [`AuditReader::blame`](super::AuditReader::blame)).
+/// `AuditReader::blame`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Blame {
     /// The column.
@@ -21,12 +21,12 @@ pub struct Blame {
 }
 
 /// For each audited column of the record, the entry that last set its value, newest first.
-pub(super) async fn blame<D: Driver>(
+pub async fn blame<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
-) -> QueryResult<Vec<Blame>> {
+) -> Read<Vec<Blame>, D> {
     let mut blame: Vec<Blame> = Vec::new();
     let mut open: Option<Vec<String>> = None; // columns not yet attributed
     // A snapshot sets nothing: columns no older entry set were as it read them.

@@ -1,30 +1,30 @@
 //! Putting a record back: as it was right after an entry (revert) or as it was when it was
 //! last deleted (restore), through ordinary audited statements.
 
-use diesel::prelude::*;
-use diesel::sql_types::{Jsonb, Nullable, Text};
 use pg_audit::{AuditLog, Ident, Operation, QualifiedName};
 use serde_json::{Map, Value};
 
+use super::Read;
 use super::history::{entry_of, history};
 use super::record::{read_ident, resolve_table, table_query};
 use super::renames::SchemaChanges;
-use crate::Error;
 use crate::log::Page;
+use crate::log::ReadError;
 use crate::log::driver::{Driver, first};
+use crate::log::row::{Query, log_row};
 
 /// The record as it was right after `entry`, with the key it had then (the key may have
 /// changed since): what a revert writes back.
-pub(super) async fn reverted<D: Driver>(
+pub async fn reverted<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     entry: i64,
-) -> Result<Option<Value>, Error> {
+) -> Read<Option<Value>, D> {
     let target = entry_of(log, conn, table, key, entry)
         .await?
-        .ok_or(Error::NotInHistory {
+        .ok_or(ReadError::NotInHistory {
             entry,
             key: key.clone(),
         })?;
@@ -35,7 +35,7 @@ pub(super) async fn reverted<D: Driver>(
         None => Vec::new(),
     };
     if !dropped.is_empty() {
-        return Err(Error::SchemaChanged {
+        return Err(ReadError::SchemaChanged {
             entry,
             table: table.to_string(),
             columns: dropped,
@@ -48,7 +48,7 @@ pub(super) async fn reverted<D: Driver>(
             row.entry(column.clone()).or_insert_with(|| value.clone());
         }
     }
-    Ok(unmasked(log, conn, table, values).await?)
+    unmasked(log, conn, table, values).await
 }
 
 /// `values` without the table's masked columns, whose digests the log holds instead of the
@@ -58,11 +58,11 @@ async fn unmasked<D: Driver>(
     conn: &mut D,
     table: &QualifiedName,
     mut values: Option<Value>,
-) -> QueryResult<Option<Value>> {
-    #[derive(QueryableByName)]
-    struct Masked {
-        #[diesel(sql_type = Text)]
-        name: String,
+) -> Read<Option<Value>, D> {
+    log_row! {
+        struct Masked {
+            name: String,
+        }
     }
     let sql = format!(
         "SELECT m.name FROM ({resolve}) AS r
@@ -85,19 +85,19 @@ async fn unmasked<D: Driver>(
 }
 
 /// The record as it was when it was last deleted: what a restore writes back.
-pub(super) async fn deleted<D: Driver>(
+pub async fn deleted<D: Driver>(
     log: &AuditLog,
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
-) -> Result<Option<Value>, Error> {
+) -> Read<Option<Value>, D> {
     let newest = history(log, conn, table, key, Page::first(1)).await?;
     match newest.first() {
         Some(e) if e.operation == Operation::Delete => {
             Ok(unmasked(log, conn, table, e.old_values.clone()).await?)
         }
-        Some(_) => Err(Error::NotDeleted { key: key.clone() }),
-        None => Err(Error::NoHistory { key: key.clone() }),
+        Some(_) => Err(ReadError::NotDeleted { key: key.clone() }),
+        None => Err(ReadError::NoHistory { key: key.clone() }),
     }
 }
 
@@ -109,21 +109,17 @@ pub(super) async fn deleted<D: Driver>(
 /// runs with the path the triggers run with, so the key columns' `=` cannot be an operator an
 /// untrusted schema on the caller's path planted (the reader may run as the log's owner), and
 /// the caller's path is put back after.
-pub(super) async fn apply<D: Driver>(
+pub async fn apply<D: Driver>(
     conn: &mut D,
     table: &QualifiedName,
     key: &Value,
     target: Option<&Value>,
     supplied: &Map<String, Value>,
-) -> Result<(), Error> {
+) -> Read<(), D> {
     let (table, path) = resolve_then_pin(conn, table).await?;
     apply_pinned(conn, &table, key, target, supplied).await?;
-    conn.execute(
-        diesel::sql_query("SELECT pg_catalog.set_config('search_path', $1, true)")
-            .into_boxed()
-            .bind::<Text, _>(path),
-    )
-    .await?;
+    conn.execute(Query::new("SELECT pg_catalog.set_config('search_path', $1, true)").bind(path))
+        .await?;
     Ok(())
 }
 
@@ -132,31 +128,30 @@ pub(super) async fn apply<D: Driver>(
 async fn resolve_then_pin<D: Driver>(
     conn: &mut D,
     table: &QualifiedName,
-) -> Result<(QualifiedName, String), Error> {
-    #[derive(QueryableByName)]
-    struct Resolved {
-        #[diesel(sql_type = Nullable<Text>)]
-        schema: Option<String>,
-        #[diesel(sql_type = Nullable<Text>)]
-        name: Option<String>,
-        #[diesel(sql_type = Text)]
-        path: String,
+) -> Read<(QualifiedName, String), D> {
+    log_row! {
+        struct Resolved {
+            schema: Option<String>,
+            name: Option<String>,
+            path: String,
+        }
     }
     let resolved: Resolved = first(
         conn.load(
-            diesel::sql_query(
+            Query::new(
                 "SELECT n.nspname::text AS schema, c.relname::text AS name,
                     pg_catalog.current_setting('search_path') AS path
                FROM (SELECT pg_catalog.to_regclass($1::text) AS oid) AS o
                LEFT JOIN pg_catalog.pg_class AS c ON c.oid OPERATOR(pg_catalog.=) o.oid
                LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace",
             )
-            .into_boxed()
-            .bind::<Text, _>(table.to_string()),
+            .bind(table.to_string()),
         )
         .await?,
     )
-    .ok_or(diesel::result::Error::NotFound)?;
+    .ok_or_else(|| ReadError::NoTable {
+        table: table.to_string(),
+    })?;
     let table = match (resolved.schema, resolved.name) {
         (Some(schema), Some(name)) => QualifiedName::new(
             Some(read_ident(schema, "schema")?),
@@ -164,12 +159,9 @@ async fn resolve_then_pin<D: Driver>(
         ),
         _ => table.clone(),
     };
-    conn.execute(
-        diesel::sql_query(
-            "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
-        )
-        .into_boxed(),
-    )
+    conn.execute(Query::new(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)",
+    ))
     .await?;
     Ok((table, resolved.path))
 }
@@ -181,7 +173,7 @@ async fn apply_pinned<D: Driver>(
     key: &Value,
     target: Option<&Value>,
     supplied: &Map<String, Value>,
-) -> Result<(), Error> {
+) -> Read<(), D> {
     let key_columns = column_names(key)?;
     let matches = |alias: &str| {
         key_columns
@@ -192,24 +184,22 @@ async fn apply_pinned<D: Driver>(
     };
     let exists = conn
         .execute(
-            diesel::sql_query(format!(
+            Query::new(format!(
                 "SELECT 1 AS one FROM {table} AS t, pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
                 matches("k")
             ))
-            .into_boxed()
-            .bind::<Jsonb, _>(key),
+            .bind(key),
         )
         .await?
         > 0;
     let Some(target) = target else {
         if exists {
             conn.execute(
-                diesel::sql_query(format!(
+                Query::new(format!(
                     "DELETE FROM {table} AS t USING pg_catalog.jsonb_populate_record(NULL::{table}, $1::jsonb) AS k WHERE {}",
                     matches("k")
                 ))
-                .into_boxed()
-                .bind::<Jsonb, _>(key),
+                .bind(key),
             )
             .await?;
         }
@@ -234,17 +224,14 @@ async fn apply_pinned<D: Driver>(
             set.join(", "),
             matches("k")
         );
-        let query = diesel::sql_query(sql)
-            .into_boxed()
-            .bind::<Jsonb, _>(values)
-            .bind::<Jsonb, _>(key);
+        let query = Query::new(sql).bind(values).bind(key);
         conn.execute(query).await?;
     } else {
         // What the log does not hold and the table requires: refuse now, before anything is
         // written, rather than fail on PostgreSQL's not-null error.
         let missing = missing_required(conn, table, values).await?;
         if !missing.is_empty() {
-            return Err(Error::MissingValues {
+            return Err(ReadError::MissingValues {
                 table: table.to_string(),
                 columns: missing,
             });
@@ -257,8 +244,7 @@ async fn apply_pinned<D: Driver>(
             list.join(", "),
             from_r.join(", ")
         );
-        conn.execute(diesel::sql_query(sql).into_boxed().bind::<Jsonb, _>(values))
-            .await?;
+        conn.execute(Query::new(sql).bind(values)).await?;
     }
     Ok(())
 }
@@ -278,7 +264,7 @@ fn target_row(target: &Value, key: &Value, supplied: Option<&Map<String, Value>>
 }
 
 /// The keys of a JSON object of column values, as column names.
-fn column_names(object: &Value) -> Result<Vec<Ident>, Error> {
+fn column_names<E>(object: &Value) -> Result<Vec<Ident>, ReadError<E>> {
     object.as_object().map_or(Ok(Vec::new()), |o| {
         o.keys().map(|k| read_ident(k.as_str(), "column")).collect()
     })
@@ -290,15 +276,15 @@ async fn missing_required<D: Driver>(
     conn: &mut D,
     table: &QualifiedName,
     values: &Value,
-) -> Result<Vec<String>, Error> {
-    #[derive(QueryableByName)]
-    struct Column {
-        #[diesel(sql_type = Text)]
-        name: String,
+) -> Read<Vec<String>, D> {
+    log_row! {
+        struct Column {
+            name: String,
+        }
     }
     let required: Vec<Column> = conn
         .load(
-            diesel::sql_query(
+            Query::new(
                 "SELECT a.attname::text AS name FROM pg_catalog.pg_attribute AS a
           WHERE a.attrelid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($1::text)
             AND a.attnum OPERATOR(pg_catalog.>) 0 AND NOT a.attisdropped AND a.attnotnull
@@ -306,8 +292,7 @@ async fn missing_required<D: Driver>(
             AND a.attgenerated OPERATOR(pg_catalog.=) ''
           ORDER BY a.attnum",
             )
-            .into_boxed()
-            .bind::<Text, _>(table.to_string()),
+            .bind(table.to_string()),
         )
         .await?;
     Ok(required
