@@ -7,7 +7,7 @@ use diesel::migration::{
 };
 use diesel::pg::Pg;
 use pg_audit::{AuditLog, dollar_quote, quote_literal};
-use pg_audit_runtime::migration::{self, MIGRATION_LOCK_KEY, SqlMigration};
+use pg_audit_runtime::migration::{self, SqlMigration};
 
 use crate::{Error, ModelSet};
 
@@ -36,9 +36,7 @@ where
 {
     let span = crate::observe::migrations_span("run_migrations");
     let _entered = span.enter();
-    conn.batch_execute(&format!(
-        "SELECT pg_catalog.pg_advisory_lock({MIGRATION_LOCK_KEY})"
-    ))?;
+    conn.batch_execute(&migration::session_lock_sql())?;
     let reconcile = source.clone();
     let result = conn
         .run_pending_migrations(source)
@@ -48,9 +46,7 @@ where
             versions.extend(reconcile.take_baselines(conn)?);
             Ok(versions)
         });
-    let unlock = conn.batch_execute(&format!(
-        "SELECT pg_catalog.pg_advisory_unlock({MIGRATION_LOCK_KEY})"
-    ));
+    let unlock = conn.batch_execute(&migration::session_unlock_sql());
     let versions = result?;
     unlock?;
     Ok(versions)
@@ -151,9 +147,7 @@ impl AuditMigrations {
         let span = crate::observe::migrations_span("reinstall");
         let _entered = span.enter();
         conn.transaction(|conn| {
-            conn.batch_execute(&format!(
-                "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY})"
-            ))?;
+            conn.batch_execute(&migration::xact_locked(""))?;
             for m in &migrations {
                 conn.batch_execute(m.up_sql())?;
                 crate::observe::migration_ran(m.description(), m.version(), true);
@@ -258,10 +252,7 @@ END
 ",
         dollar_quote(&m.up_forgetting_others("__diesel_schema_migrations", false))
     );
-    format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\nDO {};",
-        dollar_quote(&body)
-    )
+    migration::xact_locked(&format!("DO {};", dollar_quote(&body)))
 }
 
 /// A migration as Diesel runs it: the shared [`SqlMigration`], installed forgetting the other
@@ -286,10 +277,7 @@ impl Migration<Pg> for DieselMigration {
         &self,
         conn: &mut dyn diesel::connection::BoxableConnection<Pg>,
     ) -> diesel::migration::Result<()> {
-        conn.batch_execute(&format!(
-            "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}",
-            self.0.down_sql()
-        ))?;
+        conn.batch_execute(&migration::xact_locked(self.0.down_sql()))?;
         crate::observe::migration_ran(self.0.description(), self.0.version(), false);
         Ok(())
     }

@@ -13,6 +13,22 @@ use pg_audit::{AuditLog, TriggerSpec, dollar_quote, quote_literal};
 /// The advisory lock key pg-audit's migrations serialise on ("pgaudit" in ASCII).
 pub const MIGRATION_LOCK_KEY: i64 = 0x0070_6761_7564_6974;
 
+/// The statement taking pg-audit's migration lock for the session (every runtime's migrations
+/// serialise on it).
+pub fn session_lock_sql() -> String {
+    format!("SELECT pg_catalog.pg_advisory_lock({MIGRATION_LOCK_KEY})")
+}
+
+/// The statement releasing [`session_lock_sql`]'s lock.
+pub fn session_unlock_sql() -> String {
+    format!("SELECT pg_catalog.pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+}
+
+/// `sql` after taking pg-audit's migration lock for its transaction.
+pub fn xact_locked(sql: &str) -> String {
+    format!("SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{sql}")
+}
+
 /// The migrations, in the order they run: the log, then each table's (sorted by table). Each
 /// table comes with what declared it (a model's name), for the description.
 pub fn plan<'a>(
@@ -241,10 +257,7 @@ impl SqlMigration {
                 quote_literal(&self.version).expect("no NUL"),
             )
         };
-        format!(
-            "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}\n{others}",
-            self.up
-        )
+        xact_locked(&format!("{}\n{others}", self.up))
     }
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use pg_audit::{AuditLog, Capture, TriggerSpec};
-use pg_audit_runtime::migration::{self, FileError, Layout, MIGRATION_LOCK_KEY, SqlMigration};
+use pg_audit_runtime::migration::{self, FileError, Layout, SqlMigration};
 use pg_audit_runtime::observe;
 use sqlx::migrate::{Migrate as _, MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, PgPool, SqlSafeStr as _};
@@ -132,19 +132,18 @@ impl AuditMigrations {
     /// Runs the pending migrations, then reinstalls every table whose installed configuration
     /// is not the one declared (installed by hand or by the `pg-audit` program since): the
     /// triggers follow the running release. All of it holds pg-audit's migration lock
-    /// ([`MIGRATION_LOCK_KEY`], the Diesel runtime's too) on one connection, so instances
+    /// ([`MIGRATION_LOCK_KEY`](pg_audit_runtime::migration::MIGRATION_LOCK_KEY), the Diesel runtime's too) on one connection, so instances
     /// starting together install once. Returns a line per migration applied and
     /// `reinstalled <table>` for each.
     pub async fn run(&self, pool: &PgPool) -> Result<Vec<String>, MigrateError> {
         let span = observe::migrations_span("run_migrations");
         let _entered = span.enter();
         let mut conn = pool.acquire().await?;
-        let lock = |f: &str| AssertSqlSafe(format!("SELECT pg_catalog.{f}({MIGRATION_LOCK_KEY})"));
-        sqlx::query(lock("pg_advisory_lock"))
+        sqlx::query(AssertSqlSafe(migration::session_lock_sql()))
             .execute(&mut *conn)
             .await?;
         let result = self.run_locked(&mut conn).await;
-        let unlocked = sqlx::query(lock("pg_advisory_unlock"))
+        let unlocked = sqlx::query(AssertSqlSafe(migration::session_unlock_sql()))
             .execute(&mut *conn)
             .await;
         let done = result?;
@@ -195,10 +194,12 @@ impl AuditMigrations {
                     .await?;
             if same == Some(false) {
                 let mut tx = conn.begin().await?;
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "SELECT pg_catalog.pg_advisory_xact_lock({MIGRATION_LOCK_KEY});\n{}",
-                    migration::table_migration(spec, &self.log, None).up_sql()
-                )))
+                // Under the session's migration lock, which `run` holds.
+                sqlx::raw_sql(AssertSqlSafe(
+                    migration::table_migration(spec, &self.log, None)
+                        .up_sql()
+                        .to_owned(),
+                ))
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;
