@@ -234,6 +234,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     bench.untracked_update(&mut report)?;
     bench.bulk(&variants, &mut report)?;
     bench.diesel_transactions(&mut report)?;
+    bench.sqlx_transactions(&mut report)?;
     println!("{}", report.render());
     Ok(())
 }
@@ -550,6 +551,73 @@ impl Bench {
         report.push(helper);
         report.push(total);
         report.push(round_trips);
+        Ok(())
+    }
+
+    /// The same one-row transaction on sqlx: `pool.begin()` on the unaudited and the audited
+    /// table, and `pool.begin_audited(&ctx)` with the full context, on a pool of one connection.
+    fn sqlx_transactions(&mut self, report: &mut Report) -> Result<(), Box<dyn std::error::Error>> {
+        use pg_audit_sqlx::AuditedBegin as _;
+        let name = "sqlx transaction with full context, against the same transaction without (audited table)";
+        if !self.opts.wants("sqlx") {
+            return Ok(());
+        }
+        eprintln!("sqlx transactions...");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let pool = runtime.block_on(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&self.url),
+        )?;
+        let plain_table = designs::PLAIN.table();
+        let audited_table = designs::AUTO.table();
+        let ctx = full_context();
+        let mut helper = Measure::throughput(name, Goal::AtLeast(0.90));
+        let mut total = Measure::throughput(
+            "sqlx transaction with full context, against an unaudited table",
+            Goal::None,
+        );
+        let chunks = 4;
+        let per_chunk = (self.opts.diesel_txns / chunks).max(1);
+        for _ in 0..self.opts.reps {
+            self.reset(&plain_table)?;
+            self.reset(&audited_table)?;
+            // seconds: unaudited, audited without context, with context
+            let mut secs = [0.0f64; 3];
+            for chunk in 0..chunks {
+                for (way, slot) in secs.iter_mut().enumerate() {
+                    let start = Instant::now();
+                    runtime.block_on(async {
+                        for i in 0..per_chunk {
+                            let id = (chunk * per_chunk + i) as i32 % ROWS as i32 + 1;
+                            let (mut tx, table) = match way {
+                                0 => (pool.begin().await?, &plain_table),
+                                1 => (pool.begin().await?, &audited_table),
+                                _ => (pool.begin_audited(&ctx).await?, &audited_table),
+                            };
+                            sqlx::query(sqlx::AssertSqlSafe(format!(
+                                "UPDATE {table} SET price = price + 1, updated_at = now() WHERE id = $1"
+                            )))
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                            tx.commit().await?;
+                        }
+                        Ok::<_, sqlx::Error>(())
+                    })?;
+                    *slot += start.elapsed().as_secs_f64();
+                }
+            }
+            let n = f64::from(per_chunk * chunks);
+            helper.add("plain", n / secs[1]);
+            helper.add("pg-audit", n / secs[2]);
+            total.add("plain", n / secs[0]);
+            total.add("pg-audit", n / secs[2]);
+        }
+        report.push(helper);
+        report.push(total);
         Ok(())
     }
 }

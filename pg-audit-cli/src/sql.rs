@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 use pg_audit::{
-    Capture, Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec,
+    AuditLog, Capture, Ident, Operation, PartitionPeriod, QualifiedName, TriggerLevel, TriggerSpec,
 };
 
 use diesel::prelude::*;
@@ -66,13 +66,31 @@ pub(crate) struct MigrationOut {
 }
 
 impl MigrationOut {
-    /// Writes `migration` where asked; `false` when it is to be printed instead.
-    fn write(&self, migration: SqlMigration) -> Result<bool> {
-        let (dir, layout) = match (&self.sqlx_migrations, &self.diesel_migrations) {
-            (Some(dir), _) => (dir, Layout::Sqlx),
-            (None, Some(dir)) => (dir, Layout::Diesel),
+    /// Writes `migration` where asked; `false` when it is to be printed instead. A table's
+    /// migration (`after` the log it writes to) needs that log's migration in the folder first,
+    /// or it would run before the log exists.
+    fn write(&self, migration: SqlMigration, after: Option<&AuditLog>) -> Result<bool> {
+        let (dir, layout, flag) = match (&self.sqlx_migrations, &self.diesel_migrations) {
+            (Some(dir), _) => (dir, Layout::Sqlx, "--sqlx-migrations"),
+            (None, Some(dir)) => (dir, Layout::Diesel, "--diesel-migrations"),
             (None, None) => return Ok(false),
         };
+        if let Some(log) = after {
+            let log = migration::log_migration(log);
+            let written =
+                migration::written(dir, layout).map_err(|e| format!("{e}: {}", e.source))?;
+            if !written.iter().any(|w| w.description == log.description()) {
+                return Err(format!(
+                    "{} holds no migration creating the audit log {}, which this table's \
+                     triggers write to; write it first: pg-audit sql table {flag} {}",
+                    dir.display(),
+                    log.description()
+                        .trim_start_matches("pg-audit: the audit log "),
+                    dir.display()
+                )
+                .into());
+            }
+        }
         let written = pg_audit_runtime::migration::write_files(dir, layout, &[migration])
             .map_err(|e| format!("{e}: {}", e.source))?;
         match written.first() {
@@ -171,7 +189,7 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
     let sql = match cmd {
         SqlCommand::Table(args) => {
             let log = args.log.log()?.period(args.period).premake(args.premake);
-            if args.out.write(migration::log_migration(&log))? {
+            if args.out.write(migration::log_migration(&log), None)? {
                 return Ok(());
             }
             log.create_sql()
@@ -227,7 +245,7 @@ pub(crate) fn run(cmd: SqlCommand) -> Result<()> {
                 spec.uninstall_sql(&log)
             } else if args
                 .out
-                .write(migration::table_migration(&spec, &log, None))?
+                .write(migration::table_migration(&spec, &log, None), Some(&log))?
             {
                 return Ok(());
             } else {

@@ -49,10 +49,11 @@ pub fn begin_audited(
 ///
 /// - On a pool, or a connection outside a transaction: a transaction begun with the context
 ///   in the same round trip ([`begin_audited`]).
-/// - Inside a transaction: a savepoint whose changes carry the context nested in the one in
-///   force (fields override, change reasons chain: see [`AuditContext`]). Committing it puts
-///   the outer context back before the savepoint is released; rolling it back (or dropping
-///   it) undoes its setting with it. This costs one round trip more than a plain savepoint to
+/// - Inside a transaction sqlx opened (a `BEGIN` sent as a query is invisible to sqlx, whose
+///   own `begin()` would send a second one too): a savepoint whose changes carry the context
+///   nested in the one in force (fields override, change reasons chain: see
+///   [`AuditContext`]). Committing it puts the outer context back before the savepoint is
+///   released; rolling it back (or dropping it) undoes its setting with it. This costs one round trip more than a plain savepoint to
 ///   read the context in force, and two more when the nested context differs.
 ///
 /// ```no_run

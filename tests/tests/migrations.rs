@@ -447,6 +447,25 @@ fn run_migrations_follows_the_release_and_reinstall_repairs_drift() {
             .unwrap()
             .is_empty()
     );
+    // The triggers removed by hand, or gone with a table dropped and created again (as an
+    // application's migration may do): installed again.
+    exec(&mut conn, &other.uninstall_sql(&pg_audit::AuditLog::new()));
+    let applied = pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    assert_eq!(applied, ["reinstalled \"users\""]);
+    exec(
+        &mut conn,
+        "DROP TABLE users; CREATE TABLE users (id int PRIMARY KEY, name text, email text)",
+    );
+    let applied = pg_audit_diesel::run_migrations(&mut conn, source()).unwrap();
+    assert_eq!(applied, ["reinstalled \"users\""]);
+    exec(&mut conn, "INSERT INTO users VALUES (7, 'Ann', 'a@x')");
+    assert_eq!(
+        value(
+            &mut conn,
+            "SELECT new_values FROM audit.auditlog WHERE record_pk = '{\"id\": 7}'"
+        ),
+        json!({"name": "Ann"})
+    );
     // A disabled trigger is drift no migration repairs; reinstall does.
     exec(
         &mut conn,

@@ -112,6 +112,25 @@ fn migrations_run_once_at_startup_and_follow_the_declared_configuration() {
         ["reinstalled \"users\"".to_owned()]
     );
     exec(&mut conn, "UPDATE users SET name = 'Dee' WHERE id = 1");
+    // The triggers removed by hand, or gone with a table dropped and created again: installed
+    // again.
+    exec(&mut conn, v1.sql_migrations()[1].down_sql());
+    assert_eq!(
+        rt.block_on(v1.run(&pool)).unwrap(),
+        ["reinstalled \"users\"".to_owned()]
+    );
+    exec(
+        &mut conn,
+        "CREATE TABLE users_kept AS SELECT * FROM users;
+         DROP TABLE users;
+         CREATE TABLE users (id int PRIMARY KEY, name text, email text, password_hash text);
+         INSERT INTO users SELECT * FROM users_kept;",
+    );
+    assert_eq!(
+        rt.block_on(v1.run(&pool)).unwrap(),
+        ["reinstalled \"users\"".to_owned()]
+    );
+    exec(&mut conn, "UPDATE users SET name = 'Eve' WHERE id = 1");
 
     let values: Vec<_> = audit_rows(&mut conn, &pg_audit::AuditLog::new())
         .into_iter()
@@ -124,6 +143,7 @@ fn migrations_run_once_at_startup_and_follow_the_declared_configuration() {
             json!({"id": 1, "name": "Bea"}),
             json!({"id": 1, "name": "Cid", "email": "c@x"}),
             json!({"id": 1, "name": "Dee", "email": "c@x"}),
+            json!({"id": 1, "name": "Eve", "email": "c@x"}),
         ]
     );
 }
@@ -199,7 +219,31 @@ fn migration_files_are_written_once_and_sqlx_runs_them() {
         audit_rows(&mut conn, &pg_audit::AuditLog::new())[1]["new_values"],
         json!({"id": 1, "name": "Bea"})
     );
-    // And undone, newest first, by sqlx's revert: the log, with rows, refuses to go.
+    // Back to the first configuration (a deploy rolled back): written again, as the newest.
+    let back = users(&["password_hash"]).write_files(&dir).unwrap();
+    assert_eq!(back.len(), 1);
+    let migrator = rt.block_on(Migrator::new(dir.as_path())).unwrap();
+    rt.block_on(migrator.run(&pool)).unwrap();
+    let audited = |conn: &mut diesel::PgConnection| {
+        value(
+            conn,
+            "SELECT config -> 'audited' FROM audit.auditlog_tables WHERE table_name = 'users'",
+        )
+    };
+    assert_eq!(
+        audited(&mut conn),
+        json!({"exclude_fields": ["password_hash"]})
+    );
+    // Undone, newest first, by sqlx's revert: each undo puts back the configuration before.
+    let mut versions: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+    versions.dedup(); // an up and a down each
+    let before_last = versions[versions.len() - 2];
+    rt.block_on(migrator.undo(&pool, before_last)).unwrap();
+    assert_eq!(
+        audited(&mut conn),
+        json!({"exclude_fields": ["password_hash", "email"]})
+    );
+    // The log, with rows, refuses to go.
     let err = rt
         .block_on(migrator.undo(&pool, 0))
         .unwrap_err()

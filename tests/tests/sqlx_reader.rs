@@ -352,6 +352,37 @@ fn the_sqlx_reader_answers_as_the_diesel_reader_does() {
         matches!(missing, ReadError::NotInHistory { entry: 999_999, .. }),
         "{missing}"
     );
+    // A key that cannot name a record is said, naming the key columns; one that could but
+    // names nothing answers nothing.
+    for bad in [
+        json!({"org": "acme"}),
+        json!({"org": "acme", "line_no": 1, "x": 2}),
+        json!(42),
+    ] {
+        let e = rt
+            .block_on(sqlx.history(&mut sq, &lines, &bad, Page::first(5)))
+            .unwrap_err();
+        assert!(matches!(e, ReadError::BadKey { .. }), "{e}");
+        assert!(e.to_string().contains("{org, line_no}"), "{e}");
+        let e = diesel
+            .history_of(&mut conn, &lines, &bad, Page::first(5))
+            .unwrap_err();
+        assert!(e.to_string().contains("{org, line_no}"), "{e}");
+        let e = rt
+            .block_on(sqlx.state_at(&mut sq, &lines, &bad, marks.rekeyed))
+            .unwrap_err();
+        assert!(matches!(e, ReadError::BadKey { .. }), "{e}");
+        let e = rt
+            .block_on(sqlx.restore(&mut sq, &lines, &bad, "no"))
+            .unwrap_err();
+        assert!(matches!(e, ReadError::BadKey { .. }), "{e}");
+    }
+    let unknown = json!({"org": "acme", "line_no": 99});
+    assert!(
+        rt.block_on(sqlx.history(&mut sq, &lines, &unknown, Page::first(5)))
+            .unwrap()
+            .is_empty()
+    );
     // Inside a transaction of the caller's, the revert is a savepoint of it, rolled back with it.
     rt.block_on(async {
         let mut tx = sq.begin().await.unwrap();

@@ -54,6 +54,16 @@ pub enum ReadError<E> {
         /// The table.
         table: String,
     },
+    /// A key that cannot name a record of the table: not an object of exactly its key columns
+    /// (recorded at install).
+    BadKey {
+        /// The table.
+        table: String,
+        /// The key given.
+        key: serde_json::Value,
+        /// The key columns recorded for each audited table of that name.
+        expected: Vec<Vec<String>>,
+    },
     /// A table the revert was to write is gone.
     NoTable {
         /// The table.
@@ -110,6 +120,22 @@ impl<E: fmt::Display> fmt::Display for ReadError<E> {
                 "{table} is not audited in this log (no install is recorded for it); check the \
                  name, or read the log it is audited in"
             ),
+            ReadError::BadKey {
+                table,
+                key,
+                expected,
+            } => {
+                let columns: Vec<String> = expected
+                    .iter()
+                    .map(|cols| format!("{{{}}}", cols.join(", ")))
+                    .collect();
+                write!(
+                    f,
+                    "key {key} cannot name a record of {table}: give a JSON object of its key \
+                     columns, {}",
+                    columns.join(" or ")
+                )
+            }
             ReadError::NoTable { table } => write!(f, "table {table} no longer exists"),
         }
     }

@@ -180,17 +180,20 @@ pub(crate) fn recorded_key_sql(config: &QualifiedName) -> String {
     )
 }
 
-/// SQL telling whether the configuration recorded at install for a table is the one declared:
-/// one row (`same`, bool) when the table has an install record, none otherwise. Parameters
-/// `$1` the declared configuration (jsonb, `TriggerSpec::config_json`), `$2` the table as
-/// `to_regclass` reads it (text).
+/// SQL telling whether a table is installed as declared: one row (`same`, bool) when the table
+/// exists, true when its install record holds the declared configuration and is this table's
+/// (not one dropped and created again under the name since, whose triggers went with it);
+/// false when the record differs, is another table's, or is missing (the triggers removed by
+/// hand). No row when there is no such table. Parameters `$1` the declared configuration
+/// (jsonb, `TriggerSpec::config_json`), `$2` the table as `to_regclass` reads it (text).
 pub(crate) fn recorded_config_same_sql(config: &QualifiedName) -> String {
     format!(
-        "SELECT r.config OPERATOR(pg_catalog.=) $1::jsonb AS same
-   FROM {config} AS r
-   JOIN pg_catalog.pg_namespace AS n ON n.nspname OPERATOR(pg_catalog.=) r.table_schema
-   JOIN pg_catalog.pg_class AS c ON c.relnamespace OPERATOR(pg_catalog.=) n.oid
-                                AND c.relname OPERATOR(pg_catalog.=) r.table_name
+        "SELECT (r.config OPERATOR(pg_catalog.=) $1::jsonb
+           AND (r.relid IS NULL OR r.relid OPERATOR(pg_catalog.=) c.oid)) IS TRUE AS same
+   FROM pg_catalog.pg_class AS c
+   JOIN pg_catalog.pg_namespace AS n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+   LEFT JOIN {config} AS r ON r.table_schema OPERATOR(pg_catalog.=) n.nspname::text
+                          AND r.table_name OPERATOR(pg_catalog.=) c.relname::text
   WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass($2::text)"
     )
 }

@@ -6,7 +6,7 @@ use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
 use super::Read;
-use super::record::{record_query, resolve_table};
+use super::record::{check_key, record_query, resolve_table};
 use super::renames::SchemaChanges;
 use crate::log::ReadError;
 use crate::log::driver::{Driver, first};
@@ -22,6 +22,7 @@ pub async fn history<D: Driver>(
     key: &Value,
     page: Page,
 ) -> Read<Vec<AuditEntry>, D> {
+    let asked = key;
     let mut entries = Vec::new();
     let (mut key, mut upper) = segment_of(log, conn, table, key, page.before).await?;
     loop {
@@ -42,6 +43,9 @@ pub async fn history<D: Driver>(
             Some((change, before)) => (key, upper) = (before, Some(change)),
             None => break,
         }
+    }
+    if entries.is_empty() && page.before.is_none() {
+        check_key(log, conn, table, asked).await?;
     }
     SchemaChanges::of(log, conn, table)
         .await?

@@ -4,8 +4,9 @@
 use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
-use crate::log::ReadError;
+use super::Read;
 use crate::log::row::Query;
+use crate::log::{Driver, ReadError};
 
 /// `r`: the table's schema and name, from parameters $1 (the schema, or NULL) and $2 (the
 /// name). An unqualified name is the table the search path finds, else the one audited table
@@ -44,4 +45,31 @@ pub(super) fn read_ident<E>(
     kind: &'static str,
 ) -> Result<Ident, ReadError<E>> {
     Ident::with_kind(name, kind).map_err(ReadError::Name)
+}
+
+/// Called when a question about the record keyed `key` found nothing: the key checked against
+/// the key columns recorded at install, so a misspelt, incomplete or non-object key is named
+/// rather than answered with nothing. Nothing to check against when the table has no install
+/// record (no longer audited).
+pub(super) async fn check_key<D: Driver>(
+    log: &AuditLog,
+    conn: &mut D,
+    table: &QualifiedName,
+    key: &Value,
+) -> Read<(), D> {
+    let expected = super::history::recorded_keys(log, conn, table).await?;
+    let given: Option<Vec<&String>> = key.as_object().map(|o| o.keys().collect());
+    let fits = |columns: &Vec<String>| {
+        given
+            .as_ref()
+            .is_some_and(|g| g.len() == columns.len() && columns.iter().all(|c| g.contains(&c)))
+    };
+    if expected.is_empty() || expected.iter().any(fits) {
+        return Ok(());
+    }
+    Err(ReadError::BadKey {
+        table: table.to_string(),
+        key: key.clone(),
+        expected,
+    })
 }

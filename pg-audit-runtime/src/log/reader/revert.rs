@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 
 use super::Read;
 use super::history::{entry_of, history};
-use super::record::{read_ident, resolve_table, table_query};
+use super::record::{check_key, read_ident, resolve_table, table_query};
 use super::renames::SchemaChanges;
 use crate::log::Page;
 use crate::log::ReadError;
@@ -22,12 +22,13 @@ pub async fn reverted<D: Driver>(
     key: &Value,
     entry: i64,
 ) -> Read<Option<Value>, D> {
-    let target = entry_of(log, conn, table, key, entry)
-        .await?
-        .ok_or(ReadError::NotInHistory {
+    let Some(target) = entry_of(log, conn, table, key, entry).await? else {
+        check_key(log, conn, table, key).await?;
+        return Err(ReadError::NotInHistory {
             entry,
             key: key.clone(),
-        })?;
+        });
+    };
     let dropped = match &target.new_values {
         Some(values) => SchemaChanges::of(log, conn, table)
             .await?

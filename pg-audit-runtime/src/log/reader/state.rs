@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::Read;
 use super::history::{key_change, record_sql};
-use super::record::record_query;
+use super::record::{check_key, record_query};
 use super::renames::SchemaChanges;
 use crate::log::driver::{Driver, first};
 use crate::log::{AuditEntry, Diff, changed_columns};
@@ -63,8 +63,11 @@ pub async fn state_at<D: Driver>(
                 .bind(upper)
                 .bind(at);
                 let mut next: Option<AuditEntry> = first(conn.load(query).await?);
-                if let Some(e) = &mut next {
-                    SchemaChanges::of(log, conn, table).await?.follow(e);
+                match &mut next {
+                    Some(e) => SchemaChanges::of(log, conn, table).await?.follow(e),
+                    // Never seen under any key: a key that cannot name a record is said.
+                    None if upper.is_none() => check_key(log, conn, table, &key).await?,
+                    None => {}
                 }
                 return Ok(next
                     .filter(|e| e.operation == Operation::Snapshot)

@@ -355,10 +355,11 @@ impl AuditLog {
         install::recorded_key_sql(&self.names.config_table())
     }
 
-    /// SQL telling whether the configuration recorded at install for a table is the one
-    /// declared: one row (`same`, bool) when the table has an install record, none otherwise.
-    /// Parameters `$1` the declared configuration (jsonb, [`TriggerSpec::config_json`]), `$2`
-    /// the table as `to_regclass` reads it (text). What the runtimes' migrations reinstall by.
+    /// SQL telling whether a table is installed as declared: one row (`same`, bool) when the
+    /// table exists — false when its install record differs, is missing, or belongs to a table
+    /// dropped and created again under the name since — and none when it does not. Parameters
+    /// `$1` the declared configuration (jsonb, [`TriggerSpec::config_json`]), `$2` the table as
+    /// `to_regclass` reads it (text). What the runtimes' migrations reinstall by.
     ///
     /// [`TriggerSpec::config_json`]: crate::TriggerSpec::config_json
     pub fn recorded_config_same_sql(&self) -> String {
