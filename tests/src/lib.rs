@@ -12,6 +12,15 @@ use diesel::sql_types::Jsonb;
 use pg_audit_tempdb::TempDatabase;
 use serde_json::Value;
 
+/// A tokio runtime of two worker threads, for tests driving async clients (sqlx).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 /// A database of the test's own on the shared test server, dropped at the end of the test.
 pub struct TestDb {
     db: TempDatabase<'static>,

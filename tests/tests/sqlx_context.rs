@@ -7,18 +7,10 @@
 use pg_audit::AuditLog;
 use pg_audit_sqlx::{AuditContext, AuditedBegin as _, InvalidContext, ambient, begin_audited};
 use pg_audit_tests::pgbouncer::PgBouncer;
-use pg_audit_tests::{audit_rows, audited_items};
+use pg_audit_tests::{audit_rows, audited_items, runtime};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection as _, PgConnection, PgPool};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn pool(url: &str, size: u32) -> PgPool {
     PgPoolOptions::new()

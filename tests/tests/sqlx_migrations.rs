@@ -5,19 +5,11 @@
 
 use pg_audit::{QualifiedName, TriggerSpec};
 use pg_audit_sqlx::{AuditMigrations, MIGRATIONS_TABLE};
-use pg_audit_tests::{TestDb, audit_rows, exec, value};
+use pg_audit_tests::{TestDb, audit_rows, exec, runtime, value};
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 async fn pool(url: &str) -> PgPool {
     PgPoolOptions::new()

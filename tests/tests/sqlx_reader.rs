@@ -10,19 +10,11 @@ use pg_audit::{Operation, QualifiedName, TriggerSpec};
 use pg_audit_diesel::log::AuditReader as DieselReader;
 use pg_audit_sqlx::log::{Activity, Page, TimeRange};
 use pg_audit_sqlx::{AuditContext, AuditMigrations, AuditReader, AuditedBegin as _, ReadError};
-use pg_audit_tests::{TestDb, value};
+use pg_audit_tests::{TestDb, runtime, value};
 use pretty_assertions::assert_eq;
 use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection as _, PgConnection, PgPool};
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn name(table: &str) -> QualifiedName {
     QualifiedName::parse(table).unwrap()

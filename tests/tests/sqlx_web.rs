@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use pg_audit_tests::http::{self, HttpResponse, request};
-use pg_audit_tests::{TestDb, rows};
+use pg_audit_tests::{TestDb, rows, runtime};
 use pretty_assertions::assert_eq;
 use serde_json::{Value, json};
 
@@ -22,11 +22,7 @@ struct Service {
 
 fn start(hint: &str) -> Service {
     let db = TestDb::new(hint);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let (pool, admin) = runtime
         .block_on(axum_app::connect(db.url()))
         .expect("set up the service's database");
