@@ -77,30 +77,51 @@ pub(crate) fn run(
     let months = fill(conn, rows)?;
     let reader = AuditReader::with_log(log.clone());
     let mut conn = PgConnection::establish(url)?;
-    let mut latencies = Vec::new();
-    let mut found = 0;
-    for i in 0..1000u64 {
+    let lookup = |i: u64| -> Result<(QualifiedName, serde_json::Value), pg_audit::Error> {
         let table = QualifiedName::new(
             Some(Ident::new("public")?),
             Ident::new(format!("t{}", i * 7 % TABLES))?,
         );
-        let key = json!({"id": (i * 7919) % RECORDS});
+        Ok((table, json!({"id": (i * 7919) % RECORDS})))
+    };
+    // The same 1000 lookups through Diesel's reader, then sqlx's (the same queries).
+    let mut diesel = Vec::new();
+    let mut found = 0;
+    for i in 0..1000u64 {
+        let (table, key) = lookup(i)?;
         let start = Instant::now();
         let entries = reader.history_of(&mut conn, &table, &key, Page::first(50))?;
-        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        diesel.push(start.elapsed().as_secs_f64() * 1000.0);
         found += entries.len();
     }
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
-    println!(
-        "\nHistory of one record among {rows} audit rows ({} monthly partitions and the DEFAULT), 1000 lookups of random records \
-         ({:.1} entries each): median {:.2} ms, p95 {:.2} ms, max {:.2} ms.\n",
-        months + 4,
-        found as f64 / 1000.0,
-        pct(0.5),
-        pct(0.95),
-        pct(1.0)
-    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sqlx_reader = pg_audit_sqlx::AuditReader::with_log(log.clone());
+    let mut sq = runtime.block_on(<sqlx::PgConnection as sqlx::Connection>::connect(url))?;
+    let mut on_sqlx = Vec::new();
+    for i in 0..1000u64 {
+        let (table, key) = lookup(i)?;
+        let start = Instant::now();
+        let entries =
+            runtime.block_on(sqlx_reader.history(&mut sq, &table, &key, Page::first(50)))?;
+        on_sqlx.push(start.elapsed().as_secs_f64() * 1000.0);
+        found -= entries.len();
+    }
+    assert_eq!(found, 0, "both readers found the same entries");
+    for (name, latencies) in [("Diesel", &mut diesel), ("sqlx", &mut on_sqlx)] {
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
+        println!(
+            "\nHistory of one record among {rows} audit rows ({} monthly partitions and the DEFAULT), 1000 lookups of random records \
+             through {name}'s reader: median {:.2} ms, p95 {:.2} ms, max {:.2} ms.",
+            months + 4,
+            pct(0.5),
+            pct(0.95),
+            pct(1.0)
+        );
+    }
+    println!();
     // The plan of the very query the reader runs.
     conn.batch_execute(&format!("PREPARE history AS {}", reader.history_sql()))?;
     let plan: Vec<PlanLine> = diesel::sql_query(
