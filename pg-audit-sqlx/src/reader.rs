@@ -30,7 +30,8 @@ struct Timestamptz(i64);
 
 impl sqlx::Type<Postgres> for Timestamptz {
     fn type_info() -> PgTypeInfo {
-        PgTypeInfo::with_name("timestamptz")
+        // A built-in type's OID is fixed: no lookup by name, which a search path could sway.
+        PgTypeInfo::with_oid(sqlx::postgres::types::Oid(1184))
     }
 }
 
