@@ -2,15 +2,14 @@
 //! that changed its key; one entry of it; and the key columns recorded at install.
 
 use pg_audit::sql::shape::{entry_select_list, record_key_expr};
-use pg_audit::{AuditLog, Ident, QualifiedName};
+use pg_audit::{AuditLog, QualifiedName};
 use serde_json::Value;
 
 use super::Read;
 use super::record::{check_key, record_query, resolve_table};
 use super::renames::SchemaChanges;
-use crate::log::ReadError;
 use crate::log::driver::{Driver, first};
-use crate::log::row::{Query, log_row};
+use crate::log::row::log_row;
 use crate::log::{AuditEntry, Page};
 
 /// The history of the record of `table` whose key is `key`, newest first (see
@@ -193,35 +192,4 @@ pub async fn entry_of<D: Driver>(
         SchemaChanges::of(log, conn, table).await?.follow(e);
     }
     Ok(found)
-}
-
-/// The key columns recorded at install for each audited table named `table`, in key order
-/// (see `AuditReader::recorded_keys`).
-pub async fn recorded_keys<D: Driver>(
-    log: &AuditLog,
-    conn: &mut D,
-    table: &QualifiedName,
-) -> Read<Vec<Vec<String>>, D> {
-    log_row! {
-        struct Key {
-            primary_key: Value,
-        }
-    }
-    let keys: Vec<Key> = conn
-        .load(
-            Query::new(log.recorded_key_sql())
-                .bind(table.name.as_str())
-                .bind(table.schema.as_ref().map(Ident::as_str)),
-        )
-        .await?;
-    keys.into_iter()
-        .map(|k| {
-            serde_json::from_value(k.primary_key).map_err(|e| {
-                ReadError::Decode(crate::log::row::DecodeError::new(
-                    "primary_key",
-                    e.to_string(),
-                ))
-            })
-        })
-        .collect()
 }

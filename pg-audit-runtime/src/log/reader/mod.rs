@@ -31,7 +31,8 @@ mod table_at;
 
 pub use activity::{Activity, ContextField, activity, by_context, transaction};
 pub use blame::{Blame, blame};
-pub use history::{entry_of, history, history_sql, recorded_keys};
+pub use history::{entry_of, history, history_sql};
+pub use record::recorded_keys;
 pub use revert::{apply, deleted, reverted};
 pub use state::{diff, state_at};
 pub use table_at::{RowAt, TableAt, table_at};

@@ -5,7 +5,7 @@ use pg_audit::{AuditLog, Ident, QualifiedName};
 use serde_json::Value;
 
 use super::Read;
-use crate::log::row::Query;
+use crate::log::row::{Query, log_row};
 use crate::log::{Driver, ReadError};
 
 /// `r`: the table's schema and name, from parameters $1 (the schema, or NULL) and $2 (the
@@ -57,7 +57,7 @@ pub(super) async fn check_key<D: Driver>(
     table: &QualifiedName,
     key: &Value,
 ) -> Read<(), D> {
-    let expected = super::history::recorded_keys(log, conn, table).await?;
+    let expected = recorded_keys(log, conn, table).await?;
     let given: Option<Vec<&String>> = key.as_object().map(|o| o.keys().collect());
     let fits = |columns: &Vec<String>| {
         given
@@ -72,4 +72,35 @@ pub(super) async fn check_key<D: Driver>(
         key: key.clone(),
         expected,
     })
+}
+
+/// The key columns recorded at install for each audited table named `table`, in key order
+/// (see `AuditReader::recorded_keys`).
+pub async fn recorded_keys<D: Driver>(
+    log: &AuditLog,
+    conn: &mut D,
+    table: &QualifiedName,
+) -> Read<Vec<Vec<String>>, D> {
+    log_row! {
+        struct Key {
+            primary_key: Value,
+        }
+    }
+    let keys: Vec<Key> = conn
+        .load(
+            Query::new(log.recorded_key_sql())
+                .bind(table.name.as_str())
+                .bind(table.schema.as_ref().map(Ident::as_str)),
+        )
+        .await?;
+    keys.into_iter()
+        .map(|k| {
+            serde_json::from_value(k.primary_key).map_err(|e| {
+                ReadError::Decode(crate::log::row::DecodeError::new(
+                    "primary_key",
+                    e.to_string(),
+                ))
+            })
+        })
+        .collect()
 }
